@@ -1,0 +1,45 @@
+/* AVX2 + FMA micro-kernels (compiled with -mavx2 -mfma): fp32 6x16, fp64 6x8. */
+#include <immintrin.h>
+#include "cn_kernels.h"
+
+#define UKR_MR 6
+#define UKR_NV 2
+
+#define UKR_NAME cn_sgemm_ukr_avx2
+#define UKR_T float
+#define UKR_V __m256
+#define UKR_VL 8
+#define UKR_ZERO() _mm256_setzero_ps()
+#define UKR_LOAD(p) _mm256_loadu_ps(p)
+#define UKR_STORE(p, v) _mm256_storeu_ps((p), (v))
+#define UKR_BCAST(p) _mm256_broadcast_ss(p)
+#define UKR_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define UKR_ADD(a, b) _mm256_add_ps((a), (b))
+#include "gemm_ukr_template.h"
+#undef UKR_NAME
+#undef UKR_T
+#undef UKR_V
+#undef UKR_VL
+#undef UKR_ZERO
+#undef UKR_LOAD
+#undef UKR_STORE
+#undef UKR_BCAST
+#undef UKR_FMA
+#undef UKR_ADD
+
+#define UKR_NAME cn_dgemm_ukr_avx2
+#define UKR_T double
+#define UKR_V __m256d
+#define UKR_VL 4
+#define UKR_ZERO() _mm256_setzero_pd()
+#define UKR_LOAD(p) _mm256_loadu_pd(p)
+#define UKR_STORE(p, v) _mm256_storeu_pd((p), (v))
+#define UKR_BCAST(p) _mm256_broadcast_sd(p)
+#define UKR_FMA(a, b, c) _mm256_fmadd_pd((a), (b), (c))
+#define UKR_ADD(a, b) _mm256_add_pd((a), (b))
+#include "gemm_ukr_template.h"
+
+const cn_kernel_table cn_table_avx2 = {
+    CN_ISA_AVX2, "avx2", 6, 16, 6, 8,
+    cn_sgemm_ukr_avx2, cn_dgemm_ukr_avx2,
+};

@@ -1,0 +1,45 @@
+/* AVX-512F micro-kernels (compiled with -mavx512f): fp32 8x32, fp64 8x16. */
+#include <immintrin.h>
+#include "cn_kernels.h"
+
+#define UKR_MR 8
+#define UKR_NV 2
+
+#define UKR_NAME cn_sgemm_ukr_avx512
+#define UKR_T float
+#define UKR_V __m512
+#define UKR_VL 16
+#define UKR_ZERO() _mm512_setzero_ps()
+#define UKR_LOAD(p) _mm512_loadu_ps(p)
+#define UKR_STORE(p, v) _mm512_storeu_ps((p), (v))
+#define UKR_BCAST(p) _mm512_set1_ps(*(p))
+#define UKR_FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define UKR_ADD(a, b) _mm512_add_ps((a), (b))
+#include "gemm_ukr_template.h"
+#undef UKR_NAME
+#undef UKR_T
+#undef UKR_V
+#undef UKR_VL
+#undef UKR_ZERO
+#undef UKR_LOAD
+#undef UKR_STORE
+#undef UKR_BCAST
+#undef UKR_FMA
+#undef UKR_ADD
+
+#define UKR_NAME cn_dgemm_ukr_avx512
+#define UKR_T double
+#define UKR_V __m512d
+#define UKR_VL 8
+#define UKR_ZERO() _mm512_setzero_pd()
+#define UKR_LOAD(p) _mm512_loadu_pd(p)
+#define UKR_STORE(p, v) _mm512_storeu_pd((p), (v))
+#define UKR_BCAST(p) _mm512_set1_pd(*(p))
+#define UKR_FMA(a, b, c) _mm512_fmadd_pd((a), (b), (c))
+#define UKR_ADD(a, b) _mm512_add_pd((a), (b))
+#include "gemm_ukr_template.h"
+
+const cn_kernel_table cn_table_avx512 = {
+    CN_ISA_AVX512, "avx512", 8, 32, 8, 16,
+    cn_sgemm_ukr_avx512, cn_dgemm_ukr_avx512,
+};

@@ -1,0 +1,30 @@
+/* Portable C micro-kernels: no intrinsics, compiled with the baseline flags. */
+#include "cn_kernels.h"
+
+#define UKR_VL 1
+#define UKR_ZERO() 0
+#define UKR_LOAD(p) (*(p))
+#define UKR_STORE(p, v) (*(p) = (v))
+#define UKR_BCAST(p) (*(p))
+#define UKR_FMA(a, b, c) ((a) * (b) + (c))
+#define UKR_ADD(a, b) ((a) + (b))
+#define UKR_MR 4
+#define UKR_NV 8
+
+#define UKR_NAME cn_sgemm_ukr_generic
+#define UKR_T float
+#define UKR_V float
+#include "gemm_ukr_template.h"
+#undef UKR_NAME
+#undef UKR_T
+#undef UKR_V
+
+#define UKR_NAME cn_dgemm_ukr_generic
+#define UKR_T double
+#define UKR_V double
+#include "gemm_ukr_template.h"
+
+const cn_kernel_table cn_table_generic = {
+    CN_ISA_GENERIC, "generic", 4, 8, 4, 8,
+    cn_sgemm_ukr_generic, cn_dgemm_ukr_generic,
+};

@@ -1,0 +1,117 @@
+"""Build the compiled core: Cython kernels (OpenMP) plus per-ISA C micro-kernels.
+
+Environment switches:
+  CYNEURON_REQUIRE_OPENMP=1  fail the build when the compiler has no OpenMP (CI sets it)
+  CYNEURON_DEBUG=1           bounds checks on in the Cython kernels, -O0 -g
+"""
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import textwrap
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+DEBUG = os.environ.get("CYNEURON_DEBUG") == "1"
+REQUIRE_OPENMP = os.environ.get("CYNEURON_REQUIRE_OPENMP") == "1"
+IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+
+OPT_FLAGS = ["-O0", "-g"] if DEBUG else ["-O3"]
+# Per instruction set C files; each is compiled with its own flags and only
+# reached after the runtime CPU check (csrc/cpu.c). Never -march=native.
+ISA_SOURCES = [("csrc/gemm_generic.c", [])]
+if IS_X86_64:
+    ISA_SOURCES += [
+        ("csrc/gemm_avx2.c", ["-mavx2", "-mfma"]),
+        ("csrc/gemm_avx512.c", ["-mavx512f"]),
+    ]
+C_MACROS = [("CN_HAVE_X86_KERNELS", "1")] if IS_X86_64 else []
+
+KERNELS = ["_openmp", "gemm", "activations", "losses", "optim"]
+
+
+def openmp_flag(compiler):
+    """Return the OpenMP flag this compiler accepts (compile and link), or None."""
+    code = textwrap.dedent(
+        """
+        #include <omp.h>
+        int main(void) {
+            int n = 0;
+            #pragma omp parallel reduction(+:n)
+            n += 1;
+            return n > 0 && omp_get_max_threads() > 0 ? 0 : 1;
+        }
+        """
+    )
+    for flag in ("-fopenmp", "-qopenmp", "/openmp"):
+        tmp = tempfile.mkdtemp()
+        try:
+            src = os.path.join(tmp, "probe.c")
+            with open(src, "w") as f:
+                f.write(code)
+            objs = compiler.compile([src], output_dir=tmp, extra_postargs=[flag])
+            compiler.link_executable(objs, os.path.join(tmp, "probe"), extra_postargs=[flag])
+            return flag
+        except Exception:
+            continue
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return None
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        flag = openmp_flag(self.compiler)
+        if flag is None:
+            msg = "cyneuron: the C compiler has no OpenMP support; kernels will run on one thread"
+            if REQUIRE_OPENMP:
+                sys.exit("error: " + msg + " (CYNEURON_REQUIRE_OPENMP=1)")
+            print("warning: " + msg, file=sys.stderr)
+        print(f"cyneuron: OpenMP flag {flag!r}", file=sys.stderr)
+
+        isa_objects = []
+        for src, flags in ISA_SOURCES:
+            isa_objects += self.compiler.compile(
+                [src], output_dir=self.build_temp, macros=C_MACROS,
+                include_dirs=["csrc"], extra_postargs=OPT_FLAGS + ["-fPIC"] + flags,
+            )
+        for ext in self.extensions:
+            if flag:
+                ext.extra_compile_args.append(flag)
+                ext.extra_link_args.append(flag)
+            if ext.name.endswith(".gemm"):
+                ext.extra_objects += isa_objects
+        super().build_extensions()
+
+
+def kernel_extension(name):
+    sources = [f"src/cyneuron/_kernels/{name}.pyx"]
+    if name == "gemm":
+        sources.append("csrc/cpu.c")
+    return Extension(
+        f"cyneuron._kernels.{name}",
+        sources=sources,
+        include_dirs=[np.get_include(), "csrc"],
+        define_macros=C_MACROS + [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=list(OPT_FLAGS),
+        extra_link_args=[],
+    )
+
+
+setup(
+    ext_modules=cythonize(
+        [kernel_extension(name) for name in KERNELS],
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": DEBUG,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": DEBUG,
+        },
+    ),
+    cmdclass={"build_ext": BuildExt},
+)

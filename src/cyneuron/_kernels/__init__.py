@@ -1,0 +1,1 @@
+"""Compiled kernels (Cython, nogil, OpenMP). Inputs are validated by cyneuron.ops."""
