@@ -1,1 +1,23 @@
+"""cyneuron: neural networks on the CPU, with a compiled Cython/OpenMP/SIMD core.
+
+    import cyneuron as cn
+    from cyneuron import layers
+    model = cn.Sequential([layers.Dense(64, activation="relu"), layers.Dense(10, activation="softmax")])
+"""
 __version__ = "0.1.0"
+
+from . import _config
+
+_config._apply_isa_override()
+
+from ._config import get_isa, get_num_threads, set_num_threads, show_config  # noqa: E402
+from ._random import set_seed  # noqa: E402
+from . import activations, initializers, layers, losses, metrics, ops, optimizers  # noqa: E402
+from .callbacks import History
+from .models import Sequential  # noqa: E402
+
+__all__ = [
+    "Sequential", "History", "layers", "ops", "activations", "losses", "optimizers",
+    "initializers", "metrics", "set_num_threads", "get_num_threads", "show_config",
+    "get_isa", "set_seed", "__version__",
+]

@@ -1,0 +1,64 @@
+"""Run-time configuration: instruction set, threads, and a report of both."""
+import os
+import warnings
+
+from ._kernels import _openmp
+from ._kernels import gemm as _gemm
+
+ISA_ENV = "CYNEURON_ISA"
+
+
+def _apply_isa_override():
+    """Honour CYNEURON_ISA=generic|avx2|avx512, falling back (with a warning) when unusable."""
+    name = os.environ.get(ISA_ENV, "").strip().lower()
+    if not name:
+        return
+    try:
+        _gemm.set_isa(name)
+    except ValueError as exc:
+        warnings.warn(f"{ISA_ENV}={name!r} ignored: {exc}; using {_gemm.get_isa()!r}",
+                      RuntimeWarning, stacklevel=3)
+
+
+def get_isa():
+    """Name of the SIMD path in use: 'generic', 'avx2' or 'avx512'."""
+    return _gemm.get_isa()
+
+
+def supported_isas():
+    """SIMD paths this CPU can run."""
+    return _gemm.supported_isas()
+
+
+def set_num_threads(n):
+    """Use `n` threads in every kernel (the OpenMP pool size; OMP_NUM_THREADS sets the default)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive integer, got {n!r}")
+    _openmp.set_num_threads(n)
+
+
+def get_num_threads():
+    """Threads the kernels will use for large work."""
+    return _openmp.get_max_threads()
+
+
+def config():
+    """The build and run-time configuration, as a dict."""
+    from . import __version__
+
+    return {
+        "version": __version__,
+        "isa": get_isa(),
+        "supported_isas": supported_isas(),
+        "openmp": _openmp.openmp_enabled(),
+        "num_threads": get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "gemm_blocks_float32": dict(zip(("MR", "NR", "MC", "KC", "NC"), _gemm.block_sizes("float32"))),
+        "gemm_blocks_float64": dict(zip(("MR", "NR", "MC", "KC", "NC"), _gemm.block_sizes("float64"))),
+    }
+
+
+def show_config():
+    """Print version, SIMD path in use, OpenMP runtime and threads."""
+    for key, value in config().items():
+        print(f"{key:>20}: {value}")

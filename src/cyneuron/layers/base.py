@@ -1,0 +1,155 @@
+"""Layer: the base class every layer derives from.
+
+A layer builds lazily from the per-sample shape of its first input and owns its
+weights, their gradients, and the buffers of its outputs (reused while the batch
+shape is unchanged). Inside a model, weights and gradients are views into the
+model's two flat buffers, so an optimizer step is one kernel call.
+
+Public `forward` / `backward` check their input; models call the unchecked
+`_forward` / `_backward` on data they validated once.
+"""
+import itertools
+
+import numpy as np
+
+from .._validation import as_dtype, check_numeric
+
+_name_counters = {}
+
+
+def _unique_name(base):
+    counter = _name_counters.setdefault(base, itertools.count())
+    index = next(counter)
+    return base if index == 0 else f"{base}_{index}"
+
+
+def _snake_case(name):
+    return "".join("_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name))
+
+
+class Layer:
+    def __init__(self, name=None, dtype=None):
+        self.name = name if name is not None else _unique_name(_snake_case(type(self).__name__))
+        self.dtype = None if dtype is None else as_dtype(dtype, "dtype")
+        self.built = False
+        self.input_shape = None      # per-sample shape, without the batch axis
+        self._weights = []
+        self._gradients = []
+        self._weight_names = []
+        self._buffers = {}
+
+    # -- building -------------------------------------------------------------
+    def build(self, input_shape):
+        """Create the weights for inputs of per-sample shape `input_shape`."""
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.built = True
+
+    def add_weight(self, name, shape, initializer):
+        value = initializer(shape, dtype=self.dtype)
+        self._weights.append(value)
+        self._gradients.append(np.zeros_like(value))
+        self._weight_names.append(name)
+        return value
+
+    def compute_output_shape(self, input_shape):
+        """Per-sample output shape for per-sample `input_shape`."""
+        return tuple(input_shape)
+
+    def count_params(self):
+        return int(sum(w.size for w in self._weights))
+
+    def _bind(self, params, grads, offset):
+        """Move the weights into params[offset:...] (and gradients likewise); return the new offset."""
+        for i, w in enumerate(self._weights):
+            view = params[offset:offset + w.size].reshape(w.shape)
+            view[...] = w
+            self._weights[i] = view
+            self._gradients[i] = grads[offset:offset + w.size].reshape(w.shape)
+            offset += w.size
+        return offset
+
+    def _build_standalone(self, x):
+        """Build from a first input outside a model: the layer gets its own flat buffers."""
+        if self.dtype is None:
+            self.dtype = np.dtype(np.float32)
+        self.build(x.shape[1:])
+        size = self.count_params()
+        self._bind(np.empty(size, self.dtype), np.zeros(size, self.dtype), 0)
+
+    # -- running --------------------------------------------------------------
+    def forward(self, x, training=False):
+        """Output for a batch `x`. The array returned is owned by the layer and is
+        overwritten by its next forward call: copy it to keep it."""
+        x = self._check_input(x)
+        return self._forward(x, training)
+
+    def backward(self, grad_output):
+        """Gradient w.r.t. the input of the last forward call; fills get_gradients()."""
+        if not hasattr(self, "_last_output_shape"):
+            raise RuntimeError(f"layer {self.name!r}: call forward before backward")
+        g = check_numeric(grad_output, "grad_output")
+        if g.shape != self._last_output_shape:
+            raise ValueError(f"grad_output must have the shape of the last output "
+                             f"{self._last_output_shape}; got {g.shape}")
+        g = np.ascontiguousarray(g, dtype=self.dtype)
+        return self._backward(g, need_input_grad=True)
+
+    def _forward(self, x, training):
+        raise NotImplementedError
+
+    def _backward(self, grad_output, need_input_grad):
+        raise NotImplementedError
+
+    def _check_input(self, x):
+        x = check_numeric(x, "x")
+        if x.ndim < 2:
+            raise ValueError(f"layer {self.name!r}: x must have a batch axis; got shape {x.shape}")
+        if x.shape[0] == 0:
+            raise ValueError(f"layer {self.name!r}: x is empty (shape {x.shape})")
+        if not self.built:
+            self._build_standalone(x)
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(f"layer {self.name!r} was built for inputs of shape "
+                             f"(batch, {', '.join(map(str, self.input_shape))}); got {x.shape}")
+        return np.ascontiguousarray(x, dtype=self.dtype)
+
+    def _buffer(self, key, shape):
+        """A scratch array reused across calls while `shape` is unchanged."""
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != self.dtype:
+            buf = self._buffers[key] = np.empty(shape, self.dtype)
+        return buf
+
+    # -- weights --------------------------------------------------------------
+    def get_weights(self):
+        """Copies of the weights, in Keras order and layout."""
+        return [w.copy() for w in self._weights]
+
+    def set_weights(self, weights):
+        weights = list(weights)
+        if len(weights) != len(self._weights):
+            raise ValueError(f"layer {self.name!r} expects {len(self._weights)} weight arrays "
+                             f"({', '.join(self._weight_names) or 'none'}); got {len(weights)}")
+        checked = []
+        for name, current, new in zip(self._weight_names, self._weights, weights):
+            new = check_numeric(new, f"weights[{name!r}]")
+            if new.shape != current.shape:
+                raise ValueError(f"layer {self.name!r}: {name} must have shape {current.shape}; "
+                                 f"got {new.shape}")
+            checked.append(new)
+        for current, new in zip(self._weights, checked):
+            current[...] = new
+
+    def get_gradients(self):
+        """Copies of the parameter gradients from the last backward, in get_weights() order."""
+        return [g.copy() for g in self._gradients]
+
+    @property
+    def weights(self):
+        return list(self._weights)
+
+    def get_config(self):
+        return {"name": self.name}
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r} built={self.built}>"

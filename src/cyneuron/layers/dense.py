@@ -1,0 +1,79 @@
+"""Dense: y = activation(x @ kernel + bias), kernel (in, units), bias (units,)."""
+from .. import activations, initializers
+from .._kernels.gemm import gemm
+from .._validation import check_positive
+from .base import Layer
+
+
+class Dense(Layer):
+    """A fully connected layer.
+
+    units: output size. activation: a name from cyneuron.activations (default linear).
+    Weights follow Keras: kernel (in_features, units), glorot_uniform; bias zeros.
+    """
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", name=None, dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.units = int(check_positive(units, "units", integer=True))
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+
+    def build(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"Dense {self.name!r} expects 2-D input (batch, features); "
+                             f"got per-sample shape {tuple(input_shape)}")
+        self.add_weight("kernel", (int(input_shape[0]), self.units), self.kernel_initializer)
+        if self.use_bias:
+            self.add_weight("bias", (self.units,), self.bias_initializer)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return (self.units,)
+
+    @property
+    def kernel(self):
+        return self._weights[0]
+
+    @property
+    def bias(self):
+        return self._weights[1] if self.use_bias else None
+
+    def _forward(self, x, training):
+        z = self._forward_logits(x, training)
+        self._y = self.activation.forward(z, out=z)
+        return self._y
+
+    def _forward_logits(self, x, training=False):
+        """x @ kernel + bias, before the activation (the fused-loss path stops here)."""
+        z = self._buffer("z", (x.shape[0], self.units))
+        gemm(x, self._weights[0], z)
+        if self.use_bias:
+            z += self._weights[1]
+        self._x = x
+        self._y = z
+        self._last_output_shape = z.shape
+        return z
+
+    def _backward(self, grad_output, need_input_grad):
+        dz = grad_output
+        if self.activation.name != "linear":
+            dz = self.activation.backward(self._y, grad_output, out=self._buffer("dz", dz.shape))
+        return self._backward_logits(dz, need_input_grad)
+
+    def _backward_logits(self, dz, need_input_grad=True):
+        """Gradients from d(loss)/d(x @ kernel + bias): dW = x^T dz, db = sum(dz), dx = dz W^T."""
+        gemm(self._x.T, dz, self._gradients[0])
+        if self.use_bias:
+            dz.sum(axis=0, out=self._gradients[1])
+        if not need_input_grad:
+            return None
+        dx = self._buffer("dx", self._x.shape)
+        gemm(dz, self._weights[0].T, dx)
+        return dx
+
+    def get_config(self):
+        return {"name": self.name, "units": self.units, "activation": self.activation.name,
+                "use_bias": self.use_bias}

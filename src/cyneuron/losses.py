@@ -1,0 +1,172 @@
+"""Loss functions (Keras names), mean over the batch.
+
+`value_and_grad(targets, y_pred)` returns the mean loss and d(loss)/d(y_pred).
+Cross-entropies that follow a softmax output fuse with it: `value_and_grad_logits`
+takes the logits z, computes log-softmax with log-sum-exp, and returns
+d(loss)/dz = (softmax(z) - t) / N directly — cheaper and exact where the
+separate softmax + log would underflow.
+"""
+import numpy as np
+
+from ._kernels import losses as _k
+from ._validation import check_array, check_numeric
+
+# Keras clips probabilities to [eps, 1 - eps] before taking logs.
+EPSILON = 1e-7
+
+
+class Loss:
+    """Base class. Subclasses set `name` and implement `prepare_targets` and `value_and_grad`."""
+
+    name = None
+    fuses_with = None  # name of the output activation this loss absorbs, if any
+
+    def __call__(self, y_true, y_pred):
+        """The mean loss of predictions `y_pred` against `y_true`."""
+        y_pred = check_array(y_pred, "y_pred", np.float64)
+        if y_pred.ndim == 1:
+            y_pred = y_pred.reshape(-1, 1)
+        targets = self.prepare_targets(y_true, y_pred.shape, y_pred.dtype)
+        return self.value_and_grad(targets, y_pred)[0]
+
+    def prepare_targets(self, y, output_shape, dtype):
+        """Validate `y` against model outputs of `output_shape` and convert it once."""
+        raise NotImplementedError
+
+    def value_and_grad(self, targets, y_pred):
+        raise NotImplementedError
+
+    def value_and_grad_logits(self, targets, z):
+        raise NotImplementedError(f"{self.name} does not fuse with an output activation")
+
+    def get_config(self):
+        return {"name": self.name}
+
+    def _grad_buffer(self, shape, dtype):
+        buf = getattr(self, "_buf", None)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._buf = np.empty(shape, dtype)
+        return buf
+
+
+class MeanSquaredError(Loss):
+    """mean((y_pred - y_true)^2) over all outputs."""
+
+    name = "mean_squared_error"
+
+    def prepare_targets(self, y, output_shape, dtype):
+        y = check_array(y, "y", dtype)
+        n_out = output_shape[-1]
+        if y.ndim == 1 and n_out == 1:
+            y = y.reshape(-1, 1)
+        if y.ndim != 2 or y.shape[1] != n_out:
+            raise ValueError(f"y must have shape (n_samples, {n_out}) to match the model "
+                             f"outputs; got {y.shape}")
+        return y
+
+    def value_and_grad(self, targets, y_pred):
+        grad = self._grad_buffer(y_pred.shape, y_pred.dtype)
+        total = _k.squared_error(y_pred.reshape(-1), targets.reshape(-1), grad.reshape(-1),
+                                 1.0 / y_pred.size)
+        return total / y_pred.size, grad
+
+
+class SparseCategoricalCrossentropy(Loss):
+    """-log p[label], for integer class labels (n_samples,)."""
+
+    name = "sparse_categorical_crossentropy"
+    fuses_with = "softmax"
+
+    def __init__(self, from_logits=False):
+        self.from_logits = bool(from_logits)
+
+    def prepare_targets(self, y, output_shape, dtype):
+        y = check_numeric(y, "y")
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise ValueError(f"y must be 1-D integer class labels for {self.name}; got shape {y.shape}")
+        if y.size == 0:
+            raise ValueError("y is empty")
+        if y.dtype.kind == "f":
+            if not np.isfinite(y).all():
+                raise ValueError("y contains NaN or infinity")
+            if not np.array_equal(y, np.round(y)):
+                raise ValueError(f"y must hold integer class labels for {self.name}")
+        labels = y.astype(np.int64)
+        n_classes = output_shape[-1]
+        if labels.min() < 0 or labels.max() >= n_classes:
+            raise ValueError(f"y holds labels outside [0, {n_classes}) for a model with "
+                             f"{n_classes} outputs: min {labels.min()}, max {labels.max()}")
+        return np.ascontiguousarray(labels)
+
+    def value_and_grad(self, targets, y_pred):
+        if self.from_logits:
+            return self.value_and_grad_logits(targets, y_pred)
+        onehot = np.zeros(y_pred.shape, y_pred.dtype)
+        onehot[np.arange(len(targets)), targets] = 1
+        return _probs_cross_entropy(self, onehot, y_pred)
+
+    def value_and_grad_logits(self, targets, z):
+        grad = self._grad_buffer(z.shape, z.dtype)
+        n = z.shape[0]
+        total = _k.softmax_cross_entropy_sparse(z, targets, grad, 1.0 / n)
+        return total / n, grad
+
+
+class CategoricalCrossentropy(Loss):
+    """-sum(t log p), for one-hot (or soft) targets (n_samples, n_classes)."""
+
+    name = "categorical_crossentropy"
+    fuses_with = "softmax"
+
+    def __init__(self, from_logits=False):
+        self.from_logits = bool(from_logits)
+
+    def prepare_targets(self, y, output_shape, dtype):
+        y = check_array(y, "y", dtype)
+        if y.ndim != 2 or y.shape[1] != output_shape[-1]:
+            raise ValueError(f"y must be one-hot, shape (n_samples, {output_shape[-1]}), for "
+                             f"{self.name}; got {y.shape} (use sparse_categorical_crossentropy "
+                             f"for integer labels)")
+        return y
+
+    def value_and_grad(self, targets, y_pred):
+        if self.from_logits:
+            return self.value_and_grad_logits(targets, y_pred)
+        return _probs_cross_entropy(self, targets, y_pred)
+
+    def value_and_grad_logits(self, targets, z):
+        grad = self._grad_buffer(z.shape, z.dtype)
+        n = z.shape[0]
+        total = _k.softmax_cross_entropy_dense(z, targets, grad, 1.0 / n)
+        return total / n, grad
+
+
+def _probs_cross_entropy(loss, onehot, probs):
+    grad = loss._grad_buffer(probs.shape, probs.dtype)
+    n = probs.shape[0]
+    total = _k.cross_entropy_probs(probs, onehot, grad, 1.0 / n, EPSILON)
+    return total / n, grad
+
+
+_REGISTRY = {cls.name: cls for cls in (MeanSquaredError, SparseCategoricalCrossentropy,
+                                       CategoricalCrossentropy)}
+_ALIASES = {"mse": "mean_squared_error"}
+
+
+def names():
+    return sorted(_REGISTRY)
+
+
+def get(identifier):
+    """A Loss from a name or a Loss instance."""
+    if isinstance(identifier, Loss):
+        return identifier
+    if isinstance(identifier, type) and issubclass(identifier, Loss):
+        return identifier()
+    if isinstance(identifier, str):
+        key = _ALIASES.get(identifier.lower(), identifier.lower())
+        if key in _REGISTRY:
+            return _REGISTRY[key]()
+    raise ValueError(f"unknown loss {identifier!r}; expected one of {names()}")

@@ -1,0 +1,318 @@
+"""Sequential: a stack of layers with Keras's compile / fit / evaluate / predict.
+
+All parameters live in one flat buffer (and their gradients in another); each
+layer's weights are views into it, so the optimizer step is a single fused
+kernel over the whole model (the KANN design).
+"""
+import numpy as np
+
+from . import losses as _losses
+from . import metrics as _metrics
+from . import optimizers as _optimizers
+from ._random import get_rng
+from ._validation import as_dtype, check_array, check_positive, check_same_length
+from .callbacks import History, ProgressPrinter
+from .layers.base import Layer
+
+DEFAULT_PREDICT_BATCH = 256
+
+
+class Sequential:
+    """A linear stack of layers.
+
+    layers: list of Layer. dtype: 'float32' (default) or 'float64' for every layer.
+    """
+
+    def __init__(self, layers=None, name="sequential", dtype="float32"):
+        self.name = name
+        self.dtype = as_dtype(dtype, "dtype")
+        self.layers = []
+        self.built = False
+        self.input_shape = None
+        self.optimizer = None
+        self.loss = None
+        self.metrics = []
+        for layer in layers or []:
+            self.add(layer)
+
+    # -- structure --------------------------------------------------------------
+    def add(self, layer):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"layers must be cyneuron Layer instances; got {type(layer).__name__}")
+        if self.built:
+            raise RuntimeError("cannot add layers to a model that is already built")
+        if layer.dtype is not None and layer.dtype != self.dtype:
+            raise ValueError(f"layer {layer.name!r} has dtype {layer.dtype.name} but the model "
+                             f"is {self.dtype.name}; set dtype on the model")
+        self.layers.append(layer)
+
+    def build(self, input_shape):
+        """Build every layer for per-sample `input_shape` (e.g. (784,)) and gather the
+        parameters into the model's flat buffers."""
+        if not self.layers:
+            raise ValueError("the model has no layers")
+        shape = (int(input_shape),) if np.isscalar(input_shape) else tuple(int(d) for d in input_shape)
+        if len(shape) >= 2 and shape[0] is None:
+            shape = shape[1:]
+        self.input_shape = shape
+        for layer in self.layers:
+            if layer.built and layer.input_shape != shape:
+                raise ValueError(f"layer {layer.name!r} was built for inputs {layer.input_shape}, "
+                                 f"but receives {shape} here")
+            layer.dtype = self.dtype
+            if not layer.built:
+                layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        self.output_shape = shape
+        size = sum(layer.count_params() for layer in self.layers)
+        self._params = np.empty(size, self.dtype)
+        self._grads = np.zeros(size, self.dtype)
+        offset = 0
+        for layer in self.layers:
+            offset = layer._bind(self._params, self._grads, offset)
+        self.built = True
+
+    def count_params(self):
+        return int(self._params.size) if self.built else 0
+
+    def get_weights(self):
+        return [w for layer in self.layers for w in layer.get_weights()]
+
+    def set_weights(self, weights):
+        self._require_built()
+        weights = list(weights)
+        expected = sum(len(layer._weights) for layer in self.layers)
+        if len(weights) != expected:
+            raise ValueError(f"the model has {expected} weight arrays; got {len(weights)}")
+        start = 0
+        for layer in self.layers:
+            n = len(layer._weights)
+            layer.set_weights(weights[start:start + n])
+            start += n
+
+    # -- training set-up ---------------------------------------------------------
+    def compile(self, optimizer="sgd", loss=None, metrics=None):
+        if loss is None:
+            raise ValueError("compile: a loss is required, e.g. loss='mean_squared_error'")
+        self.optimizer = _optimizers.get(optimizer)
+        self.loss = _losses.get(loss)
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        self.metrics = [_metrics.get(m) for m in (metrics or [])]
+
+    def _fused_output(self):
+        """True when the loss absorbs the last layer's activation (softmax + cross-entropy)."""
+        last = self.layers[-1]
+        fuses = self.loss.fuses_with
+        return (fuses is not None and not getattr(self.loss, "from_logits", False)
+                and getattr(getattr(last, "activation", None), "name", None) == fuses
+                and hasattr(last, "_forward_logits"))
+
+    # -- data checks ---------------------------------------------------------------
+    def _check_x(self, x, name="x"):
+        x = check_array(x, name, self.dtype)
+        if x.ndim < 2:
+            raise ValueError(f"{name} must be at least 2-D (samples, features); got shape {x.shape}")
+        if not self.built:
+            self.build(x.shape[1:])
+        elif x.shape[1:] != self.input_shape:
+            raise ValueError(f"{name} has per-sample shape {x.shape[1:]}; the model expects "
+                             f"{self.input_shape}")
+        return x
+
+    def _check_xy(self, x, y, x_name="x", y_name="y"):
+        x = self._check_x(x, x_name)
+        if y is None:
+            raise ValueError(f"{y_name} is required")
+        y_arr = np.asarray(y) if not isinstance(y, np.ndarray) else y
+        check_same_length(x, y_arr, x_name, y_name)
+        targets = self.loss.prepare_targets(y_arr, (len(x),) + self.output_shape, self.dtype)
+        return x, targets
+
+    def _require_compiled(self):
+        if self.loss is None or self.optimizer is None:
+            raise RuntimeError("the model must be compiled first: call model.compile(...)")
+
+    def _require_built(self):
+        if not self.built:
+            raise RuntimeError("the model is not built yet: call build(input_shape) or fit/predict")
+
+    # -- one step ------------------------------------------------------------------
+    def _forward_backward(self, x, targets):
+        """Forward in training mode, loss, backward. Fills the flat gradient buffer."""
+        h = x
+        for layer in self.layers[:-1]:
+            h = layer._forward(h, True)
+        last = self.layers[-1]
+        need_dx = len(self.layers) > 1
+        if self._fused_output():
+            out = last._forward_logits(h, True)
+            loss, g = self.loss.value_and_grad_logits(targets, out)
+            g = last._backward_logits(g, need_dx)
+        else:
+            out = last._forward(h, True)
+            loss, g = self.loss.value_and_grad(targets, out)
+            g = last._backward(g, need_dx)
+        for i in range(len(self.layers) - 2, -1, -1):
+            g = self.layers[i]._backward(g, i > 0)
+        return loss, out
+
+    def _train_step(self, x, targets):
+        loss, out = self._forward_backward(x, targets)
+        self.optimizer.apply_gradients(self._params, self._grads)
+        return loss, out
+
+    def train_on_batch(self, x, y, return_dict=False):
+        """One optimizer step on the batch (x, y). Returns the loss (and metrics)."""
+        self._require_compiled()
+        x, targets = self._check_xy(x, y)
+        loss, out = self._train_step(x, targets)
+        logs = {"loss": float(loss)}
+        for m in self.metrics:
+            m.reset()
+            m.update(targets, out)
+            logs[m.name] = m.result()
+        if return_dict:
+            return logs
+        return logs["loss"] if len(logs) == 1 else list(logs.values())
+
+    def compute_gradients(self, x, y):
+        """(loss, grads) on the batch, grads in get_weights() order; updates nothing."""
+        self._require_compiled()
+        x, targets = self._check_xy(x, y)
+        loss, _ = self._forward_backward(x, targets)
+        return float(loss), [g for layer in self.layers for g in layer.get_gradients()]
+
+    # -- loops -----------------------------------------------------------------------
+    def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
+            validation_split=0.0, verbose=1):
+        """Train for `epochs` passes over (x, y) in mini-batches; returns a History."""
+        self._require_compiled()
+        check_positive(epochs, "epochs", integer=True)
+        check_positive(batch_size, "batch_size", integer=True)
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        if not 0 <= validation_split < 1:
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+        x, targets = self._check_xy(x, y)
+        if validation_data is not None:
+            if validation_split:
+                raise ValueError("give validation_data or validation_split, not both")
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a tuple (x_val, y_val)")
+            val = self._check_xy(*validation_data, x_name="x_val", y_name="y_val")
+        elif validation_split:
+            n_val = int(len(x) * validation_split)
+            if n_val == 0 or n_val == len(x):
+                raise ValueError(f"validation_split={validation_split} leaves an empty split "
+                                 f"of {len(x)} samples")
+            val = (x[-n_val:], targets[-n_val:])
+            x, targets = x[:-n_val], targets[:-n_val]
+        else:
+            val = None
+
+        n = len(x)
+        steps = (n + batch_size - 1) // batch_size
+        history = History()
+        progress = ProgressPrinter(verbose, epochs, steps)
+        rng = get_rng()
+        for epoch in range(epochs):
+            order = rng.permutation(n) if shuffle else np.arange(n)
+            for m in self.metrics:
+                m.reset()
+            progress.epoch_begin(epoch)
+            loss_sum = 0.0
+            for step in range(steps):
+                idx = order[step * batch_size:(step + 1) * batch_size]
+                xb, tb = self._gather(x, idx, "xb"), self._gather(targets, idx, "tb")
+                loss, out = self._train_step(xb, tb)
+                loss_sum += float(loss) * len(idx)
+                for m in self.metrics:
+                    m.update(tb, out)
+                logs = {"loss": loss_sum / min(n, (step + 1) * batch_size)}
+                logs.update((m.name, m.result()) for m in self.metrics)
+                progress.batch_end(step, logs)
+            if val is not None:
+                logs.update(("val_" + k, v) for k, v in self._evaluate(*val, batch_size).items())
+            history.record(epoch, logs)
+            progress.epoch_end(logs)
+        return history
+
+    def _gather(self, data, idx, key):
+        """data[idx] into a buffer reused while the batch size is unchanged."""
+        buffers = self.__dict__.setdefault("_batch_buffers", {})
+        shape = (len(idx),) + data.shape[1:]
+        buf = buffers.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != data.dtype:
+            buf = buffers[key] = np.empty(shape, data.dtype)
+        np.take(data, idx, axis=0, out=buf)
+        return buf
+
+    def _evaluate(self, x, targets, batch_size):
+        fused = self._fused_output()
+        for m in self.metrics:
+            m.reset()
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            xb, tb = x[start:start + batch_size], targets[start:start + batch_size]
+            h = xb
+            for layer in self.layers[:-1]:
+                h = layer._forward(h, False)
+            if fused:
+                out = self.layers[-1]._forward_logits(h, False)
+                loss, _ = self.loss.value_and_grad_logits(tb, out)
+            else:
+                out = self.layers[-1]._forward(h, False)
+                loss, _ = self.loss.value_and_grad(tb, out)
+            total += float(loss) * len(xb)
+            for m in self.metrics:
+                m.update(tb, out)
+        logs = {"loss": total / len(x)}
+        logs.update((m.name, m.result()) for m in self.metrics)
+        return logs
+
+    def evaluate(self, x, y, batch_size=None, verbose=0):
+        """{'loss': ..., <metric>: ...} over (x, y)."""
+        self._require_compiled()
+        batch_size = DEFAULT_PREDICT_BATCH if batch_size is None else \
+            check_positive(batch_size, "batch_size", integer=True)
+        x, targets = self._check_xy(x, y)
+        logs = self._evaluate(x, targets, batch_size)
+        if verbose:
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+        return logs
+
+    def predict(self, x, batch_size=None):
+        """Model outputs for x, as a new array (float32 or the model dtype)."""
+        batch_size = DEFAULT_PREDICT_BATCH if batch_size is None else \
+            check_positive(batch_size, "batch_size", integer=True)
+        x = self._check_x(x)
+        result = np.empty((len(x),) + self.output_shape, self.dtype)
+        for start in range(0, len(x), batch_size):
+            h = x[start:start + batch_size]
+            for layer in self.layers:
+                h = layer._forward(h, False)
+            result[start:start + len(h)] = h
+        return result
+
+    def __call__(self, x):
+        return self.predict(x)
+
+    # -- display -----------------------------------------------------------------------
+    def summary(self, print_fn=print):
+        """Print a table of layers, output shapes and parameter counts."""
+        rows = [("Layer (type)", "Output shape", "Param #")]
+        for layer in self.layers:
+            out = "?"
+            if layer.built:
+                out = str((None,) + tuple(layer.compute_output_shape(layer.input_shape)))
+            rows.append((f"{layer.name} ({type(layer).__name__})", out, str(layer.count_params())))
+        widths = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
+        line = "-" * sum(widths)
+        print_fn(f'Model: "{self.name}"')
+        print_fn(line)
+        for i, row in enumerate(rows):
+            print_fn("".join(cell.ljust(w) for cell, w in zip(row, widths)))
+            print_fn("=" * sum(widths) if i == 0 else line)
+        total = sum(layer.count_params() for layer in self.layers)
+        print_fn(f"Total params: {total:,}" + ("" if self.built else " (model not built yet)"))

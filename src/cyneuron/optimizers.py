@@ -1,0 +1,64 @@
+"""Optimizers: each step is one fused kernel over the model's flat parameter buffer."""
+import numpy as np
+
+from ._kernels import optim as _k
+
+
+class Optimizer:
+    name = None
+
+    def __init__(self, learning_rate):
+        if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float, np.floating)) \
+                or not np.isfinite(learning_rate) or learning_rate <= 0:
+            raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+        self.learning_rate = float(learning_rate)
+        self.iterations = 0
+
+    def apply_gradients(self, params, grads):
+        """Update the flat `params` in place from the flat `grads` (same size and dtype)."""
+        raise NotImplementedError
+
+    def get_config(self):
+        return {"name": self.name, "learning_rate": self.learning_rate}
+
+
+class SGD(Optimizer):
+    """Gradient descent, with optional (Nesterov) momentum, as in Keras:
+    v = momentum * v - lr * g;  w += v   (Nesterov: w += momentum * v - lr * g)."""
+
+    name = "sgd"
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
+        super().__init__(learning_rate)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+        self._velocity = None
+
+    def apply_gradients(self, params, grads):
+        if self.momentum and (self._velocity is None or self._velocity.shape != params.shape
+                              or self._velocity.dtype != params.dtype):
+            self._velocity = np.zeros_like(params)
+        velocity = self._velocity if self.momentum else params[:0]
+        _k.sgd_update(params, grads, velocity, self.learning_rate, self.momentum, self.nesterov)
+        self.iterations += 1
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+_REGISTRY = {cls.name: cls for cls in (SGD,)}
+
+
+def names():
+    return sorted(_REGISTRY)
+
+
+def get(identifier):
+    """An Optimizer from a name (default settings) or an Optimizer instance."""
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, str) and identifier.lower() in _REGISTRY:
+        return _REGISTRY[identifier.lower()]()
+    raise ValueError(f"unknown optimizer {identifier!r}; expected one of {names()}")
