@@ -42,6 +42,20 @@ def get_num_threads():
     return _openmp.get_max_threads()
 
 
+def openmp_runtime():
+    """Path of the OpenMP runtime library loaded in this process (Linux), or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                name = os.path.basename(path)
+                if name.startswith(("libgomp", "libomp", "libiomp")):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
 def config():
     """The build and run-time configuration, as a dict."""
     from . import __version__
@@ -51,6 +65,7 @@ def config():
         "isa": get_isa(),
         "supported_isas": supported_isas(),
         "openmp": _openmp.openmp_enabled(),
+        "openmp_runtime": openmp_runtime(),
         "num_threads": get_num_threads(),
         "cpu_count": os.cpu_count(),
         "gemm_blocks_float32": dict(zip(("MR", "NR", "MC", "KC", "NC"), _gemm.block_sizes("float32"))),
