@@ -506,3 +506,9 @@ def test_ops_activation_bad_input():
         cn.ops.tanh_grad(np.ones((2, 3)), np.ones((3, 2)))
     with pytest.raises(TypeError, match=r"\bdy\b"):
         cn.ops.relu_grad(np.ones(3), np.array([None, 1, 2], dtype=object))
+
+
+def test_same_layer_instance_twice_is_refused():
+    dense = layers.Dense(3)
+    with pytest.raises(ValueError, match="already in the model"):
+        cn.Sequential([dense, dense])

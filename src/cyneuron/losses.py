@@ -29,8 +29,9 @@ class Loss:
         targets = self.prepare_targets(y_true, y_pred.shape, y_pred.dtype)
         return self.value_and_grad(targets, y_pred)[0]
 
-    def prepare_targets(self, y, output_shape, dtype):
-        """Validate `y` against model outputs of `output_shape` and convert it once."""
+    def prepare_targets(self, y, output_shape, dtype, name="y"):
+        """Validate targets `y` (called `name` in errors) against model outputs of
+        `output_shape` and convert them once."""
         raise NotImplementedError
 
     def value_and_grad(self, targets, y_pred):
@@ -54,13 +55,13 @@ class MeanSquaredError(Loss):
 
     name = "mean_squared_error"
 
-    def prepare_targets(self, y, output_shape, dtype):
-        y = check_array(y, "y", dtype)
+    def prepare_targets(self, y, output_shape, dtype, name="y"):
+        y = check_array(y, name, dtype)
         n_out = output_shape[-1]
         if y.ndim == 1 and n_out == 1:
             y = y.reshape(-1, 1)
         if y.ndim != 2 or y.shape[1] != n_out:
-            raise ValueError(f"y must have shape (n_samples, {n_out}) to match the model "
+            raise ValueError(f"{name} must have shape (n_samples, {n_out}) to match the model "
                              f"outputs; got {y.shape}")
         return y
 
@@ -80,23 +81,23 @@ class SparseCategoricalCrossentropy(Loss):
     def __init__(self, from_logits=False):
         self.from_logits = bool(from_logits)
 
-    def prepare_targets(self, y, output_shape, dtype):
-        y = check_numeric(y, "y")
+    def prepare_targets(self, y, output_shape, dtype, name="y"):
+        y = check_numeric(y, name)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.ndim != 1:
-            raise ValueError(f"y must be 1-D integer class labels for {self.name}; got shape {y.shape}")
+            raise ValueError(f"{name} must be 1-D integer class labels for {self.name}; got shape {y.shape}")
         if y.size == 0:
-            raise ValueError("y is empty")
+            raise ValueError(f"{name} is empty")
         if y.dtype.kind == "f":
             if not np.isfinite(y).all():
-                raise ValueError("y contains NaN or infinity")
+                raise ValueError(f"{name} contains NaN or infinity")
             if not np.array_equal(y, np.round(y)):
-                raise ValueError(f"y must hold integer class labels for {self.name}")
+                raise ValueError(f"{name} must hold integer class labels for {self.name}")
         labels = y.astype(np.int64)
         n_classes = output_shape[-1]
         if labels.min() < 0 or labels.max() >= n_classes:
-            raise ValueError(f"y holds labels outside [0, {n_classes}) for a model with "
+            raise ValueError(f"{name} holds labels outside [0, {n_classes}) for a model with "
                              f"{n_classes} outputs: min {labels.min()}, max {labels.max()}")
         return np.ascontiguousarray(labels)
 
@@ -123,10 +124,10 @@ class CategoricalCrossentropy(Loss):
     def __init__(self, from_logits=False):
         self.from_logits = bool(from_logits)
 
-    def prepare_targets(self, y, output_shape, dtype):
-        y = check_array(y, "y", dtype)
+    def prepare_targets(self, y, output_shape, dtype, name="y"):
+        y = check_array(y, name, dtype)
         if y.ndim != 2 or y.shape[1] != output_shape[-1]:
-            raise ValueError(f"y must be one-hot, shape (n_samples, {output_shape[-1]}), for "
+            raise ValueError(f"{name} must be one-hot, shape (n_samples, {output_shape[-1]}), for "
                              f"{self.name}; got {y.shape} (use sparse_categorical_crossentropy "
                              f"for integer labels)")
         return y

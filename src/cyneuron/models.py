@@ -41,6 +41,9 @@ class Sequential:
             raise TypeError(f"layers must be cyneuron Layer instances; got {type(layer).__name__}")
         if self.built:
             raise RuntimeError("cannot add layers to a model that is already built")
+        if any(layer is existing for existing in self.layers):
+            raise ValueError(f"layer {layer.name!r} is already in the model; a layer instance "
+                             f"can appear only once (its buffers hold one forward pass)")
         if layer.dtype is not None and layer.dtype != self.dtype:
             raise ValueError(f"layer {layer.name!r} has dtype {layer.dtype.name} but the model "
                              f"is {self.dtype.name}; set dtype on the model")
@@ -84,11 +87,14 @@ class Sequential:
         expected = sum(len(layer._weights) for layer in self.layers)
         if len(weights) != expected:
             raise ValueError(f"the model has {expected} weight arrays; got {len(weights)}")
-        start = 0
-        for layer in self.layers:
+        checked, start = [], 0
+        for layer in self.layers:  # check everything before changing anything
             n = len(layer._weights)
-            layer.set_weights(weights[start:start + n])
+            checked.append(layer._check_weights(weights[start:start + n]))
             start += n
+        for layer, layer_weights in zip(self.layers, checked):
+            for current, new in zip(layer._weights, layer_weights):
+                current[...] = new
 
     # -- training set-up ---------------------------------------------------------
     def compile(self, optimizer="sgd", loss=None, metrics=None):
@@ -126,7 +132,8 @@ class Sequential:
             raise ValueError(f"{y_name} is required")
         y_arr = np.asarray(y) if not isinstance(y, np.ndarray) else y
         check_same_length(x, y_arr, x_name, y_name)
-        targets = self.loss.prepare_targets(y_arr, (len(x),) + self.output_shape, self.dtype)
+        targets = self.loss.prepare_targets(y_arr, (len(x),) + self.output_shape, self.dtype,
+                                            name=y_name)
         return x, targets
 
     def _require_compiled(self):

@@ -81,6 +81,8 @@ class Layer:
         """Output for a batch `x`. The array returned is owned by the layer and is
         overwritten by its next forward call: copy it to keep it."""
         x = self._check_input(x)
+        if any(np.shares_memory(x, buf) for buf in self._buffers.values()):
+            x = x.copy()  # fed its own output: the buffer is about to be overwritten
         return self._forward(x, training)
 
     def backward(self, grad_output):
@@ -126,6 +128,11 @@ class Layer:
         return [w.copy() for w in self._weights]
 
     def set_weights(self, weights):
+        """Copy `weights` (get_weights() order and shapes) in; nothing changes if any is wrong."""
+        for current, new in zip(self._weights, self._check_weights(weights)):
+            current[...] = new
+
+    def _check_weights(self, weights):
         weights = list(weights)
         if len(weights) != len(self._weights):
             raise ValueError(f"layer {self.name!r} expects {len(self._weights)} weight arrays "
@@ -137,8 +144,7 @@ class Layer:
                 raise ValueError(f"layer {self.name!r}: {name} must have shape {current.shape}; "
                                  f"got {new.shape}")
             checked.append(new)
-        for current, new in zip(self._weights, checked):
-            current[...] = new
+        return checked
 
     def get_gradients(self):
         """Copies of the parameter gradients from the last backward, in get_weights() order."""

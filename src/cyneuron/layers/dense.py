@@ -23,7 +23,7 @@ class Dense(Layer):
 
     def build(self, input_shape):
         if len(input_shape) != 1:
-            raise ValueError(f"Dense {self.name!r} expects 2-D input (batch, features); "
+            raise ValueError(f"Dense {self.name!r} expects 2-D input x (batch, features); "
                              f"got per-sample shape {tuple(input_shape)}")
         self.add_weight("kernel", (int(input_shape[0]), self.units), self.kernel_initializer)
         if self.use_bias:
