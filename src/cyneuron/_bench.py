@@ -133,6 +133,20 @@ def _limit_blas_threads(n):
 
 
 # -- timing ----------------------------------------------------------------------------------
+SETTLE_S = 0.2
+
+
+def settle_threads(seconds=SETTLE_S):
+    """Sleep until the worker threads of the library that ran last have parked.
+
+    OpenBLAS's threads busy-wait for about 2**28 cycles (~0.1 s) after each call, libgomp's
+    for a while too; meanwhile they hold the cores that the next library's threads need.
+    Measured here (2 cores): cyneuron's 256^3 matmul right after numpy's ran at 1-75 GFLOP/s,
+    0.2 s later at ~145; numpy right after cyneuron at ~95, 0.2 s later at ~150.
+    """
+    time.sleep(seconds)
+
+
 def _calibrate(fn, target_s):
     """Calls per repeat so that one repeat lasts about target_s (after a warm-up call)."""
     fn()
@@ -142,25 +156,38 @@ def _calibrate(fn, target_s):
     return max(1, int(target_s / once))
 
 
-def time_interleaved(fns, repeats=7, target_s=0.04):
-    """Seconds per call of each function in `fns` (a dict): a list of `repeats` samples each.
+def time_blocks(fns, repeats=8, target_s=0.04, passes=2, settle_s=SETTLE_S):
+    """Seconds per call of each function in `fns` (a dict): a list of samples each.
 
-    The repeats alternate between the functions so that a drift in the machine's speed
+    Each function runs in `passes` blocks of timed repeats (`repeats` in all), each block
+    after a pause that lets the previous library's spinning threads park (see
+    settle_threads) and a warm-up call.
+    The passes alternate the order (A B, then B A) so that a drift in the machine's speed
     (another process, the clock) hits them all alike.
     """
-    loops = {name: _calibrate(fn, target_s) for name, fn in fns.items()}
-    samples = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            n, done = loops[name], 0
-            t0 = time.perf_counter()
-            deadline = t0 + 4 * target_s  # the calibration call may have been lucky
-            while done < n:
+    names = list(fns)
+    loops = {}
+    samples = {name: [] for name in names}
+    passes = max(1, min(passes, repeats))
+    for p in range(passes):
+        per_block = repeats // passes + (1 if p < repeats % passes else 0)
+        for name in (names if p % 2 == 0 else names[::-1]):
+            fn = fns[name]
+            settle_threads(settle_s)
+            if name not in loops:
+                loops[name] = _calibrate(fn, target_s)
+            else:
                 fn()
-                done += 1
-                if time.perf_counter() > deadline:
-                    break
-            samples[name].append((time.perf_counter() - t0) / done)
+            for _ in range(per_block):
+                n, done = loops[name], 0
+                t0 = time.perf_counter()
+                deadline = t0 + 4 * target_s  # the calibration call may have been lucky
+                while done < n:
+                    fn()
+                    done += 1
+                    if time.perf_counter() > deadline:
+                        break
+                samples[name].append((time.perf_counter() - t0) / done)
     return samples
 
 
@@ -210,7 +237,7 @@ def bench_matmul(args, out):
         got, want = fns["cyneuron"](), fns["numpy"]()
         tol = 1e-3 if dtype == "float32" else 1e-10
         err = float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want)))))
-        samples = time_interleaved(fns, repeats=args.repeats, target_s=args.target)
+        samples = time_blocks(fns, repeats=args.repeats, target_s=args.target)
         flops = gemm_flops(m, k, n)
         g_cn = flops / _pick(samples["cyneuron"], args.stat) / 1e9
         g_np = flops / _pick(samples["numpy"], args.stat) / 1e9
@@ -338,7 +365,7 @@ def mlp_predict_callables(threads, x):
 
 
 def _mlp_table(title, fns, missing, samples_per_call, args, out):
-    samples = time_interleaved(fns, repeats=args.repeats, target_s=args.target)
+    samples = time_blocks(fns, repeats=args.repeats, target_s=args.target)
     rate = {name: samples_per_call / _pick(s, args.stat) for name, s in samples.items()}
     table = [("implementation", "samples/s", "ms/call", "cyneuron / it")]
     for name in ("cyneuron", "torch", "scikit-learn"):
@@ -416,7 +443,8 @@ def main(argv=None):
     parser.add_argument("what", nargs="?", default="all", choices=("matmul", "mlp", "all"))
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for cyneuron, torch and (with threadpoolctl) numpy's BLAS")
-    parser.add_argument("--repeats", type=int, default=7, help="timed repeats (default 7)")
+    parser.add_argument("--repeats", type=int, default=8,
+                        help="timed repeats of each function (default 8, in two blocks)")
     parser.add_argument("--target", type=float, default=0.04,
                         help="seconds per repeat (default 0.04)")
     parser.add_argument("--stat", choices=("best", "median"), default="best",

@@ -99,14 +99,25 @@ class Softmax(Activation):
 
     name = "softmax"
 
+    @staticmethod
+    def _check_rank(x):
+        if x.ndim == 0:
+            raise ValueError("softmax needs at least 1-D input (it runs over the last axis)")
+
     def forward(self, x, out=None):
+        self._check_rank(x)
         out = _out_like(x, out)
+        if x.size == 0:
+            return out
         c = x.shape[-1]
         _k.softmax_forward(x.reshape(-1, c), out.reshape(-1, c))
         return out
 
     def backward(self, y, dy, out=None):
+        self._check_rank(y)
         out = _out_like(dy, out)
+        if y.size == 0:
+            return out
         c = y.shape[-1]
         _k.softmax_backward(y.reshape(-1, c), dy.reshape(-1, c), out.reshape(-1, c))
         return out

@@ -37,6 +37,12 @@ class Loss:
     def value_and_grad(self, targets, y_pred):
         raise NotImplementedError
 
+    @staticmethod
+    def _check_samples(y, output_shape, name):
+        if len(y) != output_shape[0]:
+            raise ValueError(f"{name} has {len(y)} samples but the predictions have "
+                             f"{output_shape[0]}")
+
     def value_and_grad_logits(self, targets, z):
         raise NotImplementedError(f"{self.name} does not fuse with an output activation")
 
@@ -57,6 +63,7 @@ class MeanSquaredError(Loss):
 
     def prepare_targets(self, y, output_shape, dtype, name="y"):
         y = check_array(y, name, dtype)
+        self._check_samples(y, output_shape, name)
         n_out = output_shape[-1]
         if y.ndim == 1 and n_out == 1:
             y = y.reshape(-1, 1)
@@ -83,6 +90,7 @@ class SparseCategoricalCrossentropy(Loss):
 
     def prepare_targets(self, y, output_shape, dtype, name="y"):
         y = check_numeric(y, name)
+        self._check_samples(y, output_shape, name)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.ndim != 1:
@@ -126,6 +134,7 @@ class CategoricalCrossentropy(Loss):
 
     def prepare_targets(self, y, output_shape, dtype, name="y"):
         y = check_array(y, name, dtype)
+        self._check_samples(y, output_shape, name)
         if y.ndim != 2 or y.shape[1] != output_shape[-1]:
             raise ValueError(f"{name} must be one-hot, shape (n_samples, {output_shape[-1]}), for "
                              f"{self.name}; got {y.shape} (use sparse_categorical_crossentropy "

@@ -14,8 +14,10 @@ __all__ = ["matmul", "linear", "sigmoid", "tanh", "relu", "softmax",
 
 
 def _result_dtype(*arrays):
-    dt = np.result_type(*[a.dtype for a in arrays], np.float32)
-    return np.dtype(np.float64) if dt.itemsize > 4 else np.dtype(np.float32)
+    """float32 when every input is float32 (or float16), float64 otherwise."""
+    if all(a.dtype in (np.float32, np.float16) for a in arrays):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
 
 
 def _as_operand(x, name, dtype):
@@ -95,7 +97,7 @@ def _check_out(out, shape, dtype):
 def _as_float(x, name):
     x = check_numeric(x, name)
     dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
-    return np.ascontiguousarray(x, dtype=dtype)
+    return np.asarray(x, dtype=dtype, order="C")  # keeps 0-d input 0-d
 
 
 def _unary(name):
@@ -107,11 +109,9 @@ def _unary(name):
 
     def grad(y, dy):
         y = _as_float(y, "y")
-        dy = np.ascontiguousarray(check_numeric(dy, "dy"), dtype=y.dtype)
+        dy = np.asarray(check_numeric(dy, "dy"), dtype=y.dtype, order="C")
         if dy.shape != y.shape:
             raise ValueError(f"dy must have the shape of y {y.shape}; got {dy.shape}")
-        if name == "softmax" and y.ndim == 0:
-            raise ValueError("softmax needs at least 1-D input")
         return act.backward(y, dy, out=np.empty_like(dy))
 
     forward.__name__, grad.__name__ = name, name + "_grad"

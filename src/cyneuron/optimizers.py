@@ -4,6 +4,18 @@ import numpy as np
 from ._kernels import optim as _k
 
 
+def _check_flat(params, grads):
+    for name, arr in (("params", params), ("grads", grads)):
+        if not isinstance(arr, np.ndarray) or arr.ndim != 1 or not arr.flags.c_contiguous \
+                or arr.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name} must be a contiguous 1-D float32/float64 array")
+    if not params.flags.writeable:
+        raise ValueError("params must be writeable")
+    if grads.shape != params.shape or grads.dtype != params.dtype:
+        raise ValueError(f"grads must match params: params {params.shape} {params.dtype.name}, "
+                         f"grads {grads.shape} {grads.dtype.name}")
+
+
 class Optimizer:
     name = None
 
@@ -16,6 +28,11 @@ class Optimizer:
 
     def apply_gradients(self, params, grads):
         """Update the flat `params` in place from the flat `grads` (same size and dtype)."""
+        _check_flat(params, grads)
+        self._apply(params, grads)
+        self.iterations += 1
+
+    def _apply(self, params, grads):
         raise NotImplementedError
 
     def get_config(self):
@@ -36,13 +53,12 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
         self._velocity = None
 
-    def apply_gradients(self, params, grads):
+    def _apply(self, params, grads):
         if self.momentum and (self._velocity is None or self._velocity.shape != params.shape
                               or self._velocity.dtype != params.dtype):
             self._velocity = np.zeros_like(params)
         velocity = self._velocity if self.momentum else params[:0]
         _k.sgd_update(params, grads, velocity, self.learning_rate, self.momentum, self.nesterov)
-        self.iterations += 1
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
