@@ -428,10 +428,12 @@ def _header(args, out):
         out(f"  note:       re-executed without {os.environ[_REEXEC_MARKER]} so that numpy "
             "uses its best kernel")
     peak32 = args.peak or estimated_peak_gflops("float32", isa, threads)
-    if peak32:
-        how = "given by --peak" if args.peak else \
-            "estimated: threads x cpu MHz x 2 FMA pipes x vector width; turbo can exceed it"
-        out(f"  fp32 peak:  {peak32:.0f} GFLOP/s ({how})")
+    if args.peak:
+        out(f"  fp32 peak:  {peak32:.0f} GFLOP/s (given by --peak; fp64: half)")
+    elif peak32:
+        out(f"  fp32 peak:  {peak32:.0f} GFLOP/s nominal = {threads} threads x {_cpu_mhz():.0f} MHz "
+            f"x {peak32 / threads / _cpu_mhz() * 1e3:.0f} FLOP/cycle ({isa}, 2 FMA pipes); turbo "
+            "clocks exceed it (>100%): --peak GFLOPS sets a known figure")
 
 
 def main(argv=None):
