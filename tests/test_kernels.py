@@ -557,3 +557,14 @@ def test_sgd_bad_learning_rate(lr):
 def test_sgd_bad_momentum(momentum):
     with pytest.raises(ValueError, match="momentum"):
         cn.optimizers.SGD(learning_rate=0.1, momentum=momentum)
+
+
+def test_cross_entropy_gradient_is_zero_where_probabilities_are_clipped():
+    """Keras clips probabilities to [1e-7, 1 - 1e-7]; the clip has zero gradient."""
+    loss = cn.losses.get("categorical_crossentropy")
+    p = np.array([[0.0, 1.0, 0.0], [0.2, 0.5, 0.3]])
+    t = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    value, grad = loss.value_and_grad(t, p)
+    np.testing.assert_allclose(value, (-np.log(1e-7) - np.log(0.5)) / 2, rtol=1e-12)
+    np.testing.assert_array_equal(grad[0], [0.0, 0.0, 0.0])
+    np.testing.assert_allclose(grad[1], [0.0, -1 / 0.5 / 2, 0.0], rtol=1e-12)

@@ -59,7 +59,8 @@ def softmax_cross_entropy_dense(const floating[:, ::1] z, const floating[:, ::1]
 
 def cross_entropy_probs(const floating[:, ::1] p, const floating[:, ::1] t,
                         floating[:, ::1] grad, double scale, double eps):
-    """Cross-entropy of probabilities p (clipped to [eps, 1 - eps], as Keras does)."""
+    """Cross-entropy of probabilities p clipped to [eps, 1 - eps], as Keras does: where
+    the clip is active the gradient is 0, as for any clip."""
     cdef Py_ssize_t i, j, n = p.shape[0], c = p.shape[1]
     cdef floating q
     cdef double total = 0
@@ -68,11 +69,14 @@ def cross_entropy_probs(const floating[:, ::1] p, const floating[:, ::1] t,
         for j in range(c):
             q = p[i, j]
             if q < eps:
-                q = eps
+                total += -t[i, j] * flog(<floating>eps)
+                grad[i, j] = 0
             elif q > 1 - eps:
-                q = 1 - eps
-            total += -t[i, j] * flog(q)
-            grad[i, j] = -t[i, j] / q * scale
+                total += -t[i, j] * flog(<floating>(1 - eps))
+                grad[i, j] = 0
+            else:
+                total += -t[i, j] * flog(q)
+                grad[i, j] = -t[i, j] / q * scale
     return total
 
 
