@@ -6,6 +6,7 @@ momentum 0.9, sparse categorical cross-entropy); torch: zero_grad, forward, Cros
 backward, SGD(momentum=0.9).step() with torch.set_num_threads(cn.get_num_threads());
 scikit-learn: MLPClassifier(solver="sgd", batch_size=128, max_iter=1).partial_fit on the batch.
 Inference: softmax probabilities for 1024 samples (torch under no_grad, sklearn predict_proba).
+The callables are the ones `python -m cyneuron bench mlp` times (cyneuron._bench).
 """
 import warnings
 
@@ -13,11 +14,12 @@ import numpy as np
 import pytest
 
 import cyneuron as cn
-from cyneuron._bench import (MLP_BATCH, MLP_PREDICT_SAMPLES, make_cyneuron_mlp,
-                             make_sklearn_mlp, make_torch_mlp, mlp_data, settle_threads)
+from cyneuron._bench import (MLP_BATCH, MLP_PREDICT_SAMPLES, mlp_data, mlp_predict_callables,
+                             mlp_train_callables, settle_threads)
 
 TRAIN_GROUP = f"mlp train step (batch {MLP_BATCH})"
 PREDICT_GROUP = f"mlp inference ({MLP_PREDICT_SAMPLES} samples)"
+IMPLEMENTATIONS = ["cyneuron", "torch", "scikit-learn"]
 
 
 def _record_rate(benchmark, samples_per_call):
@@ -29,91 +31,40 @@ def _record_rate(benchmark, samples_per_call):
     benchmark.extra_info["samples_per_s_median"] = round(samples_per_call / s.median, 1)
 
 
-@pytest.fixture(scope="module")
-def batch():
-    return mlp_data(MLP_BATCH)
+def _pick(callables, name):
+    fns, missing = callables
+    if name not in fns:
+        pytest.skip(f"{name}: {missing.get(name, 'unavailable')}")
+    return fns[name]
 
 
 @pytest.fixture(scope="module")
-def predict_x():
-    return mlp_data(MLP_PREDICT_SAMPLES, seed=1)[0]
+def train_callables():
+    return mlp_train_callables(cn.get_num_threads(), *mlp_data(MLP_BATCH))
 
 
-# -- training step ---------------------------------------------------------------------------
-def test_train_step_cyneuron(benchmark, batch):
-    x, y = batch
-    model = make_cyneuron_mlp()
-    assert np.isfinite(model.train_on_batch(x, y))
-    benchmark.group = TRAIN_GROUP
-    settle_threads()
-    benchmark(model.train_on_batch, x, y)
-    _record_rate(benchmark, MLP_BATCH)
+@pytest.fixture(scope="module")
+def predict_callables():
+    return mlp_predict_callables(cn.get_num_threads(), mlp_data(MLP_PREDICT_SAMPLES, seed=1)[0])
 
 
-def test_train_step_torch(benchmark, batch):
-    pytest.importorskip("torch")
-    x, y = batch
-    torch, net, opt, loss_fn = make_torch_mlp(cn.get_num_threads())
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(xt), yt)
-        loss.backward()
-        opt.step()
-        return loss
-
-    assert torch.isfinite(step())
-    benchmark.group = TRAIN_GROUP
-    settle_threads()
-    benchmark(step)
-    _record_rate(benchmark, MLP_BATCH)
-
-
-def test_train_step_sklearn(benchmark, batch):
-    pytest.importorskip("sklearn")
-    x, y = batch
-    clf = make_sklearn_mlp(x, y)
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_train_step(benchmark, train_callables, name):
+    step = _pick(train_callables, name)
     benchmark.group = TRAIN_GROUP
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ConvergenceWarning on every partial_fit
+        warnings.simplefilter("ignore")  # scikit-learn: ConvergenceWarning on every partial_fit
+        step()
         settle_threads()
-        benchmark(clf.partial_fit, x, y)
+        benchmark(step)
     _record_rate(benchmark, MLP_BATCH)
 
 
-# -- inference -------------------------------------------------------------------------------
-def test_predict_cyneuron(benchmark, predict_x):
-    model = make_cyneuron_mlp()
-    p = model.predict(predict_x)
-    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-4)
-    benchmark.group = PREDICT_GROUP
-    settle_threads()
-    benchmark(model.predict, predict_x)
-    _record_rate(benchmark, MLP_PREDICT_SAMPLES)
-
-
-def test_predict_torch(benchmark, predict_x):
-    pytest.importorskip("torch")
-    torch, net, _, _ = make_torch_mlp(cn.get_num_threads())
-    net.eval()
-    xt = torch.from_numpy(predict_x)
-
-    def predict():
-        with torch.no_grad():
-            return torch.softmax(net(xt), dim=1).numpy()
-
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_predict(benchmark, predict_callables, name):
+    predict = _pick(predict_callables, name)
     np.testing.assert_allclose(predict().sum(axis=1), 1.0, rtol=1e-4)
     benchmark.group = PREDICT_GROUP
     settle_threads()
     benchmark(predict)
-    _record_rate(benchmark, MLP_PREDICT_SAMPLES)
-
-
-def test_predict_sklearn(benchmark, predict_x):
-    pytest.importorskip("sklearn")
-    clf = make_sklearn_mlp(*mlp_data(MLP_BATCH))
-    benchmark.group = PREDICT_GROUP
-    settle_threads()
-    benchmark(clf.predict_proba, predict_x)
     _record_rate(benchmark, MLP_PREDICT_SAMPLES)
