@@ -79,14 +79,33 @@ class MeanSquaredError(Loss):
         return total / y_pred.size, grad
 
 
-class SparseCategoricalCrossentropy(Loss):
-    """-log p[label], for integer class labels (n_samples,)."""
+class _CrossEntropy(Loss):
+    """Shared by the categorical cross-entropies: probabilities in, or logits with
+    from_logits=True (then, as when fused with a softmax output, the kernel is the
+    log-sum-exp one)."""
 
-    name = "sparse_categorical_crossentropy"
     fuses_with = "softmax"
 
     def __init__(self, from_logits=False):
         self.from_logits = bool(from_logits)
+
+    def value_and_grad(self, targets, y_pred):
+        if self.from_logits:
+            return self.value_and_grad_logits(targets, y_pred)
+        grad = self._grad_buffer(y_pred.shape, y_pred.dtype)
+        n = y_pred.shape[0]
+        total = _k.cross_entropy_probs(y_pred, self._dense_targets(targets, y_pred), grad,
+                                       1.0 / n, EPSILON)
+        return total / n, grad
+
+    def _dense_targets(self, targets, y_pred):
+        return targets
+
+
+class SparseCategoricalCrossentropy(_CrossEntropy):
+    """-log p[label], for integer class labels (n_samples,)."""
+
+    name = "sparse_categorical_crossentropy"
 
     def prepare_targets(self, y, output_shape, dtype, name="y"):
         y = check_numeric(y, name)
@@ -109,12 +128,10 @@ class SparseCategoricalCrossentropy(Loss):
                              f"{n_classes} outputs: min {labels.min()}, max {labels.max()}")
         return np.ascontiguousarray(labels)
 
-    def value_and_grad(self, targets, y_pred):
-        if self.from_logits:
-            return self.value_and_grad_logits(targets, y_pred)
+    def _dense_targets(self, targets, y_pred):
         onehot = np.zeros(y_pred.shape, y_pred.dtype)
         onehot[np.arange(len(targets)), targets] = 1
-        return _probs_cross_entropy(self, onehot, y_pred)
+        return onehot
 
     def value_and_grad_logits(self, targets, z):
         grad = self._grad_buffer(z.shape, z.dtype)
@@ -123,14 +140,10 @@ class SparseCategoricalCrossentropy(Loss):
         return total / n, grad
 
 
-class CategoricalCrossentropy(Loss):
+class CategoricalCrossentropy(_CrossEntropy):
     """-sum(t log p), for one-hot (or soft) targets (n_samples, n_classes)."""
 
     name = "categorical_crossentropy"
-    fuses_with = "softmax"
-
-    def __init__(self, from_logits=False):
-        self.from_logits = bool(from_logits)
 
     def prepare_targets(self, y, output_shape, dtype, name="y"):
         y = check_array(y, name, dtype)
@@ -141,23 +154,12 @@ class CategoricalCrossentropy(Loss):
                              f"for integer labels)")
         return y
 
-    def value_and_grad(self, targets, y_pred):
-        if self.from_logits:
-            return self.value_and_grad_logits(targets, y_pred)
-        return _probs_cross_entropy(self, targets, y_pred)
 
     def value_and_grad_logits(self, targets, z):
         grad = self._grad_buffer(z.shape, z.dtype)
         n = z.shape[0]
         total = _k.softmax_cross_entropy_dense(z, targets, grad, 1.0 / n)
         return total / n, grad
-
-
-def _probs_cross_entropy(loss, onehot, probs):
-    grad = loss._grad_buffer(probs.shape, probs.dtype)
-    n = probs.shape[0]
-    total = _k.cross_entropy_probs(probs, onehot, grad, 1.0 / n, EPSILON)
-    return total / n, grad
 
 
 _REGISTRY = {cls.name: cls for cls in (MeanSquaredError, SparseCategoricalCrossentropy,
