@@ -568,3 +568,27 @@ def test_cross_entropy_gradient_is_zero_where_probabilities_are_clipped():
     np.testing.assert_allclose(value, (-np.log(1e-7) - np.log(0.5)) / 2, rtol=1e-12)
     np.testing.assert_array_equal(grad[0], [0.0, 0.0, 0.0])
     np.testing.assert_allclose(grad[1], [0.0, -1 / 0.5 / 2, 0.0], rtol=1e-12)
+
+
+def test_kernels_refuse_mismatched_buffers_instead_of_reading_past_them():
+    """The compiled kernels check their own sizes: no out-of-bounds access from Python."""
+    from cyneuron._kernels import activations as ak, losses as lk, optim as ok
+
+    x = np.ones(5)
+    with pytest.raises(ValueError, match="out"):
+        ak.sigmoid_forward(x, np.empty(3))
+    with pytest.raises(ValueError, match="dx"):
+        ak.relu_backward(x, x, np.empty(4))
+    with pytest.raises(ValueError, match="dy"):
+        ak.softmax_backward(np.ones((2, 3)), np.ones((1, 3)), np.empty((2, 3)))
+    z = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="labels"):
+        lk.softmax_cross_entropy_sparse(z, np.array([0, 3], dtype=np.int64), np.empty((2, 3)), 0.5)
+    with pytest.raises(ValueError, match="labels"):
+        lk.softmax_cross_entropy_sparse(z, np.array([0], dtype=np.int64), np.empty((2, 3)), 0.5)
+    with pytest.raises(ValueError, match="t"):
+        lk.softmax_cross_entropy_dense(z, np.zeros((1, 3)), np.empty((2, 3)), 0.5)
+    with pytest.raises(ValueError, match="grad"):
+        lk.squared_error(x, x, np.empty(2), 0.2)
+    with pytest.raises(ValueError, match="grads"):
+        ok.sgd_update(np.zeros(4), np.zeros(3), np.zeros(4), 0.1, 0.9, False)

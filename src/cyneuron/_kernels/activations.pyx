@@ -10,6 +10,16 @@ from cython.parallel cimport prange
 from cyneuron._kernels._math cimport fexp, ftanh, sigmoid
 from cyneuron._kernels._openmp cimport threads_for
 
+
+cdef _check_len(Py_ssize_t n, Py_ssize_t other, str name):
+    if other != n:
+        raise ValueError(f"{name} must have {n} elements; got {other}")
+
+
+cdef _check_rows(tuple shape, tuple other, str name):
+    if other != shape:
+        raise ValueError(f"{name} must have shape {shape}; got {other}")
+
 # Rough cost, in scalar operations, of one element: decides the thread count.
 cdef enum:
     COST_CHEAP = 1
@@ -18,6 +28,7 @@ cdef enum:
 
 def sigmoid_forward(const floating[::1] x, floating[::1] out):
     cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
     cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         out[i] = sigmoid(x[i])
@@ -25,6 +36,8 @@ def sigmoid_forward(const floating[::1] x, floating[::1] out):
 
 def sigmoid_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx):
     cdef Py_ssize_t i, n = y.shape[0]
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
     cdef int nt = threads_for(n * COST_CHEAP)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         dx[i] = dy[i] * y[i] * (1 - y[i])
@@ -32,6 +45,7 @@ def sigmoid_backward(const floating[::1] y, const floating[::1] dy, floating[::1
 
 def tanh_forward(const floating[::1] x, floating[::1] out):
     cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
     cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         out[i] = ftanh(x[i])
@@ -39,6 +53,8 @@ def tanh_forward(const floating[::1] x, floating[::1] out):
 
 def tanh_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx):
     cdef Py_ssize_t i, n = y.shape[0]
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
     cdef int nt = threads_for(n * COST_CHEAP)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         dx[i] = dy[i] * (1 - y[i] * y[i])
@@ -46,6 +62,7 @@ def tanh_backward(const floating[::1] y, const floating[::1] dy, floating[::1] d
 
 def relu_forward(const floating[::1] x, floating[::1] out):
     cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
     cdef int nt = threads_for(n * COST_CHEAP)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         out[i] = x[i] if x[i] > 0 else 0
@@ -54,6 +71,8 @@ def relu_forward(const floating[::1] x, floating[::1] out):
 def relu_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx):
     """dx = dy where y > 0. The derivative at 0 is taken as 0, as in Keras/PyTorch."""
     cdef Py_ssize_t i, n = y.shape[0]
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
     cdef int nt = threads_for(n * COST_CHEAP)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         dx[i] = dy[i] if y[i] > 0 else 0
@@ -62,6 +81,9 @@ def relu_backward(const floating[::1] y, const floating[::1] dy, floating[::1] d
 def softmax_forward(const floating[:, ::1] x, floating[:, ::1] out):
     """Row-wise softmax, shifted by the row max so exp never overflows."""
     cdef Py_ssize_t i, j, n = x.shape[0], c = x.shape[1]
+    _check_rows((n, c), (out.shape[0], out.shape[1]), "out")
+    if c == 0:
+        return
     cdef floating m, s
     cdef int nt = threads_for(n * c * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
@@ -80,6 +102,8 @@ def softmax_forward(const floating[:, ::1] x, floating[:, ::1] out):
 def softmax_backward(const floating[:, ::1] y, const floating[:, ::1] dy, floating[:, ::1] dx):
     """dx = y * (dy - sum(dy * y)) per row (the softmax Jacobian-vector product)."""
     cdef Py_ssize_t i, j, n = y.shape[0], c = y.shape[1]
+    _check_rows((n, c), (dy.shape[0], dy.shape[1]), "dy")
+    _check_rows((n, c), (dx.shape[0], dx.shape[1]), "dx")
     cdef floating s
     cdef int nt = threads_for(n * c * COST_CHEAP)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):

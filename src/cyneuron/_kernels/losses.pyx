@@ -12,6 +12,11 @@ from cyneuron._kernels._math cimport fexp, flog
 from cyneuron._kernels._openmp cimport threads_for
 
 
+cdef _check_same_shape(tuple shape, tuple other, str name):
+    if shape != other:
+        raise ValueError(f"{name} must have shape {shape}; got {other}")
+
+
 cdef inline floating _row_logsumexp(const floating[:, ::1] z, Py_ssize_t i) noexcept nogil:
     cdef Py_ssize_t j, c = z.shape[1]
     cdef floating m = z[i, 0], s = 0
@@ -27,6 +32,13 @@ def softmax_cross_entropy_sparse(const floating[:, ::1] z, const int64_t[::1] la
                                  floating[:, ::1] grad, double scale):
     """Sum over rows of -log softmax(z)[label]; grad = (softmax(z) - onehot) * scale."""
     cdef Py_ssize_t i, j, n = z.shape[0], c = z.shape[1]
+    _check_same_shape((n, c), (grad.shape[0], grad.shape[1]), "grad")
+    _check_same_shape((n,), (labels.shape[0],), "labels")
+    if c == 0:
+        raise ValueError("z must have at least one class column")
+    for i in range(n):
+        if labels[i] < 0 or labels[i] >= c:
+            raise ValueError(f"labels must be in [0, {c}); got {labels[i]} at row {i}")
     cdef floating lse
     cdef double total = 0
     cdef int nt = threads_for(n * c * 16)
@@ -43,6 +55,10 @@ def softmax_cross_entropy_dense(const floating[:, ::1] z, const floating[:, ::1]
                                 floating[:, ::1] grad, double scale):
     """Sum over rows of -sum_j t_j log softmax(z)_j; grad = (softmax(z) sum(t) - t) * scale."""
     cdef Py_ssize_t i, j, n = z.shape[0], c = z.shape[1]
+    _check_same_shape((n, c), (grad.shape[0], grad.shape[1]), "grad")
+    _check_same_shape((n, c), (t.shape[0], t.shape[1]), "t")
+    if c == 0:
+        raise ValueError("z must have at least one class column")
     cdef floating lse, tsum
     cdef double total = 0
     cdef int nt = threads_for(n * c * 16)
@@ -62,6 +78,8 @@ def cross_entropy_probs(const floating[:, ::1] p, const floating[:, ::1] t,
     """Cross-entropy of probabilities p clipped to [eps, 1 - eps], as Keras does: where
     the clip is active the gradient is 0, as for any clip."""
     cdef Py_ssize_t i, j, n = p.shape[0], c = p.shape[1]
+    _check_same_shape((n, c), (grad.shape[0], grad.shape[1]), "grad")
+    _check_same_shape((n, c), (t.shape[0], t.shape[1]), "t")
     cdef floating q
     cdef double total = 0
     cdef int nt = threads_for(n * c * 16)
@@ -83,6 +101,8 @@ def cross_entropy_probs(const floating[:, ::1] p, const floating[:, ::1] t,
 def squared_error(const floating[::1] y, const floating[::1] t, floating[::1] grad, double scale):
     """Sum of (y - t)^2; grad = 2 (y - t) * scale."""
     cdef Py_ssize_t i, n = y.shape[0]
+    _check_same_shape((n,), (t.shape[0],), "t")
+    _check_same_shape((n,), (grad.shape[0],), "grad")
     cdef floating d
     cdef double total = 0
     cdef int nt = threads_for(n)

@@ -12,6 +12,10 @@ def sgd_update(floating[::1] params, const floating[::1] grads, floating[::1] ve
     With momentum == 0 `velocity` is not touched (it may be empty).
     """
     cdef Py_ssize_t i, n = params.shape[0]
+    if grads.shape[0] != n:
+        raise ValueError(f"grads must have {n} elements; got {grads.shape[0]}")
+    if momentum != 0 and velocity.shape[0] != n:
+        raise ValueError(f"velocity must have {n} elements; got {velocity.shape[0]}")
     cdef floating lr = learning_rate, mu = momentum, v
     cdef int nt = threads_for(n)
     if momentum == 0:
