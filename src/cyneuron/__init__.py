@@ -13,7 +13,7 @@ _config._apply_isa_override()
 from ._config import get_isa, get_num_threads, set_num_threads, show_config  # noqa: E402
 from ._random import set_seed  # noqa: E402
 from . import activations, initializers, layers, losses, metrics, ops, optimizers  # noqa: E402
-from .callbacks import History
+from .callbacks import History  # noqa: E402
 from .models import Sequential  # noqa: E402
 
 __all__ = [

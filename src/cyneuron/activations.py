@@ -8,6 +8,7 @@ the input itself: the kernels run in place).
 import numpy as np
 
 from ._kernels import activations as _k
+from ._registry import Registry
 
 
 class Activation:
@@ -123,25 +124,18 @@ class Softmax(Activation):
         return out
 
 
-_REGISTRY = {cls.name: cls for cls in (Linear, Sigmoid, Tanh, ReLU, Softmax)}
-_ALIASES = {"identity": "linear", None: "linear"}
+_REGISTRY = Registry("activation", Activation, (Linear, Sigmoid, Tanh, ReLU, Softmax),
+                     aliases={"identity": "linear", None: "linear"})
 
 
 def names():
-    """Names accepted by `get` (and by every layer's `activation=`)."""
-    return sorted(_REGISTRY)
+    """Names accepted by `get`."""
+    return _REGISTRY.names()
 
 
 def get(identifier):
-    """An Activation from a name, an Activation instance, or None (linear)."""
-    if isinstance(identifier, Activation):
-        return identifier
-    if isinstance(identifier, type) and issubclass(identifier, Activation):
-        return identifier()
-    key = _ALIASES.get(identifier, identifier)
-    if isinstance(key, str) and key.lower() in _REGISTRY:
-        return _REGISTRY[key.lower()]()
-    raise ValueError(f"unknown activation {identifier!r}; expected one of {names()}")
+    """An Activation from a name, an Activation instance or class, or None (linear)."""
+    return _REGISTRY.get(identifier)
 
 
 def serialize(activation):

@@ -2,6 +2,7 @@
 import numpy as np
 
 from ._random import get_rng
+from ._registry import Registry
 
 
 def _fans(shape):
@@ -64,16 +65,15 @@ class HeUniform(Initializer):
         return rng.uniform(-limit, limit, size=shape)
 
 
-_REGISTRY = {cls.name: cls for cls in (Zeros, Ones, GlorotUniform, HeUniform)}
+_REGISTRY = Registry("initializer", Initializer, (Zeros, Ones, GlorotUniform, HeUniform),
+                     aliases=None)
 
 
 def names():
-    return sorted(_REGISTRY)
+    """Names accepted by `get`."""
+    return _REGISTRY.names()
 
 
 def get(identifier):
-    if isinstance(identifier, Initializer):
-        return identifier
-    if isinstance(identifier, str) and identifier.lower() in _REGISTRY:
-        return _REGISTRY[identifier.lower()]()
-    raise ValueError(f"unknown initializer {identifier!r}; expected one of {names()}")
+    """An Initializer from a name, an instance or class."""
+    return _REGISTRY.get(identifier)

@@ -9,6 +9,7 @@ separate softmax + log would underflow.
 import numpy as np
 
 from ._kernels import losses as _k
+from ._registry import Registry
 from ._validation import check_array, check_numeric
 
 # Keras clips probabilities to [eps, 1 - eps] before taking logs.
@@ -162,23 +163,15 @@ class CategoricalCrossentropy(_CrossEntropy):
         return total / n, grad
 
 
-_REGISTRY = {cls.name: cls for cls in (MeanSquaredError, SparseCategoricalCrossentropy,
-                                       CategoricalCrossentropy)}
-_ALIASES = {"mse": "mean_squared_error"}
+_REGISTRY = Registry("loss", Loss, (MeanSquaredError, SparseCategoricalCrossentropy, CategoricalCrossentropy),
+                     aliases={"mse": "mean_squared_error"})
 
 
 def names():
-    return sorted(_REGISTRY)
+    """Names accepted by `get`."""
+    return _REGISTRY.names()
 
 
 def get(identifier):
-    """A Loss from a name or a Loss instance."""
-    if isinstance(identifier, Loss):
-        return identifier
-    if isinstance(identifier, type) and issubclass(identifier, Loss):
-        return identifier()
-    if isinstance(identifier, str):
-        key = _ALIASES.get(identifier.lower(), identifier.lower())
-        if key in _REGISTRY:
-            return _REGISTRY[key]()
-    raise ValueError(f"unknown loss {identifier!r}; expected one of {names()}")
+    """A Loss from a name, a Loss instance or class."""
+    return _REGISTRY.get(identifier)

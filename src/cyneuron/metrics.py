@@ -1,6 +1,8 @@
 """Metrics, averaged over the samples of an epoch (Keras semantics)."""
 import numpy as np
 
+from ._registry import Registry
+
 
 class Metric:
     name = None
@@ -40,19 +42,15 @@ class Accuracy(Metric):
         self._count += len(predicted)
 
 
-_REGISTRY = {cls.name: cls for cls in (Accuracy,)}
-_ALIASES = {"acc": "accuracy"}
+_REGISTRY = Registry("metric", Metric, (Accuracy,),
+                     aliases={"acc": "accuracy"})
 
 
 def names():
-    return sorted(_REGISTRY)
+    """Names accepted by `get`."""
+    return _REGISTRY.names()
 
 
 def get(identifier):
-    if isinstance(identifier, Metric):
-        return identifier
-    if isinstance(identifier, str):
-        key = _ALIASES.get(identifier.lower(), identifier.lower())
-        if key in _REGISTRY:
-            return _REGISTRY[key]()
-    raise ValueError(f"unknown metric {identifier!r}; expected one of {names()}")
+    """A Metric from a name, a Metric instance or class."""
+    return _REGISTRY.get(identifier)

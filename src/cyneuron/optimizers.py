@@ -2,6 +2,7 @@
 import numpy as np
 
 from ._kernels import optim as _k
+from ._registry import Registry
 
 
 def _check_flat(params, grads):
@@ -64,17 +65,15 @@ class SGD(Optimizer):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
-_REGISTRY = {cls.name: cls for cls in (SGD,)}
+_REGISTRY = Registry("optimizer", Optimizer, (SGD,),
+                     aliases=None)
 
 
 def names():
-    return sorted(_REGISTRY)
+    """Names accepted by `get`."""
+    return _REGISTRY.names()
 
 
 def get(identifier):
-    """An Optimizer from a name (default settings) or an Optimizer instance."""
-    if isinstance(identifier, Optimizer):
-        return identifier
-    if isinstance(identifier, str) and identifier.lower() in _REGISTRY:
-        return _REGISTRY[identifier.lower()]()
-    raise ValueError(f"unknown optimizer {identifier!r}; expected one of {names()}")
+    """An Optimizer from a name (default settings), an instance or class."""
+    return _REGISTRY.get(identifier)
