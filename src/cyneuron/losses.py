@@ -99,6 +99,12 @@ class _CrossEntropy(Loss):
                                        1.0 / n, EPSILON)
         return total / n, grad
 
+    def value_and_grad_logits(self, targets, z):
+        grad = self._grad_buffer(z.shape, z.dtype)
+        n = z.shape[0]
+        total = type(self)._logits_kernel(z, targets, grad, 1.0 / n)
+        return total / n, grad
+
     def _dense_targets(self, targets, y_pred):
         return targets
 
@@ -107,6 +113,7 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
     """-log p[label], for integer class labels (n_samples,)."""
 
     name = "sparse_categorical_crossentropy"
+    _logits_kernel = _k.softmax_cross_entropy_sparse
 
     def prepare_targets(self, y, output_shape, dtype, name="y"):
         y = check_numeric(y, name)
@@ -134,17 +141,12 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
         onehot[np.arange(len(targets)), targets] = 1
         return onehot
 
-    def value_and_grad_logits(self, targets, z):
-        grad = self._grad_buffer(z.shape, z.dtype)
-        n = z.shape[0]
-        total = _k.softmax_cross_entropy_sparse(z, targets, grad, 1.0 / n)
-        return total / n, grad
-
 
 class CategoricalCrossentropy(_CrossEntropy):
     """-sum(t log p), for one-hot (or soft) targets (n_samples, n_classes)."""
 
     name = "categorical_crossentropy"
+    _logits_kernel = _k.softmax_cross_entropy_dense
 
     def prepare_targets(self, y, output_shape, dtype, name="y"):
         y = check_array(y, name, dtype)
@@ -154,13 +156,6 @@ class CategoricalCrossentropy(_CrossEntropy):
                              f"{self.name}; got {y.shape} (use sparse_categorical_crossentropy "
                              f"for integer labels)")
         return y
-
-
-    def value_and_grad_logits(self, targets, z):
-        grad = self._grad_buffer(z.shape, z.dtype)
-        n = z.shape[0]
-        total = _k.softmax_cross_entropy_dense(z, targets, grad, 1.0 / n)
-        return total / n, grad
 
 
 _REGISTRY = Registry("loss", Loss, (MeanSquaredError, SparseCategoricalCrossentropy, CategoricalCrossentropy),
