@@ -17,15 +17,33 @@ extern "C" {
 enum { CN_ISA_GENERIC = 0, CN_ISA_AVX2 = 1, CN_ISA_AVX512 = 2, CN_ISA_COUNT = 3 };
 
 /* Micro-kernel contract (BLIS style):
- *   C[0:m, 0:n] = (beta ? C : 0) + Apanel . Bpanel
- * Apanel holds k steps of MR values (column p of an MR-row sliver of A),
- * Bpanel holds k steps of NR values (row p of an NR-column sliver of B),
- * both zero-padded past m and n. C is row-major with row stride ldc.
- * m <= MR and n <= NR; with beta == 0 C is only written, never read. */
-typedef void (*cn_sgemm_ukr_t)(int64_t k, const float *a, const float *b,
+ *   C[0:m, 0:n] = (beta ? C : 0) + A . B     (A: m x k, B: k x NR)
+ * Element (i, p) of A is a[i * a_rs + p * a_cs]: a packed MR-row sliver has
+ * a_rs = 1, a_cs = MR; a row-major matrix read in place has a_rs = lda, a_cs = 1.
+ * Row p of B is the NR values at b + p * b_rs (a packed sliver has b_rs = NR;
+ * a row-major matrix read in place has b_rs = ldb). Rows of A past m are never
+ * read (the kernel repeats row m - 1 instead); B always has NR readable columns.
+ * C is row-major with row stride ldc; 1 <= m <= MR, 1 <= n <= NR; with
+ * beta == 0 C is only written, never read. */
+typedef void (*cn_sgemm_ukr_t)(int64_t k, const float *a, int64_t a_rs, int64_t a_cs,
+                               const float *b, int64_t b_rs,
                                float *c, int64_t ldc, int m, int n, int beta);
-typedef void (*cn_dgemm_ukr_t)(int64_t k, const double *a, const double *b,
+typedef void (*cn_dgemm_ukr_t)(int64_t k, const double *a, int64_t a_rs, int64_t a_cs,
+                               const double *b, int64_t b_rs,
                                double *c, int64_t ldc, int m, int n, int beta);
+
+/* Packing: copy an m-row (n-column) sliver of a strided matrix into the
+ * contiguous, zero-padded layout the micro-kernel reads:
+ *   pack_a: dst[p * MR + i] = src[i * rs + p * cs]   for i < m, 0 for m <= i < MR
+ *   pack_b: dst[p * NR + j] = src[p * rs + j * cs]   for j < n, 0 for n <= j < NR */
+typedef void (*cn_spack_t)(int64_t m, int64_t k, const float *src, int64_t rs, int64_t cs,
+                           float *dst);
+typedef void (*cn_dpack_t)(int64_t m, int64_t k, const double *src, int64_t rs, int64_t cs,
+                           double *dst);
+
+/* Runs `iters` rounds of independent vector FMAs; returns the float32 flops done
+ * (used to measure the machine's FMA peak). */
+typedef double (*cn_fma_loop_t)(int64_t iters);
 
 typedef struct {
     int isa;
@@ -34,6 +52,9 @@ typedef struct {
     int d_mr, d_nr;     /* float64 register block */
     cn_sgemm_ukr_t sgemm_ukr;
     cn_dgemm_ukr_t dgemm_ukr;
+    cn_spack_t s_pack_a, s_pack_b;
+    cn_dpack_t d_pack_a, d_pack_b;
+    cn_fma_loop_t fma_loop;
 } cn_kernel_table;
 
 extern const cn_kernel_table cn_table_generic;

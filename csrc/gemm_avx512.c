@@ -6,6 +6,9 @@
 #define UKR_NV 2
 
 #define UKR_NAME cn_sgemm_ukr_avx512
+#define PACK_A_NAME cn_spack_a_avx512
+#define PACK_B_NAME cn_spack_b_avx512
+#define FMA_LOOP_NAME cn_fma_loop_avx512
 #define UKR_T float
 #define UKR_V __m512
 #define UKR_VL 16
@@ -16,18 +19,11 @@
 #define UKR_FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define UKR_ADD(a, b) _mm512_add_ps((a), (b))
 #include "gemm_ukr_template.h"
-#undef UKR_NAME
-#undef UKR_T
-#undef UKR_V
-#undef UKR_VL
-#undef UKR_ZERO
-#undef UKR_LOAD
-#undef UKR_STORE
-#undef UKR_BCAST
-#undef UKR_FMA
-#undef UKR_ADD
+#include "gemm_ukr_undef.h"
 
 #define UKR_NAME cn_dgemm_ukr_avx512
+#define PACK_A_NAME cn_dpack_a_avx512
+#define PACK_B_NAME cn_dpack_b_avx512
 #define UKR_T double
 #define UKR_V __m512d
 #define UKR_VL 8
@@ -42,4 +38,6 @@
 const cn_kernel_table cn_table_avx512 = {
     CN_ISA_AVX512, "avx512", 8, 32, 8, 16,
     cn_sgemm_ukr_avx512, cn_dgemm_ukr_avx512,
+    cn_spack_a_avx512, cn_spack_b_avx512, cn_dpack_a_avx512, cn_dpack_b_avx512,
+    cn_fma_loop_avx512,
 };

@@ -1,7 +1,8 @@
-/* Register-blocked GEMM micro-kernel, instantiated once per ISA and dtype.
+/* Register-blocked GEMM micro-kernel and its packing routines, instantiated
+ * once per ISA and dtype (see cn_kernels.h for the contract).
  *
  * The including file defines:
- *   UKR_NAME            function name
+ *   UKR_NAME, PACK_A_NAME, PACK_B_NAME   function names
  *   UKR_T               scalar type (float or double)
  *   UKR_V               vector type, UKR_VL lanes
  *   UKR_MR, UKR_NV      rows of the block, vectors per row (NR = NV * VL)
@@ -11,15 +12,26 @@
  *   UKR_BCAST(p)        broadcast one scalar
  *   UKR_FMA(a, b, c)    a * b + c
  *   UKR_ADD(a, b)       a + b
- * The accumulator array is indexed with compile-time constants only, so the
- * compiler keeps it in registers.  Edge tiles (m < MR or n < NR) go through a
- * small stack tile; packed panels are zero-padded, so the loop never branches.
+ * The accumulators are indexed with compile-time constants only, so the
+ * compiler keeps them in registers. A is read through a row and a column
+ * stride, so the same kernel runs on packed slivers and on matrices in place.
+ * Edge tiles (m < MR or n < NR) are stored through a small stack tile.
  */
 #define UKR_NR (UKR_NV * UKR_VL)
 
-void UKR_NAME(int64_t k, const UKR_T *restrict a, const UKR_T *restrict b,
+void UKR_NAME(int64_t k, const UKR_T *restrict a, int64_t a_rs, int64_t a_cs,
+              const UKR_T *restrict b, int64_t b_rs,
               UKR_T *restrict c, int64_t ldc, int m, int n, int beta)
 {
+    const UKR_T *row[UKR_MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < UKR_MR; ++i)
+        row[i] = a + (i < m ? i : m - 1) * a_rs;   /* rows past m repeat the last one */
+    for (int i = 0; i < m; ++i) {                   /* C is read or written last: fetch it now */
+        __builtin_prefetch(c + i * ldc, 1, 3);
+        __builtin_prefetch(c + i * ldc + n - 1, 1, 3);
+    }
+
     UKR_V acc[UKR_MR][UKR_NV];
 #pragma GCC unroll 16
     for (int i = 0; i < UKR_MR; ++i)
@@ -27,6 +39,8 @@ void UKR_NAME(int64_t k, const UKR_T *restrict a, const UKR_T *restrict b,
         for (int j = 0; j < UKR_NV; ++j)
             acc[i][j] = UKR_ZERO();
 
+    int64_t off = 0;
+#pragma GCC unroll 4
     for (int64_t p = 0; p < k; ++p) {
         UKR_V bv[UKR_NV];
 #pragma GCC unroll 8
@@ -34,13 +48,13 @@ void UKR_NAME(int64_t k, const UKR_T *restrict a, const UKR_T *restrict b,
             bv[j] = UKR_LOAD(b + j * UKR_VL);
 #pragma GCC unroll 16
         for (int i = 0; i < UKR_MR; ++i) {
-            UKR_V av = UKR_BCAST(a + i);
+            UKR_V av = UKR_BCAST(row[i] + off);
 #pragma GCC unroll 8
             for (int j = 0; j < UKR_NV; ++j)
                 acc[i][j] = UKR_FMA(av, bv[j], acc[i][j]);
         }
-        a += UKR_MR;
-        b += UKR_NR;
+        off += a_cs;
+        b += b_rs;
     }
 
     if (m == UKR_MR && n == UKR_NR) {
@@ -66,4 +80,67 @@ void UKR_NAME(int64_t k, const UKR_T *restrict a, const UKR_T *restrict b,
             c[i * ldc + j] = (beta ? c[i * ldc + j] : (UKR_T)0) + tile[i * UKR_NR + j];
 }
 
+void PACK_A_NAME(int64_t m, int64_t k, const UKR_T *restrict src, int64_t rs, int64_t cs,
+                 UKR_T *restrict dst)
+{
+    if (m == UKR_MR && rs == 1) {          /* columns of A contiguous: copy MR at a time */
+        for (int64_t p = 0; p < k; ++p)
+#pragma GCC unroll 16
+            for (int i = 0; i < UKR_MR; ++i)
+                dst[p * UKR_MR + i] = src[p * cs + i];
+        return;
+    }
+    for (int64_t i = 0; i < m; ++i)        /* rows of A contiguous: read along rows */
+        for (int64_t p = 0; p < k; ++p)
+            dst[p * UKR_MR + i] = src[i * rs + p * cs];
+    for (int64_t p = 0; p < k; ++p)
+        for (int64_t i = m; i < UKR_MR; ++i)
+            dst[p * UKR_MR + i] = 0;
+}
+
+void PACK_B_NAME(int64_t n, int64_t k, const UKR_T *restrict src, int64_t rs, int64_t cs,
+                 UKR_T *restrict dst)
+{
+    if (n == UKR_NR && cs == 1) {          /* rows of B contiguous: copy NR at a time */
+        for (int64_t p = 0; p < k; ++p)
+#pragma GCC unroll 8
+            for (int j = 0; j < UKR_NR; ++j)
+                dst[p * UKR_NR + j] = src[p * rs + j];
+        return;
+    }
+    for (int64_t j = 0; j < n; ++j)
+        for (int64_t p = 0; p < k; ++p)
+            dst[p * UKR_NR + j] = src[p * rs + j * cs];
+    for (int64_t p = 0; p < k; ++p)
+        for (int64_t j = n; j < UKR_NR; ++j)
+            dst[p * UKR_NR + j] = 0;
+}
+
 #undef UKR_NR
+
+#ifdef FMA_LOOP_NAME
+/* 12 independent FMA chains, enough to fill both FMA pipes at any latency
+ * up to 6 cycles: measures the machine's multiply-add peak. */
+double FMA_LOOP_NAME(int64_t iters)
+{
+    UKR_V acc[12];
+    UKR_T one = (UKR_T)1.0000001, tiny = (UKR_T)1e-7;
+    UKR_V x = UKR_BCAST(&one), y = UKR_BCAST(&tiny);
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i)
+        acc[i] = UKR_ZERO();
+    for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; ++i)
+            acc[i] = UKR_FMA(acc[i], x, y);
+    }
+    UKR_V sum = acc[0];
+#pragma GCC unroll 12
+    for (int i = 1; i < 12; ++i)
+        sum = UKR_ADD(sum, acc[i]);
+    UKR_T out[UKR_VL];
+    UKR_STORE(out, sum);
+    /* out[0] is finite and positive: the comparison keeps the loop alive. */
+    return (double)iters * 12 * UKR_VL * 2 * (out[0] > -1);
+}
+#endif
