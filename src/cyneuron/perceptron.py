@@ -64,18 +64,18 @@ class Perceptron:
         check_same_length(X, y, "X", "y")
         if y.dtype.kind == "f" and not np.isfinite(y).all():
             raise ValueError("y contains NaN or infinity")
-        self.classes_ = np.unique(y)
-        if len(self.classes_) != 2:
+        classes = np.unique(y)
+        if len(classes) != 2:
             raise ValueError(f"the perceptron is a binary classifier: y must hold exactly two "
-                             f"classes; got {len(self.classes_)} ({self.classes_[:10].tolist()})")
-        target = (y == self.classes_[1]).astype(np.float64)
+                             f"classes; got {len(classes)} ({classes[:10].tolist()})")
+        target = (y == classes[1]).astype(np.float64)
         n, d = X.shape
         rng = np.random.default_rng(self.random_state) if self.random_state is not None \
             else get_rng()
         eta = float(self.eta0)
         w = np.zeros(d)
         b = 0.0
-        self.errors_ = []
+        errors_per_epoch = []
         for epoch in range(self.max_iter):
             order = rng.permutation(n) if self.shuffle else range(n)
             errors = 0
@@ -87,9 +87,11 @@ class Perceptron:
                     if self.fit_intercept:
                         b += update
                     errors += 1
-            self.errors_.append(errors)
+            errors_per_epoch.append(errors)
             if errors == 0:
                 break
+        self.classes_ = classes
+        self.errors_ = errors_per_epoch
         self.n_iter_ = epoch + 1
         self.coef_ = w.reshape(1, d)
         self.intercept_ = np.array([b])
@@ -116,7 +118,8 @@ class Perceptron:
 
     def predict(self, X):
         """The threshold output mapped to the labels: classes_[1] where z > 0, else classes_[0]."""
-        return self.classes_[(self.decision_function(X) > 0).astype(np.intp)]
+        positive = self.decision_function(X) > 0
+        return self.classes_[positive.astype(np.intp)]
 
     def score(self, X, y):
         """Accuracy: the fraction of samples whose predicted label equals y."""
