@@ -190,10 +190,13 @@ class Sequential:
         non-trainable weights); updates nothing, moving statistics included."""
         self._require_compiled()
         x, targets = self._check_xy(x, y)
-        state = [w.copy() for layer in self.layers for w in layer.non_trainable_weights]
-        loss, _ = self._forward_backward(x, targets)
-        for w, saved in zip((w for layer in self.layers for w in layer.non_trainable_weights), state):
-            w[...] = saved
+        state = [w for layer in self.layers for w in layer.non_trainable_weights]
+        saved = [w.copy() for w in state]
+        try:
+            loss, _ = self._forward_backward(x, targets)
+        finally:
+            for w, value in zip(state, saved):
+                w[...] = value
         return float(loss), [g for layer in self.layers for g in layer.get_gradients()]
 
     # -- loops -----------------------------------------------------------------------
