@@ -31,7 +31,7 @@ if IS_X86_64:
     ]
 C_MACROS = [("CN_HAVE_X86_KERNELS", "1")] if IS_X86_64 else []
 
-KERNELS = ["_openmp", "gemm", "activations", "losses", "optim"]
+KERNELS = ["_openmp", "gemm", "activations", "losses", "optim", "normalization"]
 
 
 def openmp_flag(compiler):

@@ -15,9 +15,10 @@ from ._random import set_seed  # noqa: E402
 from . import activations, initializers, layers, losses, metrics, ops, optimizers  # noqa: E402
 from .callbacks import History  # noqa: E402
 from .models import Sequential  # noqa: E402
+from .perceptron import Perceptron  # noqa: E402
 
 __all__ = [
-    "Sequential", "History", "layers", "ops", "activations", "losses", "optimizers",
+    "Sequential", "Perceptron", "History", "layers", "ops", "activations", "losses", "optimizers",
     "initializers", "metrics", "set_num_threads", "get_num_threads", "show_config",
     "get_isa", "set_seed", "__version__",
 ]

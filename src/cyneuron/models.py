@@ -1,8 +1,9 @@
 """Sequential: a stack of layers with Keras's compile / fit / evaluate / predict.
 
-All parameters live in one flat buffer (and their gradients in another); each
-layer's weights are views into it, so the optimizer step is a single fused
-kernel over the whole model (the KANN design).
+All trainable parameters live in one flat buffer (and their gradients in another);
+each layer's trainable weights are views into it, so the optimizer step is a single
+fused kernel over the whole model (the KANN design). Non-trainable weights (moving
+statistics) stay with their layers; get_weights() lists both, in layer order.
 """
 import numpy as np
 
@@ -67,7 +68,7 @@ class Sequential:
                 layer.build(shape)
             shape = layer.compute_output_shape(shape)
         self.output_shape = shape
-        size = sum(layer.count_params() for layer in self.layers)
+        size = sum(layer._count_trainable() for layer in self.layers)
         self._params = np.empty(size, self.dtype)
         self._grads = np.zeros(size, self.dtype)
         offset = 0
@@ -76,7 +77,8 @@ class Sequential:
         self.built = True
 
     def count_params(self):
-        return int(self._params.size) if self.built else 0
+        """All weights, trainable and non-trainable."""
+        return sum(layer.count_params() for layer in self.layers) if self.built else 0
 
     def get_weights(self):
         return [w for layer in self.layers for w in layer.get_weights()]
@@ -184,10 +186,17 @@ class Sequential:
         return logs["loss"] if len(logs) == 1 else list(logs.values())
 
     def compute_gradients(self, x, y):
-        """(loss, grads) on the batch, grads in get_weights() order; updates nothing."""
+        """(loss, grads) on the batch, grads in get_weights() order (zeros for the
+        non-trainable weights); updates nothing, moving statistics included."""
         self._require_compiled()
         x, targets = self._check_xy(x, y)
-        loss, _ = self._forward_backward(x, targets)
+        state = [w for layer in self.layers for w in layer.non_trainable_weights]
+        saved = [w.copy() for w in state]
+        try:
+            loss, _ = self._forward_backward(x, targets)
+        finally:
+            for w, value in zip(state, saved):
+                w[...] = value
         return float(loss), [g for layer in self.layers for g in layer.get_gradients()]
 
     # -- loops -----------------------------------------------------------------------
@@ -322,4 +331,7 @@ class Sequential:
             print_fn("".join(cell.ljust(w) for cell, w in zip(row, widths)))
             print_fn("=" * sum(widths) if i == 0 else line)
         total = sum(layer.count_params() for layer in self.layers)
+        trainable = sum(layer._count_trainable() for layer in self.layers)
         print_fn(f"Total params: {total:,}" + ("" if self.built else " (model not built yet)"))
+        print_fn(f"Trainable params: {trainable:,}")
+        print_fn(f"Non-trainable params: {total - trainable:,}")

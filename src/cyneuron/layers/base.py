@@ -2,8 +2,13 @@
 
 A layer builds lazily from the per-sample shape of its first input and owns its
 weights, their gradients, and the buffers of its outputs (reused while the batch
-shape is unchanged). Inside a model, weights and gradients are views into the
-model's two flat buffers, so an optimizer step is one kernel call.
+shape is unchanged). Inside a model, trainable weights and their gradients are
+views into the model's two flat buffers, so an optimizer step is one kernel call.
+Non-trainable weights (BatchNormalization's moving statistics, Normalization's
+mean and variance) are state the layer itself updates: they stay arrays of the
+layer, outside the flat buffers, so no optimizer touches them; they still appear
+in get_weights() order, and their "gradient" in get_gradients() is always zero
+(the loss does not depend on them while training).
 
 Public `forward` / `backward` check their input; models call the unchecked
 `_forward` / `_backward` on data they validated once.
@@ -36,6 +41,7 @@ class Layer:
         self._weights = []
         self._gradients = []
         self._weight_names = []
+        self._trainable = []         # per weight: True when it lives in the flat buffers
         self._buffers = {}
 
     # -- building -------------------------------------------------------------
@@ -44,11 +50,14 @@ class Layer:
         self.input_shape = tuple(int(d) for d in input_shape)
         self.built = True
 
-    def add_weight(self, name, shape, initializer):
+    def add_weight(self, name, shape, initializer, trainable=True):
+        """Create a weight. trainable=False: state the layer updates itself, kept out of
+        the optimizer's flat buffer (its gradient stays zero)."""
         value = initializer(shape, dtype=self.dtype)
         self._weights.append(value)
         self._gradients.append(np.zeros_like(value))
         self._weight_names.append(name)
+        self._trainable.append(bool(trainable))
         return value
 
     def compute_output_shape(self, input_shape):
@@ -56,11 +65,18 @@ class Layer:
         return tuple(input_shape)
 
     def count_params(self):
+        """Number of weights, trainable and non-trainable (as Keras counts them)."""
         return int(sum(w.size for w in self._weights))
 
+    def _count_trainable(self):
+        return int(sum(w.size for w in self.trainable_weights))
+
     def _bind(self, params, grads, offset):
-        """Move the weights into params[offset:...] (and gradients likewise); return the new offset."""
+        """Move the trainable weights into params[offset:...] (and gradients likewise);
+        return the new offset. Non-trainable weights stay the layer's own arrays."""
         for i, w in enumerate(self._weights):
+            if not self._trainable[i]:
+                continue
             view = params[offset:offset + w.size].reshape(w.shape)
             view[...] = w
             self._weights[i] = view
@@ -73,7 +89,7 @@ class Layer:
         if self.dtype is None:
             self.dtype = np.dtype(np.float32)
         self.build(x.shape[1:])
-        size = self.count_params()
+        size = self._count_trainable()
         self._bind(np.empty(size, self.dtype), np.zeros(size, self.dtype), 0)
 
     # -- running --------------------------------------------------------------
@@ -152,7 +168,16 @@ class Layer:
 
     @property
     def weights(self):
+        """The live weight arrays, in get_weights() order."""
         return list(self._weights)
+
+    @property
+    def trainable_weights(self):
+        return [w for w, t in zip(self._weights, self._trainable) if t]
+
+    @property
+    def non_trainable_weights(self):
+        return [w for w, t in zip(self._weights, self._trainable) if not t]
 
     def get_config(self):
         return {"name": self.name}
