@@ -30,9 +30,14 @@ from cython.parallel cimport parallel
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free
 
+cimport numpy as cnp
+
 from cyneuron._kernels._openmp cimport (
     cn_omp_barrier, cn_omp_max_threads, cn_omp_num_threads, cn_omp_thread_num, cn_omp_wtime)
 from cyneuron._kernels cimport _math
+
+
+cnp.import_array()
 
 
 cdef extern from "stdlib.h" nogil:
@@ -478,6 +483,8 @@ cdef bint _rows_stay_cached(int64_t stride_bytes, int64_t rows) noexcept nogil:
     """Whether `rows` rows at this stride (two lines each) fit in the cache sets
     they map to: strides of a large power of two all land in a few sets."""
     cdef int64_t sets = CACHE_SETS
+    if stride_bytes < 0:
+        stride_bytes = -stride_bytes
     if stride_bytes % CACHE_LINE == 0:
         sets = CACHE_SETS // _gcd(stride_bytes // CACHE_LINE, CACHE_SETS)
     return sets * CACHE_WAYS >= 2 * rows
@@ -510,24 +517,73 @@ cdef int _plan(Call *g, _Workspace ws, int nthreads, size_t item) except -1:
     return 0
 
 
-def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
-         const floating[::1] bias=None, int activation=EPI_LINEAR, double alpha=0.0,
+cdef inline void _extent(cnp.ndarray x, char **lo, char **hi) noexcept:
+    """First and one-past-last byte an array's elements can touch."""
+    cdef char *p = <char *>cnp.PyArray_DATA(x)
+    cdef char *start = p
+    cdef char *end = p + cnp.PyArray_ITEMSIZE(x)
+    cdef int d
+    cdef cnp.npy_intp extent
+    for d in range(cnp.PyArray_NDIM(x)):
+        extent = (cnp.PyArray_DIM(x, d) - 1) * cnp.PyArray_STRIDE(x, d)
+        if extent < 0:
+            start += extent
+        else:
+            end += extent
+    lo[0], hi[0] = start, end
+
+
+cdef bint _overlap(cnp.ndarray x, cnp.ndarray y) noexcept:
+    cdef char *xl
+    cdef char *xh
+    cdef char *yl
+    cdef char *yh
+    _extent(x, &xl, &xh)
+    _extent(y, &yl, &yh)
+    return xl < yh and yl < xh
+
+
+cdef int _check_operand(cnp.ndarray x, str name, int type_num) except -1:
+    if cnp.PyArray_NDIM(x) != 2:
+        raise ValueError(f"gemm: {name} must be 2-D; got {cnp.PyArray_NDIM(x)}-D")
+    if cnp.PyArray_TYPE(x) != type_num:
+        raise TypeError(f"gemm: a, b and c must share one float dtype; {name} is {x.dtype.name}")
+    if cnp.PyArray_STRIDE(x, 0) % cnp.PyArray_ITEMSIZE(x) or \
+            cnp.PyArray_STRIDE(x, 1) % cnp.PyArray_ITEMSIZE(x):
+        raise ValueError(f"gemm: the strides of {name} must be multiples of its item size")
+    return 0
+
+
+def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
+         cnp.ndarray bias=None, int activation=EPI_LINEAR, double alpha=0.0,
          bint accumulate=False):
     """c = act(a @ b + bias), or c += a @ b with accumulate=True (then no bias/activation).
 
-    `a` and `b` may be any strided views (a.T costs nothing); c must be C-contiguous
-    and must not overlap a or b. Shapes: a (M, K), b (K, N), c (M, N), bias (N,),
-    one dtype, K >= 1. `activation` is an Epilogue code (EPILOGUES maps names);
-    `alpha` is leaky_relu's slope or elu's alpha. cyneuron.ops.matmul is the
-    validated public entry point.
+    float32 or float64 ndarrays of one dtype. `a` and `b` may be any strided views
+    (a.T costs nothing); c must be C-contiguous, writeable, and must not overlap a
+    or b. Shapes: a (M, K), b (K, N), c (M, N), bias (N,) contiguous, K >= 1.
+    `activation` is an Epilogue code (EPILOGUES maps names); `alpha` is leaky_relu's
+    slope or elu's alpha. The checks are a few C comparisons; cyneuron.ops.matmul is
+    the public entry point that also converts and explains.
     """
+    cdef int type_num = cnp.PyArray_TYPE(c)
+    if type_num != cnp.NPY_FLOAT and type_num != cnp.NPY_DOUBLE:
+        raise TypeError(f"gemm: c must be float32 or float64; got {c.dtype.name}")
+    _check_operand(a, "a", type_num)
+    _check_operand(b, "b", type_num)
+    _check_operand(c, "c", type_num)
+    if not cnp.PyArray_IS_C_CONTIGUOUS(c) or not cnp.PyArray_ISWRITEABLE(c):
+        raise ValueError("gemm: c must be a writeable C-contiguous array")
     cdef Call g
-    g.M, g.K, g.N = a.shape[0], a.shape[1], b.shape[1]
-    if b.shape[0] != g.K or c.shape[0] != g.M or c.shape[1] != g.N:
-        raise ValueError(f"gemm: shapes do not agree: a ({a.shape[0]}, {a.shape[1]}), "
-                         f"b ({b.shape[0]}, {b.shape[1]}), c ({c.shape[0]}, {c.shape[1]})")
-    if bias is not None and bias.shape[0] != g.N:
-        raise ValueError(f"gemm: bias must have {g.N} values; got {bias.shape[0]}")
+    g.M, g.K, g.N = cnp.PyArray_DIM(a, 0), cnp.PyArray_DIM(a, 1), cnp.PyArray_DIM(b, 1)
+    if cnp.PyArray_DIM(b, 0) != g.K or cnp.PyArray_DIM(c, 0) != g.M or cnp.PyArray_DIM(c, 1) != g.N:
+        raise ValueError(f"gemm: shapes do not agree: a {(<object>a).shape}, b {(<object>b).shape}, "
+                         f"c {(<object>c).shape}")
+    if bias is not None:
+        if cnp.PyArray_NDIM(bias) != 1 or cnp.PyArray_DIM(bias, 0) != g.N \
+                or cnp.PyArray_TYPE(bias) != type_num or not cnp.PyArray_IS_C_CONTIGUOUS(bias):
+            raise ValueError(f"gemm: bias must be a contiguous ({g.N},) array of dtype "
+                             f"{c.dtype.name}; got {(<object>bias).shape} {bias.dtype.name}")
     if not EPI_LINEAR <= activation <= EPI_ELU:
         raise ValueError(f"gemm: unknown epilogue activation code {activation}")
     if accumulate and (bias is not None or activation != EPI_LINEAR):
@@ -536,13 +592,16 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
         return
     if g.K == 0:
         raise ValueError("gemm: inner dimension must be at least 1")
-    cdef size_t item = sizeof(floating)
-    g.rsa, g.csa = a.strides[0] // item, a.strides[1] // item
-    g.rsb, g.csb = b.strides[0] // item, b.strides[1] // item
-    g.A, g.B, g.C, g.ldc = &a[0, 0], &b[0, 0], &c[0, 0], c.shape[1]
-    g.bias = &bias[0] if bias is not None else NULL
+    if _overlap(c, a) or _overlap(c, b):
+        raise ValueError("gemm: c must not share memory with a or b")
+    cdef size_t item = cnp.PyArray_ITEMSIZE(c)
+    g.rsa, g.csa = cnp.PyArray_STRIDE(a, 0) // item, cnp.PyArray_STRIDE(a, 1) // item
+    g.rsb, g.csb = cnp.PyArray_STRIDE(b, 0) // item, cnp.PyArray_STRIDE(b, 1) // item
+    g.A, g.B, g.C = cnp.PyArray_DATA(a), cnp.PyArray_DATA(b), cnp.PyArray_DATA(c)
+    g.ldc = g.N
+    g.bias = cnp.PyArray_DATA(bias) if bias is not None else NULL
     g.act, g.alpha, g.accumulate = activation, alpha, accumulate
-    if floating is float:
+    if type_num == cnp.NPY_FLOAT:
         g.mr, g.nr = _table.s_mr, _table.s_nr
     else:
         g.mr, g.nr = _table.d_mr, _table.d_nr
@@ -550,10 +609,12 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
     if g.M * g.N * g.K >= GEMM_PARALLEL_MIN_MACS:
         nthreads = min(cn_omp_max_threads(), MAX_THREADS)
     cdef _Workspace ws = _free_workspaces.pop() if _free_workspaces else _Workspace()
-    cdef floating dummy = 0
     try:
         _plan(&g, ws, nthreads, item)
         with nogil:
-            _run(&g, dummy, nthreads)
+            if type_num == cnp.NPY_FLOAT:
+                _run(&g, <float>0, nthreads)
+            else:
+                _run(&g, <double>0, nthreads)
     finally:
         _free_workspaces.append(ws)
