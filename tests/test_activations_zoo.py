@@ -402,8 +402,8 @@ def test_prelu_forward_backward_and_finite_differences(shared_axes, shape, alpha
     (dalpha,) = layer.get_gradients()
     np.testing.assert_allclose(dx, np.where(x > 0, g, alpha * g), rtol=1e-14)
     axes = (0,) + tuple(a for a in range(1, len(shape)) if alpha_shape[a - 1] == 1)
-    np.testing.assert_allclose(dalpha, np.where(x > 0, 0, g * x).sum(axis=axes).reshape(alpha_shape),
-                               rtol=1e-12, atol=1e-14)
+    expected = np.where(x > 0, 0, g * x).sum(axis=axes).reshape(alpha_shape)
+    np.testing.assert_allclose(dalpha, expected, rtol=1e-12, atol=1e-14)
 
     np.testing.assert_allclose(dx, numeric_grad(lambda: float(np.sum(g * layer.forward(x))), x),
                                rtol=1e-6, atol=1e-8)

@@ -147,8 +147,8 @@ class PReLU(Layer):
         _k.prelu_backward(self._x.reshape(n, -1), self._alpha_full, grad_output.reshape(n, -1),
                           dx.reshape(n, -1), dalpha)
         if self.shared_axes:
-            grad[...] = dalpha.reshape(self.input_shape).sum(axis=tuple(a - 1 for a in self.shared_axes),
-                                                             keepdims=True)
+            axes = tuple(a - 1 for a in self.shared_axes)
+            grad[...] = dalpha.reshape(self.input_shape).sum(axis=axes, keepdims=True)
         return dx if need_input_grad else None
 
     def get_config(self):
