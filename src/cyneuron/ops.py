@@ -9,8 +9,10 @@ from . import activations as _activations
 from ._kernels import gemm as _gemm
 from ._validation import check_numeric
 
-__all__ = ["matmul", "linear", "sigmoid", "tanh", "relu", "softmax",
-           "linear_grad", "sigmoid_grad", "tanh_grad", "relu_grad", "softmax_grad"]
+_ACTIVATIONS = ["linear", "binary_step", "sigmoid", "hard_sigmoid", "tanh", "relu", "leaky_relu",
+                "elu", "selu", "gelu", "swish", "silu", "mish", "softplus", "softsign", "softmax",
+                "log_softmax"]
+__all__ = ["matmul"] + _ACTIVATIONS + [name + "_grad" for name in _ACTIVATIONS]
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -148,28 +150,90 @@ def _as_float(x, name):
     return np.asarray(x, dtype=dtype, order="C")  # keeps 0-d input 0-d
 
 
+def _forward(act, x):
+    x = _as_float(x, "x")
+    return act.forward(x, out=np.empty_like(x))
+
+
+def _grad(act, y, dy, x):
+    """dy * f'(x) from y, or from x for activations with `needs_input` (y unused then)."""
+    if act.needs_input:
+        if x is None:
+            raise ValueError(f"{act.name}_grad needs the forward input x (its derivative is "
+                             f"not a closed form of the output): call {act.name}_grad(y, dy, x=x)")
+        ref, ref_name = _as_float(x, "x"), "x"
+    else:
+        ref, ref_name = _as_float(y, "y"), "y"
+    dy = np.asarray(check_numeric(dy, "dy"), dtype=ref.dtype, order="C")
+    if dy.shape != ref.shape:
+        raise ValueError(f"dy must have the shape of {ref_name} {ref.shape}; got {dy.shape}")
+    if act.needs_input:
+        return act.backward(None, dy, out=np.empty_like(dy), x=ref)
+    return act.backward(ref, dy, out=np.empty_like(dy))
+
+
 def _unary(name):
     act = _activations.get(name)
 
     def forward(x):
-        x = _as_float(x, "x")
-        return act.forward(x, out=np.empty_like(x))
+        return _forward(act, x)
 
-    def grad(y, dy):
-        y = _as_float(y, "y")
-        dy = np.asarray(check_numeric(dy, "dy"), dtype=y.dtype, order="C")
-        if dy.shape != y.shape:
-            raise ValueError(f"dy must have the shape of y {y.shape}; got {dy.shape}")
-        return act.backward(y, dy, out=np.empty_like(dy))
+    def grad(y, dy, x=None):
+        return _grad(act, y, dy, x)
 
     forward.__name__, grad.__name__ = name, name + "_grad"
-    forward.__doc__ = f"{name} of x (softmax over the last axis); a new array."
-    grad.__doc__ = (f"Gradient through {name}: dy * {name}'(x), given its output y = {name}(x).")
+    over = " over the last axis" if name in ("softmax", "log_softmax") else ""
+    forward.__doc__ = f"{name} of x{over}; a new array."
+    if act.needs_input:
+        grad.__doc__ = (f"Gradient through {name}: dy * {name}'(x), given the forward input x "
+                        f"(keyword x=; y, the output, is not used and may be None).")
+    else:
+        grad.__doc__ = (f"Gradient through {name}: dy * {name}'(x), given its output "
+                        f"y = {name}(x) (x is not needed).")
     return forward, grad
 
 
 linear, linear_grad = _unary("linear")
+binary_step, binary_step_grad = _unary("binary_step")
 sigmoid, sigmoid_grad = _unary("sigmoid")
+hard_sigmoid, hard_sigmoid_grad = _unary("hard_sigmoid")
 tanh, tanh_grad = _unary("tanh")
 relu, relu_grad = _unary("relu")
+selu, selu_grad = _unary("selu")
+swish, swish_grad = _unary("swish")
+silu, silu_grad = swish, swish_grad
+mish, mish_grad = _unary("mish")
+softplus, softplus_grad = _unary("softplus")
+softsign, softsign_grad = _unary("softsign")
 softmax, softmax_grad = _unary("softmax")
+log_softmax, log_softmax_grad = _unary("log_softmax")
+
+
+def leaky_relu(x, negative_slope=0.2):
+    """x where x > 0, else negative_slope * x; a new array."""
+    return _forward(_activations.LeakyReLU(negative_slope), x)
+
+
+def leaky_relu_grad(y, dy, x=None, negative_slope=0.2):
+    """Gradient through leaky_relu, given its output y (x is not needed)."""
+    return _grad(_activations.LeakyReLU(negative_slope), y, dy, x)
+
+
+def elu(x, alpha=1.0):
+    """x where x > 0, else alpha * (e^x - 1); a new array."""
+    return _forward(_activations.ELU(alpha), x)
+
+
+def elu_grad(y, dy, x=None, alpha=1.0):
+    """Gradient through elu, given its output y (x is not needed)."""
+    return _grad(_activations.ELU(alpha), y, dy, x)
+
+
+def gelu(x, approximate=False):
+    """x * Phi(x) (exact, erf), or its tanh approximation with approximate=True; a new array."""
+    return _forward(_activations.GELU(approximate), x)
+
+
+def gelu_grad(y, dy, x=None, approximate=False):
+    """Gradient through gelu, given the forward input x (keyword x=; y is not used)."""
+    return _grad(_activations.GELU(approximate), y, dy, x)

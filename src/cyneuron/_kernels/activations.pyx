@@ -1,13 +1,18 @@
 """Activation kernels: forward y = f(x) and backward dx = dy * f'(x).
 
-Backward passes take the forward *output* y (every derivative here is a closed
-form of y), so layers keep one buffer per activation. Element-wise kernels work
-on flat contiguous arrays and may run in place (out is x, or dx is dy).
+Most backward passes take the forward *output* y (their derivative is a closed
+form of y), so layers keep one buffer per activation. Where the derivative is
+not a stable closed form of y (gelu, swish, mish, softsign) the backward pass
+takes the forward *input* x instead. Element-wise kernels work on flat
+contiguous arrays and may run in place (out is x, or dx is dy): each reads
+element i before writing it. PReLU and Maxout, layers with weights, have their
+kernels here too.
 """
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.math cimport erfc, erfcf, expm1, expm1f, log1p, log1pf
 
-from cyneuron._kernels._math cimport fexp, ftanh, sigmoid
+from cyneuron._kernels._math cimport fexp, flog, ftanh, sigmoid
 from cyneuron._kernels._openmp cimport threads_for
 
 
@@ -112,3 +117,464 @@ def softmax_backward(const floating[:, ::1] y, const floating[:, ::1] dy, floati
             s = s + dy[i, j] * y[i, j]
         for j in range(c):
             dx[i, j] = y[i, j] * (dy[i, j] - s)
+
+
+# ---------------------------------------------------------------------------------
+# Scalar helpers: closed forms that neither overflow nor cancel for |x| up to the
+# float range. float32 kernels call the float libm functions.
+# ---------------------------------------------------------------------------------
+cdef double SQRT1_2 = 0.70710678118654752440          # 1 / sqrt(2)
+cdef double INV_SQRT_2PI = 0.39894228040143267794     # 1 / sqrt(2 pi)
+cdef double SQRT_2_OVER_PI = 0.79788456080286535588   # sqrt(2 / pi)
+cdef double GELU_CUBIC = 0.044715
+
+
+cdef inline floating _expm1(floating x) noexcept nogil:
+    if floating is float:
+        return expm1f(x)
+    else:
+        return expm1(x)
+
+
+cdef inline floating _log1p(floating x) noexcept nogil:
+    if floating is float:
+        return log1pf(x)
+    else:
+        return log1p(x)
+
+
+cdef inline floating _erfc(floating x) noexcept nogil:
+    if floating is float:
+        return erfcf(x)
+    else:
+        return erfc(x)
+
+
+cdef inline floating _softplus(floating x) noexcept nogil:
+    """log(1 + e^x) = max(x, 0) + log1p(e^-|x|)."""
+    if x > 0:
+        return x + _log1p(fexp(-x))
+    return _log1p(fexp(x))
+
+
+cdef inline floating _gelu(floating x) noexcept nogil:
+    """x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2: no cancellation for x << 0."""
+    return x * _erfc(<floating>(-x * SQRT1_2)) / 2
+
+
+cdef inline floating _gelu_grad(floating x) noexcept nogil:
+    """Phi(x) + x phi(x); x*x only overflows where exp(-x*x/2) is 0 anyway."""
+    return (_erfc(<floating>(-x * SQRT1_2)) / 2
+            + x * <floating>INV_SQRT_2PI * fexp(-(x * x) / 2))
+
+
+# Beyond |x| = 100 the tanh-approximate GELU is exactly relu (e^-(2u) underflows
+# in float64 already at |x| ~ 10); cutting there also keeps x^3 finite.
+cdef double GELU_TANH_CUT = 100.0
+
+
+cdef inline floating _gelu_tanh(floating x) noexcept nogil:
+    """0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)."""
+    if x > GELU_TANH_CUT:
+        return x
+    if x < -GELU_TANH_CUT:
+        return 0
+    return x * sigmoid(<floating>(2 * SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)))
+
+
+cdef inline floating _gelu_tanh_grad(floating x) noexcept nogil:
+    """sigmoid(2u) + x sigmoid(2u) sigmoid(-2u) 2 u'(x), both sigmoids from one exp."""
+    cdef floating t, e, p, q, s
+    if x > GELU_TANH_CUT:
+        return 1
+    if x < -GELU_TANH_CUT:
+        return 0
+    t = 2 * SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)
+    e = fexp(-t if t > 0 else t)                   # e^-|t|, never overflows
+    p = 1 / (1 + e)                                # sigmoid(|t|)
+    q = e / (1 + e)                                # sigmoid(-|t|)
+    s = p if t >= 0 else q
+    return s + x * p * q * 2 * SQRT_2_OVER_PI * (1 + 3 * GELU_CUBIC * x * x)
+
+
+cdef inline floating _swish_grad(floating x) noexcept nogil:
+    """d/dx x sigmoid(x) = s (1 + x (1 - s)), with 1 - s = sigmoid(-x) computed directly."""
+    cdef floating e = fexp(-x if x > 0 else x)
+    cdef floating p = 1 / (1 + e), q = e / (1 + e)
+    if x >= 0:
+        return p * (1 + x * q)
+    return q * (1 + x * p)
+
+
+# Above this, tanh(softplus(x)) rounds to 1 and the derivative to 1 (float32: e^-40,
+# float64: e^-80 relative terms); below it e^x (e^x + 2) squared stays finite.
+cdef inline floating _mish_cut(floating x) noexcept nogil:
+    if floating is float:
+        return 20
+    else:
+        return 40
+
+
+cdef inline floating _mish(floating x) noexcept nogil:
+    """x tanh(softplus(x)) = x n / (n + 2), n = e^x (e^x + 2): exact for x << 0 too."""
+    cdef floating e, n
+    if x > _mish_cut(x):
+        return x
+    e = fexp(x)
+    n = e * (e + 2)
+    return x * n / (n + 2)
+
+
+cdef inline floating _mish_grad(floating x) noexcept nogil:
+    """tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x) = n/(n+2) + x 4 e (1 + e) / (n + 2)^2."""
+    cdef floating e, n, d
+    if x > _mish_cut(x):
+        return 1
+    e = fexp(x)
+    n = e * (e + 2)
+    d = n + 2
+    return n / d + x * 4 * e * (1 + e) / (d * d)
+
+
+cdef inline floating _softsign_grad(floating x) noexcept nogil:
+    """1 / (1 + |x|)^2, squared after the division so it never overflows."""
+    cdef floating d = 1 / (1 + (x if x >= 0 else -x))
+    return d * d
+
+
+# ---------------------------------------------------------------------------------
+# Element-wise kernels whose derivative is a closed form of the output y
+# ---------------------------------------------------------------------------------
+def binary_step_forward(const floating[::1] x, floating[::1] out):
+    """1 where x >= 0, else 0 (the perceptron's threshold unit)."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
+    cdef int nt = threads_for(n * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        out[i] = 1 if x[i] >= 0 else 0
+
+
+def binary_step_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx):
+    """The step is flat wherever it is differentiable: dx = 0 (nothing flows back)."""
+    cdef Py_ssize_t i, n = y.shape[0]
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
+    cdef int nt = threads_for(n * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        dx[i] = 0
+
+
+def hard_sigmoid_forward(const floating[::1] x, floating[::1] out):
+    """clip(x / 6 + 1/2, 0, 1) = relu6(x + 3) / 6 (Keras 3, PyTorch Hardsigmoid)."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
+    cdef floating v
+    cdef int nt = threads_for(n * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        v = x[i] / 6 + <floating>0.5
+        out[i] = 0 if v <= 0 else (1 if v >= 1 else v)
+
+
+def hard_sigmoid_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx):
+    """dx = dy / 6 where 0 < y < 1 (the linear part), else 0."""
+    cdef Py_ssize_t i, n = y.shape[0]
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
+    cdef int nt = threads_for(n * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        dx[i] = dy[i] / 6 if (y[i] > 0 and y[i] < 1) else 0
+
+
+def leaky_relu_forward(const floating[::1] x, floating[::1] out, double negative_slope):
+    """x where x > 0, else negative_slope * x."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
+    cdef floating a = <floating>negative_slope
+    cdef int nt = threads_for(n * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        out[i] = x[i] if x[i] > 0 else a * x[i]
+
+
+def leaky_relu_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx,
+                        double negative_slope):
+    """dx = dy where y > 0, else negative_slope * dy (y > 0 iff x > 0 for a slope >= 0)."""
+    cdef Py_ssize_t i, n = y.shape[0]
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
+    cdef floating a = <floating>negative_slope
+    cdef int nt = threads_for(n * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        dx[i] = dy[i] if y[i] > 0 else a * dy[i]
+
+
+def elu_forward(const floating[::1] x, floating[::1] out, double alpha, double scale):
+    """scale * (x if x > 0 else alpha * expm1(x)): ELU (scale 1) and SELU."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
+    cdef floating a = <floating>alpha, s = <floating>scale, v
+    cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        v = x[i]
+        out[i] = s * v if v > 0 else s * a * _expm1(v)
+
+
+def elu_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx,
+                 double alpha, double scale):
+    """dx = dy * scale where y > 0, else dy * (y + scale * alpha) (= scale alpha e^x)."""
+    cdef Py_ssize_t i, n = y.shape[0]
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
+    cdef floating s = <floating>scale, sa = <floating>(scale * alpha)
+    cdef int nt = threads_for(n * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        dx[i] = dy[i] * s if y[i] > 0 else dy[i] * (y[i] + sa)
+
+
+def softplus_forward(const floating[::1] x, floating[::1] out):
+    """log(1 + e^x), without overflow for large x or loss of e^x for x << 0."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
+    cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        out[i] = _softplus(x[i])
+
+
+def softplus_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx):
+    """sigmoid(x) = 1 - e^-y = -expm1(-y): accurate for tiny y (x << 0) as for large."""
+    cdef Py_ssize_t i, n = y.shape[0]
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
+    cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        dx[i] = -dy[i] * _expm1(-y[i])
+
+
+# ---------------------------------------------------------------------------------
+# Element-wise kernels that back-propagate from the forward input x
+# ---------------------------------------------------------------------------------
+def gelu_forward(const floating[::1] x, floating[::1] out):
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
+    cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        out[i] = _gelu(x[i])
+
+
+def gelu_backward(const floating[::1] x, const floating[::1] dy, floating[::1] dx):
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
+    cdef int nt = threads_for(n * 2 * COST_TRANSCENDENTAL)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        dx[i] = dy[i] * _gelu_grad(x[i])
+
+
+def gelu_tanh_forward(const floating[::1] x, floating[::1] out):
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
+    cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        out[i] = _gelu_tanh(x[i])
+
+
+def gelu_tanh_backward(const floating[::1] x, const floating[::1] dy, floating[::1] dx):
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
+    cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        dx[i] = dy[i] * _gelu_tanh_grad(x[i])
+
+
+def swish_forward(const floating[::1] x, floating[::1] out):
+    """x sigmoid(x) (Swish with beta = 1, SiLU)."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
+    cdef floating v
+    cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        v = x[i]
+        out[i] = v * sigmoid(v)
+
+
+def swish_backward(const floating[::1] x, const floating[::1] dy, floating[::1] dx):
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
+    cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        dx[i] = dy[i] * _swish_grad(x[i])
+
+
+def mish_forward(const floating[::1] x, floating[::1] out):
+    """x tanh(softplus(x))."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
+    cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        out[i] = _mish(x[i])
+
+
+def mish_backward(const floating[::1] x, const floating[::1] dy, floating[::1] dx):
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
+    cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        dx[i] = dy[i] * _mish_grad(x[i])
+
+
+def softsign_forward(const floating[::1] x, floating[::1] out):
+    """x / (1 + |x|)."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
+    cdef floating v
+    cdef int nt = threads_for(n * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        v = x[i]
+        out[i] = v / (1 + (v if v >= 0 else -v))
+
+
+def softsign_backward(const floating[::1] x, const floating[::1] dy, floating[::1] dx):
+    """From x, not y: (1 - |y|)^2 would cancel for large |x|."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
+    cdef int nt = threads_for(n * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        dx[i] = dy[i] * _softsign_grad(x[i])
+
+
+# ---------------------------------------------------------------------------------
+# Row-wise kernels
+# ---------------------------------------------------------------------------------
+def log_softmax_forward(const floating[:, ::1] x, floating[:, ::1] out):
+    """Row-wise x - max - log(sum(exp(x - max))): finite for any finite x."""
+    cdef Py_ssize_t i, j, n = x.shape[0], c = x.shape[1]
+    _check_rows((n, c), (out.shape[0], out.shape[1]), "out")
+    if c == 0:
+        return
+    cdef floating m, s
+    cdef int nt = threads_for(n * c * COST_TRANSCENDENTAL)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        m = x[i, 0]
+        for j in range(1, c):
+            if x[i, j] > m:
+                m = x[i, j]
+        s = 0
+        for j in range(c):
+            s = s + fexp(x[i, j] - m)
+        s = m + flog(s)
+        for j in range(c):
+            out[i, j] = x[i, j] - s
+
+
+def log_softmax_backward(const floating[:, ::1] y, const floating[:, ::1] dy,
+                         floating[:, ::1] dx):
+    """dx = dy - exp(y) * sum(dy) per row (exp(y) is the softmax, in [0, 1])."""
+    cdef Py_ssize_t i, j, n = y.shape[0], c = y.shape[1]
+    _check_rows((n, c), (dy.shape[0], dy.shape[1]), "dy")
+    _check_rows((n, c), (dx.shape[0], dx.shape[1]), "dx")
+    cdef floating s
+    cdef int nt = threads_for(n * c * COST_TRANSCENDENTAL)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        s = 0
+        for j in range(c):
+            s = s + dy[i, j]
+        for j in range(c):
+            dx[i, j] = dy[i, j] - fexp(y[i, j]) * s
+
+
+# ---------------------------------------------------------------------------------
+# Layers with parameters: PReLU and Maxout
+# ---------------------------------------------------------------------------------
+def prelu_forward(const floating[:, ::1] x, const floating[::1] alpha, floating[:, ::1] out):
+    """out[i, j] = x[i, j] if x[i, j] > 0 else alpha[j] * x[i, j]."""
+    cdef Py_ssize_t i, j, n = x.shape[0], m = x.shape[1]
+    _check_rows((n, m), (out.shape[0], out.shape[1]), "out")
+    _check_len(m, alpha.shape[0], "alpha")
+    cdef floating v
+    cdef int nt = threads_for(n * m * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        for j in range(m):
+            v = x[i, j]
+            out[i, j] = v if v > 0 else alpha[j] * v
+
+
+# Columns per task of the dalpha reduction: each task owns its columns, no races.
+cdef enum:
+    PRELU_COLUMN_BLOCK = 256
+
+
+def prelu_backward(const floating[:, ::1] x, const floating[::1] alpha,
+                   const floating[:, ::1] dy, floating[:, ::1] dx, floating[::1] dalpha):
+    """dx = dy where x > 0, else alpha * dy; dalpha[j] = sum_i dy * x over x <= 0."""
+    cdef Py_ssize_t i, j, b, j0, j1, n = x.shape[0], m = x.shape[1]
+    _check_rows((n, m), (dy.shape[0], dy.shape[1]), "dy")
+    _check_rows((n, m), (dx.shape[0], dx.shape[1]), "dx")
+    _check_len(m, alpha.shape[0], "alpha")
+    _check_len(m, dalpha.shape[0], "dalpha")
+    cdef floating v
+    cdef Py_ssize_t n_blocks = (m + PRELU_COLUMN_BLOCK - 1) // PRELU_COLUMN_BLOCK
+    cdef int nt = threads_for(n * m * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        for j in range(m):
+            v = x[i, j]
+            dx[i, j] = dy[i, j] if v > 0 else alpha[j] * dy[i, j]
+    for b in prange(n_blocks, nogil=True, num_threads=nt if n_blocks > 1 else 1,
+                    schedule="static"):
+        j0 = b * PRELU_COLUMN_BLOCK
+        j1 = min(j0 + PRELU_COLUMN_BLOCK, m)
+        for j in range(j0, j1):
+            dalpha[j] = 0
+        for i in range(n):
+            for j in range(j0, j1):
+                if x[i, j] <= 0:
+                    dalpha[j] += dy[i, j] * x[i, j]
+
+
+def maxout_forward(const floating[:, ::1] z, floating[:, ::1] out, int[:, ::1] argmax):
+    """out[i, u] = max_p z[i, u * pieces + p], pieces = z.shape[1] // out.shape[1];
+    argmax keeps the winning p (the first on ties) for the backward pass."""
+    cdef Py_ssize_t i, u, p, n = z.shape[0], units = out.shape[1]
+    if units == 0 or z.shape[1] % units:
+        raise ValueError(f"z must have a multiple of {units} columns; got {z.shape[1]}")
+    cdef Py_ssize_t pieces = z.shape[1] // units
+    _check_rows((n, units), (out.shape[0], out.shape[1]), "out")
+    _check_rows((n, units), (argmax.shape[0], argmax.shape[1]), "argmax")
+    if pieces == 0:
+        raise ValueError("z must have at least one piece per unit")
+    cdef floating best
+    cdef int k
+    cdef int nt = threads_for(n * units * pieces * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        for u in range(units):
+            best = z[i, u * pieces]
+            k = 0
+            for p in range(1, pieces):
+                if z[i, u * pieces + p] > best:
+                    best = z[i, u * pieces + p]
+                    k = <int>p
+            out[i, u] = best
+            argmax[i, u] = k
+
+
+def maxout_backward(const floating[:, ::1] dy, const int[:, ::1] argmax, floating[:, ::1] dz):
+    """dz[i, u * pieces + p] = dy[i, u] for the winning p, 0 for the others."""
+    cdef Py_ssize_t i, u, p, n = dy.shape[0], units = dy.shape[1]
+    if units == 0 or dz.shape[1] % units:
+        raise ValueError(f"dz must have a multiple of {units} columns; got {dz.shape[1]}")
+    cdef Py_ssize_t pieces = dz.shape[1] // units
+    _check_rows((n, units), (argmax.shape[0], argmax.shape[1]), "argmax")
+    if dz.shape[0] != n:
+        raise ValueError(f"dz must have {n} rows; got {dz.shape[0]}")
+    for i in range(n):
+        for u in range(units):
+            if argmax[i, u] < 0 or argmax[i, u] >= pieces:
+                raise ValueError(f"argmax must be in [0, {pieces}); got {argmax[i, u]}")
+    cdef int nt = threads_for(n * units * pieces * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        for u in range(units):
+            for p in range(pieces):
+                dz[i, u * pieces + p] = 0
+            dz[i, u * pieces + argmax[i, u]] = dy[i, u]

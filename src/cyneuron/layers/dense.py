@@ -43,7 +43,10 @@ class Dense(Layer):
 
     def _forward(self, x, training):
         z = self._forward_logits(x, training)
-        self._y = self.activation.forward(z, out=z)
+        if self.activation.needs_input:   # backward reads z: keep it, y in its own buffer
+            self._y = self.activation.forward(z, out=self._buffer("y", z.shape))
+        else:                             # backward reads y only: compute it in place over z
+            self._y = self.activation.forward(z, out=z)
         return self._y
 
     def _forward_logits(self, x, training=False):
@@ -60,7 +63,9 @@ class Dense(Layer):
     def _backward(self, grad_output, need_input_grad):
         dz = grad_output
         if self.activation.name != "linear":
-            dz = self.activation.backward(self._y, grad_output, out=self._buffer("dz", dz.shape))
+            z = self._buffers["z"] if self.activation.needs_input else None
+            dz = self.activation.backward(self._y, grad_output, out=self._buffer("dz", dz.shape),
+                                          x=z)
         return self._backward_logits(dz, need_input_grad)
 
     def _backward_logits(self, dz, need_input_grad=True):
@@ -75,5 +80,5 @@ class Dense(Layer):
         return dx
 
     def get_config(self):
-        return {"name": self.name, "units": self.units, "activation": self.activation.name,
-                "use_bias": self.use_bias}
+        return {"name": self.name, "units": self.units,
+                "activation": activations.serialize(self.activation), "use_bias": self.use_bias}
