@@ -50,9 +50,10 @@ def check_sample_weight(sample_weight, n_samples, dtype):
     (n_samples, 1) array is accepted), or None."""
     if sample_weight is None:
         return None
-    w = check_array(sample_weight, "sample_weight", dtype)
-    if w.ndim == 0:
-        return np.full(n_samples, w, dtype=dtype)
+    scalar = np.ndim(sample_weight) == 0
+    w = check_array(sample_weight, "sample_weight", dtype)  # (ascontiguousarray makes 0-D 1-D)
+    if scalar:
+        return np.full(n_samples, w[0], dtype=dtype)
     if w.ndim == 2 and w.shape[1] == 1:
         w = w[:, 0]
     if w.shape != (n_samples,):
