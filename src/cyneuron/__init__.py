@@ -12,13 +12,14 @@ _config._apply_isa_override()
 
 from ._config import get_isa, get_num_threads, set_num_threads, show_config  # noqa: E402
 from ._random import set_seed  # noqa: E402
-from . import activations, initializers, layers, losses, metrics, ops, optimizers  # noqa: E402
-from .callbacks import History  # noqa: E402
+from . import (activations, callbacks, datasets, initializers, layers, losses,  # noqa: E402
+               metrics, ops, optimizers, schedules)
+from .callbacks import Callback, History  # noqa: E402
 from .models import Sequential  # noqa: E402
 from .perceptron import Perceptron  # noqa: E402
 
 __all__ = [
-    "Sequential", "Perceptron", "History", "layers", "ops", "activations", "losses", "optimizers",
-    "initializers", "metrics", "set_num_threads", "get_num_threads", "show_config",
-    "get_isa", "set_seed", "__version__",
+    "Sequential", "Perceptron", "History", "Callback", "layers", "ops", "activations", "losses",
+    "optimizers", "schedules", "initializers", "metrics", "callbacks", "datasets",
+    "set_num_threads", "get_num_threads", "show_config", "get_isa", "set_seed", "__version__",
 ]

@@ -12,7 +12,7 @@ from . import metrics as _metrics
 from . import optimizers as _optimizers
 from ._random import get_rng
 from ._validation import as_dtype, check_array, check_positive, check_same_length
-from .callbacks import History, ProgressPrinter
+from .callbacks import CallbackList, History, ProgressPrinter
 from .layers.base import Layer
 
 DEFAULT_PREDICT_BATCH = 256
@@ -33,6 +33,7 @@ class Sequential:
         self.optimizer = None
         self.loss = None
         self.metrics = []
+        self.stop_training = False  # a callback sets it to end fit after the current epoch
         for layer in layers or []:
             self.add(layer)
 
@@ -116,6 +117,13 @@ class Sequential:
                 and getattr(getattr(last, "activation", None), "name", None) == fuses
                 and hasattr(last, "_forward_logits"))
 
+    def _fused_activation(self, z):
+        """The output activation applied in place to the logits of the fused path, so
+        that metrics see the model's outputs (probabilities); skipped without metrics."""
+        if not self.metrics:
+            return z
+        return self.layers[-1].activation.forward(z, out=z)
+
     # -- data checks ---------------------------------------------------------------
     def _check_x(self, x, name="x"):
         x = check_array(x, name, self.dtype)
@@ -158,6 +166,7 @@ class Sequential:
             out = last._forward_logits(h, True)
             loss, g = self.loss.value_and_grad_logits(targets, out)
             g = last._backward_logits(g, need_dx)
+            out = self._fused_activation(out)
         else:
             out = last._forward(h, True)
             loss, g = self.loss.value_and_grad(targets, out)
@@ -201,8 +210,12 @@ class Sequential:
 
     # -- loops -----------------------------------------------------------------------
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
-            validation_split=0.0, verbose=1):
-        """Train for `epochs` passes over (x, y) in mini-batches; returns a History."""
+            validation_split=0.0, verbose=1, callbacks=None):
+        """Train for `epochs` passes over (x, y) in mini-batches; returns a History.
+
+        callbacks: Callback instances (cn.callbacks), called at train, epoch and batch
+        begin/end; a callback may set `model.stop_training = True`.
+        """
         self._require_compiled()
         check_positive(epochs, "epochs", integer=True)
         check_positive(batch_size, "batch_size", integer=True)
@@ -231,14 +244,19 @@ class Sequential:
         steps = (n + batch_size - 1) // batch_size
         history = History()
         progress = ProgressPrinter(verbose, epochs, steps)
+        callbacks = CallbackList(callbacks, self, {"epochs": epochs, "steps": steps, "verbose": verbose})
         rng = get_rng()
+        self.stop_training = False
+        callbacks.call("on_train_begin", {})
         for epoch in range(epochs):
             order = rng.permutation(n) if shuffle else np.arange(n)
             for m in self.metrics:
                 m.reset()
+            callbacks.call("on_epoch_begin", epoch, {})
             progress.epoch_begin(epoch)
             loss_sum = 0.0
             for step in range(steps):
+                callbacks.call("on_train_batch_begin", step, {})
                 idx = order[step * batch_size:(step + 1) * batch_size]
                 xb, tb = self._gather(x, idx, "xb"), self._gather(targets, idx, "tb")
                 loss, out = self._train_step(xb, tb)
@@ -248,10 +266,15 @@ class Sequential:
                 logs = {"loss": loss_sum / min(n, (step + 1) * batch_size)}
                 logs.update((m.name, m.result()) for m in self.metrics)
                 progress.batch_end(step, logs)
+                callbacks.call("on_train_batch_end", step, logs)
             if val is not None:
                 logs.update(("val_" + k, v) for k, v in self._evaluate(*val, batch_size).items())
+            callbacks.call("on_epoch_end", epoch, logs)
             history.record(epoch, logs)
             progress.epoch_end(logs)
+            if self.stop_training:
+                break
+        callbacks.call("on_train_end", logs)
         return history
 
     def _gather(self, data, idx, key):
@@ -277,6 +300,7 @@ class Sequential:
             if fused:
                 out = self.layers[-1]._forward_logits(h, False)
                 loss, _ = self.loss.value_and_grad_logits(tb, out)
+                out = self._fused_activation(out)
             else:
                 out = self.layers[-1]._forward(h, False)
                 loss, _ = self.loss.value_and_grad(tb, out)
