@@ -4,6 +4,7 @@ Environment switches:
   CYNEURON_REQUIRE_OPENMP=1  fail the build when the compiler has no OpenMP (CI sets it)
   CYNEURON_DEBUG=1           bounds checks on in the Cython kernels, -O0 -g
 """
+import glob
 import os
 import platform
 import shutil
@@ -99,6 +100,8 @@ def kernel_extension(name):
         define_macros=C_MACROS + [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=list(OPT_FLAGS),
         extra_link_args=[],
+        # The C core: a change to any of it relinks the extensions that use it.
+        depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.c")),
     )
 
 

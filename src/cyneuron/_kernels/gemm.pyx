@@ -243,7 +243,7 @@ cdef struct Call:
     int accumulate
     # the plan
     int mr, nr
-    int64_t mc, nc
+    int64_t mc, nc, kc
     int split_rows       # 1: threads split C's rows; 0: its column slivers
     int direct           # 1: nothing packed (B's rows read in place); 0: B packed
     int pack_a           # packed plan: 1 packs A's blocks, 0 reads A in place
@@ -334,9 +334,9 @@ cdef void _run_packed(const Call *g, floating dummy, int t, int nt) noexcept nog
             r0 = 0
             r1 = g.M
             _share(n_sl, t, nt, &s0, &s1)
-        for pb in range(_cdiv(g.K, KC_BLOCK)):
-            pc = pb * KC_BLOCK
-            kc = _min(KC_BLOCK, g.K - pc)
+        for pb in range(_cdiv(g.K, g.kc)):
+            pc = pb * g.kc
+            kc = _min(g.kc, g.K - pc)
             beta = pc > 0 or g.accumulate
             last = pc + kc == g.K
             _pack_b_block(g, B + pc * g.rsb + jc * g.csb, kc, nc, bp, t, nt)
@@ -383,9 +383,9 @@ cdef void _run_direct(const Call *g, floating dummy, int t, int nt) noexcept nog
         i0 = 0
         i1 = m_sl
         _share(n_sl, t, nt, &s0, &s1)
-    for pb in range(_cdiv(g.K, KC_BLOCK)):
-        pc = pb * KC_BLOCK
-        kc = _min(KC_BLOCK, g.K - pc)
+    for pb in range(_cdiv(g.K, g.kc)):
+        pc = pb * g.kc
+        kc = _min(g.kc, g.K - pc)
         beta = pc > 0 or g.accumulate
         last = pc + kc == g.K
         for s in range(s0, s1):
@@ -492,7 +492,9 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     n_sl = _cdiv(_min(g.N, g.nc), g.nr)
     # Split whichever way leaves the fewest tiles on the busiest thread.
     g.split_rows = _cdiv(m_sl, nthreads) * n_sl <= m_sl * _cdiv(n_sl, nthreads)
-    cdef int64_t kc = _min(g.K, KC_BLOCK)
+    # K in equal blocks of at most KC_BLOCK (784 = 3 x 262, not 384 + 384 + 16).
+    g.kc = _cdiv(g.K, _cdiv(g.K, KC_BLOCK))
+    cdef int64_t kc = g.kc
     # A is read in place when its rows are contiguous, or its columns are and their
     # stride does not map them all onto a few cache sets (in place measured 3-5% faster
     # than packing); other strided views are packed.
@@ -505,7 +507,7 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
 cdef int _plan(Call *g, _Workspace ws, int nthreads, size_t item) except -1:
     """Choose the plan and size the workspace for it."""
     _choose(g, nthreads, item)
-    cdef int64_t kc = _min(g.K, KC_BLOCK)
+    cdef int64_t kc = g.kc
     if g.direct:
         ws.reserve(0, kc * g.nr * item, nthreads)   # a_pack[t]: the ragged-edge buffer
         g.b_pack = NULL
