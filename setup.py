@@ -21,7 +21,9 @@ DEBUG = os.environ.get("CYNEURON_DEBUG") == "1"
 REQUIRE_OPENMP = os.environ.get("CYNEURON_REQUIRE_OPENMP") == "1"
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
-OPT_FLAGS = ["-O0", "-g"] if DEBUG else ["-O3"]
+# -fno-math-errno: sqrt and friends need not set errno, so loops using them vectorize
+# (results are unchanged; this is not -ffast-math).
+OPT_FLAGS = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-math-errno"]
 # Per instruction set C files; each is compiled with its own flags and only
 # reached after the runtime CPU check (csrc/cpu.c). Never -march=native.
 ISA_SOURCES = [("csrc/gemm_generic.c", [])]
