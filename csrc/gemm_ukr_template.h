@@ -78,7 +78,9 @@ void UKR_NAME(int64_t k, const UKR_T *restrict a, int64_t a_rs, int64_t a_cs,
               const UKR_T *restrict b, int64_t b_rs,
               UKR_T *restrict c, int64_t ldc, int m, int n, int beta)
 {
-    if (m <= UKR_MR / 2) {   /* a short last row sliver: half the work, not padding */
+    if (m == 1) {            /* one row (a single sample): no padding rows at all */
+        UKR_BODY(1)
+    } else if (m <= UKR_MR / 2) {   /* a short last row sliver: half the work */
         UKR_BODY(UKR_MR / 2)
     } else {
         UKR_BODY(UKR_MR)

@@ -83,6 +83,9 @@ cdef enum:
     NC_TARGET = 4096
     # Below this many multiply-adds one thread is faster than waking the pool.
     GEMM_PARALLEL_MIN_MACS = 1 << 18
+    # ... unless B is this large: then even a few rows (a single sample) are bound by
+    # reading B, and splitting its columns lets each core keep its part in its own L2.
+    PARALLEL_MIN_B_BYTES = 1 << 18
     # The direct plan (nothing packed) is used up to this many rows of C.
     DIRECT_MAX_M = 128
     MAX_THREADS = 64
@@ -628,7 +631,7 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
     else:
         g.mr, g.nr = _table.d_mr, _table.d_nr
     cdef int nthreads = 1
-    if g.M * g.N * g.K >= GEMM_PARALLEL_MIN_MACS:
+    if g.M * g.N * g.K >= GEMM_PARALLEL_MIN_MACS or g.K * g.N * item >= PARALLEL_MIN_B_BYTES:
         nthreads = min(cn_omp_max_threads(), MAX_THREADS)
     cdef _Workspace ws = _free_workspaces.pop() if _free_workspaces else _Workspace()
     try:
