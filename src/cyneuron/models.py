@@ -7,6 +7,7 @@ statistics) stay with their layers; get_weights() lists both, in layer order.
 """
 import numpy as np
 
+from . import _config
 from . import losses as _losses
 from . import metrics as _metrics
 from . import optimizers as _optimizers
@@ -113,7 +114,8 @@ class Sequential:
         """True when the loss absorbs the last layer's activation (softmax + cross-entropy)."""
         last = self.layers[-1]
         fuses = self.loss.fuses_with
-        return (fuses is not None and not getattr(self.loss, "from_logits", False)
+        return (fuses is not None and _config.fusion_enabled()
+                and not getattr(self.loss, "from_logits", False)
                 and getattr(getattr(last, "activation", None), "name", None) == fuses
                 and hasattr(last, "_forward_logits"))
 
