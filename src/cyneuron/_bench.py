@@ -423,6 +423,11 @@ def print_peak(peak, out):
     out(f"\nfloat32 FMA peak ({peak.source}, {peak.isa} path): 1 thread {fmt(peak.per_thread)}, "
         f"{peak.threads} thread{'s' if peak.threads > 1 else ''} {fmt(peak.total)} "
         "(float64: half); '% peak' below is against it")
+    if peak.per_thread and peak.isa in ("avx2", "avx512"):
+        # A sanity figure: the clock at which two FMA pipes would give the per-thread peak.
+        per_cycle = 2 * 2 * {"avx512": 16, "avx2": 8}[peak.isa]
+        out(f"  per thread: {peak.per_thread:.1f} GFLOP/s = {per_cycle} FLOP/cycle (2 FMA pipes x "
+            f"{per_cycle // 4} lanes x 2) at {peak.per_thread / per_cycle:.2f} GHz")
     if peak.isa == "avx512":
         out("  avx512: this is the AVX-512 peak of the issue's targets")
     elif "avx512" not in _config.supported_isas():
