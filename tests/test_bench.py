@@ -12,7 +12,7 @@ from cyneuron import _config
 
 
 def _args(**kw):
-    base = dict(repeats=2, target=0.001, stat="best", peak=None, quick=False)
+    base = {"repeats": 2, "target": 0.001, "stat": "best", "peak": None, "quick": False}
     base.update(kw)
     return argparse.Namespace(**base)
 

@@ -19,6 +19,8 @@ Only numpy and cyneuron are imported here; torch, scikit-learn and threadpoolctl
 imported lazily and are optional. The helpers that build the models are shared with the
 pytest-benchmark suite in benchmarks/.
 """
+from __future__ import annotations
+
 import argparse
 import contextlib
 import math
@@ -26,7 +28,7 @@ import os
 import statistics
 import sys
 import time
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
@@ -236,7 +238,9 @@ class MatmulCase(NamedTuple):
             batch, layer = self.label.split()[:2]
             return f"dense-{batch.replace('=', '')}-{layer}-{self.product}"
         name = f"{'f32' if self.dtype == 'float32' else 'f64'}-n{self.m}"
-        return name + ("" if self.out else "-noout") + (f"-{self.threads}thread" if self.threads else "")
+        if not self.out:
+            name += "-noout"
+        return name + (f"-{self.threads}thread" if self.threads else "")
 
 
 def square_cases(sizes, dtype="float32", threads=0):
@@ -352,10 +356,10 @@ class Peak(NamedTuple):
     """float32 multiply-add peaks of this machine, GFLOP/s (float64: half)."""
     isa: str                # the SIMD path in use, whose peak these are
     threads: int            # the thread count in use
-    per_thread: Optional[float]
-    total: Optional[float]  # on `threads` threads
+    per_thread: float | None
+    total: float | None  # on `threads` threads
     source: str             # "measured", "--peak", "clock estimate" or "unknown"
-    avx512: Optional[float]  # the AVX-512 peak on `threads` threads: the issue's reference
+    avx512: float | None  # the AVX-512 peak on `threads` threads: the issue's reference
 
     def gflops(self, dtype="float32", threads=0):
         """The peak for dtype on `threads` threads (0: the thread count in use), or None."""
@@ -419,7 +423,9 @@ def matmul_peak(threads, given=None, seconds=0.2, tries=3):
 def print_peak(peak, out):
     from . import _config
 
-    fmt = lambda g: "?" if g is None else f"{g:.1f} GFLOP/s"  # noqa: E731
+    def fmt(g):
+        return "?" if g is None else f"{g:.1f} GFLOP/s"
+
     out(f"\nfloat32 FMA peak ({peak.source}, {peak.isa} path): 1 thread {fmt(peak.per_thread)}, "
         f"{peak.threads} thread{'s' if peak.threads > 1 else ''} {fmt(peak.total)} "
         "(float64: half); '% peak' below is against it")
@@ -462,8 +468,8 @@ def run_matmul_cases(cases, peak, repeats=8, target_s=0.04, stat="best", settle_
         if case.threads:
             with both_on_threads(case.threads) as limited:
                 if not limited:
-                    skipped.append((case, "threadpoolctl is not installed: numpy's BLAS "
-                                          "threads cannot be limited"))
+                    skipped.append((case, ("threadpoolctl is not installed: numpy's BLAS "
+                                           "threads cannot be limited")))
                     continue
                 r = measure_matmul_case(case, peak, repeats, target_s, stat, settle_s)
         else:
@@ -489,7 +495,7 @@ def dense_geomeans(results):
 
 class Target(NamedTuple):
     target: str
-    value: Optional[float]  # the measured ratio or share of the peak (None: not measured)
+    value: float | None  # the measured ratio or share of the peak (None: not measured)
     measured: str
     status: str             # "met", "NOT met ...", "not measured" or "n/a: ..."
 
@@ -608,9 +614,9 @@ def print_matmul_report(results, skipped, targets, peak, args, out):
             _print_table(table, out)
     for case, reason in skipped:
         out(f"  skipped {case.section} {case.label}: {reason}")
+    used = f"; this run used {peak.threads}: --threads 2 to compare" if peak.threads != 2 else ""
     out(f"\nmatmul targets (issue 3; float32 unless said; the issue states them for 2 threads"
-        + (f"; this run used {peak.threads}: --threads 2 to compare)" if peak.threads != 2
-           else ")"))
+        f"{used})")
     _print_table([("target", "measured", "status")]
                  + [(t.target, t.measured, t.status) for t in targets], out, left=3)
     met = sum(t.met for t in targets)
