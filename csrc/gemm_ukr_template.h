@@ -134,9 +134,12 @@ double FMA_LOOP_NAME(int64_t iters)
     UKR_V acc[12];
     UKR_T one = (UKR_T)1.0000001, tiny = (UKR_T)1e-7;
     UKR_V x = UKR_BCAST(&one), y = UKR_BCAST(&tiny);
+    /* Distinct starting values: identical chains would be merged into one by the compiler. */
 #pragma GCC unroll 12
-    for (int i = 0; i < 12; ++i)
-        acc[i] = UKR_ZERO();
+    for (int i = 0; i < 12; ++i) {
+        UKR_T start = (UKR_T)(i + 1);
+        acc[i] = UKR_BCAST(&start);
+    }
     for (int64_t it = 0; it < iters; ++it) {
 #pragma GCC unroll 12
         for (int i = 0; i < 12; ++i)

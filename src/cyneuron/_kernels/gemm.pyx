@@ -168,6 +168,8 @@ cdef double _fma_round(int64_t iters, int nt) noexcept nogil:
     cdef double total = 0
     cdef double[MAX_THREADS] done
     cdef int t
+    for t in range(MAX_THREADS):
+        done[t] = 0
     with parallel(num_threads=nt):
         done[cn_omp_thread_num()] = _table.fma_loop(iters)
     for t in range(nt):
