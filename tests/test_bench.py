@@ -231,3 +231,25 @@ def test_time_blocks_samples():
                             repeats=3, target_s=1e-4, settle_s=0)
     assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
     assert all(s > 0 for v in samples.values() for s in v)
+
+
+# -- the end-to-end MLP comparison (issue 8) -------------------------------------------------
+def test_mlp_train_flops_count_every_product():
+    from cyneuron import _bench_mlp
+
+    # forward + weight gradients for both layers, input gradient for the second only
+    assert _bench_mlp.train_flops_per_sample((4, 3, 2)) == 2 * (2 * (12 + 6) + 6)
+
+
+def test_mlp_bench_reports_every_kind_on_a_tiny_run():
+    from cyneuron import _bench_mlp
+
+    lines = []
+    results = _bench_mlp.bench(lines.append, threads=1, peak32=100.0, repeats=1,
+                               architectures=["784-256-128-10"], batch_sizes=[256],
+                               n_samples=512)
+    kinds = [r["kind"] for r in results]
+    assert kinds == ["train", "latency", "predict"]
+    train = results[0]
+    assert train["rates"]["cyneuron"] > 0 and train["gflops"] > 0 and train["pct_peak"] > 0
+    assert len(lines) == 3 and "samples/s" in lines[0] and " us" in lines[1]

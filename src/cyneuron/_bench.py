@@ -5,9 +5,9 @@ matmul: cyneuron.ops.matmul against numpy's matmul (OpenBLAS) on the cases of is
         squares on 1 thread): GFLOP/s, the ratio (cyneuron speed / numpy speed), the share of
         the float32 FMA peak measured at the start, and a table of the targets, met or not.
         --quick: squares 64/128/512/1024 and the dense products, 4 repeats.
-mlp:    one training step (forward + backward + SGD with momentum) of a 784-256-128-10
-        ReLU/softmax MLP on a batch of 128, in samples/s, against PyTorch CPU and
-        scikit-learn where they are installed; and inference on 1024 samples.
+mlp:    training epochs (Adam) of the 784-256-128-10 and 784-512-512-10 ReLU/softmax MLPs
+        at batch 32, 128 and 512, in samples/s, against PyTorch CPU and scikit-learn where
+        they are installed; one-sample predict latency and batched predict (see _bench_mlp).
 
 The machine's environment may set OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which force numpy's
 OpenBLAS onto a slower kernel. OpenBLAS reads them when numpy is first imported, and
@@ -35,11 +35,6 @@ import numpy as np
 OPENBLAS_HANDICAP_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _REEXEC_MARKER = "CYNEURON_BENCH_REEXECUTED"
 
-MLP_SIZES = (784, 256, 128, 10)
-MLP_BATCH = 128
-MLP_PREDICT_SAMPLES = 1024
-MLP_LR = 0.01
-MLP_MOMENTUM = 0.9
 
 
 # -- the environment -------------------------------------------------------------------------
@@ -642,146 +637,27 @@ def bench_matmul(args, out, cases=None, peak=None, settle_s=SETTLE_S):
 
 
 # -- the MLP ---------------------------------------------------------------------------------
-def mlp_data(n=MLP_BATCH, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, MLP_SIZES[0])).astype(np.float32)
-    y = rng.integers(0, MLP_SIZES[-1], size=n).astype(np.int64)
-    return x, y
-
-
-def make_cyneuron_mlp(seed=0):
-    """The 784-256-128-10 ReLU/softmax MLP, compiled (SGD 0.01, momentum 0.9, sparse CE), built."""
+def bench_mlp(args, out, peak=None):
+    """Issue 8's end-to-end comparison (cyneuron._bench_mlp): training epochs with Adam for
+    two MLPs and three batch sizes, one-sample latency and batched predict."""
     import cyneuron as cn
-    from cyneuron import layers
 
-    cn.set_seed(seed)
-    model = cn.Sequential([layers.Dense(MLP_SIZES[1], activation="relu"),
-                           layers.Dense(MLP_SIZES[2], activation="relu"),
-                           layers.Dense(MLP_SIZES[3], activation="softmax")])
-    model.compile(optimizer=cn.optimizers.SGD(MLP_LR, momentum=MLP_MOMENTUM),
-                  loss="sparse_categorical_crossentropy")
-    model.build((MLP_SIZES[0],))
-    return model
-
-
-def make_torch_mlp(threads, seed=0):
-    """(torch, net, optimizer, loss_fn) for the same MLP (logits out; CrossEntropyLoss)."""
-    import torch
-    from torch import nn
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Linear(MLP_SIZES[0], MLP_SIZES[1]), nn.ReLU(),
-                        nn.Linear(MLP_SIZES[1], MLP_SIZES[2]), nn.ReLU(),
-                        nn.Linear(MLP_SIZES[2], MLP_SIZES[3]))
-    opt = torch.optim.SGD(net.parameters(), lr=MLP_LR, momentum=MLP_MOMENTUM)
-    return torch, net, opt, nn.CrossEntropyLoss()
-
-
-def make_sklearn_mlp(x, y, seed=0):
-    """A scikit-learn MLPClassifier (SGD, momentum 0.9, batch 128) after one partial_fit."""
-    import warnings
-
-    from sklearn.neural_network import MLPClassifier
-
-    clf = MLPClassifier(hidden_layer_sizes=MLP_SIZES[1:3], activation="relu", solver="sgd",
-                        learning_rate_init=MLP_LR, momentum=MLP_MOMENTUM, nesterovs_momentum=False,
-                        batch_size=MLP_BATCH, max_iter=1, alpha=0.0, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        clf.partial_fit(x, y, classes=np.arange(MLP_SIZES[-1]))
-    return clf
-
-
-def mlp_train_callables(threads, x, y):
-    """{'cyneuron': step, 'torch': step, 'scikit-learn': step}, for those installed, and
-    {name: reason} for those not."""
-    fns, missing = {}, {}
-    model = make_cyneuron_mlp()
-    fns["cyneuron"] = lambda: model.train_on_batch(x, y)
-    try:
-        torch, net, opt, loss_fn = make_torch_mlp(threads)
-    except ImportError:
-        missing["torch"] = "not installed"
-    else:
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-
-        def torch_step():
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(xt), yt)
-            loss.backward()
-            opt.step()
-            return loss
-
-        fns["torch"] = torch_step
-    try:
-        clf = make_sklearn_mlp(x, y)
-    except ImportError:
-        missing["scikit-learn"] = "not installed"
-    else:
-        fns["scikit-learn"] = lambda: clf.partial_fit(x, y)
-    return fns, missing
-
-
-def mlp_predict_callables(threads, x):
-    fns, missing = {}, {}
-    model = make_cyneuron_mlp()
-    fns["cyneuron"] = lambda: model.predict(x)
-    try:
-        torch, net, _, _ = make_torch_mlp(threads)
-    except ImportError:
-        missing["torch"] = "not installed"
-    else:
-        xt = torch.from_numpy(x)
-        net.eval()
-
-        def torch_predict():
-            with torch.no_grad():
-                return torch.softmax(net(xt), dim=1).numpy()
-
-        fns["torch"] = torch_predict
-    try:
-        clf = make_sklearn_mlp(*mlp_data())
-    except ImportError:
-        missing["scikit-learn"] = "not installed"
-    else:
-        fns["scikit-learn"] = lambda: clf.predict_proba(x)
-    return fns, missing
-
-
-def _mlp_table(title, fns, missing, samples_per_call, args, out):
-    samples = time_blocks(fns, repeats=args.repeats, target_s=args.target)
-    rate = {name: samples_per_call / _pick(s, args.stat) for name, s in samples.items()}
-    table = [("implementation", "samples/s", "ms/call", "cyneuron / it")]
-    for name in ("cyneuron", "torch", "scikit-learn"):
-        if name in rate:
-            table.append((name, f"{rate[name]:,.0f}", f"{1e3 * samples_per_call / rate[name]:.3f}",
-                          "-" if name == "cyneuron" else f"{rate['cyneuron'] / rate[name]:.2f}x"))
-        elif name in missing:
-            table.append((name, missing[name], "", ""))
-    out(f"\n{title}; {args.stat} of {args.repeats} repeats")
-    _print_table(table, out)
-    return rate
-
-
-def bench_mlp(args, out):
-    import warnings
-
-    import cyneuron as cn
+    from . import _bench_mlp
 
     threads = cn.get_num_threads()
-    x, y = mlp_data()
-    fns, missing = mlp_train_callables(threads, x, y)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # sklearn's ConvergenceWarning on every partial_fit
-        train = _mlp_table(f"MLP {'-'.join(map(str, MLP_SIZES))} train step (forward + backward + "
-                           f"SGD momentum {MLP_MOMENTUM}), batch {MLP_BATCH}, float32",
-                           fns, missing, MLP_BATCH, args, out)
-        xp, _ = mlp_data(MLP_PREDICT_SAMPLES, seed=1)
-        fns, missing = mlp_predict_callables(threads, xp)
-        infer = _mlp_table(f"MLP inference (softmax probabilities) on {MLP_PREDICT_SAMPLES} "
-                           "samples, float32", fns, missing, MLP_PREDICT_SAMPLES, args, out)
-    return train, infer
+    if peak is None:
+        peak = matmul_peak(threads, args.peak)
+    out(f"\nMLP training: one epoch over {_bench_mlp.N_SAMPLES:,} samples, Adam, float32, "
+        f"{threads} threads, {args.stat} of {_mlp_repeats(args)} epochs; GFLOP/s against the "
+        f"{peak.total or 0:.0f} GFLOP/s fp32 peak")
+    archs = list(_bench_mlp.ARCHITECTURES)[:1] if getattr(args, "quick", False) else None
+    return _bench_mlp.bench(out, threads, peak.gflops("float32"), repeats=_mlp_repeats(args),
+                            stat=args.stat, architectures=archs)
+
+
+def _mlp_repeats(args):
+    """Whole epochs are long: a few repeats suffice (and --quick takes fewer)."""
+    return 2 if getattr(args, "quick", False) else min(args.repeats, 3)
 
 
 # -- output ----------------------------------------------------------------------------------
