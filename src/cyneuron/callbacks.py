@@ -193,6 +193,8 @@ class History(Callback):
                             label=key)
             ax.set_title(name)
             ax.set_xlabel("epoch")
+            if name in ("learning_rate", "lr"):
+                ax.set_yscale("log")
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()
