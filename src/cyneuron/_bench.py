@@ -1,10 +1,13 @@
-"""`python -m cyneuron bench [matmul|mlp|all]`: cyneuron next to its references, same run.
+"""`python -m cyneuron bench [matmul|mlp|sklearn|all]`: cyneuron next to its references, same run.
 
 matmul: cyneuron.ops.matmul against numpy's `@` (OpenBLAS), GFLOP/s per shape, the ratio
         (cyneuron speed / numpy speed) and cyneuron's share of an estimated peak.
 mlp:    one training step (forward + backward + SGD with momentum) of a 784-256-128-10
         ReLU/softmax MLP on a batch of 128, in samples/s, against PyTorch CPU and
         scikit-learn where they are installed; and inference on 1024 samples.
+sklearn: cyneuron.sklearn.MLPClassifier against scikit-learn's MLPClassifier fitting the
+        digits (same architecture, solver, batch size, epochs and random_state): seconds
+        per fit, test accuracy and the speed-up.
 
 The machine's environment may set OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which force numpy's
 OpenBLAS onto a slower kernel. OpenBLAS reads them when numpy is first imported, and
@@ -399,6 +402,80 @@ def bench_mlp(args, out):
     return train, infer
 
 
+# -- scikit-learn estimators -----------------------------------------------------------------
+SKLEARN_HIDDEN = (100,)
+SKLEARN_EPOCHS = 30
+
+
+def sklearn_digits_data(seed=0):
+    """((X_train, y_train), (X_test, y_test)): the digits scaled to [0, 1], a 75/25 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x / 16.0, y, test_size=0.25,
+                                                        random_state=seed)
+    return (x_train, y_train), (x_test, y_test)
+
+
+def sklearn_estimator_params(epochs=SKLEARN_EPOCHS, seed=0):
+    """scikit-learn's MLPClassifier defaults (adam, batch 200, relu) for exactly `epochs`
+    epochs: the loss-based stopping rule is switched off (n_iter_no_change = epochs)."""
+    return dict(hidden_layer_sizes=SKLEARN_HIDDEN, max_iter=epochs, n_iter_no_change=epochs,
+                random_state=seed)
+
+
+def sklearn_fit_callables(x, y, epochs=SKLEARN_EPOCHS):
+    """{'cyneuron': fit, 'cyneuron float32': fit, 'scikit-learn': fit}: each call fits a new
+    classifier on (x, y) and returns it; and {name: reason} for the unavailable ones."""
+    import warnings
+
+    fns, missing = {}, {}
+    params = sklearn_estimator_params(epochs)
+
+    def fitter(cls, **extra):
+        def fit():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # ConvergenceWarning: max_iter reached
+                return cls(**params, **extra).fit(x, y)
+        return fit
+
+    try:
+        from sklearn.neural_network import MLPClassifier as SkMLP
+    except ImportError:
+        missing = {name: "scikit-learn not installed"
+                   for name in ("cyneuron", "cyneuron float32", "scikit-learn")}
+        return fns, missing
+    from cyneuron.sklearn import MLPClassifier
+
+    fns["cyneuron"] = fitter(MLPClassifier)
+    fns["cyneuron float32"] = fitter(MLPClassifier, dtype="float32")
+    fns["scikit-learn"] = fitter(SkMLP)
+    return fns, missing
+
+
+def bench_sklearn(args, out):
+    fns, missing = sklearn_fit_callables(*sklearn_digits_data()[0])
+    if missing:
+        out("\nscikit-learn MLPClassifier: skipped (scikit-learn is not installed)")
+        return {}
+    (x_train, _), (x_test, y_test) = sklearn_digits_data()
+    repeats = max(2, min(args.repeats, 6))
+    samples = time_blocks(fns, repeats=repeats, target_s=args.target)
+    seconds = {name: _pick(s, args.stat) for name, s in samples.items()}
+    accuracy = {name: fn().score(x_test, y_test) for name, fn in fns.items()}
+    table = [("implementation", "s / fit", "samples/s", "test accuracy", "speed-up vs scikit-learn")]
+    for name in fns:
+        rate = SKLEARN_EPOCHS * len(x_train) / seconds[name]
+        table.append((name, f"{seconds[name]:.3f}", f"{rate:,.0f}", f"{accuracy[name]:.4f}",
+                      f"{seconds['scikit-learn'] / seconds[name]:.2f}x"))
+    out(f"\nMLPClassifier{SKLEARN_HIDDEN} fit on digits ({len(x_train)} samples, "
+        f"{SKLEARN_EPOCHS} epochs, adam, batch 200); {args.stat} of {repeats} fits; cyneuron "
+        f"float64 unless noted (scikit-learn computes in float64)")
+    _print_table(table, out)
+    return seconds
+
+
 # -- output ----------------------------------------------------------------------------------
 def _print_table(rows, out):
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
@@ -442,7 +519,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m cyneuron bench",
         description="Time cyneuron against numpy, PyTorch CPU and scikit-learn, in one run.")
-    parser.add_argument("what", nargs="?", default="all", choices=("matmul", "mlp", "all"))
+    parser.add_argument("what", nargs="?", default="all",
+                        choices=("matmul", "mlp", "sklearn", "all"))
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for cyneuron, torch and (with threadpoolctl) numpy's BLAS")
     parser.add_argument("--repeats", type=int, default=8,
@@ -482,6 +560,8 @@ def main(argv=None):
         bench_matmul(args, out)
     if args.what in ("mlp", "all"):
         bench_mlp(args, out)
+    if args.what in ("sklearn", "all"):
+        bench_sklearn(args, out)
     out(f"\n({time.perf_counter() - t0:.1f} s)")
     return 0
 

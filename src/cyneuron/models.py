@@ -107,6 +107,12 @@ class Sequential:
         (pickle stores views as separate copies)."""
         self.__dict__.update(state)
         if self.built:
+            # joblib may hand back read-only memory maps: training needs writable arrays
+            self._params = np.require(self._params, requirements=["C", "W"])
+            self._grads = np.require(self._grads, requirements=["C", "W"])
+            if self.optimizer is not None:
+                self.optimizer.slots = {k: np.require(v, requirements=["C", "W"])
+                                        for k, v in self.optimizer.slots.items()}
             offset = 0
             for layer in self.layers:
                 offset = layer._bind(self._params, self._grads, offset)

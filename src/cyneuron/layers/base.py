@@ -204,6 +204,12 @@ class Layer:
         state["_buffers"] = {}   # scratch arrays: rebuilt on the next call
         return state
 
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        # unpickled from a read-only memory map (joblib): the layer writes its state
+        self._weights = [np.require(w, requirements=["C", "W"]) for w in self._weights]
+        self._gradients = [np.require(g, requirements=["C", "W"]) for g in self._gradients]
+
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r} built={self.built}>"
 
