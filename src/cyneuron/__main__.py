@@ -1,4 +1,4 @@
-"""Command line: python -m cyneuron demo | bench [matmul|mlp|all] | info"""
+"""Command line: python -m cyneuron demo | bench [matmul|mlp|sklearn|all] | info"""
 import argparse
 import sys
 import time

@@ -1,4 +1,4 @@
-"""`python -m cyneuron bench [matmul|mlp|all]`: cyneuron next to its references, same run.
+"""`python -m cyneuron bench [matmul|mlp|sklearn|all]`: cyneuron next to its references, same run.
 
 matmul: cyneuron.ops.matmul against numpy's matmul (OpenBLAS) on the cases of issue 3's
         targets (squares n = 64 ... 2048, float64 squares, the 48 products of Dense layers,
@@ -8,6 +8,9 @@ matmul: cyneuron.ops.matmul against numpy's matmul (OpenBLAS) on the cases of is
 mlp:    training epochs (Adam) of the 784-256-128-10 and 784-512-512-10 ReLU/softmax MLPs
         at batch 32, 128 and 512, in samples/s, against PyTorch CPU and scikit-learn where
         they are installed; one-sample predict latency and batched predict (see _bench_mlp).
+sklearn: cyneuron.sklearn.MLPClassifier against scikit-learn's MLPClassifier fitting the
+        digits (same architecture, solver, batch size, epochs and random_state): seconds
+        per fit, test accuracy and the speed-up.
 
 The machine's environment may set OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which force numpy's
 OpenBLAS onto a slower kernel. OpenBLAS reads them when numpy is first imported, and
@@ -660,6 +663,80 @@ def _mlp_repeats(args):
     return 2 if getattr(args, "quick", False) else min(args.repeats, 3)
 
 
+# -- scikit-learn estimators -----------------------------------------------------------------
+SKLEARN_HIDDEN = (100,)
+SKLEARN_EPOCHS = 30
+
+
+def sklearn_digits_data(seed=0):
+    """((X_train, y_train), (X_test, y_test)): the digits scaled to [0, 1], a 75/25 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x / 16.0, y, test_size=0.25,
+                                                        random_state=seed)
+    return (x_train, y_train), (x_test, y_test)
+
+
+def sklearn_estimator_params(epochs=SKLEARN_EPOCHS, seed=0):
+    """scikit-learn's MLPClassifier defaults (adam, batch 200, relu) for exactly `epochs`
+    epochs: the loss-based stopping rule is switched off (n_iter_no_change = epochs)."""
+    return dict(hidden_layer_sizes=SKLEARN_HIDDEN, max_iter=epochs, n_iter_no_change=epochs,
+                random_state=seed)
+
+
+def sklearn_fit_callables(x, y, epochs=SKLEARN_EPOCHS):
+    """{'cyneuron': fit, 'cyneuron float32': fit, 'scikit-learn': fit}: each call fits a new
+    classifier on (x, y) and returns it; and {name: reason} for the unavailable ones."""
+    import warnings
+
+    fns, missing = {}, {}
+    params = sklearn_estimator_params(epochs)
+
+    def fitter(cls, **extra):
+        def fit():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # ConvergenceWarning: max_iter reached
+                return cls(**params, **extra).fit(x, y)
+        return fit
+
+    try:
+        from sklearn.neural_network import MLPClassifier as SkMLP
+    except ImportError:
+        missing = {name: "scikit-learn not installed"
+                   for name in ("cyneuron", "cyneuron float32", "scikit-learn")}
+        return fns, missing
+    from cyneuron.sklearn import MLPClassifier
+
+    fns["cyneuron"] = fitter(MLPClassifier)
+    fns["cyneuron float32"] = fitter(MLPClassifier, dtype="float32")
+    fns["scikit-learn"] = fitter(SkMLP)
+    return fns, missing
+
+
+def bench_sklearn(args, out):
+    fns, missing = sklearn_fit_callables(*sklearn_digits_data()[0])
+    if missing:
+        out("\nscikit-learn MLPClassifier: skipped (scikit-learn is not installed)")
+        return {}
+    (x_train, _), (x_test, y_test) = sklearn_digits_data()
+    repeats = max(2, min(args.repeats, 6))
+    samples = time_blocks(fns, repeats=repeats, target_s=args.target)
+    seconds = {name: _pick(s, args.stat) for name, s in samples.items()}
+    accuracy = {name: fn().score(x_test, y_test) for name, fn in fns.items()}
+    table = [("implementation", "s / fit", "samples/s", "test accuracy", "speed-up vs scikit-learn")]
+    for name in fns:
+        rate = SKLEARN_EPOCHS * len(x_train) / seconds[name]
+        table.append((name, f"{seconds[name]:.3f}", f"{rate:,.0f}", f"{accuracy[name]:.4f}",
+                      f"{seconds['scikit-learn'] / seconds[name]:.2f}x"))
+    out(f"\nMLPClassifier{SKLEARN_HIDDEN} fit on digits ({len(x_train)} samples, "
+        f"{SKLEARN_EPOCHS} epochs, adam, batch 200); {args.stat} of {repeats} fits; cyneuron "
+        f"float64 unless noted (scikit-learn computes in float64)")
+    _print_table(table, out)
+    return seconds
+
+
 # -- output ----------------------------------------------------------------------------------
 def _print_table(rows, out, left=1):
     """rows[0] is the header; the first `left` columns are left-aligned, the others right."""
@@ -697,7 +774,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m cyneuron bench",
         description="Time cyneuron against numpy, PyTorch CPU and scikit-learn, in one run.")
-    parser.add_argument("what", nargs="?", default="all", choices=("matmul", "mlp", "all"))
+    parser.add_argument("what", nargs="?", default="all", choices=("matmul", "mlp", "sklearn", "all"))
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for cyneuron, torch and (with threadpoolctl) numpy's BLAS")
     parser.add_argument("--quick", action="store_true",
@@ -745,6 +822,8 @@ def main(argv=None):
         bench_matmul(args, out)
     if args.what in ("mlp", "all"):
         bench_mlp(args, out)
+    if args.what in ("sklearn", "all"):
+        bench_sklearn(args, out)
     out(f"\n({time.perf_counter() - t0:.1f} s)")
     return 0
 
