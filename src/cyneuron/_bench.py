@@ -774,7 +774,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m cyneuron bench",
         description="Time cyneuron against numpy, PyTorch CPU and scikit-learn, in one run.")
-    parser.add_argument("what", nargs="?", default="all", choices=("matmul", "mlp", "sklearn", "all"))
+    parser.add_argument("what", nargs="?", default="all",
+                        choices=("matmul", "mlp", "sklearn", "all"))
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for cyneuron, torch and (with threadpoolctl) numpy's BLAS")
     parser.add_argument("--quick", action="store_true",
