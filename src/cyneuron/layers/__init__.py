@@ -1,8 +1,16 @@
 """Layers (Keras names and weight layouts)."""
 from .base import Layer
+from .conv import Conv1D, Conv2D
 from .dense import Dense
 from .normalization import BatchNormalization, LayerNormalization, Normalization
+from .pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D,
+                      GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
+                      MaxPooling1D, MaxPooling2D)
 from .regularization import Dropout
+from .reshaping import Flatten, Reshape, ZeroPadding2D
 
 __all__ = ["Layer", "Dense", "Dropout", "BatchNormalization", "LayerNormalization",
-           "Normalization"]
+           "Normalization", "Conv1D", "Conv2D", "MaxPooling1D", "MaxPooling2D",
+           "AveragePooling1D", "AveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+           "GlobalAveragePooling1D", "GlobalAveragePooling2D", "Flatten", "Reshape",
+           "ZeroPadding2D"]
