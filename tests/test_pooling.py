@@ -361,3 +361,21 @@ def test_reshaping_bad_arguments():
             layers.ZeroPadding2D(bad)
     with pytest.raises(ValueError, match="expects 4-D input x"):
         layers.ZeroPadding2D(1).forward(np.zeros((2, 3, 3)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("window", [(2, 2), (1, 3), (3, 2)])
+def test_max_pool_backward_tiled_pass_matches_scatter(dtype, window):
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(3, 6, 6, 37)).astype(dtype)
+    out = (6 // window[0], 6 // window[1])
+    y = np.empty((3,) + out + (37,), dtype)
+    arg = np.empty(y.shape, np.int32)
+    _k.max_pool_forward(x, y, arg, window, window, (0, 0))
+    dy = rng.normal(size=y.shape).astype(dtype)
+    scattered, gathered = np.full_like(x, np.nan), np.full_like(x, np.nan)
+    _k.max_pool_backward(dy, arg, scattered)
+    _k.max_pool_backward(dy, arg, gathered, window)
+    np.testing.assert_array_equal(gathered, scattered)
+    with pytest.raises(ValueError, match="do not cover dx's 7x6 positions exactly"):
+        _k.max_pool_backward(dy, arg, np.empty((3, 7, 6, 37), dtype), window)

@@ -142,14 +142,43 @@ def max_pool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
         _max_row(&x[0, 0, 0, 0], &y[0, 0, 0, 0], arg, &g, r)
 
 
+cdef void _max_back_tiled_row(const floating *dy, const int32_t *arg, floating *dx,
+                              const Geometry *g, Py_ssize_t r) noexcept nogil:
+    """Output row r = (n, oy) of windows that tile the input: every input position of
+    these windows gets its gradient (or 0) in one pass, with no scatter."""
+    cdef Py_ssize_t n = r // g.OH, oy = r % g.OH, C = g.C, ox, i, j
+    cdef const floating *gy
+    cdef const int32_t *a
+    cdef floating *d
+    cdef floating v
+    cdef int32_t pos
+    cdef int c
+    for ox in range(g.OW):
+        gy = dy + (r * g.OW + ox) * C
+        a = arg + (r * g.OW + ox) * C
+        for i in range(g.PH):
+            for j in range(g.PW):
+                pos = <int32_t>(((oy * g.PH + i) * g.W + ox * g.PW + j) * C)
+                d = dx + n * g.H * g.W * C + pos
+                for c in range(<int>C):
+                    v = gy[c]
+                    d[c] = v if a[c] == pos + c else 0
+
+
 def max_pool_backward(const floating[:, :, :, ::1] dy, const int32_t[:, :, :, ::1] argmax,
-                      floating[:, :, :, ::1] dx):
+                      floating[:, :, :, ::1] dx, tuple tile=None):
     """dx (N, H, W, C) = dy scattered onto the positions of the maxima (argmax from
-    max_pool_forward); dx is overwritten. Out-of-range indices raise."""
+    max_pool_forward); dx is overwritten. Out-of-range indices raise.
+
+    tile (PH, PW): the windows tile dx exactly (strides equal to the pool size, no
+    padding, H = OH * PH and W = OW * PW); dx is then written in a single gathering
+    pass instead of being zeroed and scattered into.
+    """
     cdef Py_ssize_t N = dx.shape[0], sample = dx.shape[1] * dx.shape[2] * dx.shape[3]
-    cdef Py_ssize_t per = dy.shape[1] * dy.shape[2] * dy.shape[3], n, k
+    cdef Py_ssize_t per = dy.shape[1] * dy.shape[2] * dy.shape[3], n, k, r
     cdef Py_ssize_t bad = 0
     cdef int32_t a
+    cdef Geometry geo
     if _shape4(argmax.shape) != _shape4(dy.shape):
         raise ValueError(f"argmax must have dy's shape {_shape4(dy.shape)}; "
                          f"got {_shape4(argmax.shape)}")
@@ -162,6 +191,14 @@ def max_pool_backward(const floating[:, :, :, ::1] dy, const int32_t[:, :, :, ::
     cdef const int32_t *arg = &argmax[0, 0, 0, 0]
     cdef floating *d = &dx[0, 0, 0, 0]
     cdef int nt = threads_for(<double> N * (sample + per))
+    if tile is not None:
+        geo = _geometry(_shape4(dx.shape), _shape4(dy.shape), tile, tile, (0, 0))
+        if geo.OH * geo.PH != geo.H or geo.OW * geo.PW != geo.W:
+            raise ValueError(f"tile {tile}: {geo.OH}x{geo.OW} windows of that size do not "
+                             f"cover dx's {geo.H}x{geo.W} positions exactly")
+        for r in prange(N * geo.OH, nogil=True, num_threads=nt, schedule="static"):
+            _max_back_tiled_row(g, arg, d, &geo, r)
+        return
     for n in prange(N, nogil=True, num_threads=nt, schedule="static"):
         memset(d + n * sample, 0, sample * sizeof(floating))
         for k in range(n * per, (n + 1) * per):
