@@ -553,3 +553,23 @@ def test_cnn_learns_a_spatial_task():
     model.fit(x, y, epochs=15, batch_size=32, verbose=0)
     assert model.evaluate(x, y)["accuracy"] >= 0.95
     assert model.predict(x[:5]).shape == (5, 2)
+
+
+def test_shift_augment_moves_each_image_by_one_pixel():
+    from cyneuron.__main__ import shift_augment
+
+    x = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 1)
+    aug = shift_augment(x)
+    assert aug.shape == (10, 3, 3, 1)
+    np.testing.assert_array_equal(aug[:2], x)
+    np.testing.assert_array_equal(aug[2:4, 1:], x[:, :-1])   # content moved down a row
+    np.testing.assert_array_equal(aug[2:4, 0], 0)
+
+
+def test_demo_cnn_reaches_98_percent_on_digits(capsys):
+    pytest.importorskip("sklearn")
+    from cyneuron.__main__ import demo_cnn
+
+    accuracy, _ = demo_cnn(epochs=10)
+    assert accuracy >= 0.98
+    assert "test accuracy" in capsys.readouterr().out
