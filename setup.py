@@ -34,7 +34,8 @@ if IS_X86_64:
     ]
 C_MACROS = [("CN_HAVE_X86_KERNELS", "1")] if IS_X86_64 else []
 
-KERNELS = ["_openmp", "gemm", "activations", "losses", "optim", "normalization"]
+KERNELS = ["_openmp", "gemm", "activations", "losses", "optim", "normalization", "conv",
+           "pooling"]
 
 
 def openmp_flag(compiler):

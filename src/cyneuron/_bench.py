@@ -1,4 +1,4 @@
-"""`python -m cyneuron bench [matmul|mlp|sklearn|all]`: cyneuron next to its references, same run.
+"""`python -m cyneuron bench [matmul|mlp|conv|sklearn|all]`: cyneuron next to its references, same run.
 
 matmul: cyneuron.ops.matmul against numpy's matmul (OpenBLAS) on the cases of issue 3's
         targets (squares n = 64 ... 2048, float64 squares, the 48 products of Dense layers,
@@ -11,6 +11,11 @@ mlp:    training epochs (Adam) of the 784-256-128-10 and 784-512-512-10 ReLU/sof
 sklearn: cyneuron.sklearn.MLPClassifier against scikit-learn's MLPClassifier fitting the
         digits (same architecture, solver, batch size, epochs and random_state): seconds
         per fit, test accuracy and the speed-up.
+conv:   one training step (forward + backward + Adam) of a LeNet-style CNN on 28x28x1
+        images, batch 64, float32, in samples/s, against the same network in PyTorch CPU;
+        and inference (softmax probabilities) on the same batch. Adam comes from
+        cn.optimizers.get("adam"); where this build has no Adam yet, both sides use SGD
+        with momentum 0.9 instead, and the table says so.
 
 The machine's environment may set OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which force numpy's
 OpenBLAS onto a slower kernel. OpenBLAS reads them when numpy is first imported, and
@@ -38,6 +43,14 @@ import numpy as np
 OPENBLAS_HANDICAP_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _REEXEC_MARKER = "CYNEURON_BENCH_REEXECUTED"
 
+
+# LeNet-style CNN: Conv2D 32 3x3 same + ReLU, MaxPooling 2, Conv2D 64 3x3 same + ReLU,
+# MaxPooling 2, Flatten, Dense 128 ReLU, Dense 10 softmax, on 28x28x1 images.
+CONV_INPUT = (28, 28, 1)
+CONV_CLASSES = 10
+CONV_BATCH = 64
+CONV_SGD_LR = 0.01      # the SGD fallback (Adam: its default learning rate, both sides)
+CONV_MOMENTUM = 0.9
 
 
 # -- the environment -------------------------------------------------------------------------
@@ -737,6 +750,138 @@ def bench_sklearn(args, out):
     return seconds
 
 
+# -- the CNN ---------------------------------------------------------------------------------
+def conv_data(n=CONV_BATCH, seed=0):
+    """x (n, 28, 28, 1) float32 in NHWC, and integer labels."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n,) + CONV_INPUT, dtype=np.float32)
+    y = rng.integers(0, CONV_CLASSES, size=n).astype(np.int64)
+    return x, y
+
+
+def conv_optimizer_name():
+    """'adam' when this build has Adam, else 'sgd' (momentum 0.9): both sides use it."""
+    from . import optimizers
+
+    return "adam" if "adam" in optimizers.names() else "sgd"
+
+
+def _cyneuron_conv_optimizer():
+    import cyneuron as cn
+
+    if conv_optimizer_name() == "adam":
+        return cn.optimizers.get("adam")   # Keras defaults; torch gets the same rate
+    return cn.optimizers.SGD(CONV_SGD_LR, momentum=CONV_MOMENTUM)
+
+
+def make_cyneuron_cnn(seed=0):
+    """The LeNet-style CNN, compiled (Adam 1e-3, or the SGD fallback; sparse CE), built."""
+    import cyneuron as cn
+    from cyneuron import layers
+
+    cn.set_seed(seed)
+    model = cn.Sequential([
+        layers.Conv2D(32, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Conv2D(64, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Flatten(),
+        layers.Dense(128, activation="relu"),
+        layers.Dense(CONV_CLASSES, activation="softmax"),
+    ])
+    model.compile(optimizer=_cyneuron_conv_optimizer(), loss="sparse_categorical_crossentropy")
+    model.build(CONV_INPUT)
+    return model
+
+
+def make_torch_cnn(threads, seed=0):
+    """(torch, net, optimizer, loss_fn): the same CNN in PyTorch (NCHW, its native layout;
+    logits out, CrossEntropyLoss) with the same optimizer."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    h, w, c = CONV_INPUT
+    net = nn.Sequential(
+        nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 128), nn.ReLU(),
+        nn.Linear(128, CONV_CLASSES))
+    if conv_optimizer_name() == "adam":
+        opt = torch.optim.Adam(net.parameters(), lr=_cyneuron_conv_optimizer().learning_rate)
+    else:
+        opt = torch.optim.SGD(net.parameters(), lr=CONV_SGD_LR, momentum=CONV_MOMENTUM)
+    return torch, net, opt, nn.CrossEntropyLoss()
+
+
+def _torch_images(torch, x):
+    """NHWC numpy -> a contiguous NCHW tensor (converted once, outside the timed calls)."""
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def conv_train_callables(threads, x, y):
+    """{'cyneuron': step, 'torch': step} (torch when installed) and {name: reason}."""
+    fns, missing = {}, {}
+    model = make_cyneuron_cnn()
+    fns["cyneuron"] = lambda: model.train_on_batch(x, y)
+    try:
+        torch, net, opt, loss_fn = make_torch_cnn(threads)
+    except ImportError:
+        missing["torch"] = "not installed"
+    else:
+        xt, yt = _torch_images(torch, x), torch.from_numpy(y)
+
+        def torch_step():
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(net(xt), yt)
+            loss.backward()
+            opt.step()
+            return loss
+
+        fns["torch"] = torch_step
+    return fns, missing
+
+
+def conv_predict_callables(threads, x):
+    """Softmax probabilities for the batch x: {'cyneuron': fn, 'torch': fn}."""
+    fns, missing = {}, {}
+    model = make_cyneuron_cnn()
+    fns["cyneuron"] = lambda: model.predict(x, batch_size=len(x))
+    try:
+        torch, net, _, _ = make_torch_cnn(threads)
+    except ImportError:
+        missing["torch"] = "not installed"
+    else:
+        xt = _torch_images(torch, x)
+        net.eval()
+
+        def torch_predict():
+            with torch.no_grad():
+                return torch.softmax(net(xt), dim=1).numpy()
+
+        fns["torch"] = torch_predict
+    return fns, missing
+
+
+def bench_conv(args, out):
+    import cyneuron as cn
+
+    threads = cn.get_num_threads()
+    x, y = conv_data()
+    opt = conv_optimizer_name()
+    opt_label = f"Adam lr {_cyneuron_conv_optimizer().learning_rate:g}" if opt == "adam" else \
+        f"SGD lr {CONV_SGD_LR} momentum {CONV_MOMENTUM} (FALLBACK: this build has no Adam)"
+    fns, missing = conv_train_callables(threads, x, y)
+    net = "Conv32-Pool-Conv64-Pool-Dense128-Dense10"
+    train = _mlp_table(f"CNN {net} train step (forward + backward + {opt_label}), batch "
+                       f"{CONV_BATCH}, 28x28x1, float32", fns, missing, CONV_BATCH, args, out)
+    fns, missing = conv_predict_callables(threads, x)
+    infer = _mlp_table(f"CNN inference (softmax probabilities), batch {CONV_BATCH}, float32",
+                       fns, missing, CONV_BATCH, args, out)
+    return train, infer
+
+
 # -- output ----------------------------------------------------------------------------------
 def _print_table(rows, out, left=1):
     """rows[0] is the header; the first `left` columns are left-aligned, the others right."""
@@ -775,7 +920,7 @@ def main(argv=None):
         prog="python -m cyneuron bench",
         description="Time cyneuron against numpy, PyTorch CPU and scikit-learn, in one run.")
     parser.add_argument("what", nargs="?", default="all",
-                        choices=("matmul", "mlp", "sklearn", "all"))
+                        choices=("matmul", "mlp", "conv", "sklearn", "all"))
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for cyneuron, torch and (with threadpoolctl) numpy's BLAS")
     parser.add_argument("--quick", action="store_true",
@@ -823,6 +968,8 @@ def main(argv=None):
         bench_matmul(args, out)
     if args.what in ("mlp", "all"):
         bench_mlp(args, out)
+    if args.what in ("conv", "all"):
+        bench_conv(args, out)
     if args.what in ("sklearn", "all"):
         bench_sklearn(args, out)
     out(f"\n({time.perf_counter() - t0:.1f} s)")
