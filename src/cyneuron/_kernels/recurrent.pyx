@@ -102,7 +102,7 @@ cdef extern from *:
     CN_ACT_LOOPS(generic, )
     #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
     #define CN_RNN_HAVE_AVX2 1
-    CN_ACT_LOOPS(avx2, __attribute__((target("avx2"))))
+    CN_ACT_LOOPS(avx2, __attribute__((target("avx2,fma"))))
     #else
     #define CN_RNN_HAVE_AVX2 0
     #endif
@@ -158,7 +158,7 @@ ACTIVATIONS = {"linear": ACT_LINEAR, "tanh": ACT_TANH, "sigmoid": ACT_SIGMOID,
 
 cdef enum:
     # Rough cost of one hidden unit of one row in scalar operations (threads_for).
-    COST_CELL = 64
+    COST_CELL = 16
     COST_COPY = 2
 
 

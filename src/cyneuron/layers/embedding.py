@@ -96,7 +96,7 @@ class Embedding(Layer):
             fractional = x != np.floor(x)
             if fractional.any():
                 raise ValueError(f"x (token ids) must hold integers; got "
-                                 f"{x[fractional].reshape(-1)[0]!r}")
+                                 f"{x[fractional].reshape(-1)[0].item()!r}")
         elif x.dtype.kind not in "biu":
             raise TypeError(f"x (token ids) must hold integers; got dtype {x.dtype.name!r}")
         lo, hi = x.min(), x.max()

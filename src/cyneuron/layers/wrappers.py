@@ -14,7 +14,7 @@ class Wrapper(Layer):
     def __init__(self, layer, name=None, dtype=None):
         if not isinstance(layer, Layer):
             raise TypeError(f"layer must be a cyneuron Layer; got {type(layer).__name__}")
-        super().__init__(name=name, dtype=dtype)
+        super().__init__(name=name, dtype=dtype if dtype is not None else layer.dtype)
         self.layer = layer
 
     def _sublayers(self):
