@@ -571,27 +571,30 @@ def test_float32_layers_agree_across_simd_paths(isa):
 def test_kernels_check_their_buffers():
     f = np.float32
     t, n, h = 3, 2, 4
-    ok = dict(gates=np.zeros((t, n, 4 * h), f), kernel_rec=np.zeros((h, 4 * h), f),
-              h=np.zeros((t + 1, n, h), f), c=np.zeros((t + 1, n, h), f),
-              act_c=np.zeros((t, n, h), f))
+    ok = dict(proj=np.zeros((4 * h, t * n), f), bias=np.zeros(4 * h, f),
+              kernel_rec_t=np.zeros((4 * h, h), f), gates=np.zeros((t, 4 * h, n), f),
+              h=np.zeros((h, t + 1, n), f), c=np.zeros((t + 1, h, n), f),
+              act_c=np.zeros((t, h, n), f))
     K.lstm_forward(**ok)
-    for name, bad in [("gates", np.zeros((t, n, 3 * h), f)), ("h", np.zeros((t, n, h), f)),
-                      ("kernel_rec", np.zeros((h, h), f)), ("act_c", np.zeros((t, n + 1, h), f))]:
+    for name, bad in [("gates", np.zeros((t, 3 * h, n), f)), ("h", np.zeros((h, t, n), f)),
+                      ("kernel_rec_t", np.zeros((h, 4 * h), f)), ("bias", np.zeros(h, f)),
+                      ("proj", np.zeros((4 * h, t * n + 1), f)),
+                      ("act_c", np.zeros((t, h, n + 1), f))]:
         with pytest.raises(ValueError, match=name):
             K.lstm_forward(**{**ok, name: bad})
-    with pytest.raises(ValueError, match="out"):
-        K.lstm_forward(**ok, out=np.zeros((n, t + 1, h), f))
     with pytest.raises(ValueError, match="mask"):
         K.lstm_forward(**ok, mask=np.ones((n, t), np.uint8))
     with pytest.raises(ValueError, match="activation"):
         K.lstm_forward(**ok, activation=99)
     with pytest.raises(ValueError, match="dy"):
-        K.gru_backward(np.zeros((t, n, 3 * h), f), np.zeros((t, n, 3 * h), f),
-                       np.zeros((t + 1, n, h), f), np.zeros((3 * h, h), f), np.zeros((n, h), f),
-                       np.zeros((t, n, 3 * h), f), np.zeros((t, n, 3 * h), f),
-                       np.zeros((n, 3 * h), f), dy=np.zeros((n, t, h + 1), f))
+        K.gru_backward(np.zeros((t, 3 * h, n), f), np.zeros((t, h, n), f),
+                       np.zeros((h, t + 1, n), f), np.zeros((h, 3 * h), f), np.zeros((h, n), f),
+                       np.zeros((3 * h, t * n), f), np.zeros((3 * h, t * n), f),
+                       np.zeros((3 * h, n), f), dy=np.zeros((h, t, n + 1), f))
     with pytest.raises(ValueError, match="out"):
-        K.to_time_major(np.zeros((n, t, 3), f), np.zeros((n, t, 3), f))
+        K.to_feature_major(np.zeros((n, t, 3), f), np.zeros((3, t * n + 1), f))
+    with pytest.raises(ValueError, match="out"):
+        K.states_to_batch_major(np.zeros((h, t + 1, n), f), np.zeros((n, t + 1, h), f))
 
 
 @pytest.mark.parametrize("cell", CELLS)

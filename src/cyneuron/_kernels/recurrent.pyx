@@ -1,20 +1,20 @@
 """Kernels of the sequence layers: recurrent cells over whole sequences, layout changes,
 and the embedding lookup.
 
-Recurrent layers keep sequences time-major inside, (T, N, ...): the input projection
-of all steps is then one GEMM whose per-step slices are contiguous, and each step's
-recurrent GEMM accumulates straight into its slice. A sequence kernel here runs the
-whole loop over time with, per step, one `gemm` call (its direct plan reads the
-recurrent kernel in place: nothing is packed again step after step) and one fused pass
-over the batch rows (OpenMP) that applies every gate's activation and updates the
-state. Backward (BPTT) is the mirror: one fused pass for the gate gradients, then one
-GEMM with the transposed recurrent kernel for d(loss)/d(h_{t-1}).
+Recurrent layers keep sequences unit-major inside (layouts below, before lstm_forward):
+the input projection of all steps is one GEMM, and a sequence kernel here runs the
+whole loop over time with, per step, one `gemm` call (the recurrent kernel transposed
+once per call, read in place step after step) and one fused pass over chunks of units
+(OpenMP) that applies every gate's activation and updates the state. Backward (BPTT)
+is the mirror: one fused pass for the gate gradients, then one GEMM with the recurrent
+kernel for d(loss)/d(h_{t-1}).
 
 Gate layouts follow Keras: LSTM i, f, c, o; GRU z, r, h with reset_after=True.
 Activations are given by code (ACTIVATIONS maps names); their derivatives are taken
 from the forward outputs, which the layers keep. float32 uses branch-free polynomial
-exp and tanh (the Cephes expf/tanhf polynomials, a few ulp) whose loops the compiler
-vectorizes; float64 uses libm, so gradient checks see exact functions.
+exp and tanh (the Cephes expf/tanhf polynomials, within a few ulp) whose loops the
+compiler vectorizes, with an AVX2 + FMA copy chosen at run time; float64 uses libm, so
+gradient checks see exact functions.
 
 Masks (T, N) uint8: 0 marks a padded step of a sample, whose state is carried over
 unchanged (Keras's masking).
@@ -89,9 +89,9 @@ cdef extern from *:
 
     static inline float cn_sigmoidf(float x) { return 1.0f / (1.0f + cn_expf(-x)); }
 
-    /* The loops, once per instruction set: the AVX2 copy (no FMA, so the same
-       roundings and the same results as the baseline copy) is only called after
-       cn_rnn_use_avx2 checked the CPU. */
+    /* The loops, once per instruction set: the AVX2 + FMA copy (its fused multiply-adds
+       round differently, within an ulp or two of the baseline copy) is only called
+       after cn_rnn_use_avx2 checked the CPU. */
     #define CN_ACT_LOOPS(suffix, attr)                                               \
         attr static void cn_tanhf_loop_##suffix(float *x, Py_ssize_t n) {           \
             for (Py_ssize_t j = 0; j < n; j++) x[j] = cn_tanhf(x[j]);              \
@@ -112,7 +112,7 @@ cdef extern from *:
     /* Use the AVX2 loops when asked and the CPU (and OS) support them; returns the choice. */
     static int cn_rnn_use_avx2(int on) {
     #if CN_RNN_HAVE_AVX2
-        cn_rnn_avx2 = on && __builtin_cpu_supports("avx2");
+        cn_rnn_avx2 = on && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     #else
         cn_rnn_avx2 = 0;
     #endif
@@ -253,31 +253,33 @@ cdef _check_mask(const unsigned char[:, ::1] mask, Py_ssize_t T, Py_ssize_t N):
 
 
 # -- layout -------------------------------------------------------------------------------
-def to_time_major(const floating[:, :, ::1] x, floating[:, :, ::1] out, bint reverse=False,
-                  const floating[:, ::1] scale=None):
-    """out[t, n] = x[n, s] * scale[n] (scale: a per-sample feature mask, or None), where
-    s = T - 1 - t when `reverse` (go_backwards) and t otherwise. x (N, T, F), out (T, N, F)."""
-    cdef Py_ssize_t N = x.shape[0], T = x.shape[1], F = x.shape[2], t, n, f, s
-    _check_shape((out.shape[0], out.shape[1], out.shape[2]), (T, N, F), "out")
+def to_feature_major(const floating[:, :, ::1] x, floating[:, ::1] out, bint reverse=False,
+                     const floating[:, ::1] scale=None):
+    """out[f, s * N + n] = x[n, t, f] * scale[n, f] (scale: a per-sample feature mask, or
+    None), with step s = T - 1 - t when `reverse` (go_backwards), else t.
+    x (N, T, F), out (F, T * N): the input sequence as the B operand of the projection."""
+    cdef Py_ssize_t N = x.shape[0], T = x.shape[1], F = x.shape[2], f, s, n, t
+    _check_shape((out.shape[0], out.shape[1]), (F, T * N), "out")
     if scale is not None:
         _check_shape((scale.shape[0], scale.shape[1]), (N, F), "scale")
     if N == 0 or T == 0 or F == 0:
         return
     cdef bint has_scale = scale is not None
-    for t in prange(T, nogil=True, num_threads=threads_for(N * T * F * COST_COPY),
+    for f in prange(F, nogil=True, num_threads=threads_for(N * T * F * COST_COPY),
                     schedule="static"):
-        s = T - 1 - t if reverse else t
-        for n in range(N):
-            if has_scale:
-                for f in range(F):
-                    out[t, n, f] = x[n, s, f] * scale[n, f]
-            else:
-                memcpy(&out[t, n, 0], &x[n, s, 0], F * sizeof(floating))
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            for n in range(N):
+                if has_scale:
+                    out[f, s * N + n] = x[n, t, f] * scale[n, f]
+                else:
+                    out[f, s * N + n] = x[n, t, f]
 
 
 def to_batch_major(const floating[:, :, ::1] xt, floating[:, :, ::1] out, bint reverse=False,
                    const floating[:, ::1] scale=None):
-    """The inverse of to_time_major: out[n, s] = xt[t, n] * scale[n]. xt (T, N, F), out (N, T, F)."""
+    """out[n, t] = xt[s, n] * scale[n] with s = T - 1 - t when `reverse`, else t.
+    xt (T, N, F) time-major (the input gradient), out (N, T, F)."""
     cdef Py_ssize_t T = xt.shape[0], N = xt.shape[1], F = xt.shape[2], t, n, f, s
     _check_shape((out.shape[0], out.shape[1], out.shape[2]), (N, T, F), "out")
     if scale is not None:
@@ -287,135 +289,217 @@ def to_batch_major(const floating[:, :, ::1] xt, floating[:, :, ::1] out, bint r
     cdef bint has_scale = scale is not None
     for n in prange(N, nogil=True, num_threads=threads_for(N * T * F * COST_COPY),
                     schedule="static"):
-        for t in range(T):
-            s = T - 1 - t if reverse else t
+        for s in range(T):
+            t = T - 1 - s if reverse else s
             if has_scale:
                 for f in range(F):
-                    out[n, s, f] = xt[t, n, f] * scale[n, f]
+                    out[n, t, f] = xt[s, n, f] * scale[n, f]
             else:
-                memcpy(&out[n, s, 0], &xt[t, n, 0], F * sizeof(floating))
+                memcpy(&out[n, t, 0], &xt[s, n, 0], F * sizeof(floating))
 
 
-# -- LSTM ---------------------------------------------------------------------------------
-cdef void _lstm_fwd_row(floating *g, const floating *c_prev, const floating *h_prev,
-                        floating *c, floating *h, floating *ac, floating *out, Py_ssize_t H,
-                        int act, int ract, bint keep) noexcept nogil:
-    """One batch row of one step. g: the 4H pre-activations (i, f, c, o), replaced by the
-    gate values; c = f c_prev + i g; ac = act(c); h = o ac. keep: a masked step."""
-    cdef Py_ssize_t j
-    if keep:
-        memcpy(c, c_prev, H * sizeof(floating))
-        memcpy(h, h_prev, H * sizeof(floating))
-    else:
-        _act_inplace(ract, g, 2 * H)
-        _act_inplace(act, g + 2 * H, H)
-        _act_inplace(ract, g + 3 * H, H)
-        for j in range(H):
-            c[j] = g[H + j] * c_prev[j] + g[j] * g[2 * H + j]
-        memcpy(ac, c, H * sizeof(floating))
-        _act_inplace(act, ac, H)
-        for j in range(H):
-            h[j] = g[3 * H + j] * ac[j]
-    if out != NULL:
-        memcpy(out, h, H * sizeof(floating))
-
-
-cdef void _lstm_bwd_row(const floating *g, const floating *c_prev, const floating *ac,
-                        const floating *dy, floating *dh, floating *dc, floating *dg,
-                        floating *s, Py_ssize_t H, int act, int ract, bint keep,
-                        bint direct) noexcept nogil:
-    """One batch row of one step of BPTT. dh: d(loss)/d(h_t) from later steps (dy adds the
-    output's own gradient); dc: d(loss)/d(c_t) in, d(loss)/d(c_{t-1}) out; dg: the 4H gate
-    pre-activation gradients. With `direct`, dh leaves with the part of d(loss)/d(h_{t-1})
-    that skips the recurrent kernel (zero, or all of it on a masked step). s: 5H scratch."""
-    cdef Py_ssize_t j
-    cdef floating dht, dcj
-    if keep:
-        memset(dg, 0, 4 * H * sizeof(floating))
-        if dy != NULL:
-            for j in range(H):
-                dh[j] = dh[j] + dy[j]
+def states_to_batch_major(const floating[:, :, ::1] h, floating[:, :, ::1] out):
+    """out[n, t, j] = h[j, t + 1, n]: the states after each step, (H, T + 1, N) unit-major,
+    as the (N, T, H) output sequence."""
+    cdef Py_ssize_t H = h.shape[0], T = h.shape[1] - 1, N = h.shape[2], t, n, j
+    if T < 0:
+        raise ValueError("h must hold at least the initial state")
+    _check_shape((out.shape[0], out.shape[1], out.shape[2]), (N, T, H), "out")
+    if N == 0 or T == 0 or H == 0:
         return
-    _dact(ract, g, s, 2 * H)
-    _dact(act, g + 2 * H, s + 2 * H, H)
-    _dact(ract, g + 3 * H, s + 3 * H, H)
-    _dact(act, ac, s + 4 * H, H)
-    for j in range(H):
-        dht = dh[j] + dy[j] if dy != NULL else dh[j]
-        dcj = dc[j] + dht * g[3 * H + j] * s[4 * H + j]
-        dg[j] = dcj * g[2 * H + j] * s[j]
-        dg[H + j] = dcj * c_prev[j] * s[H + j]
-        dg[2 * H + j] = dcj * g[j] * s[2 * H + j]
-        dg[3 * H + j] = dht * ac[j] * s[3 * H + j]
-        dc[j] = dcj * g[H + j]
-        if direct:
-            dh[j] = 0
+    for t in prange(T, nogil=True, num_threads=threads_for(N * T * H * COST_COPY),
+                    schedule="static"):
+        for n in range(N):
+            for j in range(H):
+                out[n, t, j] = h[j, t + 1, n]
 
 
-def lstm_forward(floating[:, :, ::1] gates, const floating[:, ::1] kernel_rec,
-                 floating[:, :, ::1] h, floating[:, :, ::1] c, floating[:, :, ::1] act_c,
-                 floating[:, :, ::1] out=None, const unsigned char[:, ::1] mask=None,
-                 int activation=ACT_TANH, int recurrent_activation=ACT_SIGMOID):
-    """Run an LSTM over T steps (time-major).
+def batch_to_unit_major(const floating[:, :, ::1] y, floating[:, :, ::1] out):
+    """out[j, t, n] = y[n, t, j]: (N, T, H) -> (H, T, N) (the output sequence's gradient)."""
+    cdef Py_ssize_t N = y.shape[0], T = y.shape[1], H = y.shape[2], t, n, j
+    _check_shape((out.shape[0], out.shape[1], out.shape[2]), (H, T, N), "out")
+    if N == 0 or T == 0 or H == 0:
+        return
+    for t in prange(T, nogil=True, num_threads=threads_for(N * T * H * COST_COPY),
+                    schedule="static"):
+        for j in range(H):
+            for n in range(N):
+                out[j, t, n] = y[n, t, j]
 
-    gates (T, N, 4H): in, x_t @ kernel + bias of every step; out, the gate values.
-    kernel_rec (H, 4H). h, c (T + 1, N, H): [0] holds the initial state, step t writes
-    [t + 1]. act_c (T, N, H): activation(c_t), kept for backward. out (N, T, H) or None:
-    receives h_t at [:, t] as well (return_sequences). mask (T, N) or None.
-    """
-    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[1], H = h.shape[2], t, n
-    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, N, 4 * H), "gates")
-    _check_shape((kernel_rec.shape[0], kernel_rec.shape[1]), (H, 4 * H), "kernel_rec")
-    _check_shape((h.shape[0], h.shape[1], h.shape[2]), (T + 1, N, H), "h")
-    _check_shape((c.shape[0], c.shape[1], c.shape[2]), (T + 1, N, H), "c")
-    _check_shape((act_c.shape[0], act_c.shape[1], act_c.shape[2]), (T, N, H), "act_c")
-    if out is not None:
-        _check_shape((out.shape[0], out.shape[1], out.shape[2]), (N, T, H), "out")
+
+# -- the sequence loops ---------------------------------------------------------------------
+# Layouts (unit-major: a step's values for one unit are the N samples side by side):
+#   proj (G, T*N)   the input projection of every step, kernel^T @ x^T (one GEMM); step t
+#                   is columns [t*N, (t+1)*N).
+#   gates (T, G, N) per step, kernel_rec^T (G, H) @ h_{t-1} (H, N): the recurrent GEMM's
+#                   output (contiguous), then replaced by the gate values.
+#   h (H, T+1, N)   the states; h[:, t] feeds step t, which writes h[:, t+1]. As a matrix
+#                   h[:, :T] is (H, T*N), the operand of the recurrent kernel's gradient.
+#   c, act_c (T+1 | T, H, N)   LSTM cell states and activation(c).
+#   dgates (G, T*N) the gate gradients, laid out like proj (the weight-gradient GEMMs take
+#                   it whole; step t's columns are the B operand of d(loss)/d(h_{t-1})).
+# Threads split the units into chunks; a chunk's rows of each gate block are contiguous.
+cdef enum:
+    CHUNK_ELEMENTS = 512    # about this many values per gate and chunk
+
+
+cdef inline Py_ssize_t _chunk_units(Py_ssize_t N) noexcept nogil:
+    return CHUNK_ELEMENTS // N if N < CHUNK_ELEMENTS else 1
+
+
+cdef inline void _add_input(floating *g, const floating *p, Py_ssize_t ldp, const floating *b,
+                            Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t N) noexcept nogil:
+    """Rows [r0, r1) of g (rows of N values) += the step's input projection and bias."""
+    cdef Py_ssize_t r, n
+    cdef floating bias
+    for r in range(r0, r1):
+        bias = b[r] if b != NULL else 0
+        for n in range(N):
+            g[r * N + n] = g[r * N + n] + p[r * ldp + n] + bias
+
+
+cdef void _lstm_fwd_chunk(floating *g, const floating *p, Py_ssize_t ldp, const floating *b,
+                          const floating *c_prev, floating *c, floating *ac,
+                          const floating *h_prev, floating *h, Py_ssize_t ldh,
+                          const unsigned char *keep, Py_ssize_t j0, Py_ssize_t j1,
+                          Py_ssize_t H, Py_ssize_t N, int act, int ract) noexcept nogil:
+    """Units [j0, j1) of one LSTM step. g (4H, N): h_{t-1} products in, gate values out
+    (blocks i, f, c, o); c = f c_prev + i g; ac = act(c); h = o ac. keep (N) or NULL."""
+    cdef Py_ssize_t q, j, n, e, e0 = j0 * N, m = (j1 - j0) * N, hn = H * N
+    for q in range(4):
+        _add_input(g, p, ldp, b, q * H + j0, q * H + j1, N)
+    _act_inplace(ract, g + e0, m)
+    _act_inplace(ract, g + hn + e0, m)
+    _act_inplace(act, g + 2 * hn + e0, m)
+    _act_inplace(ract, g + 3 * hn + e0, m)
+    for e in range(e0, e0 + m):
+        c[e] = g[hn + e] * c_prev[e] + g[e] * g[2 * hn + e]
+    memcpy(ac + e0, c + e0, m * sizeof(floating))
+    _act_inplace(act, ac + e0, m)
+    for j in range(j0, j1):
+        for n in range(N):
+            h[j * ldh + n] = g[3 * hn + j * N + n] * ac[j * N + n]
+    if keep != NULL:  # masked samples carry their state over
+        for j in range(j0, j1):
+            for n in range(N):
+                if keep[n] == 0:
+                    c[j * N + n] = c_prev[j * N + n]
+                    h[j * ldh + n] = h_prev[j * ldh + n]
+
+
+cdef void _lstm_bwd_chunk(const floating *g, const floating *c_prev, const floating *ac,
+                          const floating *dy, Py_ssize_t ldy, floating *dh, floating *dc,
+                          floating *dg, Py_ssize_t ldg, floating *s, const unsigned char *keep,
+                          Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t H, Py_ssize_t N, int act,
+                          int ract, bint direct) noexcept nogil:
+    """Units [j0, j1) of one step of BPTT. dh (H, N): d(loss)/d(h_t) from later steps (dy,
+    row j at dy + j ldy, adds the output's own); with `direct` it leaves holding the part of
+    d(loss)/d(h_{t-1}) that skips the recurrent kernel (0, all of it on a masked sample).
+    dc: d(loss)/d(c_t) in, d(loss)/d(c_{t-1}) out. dg: the 4H gate rows, row r at
+    dg + r ldg. s: (5H, N) scratch for the derivatives."""
+    cdef Py_ssize_t j, n, e, e0 = j0 * N, m = (j1 - j0) * N, hn = H * N
+    cdef floating dht, dcj
+    _dact(ract, g + e0, s + e0, m)
+    _dact(ract, g + hn + e0, s + hn + e0, m)
+    _dact(act, g + 2 * hn + e0, s + 2 * hn + e0, m)
+    _dact(ract, g + 3 * hn + e0, s + 3 * hn + e0, m)
+    _dact(act, ac + e0, s + 4 * hn + e0, m)
+    for j in range(j0, j1):
+        for n in range(N):
+            e = j * N + n
+            dht = dh[e] + dy[j * ldy + n] if dy != NULL else dh[e]
+            if keep != NULL and keep[n] == 0:
+                dg[j * ldg + n] = 0
+                dg[(H + j) * ldg + n] = 0
+                dg[(2 * H + j) * ldg + n] = 0
+                dg[(3 * H + j) * ldg + n] = 0
+                dh[e] = dht
+                continue
+            dcj = dc[e] + dht * g[3 * hn + e] * s[4 * hn + e]
+            dg[j * ldg + n] = dcj * g[2 * hn + e] * s[e]
+            dg[(H + j) * ldg + n] = dcj * c_prev[e] * s[hn + e]
+            dg[(2 * H + j) * ldg + n] = dcj * g[e] * s[2 * hn + e]
+            dg[(3 * H + j) * ldg + n] = dht * ac[e] * s[3 * hn + e]
+            dc[e] = dcj * g[hn + e]
+            if direct:
+                dh[e] = 0
+
+
+cdef _check_common(tuple proj_shape, Py_ssize_t G, Py_ssize_t T, Py_ssize_t N,
+                   const floating[:, ::1] kernel_rec_t, Py_ssize_t H,
+                   const floating[::1] bias, const unsigned char[:, ::1] mask):
+    _check_shape(proj_shape, (G, T * N), "proj")
+    _check_shape((kernel_rec_t.shape[0], kernel_rec_t.shape[1]), (G, H), "kernel_rec_t")
+    if bias is not None:
+        _check_shape((bias.shape[0],), (G,), "bias")
     _check_mask(mask, T, N)
+
+
+def lstm_forward(const floating[:, ::1] proj, const floating[::1] bias,
+                 const floating[:, ::1] kernel_rec_t, floating[:, :, ::1] gates,
+                 floating[:, :, ::1] h, floating[:, :, ::1] c, floating[:, :, ::1] act_c,
+                 const unsigned char[:, ::1] mask=None, int activation=ACT_TANH,
+                 int recurrent_activation=ACT_SIGMOID):
+    """Run an LSTM over T steps (see the layouts above).
+
+    proj (4H, T*N); bias (4H,) or None; kernel_rec_t (4H, H): the recurrent kernel
+    transposed (contiguous: every step's GEMM reads it in place); gates (T, 4H, N)
+    receives the gate values; h (H, T+1, N) and c (T+1, H, N): [.., 0, ..] hold the
+    initial state; act_c (T, H, N). mask (T, N) or None: 0 keeps a sample's state.
+    """
+    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = h.shape[0], t, ch
+    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, 4 * H, N), "gates")
+    _check_common((proj.shape[0], proj.shape[1]), 4 * H, T, N, kernel_rec_t, H, bias, mask)
+    _check_shape((h.shape[0], h.shape[1], h.shape[2]), (H, T + 1, N), "h")
+    _check_shape((c.shape[0], c.shape[1], c.shape[2]), (T + 1, H, N), "c")
+    _check_shape((act_c.shape[0], act_c.shape[1], act_c.shape[2]), (T, H, N), "act_c")
     _check_code(activation, "activation")
     _check_code(recurrent_activation, "recurrent_activation")
     if T == 0 or N == 0 or H == 0:
         return
-    cdef bint has_out = out is not None, has_mask = mask is not None
-    cdef floating *po
-    cdef int nt = threads_for(N * H * COST_CELL)
     _sync_isa()
+    cdef const floating *pb = &bias[0] if bias is not None else NULL
+    cdef const unsigned char *pk
+    cdef bint has_mask = mask is not None
+    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ldp = T * N
+    cdef Py_ssize_t ldh = (T + 1) * N
+    cdef int nt = threads_for(N * H * COST_CELL)
     gemm = _gemm
-    g_nd, h_nd, w_nd = np.asarray(gates), np.asarray(h), np.asarray(kernel_rec)
+    w_nd, g_nd, h_nd = np.asarray(kernel_rec_t), np.asarray(gates), np.asarray(h)
     for t in range(T):
-        gemm(h_nd[t], w_nd, g_nd[t], None, 0, 0.0, True)
-        for n in prange(N, nogil=True, num_threads=nt, schedule="static"):
-            po = &out[n, t, 0] if has_out else NULL
-            _lstm_fwd_row(&gates[t, n, 0], &c[t, n, 0], &h[t, n, 0], &c[t + 1, n, 0],
-                          &h[t + 1, n, 0], &act_c[t, n, 0], po, H, activation,
-                          recurrent_activation, has_mask and mask[t, n] == 0)
+        gemm(w_nd, h_nd[:, t, :], g_nd[t], None, 0, 0.0, False)
+        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+            pk = &mask[t, 0] if has_mask else NULL
+            _lstm_fwd_chunk(&gates[t, 0, 0], &proj[0, t * N], ldp, pb, &c[t, 0, 0],
+                            &c[t + 1, 0, 0], &act_c[t, 0, 0], &h[0, t, 0], &h[0, t + 1, 0], ldh,
+                            pk, ch * cu, min(H, (ch + 1) * cu), H, N, activation,
+                            recurrent_activation)
 
 
 def lstm_backward(const floating[:, :, ::1] gates, const floating[:, :, ::1] c,
-                  const floating[:, :, ::1] act_c, const floating[:, ::1] kernel_rec_t,
-                  floating[:, ::1] dh, floating[:, ::1] dc, floating[:, :, ::1] dgates,
+                  const floating[:, :, ::1] act_c, const floating[:, ::1] kernel_rec,
+                  floating[:, ::1] dh, floating[:, ::1] dc, floating[:, ::1] dgates,
                   floating[:, ::1] scratch, const floating[:, :, ::1] dy=None,
                   const unsigned char[:, ::1] mask=None, int activation=ACT_TANH,
                   int recurrent_activation=ACT_SIGMOID, bint state_grad=False):
     """Backpropagation through time for lstm_forward's run.
 
-    dh, dc (N, H): in, d(loss)/d(h_T) and d(loss)/d(c_T); out (with state_grad), the
-    gradients w.r.t. the initial h and c. dgates (T, N, 4H): receives d(loss)/d(gate
-    pre-activations) of every step, the input projection's gradient. kernel_rec_t (4H, H):
-    the recurrent kernel transposed, contiguous. scratch (N, 5H). dy (N, T, H) or None:
-    the gradient of the output sequence.
+    dh, dc (H, N): in, d(loss)/d(h_T) and d(loss)/d(c_T) (unit-major); out (with
+    state_grad), the gradients w.r.t. the initial states. dgates (4H, T*N): receives
+    d(loss)/d(gate pre-activations) of every step. kernel_rec (H, 4H) as stored.
+    scratch (5H, N). dy (H, T, N) or None: the output sequence's gradient, unit-major.
     """
-    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[1], H = dh.shape[1], t, n
-    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, N, 4 * H), "gates")
-    _check_shape((c.shape[0], c.shape[1], c.shape[2]), (T + 1, N, H), "c")
-    _check_shape((act_c.shape[0], act_c.shape[1], act_c.shape[2]), (T, N, H), "act_c")
-    _check_shape((kernel_rec_t.shape[0], kernel_rec_t.shape[1]), (4 * H, H), "kernel_rec_t")
-    _check_shape((dh.shape[0], dh.shape[1]), (N, H), "dh")
-    _check_shape((dc.shape[0], dc.shape[1]), (N, H), "dc")
-    _check_shape((dgates.shape[0], dgates.shape[1], dgates.shape[2]), (T, N, 4 * H), "dgates")
-    _check_shape((scratch.shape[0], scratch.shape[1]), (N, 5 * H), "scratch")
+    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = dh.shape[0], t, ch
+    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, 4 * H, N), "gates")
+    _check_shape((c.shape[0], c.shape[1], c.shape[2]), (T + 1, H, N), "c")
+    _check_shape((act_c.shape[0], act_c.shape[1], act_c.shape[2]), (T, H, N), "act_c")
+    _check_shape((kernel_rec.shape[0], kernel_rec.shape[1]), (H, 4 * H), "kernel_rec")
+    _check_shape((dh.shape[0], dh.shape[1]), (H, N), "dh")
+    _check_shape((dc.shape[0], dc.shape[1]), (H, N), "dc")
+    _check_shape((dgates.shape[0], dgates.shape[1]), (4 * H, T * N), "dgates")
+    _check_shape((scratch.shape[0], scratch.shape[1]), (5 * H, N), "scratch")
     if dy is not None:
-        _check_shape((dy.shape[0], dy.shape[1], dy.shape[2]), (N, T, H), "dy")
+        _check_shape((dy.shape[0], dy.shape[1], dy.shape[2]), (H, T, N), "dy")
     _check_mask(mask, T, N)
     _check_code(activation, "activation")
     _check_code(recurrent_activation, "recurrent_activation")
@@ -423,137 +507,170 @@ def lstm_backward(const floating[:, :, ::1] gates, const floating[:, :, ::1] c,
         return
     cdef bint has_dy = dy is not None, has_mask = mask is not None
     cdef const floating *pdy
+    cdef const unsigned char *pk
+    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ld = T * N
     cdef int nt = threads_for(N * H * COST_CELL)
     gemm = _gemm
-    dg_nd, w_nd, dh_nd = np.asarray(dgates), np.asarray(kernel_rec_t), np.asarray(dh)
+    w_nd, dg_nd, dh_nd = np.asarray(kernel_rec), np.asarray(dgates), np.asarray(dh)
     for t in range(T - 1, -1, -1):
-        for n in prange(N, nogil=True, num_threads=nt, schedule="static"):
-            pdy = &dy[n, t, 0] if has_dy else NULL
-            _lstm_bwd_row(&gates[t, n, 0], &c[t, n, 0], &act_c[t, n, 0], pdy, &dh[n, 0],
-                          &dc[n, 0], &dgates[t, n, 0], &scratch[n, 0], H, activation,
-                          recurrent_activation, has_mask and mask[t, n] == 0, has_mask)
+        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+            pdy = &dy[0, t, 0] if has_dy else NULL
+            pk = &mask[t, 0] if has_mask else NULL
+            _lstm_bwd_chunk(&gates[t, 0, 0], &c[t, 0, 0], &act_c[t, 0, 0], pdy, ld, &dh[0, 0],
+                            &dc[0, 0], &dgates[0, t * N], ld, &scratch[0, 0], pk, ch * cu,
+                            min(H, (ch + 1) * cu), H, N, activation, recurrent_activation,
+                            has_mask)
         if t > 0 or state_grad:
-            gemm(dg_nd[t], w_nd, dh_nd, None, 0, 0.0, has_mask)
+            gemm(w_nd, dg_nd[:, t * N:(t + 1) * N], dh_nd, None, 0, 0.0, has_mask)
 
 
 # -- GRU (reset_after=True) ---------------------------------------------------------------
-cdef void _gru_fwd_row(floating *g, const floating *rec, const floating *h_prev, floating *h,
-                       floating *out, Py_ssize_t H, int act, int ract, bint keep) noexcept nogil:
-    """One batch row of one step. g: x_t @ kernel + input bias for (z, r, h), replaced by
-    z, r and the candidate hh; rec: h_prev @ recurrent_kernel + recurrent bias.
-    z, r = ract(g + rec); hh = act(g_h + r * rec_h); h = z h_prev + (1 - z) hh."""
-    cdef Py_ssize_t j
-    if keep:
-        memcpy(h, h_prev, H * sizeof(floating))
-    else:
-        for j in range(2 * H):
-            g[j] = g[j] + rec[j]
-        _act_inplace(ract, g, 2 * H)
-        for j in range(H):
-            g[2 * H + j] = g[2 * H + j] + g[H + j] * rec[2 * H + j]
-        _act_inplace(act, g + 2 * H, H)
-        for j in range(H):
-            h[j] = g[2 * H + j] + g[j] * (h_prev[j] - g[2 * H + j])
-    if out != NULL:
-        memcpy(out, h, H * sizeof(floating))
+cdef void _gru_fwd_chunk(floating *g, const floating *p, Py_ssize_t ldp, const floating *b_in,
+                         const floating *b_rec, floating *rh, const floating *h_prev,
+                         floating *h, Py_ssize_t ldh, const unsigned char *keep,
+                         Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t H, Py_ssize_t N, int act,
+                         int ract) noexcept nogil:
+    """Units [j0, j1) of one GRU step. g (3H, N): h_{t-1} products in (blocks z, r, h), z, r
+    and the candidate hh out. rh (H, N) keeps the h block's product + recurrent bias.
+    z, r = ract(x W + b_in + h W_rec + b_rec); hh = act(x W_h + b_in_h + r rh);
+    h = z h_prev + (1 - z) hh."""
+    cdef Py_ssize_t j, n, e, e0 = j0 * N, m = (j1 - j0) * N, hn = H * N
+    cdef floating bi, br
+    for j in range(j0, j1):
+        br = b_rec[2 * H + j] if b_rec != NULL else 0
+        for n in range(N):
+            rh[j * N + n] = g[2 * hn + j * N + n] + br
+    _add_input(g, p, ldp, b_in, j0, j1, N)
+    _add_input(g, p, ldp, b_in, H + j0, H + j1, N)
+    if b_rec != NULL:
+        for j in range(j0, j1):
+            br = b_rec[j]
+            bi = b_rec[H + j]
+            for n in range(N):
+                g[j * N + n] = g[j * N + n] + br
+                g[hn + j * N + n] = g[hn + j * N + n] + bi
+    _act_inplace(ract, g + e0, m)
+    _act_inplace(ract, g + hn + e0, m)
+    for j in range(j0, j1):
+        bi = b_in[2 * H + j] if b_in != NULL else 0
+        for n in range(N):
+            e = j * N + n
+            g[2 * hn + e] = p[(2 * H + j) * ldp + n] + bi + g[hn + e] * rh[e]
+    _act_inplace(act, g + 2 * hn + e0, m)
+    for j in range(j0, j1):
+        for n in range(N):
+            e = j * N + n
+            h[j * ldh + n] = g[2 * hn + e] + g[e] * (h_prev[j * ldh + n] - g[2 * hn + e])
+    if keep != NULL:
+        for j in range(j0, j1):
+            for n in range(N):
+                if keep[n] == 0:
+                    h[j * ldh + n] = h_prev[j * ldh + n]
 
 
-cdef void _gru_bwd_row(const floating *g, const floating *rec, const floating *h_prev,
-                       const floating *dy, floating *dh, floating *dgx, floating *dgr,
-                       floating *s, Py_ssize_t H, int act, int ract, bint keep) noexcept nogil:
-    """One batch row of BPTT. dgx: gradients of the input projection (z, r, h); dgr: of the
-    recurrent projection (they differ in the h part, which r multiplies). dh leaves with
-    the part of d(loss)/d(h_{t-1}) that skips the recurrent kernel. s: 3H scratch."""
-    cdef Py_ssize_t j
+cdef void _gru_bwd_chunk(const floating *g, const floating *rh, const floating *h_prev,
+                         Py_ssize_t ldh, const floating *dy, Py_ssize_t ldy, floating *dh,
+                         floating *dgx, floating *dgr, Py_ssize_t ldg, floating *s,
+                         const unsigned char *keep, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t H,
+                         Py_ssize_t N, int act, int ract) noexcept nogil:
+    """Units [j0, j1) of one step of BPTT. dgx, dgr: the gradients of the input and of the
+    recurrent products (they differ in the h block, which r multiplies), row r at
+    dg + r ldg. dh leaves holding the part of d(loss)/d(h_{t-1}) that skips the recurrent
+    kernel. s: (3H, N) scratch."""
+    cdef Py_ssize_t j, n, e, e0 = j0 * N, m = (j1 - j0) * N, hn = H * N
     cdef floating dht, dn, dz, dr
-    if keep:
-        memset(dgx, 0, 3 * H * sizeof(floating))
-        memset(dgr, 0, 3 * H * sizeof(floating))
-        if dy != NULL:
-            for j in range(H):
-                dh[j] = dh[j] + dy[j]
-        return
-    _dact(ract, g, s, 2 * H)
-    _dact(act, g + 2 * H, s + 2 * H, H)
-    for j in range(H):
-        dht = dh[j] + dy[j] if dy != NULL else dh[j]
-        dn = dht * (1 - g[j]) * s[2 * H + j]
-        dz = dht * (h_prev[j] - g[2 * H + j]) * s[j]
-        dr = dn * rec[2 * H + j] * s[H + j]
-        dgx[j] = dz
-        dgr[j] = dz
-        dgx[H + j] = dr
-        dgr[H + j] = dr
-        dgx[2 * H + j] = dn
-        dgr[2 * H + j] = dn * g[H + j]
-        dh[j] = dht * g[j]
+    _dact(ract, g + e0, s + e0, m)
+    _dact(ract, g + hn + e0, s + hn + e0, m)
+    _dact(act, g + 2 * hn + e0, s + 2 * hn + e0, m)
+    for j in range(j0, j1):
+        for n in range(N):
+            e = j * N + n
+            dht = dh[e] + dy[j * ldy + n] if dy != NULL else dh[e]
+            if keep != NULL and keep[n] == 0:
+                dgx[j * ldg + n] = 0
+                dgx[(H + j) * ldg + n] = 0
+                dgx[(2 * H + j) * ldg + n] = 0
+                dgr[j * ldg + n] = 0
+                dgr[(H + j) * ldg + n] = 0
+                dgr[(2 * H + j) * ldg + n] = 0
+                dh[e] = dht
+                continue
+            dn = dht * (1 - g[e]) * s[2 * hn + e]
+            dz = dht * (h_prev[j * ldh + n] - g[2 * hn + e]) * s[e]
+            dr = dn * rh[e] * s[hn + e]
+            dgx[j * ldg + n] = dz
+            dgr[j * ldg + n] = dz
+            dgx[(H + j) * ldg + n] = dr
+            dgr[(H + j) * ldg + n] = dr
+            dgx[(2 * H + j) * ldg + n] = dn
+            dgr[(2 * H + j) * ldg + n] = dn * g[hn + e]
+            dh[e] = dht * g[e]
 
 
-def gru_forward(floating[:, :, ::1] gates, floating[:, :, ::1] rec,
-                const floating[:, ::1] kernel_rec, const floating[::1] bias_rec,
-                floating[:, :, ::1] h, floating[:, :, ::1] out=None,
+def gru_forward(const floating[:, ::1] proj, const floating[::1] bias,
+                const floating[::1] bias_rec, const floating[:, ::1] kernel_rec_t,
+                floating[:, :, ::1] gates, floating[:, :, ::1] rh, floating[:, :, ::1] h,
                 const unsigned char[:, ::1] mask=None, int activation=ACT_TANH,
                 int recurrent_activation=ACT_SIGMOID):
-    """Run a GRU (reset_after=True) over T steps (time-major).
+    """Run a GRU (reset_after=True) over T steps (see the layouts above).
 
-    gates (T, N, 3H): in, x_t @ kernel + input bias; out, z, r and the candidate.
-    rec (T, N, 3H): receives h_{t-1} @ kernel_rec + bias_rec (kept for backward).
-    kernel_rec (H, 3H); bias_rec (3H,) or None. h (T + 1, N, H): [0] the initial state.
-    out (N, T, H) or None: receives h_t at [:, t]. mask (T, N) or None.
+    proj (3H, T*N); bias, bias_rec (3H,) or None: the input and recurrent biases;
+    kernel_rec_t (3H, H); gates (T, 3H, N) receives z, r and the candidate; rh (T, H, N)
+    the h block's recurrent product + bias (kept for backward); h (H, T+1, N).
     """
-    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[1], H = h.shape[2], t, n
-    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, N, 3 * H), "gates")
-    _check_shape((rec.shape[0], rec.shape[1], rec.shape[2]), (T, N, 3 * H), "rec")
-    _check_shape((kernel_rec.shape[0], kernel_rec.shape[1]), (H, 3 * H), "kernel_rec")
+    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = h.shape[0], t, ch
+    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, 3 * H, N), "gates")
+    _check_common((proj.shape[0], proj.shape[1]), 3 * H, T, N, kernel_rec_t, H, bias, mask)
     if bias_rec is not None:
         _check_shape((bias_rec.shape[0],), (3 * H,), "bias_rec")
-    _check_shape((h.shape[0], h.shape[1], h.shape[2]), (T + 1, N, H), "h")
-    if out is not None:
-        _check_shape((out.shape[0], out.shape[1], out.shape[2]), (N, T, H), "out")
-    _check_mask(mask, T, N)
+    _check_shape((rh.shape[0], rh.shape[1], rh.shape[2]), (T, H, N), "rh")
+    _check_shape((h.shape[0], h.shape[1], h.shape[2]), (H, T + 1, N), "h")
     _check_code(activation, "activation")
     _check_code(recurrent_activation, "recurrent_activation")
     if T == 0 or N == 0 or H == 0:
         return
-    cdef bint has_out = out is not None, has_mask = mask is not None
-    cdef floating *po
-    cdef int nt = threads_for(N * H * COST_CELL)
     _sync_isa()
+    cdef const floating *pb = &bias[0] if bias is not None else NULL
+    cdef const floating *pr = &bias_rec[0] if bias_rec is not None else NULL
+    cdef const unsigned char *pk
+    cdef bint has_mask = mask is not None
+    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ldp = T * N
+    cdef Py_ssize_t ldh = (T + 1) * N
+    cdef int nt = threads_for(N * H * COST_CELL)
     gemm = _gemm
-    r_nd, h_nd, w_nd = np.asarray(rec), np.asarray(h), np.asarray(kernel_rec)
-    b_nd = np.asarray(bias_rec) if bias_rec is not None else None
+    w_nd, g_nd, h_nd = np.asarray(kernel_rec_t), np.asarray(gates), np.asarray(h)
     for t in range(T):
-        gemm(h_nd[t], w_nd, r_nd[t], b_nd, 0, 0.0, False)
-        for n in prange(N, nogil=True, num_threads=nt, schedule="static"):
-            po = &out[n, t, 0] if has_out else NULL
-            _gru_fwd_row(&gates[t, n, 0], &rec[t, n, 0], &h[t, n, 0], &h[t + 1, n, 0], po, H,
-                         activation, recurrent_activation, has_mask and mask[t, n] == 0)
+        gemm(w_nd, h_nd[:, t, :], g_nd[t], None, 0, 0.0, False)
+        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+            pk = &mask[t, 0] if has_mask else NULL
+            _gru_fwd_chunk(&gates[t, 0, 0], &proj[0, t * N], ldp, pb, pr, &rh[t, 0, 0],
+                           &h[0, t, 0], &h[0, t + 1, 0], ldh, pk, ch * cu,
+                           min(H, (ch + 1) * cu), H, N, activation, recurrent_activation)
 
 
-def gru_backward(const floating[:, :, ::1] gates, const floating[:, :, ::1] rec,
-                 const floating[:, :, ::1] h, const floating[:, ::1] kernel_rec_t,
-                 floating[:, ::1] dh, floating[:, :, ::1] dgx, floating[:, :, ::1] dgr,
+def gru_backward(const floating[:, :, ::1] gates, const floating[:, :, ::1] rh,
+                 const floating[:, :, ::1] h, const floating[:, ::1] kernel_rec,
+                 floating[:, ::1] dh, floating[:, ::1] dgx, floating[:, ::1] dgr,
                  floating[:, ::1] scratch, const floating[:, :, ::1] dy=None,
                  const unsigned char[:, ::1] mask=None, int activation=ACT_TANH,
                  int recurrent_activation=ACT_SIGMOID, bint state_grad=False):
     """Backpropagation through time for gru_forward's run.
 
-    dh (N, H): in, d(loss)/d(h_T); out (with state_grad), d(loss)/d(initial h).
-    dgx, dgr (T, N, 3H): receive the gradients of the input and of the recurrent
-    projections. kernel_rec_t (3H, H): the recurrent kernel transposed, contiguous.
-    scratch (N, 3H). dy (N, T, H) or None: the gradient of the output sequence.
+    dh (H, N): in, d(loss)/d(h_T); out (with state_grad), d(loss)/d(initial h).
+    dgx, dgr (3H, T*N): receive the gradients of the input and of the recurrent products.
+    kernel_rec (H, 3H) as stored. scratch (3H, N). dy (H, T, N) or None.
     """
-    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[1], H = dh.shape[1], t, n
-    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, N, 3 * H), "gates")
-    _check_shape((rec.shape[0], rec.shape[1], rec.shape[2]), (T, N, 3 * H), "rec")
-    _check_shape((h.shape[0], h.shape[1], h.shape[2]), (T + 1, N, H), "h")
-    _check_shape((kernel_rec_t.shape[0], kernel_rec_t.shape[1]), (3 * H, H), "kernel_rec_t")
-    _check_shape((dh.shape[0], dh.shape[1]), (N, H), "dh")
-    _check_shape((dgx.shape[0], dgx.shape[1], dgx.shape[2]), (T, N, 3 * H), "dgx")
-    _check_shape((dgr.shape[0], dgr.shape[1], dgr.shape[2]), (T, N, 3 * H), "dgr")
-    _check_shape((scratch.shape[0], scratch.shape[1]), (N, 3 * H), "scratch")
+    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = dh.shape[0], t, ch
+    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, 3 * H, N), "gates")
+    _check_shape((rh.shape[0], rh.shape[1], rh.shape[2]), (T, H, N), "rh")
+    _check_shape((h.shape[0], h.shape[1], h.shape[2]), (H, T + 1, N), "h")
+    _check_shape((kernel_rec.shape[0], kernel_rec.shape[1]), (H, 3 * H), "kernel_rec")
+    _check_shape((dh.shape[0], dh.shape[1]), (H, N), "dh")
+    _check_shape((dgx.shape[0], dgx.shape[1]), (3 * H, T * N), "dgx")
+    _check_shape((dgr.shape[0], dgr.shape[1]), (3 * H, T * N), "dgr")
+    _check_shape((scratch.shape[0], scratch.shape[1]), (3 * H, N), "scratch")
     if dy is not None:
-        _check_shape((dy.shape[0], dy.shape[1], dy.shape[2]), (N, T, H), "dy")
+        _check_shape((dy.shape[0], dy.shape[1], dy.shape[2]), (H, T, N), "dy")
     _check_mask(mask, T, N)
     _check_code(activation, "activation")
     _check_code(recurrent_activation, "recurrent_activation")
@@ -561,116 +678,132 @@ def gru_backward(const floating[:, :, ::1] gates, const floating[:, :, ::1] rec,
         return
     cdef bint has_dy = dy is not None, has_mask = mask is not None
     cdef const floating *pdy
+    cdef const unsigned char *pk
+    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ld = T * N
+    cdef Py_ssize_t ldh = (T + 1) * N
     cdef int nt = threads_for(N * H * COST_CELL)
     gemm = _gemm
-    dg_nd, w_nd, dh_nd = np.asarray(dgr), np.asarray(kernel_rec_t), np.asarray(dh)
+    w_nd, dg_nd, dh_nd = np.asarray(kernel_rec), np.asarray(dgr), np.asarray(dh)
     for t in range(T - 1, -1, -1):
-        for n in prange(N, nogil=True, num_threads=nt, schedule="static"):
-            pdy = &dy[n, t, 0] if has_dy else NULL
-            _gru_bwd_row(&gates[t, n, 0], &rec[t, n, 0], &h[t, n, 0], pdy, &dh[n, 0],
-                         &dgx[t, n, 0], &dgr[t, n, 0], &scratch[n, 0], H, activation,
-                         recurrent_activation, has_mask and mask[t, n] == 0)
+        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+            pdy = &dy[0, t, 0] if has_dy else NULL
+            pk = &mask[t, 0] if has_mask else NULL
+            _gru_bwd_chunk(&gates[t, 0, 0], &rh[t, 0, 0], &h[0, t, 0], ldh, pdy, ld,
+                           &dh[0, 0], &dgx[0, t * N], &dgr[0, t * N], ld, &scratch[0, 0], pk,
+                           ch * cu, min(H, (ch + 1) * cu), H, N, activation,
+                           recurrent_activation)
         if t > 0 or state_grad:
-            gemm(dg_nd[t], w_nd, dh_nd, None, 0, 0.0, True)
+            gemm(w_nd, dg_nd[:, t * N:(t + 1) * N], dh_nd, None, 0, 0.0, True)
 
 
 # -- SimpleRNN ----------------------------------------------------------------------------
-cdef void _rnn_fwd_row(floating *g, const floating *h_prev, floating *h, floating *out,
-                       Py_ssize_t H, int act, bint keep) noexcept nogil:
-    """h = act(g), g = x_t @ kernel + bias + h_prev @ recurrent_kernel (replaced by h)."""
-    if keep:
-        memcpy(h, h_prev, H * sizeof(floating))
-    else:
-        _act_inplace(act, g, H)
-        memcpy(h, g, H * sizeof(floating))
-    if out != NULL:
-        memcpy(out, h, H * sizeof(floating))
+cdef void _rnn_fwd_chunk(floating *g, const floating *p, Py_ssize_t ldp, const floating *b,
+                         const floating *h_prev, floating *h, Py_ssize_t ldh,
+                         const unsigned char *keep, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t N,
+                         int act) noexcept nogil:
+    """Units [j0, j1): g = act(h_{t-1} products + x W + b), copied into h's rows."""
+    cdef Py_ssize_t j, n
+    _add_input(g, p, ldp, b, j0, j1, N)
+    _act_inplace(act, g + j0 * N, (j1 - j0) * N)
+    for j in range(j0, j1):
+        for n in range(N):
+            h[j * ldh + n] = g[j * N + n]
+    if keep != NULL:
+        for j in range(j0, j1):
+            for n in range(N):
+                if keep[n] == 0:
+                    h[j * ldh + n] = h_prev[j * ldh + n]
 
 
-cdef void _rnn_bwd_row(const floating *hh, const floating *dy, floating *dh, floating *dg,
-                       floating *s, Py_ssize_t H, int act, bint keep, bint direct) noexcept nogil:
-    """dg = (dh + dy) act'(h); with `direct`, dh leaves with the part of d(loss)/d(h_{t-1})
-    that skips the recurrent kernel (zero, or all of it on a masked step). s: H scratch."""
-    cdef Py_ssize_t j
+cdef void _rnn_bwd_chunk(const floating *g, const floating *dy, Py_ssize_t ldy, floating *dh,
+                         floating *dg, Py_ssize_t ldg, floating *s, const unsigned char *keep,
+                         Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t N, int act,
+                         bint direct) noexcept nogil:
+    """Units [j0, j1): dg = (dh + dy) act'(h); with `direct`, dh leaves holding the part of
+    d(loss)/d(h_{t-1}) that skips the recurrent kernel. s: (H, N) scratch."""
+    cdef Py_ssize_t j, n, e
     cdef floating dht
-    if keep:
-        memset(dg, 0, H * sizeof(floating))
-        if dy != NULL:
-            for j in range(H):
-                dh[j] = dh[j] + dy[j]
-        return
-    _dact(act, hh, s, H)
-    for j in range(H):
-        dht = dh[j] + dy[j] if dy != NULL else dh[j]
-        dg[j] = dht * s[j]
-        if direct:
-            dh[j] = 0
+    _dact(act, g + j0 * N, s + j0 * N, (j1 - j0) * N)
+    for j in range(j0, j1):
+        for n in range(N):
+            e = j * N + n
+            dht = dh[e] + dy[j * ldy + n] if dy != NULL else dh[e]
+            if keep != NULL and keep[n] == 0:
+                dg[j * ldg + n] = 0
+                dh[e] = dht
+                continue
+            dg[j * ldg + n] = dht * s[e]
+            if direct:
+                dh[e] = 0
 
 
-def rnn_forward(floating[:, :, ::1] gates, const floating[:, ::1] kernel_rec,
-                floating[:, :, ::1] h, floating[:, :, ::1] out=None,
-                const unsigned char[:, ::1] mask=None, int activation=ACT_TANH):
-    """Run a SimpleRNN over T steps (time-major).
-
-    gates (T, N, H): in, x_t @ kernel + bias; out, h_t. kernel_rec (H, H).
-    h (T + 1, N, H): [0] the initial state, step t writes [t + 1]. out (N, T, H) or None.
-    """
-    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[1], H = h.shape[2], t, n
-    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, N, H), "gates")
-    _check_shape((kernel_rec.shape[0], kernel_rec.shape[1]), (H, H), "kernel_rec")
-    _check_shape((h.shape[0], h.shape[1], h.shape[2]), (T + 1, N, H), "h")
-    if out is not None:
-        _check_shape((out.shape[0], out.shape[1], out.shape[2]), (N, T, H), "out")
-    _check_mask(mask, T, N)
+def rnn_forward(const floating[:, ::1] proj, const floating[::1] bias,
+                const floating[:, ::1] kernel_rec_t, floating[:, :, ::1] gates,
+                floating[:, :, ::1] h, const unsigned char[:, ::1] mask=None,
+                int activation=ACT_TANH):
+    """Run a SimpleRNN over T steps (see the layouts above). proj (H, T*N); bias (H,) or
+    None; kernel_rec_t (H, H); gates (T, H, N) receives h_t; h (H, T+1, N)."""
+    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = h.shape[0], t, ch
+    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, H, N), "gates")
+    _check_common((proj.shape[0], proj.shape[1]), H, T, N, kernel_rec_t, H, bias, mask)
+    _check_shape((h.shape[0], h.shape[1], h.shape[2]), (H, T + 1, N), "h")
     _check_code(activation, "activation")
     if T == 0 or N == 0 or H == 0:
         return
-    cdef bint has_out = out is not None, has_mask = mask is not None
-    cdef floating *po
-    cdef int nt = threads_for(N * H * COST_CELL)
     _sync_isa()
+    cdef const floating *pb = &bias[0] if bias is not None else NULL
+    cdef const unsigned char *pk
+    cdef bint has_mask = mask is not None
+    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ldp = T * N
+    cdef Py_ssize_t ldh = (T + 1) * N
+    cdef int nt = threads_for(N * H * COST_CELL)
     gemm = _gemm
-    g_nd, h_nd, w_nd = np.asarray(gates), np.asarray(h), np.asarray(kernel_rec)
+    w_nd, g_nd, h_nd = np.asarray(kernel_rec_t), np.asarray(gates), np.asarray(h)
     for t in range(T):
-        gemm(h_nd[t], w_nd, g_nd[t], None, 0, 0.0, True)
-        for n in prange(N, nogil=True, num_threads=nt, schedule="static"):
-            po = &out[n, t, 0] if has_out else NULL
-            _rnn_fwd_row(&gates[t, n, 0], &h[t, n, 0], &h[t + 1, n, 0], po, H, activation,
-                         has_mask and mask[t, n] == 0)
+        gemm(w_nd, h_nd[:, t, :], g_nd[t], None, 0, 0.0, False)
+        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+            pk = &mask[t, 0] if has_mask else NULL
+            _rnn_fwd_chunk(&gates[t, 0, 0], &proj[0, t * N], ldp, pb, &h[0, t, 0],
+                           &h[0, t + 1, 0], ldh, pk, ch * cu, min(H, (ch + 1) * cu), N,
+                           activation)
 
 
-def rnn_backward(const floating[:, :, ::1] h, const floating[:, ::1] kernel_rec_t,
-                 floating[:, ::1] dh, floating[:, :, ::1] dgates, floating[:, ::1] scratch,
+def rnn_backward(const floating[:, :, ::1] gates, const floating[:, ::1] kernel_rec,
+                 floating[:, ::1] dh, floating[:, ::1] dgates, floating[:, ::1] scratch,
                  const floating[:, :, ::1] dy=None, const unsigned char[:, ::1] mask=None,
                  int activation=ACT_TANH, bint state_grad=False):
-    """Backpropagation through time for rnn_forward's run. h (T + 1, N, H): the states;
-    dh (N, H): in d(loss)/d(h_T), out (with state_grad) d(loss)/d(initial h);
-    dgates (T, N, H): receives the pre-activation gradients; scratch (N, H)."""
-    cdef Py_ssize_t T = h.shape[0] - 1, N = h.shape[1], H = h.shape[2], t, n
-    if T < 0:
-        raise ValueError("h must hold at least the initial state")
-    _check_shape((kernel_rec_t.shape[0], kernel_rec_t.shape[1]), (H, H), "kernel_rec_t")
-    _check_shape((dh.shape[0], dh.shape[1]), (N, H), "dh")
-    _check_shape((dgates.shape[0], dgates.shape[1], dgates.shape[2]), (T, N, H), "dgates")
-    _check_shape((scratch.shape[0], scratch.shape[1]), (N, H), "scratch")
+    """Backpropagation through time for rnn_forward's run. gates (T, H, N): the states;
+    dh (H, N): in d(loss)/d(h_T), out (with state_grad) d(loss)/d(initial h);
+    dgates (H, T*N) receives the pre-activation gradients; kernel_rec (H, H) as stored;
+    scratch (H, N); dy (H, T, N) or None."""
+    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = dh.shape[0], t, ch
+    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, H, N), "gates")
+    _check_shape((kernel_rec.shape[0], kernel_rec.shape[1]), (H, H), "kernel_rec")
+    _check_shape((dh.shape[0], dh.shape[1]), (H, N), "dh")
+    _check_shape((dgates.shape[0], dgates.shape[1]), (H, T * N), "dgates")
+    _check_shape((scratch.shape[0], scratch.shape[1]), (H, N), "scratch")
     if dy is not None:
-        _check_shape((dy.shape[0], dy.shape[1], dy.shape[2]), (N, T, H), "dy")
+        _check_shape((dy.shape[0], dy.shape[1], dy.shape[2]), (H, T, N), "dy")
     _check_mask(mask, T, N)
     _check_code(activation, "activation")
     if T == 0 or N == 0 or H == 0:
         return
     cdef bint has_dy = dy is not None, has_mask = mask is not None
     cdef const floating *pdy
+    cdef const unsigned char *pk
+    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ld = T * N
     cdef int nt = threads_for(N * H * COST_CELL)
     gemm = _gemm
-    dg_nd, w_nd, dh_nd = np.asarray(dgates), np.asarray(kernel_rec_t), np.asarray(dh)
+    w_nd, dg_nd, dh_nd = np.asarray(kernel_rec), np.asarray(dgates), np.asarray(dh)
     for t in range(T - 1, -1, -1):
-        for n in prange(N, nogil=True, num_threads=nt, schedule="static"):
-            pdy = &dy[n, t, 0] if has_dy else NULL
-            _rnn_bwd_row(&h[t + 1, n, 0], pdy, &dh[n, 0], &dgates[t, n, 0], &scratch[n, 0],
-                         H, activation, has_mask and mask[t, n] == 0, has_mask)
+        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+            pdy = &dy[0, t, 0] if has_dy else NULL
+            pk = &mask[t, 0] if has_mask else NULL
+            _rnn_bwd_chunk(&gates[t, 0, 0], pdy, ld, &dh[0, 0], &dgates[0, t * N], ld,
+                           &scratch[0, 0], pk, ch * cu, min(H, (ch + 1) * cu), N, activation,
+                           has_mask)
         if t > 0 or state_grad:
-            gemm(dg_nd[t], w_nd, dh_nd, None, 0, 0.0, has_mask)
+            gemm(w_nd, dg_nd[:, t * N:(t + 1) * N], dh_nd, None, 0, 0.0, has_mask)
 
 
 # -- element-wise activations (tests and references) ----------------------------------------
