@@ -38,6 +38,12 @@ cdef extern from *:
     #include <stdint.h>
     #include <string.h>
 
+    #if defined(_MSC_VER)
+    #define CN_RESTRICT __restrict
+    #else
+    #define CN_RESTRICT restrict
+    #endif
+
     /* The selects below (clamps, branch choice) only become vector blends when the
        compiler may assume that comparisons do not trap: GCC's default
        -ftrapping-math forbids it (clang's default allows it). This changes no result. */
@@ -99,10 +105,48 @@ cdef extern from *:
         attr static void cn_sigmoidf_loop_##suffix(float *x, Py_ssize_t n) {        \
             for (Py_ssize_t j = 0; j < n; j++) x[j] = cn_sigmoidf(x[j]);           \
         }
+    /* One unit's row of a step (n samples) with the default activations (sigmoid gates,
+       tanh candidate and state) in a single pass: every value is read and written once.
+       p*: the input projection rows, b*: biases, g*: the recurrent products in, gate
+       values out. */
+    #define CN_FUSED_ROWS(suffix, attr)                                                  \
+        attr static void cn_lstm_fwd_row_##suffix(Py_ssize_t n, float *CN_RESTRICT gi,   \
+                float *CN_RESTRICT gf, float *CN_RESTRICT gc, float *CN_RESTRICT go,     \
+                const float *CN_RESTRICT pi, const float *CN_RESTRICT pf,                \
+                const float *CN_RESTRICT pc, const float *CN_RESTRICT po, float bi,      \
+                float bf, float bc, float bo, const float *CN_RESTRICT cp,               \
+                float *CN_RESTRICT c, float *CN_RESTRICT ac, float *CN_RESTRICT h) {     \
+            for (Py_ssize_t k = 0; k < n; k++) {                                         \
+                float i = cn_sigmoidf(gi[k] + pi[k] + bi);                               \
+                float f = cn_sigmoidf(gf[k] + pf[k] + bf);                               \
+                float g = cn_tanhf(gc[k] + pc[k] + bc);                                  \
+                float o = cn_sigmoidf(go[k] + po[k] + bo);                               \
+                float cc = f * cp[k] + i * g;                                            \
+                float a = cn_tanhf(cc);                                                  \
+                gi[k] = i; gf[k] = f; gc[k] = g; go[k] = o;                              \
+                c[k] = cc; ac[k] = a; h[k] = o * a;                                      \
+            }                                                                            \
+        }                                                                                \
+        attr static void cn_gru_fwd_row_##suffix(Py_ssize_t n, float *CN_RESTRICT gz,    \
+                float *CN_RESTRICT gr, float *CN_RESTRICT gh, const float *CN_RESTRICT pz,\
+                const float *CN_RESTRICT pr, const float *CN_RESTRICT ph, float bz,      \
+                float br, float bh, float rbz, float rbr, float rbh,                      \
+                const float *CN_RESTRICT hp, float *CN_RESTRICT rh, float *CN_RESTRICT h) {\
+            for (Py_ssize_t k = 0; k < n; k++) {                                         \
+                float z = cn_sigmoidf(gz[k] + rbz + pz[k] + bz);                         \
+                float r = cn_sigmoidf(gr[k] + rbr + pr[k] + br);                         \
+                float rk = gh[k] + rbh;                                                  \
+                float hh = cn_tanhf(ph[k] + bh + r * rk);                                \
+                gz[k] = z; gr[k] = r; gh[k] = hh; rh[k] = rk;                            \
+                h[k] = hh + z * (hp[k] - hh);                                            \
+            }                                                                            \
+        }
+    CN_FUSED_ROWS(generic, )
     CN_ACT_LOOPS(generic, )
     #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
     #define CN_RNN_HAVE_AVX2 1
     CN_ACT_LOOPS(avx2, __attribute__((target("avx2,fma"))))
+    CN_FUSED_ROWS(avx2, __attribute__((target("avx2,fma"))))
     #else
     #define CN_RNN_HAVE_AVX2 0
     #endif
@@ -119,6 +163,45 @@ cdef extern from *:
         return cn_rnn_avx2;
     }
 
+    /* The gradient loops of one unit's row (n samples, no mask), float and double.
+       Their many arrays never overlap: `restrict` says so, so they vectorize. */
+    #define CN_BWD_ROWS(T, sfx)                                                           \
+    static void cn_lstm_bwd_row_##sfx(Py_ssize_t n, const T *CN_RESTRICT gi,             \
+            const T *CN_RESTRICT gf, const T *CN_RESTRICT gc, const T *CN_RESTRICT go,    \
+            const T *CN_RESTRICT si, const T *CN_RESTRICT sf, const T *CN_RESTRICT sc,    \
+            const T *CN_RESTRICT so, const T *CN_RESTRICT sa, const T *CN_RESTRICT cp,    \
+            const T *CN_RESTRICT ac, const T *CN_RESTRICT dh, T *CN_RESTRICT dc,          \
+            T *CN_RESTRICT di, T *CN_RESTRICT df, T *CN_RESTRICT dcc, T *CN_RESTRICT dout) { \
+        for (Py_ssize_t k = 0; k < n; k++) {                                             \
+            T dht = dh[k];                                                               \
+            T dcj = dc[k] + dht * go[k] * sa[k];                                         \
+            di[k] = dcj * gc[k] * si[k];                                                 \
+            df[k] = dcj * cp[k] * sf[k];                                                 \
+            dcc[k] = dcj * gi[k] * sc[k];                                                \
+            dout[k] = dht * ac[k] * so[k];                                               \
+            dc[k] = dcj * gf[k];                                                         \
+        }                                                                                \
+    }                                                                                    \
+    static void cn_gru_bwd_row_##sfx(Py_ssize_t n, const T *CN_RESTRICT z,               \
+            const T *CN_RESTRICT r, const T *CN_RESTRICT hh, const T *CN_RESTRICT sz,     \
+            const T *CN_RESTRICT sr, const T *CN_RESTRICT sh, const T *CN_RESTRICT rh,    \
+            const T *CN_RESTRICT hp, T *CN_RESTRICT dh, T *CN_RESTRICT dxz,              \
+            T *CN_RESTRICT dxr, T *CN_RESTRICT dxh, T *CN_RESTRICT drz,                   \
+            T *CN_RESTRICT drr, T *CN_RESTRICT drh) {                                     \
+        for (Py_ssize_t k = 0; k < n; k++) {                                             \
+            T dht = dh[k];                                                               \
+            T dn = dht * (1 - z[k]) * sh[k];                                             \
+            T dz = dht * (hp[k] - hh[k]) * sz[k];                                        \
+            T dr = dn * rh[k] * sr[k];                                                   \
+            dxz[k] = dz; drz[k] = dz;                                                    \
+            dxr[k] = dr; drr[k] = dr;                                                    \
+            dxh[k] = dn; drh[k] = dn * r[k];                                             \
+            dh[k] = dht * z[k];                                                          \
+        }                                                                                \
+    }
+    CN_BWD_ROWS(float, f)
+    CN_BWD_ROWS(double, d)
+
     static void cn_tanhf_inplace(float *x, Py_ssize_t n) {
     #if CN_RNN_HAVE_AVX2
         if (cn_rnn_avx2) { cn_tanhf_loop_avx2(x, n); return; }
@@ -133,6 +216,32 @@ cdef extern from *:
         cn_sigmoidf_loop_generic(x, n);
     }
 
+    static void cn_lstm_fwd_row(Py_ssize_t n, float *gi, float *gf, float *gc, float *go,
+                                const float *pi, const float *pf, const float *pc,
+                                const float *po, float bi, float bf, float bc, float bo,
+                                const float *cp, float *c, float *ac, float *h) {
+    #if CN_RNN_HAVE_AVX2
+        if (cn_rnn_avx2) {
+            cn_lstm_fwd_row_avx2(n, gi, gf, gc, go, pi, pf, pc, po, bi, bf, bc, bo, cp, c, ac, h);
+            return;
+        }
+    #endif
+        cn_lstm_fwd_row_generic(n, gi, gf, gc, go, pi, pf, pc, po, bi, bf, bc, bo, cp, c, ac, h);
+    }
+
+    static void cn_gru_fwd_row(Py_ssize_t n, float *gz, float *gr, float *gh, const float *pz,
+                               const float *pr, const float *ph, float bz, float br, float bh,
+                               float rbz, float rbr, float rbh, const float *hp, float *rh,
+                               float *h) {
+    #if CN_RNN_HAVE_AVX2
+        if (cn_rnn_avx2) {
+            cn_gru_fwd_row_avx2(n, gz, gr, gh, pz, pr, ph, bz, br, bh, rbz, rbr, rbh, hp, rh, h);
+            return;
+        }
+    #endif
+        cn_gru_fwd_row_generic(n, gz, gr, gh, pz, pr, ph, bz, br, bh, rbz, rbr, rbh, hp, rh, h);
+    }
+
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC pop_options
     #endif
@@ -143,6 +252,33 @@ cdef extern from *:
     void cn_tanhf_inplace(float *x, Py_ssize_t n) noexcept nogil
     void cn_sigmoidf_inplace(float *x, Py_ssize_t n) noexcept nogil
     int cn_rnn_use_avx2(int on) noexcept nogil
+    void cn_lstm_fwd_row(Py_ssize_t n, float *gi, float *gf, float *gc, float *go,
+                         const float *pi, const float *pf, const float *pc, const float *po,
+                         float bi, float bf, float bc, float bo, const float *cp, float *c,
+                         float *ac, float *h) noexcept nogil
+    void cn_gru_fwd_row(Py_ssize_t n, float *gz, float *gr, float *gh, const float *pz,
+                        const float *pr, const float *ph, float bz, float br, float bh,
+                        float rbz, float rbr, float rbh, const float *hp, float *rh,
+                        float *h) noexcept nogil
+    void cn_lstm_bwd_row_f(Py_ssize_t n, const float *gi, const float *gf, const float *gc,
+                           const float *go, const float *si, const float *sf, const float *sc,
+                           const float *so, const float *sa, const float *cp, const float *ac,
+                           const float *dh, float *dc, float *di, float *df, float *dcc,
+                           float *dout) noexcept nogil
+    void cn_lstm_bwd_row_d(Py_ssize_t n, const double *gi, const double *gf, const double *gc,
+                           const double *go, const double *si, const double *sf,
+                           const double *sc, const double *so, const double *sa,
+                           const double *cp, const double *ac, const double *dh, double *dc,
+                           double *di, double *df, double *dcc, double *dout) noexcept nogil
+    void cn_gru_bwd_row_f(Py_ssize_t n, const float *z, const float *r, const float *hh,
+                          const float *sz, const float *sr, const float *sh, const float *rh,
+                          const float *hp, float *dh, float *dxz, float *dxr, float *dxh,
+                          float *drz, float *drr, float *drh) noexcept nogil
+    void cn_gru_bwd_row_d(Py_ssize_t n, const double *z, const double *r, const double *hh,
+                          const double *sz, const double *sr, const double *sh,
+                          const double *rh, const double *hp, double *dh, double *dxz,
+                          double *dxr, double *dxh, double *drz, double *drr,
+                          double *drh) noexcept nogil
 
 
 cpdef enum Act:
@@ -347,6 +483,15 @@ cdef inline Py_ssize_t _chunk_units(Py_ssize_t N) noexcept nogil:
     return CHUNK_ELEMENTS // N if N < CHUNK_ELEMENTS else 1
 
 
+cdef inline void _add_rows(floating *dh, const floating *dy, Py_ssize_t ldy, Py_ssize_t j0,
+                           Py_ssize_t j1, Py_ssize_t N) noexcept nogil:
+    """Rows [j0, j1) of dh (rows of N values) += dy's rows (row j at dy + j ldy)."""
+    cdef Py_ssize_t j, n
+    for j in range(j0, j1):
+        for n in range(N):
+            dh[j * N + n] = dh[j * N + n] + dy[j * ldy + n]
+
+
 cdef inline void _add_input(floating *g, const floating *p, Py_ssize_t ldp, const floating *b,
                             Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t N) noexcept nogil:
     """Rows [r0, r1) of g (rows of N values) += the step's input projection and bias."""
@@ -366,6 +511,18 @@ cdef void _lstm_fwd_chunk(floating *g, const floating *p, Py_ssize_t ldp, const 
     """Units [j0, j1) of one LSTM step. g (4H, N): h_{t-1} products in, gate values out
     (blocks i, f, c, o); c = f c_prev + i g; ac = act(c); h = o ac. keep (N) or NULL."""
     cdef Py_ssize_t q, j, n, e, e0 = j0 * N, m = (j1 - j0) * N, hn = H * N
+    if floating is float:
+        if act == ACT_TANH and ract == ACT_SIGMOID:  # the defaults: one fused pass per row
+            for j in range(j0, j1):
+                e = j * N
+                cn_lstm_fwd_row(N, g + e, g + hn + e, g + 2 * hn + e, g + 3 * hn + e,
+                                p + j * ldp, p + (H + j) * ldp, p + (2 * H + j) * ldp,
+                                p + (3 * H + j) * ldp, b[j] if b != NULL else 0,
+                                b[H + j] if b != NULL else 0, b[2 * H + j] if b != NULL else 0,
+                                b[3 * H + j] if b != NULL else 0, c_prev + e, c + e, ac + e,
+                                h + j * ldh)
+            _keep_lstm_state(keep, c_prev, c, h_prev, h, ldh, j0, j1, N)
+            return
     for q in range(4):
         _add_input(g, p, ldp, b, q * H + j0, q * H + j1, N)
     _act_inplace(ract, g + e0, m)
@@ -379,7 +536,15 @@ cdef void _lstm_fwd_chunk(floating *g, const floating *p, Py_ssize_t ldp, const 
     for j in range(j0, j1):
         for n in range(N):
             h[j * ldh + n] = g[3 * hn + j * N + n] * ac[j * N + n]
-    if keep != NULL:  # masked samples carry their state over
+    _keep_lstm_state(keep, c_prev, c, h_prev, h, ldh, j0, j1, N)
+
+
+cdef inline void _keep_lstm_state(const unsigned char *keep, const floating *c_prev, floating *c,
+                                  const floating *h_prev, floating *h, Py_ssize_t ldh,
+                                  Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t N) noexcept nogil:
+    """Masked samples (keep[n] == 0) carry their state over; nothing to do without a mask."""
+    cdef Py_ssize_t j, n
+    if keep != NULL:
         for j in range(j0, j1):
             for n in range(N):
                 if keep[n] == 0:
@@ -404,6 +569,24 @@ cdef void _lstm_bwd_chunk(const floating *g, const floating *c_prev, const float
     _dact(act, g + 2 * hn + e0, s + 2 * hn + e0, m)
     _dact(ract, g + 3 * hn + e0, s + 3 * hn + e0, m)
     _dact(act, ac + e0, s + 4 * hn + e0, m)
+    if keep == NULL and not direct:  # the common case: one vectorized loop per row
+        if dy != NULL:
+            _add_rows(dh, dy, ldy, j0, j1, N)
+        for j in range(j0, j1):
+            e = j * N
+            if floating is float:
+                cn_lstm_bwd_row_f(N, g + e, g + hn + e, g + 2 * hn + e, g + 3 * hn + e, s + e,
+                                  s + hn + e, s + 2 * hn + e, s + 3 * hn + e, s + 4 * hn + e,
+                                  c_prev + e, ac + e, dh + e, dc + e, dg + j * ldg,
+                                  dg + (H + j) * ldg, dg + (2 * H + j) * ldg,
+                                  dg + (3 * H + j) * ldg)
+            else:
+                cn_lstm_bwd_row_d(N, g + e, g + hn + e, g + 2 * hn + e, g + 3 * hn + e, s + e,
+                                  s + hn + e, s + 2 * hn + e, s + 3 * hn + e, s + 4 * hn + e,
+                                  c_prev + e, ac + e, dh + e, dc + e, dg + j * ldg,
+                                  dg + (H + j) * ldg, dg + (2 * H + j) * ldg,
+                                  dg + (3 * H + j) * ldg)
+        return
     for j in range(j0, j1):
         for n in range(N):
             e = j * N + n
@@ -536,6 +719,21 @@ cdef void _gru_fwd_chunk(floating *g, const floating *p, Py_ssize_t ldp, const f
     h = z h_prev + (1 - z) hh."""
     cdef Py_ssize_t j, n, e, e0 = j0 * N, m = (j1 - j0) * N, hn = H * N
     cdef floating bi, br
+    if floating is float:
+        if act == ACT_TANH and ract == ACT_SIGMOID:  # the defaults: one fused pass per row
+            for j in range(j0, j1):
+                e = j * N
+                cn_gru_fwd_row(N, g + e, g + hn + e, g + 2 * hn + e, p + j * ldp,
+                               p + (H + j) * ldp, p + (2 * H + j) * ldp,
+                               b_in[j] if b_in != NULL else 0,
+                               b_in[H + j] if b_in != NULL else 0,
+                               b_in[2 * H + j] if b_in != NULL else 0,
+                               b_rec[j] if b_rec != NULL else 0,
+                               b_rec[H + j] if b_rec != NULL else 0,
+                               b_rec[2 * H + j] if b_rec != NULL else 0,
+                               h_prev + j * ldh, rh + e, h + j * ldh)
+            _keep_gru_state(keep, h_prev, h, ldh, j0, j1, N)
+            return
     for j in range(j0, j1):
         br = b_rec[2 * H + j] if b_rec != NULL else 0
         for n in range(N):
@@ -561,6 +759,13 @@ cdef void _gru_fwd_chunk(floating *g, const floating *p, Py_ssize_t ldp, const f
         for n in range(N):
             e = j * N + n
             h[j * ldh + n] = g[2 * hn + e] + g[e] * (h_prev[j * ldh + n] - g[2 * hn + e])
+    _keep_gru_state(keep, h_prev, h, ldh, j0, j1, N)
+
+
+cdef inline void _keep_gru_state(const unsigned char *keep, const floating *h_prev, floating *h,
+                                 Py_ssize_t ldh, Py_ssize_t j0, Py_ssize_t j1,
+                                 Py_ssize_t N) noexcept nogil:
+    cdef Py_ssize_t j, n
     if keep != NULL:
         for j in range(j0, j1):
             for n in range(N):
@@ -582,6 +787,22 @@ cdef void _gru_bwd_chunk(const floating *g, const floating *rh, const floating *
     _dact(ract, g + e0, s + e0, m)
     _dact(ract, g + hn + e0, s + hn + e0, m)
     _dact(act, g + 2 * hn + e0, s + 2 * hn + e0, m)
+    if keep == NULL:  # the common case: one vectorized loop per row
+        if dy != NULL:
+            _add_rows(dh, dy, ldy, j0, j1, N)
+        for j in range(j0, j1):
+            e = j * N
+            if floating is float:
+                cn_gru_bwd_row_f(N, g + e, g + hn + e, g + 2 * hn + e, s + e, s + hn + e,
+                                 s + 2 * hn + e, rh + e, h_prev + j * ldh, dh + e, dgx + j * ldg,
+                                 dgx + (H + j) * ldg, dgx + (2 * H + j) * ldg, dgr + j * ldg,
+                                 dgr + (H + j) * ldg, dgr + (2 * H + j) * ldg)
+            else:
+                cn_gru_bwd_row_d(N, g + e, g + hn + e, g + 2 * hn + e, s + e, s + hn + e,
+                                 s + 2 * hn + e, rh + e, h_prev + j * ldh, dh + e, dgx + j * ldg,
+                                 dgx + (H + j) * ldg, dgx + (2 * H + j) * ldg, dgr + j * ldg,
+                                 dgr + (H + j) * ldg, dgr + (2 * H + j) * ldg)
+        return
     for j in range(j0, j1):
         for n in range(N):
             e = j * N + n
