@@ -1,0 +1,1081 @@
+"""Kernels of the sequence layers: recurrent cells over whole sequences, layout changes,
+and the embedding lookup.
+
+Recurrent layers keep sequences unit-major inside (layouts below, before lstm_forward):
+the input projection of all steps is one GEMM, and a sequence kernel here runs the
+whole loop over time with, per step, one `gemm` call (the recurrent kernel transposed
+once per call, read in place step after step) and one fused pass over chunks of units
+(OpenMP) that applies every gate's activation and updates the state. Backward (BPTT)
+is the mirror: one fused pass for the gate gradients, then one GEMM with the recurrent
+kernel for d(loss)/d(h_{t-1}).
+
+Gate layouts follow Keras: LSTM i, f, c, o; GRU z, r, h with reset_after=True.
+Activations are given by code (ACTIVATIONS maps names); their derivatives are taken
+from the forward outputs, which the layers keep. float32 uses branch-free polynomial
+exp and tanh (the Cephes expf/tanhf polynomials, within a few ulp) whose loops the
+compiler vectorizes, with an AVX2 + FMA copy chosen at run time; float64 uses libm, so
+gradient checks see exact functions.
+
+Masks (T, N) uint8: 0 marks a padded step of a sample, whose state is carried over
+unchanged (Keras's masking).
+"""
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport exp, tanh
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy, memset
+
+from cyneuron._kernels._openmp cimport threads_for
+from cyneuron._kernels.gemm import gemm as _gemm
+from cyneuron._kernels.gemm import get_isa as _gemm_isa
+
+
+cdef extern from *:
+    """
+    #include <math.h>
+    #include <stdint.h>
+    #include <string.h>
+
+    #if defined(_MSC_VER)
+    #define CN_RESTRICT __restrict
+    #else
+    #define CN_RESTRICT restrict
+    #endif
+
+    /* The selects below (clamps, branch choice) only become vector blends when the
+       compiler may assume that comparisons do not trap: GCC's default
+       -ftrapping-math forbids it (clang's default allows it). This changes no result. */
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC push_options
+    #pragma GCC optimize("no-trapping-math")
+    #endif
+
+    /* e^x, float32: Cody-Waite reduction x = n ln2 + r (|r| <= ln2 / 2), Cephes's
+       degree-6 polynomial for e^r, 2^n built in the exponent bits. The clamps are
+       selects and there are no calls, so loops over it vectorize; NaN stays NaN. */
+    static inline float cn_expf(float x) {
+        float t, n, r, z, p;
+        int32_t bits;
+        x = x > 88.0f ? 88.0f : x;
+        x = x < -87.0f ? -87.0f : x;
+        t = x * 1.44269504088896341f + 12582912.0f;   /* 1.5 * 2^23: rounds to an integer */
+        n = t - 12582912.0f;
+        r = x - n * 0.693359375f;
+        r = r + n * 2.12194440e-4f;
+        z = r * r;
+        p = 1.9875691500e-4f;
+        p = p * r + 1.3981999507e-3f;
+        p = p * r + 8.3334519073e-3f;
+        p = p * r + 4.1665795894e-2f;
+        p = p * r + 1.6666665459e-1f;
+        p = p * r + 5.0000001201e-1f;
+        p = p * z + r + 1.0f;
+        /* bits(t) = bits(1.5 * 2^23) + n; 0x4B3FFF81 = bits(1.5 * 2^23) - 127 (the bias) */
+        memcpy(&bits, &t, sizeof bits);
+        bits = (bits - 0x4B3FFF81) << 23;
+        memcpy(&t, &bits, sizeof t);
+        return p * t;
+    }
+
+    /* tanh, float32: Cephes's odd polynomial for |x| < 0.625, else 1 - 2 / (e^2|x| + 1);
+       both are computed and one selected. */
+    static inline float cn_tanhf(float x) {
+        float ax = fabsf(x), z = x * x, s, b;
+        s = -5.70498872745e-3f;
+        s = s * z + 2.06390887954e-2f;
+        s = s * z - 5.37397155531e-2f;
+        s = s * z + 1.33314422036e-1f;
+        s = s * z - 3.33332819422e-1f;
+        s = s * z * ax + ax;
+        b = 1.0f - 2.0f / (cn_expf(ax + ax) + 1.0f);
+        return copysignf(ax < 0.625f ? s : b, x);
+    }
+
+    static inline float cn_sigmoidf(float x) { return 1.0f / (1.0f + cn_expf(-x)); }
+
+    /* The loops, once per instruction set: the AVX2 + FMA copy (its fused multiply-adds
+       round differently, within an ulp or two of the baseline copy) is only called
+       after cn_rnn_use_avx2 checked the CPU. */
+    #define CN_ACT_LOOPS(suffix, attr)                                               \
+        attr static void cn_tanhf_loop_##suffix(float *x, Py_ssize_t n) {           \
+            for (Py_ssize_t j = 0; j < n; j++) x[j] = cn_tanhf(x[j]);              \
+        }                                                                            \
+        attr static void cn_sigmoidf_loop_##suffix(float *x, Py_ssize_t n) {        \
+            for (Py_ssize_t j = 0; j < n; j++) x[j] = cn_sigmoidf(x[j]);           \
+        }
+    /* One unit's row of a step (n samples) with the default activations (sigmoid gates,
+       tanh candidate and state) in a single pass: every value is read and written once.
+       p*: the input projection rows, b*: biases, g*: the recurrent products in, gate
+       values out. */
+    #define CN_FUSED_ROWS(suffix, attr)                                                  \
+        attr static void cn_lstm_fwd_row_##suffix(Py_ssize_t n, float *CN_RESTRICT gi,   \
+                float *CN_RESTRICT gf, float *CN_RESTRICT gc, float *CN_RESTRICT go,     \
+                const float *CN_RESTRICT pi, const float *CN_RESTRICT pf,                \
+                const float *CN_RESTRICT pc, const float *CN_RESTRICT po, float bi,      \
+                float bf, float bc, float bo, const float *CN_RESTRICT cp,               \
+                float *CN_RESTRICT c, float *CN_RESTRICT ac, float *CN_RESTRICT h) {     \
+            for (Py_ssize_t k = 0; k < n; k++) {                                         \
+                float i = cn_sigmoidf(gi[k] + pi[k] + bi);                               \
+                float f = cn_sigmoidf(gf[k] + pf[k] + bf);                               \
+                float g = cn_tanhf(gc[k] + pc[k] + bc);                                  \
+                float o = cn_sigmoidf(go[k] + po[k] + bo);                               \
+                float cc = f * cp[k] + i * g;                                            \
+                float a = cn_tanhf(cc);                                                  \
+                gi[k] = i; gf[k] = f; gc[k] = g; go[k] = o;                              \
+                c[k] = cc; ac[k] = a; h[k] = o * a;                                      \
+            }                                                                            \
+        }                                                                                \
+        attr static void cn_gru_fwd_row_##suffix(Py_ssize_t n, float *CN_RESTRICT gz,    \
+                float *CN_RESTRICT gr, float *CN_RESTRICT gh, const float *CN_RESTRICT pz,\
+                const float *CN_RESTRICT pr, const float *CN_RESTRICT ph, float bz,      \
+                float br, float bh, float rbz, float rbr, float rbh,                      \
+                const float *CN_RESTRICT hp, float *CN_RESTRICT rh, float *CN_RESTRICT h) {\
+            for (Py_ssize_t k = 0; k < n; k++) {                                         \
+                float z = cn_sigmoidf(gz[k] + rbz + pz[k] + bz);                         \
+                float r = cn_sigmoidf(gr[k] + rbr + pr[k] + br);                         \
+                float rk = gh[k] + rbh;                                                  \
+                float hh = cn_tanhf(ph[k] + bh + r * rk);                                \
+                gz[k] = z; gr[k] = r; gh[k] = hh; rh[k] = rk;                            \
+                h[k] = hh + z * (hp[k] - hh);                                            \
+            }                                                                            \
+        }
+    CN_FUSED_ROWS(generic, )
+    CN_ACT_LOOPS(generic, )
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+    #define CN_RNN_HAVE_AVX2 1
+    CN_ACT_LOOPS(avx2, __attribute__((target("avx2,fma"))))
+    CN_FUSED_ROWS(avx2, __attribute__((target("avx2,fma"))))
+    #else
+    #define CN_RNN_HAVE_AVX2 0
+    #endif
+
+    static int cn_rnn_avx2 = 0;
+
+    /* Use the AVX2 loops when asked and the CPU (and OS) support them; returns the choice. */
+    static int cn_rnn_use_avx2(int on) {
+    #if CN_RNN_HAVE_AVX2
+        cn_rnn_avx2 = on && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    #else
+        cn_rnn_avx2 = 0;
+    #endif
+        return cn_rnn_avx2;
+    }
+
+    /* The gradient loops of one unit's row (n samples, no mask), float and double.
+       Their many arrays never overlap: `restrict` says so, so they vectorize. */
+    #define CN_BWD_ROWS(T, sfx)                                                           \
+    static void cn_lstm_bwd_row_##sfx(Py_ssize_t n, const T *CN_RESTRICT gi,             \
+            const T *CN_RESTRICT gf, const T *CN_RESTRICT gc, const T *CN_RESTRICT go,    \
+            const T *CN_RESTRICT si, const T *CN_RESTRICT sf, const T *CN_RESTRICT sc,    \
+            const T *CN_RESTRICT so, const T *CN_RESTRICT sa, const T *CN_RESTRICT cp,    \
+            const T *CN_RESTRICT ac, const T *CN_RESTRICT dh, T *CN_RESTRICT dc,          \
+            T *CN_RESTRICT di, T *CN_RESTRICT df, T *CN_RESTRICT dcc, T *CN_RESTRICT dout) { \
+        for (Py_ssize_t k = 0; k < n; k++) {                                             \
+            T dht = dh[k];                                                               \
+            T dcj = dc[k] + dht * go[k] * sa[k];                                         \
+            di[k] = dcj * gc[k] * si[k];                                                 \
+            df[k] = dcj * cp[k] * sf[k];                                                 \
+            dcc[k] = dcj * gi[k] * sc[k];                                                \
+            dout[k] = dht * ac[k] * so[k];                                               \
+            dc[k] = dcj * gf[k];                                                         \
+        }                                                                                \
+    }                                                                                    \
+    static void cn_gru_bwd_row_##sfx(Py_ssize_t n, const T *CN_RESTRICT z,               \
+            const T *CN_RESTRICT r, const T *CN_RESTRICT hh, const T *CN_RESTRICT sz,     \
+            const T *CN_RESTRICT sr, const T *CN_RESTRICT sh, const T *CN_RESTRICT rh,    \
+            const T *CN_RESTRICT hp, T *CN_RESTRICT dh, T *CN_RESTRICT dxz,              \
+            T *CN_RESTRICT dxr, T *CN_RESTRICT dxh, T *CN_RESTRICT drz,                   \
+            T *CN_RESTRICT drr, T *CN_RESTRICT drh) {                                     \
+        for (Py_ssize_t k = 0; k < n; k++) {                                             \
+            T dht = dh[k];                                                               \
+            T dn = dht * (1 - z[k]) * sh[k];                                             \
+            T dz = dht * (hp[k] - hh[k]) * sz[k];                                        \
+            T dr = dn * rh[k] * sr[k];                                                   \
+            dxz[k] = dz; drz[k] = dz;                                                    \
+            dxr[k] = dr; drr[k] = dr;                                                    \
+            dxh[k] = dn; drh[k] = dn * r[k];                                             \
+            dh[k] = dht * z[k];                                                          \
+        }                                                                                \
+    }
+    CN_BWD_ROWS(float, f)
+    CN_BWD_ROWS(double, d)
+
+    static void cn_tanhf_inplace(float *x, Py_ssize_t n) {
+    #if CN_RNN_HAVE_AVX2
+        if (cn_rnn_avx2) { cn_tanhf_loop_avx2(x, n); return; }
+    #endif
+        cn_tanhf_loop_generic(x, n);
+    }
+
+    static void cn_sigmoidf_inplace(float *x, Py_ssize_t n) {
+    #if CN_RNN_HAVE_AVX2
+        if (cn_rnn_avx2) { cn_sigmoidf_loop_avx2(x, n); return; }
+    #endif
+        cn_sigmoidf_loop_generic(x, n);
+    }
+
+    static void cn_lstm_fwd_row(Py_ssize_t n, float *gi, float *gf, float *gc, float *go,
+                                const float *pi, const float *pf, const float *pc,
+                                const float *po, float bi, float bf, float bc, float bo,
+                                const float *cp, float *c, float *ac, float *h) {
+    #if CN_RNN_HAVE_AVX2
+        if (cn_rnn_avx2) {
+            cn_lstm_fwd_row_avx2(n, gi, gf, gc, go, pi, pf, pc, po, bi, bf, bc, bo, cp, c, ac, h);
+            return;
+        }
+    #endif
+        cn_lstm_fwd_row_generic(n, gi, gf, gc, go, pi, pf, pc, po, bi, bf, bc, bo, cp, c, ac, h);
+    }
+
+    static void cn_gru_fwd_row(Py_ssize_t n, float *gz, float *gr, float *gh, const float *pz,
+                               const float *pr, const float *ph, float bz, float br, float bh,
+                               float rbz, float rbr, float rbh, const float *hp, float *rh,
+                               float *h) {
+    #if CN_RNN_HAVE_AVX2
+        if (cn_rnn_avx2) {
+            cn_gru_fwd_row_avx2(n, gz, gr, gh, pz, pr, ph, bz, br, bh, rbz, rbr, rbh, hp, rh, h);
+            return;
+        }
+    #endif
+        cn_gru_fwd_row_generic(n, gz, gr, gh, pz, pr, ph, bz, br, bh, rbz, rbr, rbh, hp, rh, h);
+    }
+
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC pop_options
+    #endif
+    """
+    float cn_expf(float x) noexcept nogil
+    float cn_tanhf(float x) noexcept nogil
+    float cn_sigmoidf(float x) noexcept nogil
+    void cn_tanhf_inplace(float *x, Py_ssize_t n) noexcept nogil
+    void cn_sigmoidf_inplace(float *x, Py_ssize_t n) noexcept nogil
+    int cn_rnn_use_avx2(int on) noexcept nogil
+    void cn_lstm_fwd_row(Py_ssize_t n, float *gi, float *gf, float *gc, float *go,
+                         const float *pi, const float *pf, const float *pc, const float *po,
+                         float bi, float bf, float bc, float bo, const float *cp, float *c,
+                         float *ac, float *h) noexcept nogil
+    void cn_gru_fwd_row(Py_ssize_t n, float *gz, float *gr, float *gh, const float *pz,
+                        const float *pr, const float *ph, float bz, float br, float bh,
+                        float rbz, float rbr, float rbh, const float *hp, float *rh,
+                        float *h) noexcept nogil
+    void cn_lstm_bwd_row_f(Py_ssize_t n, const float *gi, const float *gf, const float *gc,
+                           const float *go, const float *si, const float *sf, const float *sc,
+                           const float *so, const float *sa, const float *cp, const float *ac,
+                           const float *dh, float *dc, float *di, float *df, float *dcc,
+                           float *dout) noexcept nogil
+    void cn_lstm_bwd_row_d(Py_ssize_t n, const double *gi, const double *gf, const double *gc,
+                           const double *go, const double *si, const double *sf,
+                           const double *sc, const double *so, const double *sa,
+                           const double *cp, const double *ac, const double *dh, double *dc,
+                           double *di, double *df, double *dcc, double *dout) noexcept nogil
+    void cn_gru_bwd_row_f(Py_ssize_t n, const float *z, const float *r, const float *hh,
+                          const float *sz, const float *sr, const float *sh, const float *rh,
+                          const float *hp, float *dh, float *dxz, float *dxr, float *dxh,
+                          float *drz, float *drr, float *drh) noexcept nogil
+    void cn_gru_bwd_row_d(Py_ssize_t n, const double *z, const double *r, const double *hh,
+                          const double *sz, const double *sr, const double *sh,
+                          const double *rh, const double *hp, double *dh, double *dxz,
+                          double *dxr, double *dxh, double *drz, double *drr,
+                          double *drh) noexcept nogil
+
+
+cpdef enum Act:
+    ACT_LINEAR = 0
+    ACT_TANH = 1
+    ACT_SIGMOID = 2
+    ACT_RELU = 3
+    ACT_HARD_SIGMOID = 4
+
+# Names of cyneuron.activations that the cells apply (derivatives from their outputs).
+ACTIVATIONS = {"linear": ACT_LINEAR, "tanh": ACT_TANH, "sigmoid": ACT_SIGMOID,
+               "relu": ACT_RELU, "hard_sigmoid": ACT_HARD_SIGMOID}
+
+cdef enum:
+    # Rough cost of one hidden unit of one row in scalar operations (threads_for).
+    COST_CELL = 16
+    COST_COPY = 2
+
+
+def _sync_isa():
+    """Follow the GEMM's instruction set (CYNEURON_ISA, gemm.set_isa): the float32
+    activation loops run their AVX2 copy unless the generic path is in use. Returns
+    the path now in use."""
+    return "avx2" if cn_rnn_use_avx2(_gemm_isa() != "generic") else "generic"
+
+
+_sync_isa()
+
+
+# -- scalar math ------------------------------------------------------------------------
+cdef inline floating _tanh(floating x) noexcept nogil:
+    if floating is float:
+        return cn_tanhf(x)
+    else:
+        return tanh(x)
+
+
+cdef inline floating _sigmoid(floating x) noexcept nogil:
+    if floating is float:
+        return cn_sigmoidf(x)
+    else:
+        if x >= 0:
+            return 1 / (1 + exp(-x))
+        return exp(x) / (1 + exp(x))
+
+
+cdef void _act_inplace(int code, floating *x, Py_ssize_t n) noexcept nogil:
+    """x = activation(x) over n contiguous values; one loop per code, so each vectorizes."""
+    cdef Py_ssize_t j
+    cdef floating v
+    if code == ACT_TANH:
+        if floating is float:
+            cn_tanhf_inplace(x, n)
+        else:
+            for j in range(n):
+                x[j] = tanh(x[j])
+    elif code == ACT_SIGMOID:
+        if floating is float:
+            cn_sigmoidf_inplace(x, n)
+        else:
+            for j in range(n):
+                x[j] = _sigmoid(x[j])
+    elif code == ACT_RELU:
+        for j in range(n):
+            x[j] = x[j] if x[j] > 0 else 0
+    elif code == ACT_HARD_SIGMOID:
+        for j in range(n):
+            v = x[j] * <floating>(1.0 / 6.0) + <floating>0.5
+            v = 0 if v < 0 else v
+            x[j] = <floating>1 if v > <floating>1 else v
+    # ACT_LINEAR: nothing to do
+
+
+cdef void _dact(int code, const floating *y, floating *d, Py_ssize_t n) noexcept nogil:
+    """d = activation'(x) written from the outputs y = activation(x)."""
+    cdef Py_ssize_t j
+    if code == ACT_TANH:
+        for j in range(n):
+            d[j] = 1 - y[j] * y[j]
+    elif code == ACT_SIGMOID:
+        for j in range(n):
+            d[j] = y[j] * (1 - y[j])
+    elif code == ACT_RELU:
+        for j in range(n):
+            d[j] = 1 if y[j] > 0 else 0
+    elif code == ACT_HARD_SIGMOID:
+        for j in range(n):
+            d[j] = <floating>(1.0 / 6.0) if (y[j] > 0 and y[j] < 1) else 0
+    else:
+        for j in range(n):
+            d[j] = 1
+
+
+# -- argument checks ----------------------------------------------------------------------
+cdef _check_shape(tuple got, tuple want, str name):
+    if got != want:
+        raise ValueError(f"{name} must have shape {want}; got {got}")
+
+
+cdef _check_code(int code, str name):
+    if not ACT_LINEAR <= code <= ACT_HARD_SIGMOID:
+        raise ValueError(f"{name}: unknown activation code {code}")
+
+
+cdef _check_mask(const unsigned char[:, ::1] mask, Py_ssize_t T, Py_ssize_t N):
+    if mask is not None:
+        _check_shape((mask.shape[0], mask.shape[1]), (T, N), "mask")
+
+
+# -- layout -------------------------------------------------------------------------------
+def to_feature_major(const floating[:, :, ::1] x, floating[:, ::1] out, bint reverse=False,
+                     const floating[:, ::1] scale=None):
+    """out[f, s * N + n] = x[n, t, f] * scale[n, f] (scale: a per-sample feature mask, or
+    None), with step s = T - 1 - t when `reverse` (go_backwards), else t.
+    x (N, T, F), out (F, T * N): the input sequence as the B operand of the projection."""
+    cdef Py_ssize_t N = x.shape[0], T = x.shape[1], F = x.shape[2], f, s, n, t
+    _check_shape((out.shape[0], out.shape[1]), (F, T * N), "out")
+    if scale is not None:
+        _check_shape((scale.shape[0], scale.shape[1]), (N, F), "scale")
+    if N == 0 or T == 0 or F == 0:
+        return
+    cdef bint has_scale = scale is not None
+    for f in prange(F, nogil=True, num_threads=threads_for(N * T * F * COST_COPY),
+                    schedule="static"):
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            for n in range(N):
+                if has_scale:
+                    out[f, s * N + n] = x[n, t, f] * scale[n, f]
+                else:
+                    out[f, s * N + n] = x[n, t, f]
+
+
+def to_batch_major(const floating[:, :, ::1] xt, floating[:, :, ::1] out, bint reverse=False,
+                   const floating[:, ::1] scale=None):
+    """out[n, t] = xt[s, n] * scale[n] with s = T - 1 - t when `reverse`, else t.
+    xt (T, N, F) time-major (the input gradient), out (N, T, F)."""
+    cdef Py_ssize_t T = xt.shape[0], N = xt.shape[1], F = xt.shape[2], t, n, f, s
+    _check_shape((out.shape[0], out.shape[1], out.shape[2]), (N, T, F), "out")
+    if scale is not None:
+        _check_shape((scale.shape[0], scale.shape[1]), (N, F), "scale")
+    if N == 0 or T == 0 or F == 0:
+        return
+    cdef bint has_scale = scale is not None
+    for n in prange(N, nogil=True, num_threads=threads_for(N * T * F * COST_COPY),
+                    schedule="static"):
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            if has_scale:
+                for f in range(F):
+                    out[n, t, f] = xt[s, n, f] * scale[n, f]
+            else:
+                memcpy(&out[n, t, 0], &xt[s, n, 0], F * sizeof(floating))
+
+
+def states_to_batch_major(const floating[:, :, ::1] h, floating[:, :, ::1] out):
+    """out[n, t, j] = h[j, t + 1, n]: the states after each step, (H, T + 1, N) unit-major,
+    as the (N, T, H) output sequence."""
+    cdef Py_ssize_t H = h.shape[0], T = h.shape[1] - 1, N = h.shape[2], t, n, j
+    if T < 0:
+        raise ValueError("h must hold at least the initial state")
+    _check_shape((out.shape[0], out.shape[1], out.shape[2]), (N, T, H), "out")
+    if N == 0 or T == 0 or H == 0:
+        return
+    for t in prange(T, nogil=True, num_threads=threads_for(N * T * H * COST_COPY),
+                    schedule="static"):
+        for n in range(N):
+            for j in range(H):
+                out[n, t, j] = h[j, t + 1, n]
+
+
+def batch_to_unit_major(const floating[:, :, ::1] y, floating[:, :, ::1] out):
+    """out[j, t, n] = y[n, t, j]: (N, T, H) -> (H, T, N) (the output sequence's gradient)."""
+    cdef Py_ssize_t N = y.shape[0], T = y.shape[1], H = y.shape[2], t, n, j
+    _check_shape((out.shape[0], out.shape[1], out.shape[2]), (H, T, N), "out")
+    if N == 0 or T == 0 or H == 0:
+        return
+    for t in prange(T, nogil=True, num_threads=threads_for(N * T * H * COST_COPY),
+                    schedule="static"):
+        for j in range(H):
+            for n in range(N):
+                out[j, t, n] = y[n, t, j]
+
+
+# -- the sequence loops ---------------------------------------------------------------------
+# Layouts (unit-major: a step's values for one unit are the N samples side by side):
+#   proj (G, T*N)   the input projection of every step, kernel^T @ x^T (one GEMM); step t
+#                   is columns [t*N, (t+1)*N).
+#   gates (T, G, N) per step, kernel_rec^T (G, H) @ h_{t-1} (H, N): the recurrent GEMM's
+#                   output (contiguous), then replaced by the gate values.
+#   h (H, T+1, N)   the states; h[:, t] feeds step t, which writes h[:, t+1]. As a matrix
+#                   h[:, :T] is (H, T*N), the operand of the recurrent kernel's gradient.
+#   c, act_c (T+1 | T, H, N)   LSTM cell states and activation(c).
+#   dgates (G, T*N) the gate gradients, laid out like proj (the weight-gradient GEMMs take
+#                   it whole; step t's columns are the B operand of d(loss)/d(h_{t-1})).
+# Threads split the units into chunks; a chunk's rows of each gate block are contiguous.
+cdef enum:
+    CHUNK_ELEMENTS = 512    # about this many values per gate and chunk
+
+
+cdef inline Py_ssize_t _chunk_units(Py_ssize_t N) noexcept nogil:
+    return CHUNK_ELEMENTS // N if N < CHUNK_ELEMENTS else 1
+
+
+cdef inline void _add_rows(floating *dh, const floating *dy, Py_ssize_t ldy, Py_ssize_t j0,
+                           Py_ssize_t j1, Py_ssize_t N) noexcept nogil:
+    """Rows [j0, j1) of dh (rows of N values) += dy's rows (row j at dy + j ldy)."""
+    cdef Py_ssize_t j, n
+    for j in range(j0, j1):
+        for n in range(N):
+            dh[j * N + n] = dh[j * N + n] + dy[j * ldy + n]
+
+
+cdef inline void _add_input(floating *g, const floating *p, Py_ssize_t ldp, const floating *b,
+                            Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t N) noexcept nogil:
+    """Rows [r0, r1) of g (rows of N values) += the step's input projection and bias."""
+    cdef Py_ssize_t r, n
+    cdef floating bias
+    for r in range(r0, r1):
+        bias = b[r] if b != NULL else 0
+        for n in range(N):
+            g[r * N + n] = g[r * N + n] + p[r * ldp + n] + bias
+
+
+cdef void _lstm_fwd_chunk(floating *g, const floating *p, Py_ssize_t ldp, const floating *b,
+                          const floating *c_prev, floating *c, floating *ac,
+                          const floating *h_prev, floating *h, Py_ssize_t ldh,
+                          const unsigned char *keep, Py_ssize_t j0, Py_ssize_t j1,
+                          Py_ssize_t H, Py_ssize_t N, int act, int ract) noexcept nogil:
+    """Units [j0, j1) of one LSTM step. g (4H, N): h_{t-1} products in, gate values out
+    (blocks i, f, c, o); c = f c_prev + i g; ac = act(c); h = o ac. keep (N) or NULL."""
+    cdef Py_ssize_t q, j, n, e, e0 = j0 * N, m = (j1 - j0) * N, hn = H * N
+    if floating is float:
+        if act == ACT_TANH and ract == ACT_SIGMOID:  # the defaults: one fused pass per row
+            for j in range(j0, j1):
+                e = j * N
+                cn_lstm_fwd_row(N, g + e, g + hn + e, g + 2 * hn + e, g + 3 * hn + e,
+                                p + j * ldp, p + (H + j) * ldp, p + (2 * H + j) * ldp,
+                                p + (3 * H + j) * ldp, b[j] if b != NULL else 0,
+                                b[H + j] if b != NULL else 0, b[2 * H + j] if b != NULL else 0,
+                                b[3 * H + j] if b != NULL else 0, c_prev + e, c + e, ac + e,
+                                h + j * ldh)
+            _keep_lstm_state(keep, c_prev, c, h_prev, h, ldh, j0, j1, N)
+            return
+    for q in range(4):
+        _add_input(g, p, ldp, b, q * H + j0, q * H + j1, N)
+    _act_inplace(ract, g + e0, m)
+    _act_inplace(ract, g + hn + e0, m)
+    _act_inplace(act, g + 2 * hn + e0, m)
+    _act_inplace(ract, g + 3 * hn + e0, m)
+    for e in range(e0, e0 + m):
+        c[e] = g[hn + e] * c_prev[e] + g[e] * g[2 * hn + e]
+    memcpy(ac + e0, c + e0, m * sizeof(floating))
+    _act_inplace(act, ac + e0, m)
+    for j in range(j0, j1):
+        for n in range(N):
+            h[j * ldh + n] = g[3 * hn + j * N + n] * ac[j * N + n]
+    _keep_lstm_state(keep, c_prev, c, h_prev, h, ldh, j0, j1, N)
+
+
+cdef inline void _keep_lstm_state(const unsigned char *keep, const floating *c_prev, floating *c,
+                                  const floating *h_prev, floating *h, Py_ssize_t ldh,
+                                  Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t N) noexcept nogil:
+    """Masked samples (keep[n] == 0) carry their state over; nothing to do without a mask."""
+    cdef Py_ssize_t j, n
+    if keep != NULL:
+        for j in range(j0, j1):
+            for n in range(N):
+                if keep[n] == 0:
+                    c[j * N + n] = c_prev[j * N + n]
+                    h[j * ldh + n] = h_prev[j * ldh + n]
+
+
+cdef void _lstm_bwd_chunk(const floating *g, const floating *c_prev, const floating *ac,
+                          const floating *dy, Py_ssize_t ldy, floating *dh, floating *dc,
+                          floating *dg, Py_ssize_t ldg, floating *s, const unsigned char *keep,
+                          Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t H, Py_ssize_t N, int act,
+                          int ract, bint direct) noexcept nogil:
+    """Units [j0, j1) of one step of BPTT. dh (H, N): d(loss)/d(h_t) from later steps (dy,
+    row j at dy + j ldy, adds the output's own); with `direct` it leaves holding the part of
+    d(loss)/d(h_{t-1}) that skips the recurrent kernel (0, all of it on a masked sample).
+    dc: d(loss)/d(c_t) in, d(loss)/d(c_{t-1}) out. dg: the 4H gate rows, row r at
+    dg + r ldg. s: (5H, N) scratch for the derivatives."""
+    cdef Py_ssize_t j, n, e, e0 = j0 * N, m = (j1 - j0) * N, hn = H * N
+    cdef floating dht, dcj
+    _dact(ract, g + e0, s + e0, m)
+    _dact(ract, g + hn + e0, s + hn + e0, m)
+    _dact(act, g + 2 * hn + e0, s + 2 * hn + e0, m)
+    _dact(ract, g + 3 * hn + e0, s + 3 * hn + e0, m)
+    _dact(act, ac + e0, s + 4 * hn + e0, m)
+    if keep == NULL and not direct:  # the common case: one vectorized loop per row
+        if dy != NULL:
+            _add_rows(dh, dy, ldy, j0, j1, N)
+        for j in range(j0, j1):
+            e = j * N
+            if floating is float:
+                cn_lstm_bwd_row_f(N, g + e, g + hn + e, g + 2 * hn + e, g + 3 * hn + e, s + e,
+                                  s + hn + e, s + 2 * hn + e, s + 3 * hn + e, s + 4 * hn + e,
+                                  c_prev + e, ac + e, dh + e, dc + e, dg + j * ldg,
+                                  dg + (H + j) * ldg, dg + (2 * H + j) * ldg,
+                                  dg + (3 * H + j) * ldg)
+            else:
+                cn_lstm_bwd_row_d(N, g + e, g + hn + e, g + 2 * hn + e, g + 3 * hn + e, s + e,
+                                  s + hn + e, s + 2 * hn + e, s + 3 * hn + e, s + 4 * hn + e,
+                                  c_prev + e, ac + e, dh + e, dc + e, dg + j * ldg,
+                                  dg + (H + j) * ldg, dg + (2 * H + j) * ldg,
+                                  dg + (3 * H + j) * ldg)
+        return
+    for j in range(j0, j1):
+        for n in range(N):
+            e = j * N + n
+            dht = dh[e] + dy[j * ldy + n] if dy != NULL else dh[e]
+            if keep != NULL and keep[n] == 0:
+                dg[j * ldg + n] = 0
+                dg[(H + j) * ldg + n] = 0
+                dg[(2 * H + j) * ldg + n] = 0
+                dg[(3 * H + j) * ldg + n] = 0
+                dh[e] = dht
+                continue
+            dcj = dc[e] + dht * g[3 * hn + e] * s[4 * hn + e]
+            dg[j * ldg + n] = dcj * g[2 * hn + e] * s[e]
+            dg[(H + j) * ldg + n] = dcj * c_prev[e] * s[hn + e]
+            dg[(2 * H + j) * ldg + n] = dcj * g[e] * s[2 * hn + e]
+            dg[(3 * H + j) * ldg + n] = dht * ac[e] * s[3 * hn + e]
+            dc[e] = dcj * g[hn + e]
+            if direct:
+                dh[e] = 0
+
+
+cdef _check_common(tuple proj_shape, Py_ssize_t G, Py_ssize_t T, Py_ssize_t N,
+                   const floating[:, ::1] kernel_rec_t, Py_ssize_t H,
+                   const floating[::1] bias, const unsigned char[:, ::1] mask):
+    _check_shape(proj_shape, (G, T * N), "proj")
+    _check_shape((kernel_rec_t.shape[0], kernel_rec_t.shape[1]), (G, H), "kernel_rec_t")
+    if bias is not None:
+        _check_shape((bias.shape[0],), (G,), "bias")
+    _check_mask(mask, T, N)
+
+
+def lstm_forward(const floating[:, ::1] proj, const floating[::1] bias,
+                 const floating[:, ::1] kernel_rec_t, floating[:, :, ::1] gates,
+                 floating[:, :, ::1] h, floating[:, :, ::1] c, floating[:, :, ::1] act_c,
+                 const unsigned char[:, ::1] mask=None, int activation=ACT_TANH,
+                 int recurrent_activation=ACT_SIGMOID):
+    """Run an LSTM over T steps (see the layouts above).
+
+    proj (4H, T*N); bias (4H,) or None; kernel_rec_t (4H, H): the recurrent kernel
+    transposed (contiguous: every step's GEMM reads it in place); gates (T, 4H, N)
+    receives the gate values; h (H, T+1, N) and c (T+1, H, N): [.., 0, ..] hold the
+    initial state; act_c (T, H, N). mask (T, N) or None: 0 keeps a sample's state.
+    """
+    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = h.shape[0], t, ch
+    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, 4 * H, N), "gates")
+    _check_common((proj.shape[0], proj.shape[1]), 4 * H, T, N, kernel_rec_t, H, bias, mask)
+    _check_shape((h.shape[0], h.shape[1], h.shape[2]), (H, T + 1, N), "h")
+    _check_shape((c.shape[0], c.shape[1], c.shape[2]), (T + 1, H, N), "c")
+    _check_shape((act_c.shape[0], act_c.shape[1], act_c.shape[2]), (T, H, N), "act_c")
+    _check_code(activation, "activation")
+    _check_code(recurrent_activation, "recurrent_activation")
+    if T == 0 or N == 0 or H == 0:
+        return
+    _sync_isa()
+    cdef const floating *pb = &bias[0] if bias is not None else NULL
+    cdef const unsigned char *pk
+    cdef bint has_mask = mask is not None
+    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ldp = T * N
+    cdef Py_ssize_t ldh = (T + 1) * N
+    cdef int nt = threads_for(N * H * COST_CELL)
+    gemm = _gemm
+    w_nd, g_nd, h_nd = np.asarray(kernel_rec_t), np.asarray(gates), np.asarray(h)
+    for t in range(T):
+        gemm(w_nd, h_nd[:, t, :], g_nd[t], None, 0, 0.0, False)
+        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+            pk = &mask[t, 0] if has_mask else NULL
+            _lstm_fwd_chunk(&gates[t, 0, 0], &proj[0, t * N], ldp, pb, &c[t, 0, 0],
+                            &c[t + 1, 0, 0], &act_c[t, 0, 0], &h[0, t, 0], &h[0, t + 1, 0], ldh,
+                            pk, ch * cu, min(H, (ch + 1) * cu), H, N, activation,
+                            recurrent_activation)
+
+
+def lstm_backward(const floating[:, :, ::1] gates, const floating[:, :, ::1] c,
+                  const floating[:, :, ::1] act_c, const floating[:, ::1] kernel_rec,
+                  floating[:, ::1] dh, floating[:, ::1] dc, floating[:, ::1] dgates,
+                  floating[:, ::1] scratch, const floating[:, :, ::1] dy=None,
+                  const unsigned char[:, ::1] mask=None, int activation=ACT_TANH,
+                  int recurrent_activation=ACT_SIGMOID, bint state_grad=False):
+    """Backpropagation through time for lstm_forward's run.
+
+    dh, dc (H, N): in, d(loss)/d(h_T) and d(loss)/d(c_T) (unit-major); out (with
+    state_grad), the gradients w.r.t. the initial states. dgates (4H, T*N): receives
+    d(loss)/d(gate pre-activations) of every step. kernel_rec (H, 4H) as stored.
+    scratch (5H, N). dy (H, T, N) or None: the output sequence's gradient, unit-major.
+    """
+    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = dh.shape[0], t, ch
+    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, 4 * H, N), "gates")
+    _check_shape((c.shape[0], c.shape[1], c.shape[2]), (T + 1, H, N), "c")
+    _check_shape((act_c.shape[0], act_c.shape[1], act_c.shape[2]), (T, H, N), "act_c")
+    _check_shape((kernel_rec.shape[0], kernel_rec.shape[1]), (H, 4 * H), "kernel_rec")
+    _check_shape((dh.shape[0], dh.shape[1]), (H, N), "dh")
+    _check_shape((dc.shape[0], dc.shape[1]), (H, N), "dc")
+    _check_shape((dgates.shape[0], dgates.shape[1]), (4 * H, T * N), "dgates")
+    _check_shape((scratch.shape[0], scratch.shape[1]), (5 * H, N), "scratch")
+    if dy is not None:
+        _check_shape((dy.shape[0], dy.shape[1], dy.shape[2]), (H, T, N), "dy")
+    _check_mask(mask, T, N)
+    _check_code(activation, "activation")
+    _check_code(recurrent_activation, "recurrent_activation")
+    if T == 0 or N == 0 or H == 0:
+        return
+    cdef bint has_dy = dy is not None, has_mask = mask is not None
+    cdef const floating *pdy
+    cdef const unsigned char *pk
+    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ld = T * N
+    cdef int nt = threads_for(N * H * COST_CELL)
+    gemm = _gemm
+    w_nd, dg_nd, dh_nd = np.asarray(kernel_rec), np.asarray(dgates), np.asarray(dh)
+    for t in range(T - 1, -1, -1):
+        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+            pdy = &dy[0, t, 0] if has_dy else NULL
+            pk = &mask[t, 0] if has_mask else NULL
+            _lstm_bwd_chunk(&gates[t, 0, 0], &c[t, 0, 0], &act_c[t, 0, 0], pdy, ld, &dh[0, 0],
+                            &dc[0, 0], &dgates[0, t * N], ld, &scratch[0, 0], pk, ch * cu,
+                            min(H, (ch + 1) * cu), H, N, activation, recurrent_activation,
+                            has_mask)
+        if t > 0 or state_grad:
+            gemm(w_nd, dg_nd[:, t * N:(t + 1) * N], dh_nd, None, 0, 0.0, has_mask)
+
+
+# -- GRU (reset_after=True) ---------------------------------------------------------------
+cdef void _gru_fwd_chunk(floating *g, const floating *p, Py_ssize_t ldp, const floating *b_in,
+                         const floating *b_rec, floating *rh, const floating *h_prev,
+                         floating *h, Py_ssize_t ldh, const unsigned char *keep,
+                         Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t H, Py_ssize_t N, int act,
+                         int ract) noexcept nogil:
+    """Units [j0, j1) of one GRU step. g (3H, N): h_{t-1} products in (blocks z, r, h), z, r
+    and the candidate hh out. rh (H, N) keeps the h block's product + recurrent bias.
+    z, r = ract(x W + b_in + h W_rec + b_rec); hh = act(x W_h + b_in_h + r rh);
+    h = z h_prev + (1 - z) hh."""
+    cdef Py_ssize_t j, n, e, e0 = j0 * N, m = (j1 - j0) * N, hn = H * N
+    cdef floating bi, br
+    if floating is float:
+        if act == ACT_TANH and ract == ACT_SIGMOID:  # the defaults: one fused pass per row
+            for j in range(j0, j1):
+                e = j * N
+                cn_gru_fwd_row(N, g + e, g + hn + e, g + 2 * hn + e, p + j * ldp,
+                               p + (H + j) * ldp, p + (2 * H + j) * ldp,
+                               b_in[j] if b_in != NULL else 0,
+                               b_in[H + j] if b_in != NULL else 0,
+                               b_in[2 * H + j] if b_in != NULL else 0,
+                               b_rec[j] if b_rec != NULL else 0,
+                               b_rec[H + j] if b_rec != NULL else 0,
+                               b_rec[2 * H + j] if b_rec != NULL else 0,
+                               h_prev + j * ldh, rh + e, h + j * ldh)
+            _keep_gru_state(keep, h_prev, h, ldh, j0, j1, N)
+            return
+    for j in range(j0, j1):
+        br = b_rec[2 * H + j] if b_rec != NULL else 0
+        for n in range(N):
+            rh[j * N + n] = g[2 * hn + j * N + n] + br
+    _add_input(g, p, ldp, b_in, j0, j1, N)
+    _add_input(g, p, ldp, b_in, H + j0, H + j1, N)
+    if b_rec != NULL:
+        for j in range(j0, j1):
+            br = b_rec[j]
+            bi = b_rec[H + j]
+            for n in range(N):
+                g[j * N + n] = g[j * N + n] + br
+                g[hn + j * N + n] = g[hn + j * N + n] + bi
+    _act_inplace(ract, g + e0, m)
+    _act_inplace(ract, g + hn + e0, m)
+    for j in range(j0, j1):
+        bi = b_in[2 * H + j] if b_in != NULL else 0
+        for n in range(N):
+            e = j * N + n
+            g[2 * hn + e] = p[(2 * H + j) * ldp + n] + bi + g[hn + e] * rh[e]
+    _act_inplace(act, g + 2 * hn + e0, m)
+    for j in range(j0, j1):
+        for n in range(N):
+            e = j * N + n
+            h[j * ldh + n] = g[2 * hn + e] + g[e] * (h_prev[j * ldh + n] - g[2 * hn + e])
+    _keep_gru_state(keep, h_prev, h, ldh, j0, j1, N)
+
+
+cdef inline void _keep_gru_state(const unsigned char *keep, const floating *h_prev, floating *h,
+                                 Py_ssize_t ldh, Py_ssize_t j0, Py_ssize_t j1,
+                                 Py_ssize_t N) noexcept nogil:
+    cdef Py_ssize_t j, n
+    if keep != NULL:
+        for j in range(j0, j1):
+            for n in range(N):
+                if keep[n] == 0:
+                    h[j * ldh + n] = h_prev[j * ldh + n]
+
+
+cdef void _gru_bwd_chunk(const floating *g, const floating *rh, const floating *h_prev,
+                         Py_ssize_t ldh, const floating *dy, Py_ssize_t ldy, floating *dh,
+                         floating *dgx, floating *dgr, Py_ssize_t ldg, floating *s,
+                         const unsigned char *keep, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t H,
+                         Py_ssize_t N, int act, int ract) noexcept nogil:
+    """Units [j0, j1) of one step of BPTT. dgx, dgr: the gradients of the input and of the
+    recurrent products (they differ in the h block, which r multiplies), row r at
+    dg + r ldg. dh leaves holding the part of d(loss)/d(h_{t-1}) that skips the recurrent
+    kernel. s: (3H, N) scratch."""
+    cdef Py_ssize_t j, n, e, e0 = j0 * N, m = (j1 - j0) * N, hn = H * N
+    cdef floating dht, dn, dz, dr
+    _dact(ract, g + e0, s + e0, m)
+    _dact(ract, g + hn + e0, s + hn + e0, m)
+    _dact(act, g + 2 * hn + e0, s + 2 * hn + e0, m)
+    if keep == NULL:  # the common case: one vectorized loop per row
+        if dy != NULL:
+            _add_rows(dh, dy, ldy, j0, j1, N)
+        for j in range(j0, j1):
+            e = j * N
+            if floating is float:
+                cn_gru_bwd_row_f(N, g + e, g + hn + e, g + 2 * hn + e, s + e, s + hn + e,
+                                 s + 2 * hn + e, rh + e, h_prev + j * ldh, dh + e, dgx + j * ldg,
+                                 dgx + (H + j) * ldg, dgx + (2 * H + j) * ldg, dgr + j * ldg,
+                                 dgr + (H + j) * ldg, dgr + (2 * H + j) * ldg)
+            else:
+                cn_gru_bwd_row_d(N, g + e, g + hn + e, g + 2 * hn + e, s + e, s + hn + e,
+                                 s + 2 * hn + e, rh + e, h_prev + j * ldh, dh + e, dgx + j * ldg,
+                                 dgx + (H + j) * ldg, dgx + (2 * H + j) * ldg, dgr + j * ldg,
+                                 dgr + (H + j) * ldg, dgr + (2 * H + j) * ldg)
+        return
+    for j in range(j0, j1):
+        for n in range(N):
+            e = j * N + n
+            dht = dh[e] + dy[j * ldy + n] if dy != NULL else dh[e]
+            if keep != NULL and keep[n] == 0:
+                dgx[j * ldg + n] = 0
+                dgx[(H + j) * ldg + n] = 0
+                dgx[(2 * H + j) * ldg + n] = 0
+                dgr[j * ldg + n] = 0
+                dgr[(H + j) * ldg + n] = 0
+                dgr[(2 * H + j) * ldg + n] = 0
+                dh[e] = dht
+                continue
+            dn = dht * (1 - g[e]) * s[2 * hn + e]
+            dz = dht * (h_prev[j * ldh + n] - g[2 * hn + e]) * s[e]
+            dr = dn * rh[e] * s[hn + e]
+            dgx[j * ldg + n] = dz
+            dgr[j * ldg + n] = dz
+            dgx[(H + j) * ldg + n] = dr
+            dgr[(H + j) * ldg + n] = dr
+            dgx[(2 * H + j) * ldg + n] = dn
+            dgr[(2 * H + j) * ldg + n] = dn * g[hn + e]
+            dh[e] = dht * g[e]
+
+
+def gru_forward(const floating[:, ::1] proj, const floating[::1] bias,
+                const floating[::1] bias_rec, const floating[:, ::1] kernel_rec_t,
+                floating[:, :, ::1] gates, floating[:, :, ::1] rh, floating[:, :, ::1] h,
+                const unsigned char[:, ::1] mask=None, int activation=ACT_TANH,
+                int recurrent_activation=ACT_SIGMOID):
+    """Run a GRU (reset_after=True) over T steps (see the layouts above).
+
+    proj (3H, T*N); bias, bias_rec (3H,) or None: the input and recurrent biases;
+    kernel_rec_t (3H, H); gates (T, 3H, N) receives z, r and the candidate; rh (T, H, N)
+    the h block's recurrent product + bias (kept for backward); h (H, T+1, N).
+    """
+    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = h.shape[0], t, ch
+    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, 3 * H, N), "gates")
+    _check_common((proj.shape[0], proj.shape[1]), 3 * H, T, N, kernel_rec_t, H, bias, mask)
+    if bias_rec is not None:
+        _check_shape((bias_rec.shape[0],), (3 * H,), "bias_rec")
+    _check_shape((rh.shape[0], rh.shape[1], rh.shape[2]), (T, H, N), "rh")
+    _check_shape((h.shape[0], h.shape[1], h.shape[2]), (H, T + 1, N), "h")
+    _check_code(activation, "activation")
+    _check_code(recurrent_activation, "recurrent_activation")
+    if T == 0 or N == 0 or H == 0:
+        return
+    _sync_isa()
+    cdef const floating *pb = &bias[0] if bias is not None else NULL
+    cdef const floating *pr = &bias_rec[0] if bias_rec is not None else NULL
+    cdef const unsigned char *pk
+    cdef bint has_mask = mask is not None
+    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ldp = T * N
+    cdef Py_ssize_t ldh = (T + 1) * N
+    cdef int nt = threads_for(N * H * COST_CELL)
+    gemm = _gemm
+    w_nd, g_nd, h_nd = np.asarray(kernel_rec_t), np.asarray(gates), np.asarray(h)
+    for t in range(T):
+        gemm(w_nd, h_nd[:, t, :], g_nd[t], None, 0, 0.0, False)
+        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+            pk = &mask[t, 0] if has_mask else NULL
+            _gru_fwd_chunk(&gates[t, 0, 0], &proj[0, t * N], ldp, pb, pr, &rh[t, 0, 0],
+                           &h[0, t, 0], &h[0, t + 1, 0], ldh, pk, ch * cu,
+                           min(H, (ch + 1) * cu), H, N, activation, recurrent_activation)
+
+
+def gru_backward(const floating[:, :, ::1] gates, const floating[:, :, ::1] rh,
+                 const floating[:, :, ::1] h, const floating[:, ::1] kernel_rec,
+                 floating[:, ::1] dh, floating[:, ::1] dgx, floating[:, ::1] dgr,
+                 floating[:, ::1] scratch, const floating[:, :, ::1] dy=None,
+                 const unsigned char[:, ::1] mask=None, int activation=ACT_TANH,
+                 int recurrent_activation=ACT_SIGMOID, bint state_grad=False):
+    """Backpropagation through time for gru_forward's run.
+
+    dh (H, N): in, d(loss)/d(h_T); out (with state_grad), d(loss)/d(initial h).
+    dgx, dgr (3H, T*N): receive the gradients of the input and of the recurrent products.
+    kernel_rec (H, 3H) as stored. scratch (3H, N). dy (H, T, N) or None.
+    """
+    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = dh.shape[0], t, ch
+    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, 3 * H, N), "gates")
+    _check_shape((rh.shape[0], rh.shape[1], rh.shape[2]), (T, H, N), "rh")
+    _check_shape((h.shape[0], h.shape[1], h.shape[2]), (H, T + 1, N), "h")
+    _check_shape((kernel_rec.shape[0], kernel_rec.shape[1]), (H, 3 * H), "kernel_rec")
+    _check_shape((dh.shape[0], dh.shape[1]), (H, N), "dh")
+    _check_shape((dgx.shape[0], dgx.shape[1]), (3 * H, T * N), "dgx")
+    _check_shape((dgr.shape[0], dgr.shape[1]), (3 * H, T * N), "dgr")
+    _check_shape((scratch.shape[0], scratch.shape[1]), (3 * H, N), "scratch")
+    if dy is not None:
+        _check_shape((dy.shape[0], dy.shape[1], dy.shape[2]), (H, T, N), "dy")
+    _check_mask(mask, T, N)
+    _check_code(activation, "activation")
+    _check_code(recurrent_activation, "recurrent_activation")
+    if T == 0 or N == 0 or H == 0:
+        return
+    cdef bint has_dy = dy is not None, has_mask = mask is not None
+    cdef const floating *pdy
+    cdef const unsigned char *pk
+    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ld = T * N
+    cdef Py_ssize_t ldh = (T + 1) * N
+    cdef int nt = threads_for(N * H * COST_CELL)
+    gemm = _gemm
+    w_nd, dg_nd, dh_nd = np.asarray(kernel_rec), np.asarray(dgr), np.asarray(dh)
+    for t in range(T - 1, -1, -1):
+        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+            pdy = &dy[0, t, 0] if has_dy else NULL
+            pk = &mask[t, 0] if has_mask else NULL
+            _gru_bwd_chunk(&gates[t, 0, 0], &rh[t, 0, 0], &h[0, t, 0], ldh, pdy, ld,
+                           &dh[0, 0], &dgx[0, t * N], &dgr[0, t * N], ld, &scratch[0, 0], pk,
+                           ch * cu, min(H, (ch + 1) * cu), H, N, activation,
+                           recurrent_activation)
+        if t > 0 or state_grad:
+            gemm(w_nd, dg_nd[:, t * N:(t + 1) * N], dh_nd, None, 0, 0.0, True)
+
+
+# -- SimpleRNN ----------------------------------------------------------------------------
+cdef void _rnn_fwd_chunk(floating *g, const floating *p, Py_ssize_t ldp, const floating *b,
+                         const floating *h_prev, floating *h, Py_ssize_t ldh,
+                         const unsigned char *keep, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t N,
+                         int act) noexcept nogil:
+    """Units [j0, j1): g = act(h_{t-1} products + x W + b), copied into h's rows."""
+    cdef Py_ssize_t j, n
+    _add_input(g, p, ldp, b, j0, j1, N)
+    _act_inplace(act, g + j0 * N, (j1 - j0) * N)
+    for j in range(j0, j1):
+        for n in range(N):
+            h[j * ldh + n] = g[j * N + n]
+    if keep != NULL:
+        for j in range(j0, j1):
+            for n in range(N):
+                if keep[n] == 0:
+                    h[j * ldh + n] = h_prev[j * ldh + n]
+
+
+cdef void _rnn_bwd_chunk(const floating *g, const floating *dy, Py_ssize_t ldy, floating *dh,
+                         floating *dg, Py_ssize_t ldg, floating *s, const unsigned char *keep,
+                         Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t N, int act,
+                         bint direct) noexcept nogil:
+    """Units [j0, j1): dg = (dh + dy) act'(h); with `direct`, dh leaves holding the part of
+    d(loss)/d(h_{t-1}) that skips the recurrent kernel. s: (H, N) scratch."""
+    cdef Py_ssize_t j, n, e
+    cdef floating dht
+    _dact(act, g + j0 * N, s + j0 * N, (j1 - j0) * N)
+    for j in range(j0, j1):
+        for n in range(N):
+            e = j * N + n
+            dht = dh[e] + dy[j * ldy + n] if dy != NULL else dh[e]
+            if keep != NULL and keep[n] == 0:
+                dg[j * ldg + n] = 0
+                dh[e] = dht
+                continue
+            dg[j * ldg + n] = dht * s[e]
+            if direct:
+                dh[e] = 0
+
+
+def rnn_forward(const floating[:, ::1] proj, const floating[::1] bias,
+                const floating[:, ::1] kernel_rec_t, floating[:, :, ::1] gates,
+                floating[:, :, ::1] h, const unsigned char[:, ::1] mask=None,
+                int activation=ACT_TANH):
+    """Run a SimpleRNN over T steps (see the layouts above). proj (H, T*N); bias (H,) or
+    None; kernel_rec_t (H, H); gates (T, H, N) receives h_t; h (H, T+1, N)."""
+    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = h.shape[0], t, ch
+    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, H, N), "gates")
+    _check_common((proj.shape[0], proj.shape[1]), H, T, N, kernel_rec_t, H, bias, mask)
+    _check_shape((h.shape[0], h.shape[1], h.shape[2]), (H, T + 1, N), "h")
+    _check_code(activation, "activation")
+    if T == 0 or N == 0 or H == 0:
+        return
+    _sync_isa()
+    cdef const floating *pb = &bias[0] if bias is not None else NULL
+    cdef const unsigned char *pk
+    cdef bint has_mask = mask is not None
+    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ldp = T * N
+    cdef Py_ssize_t ldh = (T + 1) * N
+    cdef int nt = threads_for(N * H * COST_CELL)
+    gemm = _gemm
+    w_nd, g_nd, h_nd = np.asarray(kernel_rec_t), np.asarray(gates), np.asarray(h)
+    for t in range(T):
+        gemm(w_nd, h_nd[:, t, :], g_nd[t], None, 0, 0.0, False)
+        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+            pk = &mask[t, 0] if has_mask else NULL
+            _rnn_fwd_chunk(&gates[t, 0, 0], &proj[0, t * N], ldp, pb, &h[0, t, 0],
+                           &h[0, t + 1, 0], ldh, pk, ch * cu, min(H, (ch + 1) * cu), N,
+                           activation)
+
+
+def rnn_backward(const floating[:, :, ::1] gates, const floating[:, ::1] kernel_rec,
+                 floating[:, ::1] dh, floating[:, ::1] dgates, floating[:, ::1] scratch,
+                 const floating[:, :, ::1] dy=None, const unsigned char[:, ::1] mask=None,
+                 int activation=ACT_TANH, bint state_grad=False):
+    """Backpropagation through time for rnn_forward's run. gates (T, H, N): the states;
+    dh (H, N): in d(loss)/d(h_T), out (with state_grad) d(loss)/d(initial h);
+    dgates (H, T*N) receives the pre-activation gradients; kernel_rec (H, H) as stored;
+    scratch (H, N); dy (H, T, N) or None."""
+    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = dh.shape[0], t, ch
+    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, H, N), "gates")
+    _check_shape((kernel_rec.shape[0], kernel_rec.shape[1]), (H, H), "kernel_rec")
+    _check_shape((dh.shape[0], dh.shape[1]), (H, N), "dh")
+    _check_shape((dgates.shape[0], dgates.shape[1]), (H, T * N), "dgates")
+    _check_shape((scratch.shape[0], scratch.shape[1]), (H, N), "scratch")
+    if dy is not None:
+        _check_shape((dy.shape[0], dy.shape[1], dy.shape[2]), (H, T, N), "dy")
+    _check_mask(mask, T, N)
+    _check_code(activation, "activation")
+    if T == 0 or N == 0 or H == 0:
+        return
+    cdef bint has_dy = dy is not None, has_mask = mask is not None
+    cdef const floating *pdy
+    cdef const unsigned char *pk
+    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ld = T * N
+    cdef int nt = threads_for(N * H * COST_CELL)
+    gemm = _gemm
+    w_nd, dg_nd, dh_nd = np.asarray(kernel_rec), np.asarray(dgates), np.asarray(dh)
+    for t in range(T - 1, -1, -1):
+        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+            pdy = &dy[0, t, 0] if has_dy else NULL
+            pk = &mask[t, 0] if has_mask else NULL
+            _rnn_bwd_chunk(&gates[t, 0, 0], pdy, ld, &dh[0, 0], &dgates[0, t * N], ld,
+                           &scratch[0, 0], pk, ch * cu, min(H, (ch + 1) * cu), N, activation,
+                           has_mask)
+        if t > 0 or state_grad:
+            gemm(w_nd, dg_nd[:, t * N:(t + 1) * N], dh_nd, None, 0, 0.0, has_mask)
+
+
+# -- element-wise activations (tests and references) ----------------------------------------
+def activation_forward(int code, const floating[::1] x, floating[::1] out):
+    """out = activation(x) with the cells' own math (float32: the polynomial exp/tanh)."""
+    _check_code(code, "code")
+    cdef Py_ssize_t n = x.shape[0]
+    _check_shape((out.shape[0],), (n,), "out")
+    if n == 0:
+        return
+    _sync_isa()
+    memcpy(&out[0], &x[0], n * sizeof(floating))
+    _act_inplace(code, &out[0], n)
+
+
+# -- Embedding ------------------------------------------------------------------------------
+def embedding_lookup(const int64_t[::1] ids, const floating[:, ::1] table, floating[:, ::1] out):
+    """out[k] = table[ids[k]]. Every id must lie in [0, table rows)."""
+    cdef Py_ssize_t K = ids.shape[0], V = table.shape[0], D = table.shape[1], k
+    _check_shape((out.shape[0], out.shape[1]), (K, D), "out")
+    for k in range(K):
+        if ids[k] < 0 or ids[k] >= V:
+            raise ValueError(f"ids[{k}] = {ids[k]} is outside [0, {V})")
+    if K == 0 or D == 0:
+        return
+    for k in prange(K, nogil=True, num_threads=threads_for(K * D * COST_COPY), schedule="static"):
+        memcpy(&out[k, 0], &table[ids[k], 0], D * sizeof(floating))
+
+
+cdef enum:
+    EMB_COLUMNS = 16   # columns of the table gradient per parallel block
+
+
+def embedding_grad(const int64_t[::1] ids, const floating[:, ::1] dy, floating[:, ::1] dtable):
+    """dtable = sum over k of dy[k] scattered to row ids[k] (zero elsewhere). Threads own
+    blocks of columns, so the sum is deterministic and free of races."""
+    cdef Py_ssize_t K = ids.shape[0], V = dtable.shape[0], D = dtable.shape[1], k, b, j, j1
+    cdef Py_ssize_t row
+    _check_shape((dy.shape[0], dy.shape[1]), (K, D), "dy")
+    for k in range(K):
+        if ids[k] < 0 or ids[k] >= V:
+            raise ValueError(f"ids[{k}] = {ids[k]} is outside [0, {V})")
+    if V == 0 or D == 0:
+        return
+    cdef Py_ssize_t blocks = (D + EMB_COLUMNS - 1) // EMB_COLUMNS
+    for row in prange(V, nogil=True, num_threads=threads_for(V * D), schedule="static"):
+        memset(&dtable[row, 0], 0, D * sizeof(floating))
+    for b in prange(blocks, nogil=True, num_threads=threads_for(K * D * COST_COPY),
+                    schedule="static"):
+        j1 = min(D, (b + 1) * EMB_COLUMNS)
+        for k in range(K):
+            row = ids[k]
+            for j in range(b * EMB_COLUMNS, j1):
+                dtable[row, j] = dtable[row, j] + dy[k, j]
