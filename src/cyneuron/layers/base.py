@@ -41,8 +41,9 @@ def _snake_case(name):
 class Layer:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        private = cls.__name__.startswith("_") or cls.__module__.rsplit(".", 1)[-1].startswith("_")
-        if cls.__module__.startswith("cyneuron.") and not private:   # abstract bases are private
+        private = (cls.__name__.startswith("_") or cls.__dict__.get("_abstract", False)
+                   or cls.__module__.rsplit(".", 1)[-1].startswith("_"))
+        if cls.__module__.startswith("cyneuron.") and not private:   # not abstract bases
             _LAYER_CLASSES[cls.__name__] = cls
 
     def __init__(self, name=None, dtype=None):
