@@ -21,34 +21,45 @@ def _adapted_normalization():
     return layer
 
 
-# class name -> factory of the layers placed before a final Dense(2), on inputs (6,)
+# class name -> (factory of a whole layer stack using that layer, per-sample input shape).
+# A new layer type adds its case here (for N-D outputs, end the stack with a layer that
+# gives (batch, outputs), e.g. Flatten + Dense): the round trip runs on every case.
 LAYER_CASES = {
-    "Dense": lambda: [layers.Dense(5, activation="tanh", use_bias=False),
-                      layers.Dense(4, activation=cn.activations.LeakyReLU(0.1))],
-    "Activation": lambda: [layers.Dense(5), layers.Activation(cn.activations.ELU(0.7))],
-    "LeakyReLU": lambda: [layers.Dense(5), layers.LeakyReLU(0.25)],
-    "ELU": lambda: [layers.Dense(5), layers.ELU(0.5)],
-    "PReLU": lambda: [layers.Dense(5), layers.PReLU(alpha_initializer="ones")],
-    "Maxout": lambda: [layers.Maxout(4, 3, use_bias=False)],
-    "Dropout": lambda: [layers.Dense(5), layers.Dropout(0.3, noise_shape=(None, 5), seed=3)],
-    "BatchNormalization": lambda: [layers.Dense(5), layers.BatchNormalization(momentum=0.5,
-                                                                              center=False)],
-    "LayerNormalization": lambda: [layers.Dense(5), layers.LayerNormalization(epsilon=1e-4)],
-    "Normalization": lambda: [_adapted_normalization(), layers.Dense(5, activation="relu")],
+    "Dense": (lambda: [layers.Dense(5, activation="tanh", use_bias=False),
+                       layers.Dense(4, activation=cn.activations.LeakyReLU(0.1)),
+                       layers.Dense(2)], (6,)),
+    "Activation": (lambda: [layers.Dense(5), layers.Activation(cn.activations.ELU(0.7)),
+                            layers.Dense(2)], (6,)),
+    "LeakyReLU": (lambda: [layers.Dense(5), layers.LeakyReLU(0.25), layers.Dense(2)], (6,)),
+    "ELU": (lambda: [layers.Dense(5), layers.ELU(0.5), layers.Dense(2)], (6,)),
+    "PReLU": (lambda: [layers.Dense(5), layers.PReLU(alpha_initializer="ones"),
+                       layers.Dense(2)], (6,)),
+    "Maxout": (lambda: [layers.Maxout(4, 3, use_bias=False), layers.Dense(2)], (6,)),
+    "Dropout": (lambda: [layers.Dense(5), layers.Dropout(0.3, noise_shape=(None, 5), seed=3),
+                         layers.Dense(2)], (6,)),
+    "BatchNormalization": (lambda: [layers.Dense(5),
+                                    layers.BatchNormalization(momentum=0.5, center=False),
+                                    layers.Dense(2)], (6,)),
+    "LayerNormalization": (lambda: [layers.Dense(5), layers.LayerNormalization(epsilon=1e-4),
+                                    layers.Dense(2)], (6,)),
+    "Normalization": (lambda: [_adapted_normalization(), layers.Dense(5, activation="relu"),
+                               layers.Dense(2)], (6,)),
 }
 
 
-def _data(n=32, features=6, outputs=2, dtype=np.float32, seed=0):
+def _data(n=32, shape=(6,), outputs=2, dtype=np.float32, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((n, features)).astype(dtype),
+    return (rng.standard_normal((n,) + tuple(shape)).astype(dtype),
             rng.standard_normal((n, outputs)).astype(dtype))
 
 
 def _trained_model(case, dtype="float32", optimizer=None):
     cn.set_seed(1)
-    model = cn.Sequential(LAYER_CASES[case]() + [layers.Dense(2)], dtype=dtype)
+    stack, shape = LAYER_CASES[case]
+    model = cn.Sequential(stack(), dtype=dtype)
     model.compile(optimizer=optimizer or cn.optimizers.Adam(0.01), loss="mse", metrics=["mae"])
-    x, y = _data(dtype=dtype)
+    model.build(shape)
+    x, y = _data(shape=shape, outputs=model.output_shape[-1], dtype=dtype)
     model.fit(x, y, epochs=2, batch_size=8, verbose=0)
     return model
 
@@ -76,7 +87,7 @@ def test_round_trip_every_layer(case, tmp_path):
     model.save(path)
     loaded = cn.load_model(path)
     _assert_same_model(model, loaded)
-    x, y = _data(seed=2)
+    x, y = _data(shape=LAYER_CASES[case][1], outputs=model.output_shape[-1], seed=2)
     np.testing.assert_array_equal(model.predict(x), loaded.predict(x))
     assert loaded.evaluate(x, y) == model.evaluate(x, y)
     # optimizer state came along: the next steps match exactly (dropout seeds included)
@@ -146,7 +157,7 @@ def test_weights_only(tmp_path):
     model = _trained_model("BatchNormalization")
     path = tmp_path / "w.cyn"
     model.save_weights(path)
-    same = cn.Sequential(LAYER_CASES["BatchNormalization"]() + [layers.Dense(2)])
+    same = cn.Sequential(LAYER_CASES["BatchNormalization"][0]())
     same.load_weights(path)          # unbuilt: built from the file's input shape
     x, _ = _data()
     np.testing.assert_array_equal(same.predict(x), model.predict(x))
@@ -159,7 +170,7 @@ def test_weights_only(tmp_path):
         cn.Sequential([layers.Dense(2)]).save_weights(tmp_path / "x.cyn")
     # a full model file also works as a weights source
     model.save(tmp_path / "full.cyn")
-    again = cn.Sequential(LAYER_CASES["BatchNormalization"]() + [layers.Dense(2)])
+    again = cn.Sequential(LAYER_CASES["BatchNormalization"][0]())
     again.load_weights(tmp_path / "full.cyn")
     _assert_same_model(model, again, config=False)
 
