@@ -21,72 +21,81 @@ def _adapted_normalization():
     return layer
 
 
-# class name -> factory of the layers placed before a final Dense(2), on inputs (6,)
+# class name -> (factory of a whole layer stack using that layer, per-sample input shape).
+# A new layer type adds its case here (for N-D outputs, end the stack with a layer that
+# gives (batch, outputs), e.g. Flatten + Dense): the round trip runs on every case.
 LAYER_CASES = {
-    "Dense": lambda: [layers.Dense(5, activation="tanh", use_bias=False),
-                      layers.Dense(4, activation=cn.activations.LeakyReLU(0.1))],
-    "Activation": lambda: [layers.Dense(5), layers.Activation(cn.activations.ELU(0.7))],
-    "LeakyReLU": lambda: [layers.Dense(5), layers.LeakyReLU(0.25)],
-    "ELU": lambda: [layers.Dense(5), layers.ELU(0.5)],
-    "PReLU": lambda: [layers.Dense(5), layers.PReLU(alpha_initializer="ones")],
-    "Maxout": lambda: [layers.Maxout(4, 3, use_bias=False)],
-    "Dropout": lambda: [layers.Dense(5), layers.Dropout(0.3, noise_shape=(None, 5), seed=3)],
-    "BatchNormalization": lambda: [layers.Dense(5), layers.BatchNormalization(momentum=0.5,
-                                                                              center=False)],
-    "LayerNormalization": lambda: [layers.Dense(5), layers.LayerNormalization(epsilon=1e-4)],
-    "Normalization": lambda: [_adapted_normalization(), layers.Dense(5, activation="relu")],
-    # spatial layers: the (6,) inputs reshaped to a (2, 3, 1) image or a (6, 1) sequence
-    "Reshape": lambda: [layers.Reshape((3, 2)), layers.Flatten()],
-    "Flatten": lambda: [layers.Reshape((2, 3, 1)), layers.Flatten()],
-    "ZeroPadding2D": lambda: [layers.Reshape((2, 3, 1)), layers.ZeroPadding2D((1, 2)),
-                              layers.Flatten()],
-    "Conv2D": lambda: [layers.Reshape((2, 3, 1)),
-                       layers.Conv2D(4, (2, 2), padding="same", activation="relu"),
-                       layers.Conv2D(3, 1, use_bias=False), layers.Flatten()],
-    "Conv1D": lambda: [layers.Reshape((6, 1)), layers.Conv1D(3, 3, strides=2, activation="tanh"),
-                       layers.Flatten()],
-    "MaxPooling2D": lambda: [layers.Reshape((2, 3, 1)), layers.MaxPooling2D(2, padding="same"),
-                             layers.Flatten()],
-    "AveragePooling2D": lambda: [layers.Reshape((2, 3, 1)),
-                                 layers.AveragePooling2D((1, 2), strides=1), layers.Flatten()],
-    "MaxPooling1D": lambda: [layers.Reshape((6, 1)), layers.MaxPooling1D(2), layers.Flatten()],
-    "AveragePooling1D": lambda: [layers.Reshape((6, 1)), layers.AveragePooling1D(3, strides=1),
-                                 layers.Flatten()],
-    "GlobalMaxPooling2D": lambda: [layers.Reshape((2, 3, 1)), layers.Conv2D(4, 2, padding="same"),
-                                   layers.GlobalMaxPooling2D()],
-    "GlobalAveragePooling2D": lambda: [layers.Reshape((2, 3, 1)),
-                                       layers.Conv2D(4, 2, padding="same"),
-                                       layers.GlobalAveragePooling2D()],
-    "GlobalMaxPooling1D": lambda: [layers.Reshape((6, 1)), layers.Conv1D(4, 2),
-                                   layers.GlobalMaxPooling1D()],
-    "GlobalAveragePooling1D": lambda: [layers.Reshape((6, 1)), layers.Conv1D(4, 2),
-                                       layers.GlobalAveragePooling1D()],
-    # recurrent layers: the (6,) inputs as 3 steps of 2 features, or 6 token ids
-    "SimpleRNN": lambda: [layers.Reshape((3, 2)), layers.SimpleRNN(4, go_backwards=True)],
-    "LSTM": lambda: [layers.Reshape((3, 2)), layers.LSTM(4, return_sequences=True),
-                     layers.Flatten()],
-    "GRU": lambda: [layers.Reshape((3, 2)), layers.GRU(3, activation="relu")],
-    "Bidirectional": lambda: [layers.Reshape((3, 2)),
-                              layers.Bidirectional(layers.GRU(3), merge_mode="sum")],
-    "TimeDistributed": lambda: [layers.Reshape((3, 2)),
-                                layers.TimeDistributed(layers.Dense(4, activation="tanh")),
-                                layers.Flatten()],
+    "Dense": (lambda: [layers.Dense(5, activation="tanh", use_bias=False),
+                       layers.Dense(4, activation=cn.activations.LeakyReLU(0.1)),
+                       layers.Dense(2)], (6,)),
+    "Activation": (lambda: [layers.Dense(5), layers.Activation(cn.activations.ELU(0.7)),
+                            layers.Dense(2)], (6,)),
+    "LeakyReLU": (lambda: [layers.Dense(5), layers.LeakyReLU(0.25), layers.Dense(2)], (6,)),
+    "ELU": (lambda: [layers.Dense(5), layers.ELU(0.5), layers.Dense(2)], (6,)),
+    "PReLU": (lambda: [layers.Dense(5), layers.PReLU(alpha_initializer="ones"),
+                       layers.Dense(2)], (6,)),
+    "Maxout": (lambda: [layers.Maxout(4, 3, use_bias=False), layers.Dense(2)], (6,)),
+    "Dropout": (lambda: [layers.Dense(5), layers.Dropout(0.3, noise_shape=(None, 5), seed=3),
+                         layers.Dense(2)], (6,)),
+    "BatchNormalization": (lambda: [layers.Dense(5),
+                                    layers.BatchNormalization(momentum=0.5, center=False),
+                                    layers.Dense(2)], (6,)),
+    "LayerNormalization": (lambda: [layers.Dense(5), layers.LayerNormalization(epsilon=1e-4),
+                                    layers.Dense(2)], (6,)),
+    "Normalization": (lambda: [_adapted_normalization(), layers.Dense(5, activation="relu"),
+                               layers.Dense(2)], (6,)),
+    # spatial layers on (4, 5, 2) images or (7, 2) sequences
+    "Reshape": (lambda: [layers.Reshape((5, 4, 2)), layers.Flatten(), layers.Dense(2)], (4, 5, 2)),
+    "Flatten": (lambda: [layers.Flatten(), layers.Dense(2)], (4, 5, 2)),
+    "ZeroPadding2D": (lambda: [layers.ZeroPadding2D((1, 2)), layers.Flatten(), layers.Dense(2)],
+                      (4, 5, 2)),
+    "Conv2D": (lambda: [layers.Conv2D(4, (2, 3), padding="same", activation="relu"),
+                        layers.Conv2D(3, 1, strides=2, use_bias=False), layers.Flatten(),
+                        layers.Dense(2)], (4, 5, 2)),
+    "Conv1D": (lambda: [layers.Conv1D(3, 3, strides=2, activation="tanh"), layers.Flatten(),
+                        layers.Dense(2)], (7, 2)),
+    "MaxPooling2D": (lambda: [layers.MaxPooling2D(2, padding="same"), layers.Flatten(),
+                              layers.Dense(2)], (4, 5, 2)),
+    "AveragePooling2D": (lambda: [layers.AveragePooling2D((1, 2), strides=1), layers.Flatten(),
+                                  layers.Dense(2)], (4, 5, 2)),
+    "MaxPooling1D": (lambda: [layers.MaxPooling1D(2), layers.Flatten(), layers.Dense(2)], (7, 2)),
+    "AveragePooling1D": (lambda: [layers.AveragePooling1D(3, strides=1), layers.Flatten(),
+                                  layers.Dense(2)], (7, 2)),
+    "GlobalMaxPooling2D": (lambda: [layers.Conv2D(4, 2), layers.GlobalMaxPooling2D(),
+                                    layers.Dense(2)], (4, 5, 2)),
+    "GlobalAveragePooling2D": (lambda: [layers.Conv2D(4, 2), layers.GlobalAveragePooling2D(),
+                                        layers.Dense(2)], (4, 5, 2)),
+    "GlobalMaxPooling1D": (lambda: [layers.Conv1D(4, 2), layers.GlobalMaxPooling1D(),
+                                    layers.Dense(2)], (7, 2)),
+    "GlobalAveragePooling1D": (lambda: [layers.Conv1D(4, 2), layers.GlobalAveragePooling1D(),
+                                        layers.Dense(2)], (7, 2)),
+    # recurrent layers on (3, 2) sequences
+    "SimpleRNN": (lambda: [layers.SimpleRNN(4, go_backwards=True), layers.Dense(2)], (3, 2)),
+    "LSTM": (lambda: [layers.LSTM(4, return_sequences=True), layers.Flatten(), layers.Dense(2)],
+             (3, 2)),
+    "GRU": (lambda: [layers.GRU(3, activation="relu"), layers.Dense(2)], (3, 2)),
+    "Bidirectional": (lambda: [layers.Bidirectional(layers.GRU(3), merge_mode="sum"),
+                               layers.Dense(2)], (3, 2)),
+    "TimeDistributed": (lambda: [layers.TimeDistributed(layers.Dense(4, activation="tanh")),
+                                 layers.Flatten(), layers.Dense(2)], (3, 2)),
 }
 # layers whose round trip needs other inputs than LAYER_CASES' floats: own tests below
 OTHER_ROUND_TRIPS = {"Embedding": "test_round_trip_embedding"}
 
 
-def _data(n=32, features=6, outputs=2, dtype=np.float32, seed=0):
+def _data(n=32, shape=(6,), outputs=2, dtype=np.float32, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((n, features)).astype(dtype),
+    return (rng.standard_normal((n,) + tuple(shape)).astype(dtype),
             rng.standard_normal((n, outputs)).astype(dtype))
 
 
 def _trained_model(case, dtype="float32", optimizer=None):
     cn.set_seed(1)
-    model = cn.Sequential(LAYER_CASES[case]() + [layers.Dense(2)], dtype=dtype)
+    stack, shape = LAYER_CASES[case]
+    model = cn.Sequential(stack(), dtype=dtype)
     model.compile(optimizer=optimizer or cn.optimizers.Adam(0.01), loss="mse", metrics=["mae"])
-    x, y = _data(dtype=dtype)
+    model.build(shape)
+    x, y = _data(shape=shape, outputs=model.output_shape[-1], dtype=dtype)
     model.fit(x, y, epochs=2, batch_size=8, verbose=0)
     return model
 
@@ -129,7 +138,7 @@ def test_round_trip_every_layer(case, tmp_path):
     model.save(path)
     loaded = cn.load_model(path)
     _assert_same_model(model, loaded)
-    x, y = _data(seed=2)
+    x, y = _data(shape=LAYER_CASES[case][1], outputs=model.output_shape[-1], seed=2)
     np.testing.assert_array_equal(model.predict(x), loaded.predict(x))
     assert loaded.evaluate(x, y) == model.evaluate(x, y)
     # optimizer state came along: the next steps match exactly (dropout seeds included)
@@ -199,7 +208,7 @@ def test_weights_only(tmp_path):
     model = _trained_model("BatchNormalization")
     path = tmp_path / "w.cyn"
     model.save_weights(path)
-    same = cn.Sequential(LAYER_CASES["BatchNormalization"]() + [layers.Dense(2)])
+    same = cn.Sequential(LAYER_CASES["BatchNormalization"][0]())
     same.load_weights(path)          # unbuilt: built from the file's input shape
     x, _ = _data()
     np.testing.assert_array_equal(same.predict(x), model.predict(x))
@@ -212,7 +221,7 @@ def test_weights_only(tmp_path):
         cn.Sequential([layers.Dense(2)]).save_weights(tmp_path / "x.cyn")
     # a full model file also works as a weights source
     model.save(tmp_path / "full.cyn")
-    again = cn.Sequential(LAYER_CASES["BatchNormalization"]() + [layers.Dense(2)])
+    again = cn.Sequential(LAYER_CASES["BatchNormalization"][0]())
     again.load_weights(tmp_path / "full.cyn")
     _assert_same_model(model, again, config=False)
 

@@ -283,3 +283,13 @@ def test_convergence_warning_like_scikit_learn(digits):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         MLPClassifier((4,), random_state=0).partial_fit(x, y, classes=np.arange(10))
+
+
+def test_cyneuron_imports_scikit_learn_only_on_use():
+    import subprocess
+    import sys
+
+    code = ("import sys, cyneuron as cn; assert 'sklearn' not in sys.modules; "
+            "assert cn.sklearn.MLPClassifier.__module__ == 'cyneuron.sklearn'; "
+            "assert 'sklearn' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
