@@ -4,6 +4,7 @@ Environment switches:
   CYNEURON_REQUIRE_OPENMP=1  fail the build when the compiler has no OpenMP (CI sets it)
   CYNEURON_DEBUG=1           bounds checks on in the Cython kernels, -O0 -g
 """
+import glob
 import os
 import platform
 import shutil
@@ -20,7 +21,9 @@ DEBUG = os.environ.get("CYNEURON_DEBUG") == "1"
 REQUIRE_OPENMP = os.environ.get("CYNEURON_REQUIRE_OPENMP") == "1"
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
-OPT_FLAGS = ["-O0", "-g"] if DEBUG else ["-O3"]
+# -fno-math-errno: sqrt and friends need not set errno, so loops using them vectorize
+# (results are unchanged; this is not -ffast-math).
+OPT_FLAGS = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-math-errno"]
 # Per instruction set C files; each is compiled with its own flags and only
 # reached after the runtime CPU check (csrc/cpu.c). Never -march=native.
 ISA_SOURCES = [("csrc/gemm_generic.c", [])]
@@ -31,7 +34,8 @@ if IS_X86_64:
     ]
 C_MACROS = [("CN_HAVE_X86_KERNELS", "1")] if IS_X86_64 else []
 
-KERNELS = ["_openmp", "gemm", "activations", "losses", "optim", "normalization", "recurrent"]
+KERNELS = ["_openmp", "gemm", "activations", "losses", "optim", "normalization", "conv",
+           "pooling", "recurrent"]
 
 
 def openmp_flag(compiler):
@@ -99,6 +103,8 @@ def kernel_extension(name):
         define_macros=C_MACROS + [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=list(OPT_FLAGS),
         extra_link_args=[],
+        # The C core: a change to any of it relinks the extensions that use it.
+        depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.c")),
     )
 
 

@@ -1,34 +1,28 @@
-"""One training step and inference of a 784-256-128-10 ReLU/softmax MLP, float32:
-cyneuron vs PyTorch CPU vs scikit-learn, each group in the same run; samples/s in extra_info.
+"""Issue 8: end-to-end MLP training and inference, cyneuron vs PyTorch CPU vs scikit-learn.
 
-Train step (batch 128): cyneuron `train_on_batch` on a compiled, built model (SGD 0.01,
-momentum 0.9, sparse categorical cross-entropy); torch: zero_grad, forward, CrossEntropyLoss,
-backward, SGD(momentum=0.9).step() with torch.set_num_threads(cn.get_num_threads());
-scikit-learn: MLPClassifier(solver="sgd", batch_size=128, max_iter=1).partial_fit on the batch.
-Inference: softmax probabilities for 1024 samples (torch under no_grad, sklearn predict_proba).
-The callables are the ones `python -m cyneuron bench mlp` times (cyneuron._bench).
+Training groups (one per architecture and batch size): one epoch over 20,000 samples with
+Adam (lr 1e-3), float32, shuffled batches: cyneuron `fit(epochs=1)`, the same network and
+optimizer in PyTorch (torch.set_num_threads = cyneuron's threads), scikit-learn's
+MLPClassifier(solver="adam", max_iter=1, warm_start=True) `fit`. extra_info: samples/s.
+Inference groups: one sample (latency) and 10,000 samples (throughput), softmax outputs.
+The callables are the ones `python -m cyneuron bench mlp` times (cyneuron._bench_mlp).
 """
-import warnings
-
-import numpy as np
 import pytest
 
 import cyneuron as cn
-from cyneuron._bench import (MLP_BATCH, MLP_PREDICT_SAMPLES, mlp_data, mlp_predict_callables,
-                             mlp_train_callables, settle_threads)
+from cyneuron import _bench_mlp as mlp
+from cyneuron._bench import settle_threads
 
-TRAIN_GROUP = f"mlp train step (batch {MLP_BATCH})"
-PREDICT_GROUP = f"mlp inference ({MLP_PREDICT_SAMPLES} samples)"
-IMPLEMENTATIONS = ["cyneuron", "torch", "scikit-learn"]
+CASES = [(arch, b) for arch in mlp.ARCHITECTURES for b in mlp.BATCH_SIZES]
 
 
-def _record_rate(benchmark, samples_per_call):
+def _record(benchmark, items_per_call, key="samples_per_s"):
     stats = getattr(benchmark, "stats", None)  # None under --benchmark-disable
     if stats is None:
         return
     s = stats.stats
-    benchmark.extra_info["samples_per_s"] = round(samples_per_call / s.min, 1)
-    benchmark.extra_info["samples_per_s_median"] = round(samples_per_call / s.median, 1)
+    benchmark.extra_info[key] = round(items_per_call / s.min, 1)
+    benchmark.extra_info[key + "_median"] = round(items_per_call / s.median, 1)
 
 
 def _pick(callables, name):
@@ -39,32 +33,32 @@ def _pick(callables, name):
 
 
 @pytest.fixture(scope="module")
-def train_callables():
-    return mlp_train_callables(cn.get_num_threads(), *mlp_data(MLP_BATCH))
+def train_data():
+    return mlp.data()
 
 
-@pytest.fixture(scope="module")
-def predict_callables():
-    return mlp_predict_callables(cn.get_num_threads(), mlp_data(MLP_PREDICT_SAMPLES, seed=1)[0])
+@pytest.mark.parametrize("name", mlp.IMPLEMENTATIONS)
+@pytest.mark.parametrize("arch, batch", CASES, ids=[f"{a}-b{b}" for a, b in CASES])
+def test_train_epoch(benchmark, train_data, arch, batch, name):
+    x, y = train_data
+    epoch = _pick(mlp.train_epoch_callables(mlp.ARCHITECTURES[arch], batch,
+                                            cn.get_num_threads(), x, y), name)
+    benchmark.group = f"mlp train {arch} batch {batch} (Adam, {len(x)} samples)"
+    epoch()
+    settle_threads()
+    benchmark.pedantic(epoch, rounds=3, iterations=1)
+    _record(benchmark, len(x))
 
 
-@pytest.mark.parametrize("name", IMPLEMENTATIONS)
-def test_train_step(benchmark, train_callables, name):
-    step = _pick(train_callables, name)
-    benchmark.group = TRAIN_GROUP
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scikit-learn: ConvergenceWarning on every partial_fit
-        step()
-        settle_threads()
-        benchmark(step)
-    _record_rate(benchmark, MLP_BATCH)
-
-
-@pytest.mark.parametrize("name", IMPLEMENTATIONS)
-def test_predict(benchmark, predict_callables, name):
-    predict = _pick(predict_callables, name)
-    np.testing.assert_allclose(predict().sum(axis=1), 1.0, rtol=1e-4)
-    benchmark.group = PREDICT_GROUP
+@pytest.mark.parametrize("name", mlp.IMPLEMENTATIONS)
+@pytest.mark.parametrize("samples", [1, mlp.PREDICT_SAMPLES], ids=["one-sample", "batched"])
+@pytest.mark.parametrize("arch", list(mlp.ARCHITECTURES))
+def test_predict(benchmark, train_data, arch, samples, name):
+    x = train_data[0][:samples]
+    predict = _pick(mlp.predict_callables(mlp.ARCHITECTURES[arch], cn.get_num_threads(), x), name)
+    out = predict()
+    assert abs(float(out.sum()) - samples) < 1e-3 * samples   # rows of probabilities
+    benchmark.group = f"mlp predict {arch} ({samples} samples)"
     settle_threads()
     benchmark(predict)
-    _record_rate(benchmark, MLP_PREDICT_SAMPLES)
+    _record(benchmark, samples)

@@ -19,6 +19,11 @@
 #define UKR_FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define UKR_ADD(a, b) _mm512_add_ps((a), (b))
 #include "gemm_ukr_template.h"
+#define UKR_NR (UKR_NV * UKR_VL)
+#define PACK_B_T_NAME cn_spack_b_t_avx512
+#include "pack_transpose_f32.h"
+#undef UKR_NR
+#undef PACK_B_T_NAME
 #include "gemm_ukr_undef.h"
 
 #define UKR_NAME cn_dgemm_ukr_avx512
@@ -38,6 +43,6 @@
 const cn_kernel_table cn_table_avx512 = {
     CN_ISA_AVX512, "avx512", 8, 32, 8, 16,
     cn_sgemm_ukr_avx512, cn_dgemm_ukr_avx512,
-    cn_spack_a_avx512, cn_spack_b_avx512, cn_dpack_a_avx512, cn_dpack_b_avx512,
+    cn_spack_a_avx512, cn_spack_b_t_avx512, cn_dpack_a_avx512, cn_dpack_b_avx512,
     cn_fma_loop_avx512,
 };

@@ -19,65 +19,72 @@
  */
 #define UKR_NR (UKR_NV * UKR_VL)
 
+/* The body of the micro-kernel for ROWS rows (a compile-time constant): rows past
+ * m repeat row m - 1, so only the store looks at m. */
+#define UKR_BODY(ROWS)                                                                  \
+    const UKR_T *row[ROWS];                                                             \
+    _Pragma("GCC unroll 16")                                                            \
+    for (int i = 0; i < ROWS; ++i)                                                      \
+        row[i] = a + (i < m ? i : m - 1) * a_rs;                                        \
+    for (int i = 0; i < m; ++i) {  /* C is read or written last: fetch it now */        \
+        __builtin_prefetch(c + i * ldc, 1, 3);                                          \
+        __builtin_prefetch(c + i * ldc + n - 1, 1, 3);                                  \
+    }                                                                                   \
+    UKR_V acc[ROWS][UKR_NV];                                                            \
+    _Pragma("GCC unroll 16")                                                            \
+    for (int i = 0; i < ROWS; ++i)                                                      \
+        _Pragma("GCC unroll 8")                                                         \
+        for (int j = 0; j < UKR_NV; ++j)                                                \
+            acc[i][j] = UKR_ZERO();                                                     \
+    int64_t off = 0;                                                                    \
+    _Pragma("GCC unroll 4")                                                             \
+    for (int64_t p = 0; p < k; ++p) {                                                   \
+        UKR_V bv[UKR_NV];                                                               \
+        _Pragma("GCC unroll 8")                                                         \
+        for (int j = 0; j < UKR_NV; ++j)                                                \
+            bv[j] = UKR_LOAD(b + j * UKR_VL);                                           \
+        _Pragma("GCC unroll 16")                                                        \
+        for (int i = 0; i < ROWS; ++i) {                                                \
+            UKR_V av = UKR_BCAST(row[i] + off);                                         \
+            _Pragma("GCC unroll 8")                                                     \
+            for (int j = 0; j < UKR_NV; ++j)                                            \
+                acc[i][j] = UKR_FMA(av, bv[j], acc[i][j]);                              \
+        }                                                                               \
+        off += a_cs;                                                                    \
+        b += b_rs;                                                                      \
+    }                                                                                   \
+    if (m == ROWS && n == UKR_NR) {                                                     \
+        _Pragma("GCC unroll 16")                                                        \
+        for (int i = 0; i < ROWS; ++i)                                                  \
+            _Pragma("GCC unroll 8")                                                     \
+            for (int j = 0; j < UKR_NV; ++j) {                                          \
+                UKR_T *dst = c + i * ldc + j * UKR_VL;                                  \
+                UKR_V v = beta ? UKR_ADD(UKR_LOAD(dst), acc[i][j]) : acc[i][j];         \
+                UKR_STORE(dst, v);                                                      \
+            }                                                                           \
+        return;                                                                         \
+    }                                                                                   \
+    UKR_T tile[ROWS * UKR_NR];                                                          \
+    _Pragma("GCC unroll 16")                                                            \
+    for (int i = 0; i < ROWS; ++i)                                                      \
+        _Pragma("GCC unroll 8")                                                         \
+        for (int j = 0; j < UKR_NV; ++j)                                                \
+            UKR_STORE(tile + i * UKR_NR + j * UKR_VL, acc[i][j]);                       \
+    for (int i = 0; i < m; ++i)                                                         \
+        for (int j = 0; j < n; ++j)                                                     \
+            c[i * ldc + j] = (beta ? c[i * ldc + j] : (UKR_T)0) + tile[i * UKR_NR + j];
+
 void UKR_NAME(int64_t k, const UKR_T *restrict a, int64_t a_rs, int64_t a_cs,
               const UKR_T *restrict b, int64_t b_rs,
               UKR_T *restrict c, int64_t ldc, int m, int n, int beta)
 {
-    const UKR_T *row[UKR_MR];
-#pragma GCC unroll 16
-    for (int i = 0; i < UKR_MR; ++i)
-        row[i] = a + (i < m ? i : m - 1) * a_rs;   /* rows past m repeat the last one */
-    for (int i = 0; i < m; ++i) {                   /* C is read or written last: fetch it now */
-        __builtin_prefetch(c + i * ldc, 1, 3);
-        __builtin_prefetch(c + i * ldc + n - 1, 1, 3);
+    if (m == 1) {            /* one row (a single sample): no padding rows at all */
+        UKR_BODY(1)
+    } else if (m <= UKR_MR / 2) {   /* a short last row sliver: half the work */
+        UKR_BODY(UKR_MR / 2)
+    } else {
+        UKR_BODY(UKR_MR)
     }
-
-    UKR_V acc[UKR_MR][UKR_NV];
-#pragma GCC unroll 16
-    for (int i = 0; i < UKR_MR; ++i)
-#pragma GCC unroll 8
-        for (int j = 0; j < UKR_NV; ++j)
-            acc[i][j] = UKR_ZERO();
-
-    int64_t off = 0;
-#pragma GCC unroll 4
-    for (int64_t p = 0; p < k; ++p) {
-        UKR_V bv[UKR_NV];
-#pragma GCC unroll 8
-        for (int j = 0; j < UKR_NV; ++j)
-            bv[j] = UKR_LOAD(b + j * UKR_VL);
-#pragma GCC unroll 16
-        for (int i = 0; i < UKR_MR; ++i) {
-            UKR_V av = UKR_BCAST(row[i] + off);
-#pragma GCC unroll 8
-            for (int j = 0; j < UKR_NV; ++j)
-                acc[i][j] = UKR_FMA(av, bv[j], acc[i][j]);
-        }
-        off += a_cs;
-        b += b_rs;
-    }
-
-    if (m == UKR_MR && n == UKR_NR) {
-#pragma GCC unroll 16
-        for (int i = 0; i < UKR_MR; ++i)
-#pragma GCC unroll 8
-            for (int j = 0; j < UKR_NV; ++j) {
-                UKR_T *dst = c + i * ldc + j * UKR_VL;
-                UKR_V v = beta ? UKR_ADD(UKR_LOAD(dst), acc[i][j]) : acc[i][j];
-                UKR_STORE(dst, v);
-            }
-        return;
-    }
-
-    UKR_T tile[UKR_MR * UKR_NR];
-#pragma GCC unroll 16
-    for (int i = 0; i < UKR_MR; ++i)
-#pragma GCC unroll 8
-        for (int j = 0; j < UKR_NV; ++j)
-            UKR_STORE(tile + i * UKR_NR + j * UKR_VL, acc[i][j]);
-    for (int i = 0; i < m; ++i)
-        for (int j = 0; j < n; ++j)
-            c[i * ldc + j] = (beta ? c[i * ldc + j] : (UKR_T)0) + tile[i * UKR_NR + j];
 }
 
 void PACK_A_NAME(int64_t m, int64_t k, const UKR_T *restrict src, int64_t rs, int64_t cs,
@@ -116,6 +123,7 @@ void PACK_B_NAME(int64_t n, int64_t k, const UKR_T *restrict src, int64_t rs, in
             dst[p * UKR_NR + j] = 0;
 }
 
+#undef UKR_BODY
 #undef UKR_NR
 
 #ifdef FMA_LOOP_NAME
@@ -126,9 +134,12 @@ double FMA_LOOP_NAME(int64_t iters)
     UKR_V acc[12];
     UKR_T one = (UKR_T)1.0000001, tiny = (UKR_T)1e-7;
     UKR_V x = UKR_BCAST(&one), y = UKR_BCAST(&tiny);
+    /* Distinct starting values: identical chains would be merged into one by the compiler. */
 #pragma GCC unroll 12
-    for (int i = 0; i < 12; ++i)
-        acc[i] = UKR_ZERO();
+    for (int i = 0; i < 12; ++i) {
+        UKR_T start = (UKR_T)(i + 1);
+        acc[i] = UKR_BCAST(&start);
+    }
     for (int64_t it = 0; it < iters; ++it) {
 #pragma GCC unroll 12
         for (int i = 0; i < 12; ++i)

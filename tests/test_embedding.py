@@ -59,7 +59,7 @@ def test_default_initializer_and_config():
     w = layer.get_weights()[0]
     assert w.shape == (50, 8) and np.abs(w).max() <= 0.05 and w.std() > 0.01
     assert layer.get_config() == {"name": layer.name, "input_dim": 50, "output_dim": 8,
-                                  "embeddings_initializer": "uniform", "mask_zero": False}
+                                  "embeddings_initializer": "random_uniform", "mask_zero": False}
     assert layers.Embedding(3, 2, embeddings_initializer="zeros").compute_output_shape((7,)) \
         == (7, 2)
 

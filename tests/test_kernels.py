@@ -589,6 +589,6 @@ def test_kernels_refuse_mismatched_buffers_instead_of_reading_past_them():
     with pytest.raises(ValueError, match="t"):
         lk.softmax_cross_entropy_dense(z, np.zeros((1, 3)), np.empty((2, 3)), 0.5)
     with pytest.raises(ValueError, match="grad"):
-        lk.squared_error(x, x, np.empty(2), 0.2)
+        lk.mean_squared_error(x.reshape(1, -1), x.reshape(1, -1), np.empty((1, 2)), 0.2)
     with pytest.raises(ValueError, match="grads"):
         ok.sgd_update(np.zeros(4), np.zeros(3), np.zeros(4), 0.1, 0.9, False)

@@ -623,34 +623,8 @@ def test_one_and_two_threads_agree(cell, kernel_threads):
 # learning real sequence tasks (1 thread: the results do not depend on it, and a shared
 # machine's busy second core would only slow the suite down)
 # ---------------------------------------------------------------------------------------
-class NumpyAdam(cn.optimizers.Optimizer):
-    """Adam with global-norm clipping on the flat buffers, for builds without the
-    library's Adam (the learning tests use the library's own when it exists)."""
-
-    name = "test_adam"
-
-    def __init__(self, learning_rate, clipnorm=1.0):
-        super().__init__(learning_rate)
-        self.clipnorm = clipnorm
-        self.m = self.v = None
-
-    def _apply(self, params, grads):
-        if self.m is None:
-            self.m, self.v = np.zeros_like(params), np.zeros_like(params)
-        norm = float(np.linalg.norm(grads))
-        g = grads * (self.clipnorm / norm) if norm > self.clipnorm else grads
-        t = self.iterations + 1
-        self.m = 0.9 * self.m + 0.1 * g
-        self.v = 0.999 * self.v + 0.001 * g * g
-        lr = self.learning_rate * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
-        params -= (lr * self.m / (np.sqrt(self.v) + 1e-7)).astype(params.dtype)
-
-
 def _adam(lr):
-    try:
-        return cn.optimizers.Adam(learning_rate=lr, clipnorm=1.0)
-    except (AttributeError, TypeError):
-        return NumpyAdam(lr)
+    return cn.optimizers.Adam(learning_rate=lr, clipnorm=1.0)
 
 
 @pytest.fixture
@@ -664,7 +638,7 @@ def _fit_until(model, x, y, xv, yv, metric, goal, max_epochs, batch_size=32):
     for _ in range(max_epochs):
         model.fit(x, y, epochs=1, batch_size=batch_size, verbose=0)
         value = model.evaluate(xv, yv)[metric]
-        history.append(round(value, 4))
+        history.append(value)
         if (value < goal) if metric == "loss" else (value > goal):
             break
     return history

@@ -12,13 +12,26 @@ _config._apply_isa_override()
 
 from ._config import get_isa, get_num_threads, set_num_threads, show_config  # noqa: E402
 from ._random import set_seed  # noqa: E402
-from . import activations, initializers, layers, losses, metrics, ops, optimizers  # noqa: E402
-from .callbacks import History  # noqa: E402
+from . import (activations, callbacks, datasets, initializers, layers, losses,  # noqa: E402
+               metrics, ops, optimizers, saving, schedules)
+from .callbacks import Callback, History  # noqa: E402
 from .models import Sequential  # noqa: E402
 from .perceptron import Perceptron  # noqa: E402
+from .saving import load_model  # noqa: E402
+
+
+def __getattr__(name):
+    """`cn.sklearn` is imported on first use (it imports scikit-learn)."""
+    if name == "sklearn":
+        import importlib
+
+        return importlib.import_module(".sklearn", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
-    "Sequential", "Perceptron", "History", "layers", "ops", "activations", "losses", "optimizers",
-    "initializers", "metrics", "set_num_threads", "get_num_threads", "show_config",
-    "get_isa", "set_seed", "__version__",
+    "Sequential", "Perceptron", "History", "Callback", "layers", "ops", "activations", "losses",
+    "optimizers", "schedules", "initializers", "metrics", "callbacks", "datasets",
+    "set_num_threads", "get_num_threads", "show_config", "get_isa", "set_seed", "__version__",
+    "load_model", "saving",
 ]

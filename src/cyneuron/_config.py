@@ -20,6 +20,22 @@ def _apply_isa_override():
                       RuntimeWarning, stacklevel=3)
 
 
+_fusion = True
+
+
+def set_fusion(enabled):
+    """Turn the fused kernels (GEMM epilogues, output activation + loss) on or off.
+
+    Off runs the plain path: separate bias, activation and loss passes. The results agree
+    to rounding; tests use it to check the fused path against the plain one."""
+    global _fusion
+    _fusion = bool(enabled)
+
+
+def fusion_enabled():
+    return _fusion
+
+
 def get_isa():
     """Name of the SIMD path in use: 'generic', 'avx2' or 'avx512'."""
     return _gemm.get_isa()

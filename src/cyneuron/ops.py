@@ -54,7 +54,8 @@ def epilogue_of(activation):
     code = _gemm.EPILOGUES.get(activation.name)
     if code is None:
         return None
-    return code, float(getattr(activation, "alpha", 0.0))
+    alpha = getattr(activation, "negative_slope", getattr(activation, "alpha", 0.0))
+    return code, float(alpha)
 
 
 def matmul(a, b, trans_a=False, trans_b=False, bias=None, activation=None, out=None):

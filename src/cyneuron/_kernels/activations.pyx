@@ -67,20 +67,24 @@ def tanh_backward(const floating[::1] y, const floating[::1] dy, floating[::1] d
 
 def relu_forward(const floating[::1] x, floating[::1] out):
     cdef Py_ssize_t i, n = x.shape[0]
+    cdef floating v
     _check_len(n, out.shape[0], "out")
     cdef int nt = threads_for(n * COST_CHEAP)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
-        out[i] = x[i] if x[i] > 0 else 0
+        v = x[i]
+        out[i] = v if v > 0 else 0
 
 
 def relu_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx):
     """dx = dy where y > 0. The derivative at 0 is taken as 0, as in Keras/PyTorch."""
     cdef Py_ssize_t i, n = y.shape[0]
+    cdef floating d
     _check_len(n, dy.shape[0], "dy")
     _check_len(n, dx.shape[0], "dx")
     cdef int nt = threads_for(n * COST_CHEAP)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
-        dx[i] = dy[i] if y[i] > 0 else 0
+        d = dy[i]  # loaded unconditionally, so the select compiles branch-free
+        dx[i] = d if y[i] > 0 else 0
 
 
 def softmax_forward(const floating[:, ::1] x, floating[:, ::1] out):
@@ -288,23 +292,27 @@ def hard_sigmoid_backward(const floating[::1] y, const floating[::1] dy, floatin
 def leaky_relu_forward(const floating[::1] x, floating[::1] out, double negative_slope):
     """x where x > 0, else negative_slope * x."""
     cdef Py_ssize_t i, n = x.shape[0]
+    cdef floating v
     _check_len(n, out.shape[0], "out")
     cdef floating a = <floating>negative_slope
     cdef int nt = threads_for(n * COST_CHEAP)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
-        out[i] = x[i] if x[i] > 0 else a * x[i]
+        v = x[i]
+        out[i] = v if v > 0 else a * v
 
 
 def leaky_relu_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx,
                         double negative_slope):
     """dx = dy where y > 0, else negative_slope * dy (y > 0 iff x > 0 for a slope >= 0)."""
     cdef Py_ssize_t i, n = y.shape[0]
+    cdef floating d
     _check_len(n, dy.shape[0], "dy")
     _check_len(n, dx.shape[0], "dx")
     cdef floating a = <floating>negative_slope
     cdef int nt = threads_for(n * COST_CHEAP)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
-        dx[i] = dy[i] if y[i] > 0 else a * dy[i]
+        d = dy[i]
+        dx[i] = d if y[i] > 0 else a * d
 
 
 def elu_forward(const floating[::1] x, floating[::1] out, double alpha, double scale):

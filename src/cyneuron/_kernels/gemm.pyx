@@ -78,19 +78,19 @@ cdef extern from "cn_kernels.h" nogil:
 # Cache blocking (elements). A KC x NR B sliver stays in L1, an MC x KC A block
 # in L2, a KC x NC B block in L3. MC and NC are rounded to multiples of MR and NR.
 cdef enum:
+    KC_BLOCK = 384
+    MC_TARGET = 72
+    NC_TARGET = 4096
     # Below this many multiply-adds one thread is faster than waking the pool.
     GEMM_PARALLEL_MIN_MACS = 1 << 18
+    # ... unless B is this large: then even a few rows (a single sample) are bound by
+    # reading B, and splitting its columns lets each core keep its part in its own L2.
+    PARALLEL_MIN_B_BYTES = 1 << 18
     # The direct plan (nothing packed) is used up to this many rows of C.
     DIRECT_MAX_M = 128
     MAX_THREADS = 64
 
-cdef int KC_BLOCK = 384
-cdef int MC_TARGET = 72
-cdef int NC_TARGET = 4096
 
-def _set_blocking(int mc, int kc, int nc):
-    global KC_BLOCK, MC_TARGET, NC_TARGET
-    MC_TARGET, KC_BLOCK, NC_TARGET = mc, kc, nc
 
 # Element-wise activations the epilogue can apply (cyneuron.activations names).
 cpdef enum Epilogue:
@@ -168,6 +168,8 @@ cdef double _fma_round(int64_t iters, int nt) noexcept nogil:
     cdef double total = 0
     cdef double[MAX_THREADS] done
     cdef int t
+    for t in range(MAX_THREADS):
+        done[t] = 0
     with parallel(num_threads=nt):
         done[cn_omp_thread_num()] = _table.fma_loop(iters)
     for t in range(nt):
@@ -246,8 +248,9 @@ cdef struct Call:
     int accumulate
     # the plan
     int mr, nr
-    int64_t mc, nc
+    int64_t mc, nc, kc
     int split_rows       # 1: threads split C's rows; 0: its column slivers
+    int direct           # 1: nothing packed (B's rows read in place); 0: B packed
     int pack_a           # packed plan: 1 packs A's blocks, 0 reads A in place
     void *b_pack         # shared packed B block (packed plan)
     void **a_pack        # one packed A block per thread (packed plan)
@@ -336,9 +339,9 @@ cdef void _run_packed(const Call *g, floating dummy, int t, int nt) noexcept nog
             r0 = 0
             r1 = g.M
             _share(n_sl, t, nt, &s0, &s1)
-        for pb in range(_cdiv(g.K, KC_BLOCK)):
-            pc = pb * KC_BLOCK
-            kc = _min(KC_BLOCK, g.K - pc)
+        for pb in range(_cdiv(g.K, g.kc)):
+            pc = pb * g.kc
+            kc = _min(g.kc, g.K - pc)
             beta = pc > 0 or g.accumulate
             last = pc + kc == g.K
             _pack_b_block(g, B + pc * g.rsb + jc * g.csb, kc, nc, bp, t, nt)
@@ -385,9 +388,9 @@ cdef void _run_direct(const Call *g, floating dummy, int t, int nt) noexcept nog
         i0 = 0
         i1 = m_sl
         _share(n_sl, t, nt, &s0, &s1)
-    for pb in range(_cdiv(g.K, KC_BLOCK)):
-        pc = pb * KC_BLOCK
-        kc = _min(KC_BLOCK, g.K - pc)
+    for pb in range(_cdiv(g.K, g.kc)):
+        pc = pb * g.kc
+        kc = _min(g.kc, g.K - pc)
         beta = pc > 0 or g.accumulate
         last = pc + kc == g.K
         for s in range(s0, s1):
@@ -405,7 +408,7 @@ cdef void _run_direct(const Call *g, floating dummy, int t, int nt) noexcept nog
 
 
 cdef void _run(Call *g, floating dummy, int nthreads) noexcept nogil:
-    cdef int direct = g.b_pack == NULL
+    cdef int direct = g.direct
     if nthreads == 1:
         if direct:
             _run_direct(g, dummy, 0, 1)
@@ -459,10 +462,6 @@ cdef class _Workspace:
 
 
 _free_workspaces = []
-cdef int _PACK_A = -1
-def _set_pack_a(int v):
-    global _PACK_A
-    _PACK_A = v
 
 
 cdef enum:
@@ -490,31 +489,59 @@ cdef bint _rows_stay_cached(int64_t stride_bytes, int64_t rows) noexcept nogil:
     return sets * CACHE_WAYS >= 2 * rows
 
 
-cdef int _plan(Call *g, _Workspace ws, int nthreads, size_t item) except -1:
-    """Choose the plan and the split of C among threads; size the workspace."""
-    cdef int64_t m_sl = _cdiv(g.M, g.mr), n_sl, rows_cost, cols_cost
-    cdef int64_t kc = _min(g.K, KC_BLOCK)
+cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
+    """Choose the plan, the split of C among threads and whether A is packed."""
+    cdef int64_t m_sl = _cdiv(g.M, g.mr), n_sl
     g.mc = (MC_TARGET // g.mr) * g.mr
     g.nc = (NC_TARGET // g.nr) * g.nr
     n_sl = _cdiv(_min(g.N, g.nc), g.nr)
-    # Tiles on the busiest thread, splitting rows or column slivers.
-    rows_cost = _cdiv(m_sl, nthreads) * n_sl
-    cols_cost = m_sl * _cdiv(n_sl, nthreads)
-    g.split_rows = rows_cost <= cols_cost
-    if g.csb == 1 and g.M <= DIRECT_MAX_M and _rows_stay_cached(g.rsb * item, kc):
-        ws.reserve(0, KC_BLOCK * g.nr * item, nthreads)   # a_pack[t] serves as the edge buffer
+    # Split whichever way leaves the fewest tiles on the busiest thread.
+    g.split_rows = _cdiv(m_sl, nthreads) * n_sl <= m_sl * _cdiv(n_sl, nthreads)
+    # K in equal blocks of at most KC_BLOCK (784 = 3 x 262, not 384 + 384 + 16).
+    g.kc = _cdiv(g.K, _cdiv(g.K, KC_BLOCK))
+    cdef int64_t kc = g.kc
+    # A is read in place when its rows are contiguous, or its columns are and their
+    # stride does not map them all onto a few cache sets (in place measured 3-5% faster
+    # than packing); other strided views are packed.
+    cdef bint a_in_place = g.csa == 1 or (g.rsa == 1 and _rows_stay_cached(g.csa * item, kc))
+    g.direct = (g.csb == 1 and g.M <= DIRECT_MAX_M and a_in_place
+                and _rows_stay_cached(g.rsb * item, kc))
+    g.pack_a = not g.direct and not a_in_place
+
+
+cdef int _plan(Call *g, _Workspace ws, int nthreads, size_t item) except -1:
+    """Choose the plan and size the workspace for it."""
+    _choose(g, nthreads, item)
+    cdef int64_t kc = g.kc
+    if g.direct:
+        ws.reserve(0, kc * g.nr * item, nthreads)   # a_pack[t]: the ragged-edge buffer
         g.b_pack = NULL
         g.a_pack = NULL
         g.edge = ws.a_pack
     else:
-        ws.reserve(n_sl * g.nr * kc * item, _min(g.mc, m_sl * g.mr) * kc * item, nthreads)
+        ws.reserve(_cdiv(_min(g.N, g.nc), g.nr) * g.nr * kc * item,
+                   _min(g.mc, _cdiv(g.M, g.mr) * g.mr) * kc * item if g.pack_a else 0, nthreads)
         g.b_pack = ws.b_pack
         g.a_pack = ws.a_pack
-        # A is read in place when its rows or columns are contiguous (measured 3-5%
-        # faster than packing it); other strided views are packed.
-        g.pack_a = _PACK_A if _PACK_A >= 0 else not (g.csa == 1 or g.rsa == 1)
         g.edge = NULL
     return 0
+
+
+def plan(a, b, int threads=1):
+    """How a @ b would run on `threads` threads: {"plan": "direct" | "packed",
+    "split": "rows" | "columns", "pack_a": bool} (for tests and profiling)."""
+    cdef Call g
+    cdef size_t item = a.itemsize
+    g.M, g.K, g.N = a.shape[0], a.shape[1], b.shape[1]
+    g.rsa, g.csa = a.strides[0] // item, a.strides[1] // item
+    g.rsb, g.csb = b.strides[0] // item, b.strides[1] // item
+    if item == 4:
+        g.mr, g.nr = _table.s_mr, _table.s_nr
+    else:
+        g.mr, g.nr = _table.d_mr, _table.d_nr
+    _choose(&g, max(1, threads), item)
+    return {"plan": "direct" if g.direct else "packed",
+            "split": "rows" if g.split_rows else "columns", "pack_a": bool(g.pack_a)}
 
 
 cdef inline void _extent(cnp.ndarray x, char **lo, char **hi) noexcept:
@@ -606,7 +633,7 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
     else:
         g.mr, g.nr = _table.d_mr, _table.d_nr
     cdef int nthreads = 1
-    if g.M * g.N * g.K >= GEMM_PARALLEL_MIN_MACS:
+    if g.M * g.N * g.K >= GEMM_PARALLEL_MIN_MACS or g.K * g.N * item >= PARALLEL_MIN_B_BYTES:
         nthreads = min(cn_omp_max_threads(), MAX_THREADS)
     cdef _Workspace ws = _free_workspaces.pop() if _free_workspaces else _Workspace()
     try:

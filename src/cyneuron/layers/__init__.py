@@ -1,13 +1,22 @@
 """Layers (Keras names and weight layouts)."""
 from .activation import ELU, Activation, LeakyReLU, Maxout, PReLU
-from .base import Layer
+from .base import Layer, deserialize, serialize
+from .conv import Conv1D, Conv2D
 from .dense import Dense
 from .embedding import Embedding
 from .normalization import BatchNormalization, LayerNormalization, Normalization
-from .recurrent import GRU, LSTM, SimpleRNN
+from .pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D,
+                      GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
+                      MaxPooling1D, MaxPooling2D)
+from .recurrent import GRU, LSTM, RNN, SimpleRNN
 from .regularization import Dropout
+from .reshaping import Flatten, Reshape, ZeroPadding2D
 from .wrappers import Bidirectional, TimeDistributed, Wrapper
 
 __all__ = ["Layer", "Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Maxout", "Dropout",
-           "BatchNormalization", "LayerNormalization", "Normalization", "Embedding",
-           "SimpleRNN", "LSTM", "GRU", "Bidirectional", "TimeDistributed", "Wrapper"]
+           "BatchNormalization", "LayerNormalization", "Normalization", "Conv1D", "Conv2D",
+           "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D",
+           "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalAveragePooling1D",
+           "GlobalAveragePooling2D", "Flatten", "Reshape", "ZeroPadding2D", "Embedding", "RNN",
+           "SimpleRNN", "LSTM", "GRU", "Bidirectional", "TimeDistributed", "Wrapper",
+           "serialize", "deserialize"]

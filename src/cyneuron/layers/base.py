@@ -12,6 +12,11 @@ in get_weights() order, and their "gradient" in get_gradients() is always zero
 
 Public `forward` / `backward` check their input; models call the unchecked
 `_forward` / `_backward` on data they validated once.
+
+Every public Layer subclass defined in cyneuron registers itself by class name, so a
+saved model names its layers as {"class_name": ..., "config": layer.get_config()} and
+loading rebuilds them with `cls.from_config(config)` (by default `cls(**config)`): a
+new layer type plugs into saving by returning its constructor arguments from get_config.
 """
 import itertools
 
@@ -20,6 +25,7 @@ import numpy as np
 from .._validation import as_dtype, check_numeric
 
 _name_counters = {}
+_LAYER_CLASSES = {}   # class name -> Layer subclass, for deserialization
 
 
 def _unique_name(base):
@@ -33,6 +39,13 @@ def _snake_case(name):
 
 
 class Layer:
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        private = (cls.__name__.startswith("_") or cls.__dict__.get("_abstract", False)
+                   or cls.__module__.rsplit(".", 1)[-1].startswith("_"))
+        if cls.__module__.startswith("cyneuron.") and not private:   # not abstract bases
+            _LAYER_CLASSES[cls.__name__] = cls
+
     def __init__(self, name=None, dtype=None):
         self.name = name if name is not None else _unique_name(_snake_case(type(self).__name__))
         self.dtype = None if dtype is None else as_dtype(dtype, "dtype")
@@ -180,7 +193,54 @@ class Layer:
         return [w for w, t in zip(self._weights, self._trainable) if not t]
 
     def get_config(self):
+        """The constructor arguments (JSON types) that rebuild this layer, weights aside."""
         return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        """A new, unbuilt layer from get_config()'s dict."""
+        return cls(**config)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_buffers"] = {}   # scratch arrays: rebuilt on the next call
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        # unpickled from a read-only memory map (joblib): the layer writes its state
+        self._weights = [np.require(w, requirements=["C", "W"]) for w in self._weights]
+        self._gradients = [np.require(g, requirements=["C", "W"]) for g in self._gradients]
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r} built={self.built}>"
+
+
+def serialize(layer):
+    """{"class_name": ..., "config": ...} for a layer (the form saved model files use)."""
+    if not isinstance(layer, Layer):
+        raise TypeError(f"expected a cyneuron Layer, got {type(layer).__name__}")
+    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+
+
+def get_class(class_name, custom_objects=None):
+    """The Layer subclass called `class_name`: a cyneuron layer, or one in `custom_objects`."""
+    custom_objects = custom_objects or {}
+    cls = custom_objects.get(class_name, _LAYER_CLASSES.get(class_name))
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise ValueError(f"unknown layer class {class_name!r}; cyneuron layers are "
+                         f"{sorted(_LAYER_CLASSES)} (pass your own through custom_objects)")
+    return cls
+
+
+def deserialize(spec, custom_objects=None):
+    """The layer that serialize() described (unbuilt). Bad specs raise ValueError."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("class_name"), str) \
+            or not isinstance(spec.get("config", {}), dict):
+        raise ValueError(f"a layer spec must be a dict with a 'class_name' string and a "
+                         f"'config' dict; got {spec!r}")
+    cls = get_class(spec["class_name"], custom_objects)
+    try:
+        return cls.from_config(dict(spec.get("config", {})))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"invalid config for layer {spec['class_name']}: {exc}") from None

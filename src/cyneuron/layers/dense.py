@@ -1,6 +1,8 @@
 """Dense: y = activation(x @ kernel + bias), kernel (in, units), bias (units,)."""
 from .. import activations, initializers
+from .._config import fusion_enabled
 from .._kernels.gemm import gemm
+from ..ops import epilogue_of
 from .._validation import check_positive
 from .base import Layer
 
@@ -42,23 +44,44 @@ class Dense(Layer):
         return self._weights[1] if self.use_bias else None
 
     def _forward(self, x, training):
-        z = self._forward_logits(x, training)
         if self.activation.needs_input:   # backward reads z: keep it, y in its own buffer
+            z = self._forward_logits(x, training)
             self._y = self.activation.forward(z, out=self._buffer("y", z.shape))
-        else:                             # backward reads y only: compute it in place over z
-            self._y = self.activation.forward(z, out=z)
-        return self._y
+            return self._y
+        # Backward reads y only: the GEMM's epilogue adds the bias and applies the
+        # activation tile by tile (non-element-wise ones, like softmax, run after it).
+        fused = self._epilogue
+        if fused is None:
+            y = self._forward_logits(x, training)
+            if self.activation.name != "linear":
+                self.activation.forward(y, out=y)
+        else:
+            y = self._gemm_into_z(x, fused)
+        self._y = y
+        return y
 
     def _forward_logits(self, x, training=False):
         """x @ kernel + bias, before the activation (the fused-loss path stops here)."""
+        return self._gemm_into_z(x, (0, 0.0) if fusion_enabled() else None)
+
+    def _gemm_into_z(self, x, epilogue):
         z = self._buffer("z", (x.shape[0], self.units))
-        gemm(x, self._weights[0], z)
-        if self.use_bias:
-            z += self._weights[1]
+        bias = self._weights[1] if self.use_bias else None
+        if epilogue is None:     # the plain path: a separate bias pass
+            gemm(x, self._weights[0], z)
+            if bias is not None:
+                z += bias
+        else:
+            gemm(x, self._weights[0], z, bias, *epilogue)
         self._x = x
         self._y = z
         self._last_output_shape = z.shape
         return z
+
+    @property
+    def _epilogue(self):
+        """(code, alpha) of the GEMM epilogue for this layer's activation, or None."""
+        return epilogue_of(self.activation) if fusion_enabled() else None
 
     def _backward(self, grad_output, need_input_grad):
         dz = grad_output

@@ -7,18 +7,6 @@ from .._validation import check_numeric, check_positive
 from .base import Layer
 
 
-class _RandomUniform(initializers.Initializer):
-    """U(-0.05, 0.05): Keras's Embedding default ("uniform")."""
-
-    name = "uniform"
-
-    def __init__(self, minval=-0.05, maxval=0.05):
-        self.minval, self.maxval = float(minval), float(maxval)
-
-    def sample(self, shape, rng):
-        return rng.uniform(self.minval, self.maxval, size=shape)
-
-
 class MaskedOutput(np.ndarray):
     """An Embedding output that carries its padding mask to the next layers of a model,
     as Keras's `_keras_mask`: a (batch, timesteps) boolean array, False at id 0.
@@ -51,10 +39,7 @@ class Embedding(Layer):
         super().__init__(name=name, dtype=dtype)
         self.input_dim = int(check_positive(input_dim, "input_dim", integer=True))
         self.output_dim = int(check_positive(output_dim, "output_dim", integer=True))
-        if isinstance(embeddings_initializer, str) and embeddings_initializer.lower() == "uniform":
-            self.embeddings_initializer = _RandomUniform()
-        else:
-            self.embeddings_initializer = initializers.get(embeddings_initializer)
+        self.embeddings_initializer = initializers.get(embeddings_initializer)
         if not isinstance(mask_zero, (bool, np.bool_)):
             raise TypeError(f"mask_zero must be True or False; got {mask_zero!r}")
         self.mask_zero = bool(mask_zero)

@@ -27,38 +27,6 @@ from .._validation import check_numeric, check_positive
 from .base import Layer, _unique_name
 
 
-class _Orthogonal(initializers.Initializer):
-    """A random orthogonal matrix (Saxe et al., 2014): QR of a Gaussian matrix, signs
-    fixed by diag(R) (Keras's recurrent_initializer default).
-
-    TODO(orthogonal): use initializers.get("orthogonal") alone once the library's own
-    initializer (another branch) is merged; `_initializer` already prefers it."""
-
-    name = "orthogonal"
-
-    def __init__(self, gain=1.0):
-        self.gain = float(gain)
-
-    def sample(self, shape, rng):
-        rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-        cols = shape[-1] if shape else 1
-        a = rng.normal(size=(max(rows, cols), min(rows, cols)))
-        q, r = np.linalg.qr(a)
-        q *= np.sign(np.diag(r))
-        if rows < cols:
-            q = q.T
-        return self.gain * q.reshape(shape)
-
-
-def _initializer(identifier):
-    if isinstance(identifier, str) and identifier.lower() == "orthogonal":
-        try:
-            return initializers.get("orthogonal")
-        except ValueError:
-            return _Orthogonal()
-    return initializers.get(identifier)
-
-
 def _activation(identifier, arg):
     """(name, kernel code) of an activation the cells apply; ValueError naming `arg`."""
     if identifier is None:
@@ -96,6 +64,7 @@ class RNN(Layer):
     initial states are in `initial_state_gradients` (when initial_state was given).
     """
 
+    _abstract = True   # a base class: SimpleRNN, LSTM and GRU are the layers
     _gate_count = 1
     _state_names = ("h",)
     _default_name = "rnn"   # Keras's names: simple_rnn, lstm, gru
@@ -109,9 +78,9 @@ class RNN(Layer):
         self.units = int(check_positive(units, "units", integer=True))
         self.activation, self._act = _activation(activation, "activation")
         self.use_bias = _check_flag(use_bias, "use_bias")
-        self.kernel_initializer = _initializer(kernel_initializer)
-        self.recurrent_initializer = _initializer(recurrent_initializer)
-        self.bias_initializer = _initializer(bias_initializer)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.recurrent_initializer = initializers.get(recurrent_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
                 or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1); got {dropout!r}")

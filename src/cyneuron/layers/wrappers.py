@@ -3,7 +3,7 @@ TimeDistributed (one layer applied to every time step)."""
 import numpy as np
 
 from .._validation import check_numeric
-from .base import Layer
+from .base import Layer, deserialize
 from .recurrent import RNN
 
 
@@ -11,11 +11,22 @@ class Wrapper(Layer):
     """A layer made of other layers; their weights are its weights, in their order
     (so get_weights, set_weights and the model's flat buffers see them all)."""
 
+    _abstract = True   # a base class: not a layer a saved model names
+
     def __init__(self, layer, name=None, dtype=None):
         if not isinstance(layer, Layer):
             raise TypeError(f"layer must be a cyneuron Layer; got {type(layer).__name__}")
         super().__init__(name=name, dtype=dtype if dtype is not None else layer.dtype)
         self.layer = layer
+
+    @classmethod
+    def from_config(cls, config):
+        """The wrapper and its wrapped layers (saved as {"class_name", "config"} specs)."""
+        config = dict(config)
+        for key in ("layer", "backward_layer"):
+            if isinstance(config.get(key), dict):
+                config[key] = deserialize(config[key])
+        return cls(**config)
 
     def _sublayers(self):
         return [self.layer]

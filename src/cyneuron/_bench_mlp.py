@@ -1,0 +1,232 @@
+"""End-to-end MLP training and inference: cyneuron next to PyTorch CPU and scikit-learn.
+
+Training: one epoch over N_SAMPLES samples of a ReLU/softmax MLP with Adam (lr 1e-3),
+float32, shuffled mini-batches, for each architecture and batch size:
+  cyneuron      model.fit(x, y, epochs=1, batch_size=b, shuffle=True, verbose=0)
+  PyTorch CPU   the same network, torch.optim.Adam, CrossEntropyLoss on the logits, a loop
+                over a random permutation in batches of b (torch.set_num_threads = ours)
+  scikit-learn  MLPClassifier(hidden_layer_sizes, solver="adam", batch_size=b, max_iter=1,
+                warm_start=True, alpha=0, tol=0).fit(x, y): one epoch per call
+Figures are samples/s (best or median of the repeats) and GFLOP/s of the training
+arithmetic (forward, weight gradients, input gradients but the first layer's) as a share
+of the measured FMA peak.
+
+Inference: softmax probabilities, one sample at a time (latency; PyTorch under
+torch.no_grad()) and for PREDICT_SAMPLES samples at once (throughput).
+"""
+import time
+import warnings
+
+import numpy as np
+
+ARCHITECTURES = {"784-256-128-10": (784, 256, 128, 10), "784-512-512-10": (784, 512, 512, 10)}
+BATCH_SIZES = (32, 128, 512)
+N_SAMPLES = 20_000
+PREDICT_SAMPLES = 10_000
+LEARNING_RATE = 1e-3
+IMPLEMENTATIONS = ("cyneuron", "torch", "scikit-learn")
+
+
+def train_flops_per_sample(sizes):
+    """Multiply-adds x 2 of one training sample: forward, weight gradients, and input
+    gradients of every layer but the first."""
+    macs = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    return 2.0 * (2 * sum(macs) + sum(macs[1:]))
+
+
+def data(n=N_SAMPLES, features=784, classes=10, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, features)).astype(np.float32)
+    y = rng.integers(0, classes, n).astype(np.int64)
+    return x, y
+
+
+def make_cyneuron(sizes, seed=0):
+    import cyneuron as cn
+    from cyneuron import layers
+
+    cn.set_seed(seed)
+    model = cn.Sequential([layers.Dense(units, activation="relu") for units in sizes[1:-1]]
+                          + [layers.Dense(sizes[-1], activation="softmax")])
+    model.compile(optimizer=cn.optimizers.Adam(LEARNING_RATE),
+                  loss="sparse_categorical_crossentropy")
+    model.build((sizes[0],))
+    return model
+
+
+def make_torch(sizes, threads, seed=0):
+    """(torch, net, optimizer, loss_fn); net outputs logits."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    mods = []
+    for a, b in zip(sizes[:-2], sizes[1:-1]):
+        mods += [nn.Linear(a, b), nn.ReLU()]
+    net = nn.Sequential(*mods, nn.Linear(sizes[-2], sizes[-1]))
+    return torch, net, torch.optim.Adam(net.parameters(), lr=LEARNING_RATE), nn.CrossEntropyLoss()
+
+
+def make_sklearn(sizes, batch_size, seed=0):
+    from sklearn.neural_network import MLPClassifier
+
+    return MLPClassifier(hidden_layer_sizes=sizes[1:-1], activation="relu", solver="adam",
+                         learning_rate_init=LEARNING_RATE, batch_size=batch_size, max_iter=1,
+                         warm_start=True, alpha=0.0, tol=0.0, shuffle=True, random_state=seed)
+
+
+def train_epoch_callables(sizes, batch_size, threads, x, y):
+    """({name: one epoch over (x, y)}, {name: why it is missing})."""
+    fns, missing = {}, {}
+    model = make_cyneuron(sizes)
+    fns["cyneuron"] = lambda: model.fit(x, y, epochs=1, batch_size=batch_size, shuffle=True,
+                                        verbose=0)
+    try:
+        torch, net, opt, loss_fn = make_torch(sizes, threads)
+    except ImportError:
+        missing["torch"] = "not installed"
+    else:
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+        def torch_epoch():
+            order = torch.randperm(len(xt))
+            for start in range(0, len(xt), batch_size):
+                idx = order[start:start + batch_size]
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(net(xt[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+
+        fns["torch"] = torch_epoch
+    try:
+        clf = make_sklearn(sizes, batch_size)
+    except ImportError:
+        missing["scikit-learn"] = "not installed"
+    else:
+        def sklearn_epoch():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # ConvergenceWarning after each epoch
+                clf.fit(x, y)
+
+        fns["scikit-learn"] = sklearn_epoch
+    return fns, missing
+
+
+def predict_callables(sizes, threads, x):
+    """({name: softmax probabilities of x}, {name: why missing})."""
+    fns, missing = {}, {}
+    model = make_cyneuron(sizes)
+    fns["cyneuron"] = lambda: model.predict(x)
+    try:
+        torch, net, _, _ = make_torch(sizes, threads)
+    except ImportError:
+        missing["torch"] = "not installed"
+    else:
+        xt = torch.from_numpy(x)
+        net.eval()
+
+        def torch_predict():
+            with torch.no_grad():
+                return torch.softmax(net(xt), dim=1)
+
+        fns["torch"] = torch_predict
+    try:
+        clf = make_sklearn(sizes, 128)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(*data(256))
+    except ImportError:
+        missing["scikit-learn"] = "not installed"
+    else:
+        fns["scikit-learn"] = lambda: clf.predict_proba(x)
+    return fns, missing
+
+
+def time_calls(fns, repeats, min_time=0.0, settle=0.2):
+    """{name: [seconds per call, ...]}: `repeats` timed calls each after one warm-up call,
+    the implementations alternating (A B C, C B A, ...) with a pause between them so that
+    the previous library's spinning threads have parked. Calls shorter than min_time are
+    repeated inside one sample."""
+    names = list(fns)
+    samples = {name: [] for name in names}
+    for name in names:
+        fns[name]()
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            time.sleep(settle)
+            fn, calls = fns[name], 0
+            t0 = time.perf_counter()
+            while True:
+                fn()
+                calls += 1
+                elapsed = time.perf_counter() - t0
+                if elapsed >= min_time:
+                    break
+            samples[name].append(elapsed / calls)
+    return samples
+
+
+def summarize(samples, per_call, stat):
+    """{name: items per second} from seconds-per-call samples."""
+    pick = min if stat == "best" else (lambda s: float(np.median(s)))
+    return {name: per_call / pick(s) for name, s in samples.items()}
+
+
+def bench(out, threads, peak32, repeats=3, stat="best", architectures=None, batch_sizes=None,
+          n_samples=N_SAMPLES, print_table=None):
+    """Run the training and inference comparisons; returns a list of result dicts."""
+    results = []
+    x, y = data(n_samples)
+    for arch in architectures or ARCHITECTURES:
+        sizes = ARCHITECTURES[arch]
+        flops = train_flops_per_sample(sizes)
+        for b in batch_sizes or BATCH_SIZES:
+            fns, missing = train_epoch_callables(sizes, b, threads, x, y)
+            rate = summarize(time_calls(fns, repeats), len(x), stat)
+            best_peer = max((v for k, v in rate.items() if k != "cyneuron"), default=None)
+            row = {"kind": "train", "arch": arch, "batch": b, "rates": rate, "missing": missing,
+                   "gflops": rate["cyneuron"] * flops / 1e9,
+                   "vs_best_peer": rate["cyneuron"] / best_peer if best_peer else None}
+            row["pct_peak"] = 100 * row["gflops"] / peak32 if peak32 else None
+            results.append(row)
+            out(_train_line(row))
+        x1 = x[:1]
+        fns, missing = predict_callables(sizes, threads, x1)
+        lat = summarize(time_calls(fns, max(5, repeats), min_time=0.05, settle=0.05), 1, stat)
+        row = {"kind": "latency", "arch": arch, "rates": lat, "missing": missing}
+        results.append(row)
+        out(_latency_line(row))
+        xp = x[:PREDICT_SAMPLES]
+        fns, missing = predict_callables(sizes, threads, xp)
+        thr = summarize(time_calls(fns, repeats, min_time=0.05), len(xp), stat)
+        row = {"kind": "predict", "arch": arch, "rates": thr, "missing": missing}
+        results.append(row)
+        out(_predict_line(row))
+    return results
+
+
+def _others(rates, unit, fmt):
+    return ", ".join(f"{k} {fmt(v)}{unit} ({rates['cyneuron'] / v:.2f}x)"
+                     for k, v in rates.items() if k != "cyneuron")
+
+
+def _train_line(row):
+    r = row["rates"]
+    peak = f", {row['pct_peak']:.0f}% of peak" if row["pct_peak"] else ""
+    return (f"  train {row['arch']} batch {row['batch']:>3}: cyneuron {r['cyneuron']:,.0f} "
+            f"samples/s ({row['gflops']:.0f} GFLOP/s{peak}); "
+            + _others(r, " samples/s", lambda v: f"{v:,.0f}"))
+
+
+def _latency_line(row):
+    r = {k: 1e6 / v for k, v in row["rates"].items()}   # microseconds per sample
+    others = ", ".join(f"{k} {v:.1f} us (cyneuron takes {r['cyneuron'] / v:.2f} of it)"
+                       for k, v in r.items() if k != "cyneuron")
+    return f"  predict 1 sample {row['arch']}: cyneuron {r['cyneuron']:.1f} us; {others}"
+
+
+def _predict_line(row):
+    r = row["rates"]
+    return (f"  predict {PREDICT_SAMPLES} samples {row['arch']}: cyneuron {r['cyneuron']:,.0f} "
+            f"samples/s; " + _others(r, " samples/s", lambda v: f"{v:,.0f}"))

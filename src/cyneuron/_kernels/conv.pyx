@@ -1,0 +1,260 @@
+"""Convolution kernels on channels-last data: im2col and col2im.
+
+A 2-D convolution of x (N, H, W, C) with a kernel (KH, KW, C, F) is one GEMM,
+cols @ kernel.reshape(KH*KW*C, F), where row r = (n, oy, ox) of the patch matrix
+cols (N*OH*OW, KH*KW*C) holds the receptive field of output pixel (oy, ox) of
+sample n in the kernel's (kh, kw, c) order:
+
+    cols[r, (i*KW + j)*C + c] = x[n, oy*SH - PT + i*DH, ox*SW - PL + j*DW, c]
+
+and zero where that position falls in the padding (PT / PL: padding before the
+first row / column; the padding after follows from OH and OW). col2im is the
+adjoint: it scatter-adds a patch-matrix gradient back onto dx. 1-D convolutions
+are the same with H = KH = 1.
+
+Every read and write is bounds-checked against the array shapes (a position
+outside the input is padding), so any geometry is memory-safe; the layers
+compute the TensorFlow output sizes. im2col runs in parallel over output rows
+(n, oy); col2im over samples, so no two threads add into the same dx element.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+from cyneuron._kernels._openmp cimport threads_for
+
+
+cdef inline tuple _shape4(Py_ssize_t *shape):
+    return (shape[0], shape[1], shape[2], shape[3])
+
+
+cdef struct Geometry:
+    Py_ssize_t N, H, W, C        # input
+    Py_ssize_t OH, OW            # output
+    Py_ssize_t KH, KW            # kernel
+    Py_ssize_t SH, SW, DH, DW    # strides and dilation
+    Py_ssize_t PT, PL            # padding before the first row / column
+
+
+cdef Geometry _geometry(tuple x_shape, tuple window, tuple strides, tuple dilation,
+                        tuple padding, Py_ssize_t oh, Py_ssize_t ow) except *:
+    cdef Geometry g
+    g.N, g.H, g.W, g.C = x_shape
+    g.KH, g.KW = window
+    g.SH, g.SW = strides
+    g.DH, g.DW = dilation
+    g.PT, g.PL = padding
+    g.OH, g.OW = oh, ow
+    for name, values in (("kernel size", window), ("strides", strides),
+                         ("dilation", dilation)):
+        if values[0] < 1 or values[1] < 1:
+            raise ValueError(f"{name} must be positive; got {values}")
+    if g.PT < 0 or g.PL < 0:
+        raise ValueError(f"padding must be non-negative; got {padding}")
+    if oh < 1 or ow < 1:
+        raise ValueError(f"output size must be positive; got ({oh}, {ow})")
+    return g
+
+
+cdef inline void _copy(floating *dst, const floating *src, Py_ssize_t n) noexcept nogil:
+    """dst[:n] = src[:n]: a plain loop for the few values of a thin channel axis."""
+    cdef Py_ssize_t c
+    if n >= 16:
+        memcpy(dst, src, n * sizeof(floating))
+    else:
+        for c in range(n):
+            dst[c] = src[c]
+
+
+cdef void _im2col_row(const floating *x, floating *cols, const Geometry *g,
+                      Py_ssize_t r) noexcept nogil:
+    """Row block r = (n, oy) of the patch matrix: OW rows of KH*KW*C values."""
+    cdef Py_ssize_t n = r // g.OH, oy = r % g.OH
+    cdef Py_ssize_t C = g.C, ox, i, j, iy, ix, ix0, span
+    cdef const floating *src = x + n * g.H * g.W * C
+    cdef const floating *p
+    cdef floating *dst = cols + r * g.OW * g.KH * g.KW * C
+    for ox in range(g.OW):
+        ix0 = ox * g.SW - g.PL
+        for i in range(g.KH):
+            iy = oy * g.SH - g.PT + i * g.DH
+            if iy < 0 or iy >= g.H:
+                memset(dst, 0, g.KW * C * sizeof(floating))
+                dst += g.KW * C
+                continue
+            p = src + iy * g.W * C
+            if g.DW == 1 and ix0 >= 0 and ix0 + g.KW <= g.W:
+                # the whole kernel row is inside: one contiguous run of KW*C values
+                span = g.KW * C
+                _copy(dst, p + ix0 * C, span)
+                dst += span
+                continue
+            for j in range(g.KW):
+                ix = ix0 + j * g.DW
+                if ix < 0 or ix >= g.W:
+                    memset(dst, 0, C * sizeof(floating))
+                else:
+                    _copy(dst, p + ix * C, C)
+                dst += C
+
+
+def im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols, tuple window,
+           tuple strides, tuple dilation, tuple padding, tuple output_size):
+    """Fill the patch matrix cols (N*OH*OW, KH*KW*C) from x (N, H, W, C).
+
+    window (KH, KW), strides (SH, SW), dilation (DH, DW), padding (top, left),
+    output_size (OH, OW).
+    """
+    cdef Geometry g = _geometry(_shape4(x.shape), window, strides, dilation, padding,
+                                output_size[0], output_size[1])
+    _check_cols(&g, cols.shape[0], cols.shape[1])
+    if g.N == 0:
+        return
+    cdef Py_ssize_t r
+    cdef int nt = threads_for(<double> cols.shape[0] * cols.shape[1])
+    for r in prange(g.N * g.OH, nogil=True, num_threads=nt, schedule="static"):
+        _im2col_row(&x[0, 0, 0, 0], &cols[0, 0], &g, r)
+
+
+cdef void _col2im_sample(const floating *cols, floating *dx, const Geometry *g,
+                         Py_ssize_t n) noexcept nogil:
+    """dx[n] = sum over the patch rows of sample n of their values, scattered back."""
+    cdef Py_ssize_t C = g.C, oy, ox, i, j, c, iy, ix, ix0
+    cdef floating *dst = dx + n * g.H * g.W * C
+    cdef floating *p
+    cdef const floating *src = cols + n * g.OH * g.OW * g.KH * g.KW * C
+    memset(dst, 0, g.H * g.W * C * sizeof(floating))
+    for oy in range(g.OH):
+        for ox in range(g.OW):
+            ix0 = ox * g.SW - g.PL
+            for i in range(g.KH):
+                iy = oy * g.SH - g.PT + i * g.DH
+                if iy < 0 or iy >= g.H:
+                    src += g.KW * C
+                    continue
+                p = dst + iy * g.W * C
+                for j in range(g.KW):
+                    ix = ix0 + j * g.DW
+                    if 0 <= ix < g.W:
+                        for c in range(C):
+                            p[ix * C + c] += src[c]
+                    src += C
+
+
+def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] dx, tuple window,
+           tuple strides, tuple dilation, tuple padding, tuple output_size):
+    """dx (N, H, W, C) = the adjoint of im2col applied to cols (N*OH*OW, KH*KW*C):
+    every patch value is added back onto the input position it was copied from
+    (padding positions are dropped). dx is overwritten."""
+    cdef Geometry g = _geometry(_shape4(dx.shape), window, strides, dilation, padding,
+                                output_size[0], output_size[1])
+    _check_cols(&g, cols.shape[0], cols.shape[1])
+    if g.N == 0:
+        return
+    cdef Py_ssize_t n
+    cdef int nt = threads_for(<double> cols.shape[0] * cols.shape[1])
+    for n in prange(g.N, nogil=True, num_threads=nt, schedule="static"):
+        _col2im_sample(&cols[0, 0], &dx[0, 0, 0, 0], &g, n)
+
+
+cdef int _check_cols(const Geometry *g, Py_ssize_t rows, Py_ssize_t width) except -1:
+    if rows != g.N * g.OH * g.OW or width != g.KH * g.KW * g.C:
+        raise ValueError(f"cols must have shape ({g.N * g.OH * g.OW}, {g.KH * g.KW * g.C}) "
+                         f"for {g.N} samples of {g.OH}x{g.OW} outputs and a "
+                         f"{g.KH}x{g.KW}x{g.C} window; got ({rows}, {width})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# The backward pass through the epilogue: activation derivative and bias gradient
+# ---------------------------------------------------------------------------------------
+# Activation codes, the same numbers as cyneuron._kernels.gemm.EPILOGUES.
+cdef enum:
+    ACT_LINEAR = 0
+    ACT_RELU = 1
+    ACT_SIGMOID = 2
+    ACT_TANH = 3
+    # Column sums run over this many row chunks whatever the thread count, and the
+    # chunk partials (float64) are added in order: the same result on any thread count.
+    MAX_CHUNKS = 64
+
+
+cdef void _act_grad_rows(const floating *y, const floating *dy, floating *dz, double *part,
+                         Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t F, int act) noexcept nogil:
+    """Rows [r0, r1): dz = dy * act'(y) (written when dz != NULL) and part[f] = the sum
+    of those rows of dz (when part != NULL)."""
+    cdef Py_ssize_t r, f
+    cdef floating g
+    cdef const floating *yr
+    cdef const floating *gr
+    cdef floating *zr
+    if part != NULL:
+        for f in range(F):
+            part[f] = 0
+    for r in range(r0, r1):
+        yr = y + r * F
+        gr = dy + r * F
+        zr = dz + r * F
+        if act == ACT_LINEAR:
+            if part != NULL:
+                for f in range(F):
+                    part[f] += gr[f]
+            continue
+        if act == ACT_RELU:
+            for f in range(F):
+                g = gr[f]  # loaded unconditionally: the select below then vectorizes
+                zr[f] = g if yr[f] > 0 else 0
+        elif act == ACT_SIGMOID:
+            for f in range(F):
+                zr[f] = gr[f] * yr[f] * (1 - yr[f])
+        else:
+            for f in range(F):
+                zr[f] = gr[f] * (1 - yr[f] * yr[f])
+        if part != NULL:
+            for f in range(F):
+                part[f] += zr[f]
+
+
+def activation_bias_backward(const floating[:, ::1] y, const floating[:, ::1] dy,
+                             floating[:, ::1] dz, floating[::1] db, int activation):
+    """The backward pass of act(z + bias) for outputs y (M, F) and their gradient dy:
+    dz = dy * act'(y) (not written for 'linear', where dz is dy; pass dz=None) and
+    db = the column sums of dz (db=None: skipped). activation: EPILOGUES code of
+    linear, relu, sigmoid or tanh."""
+    cdef Py_ssize_t M = y.shape[0], F = y.shape[1], t, f, k
+    if dy.shape[0] != M or dy.shape[1] != F:
+        raise ValueError(f"dy must have shape ({M}, {F}); got ({dy.shape[0]}, {dy.shape[1]})")
+    if not ACT_LINEAR <= activation <= ACT_TANH:
+        raise ValueError(f"activation code must be linear, relu, sigmoid or tanh (0-3); "
+                         f"got {activation}")
+    if activation != ACT_LINEAR:
+        if dz is None or dz.shape[0] != M or dz.shape[1] != F:
+            raise ValueError(f"dz must be an array of shape ({M}, {F})")
+    if db is not None and db.shape[0] != F:
+        raise ValueError(f"db must have {F} values; got {db.shape[0]}")
+    if M == 0 or (db is None and activation == ACT_LINEAR):
+        if db is not None:
+            db[:] = 0
+        return
+    k = M if M < MAX_CHUNKS else MAX_CHUNKS
+    cdef double *part = NULL
+    cdef double s
+    if db is not None:
+        part = <double *>malloc(k * F * sizeof(double))
+        if part == NULL:
+            raise MemoryError()
+    cdef floating *zp = &dz[0, 0] if dz is not None else NULL
+    cdef int nt = threads_for(<double> M * F * 2)
+    try:
+        for t in prange(k, nogil=True, num_threads=nt, schedule="static"):
+            _act_grad_rows(&y[0, 0], &dy[0, 0], zp, part + t * F if part != NULL else NULL,
+                           t * M // k, (t + 1) * M // k, F, activation)
+        if db is not None:
+            for f in range(F):
+                s = 0
+                for t in range(k):
+                    s = s + part[t * F + f]
+                db[f] = <floating>s
+    finally:
+        free(part)

@@ -1,0 +1,255 @@
+"""`python -m cyneuron bench matmul` (cyneuron._bench): its cases, what they multiply, the
+report's structure and the target verdicts. Tiny subsets and few repeats; no timing asserts."""
+import argparse
+import math
+
+import numpy as np
+import pytest
+
+import cyneuron as cn
+from cyneuron import _bench as B
+from cyneuron import _config
+
+
+def _args(**kw):
+    base = {"repeats": 2, "target": 0.001, "stat": "best", "peak": None, "quick": False}
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+# --------------------------------------------------------------------------- the cases
+def test_full_case_list_is_the_issue_s():
+    cases = B.matmul_cases()
+    by = {}
+    for c in cases:
+        by.setdefault(c.section, []).append(c)
+    assert [c.m for c in by[B.SQUARE]] == [64, 128, 256, 512, 1024, 2048]
+    assert all(c.m == c.k == c.n and c.dtype == "float32" and not c.threads for c in by[B.SQUARE])
+    # n = 64 and 128: call overhead included (no out=); the others into a preallocated out
+    assert [c.out for c in by[B.SQUARE]] == [False, False, True, True, True, True]
+    assert [(c.m, c.dtype) for c in by[B.FLOAT64]] == [(512, "float64"), (1024, "float64"),
+                                                      (2048, "float64")]
+    assert [(c.m, c.threads) for c in by[B.ONE_THREAD]] == [(512, 1), (1024, 1), (2048, 1)]
+    dense = by[B.DENSE]
+    assert len(dense) == 48
+    assert {c.product for c in dense} == {"forward", "dX", "dW"}
+    assert len({c.ident for c in cases}) == len(cases)  # unique pytest ids
+
+
+def test_quick_case_list():
+    cases = B.matmul_cases(quick=True)
+    squares = [c.m for c in cases if c.section == B.SQUARE]
+    assert squares == [64, 128, 512, 1024]
+    assert sum(c.section == B.DENSE for c in cases) == 48
+    assert all(c.section in (B.SQUARE, B.DENSE) for c in cases)
+
+
+@pytest.mark.parametrize("batch, k_in, n_out", [(3, 5, 7), (32, 784, 256)])
+def test_dense_products_are_the_layer_s(batch, k_in, n_out):
+    """forward X @ W, dX = dY @ W^T, dW = X^T @ dY with X (M,K), W (K,N), dY (M,N) stored as the
+    layer stores them; both libraries compute the same product."""
+    for product in B.DENSE_PRODUCTS:
+        case = B.dense_case(batch, k_in, n_out, product)
+        a, b, _, _, _, _ = B.matmul_operands(case.m, case.k, case.n, case.dtype,
+                                             case.trans_a, case.trans_b)
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        if product == "forward":  # a = X, b = W
+            assert (a.shape, b.shape) == ((batch, k_in), (k_in, n_out))
+            want = a64 @ b64
+        elif product == "dX":  # a = dY, b = W
+            assert (a.shape, b.shape) == ((batch, n_out), (k_in, n_out))
+            want = a64 @ b64.T
+        else:  # a = X, b = dY
+            assert (a.shape, b.shape) == ((batch, k_in), (batch, n_out))
+            want = a64.T @ b64
+        fns = B.case_callables(case)
+        for name in ("cyneuron", "numpy"):
+            got = fns[name]()
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+        assert B.gemm_flops(case.m, case.k, case.n) == 2.0 * batch * k_in * n_out
+
+
+def test_no_out_cases_allocate_a_fresh_result():
+    fns = B.matmul_callables(8, 8, 8, "float32", out=False)
+    for fn in fns.values():
+        assert fn() is not fn()
+    fns = B.matmul_callables(8, 8, 8, "float32", out=True)
+    for fn in fns.values():
+        assert fn() is fn()
+
+
+def test_matmul_error_flags_a_wrong_result():
+    want = np.ones((4, 4), np.float32)
+    assert B.matmul_error(want.copy(), want) == (0.0, True)
+    bad = want.copy()
+    bad[1, 2] = 1.5
+    err, ok = B.matmul_error(bad, want)
+    assert err == pytest.approx(0.5) and not ok
+
+
+# --------------------------------------------------------------------------- threads, peak
+def test_both_on_threads_restores(restore_threads):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    cn.set_num_threads(2)
+    blas = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    with B.both_on_threads(1) as limited:
+        assert limited
+        assert cn.get_num_threads() == 1
+        assert all(i["num_threads"] == 1 for i in threadpoolctl.threadpool_info()
+                   if i["user_api"] == "blas")
+    assert cn.get_num_threads() == 2
+    assert [i["num_threads"] for i in threadpoolctl.threadpool_info()
+            if i["user_api"] == "blas"] == blas
+
+
+def test_measured_peak_is_positive():
+    assert B.measure_fma_peak(1, seconds=0.01, tries=1, settle_s=0) > 0
+
+
+def test_peak_given_and_fallback(monkeypatch):
+    peak = B.matmul_peak(2, given=100.0)
+    assert (peak.source, peak.per_thread, peak.total) == ("--peak", 50.0, 100.0)
+    assert peak.gflops("float32") == 100.0
+    assert peak.gflops("float64") == 50.0
+    assert peak.gflops("float32", threads=1) == 50.0
+    # measuring fails: the clock-based estimate, or nothing
+    monkeypatch.setattr(B, "measure_fma_peak", lambda *a, **k: None)
+    peak = B.matmul_peak(2)
+    assert peak.source in ("clock estimate", "unknown")
+    assert (peak.total is None) == (peak.source == "unknown")
+
+
+def test_print_peak_names_the_isa():
+    lines = []
+    peak = B.Peak(_config.get_isa(), 2, 50.0, 100.0, "measured", None)
+    B.print_peak(peak, lines.append)
+    text = "\n".join(lines)
+    assert "1 thread 50.0 GFLOP/s" in text and "2 threads 100.0 GFLOP/s" in text
+    if "avx512" not in _config.supported_isas():
+        assert "this CPU has no AVX-512" in text
+
+
+# --------------------------------------------------------------------------- the run
+def test_bench_matmul_report_structure(restore_threads):
+    cn.set_num_threads(2)
+    cases = (B.square_cases((16, 32)) + B.square_cases((24,), "float64")
+             + [B.dense_case(4, 16, 8, p) for p in B.DENSE_PRODUCTS]
+             + B.square_cases((16,), threads=1))
+    lines = []
+    peak = B.matmul_peak(2, given=100.0)
+    report = B.bench_matmul(_args(), lines.append, cases=cases, peak=peak, settle_s=0.001)
+    assert set(report) == {"peak", "results", "skipped", "dense_geomeans", "targets"}
+    assert report["peak"] is peak
+    ran = [r["case"] for r in report["results"]] + [c for c, _ in report["skipped"]]
+    assert sorted(ran, key=cases.index) == cases
+    for r in report["results"]:
+        c = r["case"]
+        assert r["ok"], r
+        assert r["cyneuron_gflops"] > 0 and r["numpy_gflops"] > 0
+        assert r["ratio"] == pytest.approx(r["cyneuron_gflops"] / r["numpy_gflops"])
+        assert r["pct_peak"] == pytest.approx(100 * r["cyneuron_gflops"]
+                                              / peak.gflops(c.dtype, c.threads))
+    assert set(report["dense_geomeans"]) == {"forward", "dX", "dW", "all"}
+    assert report["dense_geomeans"]["all"][1] == 3
+    assert len(report["targets"]) == 15
+    assert cn.get_num_threads() == 2  # the 1-thread case restored it
+    text = "\n".join(lines)
+    for section in (B.SQUARE, B.FLOAT64, B.DENSE):
+        assert f"matmul, {section}" in text
+    assert "geometric mean ratio" in text
+    assert "matmul targets" in text and "of 15 targets met" in text
+
+
+# --------------------------------------------------------------------------- the verdicts
+def _result(case, ratio, ok=True, g_cn=100.0):
+    return {"case": case, "cyneuron_gflops": g_cn, "numpy_gflops": g_cn / ratio, "ratio": ratio,
+            "pct_peak": None, "error": 0.0 if ok else 1.0, "ok": ok}
+
+
+def _status(targets, start):
+    [t] = [t for t in targets if t.target.startswith(start)]
+    return t
+
+
+def test_targets_verdicts():
+    cases = B.matmul_cases()
+    ratios = {B.SQUARE: 1.05, B.FLOAT64: 1.0, B.ONE_THREAD: 1.2}
+    results = []
+    for i, c in enumerate(cases):
+        if c.section == B.DENSE:
+            results.append(_result(c, 2.0 if i % 2 else 1.0))
+        else:
+            results.append(_result(c, ratios[c.section], g_cn=90.0 if c.m == 512 else 80.0))
+    results[1] = _result(cases[1], 3.0, ok=False)  # n=128: fast but wrong
+    peak = B.Peak("avx512", 2, 50.0, 100.0, "measured", 100.0)
+    targets = B.matmul_targets(results, peak)
+    assert len(targets) == 15
+    assert _status(targets, "float32 n=512, 2 threads: >= 1.05x").status == "met"  # boundary
+    assert _status(targets, "float32 n=512, 2 threads: >= 88%").status == "met"
+    assert _status(targets, "float32 n=512, 2 threads: >= 88%").value == pytest.approx(0.9)
+    assert _status(targets, "float32 n=1024, 2 threads: >= 88%").status == "NOT met"
+    assert _status(targets, "float32 n=2048, 1 thread").status == "met"
+    dense = _status(targets, "dense layer products")
+    assert dense.value == pytest.approx(math.sqrt(2.0)) and dense.status == "met"
+    assert _status(targets, "float32 n=64, 2 threads, call overhead").status == "NOT met"
+    assert _status(targets, "float32 n=128, 2 threads, call overhead").status.startswith(
+        "NOT met (wrong result")
+    assert _status(targets, "float64 n=1024").status == "NOT met"
+    assert sum(t.met for t in targets) == 8
+
+
+def test_targets_not_measured_and_no_avx512():
+    quick = [_result(c, 1.5) for c in B.matmul_cases(quick=True)]
+    peak = B.Peak("avx2", 2, 50.0, 100.0, "measured", None)
+    targets = B.matmul_targets(quick[:-1], peak)  # one dense case short
+    assert _status(targets, "float32 n=2048, 2 threads: >= 1.05x").status == "not measured"
+    assert _status(targets, "float64 n=512").status == "not measured"
+    assert _status(targets, "float32 n=512, 1 thread").status == "not measured"
+    assert _status(targets, "float32 n=512, 2 threads: >= 88%").status.startswith("n/a")
+    assert _status(targets, "dense layer products").status == "not measured (only 47 of 48 cases)"
+    # n = 64 timed with out= is not the call-overhead case
+    with_out = [_result(B.MatmulCase(B.SQUARE, "n=64", 64, 64, 64), 2.0)]
+    assert _status(B.matmul_targets(with_out, peak),
+                   "float32 n=64, 2 threads, call").status == "not measured"
+
+
+# --------------------------------------------------------------------------- the command line
+@pytest.mark.parametrize("argv", [["matmul", "--repeats", "0"], ["matmul", "--peak", "-1"],
+                                  ["matmul", "--target", "0"], ["nothing"]])
+def test_main_rejects_bad_options(argv, monkeypatch):
+    for k in B.OPENBLAS_HANDICAP_VARS:
+        monkeypatch.delenv(k, raising=False)  # never re-execute from a test
+    with pytest.raises(SystemExit) as exc:
+        B.main(argv)
+    assert exc.value.code == 2
+
+
+def test_time_blocks_samples():
+    calls = []
+    samples = B.time_blocks({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                            repeats=3, target_s=1e-4, settle_s=0)
+    assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
+    assert all(s > 0 for v in samples.values() for s in v)
+
+
+# -- the end-to-end MLP comparison (issue 8) -------------------------------------------------
+def test_mlp_train_flops_count_every_product():
+    from cyneuron import _bench_mlp
+
+    # forward + weight gradients for both layers, input gradient for the second only
+    assert _bench_mlp.train_flops_per_sample((4, 3, 2)) == 2 * (2 * (12 + 6) + 6)
+
+
+def test_mlp_bench_reports_every_kind_on_a_tiny_run():
+    from cyneuron import _bench_mlp
+
+    lines = []
+    results = _bench_mlp.bench(lines.append, threads=1, peak32=100.0, repeats=1,
+                               architectures=["784-256-128-10"], batch_sizes=[256],
+                               n_samples=512)
+    kinds = [r["kind"] for r in results]
+    assert kinds == ["train", "latency", "predict"]
+    train = results[0]
+    assert train["rates"]["cyneuron"] > 0 and train["gflops"] > 0 and train["pct_peak"] > 0
+    assert len(lines) == 3 and "samples/s" in lines[0] and " us" in lines[1]

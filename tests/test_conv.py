@@ -1,0 +1,575 @@
+"""Conv1D and Conv2D: numpy references for the forward pass (TensorFlow's padding rule),
+float64 finite-difference gradients for every option, the im2col / col2im / fused
+backward kernels, thread-count agreement, PyTorch parity where installed, bad input,
+and a small CNN (with BatchNormalization on NHWC) trained end to end."""
+import itertools
+
+import numpy as np
+import pytest
+
+import cyneuron as cn
+from cyneuron import layers
+from cyneuron._kernels import conv as _k
+from cyneuron._kernels.gemm import EPILOGUES
+
+from test_gradients import _np_activation, numeric_grad
+
+RTOL = 1e-5
+ATOL = 1e-7
+
+
+# ---------------------------------------------------------------------------------------
+# numpy references
+# ---------------------------------------------------------------------------------------
+def tf_padding(size, window, stride, dilation, padding):
+    """(before, after, output size) by TensorFlow's rules."""
+    span = (window - 1) * dilation + 1
+    if padding == "valid":
+        return 0, 0, (size - span) // stride + 1
+    if padding == "causal":
+        return span - 1, 0, (size - 1) // stride + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + span - size, 0)
+    return total // 2, total - total // 2, out
+
+
+def ref_conv2d(x, kernel, bias, strides, padding, dilation):
+    """Direct convolution: a sum over the kernel taps of strided slices of the padded x."""
+    (kh, kw, _, f), (sh, sw), (dh, dw) = kernel.shape, strides, dilation
+    pt, pb, oh = tf_padding(x.shape[1], kh, sh, dh, padding)
+    pl, pr, ow = tf_padding(x.shape[2], kw, sw, dw, padding)
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    out = np.zeros((x.shape[0], oh, ow, f))
+    for i, j in itertools.product(range(kh), range(kw)):
+        patch = xp[:, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+        out += patch @ kernel[i, j]
+    return out + (0 if bias is None else bias)
+
+
+def ref_conv1d(x, kernel, bias, stride, padding, dilation):
+    k, _, f = kernel.shape
+    before, after, out_len = tf_padding(x.shape[1], k, stride, dilation, padding)
+    xp = np.pad(x, ((0, 0), (before, after), (0, 0)))
+    out = np.zeros((x.shape[0], out_len, f))
+    for i in range(k):
+        out += xp[:, i * dilation:i * dilation + (out_len - 1) * stride + 1:stride] @ kernel[i]
+    return out + (0 if bias is None else bias)
+
+
+def check_layer_gradients(layer, x, rng, training=True):
+    """dx and every weight gradient against central differences of sum(g * forward(x))."""
+    out = layer.forward(x, training=training).copy()
+    g = rng.normal(size=out.shape)
+    g_before, x_before = g.copy(), x.copy()
+    dx = np.array(layer.backward(g), copy=True)
+    grads = layer.get_gradients()
+    np.testing.assert_array_equal(g, g_before)   # backward leaves its argument alone
+    np.testing.assert_array_equal(x, x_before)   # and forward its input
+
+    def objective():
+        return float(np.sum(g * layer.forward(x, training=training)))
+
+    assert dx.shape == x.shape
+    np.testing.assert_allclose(dx, numeric_grad(objective, x), rtol=RTOL, atol=ATOL)
+    weights = layer.get_weights()
+    for k, w in enumerate(weights):
+        def objective_w():
+            layer.set_weights(weights)
+            return objective()
+
+        np.testing.assert_allclose(grads[k], numeric_grad(objective_w, w), rtol=RTOL, atol=ATOL,
+                                   err_msg=f"{layer.name}: weight #{k}")
+    return out, dx, grads
+
+
+def _set_random_weights(layer, rng, x):
+    layer.forward(x)
+    layer.set_weights([rng.normal(scale=0.5, size=w.shape) for w in layer.get_weights()])
+
+
+# ---------------------------------------------------------------------------------------
+# Conv2D forward against numpy
+# ---------------------------------------------------------------------------------------
+CONV2D_CASES = [
+    # kernel_size, strides, padding, dilation_rate
+    (3, 1, "valid", 1),
+    (3, 1, "same", 1),
+    (3, 2, "valid", 1),
+    (3, 2, "same", 1),
+    ((2, 3), (2, 1), "same", 1),
+    ((2, 3), (1, 3), "valid", 1),
+    (3, 1, "same", 2),
+    (3, 1, "valid", (2, 1)),
+    (2, 2, "same", 2),          # strides and dilation together (Keras refuses; we allow)
+    (1, 1, "valid", 1),         # pointwise: no patch matrix
+    (1, 1, "same", 3),          # pointwise: dilation is irrelevant
+    (1, 2, "same", 1),          # 1x1 with a stride still needs the patch matrix
+    (4, 3, "same", 1),          # even kernel: TF puts the extra zero after
+    ((5, 1), 1, "same", 1),
+]
+
+
+@pytest.mark.parametrize("kernel_size,strides,padding,dilation", CONV2D_CASES)
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "nobias"])
+def test_conv2d_forward_matches_numpy(kernel_size, strides, padding, dilation, use_bias):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 9, 8, 4))
+    layer = layers.Conv2D(5, kernel_size, strides=strides, padding=padding,
+                          dilation_rate=dilation, use_bias=use_bias, dtype="float64")
+    _set_random_weights(layer, rng, x)
+    weights = layer.get_weights()
+    y = layer.forward(x)
+    ref = ref_conv2d(x, weights[0], weights[1] if use_bias else None, layer.strides,
+                     padding, layer.dilation_rate)
+    assert y.shape == ref.shape
+    assert layer.compute_output_shape(x.shape[1:]) == ref.shape[1:]
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu", "sigmoid", "tanh", "softmax"])
+def test_conv2d_activation_matches_numpy(activation):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 6, 7, 3))
+    layer = layers.Conv2D(4, 3, padding="same", activation=activation, dtype="float64")
+    _set_random_weights(layer, rng, x)
+    kernel, bias = layer.get_weights()
+    ref = _np_activation(activation, ref_conv2d(x, kernel, bias, (1, 1), "same", (1, 1)))
+    np.testing.assert_allclose(layer.forward(x), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_float32_matches_numpy():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(4, 10, 10, 3)).astype(np.float32)
+    layer = layers.Conv2D(8, 3, padding="same", activation="relu")
+    y = layer.forward(x)
+    assert y.dtype == np.float32
+    kernel, bias = layer.get_weights()
+    ref = np.maximum(ref_conv2d(x.astype(np.float64), kernel, bias, (1, 1), "same", (1, 1)), 0)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_conv2d_weights_layout_and_defaults():
+    layer = layers.Conv2D(6, (3, 2))
+    layer.forward(np.zeros((1, 5, 5, 4), np.float32))
+    kernel, bias = layer.get_weights()
+    assert kernel.shape == (3, 2, 4, 6) and bias.shape == (6,)
+    np.testing.assert_array_equal(bias, 0)
+    limit = np.sqrt(6 / (3 * 2 * 4 + 3 * 2 * 6))   # glorot_uniform with receptive fields
+    assert np.abs(kernel).max() <= limit
+    assert layer.count_params() == 3 * 2 * 4 * 6 + 6
+    assert layer.kernel is layer.weights[0] and layer.bias is layer.weights[1]
+    config = layer.get_config()
+    assert config["filters"] == 6 and config["kernel_size"] == (3, 2)
+    assert config["padding"] == "valid" and config["strides"] == (1, 1)
+
+
+def test_conv2d_accepts_other_spatial_sizes_after_build():
+    """Like Keras: the channel count is fixed once built, the image size is not."""
+    rng = np.random.default_rng(3)
+    layer = layers.Conv2D(2, 3, padding="valid", dtype="float64")
+    layer.forward(rng.normal(size=(1, 6, 6, 3)))
+    x = rng.normal(size=(2, 9, 5, 3))
+    kernel, bias = layer.get_weights()
+    np.testing.assert_allclose(layer.forward(x), ref_conv2d(x, kernel, bias, (1, 1), "valid",
+                                                            (1, 1)), rtol=1e-12, atol=1e-12)
+
+
+def test_padding_name_is_case_insensitive():
+    assert layers.Conv2D(1, 3, padding="SAME").padding == "same"
+
+
+# ---------------------------------------------------------------------------------------
+# Conv1D forward against numpy
+# ---------------------------------------------------------------------------------------
+CONV1D_CASES = [
+    (3, 1, "valid", 1), (3, 1, "same", 1), (3, 2, "same", 1), (3, 2, "valid", 1),
+    (3, 1, "causal", 1), (2, 1, "causal", 2), (3, 2, "causal", 1), (3, 1, "same", 2),
+    (1, 1, "valid", 1), (4, 3, "same", 1),
+]
+
+
+@pytest.mark.parametrize("kernel_size,strides,padding,dilation", CONV1D_CASES)
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "nobias"])
+def test_conv1d_forward_matches_numpy(kernel_size, strides, padding, dilation, use_bias):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 11, 4))
+    layer = layers.Conv1D(5, kernel_size, strides=strides, padding=padding,
+                          dilation_rate=dilation, use_bias=use_bias, dtype="float64")
+    _set_random_weights(layer, rng, x)
+    weights = layer.get_weights()
+    assert weights[0].shape == (kernel_size, 4, 5)
+    y = layer.forward(x)
+    ref = ref_conv1d(x, weights[0], weights[1] if use_bias else None, strides, padding, dilation)
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_conv1d_causal_output_ignores_the_future():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(1, 10, 2))
+    layer = layers.Conv1D(3, 4, padding="causal", dilation_rate=2, dtype="float64")
+    y0 = layer.forward(x).copy()
+    x[0, 6:] += 10.0
+    y1 = layer.forward(x)
+    np.testing.assert_array_equal(y0[0, :6], y1[0, :6])
+    assert not np.allclose(y0[0, 6:], y1[0, 6:])
+
+
+# ---------------------------------------------------------------------------------------
+# float64 finite-difference gradients
+# ---------------------------------------------------------------------------------------
+GRAD_CASES_2D = [
+    (3, 1, "valid", 1), (3, 1, "same", 1), (3, 2, "same", 1), (3, 2, "valid", 1),
+    ((2, 3), (2, 1), "same", 1), (3, 1, "same", 2), (2, 2, "valid", (1, 2)),
+    (1, 1, "valid", 1), (1, 2, "same", 1), (4, 3, "same", 1),
+]
+
+
+@pytest.mark.parametrize("kernel_size,strides,padding,dilation", GRAD_CASES_2D)
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "nobias"])
+def test_conv2d_gradients(kernel_size, strides, padding, dilation, use_bias):
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(2, 6, 5, 3))
+    layer = layers.Conv2D(3, kernel_size, strides=strides, padding=padding,
+                          dilation_rate=dilation, use_bias=use_bias, dtype="float64")
+    _set_random_weights(layer, rng, x)
+    check_layer_gradients(layer, x, rng)
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu", "sigmoid", "tanh", "softmax"])
+def test_conv2d_gradients_through_activation(activation):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2, 5, 5, 2))
+    layer = layers.Conv2D(3, 3, padding="same", activation=activation, dtype="float64")
+    _set_random_weights(layer, rng, x)
+    check_layer_gradients(layer, x, rng)
+
+
+@pytest.mark.parametrize("kernel_size,strides,padding,dilation", CONV1D_CASES)
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "nobias"])
+def test_conv1d_gradients(kernel_size, strides, padding, dilation, use_bias):
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(2, 9, 3))
+    layer = layers.Conv1D(2, kernel_size, strides=strides, padding=padding,
+                          dilation_rate=dilation, use_bias=use_bias, dtype="float64")
+    _set_random_weights(layer, rng, x)
+    check_layer_gradients(layer, x, rng)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_conv1d_gradients_through_activation(activation):
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(2, 8, 3))
+    layer = layers.Conv1D(4, 3, padding="same", activation=activation, dtype="float64")
+    _set_random_weights(layer, rng, x)
+    check_layer_gradients(layer, x, rng)
+
+
+def test_conv2d_backward_matches_closed_form():
+    """dW = cols^T dz, db = sum dz, dx = col2im(dz W^T), against the references."""
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(3, 7, 6, 2))
+    layer = layers.Conv2D(4, 3, strides=2, padding="same", dtype="float64")
+    _set_random_weights(layer, rng, x)
+    kernel, _ = layer.get_weights()
+    y = layer.forward(x)
+    g = rng.normal(size=y.shape)
+    dx = layer.backward(g)
+    dkernel, dbias = layer.get_gradients()
+    np.testing.assert_allclose(dbias, g.sum(axis=(0, 1, 2)), rtol=1e-12)
+    # The convolution is linear in x and in the kernel: <g, conv(x, K)> = <dx, x> = <dK, K>.
+    total = float(np.sum(g * ref_conv2d(x, kernel, None, (2, 2), "same", (1, 1))))
+    np.testing.assert_allclose(float(np.sum(dx * x)), total, rtol=1e-10)
+    np.testing.assert_allclose(float(np.sum(dkernel * kernel)), total, rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("window,strides,dilation,padding", [
+    ((3, 3), (1, 1), (1, 1), (1, 1)), ((2, 3), (2, 1), (1, 2), (0, 2)),
+    ((1, 1), (2, 2), (1, 1), (0, 0)), ((3, 2), (3, 2), (2, 1), (2, 0)),
+])
+def test_col2im_is_the_adjoint_of_im2col(dtype, window, strides, dilation, padding):
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2, 7, 6, 3)).astype(dtype)
+    oh = (7 + 2 * padding[0] - (window[0] - 1) * dilation[0] - 1) // strides[0] + 1
+    ow = (6 + 2 * padding[1] - (window[1] - 1) * dilation[1] - 1) // strides[1] + 1
+    cols = np.empty((2 * oh * ow, window[0] * window[1] * 3), dtype)
+    _k.im2col(x, cols, window, strides, dilation, padding, (oh, ow))
+    c = rng.normal(size=cols.shape).astype(dtype)
+    dx = np.full(x.shape, np.nan, dtype)   # col2im overwrites, never accumulates into old data
+    _k.col2im(c, dx, window, strides, dilation, padding, (oh, ow))
+    lhs = float(np.sum(cols.astype(np.float64) * c))
+    rhs = float(np.sum(x.astype(np.float64) * dx))
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+def test_im2col_rows_are_receptive_fields():
+    x = np.arange(2 * 4 * 4 * 2, dtype=np.float64).reshape(2, 4, 4, 2)
+    cols = np.empty((2 * 2 * 2, 3 * 3 * 2))
+    _k.im2col(x, cols, (3, 3), (2, 2), (1, 1), (1, 1), (2, 2))
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    for n, oy, ox in itertools.product(range(2), range(2), range(2)):
+        want = xp[n, 2 * oy:2 * oy + 3, 2 * ox:2 * ox + 3, :].reshape(-1)
+        np.testing.assert_array_equal(cols[(n * 2 + oy) * 2 + ox], want)
+
+
+def test_conv_kernels_check_their_buffers():
+    x = np.zeros((2, 5, 5, 3))
+    with pytest.raises(ValueError, match="cols must have shape"):
+        _k.im2col(x, np.zeros((10, 27)), (3, 3), (1, 1), (1, 1), (0, 0), (3, 3))
+    with pytest.raises(ValueError, match="cols must have shape"):
+        _k.col2im(np.zeros((18, 26)), x, (3, 3), (1, 1), (1, 1), (0, 0), (3, 3))
+    with pytest.raises(ValueError, match="strides must be positive"):
+        _k.im2col(x, np.zeros((18, 27)), (3, 3), (0, 1), (1, 1), (0, 0), (3, 3))
+    with pytest.raises(ValueError, match="padding must be non-negative"):
+        _k.im2col(x, np.zeros((18, 27)), (3, 3), (1, 1), (1, 1), (-1, 0), (3, 3))
+    with pytest.raises(ValueError, match="dy must have shape"):
+        _k.activation_bias_backward(np.zeros((4, 3)), np.zeros((4, 2)), np.zeros((4, 3)),
+                                    None, 1)
+    with pytest.raises(ValueError, match="db must have 3 values"):
+        _k.activation_bias_backward(np.zeros((4, 3)), np.zeros((4, 3)), None, np.zeros(2), 0)
+    with pytest.raises(ValueError, match="dz must be an array"):
+        _k.activation_bias_backward(np.zeros((4, 3)), np.zeros((4, 3)), None, None, 1)
+    with pytest.raises(ValueError, match="activation code"):
+        _k.activation_bias_backward(np.zeros((4, 3)), np.zeros((4, 3)), np.zeros((4, 3)),
+                                    None, EPILOGUES["gelu"])
+
+
+@pytest.mark.parametrize("name", ["linear", "relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("rows", [1, 7, 64, 1000])
+def test_activation_bias_backward_matches_numpy(name, rows):
+    rng = np.random.default_rng(12)
+    y = _np_activation(name, rng.normal(size=(rows, 13)))
+    dy = rng.normal(size=y.shape)
+    db = np.empty(13)
+    if name == "linear":
+        _k.activation_bias_backward(y, dy, None, db, EPILOGUES[name])
+        dz = dy
+    else:
+        dz = np.empty_like(y)
+        _k.activation_bias_backward(y, dy, dz, db, EPILOGUES[name])
+        deriv = {"relu": (y > 0) * 1.0, "sigmoid": y * (1 - y), "tanh": 1 - y * y}[name]
+        np.testing.assert_allclose(dz, dy * deriv, rtol=1e-14)
+    np.testing.assert_allclose(db, dz.sum(axis=0), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# Threads
+# ---------------------------------------------------------------------------------------
+def _conv_run(threads, dtype):
+    cn.set_num_threads(threads)
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(16, 12, 12, 8)).astype(dtype)
+    cn.set_seed(0)
+    layer = layers.Conv2D(16, 3, strides=1, padding="same", activation="relu", dtype=dtype)
+    y = layer.forward(x, training=True).copy()
+    dx = layer.backward(rng.normal(size=y.shape).astype(dtype)).copy()
+    return [y, dx] + layer.get_gradients()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_and_two_threads_agree(restore_threads, dtype):
+    one, two = _conv_run(1, dtype), _conv_run(2, dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_conv_gradients_on_each_thread_count(kernel_threads):
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(3, 6, 6, 2))
+    layer = layers.Conv2D(2, 3, strides=2, padding="same", activation="tanh", dtype="float64")
+    _set_random_weights(layer, rng, x)
+    check_layer_gradients(layer, x, rng)
+
+
+# ---------------------------------------------------------------------------------------
+# PyTorch parity (optional)
+# ---------------------------------------------------------------------------------------
+def test_conv2d_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(15)
+    x = rng.normal(size=(2, 9, 8, 3))
+    layer = layers.Conv2D(4, 3, strides=2, padding="valid", dilation_rate=1, dtype="float64")
+    _set_random_weights(layer, rng, x)
+    kernel, bias = layer.get_weights()
+    y = layer.forward(x).copy()
+    g = rng.normal(size=y.shape)
+    dx = layer.backward(g).copy()
+    dkernel, dbias = layer.get_gradients()
+
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    kt = torch.tensor(kernel.transpose(3, 2, 0, 1), requires_grad=True)
+    bt = torch.tensor(bias, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, kt, bt, stride=2)
+    yt.backward(torch.tensor(g.transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(y, yt.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dkernel, kt.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-10)
+    np.testing.assert_allclose(dbias, bt.grad.numpy(), rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs,match", [
+    ({"filters": 0, "kernel_size": 3}, "filters must be a positive integer"),
+    ({"filters": 2.5, "kernel_size": 3}, "filters must be a positive integer"),
+    ({"filters": 2, "kernel_size": 0}, "kernel_size must be"),
+    ({"filters": 2, "kernel_size": (3, 3, 3)}, "kernel_size must be"),
+    ({"filters": 2, "kernel_size": "3"}, "kernel_size must be"),
+    ({"filters": 2, "kernel_size": 3, "strides": 0}, "strides must be"),
+    ({"filters": 2, "kernel_size": 3, "strides": (1, -2)}, "strides must be"),
+    ({"filters": 2, "kernel_size": 3, "dilation_rate": 0}, "dilation_rate must be"),
+    ({"filters": 2, "kernel_size": 3, "padding": "full"}, "padding must be one of"),
+    ({"filters": 2, "kernel_size": 3, "padding": "causal"}, "padding must be one of"),
+    ({"filters": 2, "kernel_size": 3, "padding": None}, "padding must be one of"),
+    ({"filters": 2, "kernel_size": 3, "activation": "nope"}, "unknown activation"),
+])
+def test_conv2d_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        layers.Conv2D(**kwargs)
+
+
+def test_conv1d_bad_arguments():
+    with pytest.raises(ValueError, match="kernel_size must be a positive int"):
+        layers.Conv1D(2, (3, 3))
+    with pytest.raises(ValueError, match="strides must be"):
+        layers.Conv1D(2, 3, strides=-1)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        layers.Conv1D(2, 3, padding="reflect")
+
+
+def test_conv_wrong_rank():
+    with pytest.raises(ValueError, match=r"expects 4-D input x \(batch, height, width, channels\)"):
+        layers.Conv2D(2, 3).forward(np.zeros((2, 8, 8)))
+    with pytest.raises(ValueError, match=r"expects 3-D input x \(batch, steps, channels\)"):
+        layers.Conv1D(2, 3).forward(np.zeros((2, 8, 8, 1)))
+    model = cn.Sequential([layers.Conv2D(2, 3)])
+    with pytest.raises(ValueError, match="expects 4-D input"):
+        model.build((28, 28))
+
+
+def test_conv_channel_count_differs_from_built_layer():
+    layer = layers.Conv2D(2, 3)
+    layer.forward(np.zeros((1, 6, 6, 3), np.float32))
+    with pytest.raises(ValueError, match="built for inputs with 3 channels"):
+        layer.forward(np.zeros((1, 6, 6, 4), np.float32))
+    layer1 = layers.Conv1D(2, 3)
+    layer1.forward(np.zeros((1, 6, 2), np.float32))
+    with pytest.raises(ValueError, match="built for inputs with 2 channels"):
+        layer1.forward(np.zeros((1, 6, 1), np.float32))
+
+
+def test_conv_kernel_larger_than_input():
+    with pytest.raises(ValueError, match="kernel_size 5 is larger than the input's 4 positions "
+                                         "along height with padding 'valid'"):
+        layers.Conv2D(2, 5).forward(np.zeros((1, 4, 9, 1)))
+    with pytest.raises(ValueError, match=r"kernel_size 3 \(dilated by 3: 7 positions\)"):
+        layers.Conv1D(2, 3, dilation_rate=3).forward(np.zeros((1, 6, 1)))
+    layer = layers.Conv2D(2, 3)
+    layer.forward(np.zeros((1, 6, 6, 1)))
+    with pytest.raises(ValueError, match="kernel_size 3 is larger .* along width"):
+        layer.forward(np.zeros((1, 6, 2, 1)))
+    with pytest.raises(ValueError, match="kernel_size"):
+        cn.Sequential([layers.Conv2D(2, 3), layers.Conv2D(2, 5)]).build((6, 6, 1))
+    # 'same' pads as needed: any kernel fits
+    assert layers.Conv2D(2, 5, padding="same").forward(np.zeros((1, 2, 2, 1))).shape == (1, 2, 2, 2)
+
+
+def test_conv_other_bad_input():
+    layer = layers.Conv2D(2, 3)
+    with pytest.raises(ValueError, match="x is empty"):
+        layer.forward(np.zeros((0, 5, 5, 1)))
+    with pytest.raises(TypeError, match="x must hold real numbers"):
+        layer.forward(np.full((1, 5, 5, 1), "a"))
+    with pytest.raises(RuntimeError, match="call forward before backward"):
+        layers.Conv2D(2, 3).backward(np.zeros((1, 3, 3, 2)))
+    layer.forward(np.zeros((1, 5, 5, 1)))
+    with pytest.raises(ValueError, match="grad_output must have the shape"):
+        layer.backward(np.zeros((1, 3, 3, 3)))
+
+
+# ---------------------------------------------------------------------------------------
+# In a model
+# ---------------------------------------------------------------------------------------
+def _small_cnn(dtype="float64"):
+    return cn.Sequential([
+        layers.Conv2D(3, 3, padding="same", activation="relu"),
+        layers.BatchNormalization(),
+        layers.MaxPooling2D(2),
+        layers.Conv2D(4, (2, 3), strides=(1, 2), activation="tanh"),
+        layers.GlobalAveragePooling2D(),
+        layers.Dense(3, activation="softmax"),
+    ], dtype=dtype)
+
+
+def test_cnn_model_gradients_with_batchnorm_on_nhwc():
+    rng = np.random.default_rng(16)
+    x = rng.normal(size=(4, 6, 7, 2))
+    y = rng.integers(0, 3, size=4)
+    cn.set_seed(1)
+    model = _small_cnn()
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model.build(x.shape[1:])
+    assert model.output_shape == (3,)
+    loss, grads = model.compute_gradients(x, y)
+    weights = model.get_weights()
+    trainable = [t for layer in model.layers for t in layer._trainable]
+    for k, w in enumerate(weights):
+        if not trainable[k]:
+            np.testing.assert_array_equal(grads[k], 0)
+            continue
+
+        def objective():
+            model.set_weights(weights)
+            return model.compute_gradients(x, y)[0]
+
+        np.testing.assert_allclose(grads[k], numeric_grad(objective, w), rtol=1e-5, atol=1e-7,
+                                   err_msg=f"weight #{k}")
+
+
+def test_cnn_learns_a_spatial_task():
+    """Bright blob on the left or right half: a conv net separates them after a few epochs."""
+    rng = np.random.default_rng(17)
+    n = 256
+    x = rng.normal(scale=0.3, size=(n, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 2, size=n)
+    for i in range(n):
+        col = rng.integers(0, 3) + (5 if y[i] else 0)
+        x[i, rng.integers(0, 7):, col, 0] += 2.0
+    cn.set_seed(0)
+    model = cn.Sequential([
+        layers.Conv2D(4, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Flatten(),
+        layers.Dense(2, activation="softmax"),
+    ])
+    model.compile(optimizer=cn.optimizers.SGD(0.05, momentum=0.9),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=15, batch_size=32, verbose=0)
+    assert model.evaluate(x, y)["accuracy"] >= 0.95
+    assert model.predict(x[:5]).shape == (5, 2)
+
+
+def test_shift_augment_moves_each_image_by_one_pixel():
+    from cyneuron.__main__ import shift_augment
+
+    x = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 1)
+    aug = shift_augment(x)
+    assert aug.shape == (10, 3, 3, 1)
+    np.testing.assert_array_equal(aug[:2], x)
+    np.testing.assert_array_equal(aug[2:4, 1:], x[:, :-1])   # content moved down a row
+    np.testing.assert_array_equal(aug[2:4, 0], 0)
+
+
+def test_demo_cnn_reaches_98_percent_on_digits(capsys):
+    pytest.importorskip("sklearn")
+    from cyneuron.__main__ import demo_cnn
+
+    accuracy, _ = demo_cnn(epochs=10)
+    assert accuracy >= 0.98
+    assert "test accuracy" in capsys.readouterr().out

@@ -1,0 +1,252 @@
+"""The GEMM driver's plans (direct / packed, threads splitting rows or columns), its
+fused epilogue, accumulate mode, workspace reuse and the kernel entry's own checks.
+
+The shapes are picked from the driver's thresholds (plan_limits, block_sizes) so that
+every plan and every split runs on every SIMD path this CPU has, on 1 and 2 threads.
+"""
+import threading
+
+import numpy as np
+import pytest
+
+import cyneuron as cn
+from cyneuron import activations
+from cyneuron._kernels import gemm as _gemm
+
+from test_gemm import assert_matmul_close
+
+DTYPES = [np.float32, np.float64]
+DTYPE_IDS = ["float32", "float64"]
+
+
+def _plan_shapes(dtype):
+    """(label, M, K, N, b_transposed) reaching each plan of the driver."""
+    mr, nr, mc, kc, nc = _gemm.block_sizes(np.dtype(dtype).name)
+    direct_m = _gemm.plan_limits()["direct_max_m"]
+    big_k = kc + 3
+    return [
+        ("direct-tiny", 1, 1, 1, False),
+        ("direct-edges", mr + 1, big_k, 2 * nr + 3, False),
+        ("direct-max-m", direct_m, 37, 5 * nr - 1, False),
+        ("direct-split-rows", direct_m, 64, nr - 1, False),
+        ("packed-big-m", direct_m + 1, big_k, 3 * nr + 5, False),
+        ("packed-mc-edges", 2 * mc + mr + 1, 29, nr + 1, False),
+        ("packed-b-transposed", 17, big_k, 2 * nr + 1, True),
+        ("packed-4k-stride", 8, kc + 1, 4096 // np.dtype(dtype).itemsize, False),
+        ("packed-nc-edge", mr + 2, 19, nc + nr + 3, True),
+    ]
+
+
+def _case(rng, dtype, m, k, n, b_transposed):
+    a = rng.standard_normal((m, k)).astype(dtype)
+    if b_transposed:
+        b = rng.standard_normal((n, k)).astype(dtype).T
+    else:
+        b = rng.standard_normal((k, n)).astype(dtype)
+    return a, b
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_every_plan_on_every_path_and_thread_count(isa, kernel_threads, dtype):
+    rng = np.random.default_rng(0)
+    for label, m, k, n, bt in _plan_shapes(dtype):
+        a, b = _case(rng, dtype, m, k, n, bt)
+        assert _gemm.plan(a, b)["plan"] == label.split("-")[0], label
+        c = np.empty((m, n), dtype)
+        _gemm.gemm(a, b, c)
+        assert_matmul_close(c, a, b, what=f"{label} {isa} threads={kernel_threads}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_accumulate_adds_to_c(isa, kernel_threads, dtype):
+    rng = np.random.default_rng(1)
+    for label, m, k, n, bt in _plan_shapes(dtype):
+        a, b = _case(rng, dtype, m, k, n, bt)
+        c0 = rng.standard_normal((m, n)).astype(dtype)
+        c = c0.copy()
+        _gemm.gemm(a, b, c, accumulate=True)
+        expected = c0.astype(np.float64) + a.astype(np.float64) @ b.astype(np.float64)
+        tol = 1e-4 if dtype == np.float32 else 1e-11
+        np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * np.sqrt(k), err_msg=label)
+
+
+def _reference_activation(name, z):
+    """Forward pass of cyneuron's own activation, in float64, as the reference."""
+    return activations.get(name).forward(np.ascontiguousarray(z, dtype=np.float64))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_plans_split_and_pack_as_documented(dtype):
+    rng = np.random.default_rng(9)
+    a, b = _case(rng, dtype, 300, 50, 40, False)
+    assert _gemm.plan(a, b, threads=2) == {"plan": "packed", "split": "rows", "pack_a": False}
+    a, b = _case(rng, dtype, 4, 50, 400, False)
+    assert _gemm.plan(a, b, threads=2) == {"plan": "direct", "split": "columns", "pack_a": False}
+    a, b = _case(rng, dtype, 300, 50, 40, False)
+    strided = np.repeat(a, 2, axis=1)[:, ::2]
+    assert _gemm.plan(strided[::2], b, threads=2)["pack_a"] is True
+
+
+def _epilogue_activations():
+    return sorted(_gemm.EPILOGUES)
+
+
+@pytest.mark.parametrize("name", _epilogue_activations())
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_epilogue_matches_separate_passes(isa, kernel_threads, dtype, name):
+    rng = np.random.default_rng(2)
+    act = activations.get(name)
+    code, alpha = cn.ops.epilogue_of(act)
+    for label, m, k, n, bt in _plan_shapes(dtype)[1:6]:
+        a, b = _case(rng, dtype, m, k, n, bt)
+        bias = rng.standard_normal(n).astype(dtype)
+        c = np.empty((m, n), dtype)
+        _gemm.gemm(a, b, c, bias, code, alpha)
+        z = a.astype(np.float64) @ b.astype(np.float64) + bias
+        expected = _reference_activation(name, z)
+        tol = 2e-4 if dtype == np.float32 else 1e-10
+        np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * np.sqrt(k),
+                                   err_msg=f"{name} {label}")
+
+
+@pytest.mark.parametrize("name", ["leaky_relu", "elu"])
+def test_epilogue_parameters_reach_the_kernel(name):
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((9, 5))
+    b = rng.standard_normal((5, 7))
+    act = activations.LeakyReLU(0.05) if name == "leaky_relu" else activations.ELU(0.4)
+    got = cn.ops.matmul(a, b, activation=act)
+    np.testing.assert_allclose(got, act.forward(a @ b), rtol=1e-12, atol=1e-12)
+
+
+def test_matmul_every_epilogue_name_by_string():
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((13, 40)).astype(np.float32)
+    b = rng.standard_normal((40, 21)).astype(np.float32)
+    bias = rng.standard_normal(21).astype(np.float32)
+    for name in _epilogue_activations():
+        got = cn.ops.matmul(a, b, bias=bias, activation=name)
+        expected = _reference_activation(name, a.astype(np.float64) @ b + bias)
+        np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: x[::-1],                      # negative row stride
+    lambda x: x[:, ::-1],                   # negative column stride
+    lambda x: np.asfortranarray(x),         # column-major
+    lambda x: x[::2, ::3],                  # neither stride is 1: packed copy of A
+    lambda x: x.T.copy().T,                 # transposed view of a copy
+], ids=["rows-reversed", "cols-reversed", "fortran", "every-2nd-3rd", "transposed-view"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_strided_views_are_read_not_misread(kernel_threads, dtype, make):
+    rng = np.random.default_rng(5)
+    for m, k, n in [(7, 11, 19), (150, 400, 33)]:
+        base_a = rng.standard_normal((2 * m, 3 * k)).astype(dtype)
+        base_b = rng.standard_normal((2 * k, 3 * n)).astype(dtype)
+        a = make(base_a)[:m, :k]
+        b = make(base_b)[:k, :n]
+        c = np.empty((m, n), dtype)
+        _gemm.gemm(a, b, c)
+        assert_matmul_close(c, a, b, what="view")
+
+
+def test_kernel_entry_refuses_bad_arguments():
+    a = np.ones((3, 4), np.float32)
+    b = np.ones((4, 5), np.float32)
+    c = np.empty((3, 5), np.float32)
+    with pytest.raises(ValueError, match="shapes do not agree"):
+        _gemm.gemm(a, b[:3], c)
+    with pytest.raises(TypeError, match="dtype"):
+        _gemm.gemm(a, b.astype(np.float64), c)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _gemm.gemm(a, b, c.astype(np.int32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _gemm.gemm(a, b, np.empty((5, 3), np.float32).T)
+    with pytest.raises(ValueError, match="2-D"):
+        _gemm.gemm(a[0], b, c)
+    with pytest.raises(ValueError, match="bias"):
+        _gemm.gemm(a, b, c, np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="epilogue"):
+        _gemm.gemm(a, b, c, None, 99)
+    with pytest.raises(ValueError, match="accumulate"):
+        _gemm.gemm(a, b, c, np.ones(5, np.float32), accumulate=True)
+    square = np.ones((4, 4), np.float32)
+    with pytest.raises(ValueError, match="share memory"):
+        _gemm.gemm(square, square[:, :4], square)
+    with pytest.raises(TypeError):
+        _gemm.gemm(a.tolist(), b, c)
+
+
+def test_fused_epilogue_not_applied_for_softmax():
+    """Softmax is not element-wise: ops.matmul applies it after the GEMM."""
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((5, 8))
+    b = rng.standard_normal((8, 6))
+    got = cn.ops.matmul(a, b, activation="softmax")
+    z = a @ b
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(got, e / e.sum(axis=1, keepdims=True), rtol=1e-12)
+    assert cn.ops.epilogue_of(activations.get("softmax")) is None
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="needs /proc")
+def test_no_memory_growth_over_10000_calls(restore_threads):
+    cn.set_num_threads(2)
+    rng = np.random.default_rng(7)
+    shapes = [(3, 5, 7), (64, 64, 64), (200, 300, 50), (16, 400, 100), (130, 20, 2000)]
+    ops = []
+    for m, k, n in shapes:
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        ops.append((a, b, np.empty((m, n), np.float32), np.ones(n, np.float32)))
+    for a, b, c, bias in ops:       # warm up: workspaces reach their final size
+        _gemm.gemm(a, b, c, bias, 1)
+        _gemm.gemm(a, b.T.copy().T, c)
+    before = _rss_bytes()
+    for i in range(10_000):
+        a, b, c, bias = ops[i % len(ops)]
+        if i % 2:
+            _gemm.gemm(a, b, c, bias, 1)
+        else:
+            cn.ops.matmul(a, b, out=c)
+    growth = _rss_bytes() - before
+    assert growth < 4 << 20, f"resident memory grew by {growth / 2**20:.1f} MiB over 10,000 calls"
+
+
+def test_concurrent_callers_get_their_own_workspaces(restore_threads):
+    """Python threads calling the GEMM at once (the GIL is released inside) never share
+    a packing buffer."""
+    cn.set_num_threads(1)
+    rng = np.random.default_rng(8)
+    cases = []
+    for t in range(4):
+        m, k, n = 150 + t, 300 + 7 * t, 40 + t
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((n, k)).astype(np.float32).T   # packed plan
+        cases.append((a, b, a.astype(np.float64) @ b.astype(np.float64)))
+    errors = []
+
+    def work(a, b, expected):
+        c = np.empty(expected.shape, np.float32)
+        for _ in range(30):
+            _gemm.gemm(a, b, c)
+            if not np.allclose(c, expected, rtol=1e-3, atol=1e-3):
+                errors.append("wrong result")
+                return
+
+    threads = [threading.Thread(target=work, args=case) for case in cases]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+
+
+def test_fma_peak_is_measured():
+    one = _gemm.fma_peak_gflops(threads=1, seconds=0.02)
+    assert np.isfinite(one) and one > 0.1

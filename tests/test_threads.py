@@ -1,0 +1,54 @@
+"""Threads: threadpoolctl sees and limits cyneuron's OpenMP pool, and training on 1 or 2
+threads gives the same result within float tolerance."""
+import os
+
+import numpy as np
+import pytest
+
+import cyneuron as cn
+from cyneuron import _config, layers
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+
+def test_threadpoolctl_lists_the_openmp_runtime():
+    runtime = _config.openmp_runtime()
+    assert runtime is not None
+    infos = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "openmp"]
+    assert infos, threadpoolctl.threadpool_info()
+    assert any(os.path.realpath(i["filepath"]) == os.path.realpath(runtime) for i in infos), \
+        (runtime, infos)
+
+
+@pytest.mark.parametrize("user_api", [None, "openmp"])
+def test_threadpool_limits_limits_the_kernels(restore_threads, user_api):
+    cn.set_num_threads(2)
+    with threadpoolctl.threadpool_limits(limits=1, user_api=user_api):
+        assert cn.get_num_threads() == 1
+        a = np.random.default_rng(0).standard_normal((300, 300)).astype(np.float32)
+        np.testing.assert_allclose(cn.ops.matmul(a, a), a @ a, rtol=1e-4, atol=1e-3)
+    assert cn.get_num_threads() == 2
+
+
+def _train(threads):
+    cn.set_num_threads(threads)
+    cn.set_seed(3)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((512, 96)).astype(np.float32)
+    y = rng.integers(0, 10, 512)
+    model = cn.Sequential([layers.Dense(384, activation="relu"), layers.BatchNormalization(),
+                           layers.Dense(256, activation="tanh"), layers.Dropout(0.2),
+                           layers.Dense(10, activation="softmax")])
+    model.compile(optimizer=cn.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    history = model.fit(x, y, epochs=2, batch_size=128, verbose=0)
+    return model.get_weights(), history.history["loss"], model.predict(x)
+
+
+def test_one_and_two_threads_agree(restore_threads):
+    w1, loss1, p1 = _train(1)
+    w2, loss2, p2 = _train(2)
+    np.testing.assert_allclose(loss1, loss2, rtol=1e-5)
+    for a, b in zip(w1, w2):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(p1, p2, rtol=1e-4, atol=1e-5)
