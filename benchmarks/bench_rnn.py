@@ -14,9 +14,17 @@ import numpy as np
 import pytest
 
 import cyneuron as cn
-from cyneuron._bench import (RNN_BATCH, RNN_CELLS, RNN_PREDICT_SAMPLES, RNN_THREADS, rnn_data,
-                             rnn_optimizer_label, rnn_predict_callables, rnn_train_callables,
-                             settle_threads)
+from cyneuron._bench import (
+    RNN_BATCH,
+    RNN_CELLS,
+    RNN_PREDICT_SAMPLES,
+    RNN_THREADS,
+    rnn_data,
+    rnn_optimizer_label,
+    rnn_predict_callables,
+    rnn_train_callables,
+    settle_threads,
+)
 
 IMPLEMENTATIONS = ["cyneuron", "torch"]
 

@@ -172,7 +172,8 @@ def test_weight_layouts_and_initializers():
     assert [w.shape for w in gru.get_weights()] == [(5, 12), (4, 12), (2, 12)]
     assert [w.shape for w in rnn.get_weights()] == [(5, 4), (4, 4), (4,)]
     # unit_forget_bias: ones in the forget gate's block, zeros elsewhere
-    np.testing.assert_array_equal(lstm.get_weights()[2], np.r_[np.zeros(4), np.ones(4), np.zeros(8)])
+    np.testing.assert_array_equal(lstm.get_weights()[2],
+                                  np.r_[np.zeros(4), np.ones(4), np.zeros(8)])
     # orthogonal recurrent kernel: rows orthonormal for (units, 4 units)
     rec = lstm.get_weights()[1].astype(np.float64)
     np.testing.assert_allclose(rec @ rec.T, np.eye(4), atol=1e-5)
@@ -364,7 +365,7 @@ def test_time_distributed_after_lstm_in_a_model():
 
 
 def _check_model_gradients(model, x, y):
-    loss, grads = model.compute_gradients(x, y)
+    _, grads = model.compute_gradients(x, y)
     live = [w for layer in model.layers for w in layer.weights]
     assert len(grads) == len(live)
 
@@ -571,10 +572,10 @@ def test_float32_layers_agree_across_simd_paths(isa):
 def test_kernels_check_their_buffers():
     f = np.float32
     t, n, h = 3, 2, 4
-    ok = dict(proj=np.zeros((4 * h, t * n), f), bias=np.zeros(4 * h, f),
-              kernel_rec_t=np.zeros((4 * h, h), f), gates=np.zeros((t, 4 * h, n), f),
-              h=np.zeros((h, t + 1, n), f), c=np.zeros((t + 1, h, n), f),
-              act_c=np.zeros((t, h, n), f))
+    ok = {"proj": np.zeros((4 * h, t * n), f), "bias": np.zeros(4 * h, f),
+          "kernel_rec_t": np.zeros((4 * h, h), f), "gates": np.zeros((t, 4 * h, n), f),
+          "h": np.zeros((h, t + 1, n), f), "c": np.zeros((t + 1, h, n), f),
+          "act_c": np.zeros((t, h, n), f)}
     K.lstm_forward(**ok)
     for name, bad in [("gates", np.zeros((t, 3 * h, n), f)), ("h", np.zeros((h, t, n), f)),
                       ("kernel_rec_t", np.zeros((h, 4 * h), f)), ("bias", np.zeros(h, f)),

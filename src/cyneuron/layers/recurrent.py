@@ -24,7 +24,7 @@ from .._kernels import recurrent as _k
 from .._kernels.gemm import gemm
 from .._random import get_rng
 from .._validation import check_numeric, check_positive
-from .base import Layer
+from .base import Layer, _unique_name
 
 
 def _activation(identifier, arg):
@@ -65,16 +65,16 @@ class RNN(Layer):
     """
 
     _abstract = True   # a base class: SimpleRNN, LSTM and GRU are the layers
-
-
     _gate_count = 1
     _state_names = ("h",)
+    _default_name = "rnn"   # Keras's names: simple_rnn, lstm, gru
 
     def __init__(self, units, activation="tanh", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                  bias_initializer="zeros", dropout=0.0, return_sequences=False,
                  return_state=False, go_backwards=False, seed=None, name=None, dtype=None):
-        super().__init__(name=name, dtype=dtype)
+        super().__init__(name=name if name is not None else _unique_name(self._default_name),
+                         dtype=dtype)
         self.units = int(check_positive(units, "units", integer=True))
         self.activation, self._act = _activation(activation, "activation")
         self.use_bias = _check_flag(use_bias, "use_bias")
@@ -361,6 +361,8 @@ class SimpleRNN(RNN):
     activation: tanh (default), relu, sigmoid, hard_sigmoid or linear.
     """
 
+    _default_name = "simple_rnn"
+
     def _run_forward(self, proj, w_rec_t, gates, h, initial_state):
         _k.rnn_forward(proj, self._input_bias(), w_rec_t, gates, h, self._mask, self._act)
         self.states = [None]
@@ -387,6 +389,7 @@ class LSTM(RNN):
 
     _gate_count = 4
     _state_names = ("h", "c")
+    _default_name = "lstm"
 
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
@@ -456,6 +459,7 @@ class GRU(RNN):
     """
 
     _gate_count = 3
+    _default_name = "gru"
 
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
