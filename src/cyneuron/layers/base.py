@@ -19,6 +19,7 @@ loading rebuilds them with `cls.from_config(config)` (by default `cls(**config)`
 new layer type plugs into saving by returning its constructor arguments from get_config.
 """
 import itertools
+import re
 
 import numpy as np
 
@@ -35,7 +36,9 @@ def _unique_name(base):
 
 
 def _snake_case(name):
-    return "".join("_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name))
+    """Keras's rule: BatchNormalization -> batch_normalization, LSTM -> lstm, Conv2D -> conv2d."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 class Layer:
