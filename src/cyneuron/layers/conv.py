@@ -20,7 +20,6 @@ Conv1D runs the same kernels on (N, 1, L, C) views.
 from dataclasses import dataclass
 
 from .. import activations, initializers
-from .._config import get_num_threads
 from .._kernels import conv as _k
 from .._kernels import winograd as _wino
 from .._kernels.gemm import EPILOGUES, gemm
@@ -33,9 +32,12 @@ _FUSED_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
 # with fewer, the GEMMs in the transform domain are too thin).
 WINOGRAD_MIN_CHANNELS = 16
 ALGORITHMS = ("auto", "im2col", "winograd")
-# Tiles per thread in a chunk of the batch that Winograd transforms, multiplies and
-# transforms back in one go (a few MiB of transform-domain data per thread: it stays in
-# cache; measured best at 256 on 1 and 2 threads for 14x14x32 -> 64).
+# Tiles in a chunk of the batch that Winograd transforms, multiplies and transforms back
+# in one go (a few MiB of transform-domain data: it stays in cache; measured best at
+# 256 on 1 and 2 threads for 14x14x32 -> 64). Each kernel and GEMM of a chunk runs on
+# all threads. (Running whole chunks on separate Python worker threads instead, each
+# with a one-thread OpenMP pool, measured slower: the main thread's idle OpenMP team
+# keeps spinning on the cores the workers need.)
 WINOGRAD_CHUNK_TILES = 256
 
 
@@ -227,9 +229,11 @@ class _Conv(SpatialLayer):
     @staticmethod
     def _chunks(n, tiles_per_image):
         """(images per chunk, [(first, end), ...]): the batch in chunks of about
-        WINOGRAD_CHUNK_TILES tiles per thread, so that a chunk's transform-domain data
-        stays in cache between its transform, its 36 GEMMs and the transform back."""
-        step = max(1, WINOGRAD_CHUNK_TILES * get_num_threads() // tiles_per_image)
+        WINOGRAD_CHUNK_TILES tiles, so that a chunk's transform-domain data stays in
+        cache between its transform, its 36 GEMMs and the transform back. The chunks do
+        not depend on the thread count, and no GEMM splits its sums over threads, so
+        the results do not either."""
+        step = max(1, WINOGRAD_CHUNK_TILES // tiles_per_image)
         return step, [(n0, min(n, n0 + step)) for n0 in range(0, n, step)]
 
     @staticmethod
