@@ -10,7 +10,9 @@ import pytest
 import cyneuron as cn
 from cyneuron import layers
 from cyneuron._kernels import conv as _k
+from cyneuron._kernels import winograd as _wino
 from cyneuron._kernels.gemm import EPILOGUES
+from cyneuron.layers import conv as _conv_module
 
 from test_gradients import _np_activation, numeric_grad
 
@@ -516,7 +518,7 @@ def test_cnn_model_gradients_with_batchnorm_on_nhwc():
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     model.build(x.shape[1:])
     assert model.output_shape == (3,)
-    loss, grads = model.compute_gradients(x, y)
+    _, grads = model.compute_gradients(x, y)
     weights = model.get_weights()
     trainable = [t for layer in model.layers for t in layer._trainable]
     for k, w in enumerate(weights):
@@ -578,8 +580,6 @@ def test_demo_cnn_reaches_98_percent_on_digits(capsys):
 # ---------------------------------------------------------------------------------------
 # Winograd F(4x4, 3x3)
 # ---------------------------------------------------------------------------------------
-from cyneuron._kernels import winograd as _wino  # noqa: E402
-from cyneuron.layers import conv as _conv_module  # noqa: E402
 
 
 @pytest.mark.parametrize("padding", ["same", "valid"])
