@@ -4,8 +4,10 @@ float32: cyneuron vs PyTorch CPU, each group in the same run; samples/s in extra
 The network: Conv2D 32 3x3 same + ReLU, MaxPooling 2, Conv2D 64 3x3 same + ReLU,
 MaxPooling 2, Flatten, Dense 128 ReLU, Dense 10 softmax (sparse categorical
 cross-entropy). Train step: cyneuron `train_on_batch` on a compiled, built model (NHWC);
-torch: zero_grad, forward (NCHW, its native layout), CrossEntropyLoss, backward, step,
-with torch.set_num_threads(cn.get_num_threads()). Both use Adam when this build of
+torch: zero_grad, forward, CrossEntropyLoss, backward, step, with
+torch.set_num_threads(cn.get_num_threads()), twice: in the default NCHW memory format
+("torch") and in channels_last ("torch-channels-last": NHWC like cyneuron, PyTorch's
+faster CPU layout for this network). Both use Adam when this build of
 cyneuron has it (cn.optimizers.get("adam"), the same learning rate in torch); otherwise
 both use SGD with momentum 0.9, and the benchmark's extra_info says "optimizer": "sgd".
 Inference: softmax probabilities for the batch (torch under no_grad).
@@ -22,7 +24,7 @@ from cyneuron._bench import (CONV_BATCH, conv_data, conv_optimizer_name, conv_pr
 
 TRAIN_GROUP = f"conv train step (batch {CONV_BATCH})"
 PREDICT_GROUP = f"conv inference (batch {CONV_BATCH})"
-IMPLEMENTATIONS = ["cyneuron", "torch"]
+IMPLEMENTATIONS = ["cyneuron", "torch", "torch-channels-last"]
 
 
 def _record_rate(benchmark, samples_per_call):

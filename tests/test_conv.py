@@ -10,7 +10,9 @@ import pytest
 import cyneuron as cn
 from cyneuron import layers
 from cyneuron._kernels import conv as _k
+from cyneuron._kernels import winograd as _wino
 from cyneuron._kernels.gemm import EPILOGUES
+from cyneuron.layers import conv as _conv_module
 
 from test_gradients import _np_activation, numeric_grad
 
@@ -516,7 +518,7 @@ def test_cnn_model_gradients_with_batchnorm_on_nhwc():
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     model.build(x.shape[1:])
     assert model.output_shape == (3,)
-    loss, grads = model.compute_gradients(x, y)
+    _, grads = model.compute_gradients(x, y)
     weights = model.get_weights()
     trainable = [t for layer in model.layers for t in layer._trainable]
     for k, w in enumerate(weights):
@@ -573,3 +575,135 @@ def test_demo_cnn_reaches_98_percent_on_digits(capsys):
     accuracy, _ = demo_cnn(epochs=10)
     assert accuracy >= 0.98
     assert "test accuracy" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------
+# Winograd F(4x4, 3x3)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("hw", [(7, 9), (4, 4), (3, 5), (13, 6)])
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "nobias"])
+def test_winograd_forward_matches_numpy(padding, hw, use_bias):
+    rng = np.random.default_rng(20)
+    x = rng.normal(size=(3,) + hw + (5,))
+    layer = layers.Conv2D(6, 3, padding=padding, use_bias=use_bias, dtype="float64")
+    layer.algorithm = "winograd"
+    _set_random_weights(layer, rng, x)
+    weights = layer.get_weights()
+    ref = ref_conv2d(x, weights[0], weights[1] if use_bias else None, (1, 1), padding, (1, 1))
+    np.testing.assert_allclose(layer.forward(x), ref, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("activation", ["linear", "relu", "sigmoid", "tanh", "softmax"])
+def test_winograd_gradients(padding, activation):
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(2, 6, 7, 3))
+    layer = layers.Conv2D(4, 3, padding=padding, activation=activation, dtype="float64")
+    layer.algorithm = "winograd"
+    _set_random_weights(layer, rng, x)
+    check_layer_gradients(layer, x, rng)
+
+
+@pytest.mark.parametrize("chunk_tiles", [1, 5, 16, 10 ** 6])
+def test_winograd_batch_chunks(monkeypatch, chunk_tiles):
+    """The batch runs in chunks of images (the last one shorter); the result is the same."""
+    monkeypatch.setattr(_conv_module, "WINOGRAD_CHUNK_TILES", chunk_tiles)
+    rng = np.random.default_rng(22)
+    x = rng.normal(size=(7, 9, 6, 4))
+    wino = layers.Conv2D(5, 3, padding="same", activation="relu", dtype="float64")
+    wino.algorithm = "winograd"
+    _set_random_weights(wino, rng, x)
+    ref = layers.Conv2D(5, 3, padding="same", activation="relu", dtype="float64")
+    ref.algorithm = "im2col"
+    ref.forward(x)
+    ref.set_weights(wino.get_weights())
+    y = wino.forward(x, training=True)
+    np.testing.assert_allclose(y, ref.forward(x, training=True), rtol=1e-11, atol=1e-11)
+    g = rng.normal(size=y.shape)
+    np.testing.assert_allclose(wino.backward(g), ref.backward(g), rtol=1e-10, atol=1e-11)
+    for a, b in zip(wino.get_gradients(), ref.get_gradients()):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_winograd_float32_close_to_im2col(restore_threads):
+    rng = np.random.default_rng(23)
+    x = rng.normal(size=(8, 14, 14, 32)).astype(np.float32)
+    results = []
+    for algorithm in ("winograd", "im2col"):
+        cn.set_seed(0)
+        layer = layers.Conv2D(64, 3, padding="same", activation="relu")
+        layer.algorithm = algorithm
+        y = layer.forward(x, training=True).copy()
+        dx = layer.backward(np.ones_like(y)).copy()
+        results.append([y, dx] + layer.get_gradients())
+    for a, b in zip(*results):
+        scale = float(np.abs(b).max())
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * scale)
+
+
+def test_winograd_one_and_two_threads_agree(restore_threads):
+    """Big enough that the GEMMs and transforms of a chunk run on both threads; the
+    chunks, and the order of every sum, do not depend on the thread count."""
+    rng = np.random.default_rng(24)
+    x = rng.normal(size=(40, 14, 14, 32)).astype(np.float32)   # 3 chunks, the last short
+    dy = rng.normal(size=(40, 14, 14, 64)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        cn.set_num_threads(threads)
+        cn.set_seed(0)
+        layer = layers.Conv2D(64, 3, padding="same", activation="relu")
+        assert layer.algorithm == "auto"
+        y = layer.forward(x, training=True).copy()
+        assert layer._winograd
+        dx = layer.backward(dy).copy()
+        results.append([y, dx] + layer.get_gradients())
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_winograd_auto_choice_and_bad_algorithm():
+    x = np.zeros((1, 8, 8, 16), np.float32)
+    layer = layers.Conv2D(16, 3, padding="same")
+    layer.forward(x)
+    assert layer._winograd                      # 3x3, stride 1, enough channels
+    thin = layers.Conv2D(16, 3, padding="same")
+    thin.forward(np.zeros((1, 8, 8, 1), np.float32))
+    assert not thin._winograd                   # one input channel: im2col
+    strided = layers.Conv2D(16, 3, strides=2)
+    strided.forward(x)
+    assert not strided._winograd
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        layer.algorithm = "fft"
+    with pytest.raises(ValueError, match="needs a 3x3 kernel"):
+        layers.Conv2D(4, 5).algorithm = "winograd"
+    with pytest.raises(ValueError, match="needs a 3x3 kernel"):
+        layers.Conv2D(4, 3, dilation_rate=2).algorithm = "winograd"
+    with pytest.raises(ValueError, match="needs a 3x3 kernel"):
+        layers.Conv1D(4, 3).algorithm = "winograd"
+
+
+def test_winograd_kernels_check_their_buffers():
+    g = np.zeros((3, 3, 4, 5))
+    with pytest.raises(ValueError, match="U must have shape"):
+        _wino.kernel_transform(g, np.zeros((36, 4, 4)))
+    with pytest.raises(ValueError, match="the kernel must be 3x3"):
+        _wino.kernel_transform(np.zeros((3, 2, 4, 5)), np.zeros((36, 4, 5)))
+    with pytest.raises(ValueError, match="dg must have shape"):
+        _wino.kernel_grad_transform(np.zeros((36, 4, 5)), np.zeros((3, 3, 5, 4)))
+    x = np.zeros((2, 8, 8, 4))
+    with pytest.raises(ValueError, match="V must have shape"):
+        _wino.input_transform(x, np.zeros((36, 7, 4)), 1, 1, 2, 2)   # 2 * 2 * 2 = 8 tiles
+    with pytest.raises(ValueError, match="tiles must be positive"):
+        _wino.input_transform(x, np.zeros((36, 8, 4)), 1, 1, 0, 2)
+    with pytest.raises(ValueError, match="M must have shape"):
+        _wino.output_transform(np.zeros((36, 8, 3)), np.zeros((2, 8, 8, 4)))
+    with pytest.raises(ValueError, match="bias must have 4 values"):
+        _wino.output_transform(np.zeros((36, 8, 4)), np.zeros((2, 8, 8, 4)), np.zeros(3))
+    with pytest.raises(ValueError, match="activation code"):
+        _wino.output_transform(np.zeros((36, 8, 4)), np.zeros((2, 8, 8, 4)), None, 9)
+    with pytest.raises(ValueError, match="Q must have shape"):
+        _wino.output_grad_transform(np.zeros((2, 8, 8, 4)), np.zeros((36, 8, 5)))
+    assert [_wino.tiles(s) for s in (1, 4, 5, 8, 14)] == [1, 1, 2, 2, 4]

@@ -12,9 +12,11 @@ sklearn: cyneuron.sklearn.MLPClassifier against scikit-learn's MLPClassifier fit
         digits (same architecture, solver, batch size, epochs and random_state): seconds
         per fit, test accuracy and the speed-up.
 conv:   one training step (forward + backward + Adam) of a LeNet-style CNN on 28x28x1
-        images, batch 64, float32, in samples/s, against the same network in PyTorch CPU;
-        and inference (softmax probabilities) on the same batch. Adam comes from
-        cn.optimizers.get("adam"); where this build has no Adam yet, both sides use SGD
+        images, batch 64, float32, in samples/s, against the same network in PyTorch CPU,
+        in its default NCHW layout ("torch") and in channels_last ("torch-channels-last",
+        NHWC like cyneuron; PyTorch's faster CPU layout for this network); and inference
+        (softmax probabilities) on the same batch. Adam comes from
+        cn.optimizers.get("adam"); where this build has no Adam yet, all sides use SGD
         with momentum 0.9 instead, and the table says so.
 rnn:    one training step of LSTM(128) -> Dense(10, softmax) on the last step (T = 50,
         32 features, batch 32, Adam, float32) and the same with GRU(128), in sequences/s,
@@ -798,9 +800,13 @@ def make_cyneuron_cnn(seed=0):
     return model
 
 
-def make_torch_cnn(threads, seed=0):
-    """(torch, net, optimizer, loss_fn): the same CNN in PyTorch (NCHW, its native layout;
-    logits out, CrossEntropyLoss) with the same optimizer."""
+CONV_TORCH_VARIANTS = {"torch": False, "torch-channels-last": True}
+
+
+def make_torch_cnn(threads, seed=0, channels_last=False):
+    """(torch, net, optimizer, loss_fn): the same CNN in PyTorch (logits out,
+    CrossEntropyLoss) with the same optimizer; its weights in NCHW (the default) or in
+    channels_last memory format."""
     import torch
     from torch import nn
 
@@ -812,6 +818,8 @@ def make_torch_cnn(threads, seed=0):
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 128), nn.ReLU(),
         nn.Linear(128, CONV_CLASSES))
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     if conv_optimizer_name() == "adam":
         opt = torch.optim.Adam(net.parameters(), lr=_cyneuron_conv_optimizer().learning_rate)
     else:
@@ -819,53 +827,66 @@ def make_torch_cnn(threads, seed=0):
     return torch, net, opt, nn.CrossEntropyLoss()
 
 
-def _torch_images(torch, x):
-    """NHWC numpy -> a contiguous NCHW tensor (converted once, outside the timed calls)."""
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+def _torch_images(torch, x, channels_last=False):
+    """NHWC numpy -> an NCHW tensor in the default (or channels_last) memory format,
+    converted once, outside the timed calls. (torch.from_numpy of the transposed array
+    is not enough: with one channel its strides also pass for channels_last.)"""
+    nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty(nchw.shape, dtype=nchw.dtype, memory_format=fmt)
+    out.copy_(nchw)
+    return out
+
+
+def _torch_train_step(threads, x, y, channels_last):
+    torch, net, opt, loss_fn = make_torch_cnn(threads, channels_last=channels_last)
+    xt, yt = _torch_images(torch, x, channels_last), torch.from_numpy(y)
+
+    def torch_step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(xt), yt)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return torch_step
+
+
+def _torch_predict(threads, x, channels_last):
+    torch, net, _, _ = make_torch_cnn(threads, channels_last=channels_last)
+    xt = _torch_images(torch, x, channels_last)
+    net.eval()
+
+    def torch_predict():
+        with torch.no_grad():
+            return torch.softmax(net(xt), dim=1).numpy()
+
+    return torch_predict
+
+
+def _conv_callables(cyneuron_fn, torch_factory):
+    fns, missing = {"cyneuron": cyneuron_fn}, {}
+    for name, channels_last in CONV_TORCH_VARIANTS.items():
+        try:
+            fns[name] = torch_factory(channels_last)
+        except ImportError:
+            missing[name] = "not installed"
+    return fns, missing
 
 
 def conv_train_callables(threads, x, y):
-    """{'cyneuron': step, 'torch': step} (torch when installed) and {name: reason}."""
-    fns, missing = {}, {}
+    """{'cyneuron': step, 'torch': step, 'torch-channels-last': step} (torch when installed)
+    and {name: reason} for those missing."""
     model = make_cyneuron_cnn()
-    fns["cyneuron"] = lambda: model.train_on_batch(x, y)
-    try:
-        torch, net, opt, loss_fn = make_torch_cnn(threads)
-    except ImportError:
-        missing["torch"] = "not installed"
-    else:
-        xt, yt = _torch_images(torch, x), torch.from_numpy(y)
-
-        def torch_step():
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(xt), yt)
-            loss.backward()
-            opt.step()
-            return loss
-
-        fns["torch"] = torch_step
-    return fns, missing
+    return _conv_callables(lambda: model.train_on_batch(x, y),
+                           lambda cl: _torch_train_step(threads, x, y, cl))
 
 
 def conv_predict_callables(threads, x):
-    """Softmax probabilities for the batch x: {'cyneuron': fn, 'torch': fn}."""
-    fns, missing = {}, {}
+    """Softmax probabilities for the batch x, the same three implementations."""
     model = make_cyneuron_cnn()
-    fns["cyneuron"] = lambda: model.predict(x, batch_size=len(x))
-    try:
-        torch, net, _, _ = make_torch_cnn(threads)
-    except ImportError:
-        missing["torch"] = "not installed"
-    else:
-        xt = _torch_images(torch, x)
-        net.eval()
-
-        def torch_predict():
-            with torch.no_grad():
-                return torch.softmax(net(xt), dim=1).numpy()
-
-        fns["torch"] = torch_predict
-    return fns, missing
+    return _conv_callables(lambda: model.predict(x, batch_size=len(x)),
+                           lambda cl: _torch_predict(threads, x, cl))
 
 
 def bench_conv(args, out):
@@ -878,11 +899,13 @@ def bench_conv(args, out):
         f"SGD lr {CONV_SGD_LR} momentum {CONV_MOMENTUM} (FALLBACK: this build has no Adam)"
     fns, missing = conv_train_callables(threads, x, y)
     net = "Conv32-Pool-Conv64-Pool-Dense128-Dense10"
+    names = ("cyneuron",) + tuple(CONV_TORCH_VARIANTS)
     train = _mlp_table(f"CNN {net} train step (forward + backward + {opt_label}), batch "
-                       f"{CONV_BATCH}, 28x28x1, float32", fns, missing, CONV_BATCH, args, out)
+                       f"{CONV_BATCH}, 28x28x1, float32", fns, missing, CONV_BATCH, args, out,
+                       names)
     fns, missing = conv_predict_callables(threads, x)
     infer = _mlp_table(f"CNN inference (softmax probabilities), batch {CONV_BATCH}, float32",
-                       fns, missing, CONV_BATCH, args, out)
+                       fns, missing, CONV_BATCH, args, out, names)
     return train, infer
 
 

@@ -97,7 +97,9 @@ cdef void _max_row(const floating *x, floating *y, int32_t *arg, const Geometry 
             cb = C - c0 if C - c0 < CHANNEL_BLOCK else CHANNEL_BLOCK
             for c in range(cb):
                 best[c] = -INFINITY
-                where[c] = -1
+            if arg != NULL:
+                for c in range(cb):
+                    where[c] = -1
             for iy in range(i0, i1):
                 for ix in range(j0, j1):
                     base = (iy * g.W + ix) * C + c0
