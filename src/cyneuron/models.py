@@ -19,7 +19,7 @@ from .callbacks import CallbackList, History, make_progress
 from .layers import base as _layer_base
 from .layers.base import Layer
 
-DEFAULT_PREDICT_BATCH = 256
+DEFAULT_PREDICT_BATCH = 1024
 
 
 class Sequential:

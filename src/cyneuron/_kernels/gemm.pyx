@@ -407,19 +407,19 @@ cdef void _run_direct(const Call *g, floating dummy, int t, int nt) noexcept nog
                      i * mr, s * nr, <int>_min(mr, g.M - i * mr), n, beta, last)
 
 
+cdef void _run_part(Call *g, floating dummy, int t, int nt) noexcept nogil:
+    if g.direct:
+        _run_direct(g, dummy, t, nt)
+    else:
+        _run_packed(g, dummy, t, nt)
+
+
 cdef void _run(Call *g, floating dummy, int nthreads) noexcept nogil:
-    cdef int direct = g.direct
     if nthreads == 1:
-        if direct:
-            _run_direct(g, dummy, 0, 1)
-        else:
-            _run_packed(g, dummy, 0, 1)
+        _run_part(g, dummy, 0, 1)
         return
     with parallel(num_threads=nthreads):
-        if direct:
-            _run_direct(g, dummy, cn_omp_thread_num(), cn_omp_num_threads())
-        else:
-            _run_packed(g, dummy, cn_omp_thread_num(), cn_omp_num_threads())
+        _run_part(g, dummy, cn_omp_thread_num(), cn_omp_num_threads())
 
 
 # -- workspaces -----------------------------------------------------------------------
@@ -504,8 +504,10 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     # stride does not map them all onto a few cache sets (in place measured 3-5% faster
     # than packing); other strided views are packed.
     cdef bint a_in_place = g.csa == 1 or (g.rsa == 1 and _rows_stay_cached(g.csa * item, kc))
-    g.direct = (g.csb == 1 and g.M <= DIRECT_MAX_M and a_in_place
-                and _rows_stay_cached(g.rsb * item, kc))
+    # Direct when B's rows stay cacheable, and always for a few rows (a single sample):
+    # each element of B is then used so few times that packing it costs more than misses.
+    g.direct = (g.csb == 1 and a_in_place
+                and (g.M <= g.mr or (g.M <= DIRECT_MAX_M and _rows_stay_cached(g.rsb * item, kc))))
     g.pack_a = not g.direct and not a_in_place
 
 
