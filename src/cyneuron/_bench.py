@@ -659,6 +659,23 @@ def bench_matmul(args, out, cases=None, peak=None, settle_s=SETTLE_S):
 
 
 # -- the MLP ---------------------------------------------------------------------------------
+def _mlp_table(title, fns, missing, samples_per_call, args, out,
+               names=("cyneuron", "torch", "scikit-learn")):
+    samples = time_blocks(fns, repeats=args.repeats, target_s=args.target)
+    rate = {name: samples_per_call / _pick(s, args.stat) for name, s in samples.items()}
+    table = [("implementation", "samples/s", "ms/call", "cyneuron / it")]
+    for name in names:
+        if name in rate:
+            table.append((name, f"{rate[name]:,.0f}", f"{1e3 * samples_per_call / rate[name]:.3f}",
+                          "-" if name == "cyneuron" else f"{rate['cyneuron'] / rate[name]:.2f}x"))
+        elif name in missing:
+            table.append((name, missing[name], "", ""))
+    out(f"\n{title}; {args.stat} of {args.repeats} repeats")
+    _print_table(table, out)
+    return rate
+
+
+
 def bench_mlp(args, out, peak=None):
     """Issue 8's end-to-end comparison (cyneuron._bench_mlp): training epochs with Adam for
     two MLPs and three batch sizes, one-sample latency and batched predict."""
