@@ -6,12 +6,14 @@ packed (the BLIS five loops; large M, or B not row-contiguous):
     for jc in N by NC:            B block -> L3
       for pc in K by KC:          pack B[pc:, jc:] into NR-column slivers (threads share it)
         barrier
-        for ic in my rows by MC:  pack A[ic:, pc:] into MR-row slivers (per thread) -> L2
+        for ic in my rows by MC:  A read in place (packed per thread only when its stride
+                                  aliases cache sets or neither of its strides is 1) -> L2
           for jr, ir:             micro-kernel MR x NR (+ epilogue on the last pc)
         barrier
-direct (batch-sized M and row-contiguous B, e.g. x @ W and x.T @ dy): no packing at
-    all; the micro-kernel reads A through its strides and B's rows in place, and
-    only a ragged last column sliver is copied into a zero-padded buffer.
+direct (batch-sized M and row-contiguous B whose rows stay cacheable, e.g. x @ W and
+    x.T @ dy; always for M <= MR, a single sample): no packing at all; the micro-kernel
+    reads A through its strides and B's rows in place, and only a ragged last column
+    sliver is copied into a zero-padded buffer.
 
 One OpenMP parallel region per call. Threads split C by rows or by column
 slivers, whichever leaves the least work on the busiest thread; they meet only
