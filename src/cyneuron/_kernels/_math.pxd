@@ -1,6 +1,6 @@
 """Scalar math shared by the kernels: float32 calls the float libm functions."""
 from cython cimport floating
-from libc.math cimport erf, erff, exp, expf, log, log1p, log1pf, logf, tanh, tanhf
+from libc.math cimport erfc, erfcf, exp, expf, expm1, expm1f, log, log1p, log1pf, logf, tanh, tanhf
 
 
 cdef inline floating fexp(floating x) noexcept nogil:
@@ -33,11 +33,18 @@ cdef inline floating sigmoid(floating x) noexcept nogil:
     return e / (1 + e)
 
 
-cdef inline floating ferf(floating x) noexcept nogil:
+cdef inline floating ferfc(floating x) noexcept nogil:
     if floating is float:
-        return erff(x)
+        return erfcf(x)
     else:
-        return erf(x)
+        return erfc(x)
+
+
+cdef inline floating fexpm1(floating x) noexcept nogil:
+    if floating is float:
+        return expm1f(x)
+    else:
+        return expm1(x)
 
 
 cdef inline floating flog1p(floating x) noexcept nogil:
@@ -56,14 +63,15 @@ cdef inline floating leaky_relu(floating x, floating slope) noexcept nogil:
 
 
 cdef inline floating elu(floating x, floating alpha) noexcept nogil:
-    """x for x > 0, alpha * (e^x - 1) otherwise (expm1 would be exact near 0; e^x - 1
-    matches Keras and is cheaper)."""
-    return x if x > 0 else alpha * (fexp(x) - 1)
+    """x for x > 0, alpha * (e^x - 1) otherwise (expm1: exact near 0)."""
+    return x if x > 0 else alpha * fexpm1(x)
 
 
 cdef inline floating softplus(floating x) noexcept nogil:
     """log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow for large x."""
-    return (x if x > 0 else 0) + flog1p(fexp(-x if x > 0 else x))
+    if x > 0:
+        return x + flog1p(fexp(-x))
+    return flog1p(fexp(x))
 
 
 cdef inline floating swish(floating x) noexcept nogil:
@@ -72,11 +80,16 @@ cdef inline floating swish(floating x) noexcept nogil:
 
 
 cdef inline floating gelu(floating x) noexcept nogil:
-    """Exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2)))."""
-    return <floating>0.5 * x * (1 + ferf(x * <floating>0.7071067811865476))
+    """Exact GELU x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2: no cancellation for x << 0."""
+    return x * ferfc(<floating>(-x * 0.70710678118654752440)) / 2
 
 
 cdef inline floating gelu_tanh(floating x) noexcept nogil:
-    """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-    return <floating>0.5 * x * (1 + ftanh(<floating>0.7978845608028654 *
-                                          (x + <floating>0.044715 * x * x * x)))
+    """GELU, tanh approximation: 0.5 x (1 + tanh(u)) = x sigmoid(2u),
+    u = sqrt(2/pi) (x + 0.044715 x^3). Beyond |x| = 100 it is exactly relu (and x^3
+    stays finite)."""
+    if x > 100:
+        return x
+    if x < -100:
+        return 0
+    return x * sigmoid(<floating>(2 * 0.79788456080286535588 * (x + 0.044715 * x * x * x)))

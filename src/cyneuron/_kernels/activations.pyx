@@ -10,9 +10,8 @@ kernels here too.
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport erfc, erfcf, expm1, expm1f, log1p, log1pf
-
-from cyneuron._kernels._math cimport fexp, flog, ftanh, sigmoid
+from cyneuron._kernels._math cimport (fexp, fexpm1, ferfc, flog, flog1p, ftanh, gelu,
+                                      gelu_tanh, sigmoid, softplus)
 from cyneuron._kernels._openmp cimport threads_for
 
 
@@ -133,57 +132,15 @@ cdef double SQRT_2_OVER_PI = 0.79788456080286535588   # sqrt(2 / pi)
 cdef double GELU_CUBIC = 0.044715
 
 
-cdef inline floating _expm1(floating x) noexcept nogil:
-    if floating is float:
-        return expm1f(x)
-    else:
-        return expm1(x)
-
-
-cdef inline floating _log1p(floating x) noexcept nogil:
-    if floating is float:
-        return log1pf(x)
-    else:
-        return log1p(x)
-
-
-cdef inline floating _erfc(floating x) noexcept nogil:
-    if floating is float:
-        return erfcf(x)
-    else:
-        return erfc(x)
-
-
-cdef inline floating _softplus(floating x) noexcept nogil:
-    """log(1 + e^x) = max(x, 0) + log1p(e^-|x|)."""
-    if x > 0:
-        return x + _log1p(fexp(-x))
-    return _log1p(fexp(x))
-
-
-cdef inline floating _gelu(floating x) noexcept nogil:
-    """x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2: no cancellation for x << 0."""
-    return x * _erfc(<floating>(-x * SQRT1_2)) / 2
-
-
 cdef inline floating _gelu_grad(floating x) noexcept nogil:
     """Phi(x) + x phi(x); x*x only overflows where exp(-x*x/2) is 0 anyway."""
-    return (_erfc(<floating>(-x * SQRT1_2)) / 2
+    return (ferfc(<floating>(-x * SQRT1_2)) / 2
             + x * <floating>INV_SQRT_2PI * fexp(-(x * x) / 2))
 
 
 # Beyond |x| = 100 the tanh-approximate GELU is exactly relu (e^-(2u) underflows
 # in float64 already at |x| ~ 10); cutting there also keeps x^3 finite.
 cdef double GELU_TANH_CUT = 100.0
-
-
-cdef inline floating _gelu_tanh(floating x) noexcept nogil:
-    """0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)."""
-    if x > GELU_TANH_CUT:
-        return x
-    if x < -GELU_TANH_CUT:
-        return 0
-    return x * sigmoid(<floating>(2 * SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)))
 
 
 cdef inline floating _gelu_tanh_grad(floating x) noexcept nogil:
@@ -323,7 +280,7 @@ def elu_forward(const floating[::1] x, floating[::1] out, double alpha, double s
     cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         v = x[i]
-        out[i] = s * v if v > 0 else s * a * _expm1(v)
+        out[i] = s * v if v > 0 else s * a * fexpm1(v)
 
 
 def elu_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx,
@@ -344,7 +301,7 @@ def softplus_forward(const floating[::1] x, floating[::1] out):
     _check_len(n, out.shape[0], "out")
     cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
-        out[i] = _softplus(x[i])
+        out[i] = softplus(x[i])
 
 
 def softplus_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx):
@@ -354,7 +311,7 @@ def softplus_backward(const floating[::1] y, const floating[::1] dy, floating[::
     _check_len(n, dx.shape[0], "dx")
     cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
-        dx[i] = -dy[i] * _expm1(-y[i])
+        dx[i] = -dy[i] * fexpm1(-y[i])
 
 
 # ---------------------------------------------------------------------------------
@@ -365,7 +322,7 @@ def gelu_forward(const floating[::1] x, floating[::1] out):
     _check_len(n, out.shape[0], "out")
     cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
-        out[i] = _gelu(x[i])
+        out[i] = gelu(x[i])
 
 
 def gelu_backward(const floating[::1] x, const floating[::1] dy, floating[::1] dx):
@@ -382,7 +339,7 @@ def gelu_tanh_forward(const floating[::1] x, floating[::1] out):
     _check_len(n, out.shape[0], "out")
     cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
-        out[i] = _gelu_tanh(x[i])
+        out[i] = gelu_tanh(x[i])
 
 
 def gelu_tanh_backward(const floating[::1] x, const floating[::1] dy, floating[::1] dx):
