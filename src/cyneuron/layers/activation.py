@@ -196,9 +196,7 @@ class Maxout(Layer):
     def _forward(self, x, training):
         n = x.shape[0]
         z = self._buffer("z", (n, self.units * self.pieces))
-        gemm(x, self._weights[0], z)
-        if self.use_bias:
-            z += self._weights[1]
+        gemm(x, self._weights[0], z, self._weights[1] if self.use_bias else None)
         y = self._buffer("y", (n, self.units))
         argmax = getattr(self, "_argmax", None)
         if argmax is None or argmax.shape != y.shape:
