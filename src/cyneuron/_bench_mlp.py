@@ -14,10 +14,11 @@ of the measured FMA peak.
 Inference: softmax probabilities, one sample at a time (latency; PyTorch under
 torch.no_grad()) and for PREDICT_SAMPLES samples at once (throughput).
 """
-import time
 import warnings
 
 import numpy as np
+
+from ._bench import _pick, time_blocks
 
 ARCHITECTURES = {"784-256-128-10": (784, 256, 128, 10), "784-512-512-10": (784, 512, 512, 10)}
 BATCH_SIZES = (32, 128, 512)
@@ -143,34 +144,9 @@ def predict_callables(sizes, threads, x):
     return fns, missing
 
 
-def time_calls(fns, repeats, min_time=0.0, settle=0.2):
-    """{name: [seconds per call, ...]}: `repeats` timed calls each after one warm-up call,
-    the implementations alternating (A B C, C B A, ...) with a pause between them so that
-    the previous library's spinning threads have parked. Calls shorter than min_time are
-    repeated inside one sample."""
-    names = list(fns)
-    samples = {name: [] for name in names}
-    for name in names:
-        fns[name]()
-    for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            time.sleep(settle)
-            fn, calls = fns[name], 0
-            t0 = time.perf_counter()
-            while True:
-                fn()
-                calls += 1
-                elapsed = time.perf_counter() - t0
-                if elapsed >= min_time:
-                    break
-            samples[name].append(elapsed / calls)
-    return samples
-
-
 def summarize(samples, per_call, stat):
-    """{name: items per second} from seconds-per-call samples."""
-    pick = min if stat == "best" else (lambda s: float(np.median(s)))
-    return {name: per_call / pick(s) for name, s in samples.items()}
+    """{name: items per second} from seconds-per-call samples (best or median)."""
+    return {name: per_call / _pick(times, stat) for name, times in samples.items()}
 
 
 def bench(out, threads, peak32, repeats=3, stat="best", architectures=None, batch_sizes=None,
@@ -183,7 +159,7 @@ def bench(out, threads, peak32, repeats=3, stat="best", architectures=None, batc
         flops = train_flops_per_sample(sizes)
         for b in batch_sizes or BATCH_SIZES:
             fns, missing = train_epoch_callables(sizes, b, threads, x, y)
-            rate = summarize(time_calls(fns, repeats), len(x), stat)
+            rate = summarize(time_blocks(fns, repeats=repeats, target_s=0.0), len(x), stat)
             best_peer = max((v for k, v in rate.items() if k != "cyneuron"), default=None)
             row = {"kind": "train", "arch": arch, "batch": b, "rates": rate, "missing": missing,
                    "gflops": rate["cyneuron"] * flops / 1e9,
@@ -193,13 +169,14 @@ def bench(out, threads, peak32, repeats=3, stat="best", architectures=None, batc
             out(_train_line(row))
         x1 = x[:1]
         fns, missing = predict_callables(sizes, threads, x1)
-        lat = summarize(time_calls(fns, max(5, repeats), min_time=0.05, settle=0.05), 1, stat)
+        lat = summarize(time_blocks(fns, repeats=max(5, repeats), target_s=0.05, settle_s=0.05),
+                        1, stat)
         row = {"kind": "latency", "arch": arch, "rates": lat, "missing": missing}
         results.append(row)
         out(_latency_line(row))
         xp = x[:PREDICT_SAMPLES]
         fns, missing = predict_callables(sizes, threads, xp)
-        thr = summarize(time_calls(fns, repeats, min_time=0.05), len(xp), stat)
+        thr = summarize(time_blocks(fns, repeats=repeats, target_s=0.05), len(xp), stat)
         row = {"kind": "predict", "arch": arch, "rates": thr, "missing": missing}
         results.append(row)
         out(_predict_line(row))
