@@ -70,6 +70,25 @@ def test_accumulate_adds_to_c(isa, kernel_threads, dtype):
         np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * np.sqrt(k), err_msg=label)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_serial_entry_for_other_kernels(isa, dtype):
+    """sgemm_serial / dgemm_serial (cimported by other kernels) over the same shapes,
+    B row-contiguous, transposed and reversed, overwrite and accumulate."""
+    rng = np.random.default_rng(2)
+    for label, m, k, n, bt in _plan_shapes(dtype):
+        a, b = _case(rng, dtype, m, k, n, bt)
+        for a_view, b_view in ((a, b), (a[:, ::-1], b[::-1])):
+            c = np.full((m, n), np.nan, dtype)
+            _gemm._serial_for_tests(a_view, b_view, c)
+            assert_matmul_close(c, a_view, b_view, what=f"serial {label} {isa}")
+        c0 = rng.standard_normal((m, n)).astype(dtype)
+        c = c0.copy()
+        _gemm._serial_for_tests(a, b, c, accumulate=True)
+        tol = 1e-4 if dtype == np.float32 else 1e-11
+        np.testing.assert_allclose(c, c0 + a.astype(np.float64) @ b.astype(np.float64),
+                                   rtol=tol, atol=tol * np.sqrt(k), err_msg=label)
+
+
 def _reference_activation(name, z):
     """Forward pass of cyneuron's own activation, in float64, as the reference."""
     return activations.get(name).forward(np.ascontiguousarray(z, dtype=np.float64))

@@ -1,0 +1,10 @@
+"""GEMM entry points for other kernels (cimport them; no Python, no threads, no allocation)."""
+from libc.stdint cimport int64_t
+
+
+cdef int sgemm_serial(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
+                      const float *B, int64_t rsb, int64_t csb, float *C, int64_t ldc,
+                      bint accumulate) noexcept nogil
+cdef int dgemm_serial(int64_t M, int64_t N, int64_t K, const double *A, int64_t rsa, int64_t csa,
+                      const double *B, int64_t rsb, int64_t csb, double *C, int64_t ldc,
+                      bint accumulate) noexcept nogil
