@@ -31,7 +31,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils import check_random_state, shuffle as _sk_shuffle
+from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d
 
@@ -51,6 +51,15 @@ __all__ = ["MLPClassifier", "MLPRegressor"]
 # scikit-learn's hidden activation names -> cyneuron's
 _SKLEARN_ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 _OUTPUT_ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid", "softmax": "softmax"}
+
+
+def _shuffle(indices, random_state):
+    """sklearn.utils.shuffle(indices, random_state=random_state) without its argument
+    validation (about 0.6 ms a call, once per epoch): the same draws from the same
+    RandomState, so training follows scikit-learn's sample order exactly."""
+    order = np.arange(len(indices))
+    random_state.shuffle(order)
+    return indices[order]
 
 
 def _is_int(value, low):
@@ -309,7 +318,7 @@ class _BaseMLP(BaseEstimator):
             self.n_iter_ = 0   # epochs of this call (t_ counts samples over all calls)
             for _ in range(self.max_iter):
                 if self.shuffle:
-                    sample_idx = _sk_shuffle(sample_idx, random_state=self._random_state)
+                    sample_idx = _shuffle(sample_idx, self._random_state)
                     trainer.reorder(sample_idx)
                 accumulated = 0.0
                 for start in range(0, n_samples, batch_size):

@@ -266,15 +266,21 @@ def cross_entropy_probs(const floating[:, ::1] p, const floating[:, ::1] t,
 
 
 # -------------------------------------------------------------------- softmax cross-entropy
-cdef inline floating _row_logsumexp(const floating[:, ::1] z, Py_ssize_t i) noexcept nogil:
+cdef inline floating _row_softmax(const floating[:, ::1] z, Py_ssize_t i,
+                                  floating[:, ::1] e, floating *lse) noexcept nogil:
+    """e[i] = exp(z[i] - max z[i]) (one exp per element) and lse = log sum exp z[i];
+    returns 1 / sum e[i], so that softmax(z[i]) = e[i] times it."""
     cdef Py_ssize_t j, c = z.shape[1]
-    cdef floating m = z[i, 0], s = 0
+    cdef floating m = z[i, 0], s = 0, ej
     for j in range(1, c):
         if z[i, j] > m:
             m = z[i, j]
     for j in range(c):
-        s = s + fexp(z[i, j] - m)
-    return m + flog(s)
+        ej = fexp(z[i, j] - m)
+        e[i, j] = ej
+        s = s + ej
+    lse[0] = m + flog(s)
+    return 1 / s
 
 
 def softmax_cross_entropy_sparse(const floating[:, ::1] z, const int64_t[::1] labels,
@@ -288,23 +294,26 @@ def softmax_cross_entropy_sparse(const floating[:, ::1] z, const int64_t[::1] la
     _check_optional(losses, n, "losses")
     if c == 0:
         raise ValueError("z must have at least one class column")
+    if n and <const void *>&grad[0, 0] == <const void *>&z[0, 0]:
+        raise ValueError("grad must not be z itself: the kernel reads z after writing grad")
     for i in range(n):
         if labels[i] < 0 or labels[i] >= c:
             raise ValueError(f"labels must be in [0, {c}); got {labels[i]} at row {i}")
     cdef bint has_w = sample_weight is not None, has_l = losses is not None
-    cdef floating lse, ws
+    cdef floating lse, ws, inv
     cdef double w, li, total = 0
     cdef int nt = threads_for(n * c * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         w = sample_weight[i] if has_w else 1.0
-        lse = _row_logsumexp(z, i)
+        inv = _row_softmax(z, i, grad, &lse)
         li = w * (lse - z[i, labels[i]])
         if has_l:
             losses[i] = <floating>li
         total += li
         ws = <floating>(w * scale)
+        inv = inv * ws
         for j in range(c):
-            grad[i, j] = fexp(z[i, j] - lse) * ws
+            grad[i, j] = grad[i, j] * inv
         grad[i, labels[i]] -= ws
     return total
 
@@ -320,13 +329,15 @@ def softmax_cross_entropy_dense(const floating[:, ::1] z, const floating[:, ::1]
     _check_optional(losses, n, "losses")
     if c == 0:
         raise ValueError("z must have at least one class column")
+    if n and <const void *>&grad[0, 0] == <const void *>&z[0, 0]:
+        raise ValueError("grad must not be z itself: the kernel reads z after writing grad")
     cdef bint has_w = sample_weight is not None, has_l = losses is not None
-    cdef floating lse, tsum, ws
+    cdef floating lse, tsum, ws, inv
     cdef double w, li, total = 0
     cdef int nt = threads_for(n * c * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         w = sample_weight[i] if has_w else 1.0
-        lse = _row_logsumexp(z, i)
+        inv = _row_softmax(z, i, grad, &lse)
         tsum = 0
         li = 0
         for j in range(c):
@@ -337,6 +348,7 @@ def softmax_cross_entropy_dense(const floating[:, ::1] z, const floating[:, ::1]
             losses[i] = <floating>li
         total += li
         ws = <floating>(w * scale)
+        inv = inv * tsum
         for j in range(c):
-            grad[i, j] = (fexp(z[i, j] - lse) * tsum - t[i, j]) * ws
+            grad[i, j] = (grad[i, j] * inv - t[i, j]) * ws
     return total
