@@ -71,6 +71,40 @@ def test_accumulate_adds_to_c(isa, kernel_threads, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_column_sums_of_b_come_with_the_product(isa, kernel_threads, dtype):
+    """b_sums = b.sum(axis=0) (a Dense layer's bias gradient) on every plan and split,
+    for row-contiguous, transposed and reversed B."""
+    rng = np.random.default_rng(4)
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    for label, m, k, n, bt in _plan_shapes(dtype):
+        a, b = _case(rng, dtype, m, k, n, bt)
+        for b_view in (b, b[::-1, ::-1]):
+            c = np.empty((m, n), dtype)
+            sums = np.full(n, np.nan, dtype)
+            _gemm.gemm(a, b_view, c, b_sums=sums)
+            assert_matmul_close(c, a, b_view, what=f"{label} with b_sums")
+            np.testing.assert_allclose(sums, b_view.astype(np.float64).sum(axis=0), rtol=tol,
+                                       atol=tol * np.sqrt(k), err_msg=label)
+    empty = np.empty((0, 3), dtype)
+    sums = np.full(5, np.nan, dtype)
+    b = rng.standard_normal((3, 5)).astype(dtype)
+    _gemm.gemm(empty, b, np.empty((0, 5), dtype), b_sums=sums)
+    np.testing.assert_allclose(sums, b.sum(axis=0), rtol=tol)
+
+
+def test_column_sums_refuse_bad_outputs():
+    a = np.ones((4, 3), np.float32)
+    b = np.ones((3, 5), np.float32)
+    c = np.empty((4, 5), np.float32)
+    for bad in (np.empty(4, np.float32), np.empty(5, np.float64), np.empty((5, 1), np.float32),
+                np.empty(10, np.float32)[::2]):
+        with pytest.raises(ValueError, match="b_sums"):
+            _gemm.gemm(a, b, c, b_sums=bad)
+    with pytest.raises(ValueError, match="b_sums must not share memory"):
+        _gemm.gemm(a, b, c, b_sums=c[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_serial_entry_for_other_kernels(isa, dtype):
     """sgemm_serial / dgemm_serial (cimported by other kernels) over the same shapes,
     B row-contiguous, transposed and reversed, overwrite and accumulate."""

@@ -339,6 +339,20 @@ def test_kernels_check_their_buffers():
     assert ok.sum_of_squares(x) == pytest.approx(float(np.sum(x.astype(np.float64) ** 2)), rel=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 7, 100003])
+def test_add_l2_gradient_matches_numpy(kernel_threads, dtype, n):
+    rng = np.random.default_rng(n)
+    w = rng.standard_normal(n).astype(dtype)
+    g = rng.standard_normal(n).astype(dtype)
+    expected = g + dtype(0.25) * w
+    total = ok.add_l2_gradient(w, g, 0.25)
+    np.testing.assert_allclose(g, expected, rtol=1e-6 if dtype == np.float32 else 1e-14)
+    assert total == pytest.approx(float(np.sum(w.astype(np.float64) ** 2)), rel=1e-10, abs=0)
+    with pytest.raises(ValueError, match="grads"):
+        ok.add_l2_gradient(w, np.zeros(n + 1, dtype), 0.25)
+
+
 def test_apply_gradients_refuses_mismatched_buffers():
     opt = cn.optimizers.Adam()
     params = np.zeros(5)

@@ -38,6 +38,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, colu
 from . import activations as _activations
 from . import layers as _layers
 from . import optimizers as _optimizers
+from ._kernels.optim import add_l2_gradient
 from .models import Sequential, class_weight_to_sample_weight
 
 try:
@@ -464,9 +465,9 @@ class _Trainer:
         self.alpha = float(estimator.alpha)
         # our loss times `scale` has scikit-learn's gradient; times `report` its value
         self.scale, self.report = estimator._loss_scaling()
-        self.kernels = [layer.kernel for layer in estimator._dense]
-        self.kernel_grads = [layer._gradients[0] for layer in estimator._dense]
-        self.scratch = [np.empty_like(k) for k in self.kernels]
+        # flat views of the kernels and their gradients (parts of the model's buffers)
+        self.kernels = [layer.kernel.reshape(-1) for layer in estimator._dense]
+        self.kernel_grads = [layer._gradients[0].reshape(-1) for layer in estimator._dense]
         self.data = (X, targets, sample_weight)
         self.X, self.targets, self.weights = self.data
         self._shuffled = None
@@ -503,13 +504,9 @@ class _Trainer:
         loss, _ = model._forward_backward(xb, tb, wb)
         loss = float(loss) * self.report
         if self.alpha:
-            penalty = 0.0
             factor = self.alpha / weight_sum
-            for k, g, tmp in zip(self.kernels, self.kernel_grads, self.scratch):
-                flat = k.reshape(-1)
-                penalty += float(flat @ flat)
-                np.multiply(k, factor, out=tmp)
-                g += tmp
+            penalty = sum(add_l2_gradient(k, g, factor)
+                          for k, g in zip(self.kernels, self.kernel_grads))
             loss += 0.5 * self.alpha * penalty / weight_sum
         model.optimizer.apply_gradients(model._params, model._grads)
         return loss

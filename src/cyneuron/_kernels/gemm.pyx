@@ -8,7 +8,7 @@ packed (the BLIS five loops; large M, or B not row-contiguous):
         barrier
         for ic in my rows by MC:  A read in place (packed per thread only when its stride
                                   aliases cache sets or neither of its strides is 1) -> L2
-          for jr, ir:             micro-kernel MR x NR (+ epilogue on the last pc)
+          for jr, ir:             micro-kernel MR x NR (epilogue: see below)
         barrier
 direct (batch-sized M and row-contiguous B whose rows stay cacheable, e.g. x @ W and
     x.T @ dy; always for M <= MR, a single sample): no packing at all; the micro-kernel
@@ -23,8 +23,8 @@ callers from several Python threads never share one).
 
 A and B arrive as pointers with a row and a column stride, so A.T, B.T and any
 strided view are absorbed: no transposed copy is ever made. The epilogue adds a
-bias and applies an element-wise activation to each C tile while it is still
-in L1. The micro-kernel for this CPU is chosen once at import (cn_best_isa)
+bias and applies an element-wise activation to each finished strip of C, one
+NR sliver wide and a row block tall, while it is still in L1. The micro-kernel for this CPU is chosen once at import (cn_best_isa)
 and can be forced with CYNEURON_ISA (see cyneuron._config).
 """
 from cython cimport floating
@@ -33,6 +33,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport free
 
 cimport numpy as cnp
+import numpy as np
 
 from cyneuron._kernels._openmp cimport (
     cn_omp_barrier, cn_omp_max_threads, cn_omp_num_threads, cn_omp_thread_num, cn_omp_wtime)
@@ -248,6 +249,7 @@ cdef struct Call:
     int act
     double alpha
     int accumulate
+    void *b_sums         # NULL, or N outputs: the column sums of B (a Dense layer's db)
     # the plan
     int mr, nr
     int64_t mc, nc, kc
@@ -261,17 +263,25 @@ cdef struct Call:
 
 cdef inline void _ukr(const Call *g, int64_t k, const floating *a, int64_t a_rs, int64_t a_cs,
                       const floating *b, int64_t b_rs, int64_t row, int64_t col, int m, int n,
-                      int beta, int last) noexcept nogil:
-    """The micro-kernel on C[row:row+m, col:col+n]; the epilogue after the last k block."""
+                      int beta) noexcept nogil:
+    """The micro-kernel on C[row:row+m, col:col+n]."""
     cdef floating *c = <floating *>g.C + row * g.ldc + col
     if floating is float:
         _table.sgemm_ukr(k, a, a_rs, a_cs, b, b_rs, c, g.ldc, m, n, beta)
     else:
         _table.dgemm_ukr(k, a, a_rs, a_cs, b, b_rs, c, g.ldc, m, n, beta)
-    if last and g.bias != NULL:
-        _epilogue(c, g.ldc, m, n, <const floating *>g.bias + col, g.act, <floating>g.alpha)
-    elif last and g.act != EPI_LINEAR:
-        _epilogue(c, g.ldc, m, n, <const floating *>NULL, g.act, <floating>g.alpha)
+
+
+cdef inline void _finish(const Call *g, floating dummy, int64_t row, int64_t m, int64_t col,
+                         int64_t n) noexcept nogil:
+    """The epilogue on a strip C[row:row+m, col:col+n] whose last k block just went in
+    (one sliver wide, so still in L1; once per strip rather than per tile)."""
+    if g.bias != NULL:
+        _epilogue(<floating *>g.C + row * g.ldc + col, g.ldc, <int>m, <int>n,
+                  <const floating *>g.bias + col, g.act, <floating>g.alpha)
+    elif g.act != EPI_LINEAR:
+        _epilogue(<floating *>g.C + row * g.ldc + col, g.ldc, <int>m, <int>n,
+                  <const floating *>NULL, g.act, <floating>g.alpha)
 
 
 cdef inline void _pack_a(int64_t m, int64_t k, const floating *src, int64_t rs, int64_t cs,
@@ -368,7 +378,9 @@ cdef void _run_packed(const Call *g, floating dummy, int t, int nt) noexcept nog
                             a_cs = g.csa
                         _ukr(g, kc, a_s, a_rs, a_cs, bp + s * nr * kc, nr,
                              ic + i * mr, jc + s * nr,
-                             <int>_min(mr, mcb - i * mr), <int>_min(nr, nc - s * nr), beta, last)
+                             <int>_min(mr, mcb - i * mr), <int>_min(nr, nc - s * nr), beta)
+                    if last:
+                        _finish(g, dummy, ic, mcb, jc + s * nr, _min(nr, nc - s * nr))
                 ic += g.mc
             cn_omp_barrier()
 
@@ -406,7 +418,30 @@ cdef void _run_direct(const Call *g, floating dummy, int t, int nt) noexcept nog
                 b_rs = nr
             for i in range(i0, i1):
                 _ukr(g, kc, A + i * mr * g.rsa + pc * g.csa, g.rsa, g.csa, bs, b_rs,
-                     i * mr, s * nr, <int>_min(mr, g.M - i * mr), n, beta, last)
+                     i * mr, s * nr, <int>_min(mr, g.M - i * mr), n, beta)
+            if last and i1 > i0:
+                _finish(g, dummy, i0 * mr, _min(g.M, i1 * mr) - i0 * mr, s * nr, n)
+
+
+cdef void _column_sums(const Call *g, floating dummy, int t, int nt) noexcept nogil:
+    """Thread t's share of b_sums[j] = sum over k of B[k, j] (B is hot from the product)."""
+    cdef const floating *B = <const floating *>g.B
+    cdef floating *out = <floating *>g.b_sums
+    cdef const floating *row
+    cdef int64_t j0, j1, j, k
+    _share(_cdiv(g.N, g.nr), t, nt, &j0, &j1)
+    j0 *= g.nr
+    j1 = _min(g.N, j1 * g.nr)
+    for j in range(j0, j1):
+        out[j] = 0
+    for k in range(g.K):
+        row = B + k * g.rsb
+        if g.csb == 1:
+            for j in range(j0, j1):
+                out[j] += row[j]
+        else:
+            for j in range(j0, j1):
+                out[j] += row[j * g.csb]
 
 
 cdef void _run_part(Call *g, floating dummy, int t, int nt) noexcept nogil:
@@ -414,6 +449,8 @@ cdef void _run_part(Call *g, floating dummy, int t, int nt) noexcept nogil:
         _run_direct(g, dummy, t, nt)
     else:
         _run_packed(g, dummy, t, nt)
+    if g.b_sums != NULL:
+        _column_sums(g, dummy, t, nt)
 
 
 cdef void _run(Call *g, floating dummy, int nthreads) noexcept nogil:
@@ -587,8 +624,10 @@ cdef int _check_operand(cnp.ndarray x, str name, int type_num) except -1:
 
 def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
          cnp.ndarray bias=None, int activation=EPI_LINEAR, double alpha=0.0,
-         bint accumulate=False):
-    """c = act(a @ b + bias), or c += a @ b with accumulate=True (then no bias/activation).
+         bint accumulate=False, cnp.ndarray b_sums=None):
+    """c = act(a @ b + bias), or c += a @ b with accumulate=True (then no bias/activation);
+    with b_sums, also b_sums = b.sum(axis=0) in the same pass (a Dense layer's bias
+    gradient next to its kernel gradient x.T @ dy).
 
     float32 or float64 ndarrays of one dtype. `a` and `b` may be any strided views
     (a.T costs nothing); c must be C-contiguous, writeable, and must not overlap a
@@ -615,11 +654,22 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
                 or cnp.PyArray_TYPE(bias) != type_num or not cnp.PyArray_IS_C_CONTIGUOUS(bias):
             raise ValueError(f"gemm: bias must be a contiguous ({g.N},) array of dtype "
                              f"{c.dtype.name}; got {(<object>bias).shape} {bias.dtype.name}")
+    if b_sums is not None:
+        if cnp.PyArray_NDIM(b_sums) != 1 or cnp.PyArray_DIM(b_sums, 0) != g.N \
+                or cnp.PyArray_TYPE(b_sums) != type_num or not cnp.PyArray_IS_C_CONTIGUOUS(b_sums) \
+                or not cnp.PyArray_ISWRITEABLE(b_sums):
+            raise ValueError(f"gemm: b_sums must be a writeable contiguous ({g.N},) array of "
+                             f"dtype {c.dtype.name}; got {(<object>b_sums).shape} "
+                             f"{b_sums.dtype.name}")
+        if _overlap(b_sums, a) or _overlap(b_sums, b) or _overlap(b_sums, c):
+            raise ValueError("gemm: b_sums must not share memory with a, b or c")
     if not EPI_LINEAR <= activation <= EPI_ELU:
         raise ValueError(f"gemm: unknown epilogue activation code {activation}")
     if accumulate and (bias is not None or activation != EPI_LINEAR):
         raise ValueError("gemm: accumulate=True takes no bias or activation")
     if g.M == 0 or g.N == 0:
+        if b_sums is not None:
+            np.sum(b, axis=0, out=b_sums)
         return
     if g.K == 0:
         raise ValueError("gemm: inner dimension must be at least 1")
@@ -632,6 +682,7 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
     g.ldc = g.N
     g.bias = cnp.PyArray_DATA(bias) if bias is not None else NULL
     g.act, g.alpha, g.accumulate = activation, alpha, accumulate
+    g.b_sums = cnp.PyArray_DATA(b_sums) if b_sums is not None else NULL
     if type_num == cnp.NPY_FLOAT:
         g.mr, g.nr = _table.s_mr, _table.s_nr
     else:

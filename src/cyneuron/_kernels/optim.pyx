@@ -63,6 +63,21 @@ def sum_of_squares(const floating[::1] x):
     return total
 
 
+def add_l2_gradient(const floating[::1] weights, floating[::1] grads, double factor):
+    """grads += factor * weights (an L2 penalty's gradient, scikit-learn's alpha) and
+    return sum(weights^2) for the penalty's value, in one pass."""
+    cdef Py_ssize_t i, n = weights.shape[0]
+    _check_size(n, grads, "grads")
+    cdef double total = 0
+    cdef floating f = factor, w
+    cdef int nt = threads_for(n * 2)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        w = weights[i]
+        grads[i] = grads[i] + f * w
+        total += <double>w * w
+    return total
+
+
 def sgd_update(floating[::1] params, const floating[::1] grads, floating[::1] velocity,
                double learning_rate, double momentum, bint nesterov,
                double weight_decay=0, double grad_scale=1, double clipvalue=0):

@@ -209,9 +209,7 @@ class Maxout(Layer):
     def _backward(self, grad_output, need_input_grad):
         dz = self._buffer("dz", (grad_output.shape[0], self.units * self.pieces))
         _k.maxout_backward(grad_output, self._argmax, dz)
-        gemm(self._x.T, dz, self._gradients[0])
-        if self.use_bias:
-            dz.sum(axis=0, out=self._gradients[1])
+        gemm(self._x.T, dz, self._gradients[0], b_sums=self._gradients[1] if self.use_bias else None)
         if not need_input_grad:
             return None
         dx = self._buffer("dx", self._x.shape)

@@ -93,9 +93,13 @@ class Dense(Layer):
 
     def _backward_logits(self, dz, need_input_grad=True):
         """Gradients from d(loss)/d(x @ kernel + bias): dW = x^T dz, db = sum(dz), dx = dz W^T."""
-        gemm(self._x.T, dz, self._gradients[0])
-        if self.use_bias:
-            dz.sum(axis=0, out=self._gradients[1])
+        if fusion_enabled():     # db = column sums of dz, in the same pass as dW
+            gemm(self._x.T, dz, self._gradients[0],
+                 b_sums=self._gradients[1] if self.use_bias else None)
+        else:
+            gemm(self._x.T, dz, self._gradients[0])
+            if self.use_bias:
+                dz.sum(axis=0, out=self._gradients[1])
         if not need_input_grad:
             return None
         dx = self._buffer("dx", self._x.shape)
