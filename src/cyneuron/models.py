@@ -383,13 +383,16 @@ class Sequential:
         return weights
 
     def _gather(self, data, idx, key):
-        """data[idx] into a buffer reused while the batch size is unchanged."""
+        """data[idx] into a buffer kept per batch size (the last short batch gets its own).
+        `idx` comes from a permutation, so mode="clip" (no bounds-checked copy) is safe."""
         buffers = self.__dict__.setdefault("_batch_buffers", {})
         shape = (len(idx),) + data.shape[1:]
-        buf = buffers.get(key)
+        buf = buffers.get((key, len(idx)))
         if buf is None or buf.shape != shape or buf.dtype != data.dtype:
-            buf = buffers[key] = np.empty(shape, data.dtype)
-        np.take(data, idx, axis=0, out=buf)
+            if len(buffers) >= 8:    # many batch sizes over many fits: start afresh
+                buffers.clear()
+            buf = buffers[(key, len(idx))] = np.empty(shape, data.dtype)
+        np.take(data, idx, axis=0, out=buf, mode="clip")
         return buf
 
     def _evaluate(self, x, targets, batch_size, sample_weight=None):

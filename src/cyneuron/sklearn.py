@@ -479,7 +479,9 @@ class _Trainer:
             self._shuffled = tuple(None if a is None else np.empty_like(a) for a in self.data)
         for source, out in zip(self.data, self._shuffled):
             if source is not None:
-                np.take(source, order, axis=0, out=out)
+                # a permutation is always in range: mode="clip" skips numpy's
+                # bounds-checked copy (2-3x faster than the default mode="raise")
+                np.take(source, order, axis=0, out=out, mode="clip")
         self.X, self.targets, self.weights = self._shuffled
 
     def step(self, start, stop):

@@ -85,7 +85,7 @@ cdef enum:
     MC_TARGET = 72
     NC_TARGET = 4096
     # Below this many multiply-adds one thread is faster than waking the pool.
-    GEMM_PARALLEL_MIN_MACS = 1 << 18
+    GEMM_PARALLEL_MIN_MACS = 1 << 16
     # ... unless B is this large: then even a few rows (a single sample) are bound by
     # reading B, and splitting its columns lets each core keep its part in its own L2.
     PARALLEL_MIN_B_BYTES = 1 << 18

@@ -36,7 +36,7 @@ cdef _check_optional(object buf, Py_ssize_t n, str name):
 # Rough cost, in scalar operations, of one element: decides the thread count.
 cdef enum:
     COST_CHEAP = 2
-    COST_TRANSCENDENTAL = 16
+    COST_TRANSCENDENTAL = 32   # a libm exp or log: ~20 cycles
 
 # Element-wise losses known to the shared row driver.
 cdef enum Kind:
