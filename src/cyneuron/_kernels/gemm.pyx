@@ -23,8 +23,8 @@ callers from several Python threads never share one).
 
 A and B arrive as pointers with a row and a column stride, so A.T, B.T and any
 strided view are absorbed: no transposed copy is ever made. The epilogue adds a
-bias and applies an element-wise activation to each finished strip of C, one
-NR sliver wide and a row block tall, while it is still in L1. The micro-kernel for this CPU is chosen once at import (cn_best_isa)
+bias and applies an element-wise activation to each finished strip of C, a few
+NR slivers wide and a row block tall, while it is still in cache. The micro-kernel for this CPU is chosen once at import (cn_best_isa)
 and can be forced with CYNEURON_ISA (see cyneuron._config).
 """
 from cython cimport floating
@@ -89,6 +89,9 @@ cdef enum:
     # ... unless B is this large: then even a few rows (a single sample) are bound by
     # reading B, and splitting its columns lets each core keep its part in its own L2.
     PARALLEL_MIN_B_BYTES = 1 << 18
+    # The epilogue runs on strips this many slivers wide (rows long enough to
+    # vectorize, few enough that the strip is still in L1/L2).
+    EPILOGUE_SLIVERS = 4
     # The direct plan (nothing packed) is used up to this many rows of C.
     DIRECT_MAX_M = 128
     MAX_THREADS = 64
@@ -275,7 +278,7 @@ cdef inline void _ukr(const Call *g, int64_t k, const floating *a, int64_t a_rs,
 cdef inline void _finish(const Call *g, floating dummy, int64_t row, int64_t m, int64_t col,
                          int64_t n) noexcept nogil:
     """The epilogue on a strip C[row:row+m, col:col+n] whose last k block just went in
-    (one sliver wide, so still in L1; once per strip rather than per tile)."""
+    (EPILOGUE_SLIVERS slivers wide, so still in cache; once per strip, not per tile)."""
     if g.bias != NULL:
         _epilogue(<floating *>g.C + row * g.ldc + col, g.ldc, <int>m, <int>n,
                   <const floating *>g.bias + col, g.act, <floating>g.alpha)
@@ -336,7 +339,7 @@ cdef void _run_packed(const Call *g, floating dummy, int t, int nt) noexcept nog
     cdef const floating *a_s
     cdef int64_t a_rs, a_cs
     cdef int mr = g.mr, nr = g.nr, beta, last
-    cdef int64_t jb, pb, jc, pc, ic, nc, kc, mcb, n_sl, m_sl, s, i, s0, s1, r0, r1
+    cdef int64_t jb, pb, jc, pc, ic, nc, kc, mcb, n_sl, m_sl, s, i, s0, s1, r0, r1, e0
     for jb in range(_cdiv(g.N, g.nc)):
         jc = jb * g.nc
         nc = _min(g.nc, g.N - jc)
@@ -379,8 +382,9 @@ cdef void _run_packed(const Call *g, floating dummy, int t, int nt) noexcept nog
                         _ukr(g, kc, a_s, a_rs, a_cs, bp + s * nr * kc, nr,
                              ic + i * mr, jc + s * nr,
                              <int>_min(mr, mcb - i * mr), <int>_min(nr, nc - s * nr), beta)
-                    if last:
-                        _finish(g, dummy, ic, mcb, jc + s * nr, _min(nr, nc - s * nr))
+                    if last and ((s - s0) % EPILOGUE_SLIVERS == EPILOGUE_SLIVERS - 1 or s == s1 - 1):
+                        e0 = s - (s - s0) % EPILOGUE_SLIVERS
+                        _finish(g, dummy, ic, mcb, jc + e0 * nr, _min(nc, (s + 1) * nr) - e0 * nr)
                 ic += g.mc
             cn_omp_barrier()
 
@@ -392,7 +396,7 @@ cdef void _run_direct(const Call *g, floating dummy, int t, int nt) noexcept nog
     cdef floating *edge = <floating *>g.edge[t]
     cdef const floating *bs
     cdef int mr = g.mr, nr = g.nr, n, beta, last
-    cdef int64_t pb, pc, kc, s, i, s0, s1, i0, i1, b_rs
+    cdef int64_t pb, pc, kc, s, i, s0, s1, i0, i1, b_rs, e0
     cdef int64_t n_sl = _cdiv(g.N, nr), m_sl = _cdiv(g.M, mr)
     if g.split_rows:
         _share(m_sl, t, nt, &i0, &i1)
@@ -419,8 +423,11 @@ cdef void _run_direct(const Call *g, floating dummy, int t, int nt) noexcept nog
             for i in range(i0, i1):
                 _ukr(g, kc, A + i * mr * g.rsa + pc * g.csa, g.rsa, g.csa, bs, b_rs,
                      i * mr, s * nr, <int>_min(mr, g.M - i * mr), n, beta)
-            if last and i1 > i0:
-                _finish(g, dummy, i0 * mr, _min(g.M, i1 * mr) - i0 * mr, s * nr, n)
+            if last and i1 > i0 and ((s - s0) % EPILOGUE_SLIVERS == EPILOGUE_SLIVERS - 1
+                                     or s == s1 - 1):
+                e0 = s - (s - s0) % EPILOGUE_SLIVERS
+                _finish(g, dummy, i0 * mr, _min(g.M, i1 * mr) - i0 * mr, e0 * nr,
+                        _min(g.N, (s + 1) * nr) - e0 * nr)
 
 
 cdef void _column_sums(const Call *g, floating dummy, int t, int nt) noexcept nogil:
