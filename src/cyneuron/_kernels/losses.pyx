@@ -271,14 +271,14 @@ cdef inline floating _row_softmax(const floating[:, ::1] z, Py_ssize_t i,
     """e[i] = exp(z[i] - max z[i]) (one exp per element) and lse = log sum exp z[i];
     returns 1 / sum e[i], so that softmax(z[i]) = e[i] times it."""
     cdef Py_ssize_t j, c = z.shape[1]
-    cdef floating m = z[i, 0], s = 0, ej
+    cdef const floating *zi = &z[i, 0]
+    cdef floating *ei = &e[i, 0]
+    cdef floating m = zi[0], s = 0
     for j in range(1, c):
-        if z[i, j] > m:
-            m = z[i, j]
+        m = zi[j] if zi[j] > m else m
     for j in range(c):
-        ej = fexp(z[i, j] - m)
-        e[i, j] = ej
-        s = s + ej
+        ei[j] = fexp(zi[j] - m)
+        s = s + ei[j]
     lse[0] = m + flog(s)
     return 1 / s
 
