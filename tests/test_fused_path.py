@@ -73,3 +73,29 @@ def test_plain_path_really_is_unfused(fusion_restored, monkeypatch):
     calls.clear()
     _train(True, "relu", "softmax", "sparse_categorical_crossentropy", "sgd")
     assert any(calls)
+
+
+@pytest.mark.parametrize("hidden", HIDDEN_FUSED)
+def test_hidden_derivative_rides_the_input_gradient_gemm(fusion_restored, monkeypatch, hidden):
+    """Dense after Dense: the later layer's dx GEMM applies the earlier layer's activation
+    derivative (act_out), and the earlier layer then skips its own backward pass."""
+    from cyneuron.layers import dense
+
+    fused_calls = []
+    real = dense.gemm
+
+    def spy(*args, **kwargs):
+        if kwargs.get("act_out") is not None:
+            fused_calls.append(args[4] if len(args) > 4 else kwargs.get("activation"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dense, "gemm", spy)
+    backward_calls = []
+    activation = cn.activations.get(hidden)
+    monkeypatch.setattr(type(activation), "backward",
+                        lambda self, *a, **k: backward_calls.append(1) or
+                        cn.activations._Elementwise.backward(self, *a, **k))
+    _train(True, hidden, "softmax", "sparse_categorical_crossentropy", "sgd")
+    code = EPILOGUES[hidden]
+    assert fused_calls and set(fused_calls) == {code}
+    assert not backward_calls            # both hidden derivatives were fused

@@ -92,6 +92,45 @@ def test_column_sums_of_b_come_with_the_product(isa, kernel_threads, dtype):
     np.testing.assert_allclose(sums, b.sum(axis=0), rtol=tol)
 
 
+def _grad_epilogue_names():
+    return sorted(name for name, code in _gemm.EPILOGUES.items()
+                  if code in _gemm.GRAD_EPILOGUES and name != "linear")
+
+
+@pytest.mark.parametrize("name", _grad_epilogue_names())
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_derivative_epilogue_matches_the_activation_backward(isa, kernel_threads, dtype, name):
+    """act_out=y: c = (a @ b) * act'(y), as the activation's own backward kernel gives it,
+    on every plan and split."""
+    rng = np.random.default_rng(5)
+    act = activations.get(name)
+    code, alpha = cn.ops.epilogue_of(act)
+    for label, m, k, n, bt in _plan_shapes(dtype):
+        a, b = _case(rng, dtype, m, k, n, bt)
+        y = act.forward(rng.standard_normal((m, n)).astype(dtype))
+        c = np.empty((m, n), dtype)
+        _gemm.gemm(a, b, c, None, code, alpha, act_out=y)
+        expected = act.backward(y, (a.astype(np.float64) @ b.astype(np.float64)).astype(dtype))
+        tol = 2e-4 if dtype == np.float32 else 1e-11
+        np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * np.sqrt(k), err_msg=label)
+
+
+def test_derivative_epilogue_refuses_bad_arguments():
+    a = np.ones((4, 3))
+    b = np.ones((3, 5))
+    c = np.empty((4, 5))
+    relu = _gemm.EPILOGUES["relu"]
+    for bad in (np.ones((5, 4)), np.ones((4, 5), np.float32), np.ones((4, 10))[:, ::2]):
+        with pytest.raises(ValueError, match="act_out"):
+            _gemm.gemm(a, b, c, None, relu, act_out=bad)
+    with pytest.raises(ValueError, match="derivative"):
+        _gemm.gemm(a, b, c, None, _gemm.EPILOGUES["gelu"], act_out=np.ones((4, 5)))
+    with pytest.raises(ValueError, match="no bias"):
+        _gemm.gemm(a, b, c, np.zeros(5), relu, act_out=np.ones((4, 5)))
+    with pytest.raises(ValueError, match="must not share memory"):
+        _gemm.gemm(a, b, c, None, relu, act_out=c)
+
+
 def test_column_sums_refuse_bad_outputs():
     a = np.ones((4, 3), np.float32)
     b = np.ones((3, 5), np.float32)

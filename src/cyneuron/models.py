@@ -220,23 +220,39 @@ class Sequential:
     # -- one step ------------------------------------------------------------------
     def _forward_backward(self, x, targets, sample_weight=None):
         """Forward in training mode, loss, backward. Fills the flat gradient buffer."""
+        layers = self.layers
         h = x
-        for layer in self.layers[:-1]:
+        for layer in layers[:-1]:
             h = layer._forward(h, True)
-        last = self.layers[-1]
-        need_dx = len(self.layers) > 1
+        last = layers[-1]
+        n = len(layers)
+        into = self._grad_fusion(n - 1)
+        extra = {} if into is None else {"into": into}
         if self._fused_output():
             out = last._forward_logits(h, True)
             loss, g = self.loss.value_and_grad_logits(targets, out, sample_weight)
-            g = last._backward_logits(g, need_dx)
+            g = last._backward_logits(g, n > 1, **extra)
             out = self._fused_activation(out)
         else:
             out = last._forward(h, True)
             loss, g = self.loss.value_and_grad(targets, out, sample_weight)
-            g = last._backward(g, need_dx)
-        for i in range(len(self.layers) - 2, -1, -1):
-            g = self.layers[i]._backward(g, i > 0)
+            g = last._backward(g, n > 1, **extra)
+        for i in range(n - 2, -1, -1):
+            g_is_dz = into is not None   # layer i+1 applied layer i's derivative
+            into = self._grad_fusion(i)
+            if into is None and not g_is_dz:
+                g = layers[i]._backward(g, i > 0)
+            else:
+                g = layers[i]._backward(g, i > 0, into=into, grad_is_dz=g_is_dz)
         return loss, out
+
+    def _grad_fusion(self, i):
+        """(code, alpha, y) when layer i's input-gradient GEMM can apply layer i-1's
+        activation derivative in its epilogue (Dense after Dense), else None."""
+        if i < 1 or not getattr(self.layers[i], "_fuses_input_grad", False):
+            return None
+        previous = getattr(self.layers[i - 1], "_grad_epilogue", None)
+        return previous() if previous is not None else None
 
     def _train_step(self, x, targets, sample_weight=None):
         loss, out = self._forward_backward(x, targets, sample_weight)

@@ -238,6 +238,41 @@ cdef void _epilogue(floating *c, int64_t ldc, int m, int n, const floating *bias
                 row[j] = _math.elu(row[j], alpha)
 
 
+cdef void _epilogue_grad(floating *c, int64_t ldc, int m, int n, const floating *y,
+                         int act, floating alpha) noexcept nogil:
+    """C tile (m x n) *= act'(y), y the activation's forward output (row stride ldc):
+    the activation's backward pass, the same formulas as cyneuron's activation kernels."""
+    cdef int i, j
+    cdef floating *row
+    cdef const floating *yr
+    for i in range(m):
+        row = c + i * ldc
+        yr = y + i * ldc
+        if act == EPI_RELU:
+            for j in range(n):
+                row[j] = row[j] if yr[j] > 0 else 0
+        elif act == EPI_LEAKY_RELU:
+            for j in range(n):
+                row[j] = row[j] if yr[j] > 0 else alpha * row[j]
+        elif act == EPI_ELU:
+            for j in range(n):
+                row[j] = row[j] if yr[j] > 0 else row[j] * (yr[j] + alpha)
+        elif act == EPI_SIGMOID:
+            for j in range(n):
+                row[j] = row[j] * yr[j] * (1 - yr[j])
+        elif act == EPI_TANH:
+            for j in range(n):
+                row[j] = row[j] * (1 - yr[j] * yr[j])
+        elif act == EPI_SOFTPLUS:    # sigmoid(x) = 1 - e^-y
+            for j in range(n):
+                row[j] = -row[j] * _math.fexpm1(-yr[j])
+
+
+# Activations whose derivative the epilogue can take from their output (act_out).
+GRAD_EPILOGUES = frozenset((EPI_LINEAR, EPI_RELU, EPI_LEAKY_RELU, EPI_ELU, EPI_SIGMOID, EPI_TANH,
+                            EPI_SOFTPLUS))
+
+
 # -- one GEMM call --------------------------------------------------------------------
 cdef struct Call:
     # C[M, N] (+)= A[M, K] . B[K, N], then the epilogue; strides in elements.
@@ -253,6 +288,7 @@ cdef struct Call:
     double alpha
     int accumulate
     void *b_sums         # NULL, or N outputs: the column sums of B (a Dense layer's db)
+    const void *act_out  # NULL, or y (M x N, row stride ldc): C *= act'(y) instead of act(C)
     # the plan
     int mr, nr
     int64_t mc, nc, kc
@@ -279,7 +315,12 @@ cdef inline void _finish(const Call *g, floating dummy, int64_t row, int64_t m, 
                          int64_t n) noexcept nogil:
     """The epilogue on a strip C[row:row+m, col:col+n] whose last k block just went in
     (EPILOGUE_SLIVERS slivers wide, so still in cache; once per strip, not per tile)."""
-    if g.bias != NULL:
+    if g.act_out != NULL:
+        if g.act != EPI_LINEAR:
+            _epilogue_grad(<floating *>g.C + row * g.ldc + col, g.ldc, <int>m, <int>n,
+                           <const floating *>g.act_out + row * g.ldc + col, g.act,
+                           <floating>g.alpha)
+    elif g.bias != NULL:
         _epilogue(<floating *>g.C + row * g.ldc + col, g.ldc, <int>m, <int>n,
                   <const floating *>g.bias + col, g.act, <floating>g.alpha)
     elif g.act != EPI_LINEAR:
@@ -631,10 +672,13 @@ cdef int _check_operand(cnp.ndarray x, str name, int type_num) except -1:
 
 def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
          cnp.ndarray bias=None, int activation=EPI_LINEAR, double alpha=0.0,
-         bint accumulate=False, cnp.ndarray b_sums=None):
+         bint accumulate=False, cnp.ndarray b_sums=None, cnp.ndarray act_out=None):
     """c = act(a @ b + bias), or c += a @ b with accumulate=True (then no bias/activation);
     with b_sums, also b_sums = b.sum(axis=0) in the same pass (a Dense layer's bias
-    gradient next to its kernel gradient x.T @ dy).
+    gradient next to its kernel gradient x.T @ dy); with act_out, the forward output y
+    of `activation` (shaped like c), c = (a @ b) * act'(y) instead: that activation's
+    backward pass fused into the GEMM that makes its gradient (GRAD_EPILOGUES: linear,
+    relu, leaky_relu, elu, sigmoid, tanh, softplus).
 
     float32 or float64 ndarrays of one dtype. `a` and `b` may be any strided views
     (a.T costs nothing); c must be C-contiguous, writeable, and must not overlap a
@@ -672,6 +716,20 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
             raise ValueError("gemm: b_sums must not share memory with a, b or c")
     if not EPI_LINEAR <= activation <= EPI_ELU:
         raise ValueError(f"gemm: unknown epilogue activation code {activation}")
+    if act_out is not None:
+        if cnp.PyArray_NDIM(act_out) != 2 or cnp.PyArray_DIM(act_out, 0) != g.M \
+                or cnp.PyArray_DIM(act_out, 1) != g.N or cnp.PyArray_TYPE(act_out) != type_num \
+                or not cnp.PyArray_IS_C_CONTIGUOUS(act_out):
+            raise ValueError(f"gemm: act_out must be a contiguous {(<object>c).shape} array of "
+                             f"dtype {c.dtype.name}; got {(<object>act_out).shape} "
+                             f"{act_out.dtype.name}")
+        if activation not in GRAD_EPILOGUES:
+            raise ValueError(f"gemm: the derivative of epilogue activation {activation} cannot "
+                             f"be taken from its output (act_out)")
+        if bias is not None or accumulate:
+            raise ValueError("gemm: act_out takes no bias and no accumulate")
+        if _overlap(act_out, c):
+            raise ValueError("gemm: act_out must not share memory with c")
     if accumulate and (bias is not None or activation != EPI_LINEAR):
         raise ValueError("gemm: accumulate=True takes no bias or activation")
     if g.M == 0 or g.N == 0:
@@ -690,6 +748,7 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
     g.bias = cnp.PyArray_DATA(bias) if bias is not None else NULL
     g.act, g.alpha, g.accumulate = activation, alpha, accumulate
     g.b_sums = cnp.PyArray_DATA(b_sums) if b_sums is not None else NULL
+    g.act_out = cnp.PyArray_DATA(act_out) if act_out is not None else NULL
     if type_num == cnp.NPY_FLOAT:
         g.mr, g.nr = _table.s_mr, _table.s_nr
     else:

@@ -1,7 +1,7 @@
 """Dense: y = activation(x @ kernel + bias), kernel (in, units), bias (units,)."""
 from .. import activations, initializers
 from .._config import fusion_enabled
-from .._kernels.gemm import gemm
+from .._kernels.gemm import GRAD_EPILOGUES, gemm
 from ..ops import epilogue_of
 from .._validation import check_positive
 from .base import Layer
@@ -83,16 +83,31 @@ class Dense(Layer):
         """(code, alpha) of the GEMM epilogue for this layer's activation, or None."""
         return epilogue_of(self.activation) if fusion_enabled() else None
 
-    def _backward(self, grad_output, need_input_grad):
+    # The model may hand this layer's input-gradient GEMM the previous layer's
+    # activation derivative (see _grad_epilogue), so that pass happens in its epilogue.
+    _fuses_input_grad = True
+
+    def _grad_epilogue(self):
+        """(code, alpha, y) with which the next layer's input-gradient GEMM can apply this
+        layer's activation derivative (taken from the output y) in its epilogue, or None."""
+        epilogue = self._epilogue
+        if (epilogue is None or epilogue[0] == 0 or epilogue[0] not in GRAD_EPILOGUES
+                or self.activation.needs_input):
+            return None
+        return epilogue[0], epilogue[1], self._y
+
+    def _backward(self, grad_output, need_input_grad, into=None, grad_is_dz=False):
+        """grad_is_dz: the next layer already applied this activation's derivative."""
         dz = grad_output
-        if self.activation.name != "linear":
+        if self.activation.name != "linear" and not grad_is_dz:
             z = self._buffers["z"] if self.activation.needs_input else None
             dz = self.activation.backward(self._y, grad_output, out=self._buffer("dz", dz.shape),
                                           x=z)
-        return self._backward_logits(dz, need_input_grad)
+        return self._backward_logits(dz, need_input_grad, into)
 
-    def _backward_logits(self, dz, need_input_grad=True):
-        """Gradients from d(loss)/d(x @ kernel + bias): dW = x^T dz, db = sum(dz), dx = dz W^T."""
+    def _backward_logits(self, dz, need_input_grad=True, into=None):
+        """Gradients from d(loss)/d(x @ kernel + bias): dW = x^T dz, db = sum(dz), dx = dz W^T
+        (times the previous layer's activation derivative when `into` = (code, alpha, y))."""
         if fusion_enabled():     # db = column sums of dz, in the same pass as dW
             gemm(self._x.T, dz, self._gradients[0],
                  b_sums=self._gradients[1] if self.use_bias else None)
@@ -103,7 +118,10 @@ class Dense(Layer):
         if not need_input_grad:
             return None
         dx = self._buffer("dx", self._x.shape)
-        gemm(dz, self._weights[0].T, dx)
+        if into is None:
+            gemm(dz, self._weights[0].T, dx)
+        else:
+            gemm(dz, self._weights[0].T, dx, None, into[0], into[1], act_out=into[2])
         return dx
 
     def get_config(self):
