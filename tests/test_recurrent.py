@@ -571,18 +571,24 @@ def test_float32_layers_agree_across_simd_paths(isa):
 
 def test_kernels_check_their_buffers():
     f = np.float32
-    t, n, h = 3, 2, 4
-    ok = {"proj": np.zeros((4 * h, t * n), f), "bias": np.zeros(4 * h, f),
-          "kernel_rec_t": np.zeros((4 * h, h), f), "gates": np.zeros((t, 4 * h, n), f),
-          "h": np.zeros((h, t + 1, n), f), "c": np.zeros((t + 1, h, n), f),
-          "act_c": np.zeros((t, h, n), f)}
+    t, n, h, feat = 3, 2, 4, 5
+    ok = {"xf": np.zeros((feat, t * n), f), "weights": np.zeros((4 * h, h + feat + 2), f),
+          "gates": np.zeros((t, 4 * h, n), f), "h": np.zeros((h, t + 1, n), f),
+          "c": np.zeros((t + 1, h, n), f), "act_c": np.zeros((t, h, n), f)}
     K.lstm_forward(**ok)
-    for name, bad in [("gates", np.zeros((t, 3 * h, n), f)), ("h", np.zeros((h, t, n), f)),
-                      ("kernel_rec_t", np.zeros((h, 4 * h), f)), ("bias", np.zeros(h, f)),
-                      ("proj", np.zeros((4 * h, t * n + 1), f)),
+    rings = {"gates": np.zeros((1, 4 * h, n), f), "h": np.zeros((h, 2, n), f),
+             "c": np.zeros((2, h, n), f), "act_c": np.zeros((1, h, n), f)}
+    K.lstm_forward(**{**ok, **rings})
+    for name, bad in [("gates", np.zeros((t, 3 * h, n), f)), ("gates", np.zeros((2, 4 * h, n), f)),
+                      ("h", np.zeros((h, t, n), f)), ("c", np.zeros((t, h, n), f)),
+                      ("weights", np.zeros((4 * h, h + feat), f)),
+                      ("xf", np.zeros((feat, t * n + 1), f)),
                       ("act_c", np.zeros((t, h, n + 1), f))]:
         with pytest.raises(ValueError, match=name):
             K.lstm_forward(**{**ok, name: bad})
+    with pytest.raises(ValueError, match="out"):
+        K.step_weights(np.zeros((feat, 4 * h), f), np.zeros((h, 4 * h), f), None, None,
+                       np.zeros((4 * h, h + feat + 1), f))
     with pytest.raises(ValueError, match="mask"):
         K.lstm_forward(**ok, mask=np.ones((n, t), np.uint8))
     with pytest.raises(ValueError, match="activation"):
