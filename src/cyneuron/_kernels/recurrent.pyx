@@ -204,6 +204,87 @@ cdef extern from *:
     CN_BWD_ROWS(float, f)
     CN_BWD_ROWS(double, d)
 
+    /* The same with the default activations (sigmoid gates, tanh candidate and state),
+       their derivatives taken inline from the outputs, and the output's own gradient dy
+       (or NULL) added: one pass over a row, nothing written to scratch. dh leaves holding
+       dh + dy (GRU: its direct part, (dh + dy) z). */
+    /* (dy is tested once, outside the loops: a select on it inside becomes a masked
+       load through a NULL pointer, which AMD CPUs execute very slowly.) */
+    #define CN_LSTM_BWD_DEF_BODY(T, DHT)                                                    \
+        for (Py_ssize_t k = 0; k < n; k++) {                                             \
+            T dht = DHT;                                                                 \
+            T i = gi[k], f = gf[k], g = gc[k], o = go[k], a = ac[k];                     \
+            T dcj = dc[k] + dht * o * (1 - a * a);                                       \
+            di[k] = dcj * g * (i * (1 - i));                                             \
+            df[k] = dcj * cp[k] * (f * (1 - f));                                         \
+            dcc[k] = dcj * i * (1 - g * g);                                              \
+            dout[k] = dht * a * (o * (1 - o));                                           \
+            dc[k] = dcj * f;                                                             \
+            dh[k] = dht;                                                                 \
+        }
+    #define CN_GRU_BWD_DEF_BODY(T, DHT)                                                     \
+        for (Py_ssize_t k = 0; k < n; k++) {                                             \
+            T dht = DHT;                                                                 \
+            T zk = z[k], rk = r[k], hk = hh[k];                                          \
+            T dn = dht * (1 - zk) * (1 - hk * hk);                                       \
+            T dz = dht * (hp[k] - hk) * (zk * (1 - zk));                                 \
+            T dr = dn * rh[k] * (rk * (1 - rk));                                         \
+            dxz[k] = dz; drz[k] = dz;                                                    \
+            dxr[k] = dr; drr[k] = dr;                                                    \
+            dxh[k] = dn; drh[k] = dn * rk;                                               \
+            dh[k] = dht * zk;                                                            \
+        }
+    #define CN_BWD_DEFAULT_ROWS(T, sfx, attr)                                              \
+    attr static void cn_lstm_bwd_def_##sfx(Py_ssize_t n, const T *CN_RESTRICT gi,        \
+            const T *CN_RESTRICT gf, const T *CN_RESTRICT gc, const T *CN_RESTRICT go,    \
+            const T *CN_RESTRICT cp, const T *CN_RESTRICT ac, const T *CN_RESTRICT dy,    \
+            T *CN_RESTRICT dh, T *CN_RESTRICT dc, T *CN_RESTRICT di, T *CN_RESTRICT df,   \
+            T *CN_RESTRICT dcc, T *CN_RESTRICT dout) {                                    \
+        if (dy != NULL) { CN_LSTM_BWD_DEF_BODY(T, dh[k] + dy[k]) }                          \
+        else { CN_LSTM_BWD_DEF_BODY(T, dh[k]) }                                             \
+    }                                                                                    \
+    attr static void cn_gru_bwd_def_##sfx(Py_ssize_t n, const T *CN_RESTRICT z,          \
+            const T *CN_RESTRICT r, const T *CN_RESTRICT hh, const T *CN_RESTRICT rh,     \
+            const T *CN_RESTRICT hp, const T *CN_RESTRICT dy, T *CN_RESTRICT dh,          \
+            T *CN_RESTRICT dxz, T *CN_RESTRICT dxr, T *CN_RESTRICT dxh,                   \
+            T *CN_RESTRICT drz, T *CN_RESTRICT drr, T *CN_RESTRICT drh) {                 \
+        if (dy != NULL) { CN_GRU_BWD_DEF_BODY(T, dh[k] + dy[k]) }                           \
+        else { CN_GRU_BWD_DEF_BODY(T, dh[k]) }                                              \
+    }
+    CN_BWD_DEFAULT_ROWS(float, f, )
+    CN_BWD_DEFAULT_ROWS(double, d, )
+    #if CN_RNN_HAVE_AVX2
+    CN_BWD_DEFAULT_ROWS(float, f_avx2, __attribute__((target("avx2,fma"))))
+    CN_BWD_DEFAULT_ROWS(double, d_avx2, __attribute__((target("avx2,fma"))))
+    #define CN_PICK(name, sfx) (cn_rnn_avx2 ? name##_##sfx##_avx2 : name##_##sfx)
+    #else
+    #define CN_PICK(name, sfx) (name##_##sfx)
+    #endif
+
+    static void cn_lstm_bwd_default_f(Py_ssize_t n, const float *gi, const float *gf,
+            const float *gc, const float *go, const float *cp, const float *ac,
+            const float *dy, float *dh, float *dc, float *di, float *df, float *dcc,
+            float *dout) {
+        CN_PICK(cn_lstm_bwd_def, f)(n, gi, gf, gc, go, cp, ac, dy, dh, dc, di, df, dcc, dout);
+    }
+    static void cn_lstm_bwd_default_d(Py_ssize_t n, const double *gi, const double *gf,
+            const double *gc, const double *go, const double *cp, const double *ac,
+            const double *dy, double *dh, double *dc, double *di, double *df, double *dcc,
+            double *dout) {
+        CN_PICK(cn_lstm_bwd_def, d)(n, gi, gf, gc, go, cp, ac, dy, dh, dc, di, df, dcc, dout);
+    }
+    static void cn_gru_bwd_default_f(Py_ssize_t n, const float *z, const float *r,
+            const float *hh, const float *rh, const float *hp, const float *dy, float *dh,
+            float *dxz, float *dxr, float *dxh, float *drz, float *drr, float *drh) {
+        CN_PICK(cn_gru_bwd_def, f)(n, z, r, hh, rh, hp, dy, dh, dxz, dxr, dxh, drz, drr, drh);
+    }
+    static void cn_gru_bwd_default_d(Py_ssize_t n, const double *z, const double *r,
+            const double *hh, const double *rh, const double *hp, const double *dy,
+            double *dh, double *dxz, double *dxr, double *dxh, double *drz, double *drr,
+            double *drh) {
+        CN_PICK(cn_gru_bwd_def, d)(n, z, r, hh, rh, hp, dy, dh, dxz, dxr, dxh, drz, drr, drh);
+    }
+
     static void cn_tanhf_inplace(float *x, Py_ssize_t n) {
     #if CN_RNN_HAVE_AVX2
         if (cn_rnn_avx2) { cn_tanhf_loop_avx2(x, n); return; }
@@ -272,6 +353,22 @@ cdef extern from *:
                            const double *sc, const double *so, const double *sa,
                            const double *cp, const double *ac, const double *dh, double *dc,
                            double *di, double *df, double *dcc, double *dout) noexcept nogil
+    void cn_lstm_bwd_default_f(Py_ssize_t n, const float *gi, const float *gf,
+            const float *gc, const float *go, const float *cp, const float *ac,
+            const float *dy, float *dh, float *dc, float *di, float *df, float *dcc,
+            float *dout) noexcept nogil
+    void cn_lstm_bwd_default_d(Py_ssize_t n, const double *gi, const double *gf,
+            const double *gc, const double *go, const double *cp, const double *ac,
+            const double *dy, double *dh, double *dc, double *di, double *df, double *dcc,
+            double *dout) noexcept nogil
+    void cn_gru_bwd_default_f(Py_ssize_t n, const float *z, const float *r,
+            const float *hh, const float *rh, const float *hp, const float *dy, float *dh,
+            float *dxz, float *dxr, float *dxh, float *drz, float *drr,
+            float *drh) noexcept nogil
+    void cn_gru_bwd_default_d(Py_ssize_t n, const double *z, const double *r,
+            const double *hh, const double *rh, const double *hp, const double *dy,
+            double *dh, double *dxz, double *dxr, double *dxh, double *drz, double *drr,
+            double *drh) noexcept nogil
     void cn_gru_bwd_row_f(Py_ssize_t n, const float *z, const float *r, const float *hh,
                           const float *sz, const float *sr, const float *sh, const float *rh,
                           const float *hp, float *dh, float *dxz, float *dxr, float *dxh,
@@ -566,6 +663,20 @@ cdef void _lstm_bwd_chunk(const floating *g, const floating *c_prev, const float
     dg + r ldg. s: (5H, N) scratch for the derivatives."""
     cdef Py_ssize_t j, n, e, e0 = j0 * N, m = (j1 - j0) * N, hn = H * N
     cdef floating dht, dcj
+    if keep == NULL and not direct and act == ACT_TANH and ract == ACT_SIGMOID:
+        for j in range(j0, j1):  # the defaults: one pass per row, derivatives inline
+            e = j * N
+            if floating is float:
+                cn_lstm_bwd_default_f(N, g + e, g + hn + e, g + 2 * hn + e, g + 3 * hn + e,
+                                      c_prev + e, ac + e, dy + j * ldy if dy != NULL else NULL,
+                                      dh + e, dc + e, dg + j * ldg, dg + (H + j) * ldg,
+                                      dg + (2 * H + j) * ldg, dg + (3 * H + j) * ldg)
+            else:
+                cn_lstm_bwd_default_d(N, g + e, g + hn + e, g + 2 * hn + e, g + 3 * hn + e,
+                                      c_prev + e, ac + e, dy + j * ldy if dy != NULL else NULL,
+                                      dh + e, dc + e, dg + j * ldg, dg + (H + j) * ldg,
+                                      dg + (2 * H + j) * ldg, dg + (3 * H + j) * ldg)
+        return
     _dact(ract, g + e0, s + e0, m)
     _dact(ract, g + hn + e0, s + hn + e0, m)
     _dact(act, g + 2 * hn + e0, s + 2 * hn + e0, m)
@@ -687,6 +798,22 @@ cdef void _gru_bwd_chunk(const floating *g, const floating *rh, const floating *
     kernel. s: (3H, N) scratch."""
     cdef Py_ssize_t j, n, e, e0 = j0 * N, m = (j1 - j0) * N, hn = H * N
     cdef floating dht, dn, dz, dr
+    if keep == NULL and act == ACT_TANH and ract == ACT_SIGMOID:
+        for j in range(j0, j1):  # the defaults: one pass per row, derivatives inline
+            e = j * N
+            if floating is float:
+                cn_gru_bwd_default_f(N, g + e, g + hn + e, g + 2 * hn + e, rh + e,
+                                     h_prev + j * ldh, dy + j * ldy if dy != NULL else NULL,
+                                     dh + e, dgx + j * ldg, dgx + (H + j) * ldg,
+                                     dgx + (2 * H + j) * ldg, dgr + j * ldg,
+                                     dgr + (H + j) * ldg, dgr + (2 * H + j) * ldg)
+            else:
+                cn_gru_bwd_default_d(N, g + e, g + hn + e, g + 2 * hn + e, rh + e,
+                                     h_prev + j * ldh, dy + j * ldy if dy != NULL else NULL,
+                                     dh + e, dgx + j * ldg, dgx + (H + j) * ldg,
+                                     dgx + (2 * H + j) * ldg, dgr + j * ldg,
+                                     dgr + (H + j) * ldg, dgr + (2 * H + j) * ldg)
+        return
     _dact(ract, g + e0, s + e0, m)
     _dact(ract, g + hn + e0, s + hn + e0, m)
     _dact(act, g + 2 * hn + e0, s + 2 * hn + e0, m)
