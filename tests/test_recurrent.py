@@ -625,6 +625,69 @@ def test_one_and_two_threads_agree(cell, kernel_threads):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_threaded_sequence_loop_on_odd_sizes(cell, dtype, restore_threads):
+    """The one-region sequence loop split over 2 threads (61 units: not a multiple of the
+    micro-kernel's MR or NR; 19 samples: a ragged last sliver) matches the float64
+    reference, and its gradients match the 1-thread run, with a mask, an initial state,
+    go_backwards and every step's output."""
+    rng = np.random.default_rng(97)
+    units, n, t, f = 61, 19, 5, 11
+    x = rng.normal(size=(n, t, f))
+    g = rng.normal(size=(n, t, units))
+    mask = _padding_mask(n, t)
+    states = [rng.normal(size=(n, units)) for _ in range(2 if cell == "LSTM" else 1)]
+    tol = {"rtol": 1e-4, "atol": 2e-5} if dtype == "float32" else {"rtol": 1e-10,
+                                                                    "atol": 1e-12}
+
+    def run(threads):
+        cn.set_num_threads(threads)
+        layer = getattr(layers, cell)(units, return_sequences=True, go_backwards=True,
+                                      dtype=dtype)
+        layer.build((t, f))
+        ws = _random_weights(layer, np.random.default_rng(5), scale=0.3)
+        out = layer.forward(x.astype(dtype), training=True, initial_state=states,
+                            mask=mask).copy()
+        dx = layer.backward(g.astype(dtype)).copy()
+        return ws, [out, dx] + layer.get_gradients() + list(layer.initial_state_gradients)
+
+    ws, two = run(2)
+    _, one = run(1)
+    ref, _ = reference_run(cell, x, ws, units, go_backwards=True, initial_state=states,
+                           mask=mask)
+    np.testing.assert_allclose(two[0], ref, **tol)
+    for a, b in zip(two, one):
+        np.testing.assert_allclose(a, b, **tol)
+
+
+@pytest.mark.parametrize("return_sequences", [False, True], ids=["last", "seq"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_inference_rings_and_replayed_backward(cell, return_sequences, kernel_threads):
+    """Outside training the layer keeps rings of states only: the outputs and final states
+    are those of a training run, and a backward after it (replayed in full) gives the
+    same gradients."""
+    rng = np.random.default_rng(98)
+    units, n, t, f = 40, 24, 7, 9
+    x = rng.normal(size=(n, t, f))
+    g = rng.normal(size=(n, t, units) if return_sequences else (n, units))
+    mask = _padding_mask(n, t)
+    states = [rng.normal(size=(n, units)) for _ in range(2 if cell == "LSTM" else 1)]
+    layer = _make(cell, units, return_sequences=True if return_sequences else False,
+                  return_state=True)
+    layer.build((t, f))
+    _random_weights(layer, rng, scale=0.3)
+    results = []
+    for training in (True, False):
+        outs = [o.copy() for o in layer.forward(x, training=training, initial_state=states,
+                                               mask=mask)]
+        dx = layer.backward(g).copy()
+        results.append(outs + [dx] + layer.get_gradients()
+                       + list(layer.initial_state_gradients))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
 # ---------------------------------------------------------------------------------------
 # learning real sequence tasks (1 thread: the results do not depend on it, and a shared
 # machine's busy second core would only slow the suite down)

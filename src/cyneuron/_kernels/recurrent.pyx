@@ -955,7 +955,8 @@ cdef inline void _mm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating *A
 
 cdef void _packed_product(Py_ssize_t M, const floating *A, Py_ssize_t lda, const floating *P,
                           Py_ssize_t Kt, Py_ssize_t row0, Py_ssize_t K, Py_ssize_t W,
-                          Py_ssize_t N, floating *C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
+                          Py_ssize_t N, floating *C, Py_ssize_t ldc,
+                          bint accumulate) noexcept nogil:
     """C (M, N) (+)= A (M, K) @ rows [row0, row0 + K) of the packed operand P (N / W
     slivers of Kt rows of W values)."""
     cdef Py_ssize_t v
@@ -1115,7 +1116,8 @@ cdef _forward(int cell, const floating[:, ::1] xf, const floating[:, ::1] weight
     _check_code(act, "activation")
     _check_code(ract, "recurrent_activation")
     if N == 0 or xf.shape[1] % N != 0:
-        raise ValueError(f"xf must have shape (features, T * {N}); got {(xf.shape[0], xf.shape[1])}")
+        raise ValueError(f"xf must have shape (features, T * {N}); "
+                         f"got {(xf.shape[0], xf.shape[1])}")
     T = xf.shape[1] // N
     _check_shape((weights.shape[0], weights.shape[1]), (G, Kt), "weights")
     _check_shape((gates.shape[1], gates.shape[2]), (G, N), "gates")
@@ -1201,7 +1203,7 @@ cdef _backward(int cell, const floating[:, :, ::1] gates, const floating[:, :, :
                     pk, act, ract, state_grad, r)
 
 
-def step_weights(const floating[:, ::1] kernel, const floating[:, ::1] kernel_rec,
+def step_weights(const floating[:, :] kernel, const floating[:, :] kernel_rec,
                  const floating[::1] bias, const floating[::1] bias_rec,
                  floating[:, ::1] out):
     """out (G, H + F + 2) = [kernel_rec^T | bias_rec | kernel^T | bias] (None biases: 0),

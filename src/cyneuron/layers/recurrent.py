@@ -144,6 +144,10 @@ class RNN(Layer):
     def _recurrent_bias(self):
         return None
 
+    def _recurrent_kernel(self):
+        """The recurrent kernel, C-contiguous (an initializer may leave it transposed)."""
+        return np.ascontiguousarray(self._weights[1])
+
     # -- checks ---------------------------------------------------------------------------
     def _check_input(self, x):
         x = check_numeric(x, "x")
@@ -392,8 +396,8 @@ class SimpleRNN(RNN):
         t, _, n = self._gates.shape
         dg = self._buffer("dgates", (self.units, t * n))
         scratch = self._buffer("scratch", (self.units, n))
-        _k.rnn_backward(self._gates, self._weights[1], dh, dg, scratch, dy, self._mask,
-                        self._act, self._has_initial_state)
+        _k.rnn_backward(self._gates, self._recurrent_kernel(), dh, dg, scratch, dy,
+                        self._mask, self._act, self._has_initial_state)
         self.initial_state_gradients = [None]
         return dg, dg
 
@@ -458,8 +462,8 @@ class LSTM(RNN):
             dc.fill(0)
         dg = self._buffer("dgates", (width, t * n))
         scratch = self._buffer("scratch", (5 * self.units, n))
-        _k.lstm_backward(self._gates, self._c, self._act_c, self._weights[1], dh, dc, dg,
-                         scratch, dy, self._mask, self._act, self._ract,
+        _k.lstm_backward(self._gates, self._c, self._act_c, self._recurrent_kernel(), dh, dc,
+                         dg, scratch, dy, self._mask, self._act, self._ract,
                          self._has_initial_state)
         self.initial_state_gradients = [None, np.ascontiguousarray(dc.T)]
         return dg, dg
@@ -521,8 +525,8 @@ class GRU(RNN):
         dgx = self._buffer("dgates", (width, t * n))
         dgr = self._buffer("dgates_rec", (width, t * n))
         scratch = self._buffer("scratch", (width, n))
-        _k.gru_backward(self._gates, self._rh, self._h, self._weights[1], dh, dgx, dgr, scratch,
-                        dy, self._mask, self._act, self._ract, self._has_initial_state)
+        _k.gru_backward(self._gates, self._rh, self._h, self._recurrent_kernel(), dh, dgx, dgr,
+                        scratch, dy, self._mask, self._act, self._ract, self._has_initial_state)
         self.initial_state_gradients = [None]
         return dgx, dgr
 
