@@ -1,13 +1,12 @@
 """Kernels of the sequence layers: recurrent cells over whole sequences, layout changes,
 and the embedding lookup.
 
-Recurrent layers keep sequences unit-major inside (layouts below, before lstm_forward):
-the input projection of all steps is one GEMM, and a sequence kernel here runs the
-whole loop over time with, per step, one `gemm` call (the recurrent kernel transposed
-once per call, read in place step after step) and one fused pass over chunks of units
-(OpenMP) that applies every gate's activation and updates the state. Backward (BPTT)
-is the mirror: one fused pass for the gate gradients, then one GEMM with the recurrent
-kernel for d(loss)/d(h_{t-1}).
+Recurrent layers keep sequences unit-major inside (layouts below, before the sequence
+drivers): a sequence kernel here runs the whole loop over time in one OpenMP region,
+each thread computing its units' rows of every step's GEMM (the single-thread entry of
+gemm.pxd: recurrent and input products, and the biases, at once) and their fused gate
+math, with one barrier per step. Backward (BPTT) is the mirror: the fused pass for the
+gate gradients, then the GEMM with the recurrent kernel for d(loss)/d(h_{t-1}).
 
 Gate layouts follow Keras: LSTM i, f, c, o; GRU z, r, h with reset_after=True.
 Activations are given by code (ACTIVATIONS maps names); their derivatives are taken
@@ -564,23 +563,16 @@ def batch_to_unit_major(const floating[:, :, ::1] y, floating[:, :, ::1] out):
 
 # -- the sequence loops ---------------------------------------------------------------------
 # Layouts (unit-major: a step's values for one unit are the N samples side by side):
-#   proj (G, T*N)   the input projection of every step, kernel^T @ x^T (one GEMM); step t
-#                   is columns [t*N, (t+1)*N).
-#   gates (T, G, N) per step, kernel_rec^T (G, H) @ h_{t-1} (H, N): the recurrent GEMM's
-#                   output (contiguous), then replaced by the gate values.
+#   xf (F, T*N)     the inputs, feature-major; step t is columns [t*N, (t+1)*N).
+#   gates (T, G, N) per step, the step GEMM's output (contiguous), then replaced by the
+#                   gate values.
 #   h (H, T+1, N)   the states; h[:, t] feeds step t, which writes h[:, t+1]. As a matrix
 #                   h[:, :T] is (H, T*N), the operand of the recurrent kernel's gradient.
 #   c, act_c (T+1 | T, H, N)   LSTM cell states and activation(c).
-#   dgates (G, T*N) the gate gradients, laid out like proj (the weight-gradient GEMMs take
-#                   it whole; step t's columns are the B operand of d(loss)/d(h_{t-1})).
-# Threads split the units into chunks; a chunk's rows of each gate block are contiguous.
-cdef enum:
-    CHUNK_ELEMENTS = 512    # about this many values per gate and chunk
-
-
-cdef inline Py_ssize_t _chunk_units(Py_ssize_t N) noexcept nogil:
-    return CHUNK_ELEMENTS // N if N < CHUNK_ELEMENTS else 1
-
+#   dgates (G, T*N) the gate gradients, laid out like xf's columns (the weight-gradient
+#                   GEMMs take it whole).
+# A thread's units [j0, j1) are rows j0..j1 of each gate block (the chunk functions below
+# take such a range).
 
 cdef inline void _add_rows(floating *dh, const floating *dy, Py_ssize_t ldy, Py_ssize_t j0,
                            Py_ssize_t j1, Py_ssize_t N) noexcept nogil:

@@ -2,13 +2,14 @@
 
 Data is (batch, timesteps, features). Inside, a layer works unit-major: a step's values
 of one unit sit side by side for the N samples (layouts in cyneuron._kernels.recurrent).
-The input projection of every step is one GEMM, kernel^T (G, F) @ x^T (F, T*N); the
-sequence kernel then runs, per step, one GEMM with the recurrent kernel transposed once
-per call (G, H) @ h_{t-1} (H, N) and one fused pass for the gate math. This orientation
-was measured ~1.5x faster than (N, H) @ (H, G) for batch-sized N: the GEMM's long side
-is then the 4H gate rows. Backpropagation through time mirrors it, and the weight
-gradients are GEMMs over all T*N columns at once, written into the model's flat
-gradient buffer (so the optimizer's gradient clipping sees them).
+The sequence kernel runs the whole loop over time in one parallel region; each step's
+GEMM computes the full pre-activation, [W_rec^T | b_rec | W^T | b] (G, H+F+2) @
+[h_{t-1}; 1; x_t; 1] (step_weights builds the A operand once per call). The G gate rows
+as the GEMM's long side was measured ~1.5x faster than (N, H) @ (H, G) for batch-sized N.
+Outside training only rings of states are kept; a backward after such a run replays it
+in full. Backpropagation through time mirrors the loop, and the weight gradients are
+GEMMs over all T*N columns at once, written into the model's flat gradient buffer (so
+the optimizer's gradient clipping sees them).
 
 Weights (Keras): kernel (F, G), recurrent_kernel (units, G), bias, with G = units
 (SimpleRNN), 4 units (LSTM: gates i, f, c, o) or 3 units (GRU: z, r, h;
