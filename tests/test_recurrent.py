@@ -571,18 +571,24 @@ def test_float32_layers_agree_across_simd_paths(isa):
 
 def test_kernels_check_their_buffers():
     f = np.float32
-    t, n, h = 3, 2, 4
-    ok = {"proj": np.zeros((4 * h, t * n), f), "bias": np.zeros(4 * h, f),
-          "kernel_rec_t": np.zeros((4 * h, h), f), "gates": np.zeros((t, 4 * h, n), f),
-          "h": np.zeros((h, t + 1, n), f), "c": np.zeros((t + 1, h, n), f),
-          "act_c": np.zeros((t, h, n), f)}
+    t, n, h, feat = 3, 2, 4, 5
+    ok = {"xf": np.zeros((feat, t * n), f), "weights": np.zeros((4 * h, h + feat + 2), f),
+          "gates": np.zeros((t, 4 * h, n), f), "h": np.zeros((h, t + 1, n), f),
+          "c": np.zeros((t + 1, h, n), f), "act_c": np.zeros((t, h, n), f)}
     K.lstm_forward(**ok)
-    for name, bad in [("gates", np.zeros((t, 3 * h, n), f)), ("h", np.zeros((h, t, n), f)),
-                      ("kernel_rec_t", np.zeros((h, 4 * h), f)), ("bias", np.zeros(h, f)),
-                      ("proj", np.zeros((4 * h, t * n + 1), f)),
+    rings = {"gates": np.zeros((1, 4 * h, n), f), "h": np.zeros((h, 2, n), f),
+             "c": np.zeros((2, h, n), f), "act_c": np.zeros((1, h, n), f)}
+    K.lstm_forward(**{**ok, **rings})
+    for name, bad in [("gates", np.zeros((t, 3 * h, n), f)), ("gates", np.zeros((2, 4 * h, n), f)),
+                      ("h", np.zeros((h, t, n), f)), ("c", np.zeros((t, h, n), f)),
+                      ("weights", np.zeros((4 * h, h + feat), f)),
+                      ("xf", np.zeros((feat, t * n + 1), f)),
                       ("act_c", np.zeros((t, h, n + 1), f))]:
         with pytest.raises(ValueError, match=name):
             K.lstm_forward(**{**ok, name: bad})
+    with pytest.raises(ValueError, match="out"):
+        K.step_weights(np.zeros((feat, 4 * h), f), np.zeros((h, 4 * h), f), None, None,
+                       np.zeros((4 * h, h + feat + 1), f))
     with pytest.raises(ValueError, match="mask"):
         K.lstm_forward(**ok, mask=np.ones((n, t), np.uint8))
     with pytest.raises(ValueError, match="activation"):
@@ -617,6 +623,69 @@ def test_one_and_two_threads_agree(cell, kernel_threads):
     want = run()
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_threaded_sequence_loop_on_odd_sizes(cell, dtype, restore_threads):
+    """The one-region sequence loop split over 2 threads (61 units: not a multiple of the
+    micro-kernel's MR or NR; 19 samples: a ragged last sliver) matches the float64
+    reference, and its gradients match the 1-thread run, with a mask, an initial state,
+    go_backwards and every step's output."""
+    rng = np.random.default_rng(97)
+    units, n, t, f = 61, 19, 5, 11
+    x = rng.normal(size=(n, t, f))
+    g = rng.normal(size=(n, t, units))
+    mask = _padding_mask(n, t)
+    states = [rng.normal(size=(n, units)) for _ in range(2 if cell == "LSTM" else 1)]
+    tol = {"rtol": 1e-4, "atol": 2e-5} if dtype == "float32" else {"rtol": 1e-10,
+                                                                    "atol": 1e-12}
+
+    def run(threads):
+        cn.set_num_threads(threads)
+        layer = getattr(layers, cell)(units, return_sequences=True, go_backwards=True,
+                                      dtype=dtype)
+        layer.build((t, f))
+        ws = _random_weights(layer, np.random.default_rng(5), scale=0.3)
+        out = layer.forward(x.astype(dtype), training=True, initial_state=states,
+                            mask=mask).copy()
+        dx = layer.backward(g.astype(dtype)).copy()
+        return ws, [out, dx] + layer.get_gradients() + list(layer.initial_state_gradients)
+
+    ws, two = run(2)
+    _, one = run(1)
+    ref, _ = reference_run(cell, x, ws, units, go_backwards=True, initial_state=states,
+                           mask=mask)
+    np.testing.assert_allclose(two[0], ref, **tol)
+    for a, b in zip(two, one):
+        np.testing.assert_allclose(a, b, **tol)
+
+
+@pytest.mark.parametrize("return_sequences", [False, True], ids=["last", "seq"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_inference_rings_and_replayed_backward(cell, return_sequences, kernel_threads):
+    """Outside training the layer keeps rings of states only: the outputs and final states
+    are those of a training run, and a backward after it (replayed in full) gives the
+    same gradients."""
+    rng = np.random.default_rng(98)
+    units, n, t, f = 40, 24, 7, 9
+    x = rng.normal(size=(n, t, f))
+    g = rng.normal(size=(n, t, units) if return_sequences else (n, units))
+    mask = _padding_mask(n, t)
+    states = [rng.normal(size=(n, units)) for _ in range(2 if cell == "LSTM" else 1)]
+    layer = _make(cell, units, return_sequences=True if return_sequences else False,
+                  return_state=True)
+    layer.build((t, f))
+    _random_weights(layer, rng, scale=0.3)
+    results = []
+    for training in (True, False):
+        outs = [o.copy() for o in layer.forward(x, training=training, initial_state=states,
+                                               mask=mask)]
+        dx = layer.backward(g).copy()
+        results.append(outs + [dx] + layer.get_gradients()
+                       + list(layer.initial_state_gradients))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,13 +1,12 @@
 """Kernels of the sequence layers: recurrent cells over whole sequences, layout changes,
 and the embedding lookup.
 
-Recurrent layers keep sequences unit-major inside (layouts below, before lstm_forward):
-the input projection of all steps is one GEMM, and a sequence kernel here runs the
-whole loop over time with, per step, one `gemm` call (the recurrent kernel transposed
-once per call, read in place step after step) and one fused pass over chunks of units
-(OpenMP) that applies every gate's activation and updates the state. Backward (BPTT)
-is the mirror: one fused pass for the gate gradients, then one GEMM with the recurrent
-kernel for d(loss)/d(h_{t-1}).
+Recurrent layers keep sequences unit-major inside (layouts below, before the sequence
+drivers): a sequence kernel here runs the whole loop over time in one OpenMP region,
+each thread computing its units' rows of every step's GEMM (the single-thread entry of
+gemm.pxd: recurrent and input products, and the biases, at once) and their fused gate
+math, with one barrier per step. Backward (BPTT) is the mirror: the fused pass for the
+gate gradients, then the GEMM with the recurrent kernel for d(loss)/d(h_{t-1}).
 
 Gate layouts follow Keras: LSTM i, f, c, o; GRU z, r, h with reset_after=True.
 Activations are given by code (ACTIVATIONS maps names); their derivatives are taken
@@ -22,13 +21,15 @@ unchanged (Keras's masking).
 import numpy as np
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.math cimport exp, tanh
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
-from cyneuron._kernels._openmp cimport threads_for
-from cyneuron._kernels.gemm import gemm as _gemm
+from cyneuron._kernels._openmp cimport (
+    cn_omp_barrier, cn_omp_max_threads, cn_omp_num_threads, cn_omp_thread_num, threads_for)
+from cyneuron._kernels.gemm cimport dgemm_serial, sgemm_serial
+from cyneuron._kernels.gemm import block_sizes as _gemm_block_sizes
 from cyneuron._kernels.gemm import get_isa as _gemm_isa
 
 
@@ -202,6 +203,87 @@ cdef extern from *:
     CN_BWD_ROWS(float, f)
     CN_BWD_ROWS(double, d)
 
+    /* The same with the default activations (sigmoid gates, tanh candidate and state),
+       their derivatives taken inline from the outputs, and the output's own gradient dy
+       (or NULL) added: one pass over a row, nothing written to scratch. dh leaves holding
+       dh + dy (GRU: its direct part, (dh + dy) z). */
+    /* (dy is tested once, outside the loops: a select on it inside becomes a masked
+       load through a NULL pointer, which AMD CPUs execute very slowly.) */
+    #define CN_LSTM_BWD_DEF_BODY(T, DHT)                                                    \
+        for (Py_ssize_t k = 0; k < n; k++) {                                             \
+            T dht = DHT;                                                                 \
+            T i = gi[k], f = gf[k], g = gc[k], o = go[k], a = ac[k];                     \
+            T dcj = dc[k] + dht * o * (1 - a * a);                                       \
+            di[k] = dcj * g * (i * (1 - i));                                             \
+            df[k] = dcj * cp[k] * (f * (1 - f));                                         \
+            dcc[k] = dcj * i * (1 - g * g);                                              \
+            dout[k] = dht * a * (o * (1 - o));                                           \
+            dc[k] = dcj * f;                                                             \
+            dh[k] = dht;                                                                 \
+        }
+    #define CN_GRU_BWD_DEF_BODY(T, DHT)                                                     \
+        for (Py_ssize_t k = 0; k < n; k++) {                                             \
+            T dht = DHT;                                                                 \
+            T zk = z[k], rk = r[k], hk = hh[k];                                          \
+            T dn = dht * (1 - zk) * (1 - hk * hk);                                       \
+            T dz = dht * (hp[k] - hk) * (zk * (1 - zk));                                 \
+            T dr = dn * rh[k] * (rk * (1 - rk));                                         \
+            dxz[k] = dz; drz[k] = dz;                                                    \
+            dxr[k] = dr; drr[k] = dr;                                                    \
+            dxh[k] = dn; drh[k] = dn * rk;                                               \
+            dh[k] = dht * zk;                                                            \
+        }
+    #define CN_BWD_DEFAULT_ROWS(T, sfx, attr)                                              \
+    attr static void cn_lstm_bwd_def_##sfx(Py_ssize_t n, const T *CN_RESTRICT gi,        \
+            const T *CN_RESTRICT gf, const T *CN_RESTRICT gc, const T *CN_RESTRICT go,    \
+            const T *CN_RESTRICT cp, const T *CN_RESTRICT ac, const T *CN_RESTRICT dy,    \
+            T *CN_RESTRICT dh, T *CN_RESTRICT dc, T *CN_RESTRICT di, T *CN_RESTRICT df,   \
+            T *CN_RESTRICT dcc, T *CN_RESTRICT dout) {                                    \
+        if (dy != NULL) { CN_LSTM_BWD_DEF_BODY(T, dh[k] + dy[k]) }                          \
+        else { CN_LSTM_BWD_DEF_BODY(T, dh[k]) }                                             \
+    }                                                                                    \
+    attr static void cn_gru_bwd_def_##sfx(Py_ssize_t n, const T *CN_RESTRICT z,          \
+            const T *CN_RESTRICT r, const T *CN_RESTRICT hh, const T *CN_RESTRICT rh,     \
+            const T *CN_RESTRICT hp, const T *CN_RESTRICT dy, T *CN_RESTRICT dh,          \
+            T *CN_RESTRICT dxz, T *CN_RESTRICT dxr, T *CN_RESTRICT dxh,                   \
+            T *CN_RESTRICT drz, T *CN_RESTRICT drr, T *CN_RESTRICT drh) {                 \
+        if (dy != NULL) { CN_GRU_BWD_DEF_BODY(T, dh[k] + dy[k]) }                           \
+        else { CN_GRU_BWD_DEF_BODY(T, dh[k]) }                                              \
+    }
+    CN_BWD_DEFAULT_ROWS(float, f, )
+    CN_BWD_DEFAULT_ROWS(double, d, )
+    #if CN_RNN_HAVE_AVX2
+    CN_BWD_DEFAULT_ROWS(float, f_avx2, __attribute__((target("avx2,fma"))))
+    CN_BWD_DEFAULT_ROWS(double, d_avx2, __attribute__((target("avx2,fma"))))
+    #define CN_PICK(name, sfx) (cn_rnn_avx2 ? name##_##sfx##_avx2 : name##_##sfx)
+    #else
+    #define CN_PICK(name, sfx) (name##_##sfx)
+    #endif
+
+    static void cn_lstm_bwd_default_f(Py_ssize_t n, const float *gi, const float *gf,
+            const float *gc, const float *go, const float *cp, const float *ac,
+            const float *dy, float *dh, float *dc, float *di, float *df, float *dcc,
+            float *dout) {
+        CN_PICK(cn_lstm_bwd_def, f)(n, gi, gf, gc, go, cp, ac, dy, dh, dc, di, df, dcc, dout);
+    }
+    static void cn_lstm_bwd_default_d(Py_ssize_t n, const double *gi, const double *gf,
+            const double *gc, const double *go, const double *cp, const double *ac,
+            const double *dy, double *dh, double *dc, double *di, double *df, double *dcc,
+            double *dout) {
+        CN_PICK(cn_lstm_bwd_def, d)(n, gi, gf, gc, go, cp, ac, dy, dh, dc, di, df, dcc, dout);
+    }
+    static void cn_gru_bwd_default_f(Py_ssize_t n, const float *z, const float *r,
+            const float *hh, const float *rh, const float *hp, const float *dy, float *dh,
+            float *dxz, float *dxr, float *dxh, float *drz, float *drr, float *drh) {
+        CN_PICK(cn_gru_bwd_def, f)(n, z, r, hh, rh, hp, dy, dh, dxz, dxr, dxh, drz, drr, drh);
+    }
+    static void cn_gru_bwd_default_d(Py_ssize_t n, const double *z, const double *r,
+            const double *hh, const double *rh, const double *hp, const double *dy,
+            double *dh, double *dxz, double *dxr, double *dxh, double *drz, double *drr,
+            double *drh) {
+        CN_PICK(cn_gru_bwd_def, d)(n, z, r, hh, rh, hp, dy, dh, dxz, dxr, dxh, drz, drr, drh);
+    }
+
     static void cn_tanhf_inplace(float *x, Py_ssize_t n) {
     #if CN_RNN_HAVE_AVX2
         if (cn_rnn_avx2) { cn_tanhf_loop_avx2(x, n); return; }
@@ -270,6 +352,22 @@ cdef extern from *:
                            const double *sc, const double *so, const double *sa,
                            const double *cp, const double *ac, const double *dh, double *dc,
                            double *di, double *df, double *dcc, double *dout) noexcept nogil
+    void cn_lstm_bwd_default_f(Py_ssize_t n, const float *gi, const float *gf,
+            const float *gc, const float *go, const float *cp, const float *ac,
+            const float *dy, float *dh, float *dc, float *di, float *df, float *dcc,
+            float *dout) noexcept nogil
+    void cn_lstm_bwd_default_d(Py_ssize_t n, const double *gi, const double *gf,
+            const double *gc, const double *go, const double *cp, const double *ac,
+            const double *dy, double *dh, double *dc, double *di, double *df, double *dcc,
+            double *dout) noexcept nogil
+    void cn_gru_bwd_default_f(Py_ssize_t n, const float *z, const float *r,
+            const float *hh, const float *rh, const float *hp, const float *dy, float *dh,
+            float *dxz, float *dxr, float *dxh, float *drz, float *drr,
+            float *drh) noexcept nogil
+    void cn_gru_bwd_default_d(Py_ssize_t n, const double *z, const double *r,
+            const double *hh, const double *rh, const double *hp, const double *dy,
+            double *dh, double *dxz, double *dxr, double *dxh, double *drz, double *drr,
+            double *drh) noexcept nogil
     void cn_gru_bwd_row_f(Py_ssize_t n, const float *z, const float *r, const float *hh,
                           const float *sz, const float *sr, const float *sh, const float *rh,
                           const float *hp, float *dh, float *dxz, float *dxr, float *dxh,
@@ -465,23 +563,16 @@ def batch_to_unit_major(const floating[:, :, ::1] y, floating[:, :, ::1] out):
 
 # -- the sequence loops ---------------------------------------------------------------------
 # Layouts (unit-major: a step's values for one unit are the N samples side by side):
-#   proj (G, T*N)   the input projection of every step, kernel^T @ x^T (one GEMM); step t
-#                   is columns [t*N, (t+1)*N).
-#   gates (T, G, N) per step, kernel_rec^T (G, H) @ h_{t-1} (H, N): the recurrent GEMM's
-#                   output (contiguous), then replaced by the gate values.
+#   xf (F, T*N)     the inputs, feature-major; step t is columns [t*N, (t+1)*N).
+#   gates (T, G, N) per step, the step GEMM's output (contiguous), then replaced by the
+#                   gate values.
 #   h (H, T+1, N)   the states; h[:, t] feeds step t, which writes h[:, t+1]. As a matrix
 #                   h[:, :T] is (H, T*N), the operand of the recurrent kernel's gradient.
 #   c, act_c (T+1 | T, H, N)   LSTM cell states and activation(c).
-#   dgates (G, T*N) the gate gradients, laid out like proj (the weight-gradient GEMMs take
-#                   it whole; step t's columns are the B operand of d(loss)/d(h_{t-1})).
-# Threads split the units into chunks; a chunk's rows of each gate block are contiguous.
-cdef enum:
-    CHUNK_ELEMENTS = 512    # about this many values per gate and chunk
-
-
-cdef inline Py_ssize_t _chunk_units(Py_ssize_t N) noexcept nogil:
-    return CHUNK_ELEMENTS // N if N < CHUNK_ELEMENTS else 1
-
+#   dgates (G, T*N) the gate gradients, laid out like xf's columns (the weight-gradient
+#                   GEMMs take it whole).
+# A thread's units [j0, j1) are rows j0..j1 of each gate block (the chunk functions below
+# take such a range).
 
 cdef inline void _add_rows(floating *dh, const floating *dy, Py_ssize_t ldy, Py_ssize_t j0,
                            Py_ssize_t j1, Py_ssize_t N) noexcept nogil:
@@ -564,6 +655,20 @@ cdef void _lstm_bwd_chunk(const floating *g, const floating *c_prev, const float
     dg + r ldg. s: (5H, N) scratch for the derivatives."""
     cdef Py_ssize_t j, n, e, e0 = j0 * N, m = (j1 - j0) * N, hn = H * N
     cdef floating dht, dcj
+    if keep == NULL and not direct and act == ACT_TANH and ract == ACT_SIGMOID:
+        for j in range(j0, j1):  # the defaults: one pass per row, derivatives inline
+            e = j * N
+            if floating is float:
+                cn_lstm_bwd_default_f(N, g + e, g + hn + e, g + 2 * hn + e, g + 3 * hn + e,
+                                      c_prev + e, ac + e, dy + j * ldy if dy != NULL else NULL,
+                                      dh + e, dc + e, dg + j * ldg, dg + (H + j) * ldg,
+                                      dg + (2 * H + j) * ldg, dg + (3 * H + j) * ldg)
+            else:
+                cn_lstm_bwd_default_d(N, g + e, g + hn + e, g + 2 * hn + e, g + 3 * hn + e,
+                                      c_prev + e, ac + e, dy + j * ldy if dy != NULL else NULL,
+                                      dh + e, dc + e, dg + j * ldg, dg + (H + j) * ldg,
+                                      dg + (2 * H + j) * ldg, dg + (3 * H + j) * ldg)
+        return
     _dact(ract, g + e0, s + e0, m)
     _dact(ract, g + hn + e0, s + hn + e0, m)
     _dact(act, g + 2 * hn + e0, s + 2 * hn + e0, m)
@@ -606,105 +711,6 @@ cdef void _lstm_bwd_chunk(const floating *g, const floating *c_prev, const float
             dc[e] = dcj * g[hn + e]
             if direct:
                 dh[e] = 0
-
-
-cdef _check_common(tuple proj_shape, Py_ssize_t G, Py_ssize_t T, Py_ssize_t N,
-                   const floating[:, ::1] kernel_rec_t, Py_ssize_t H,
-                   const floating[::1] bias, const unsigned char[:, ::1] mask):
-    _check_shape(proj_shape, (G, T * N), "proj")
-    _check_shape((kernel_rec_t.shape[0], kernel_rec_t.shape[1]), (G, H), "kernel_rec_t")
-    if bias is not None:
-        _check_shape((bias.shape[0],), (G,), "bias")
-    _check_mask(mask, T, N)
-
-
-def lstm_forward(const floating[:, ::1] proj, const floating[::1] bias,
-                 const floating[:, ::1] kernel_rec_t, floating[:, :, ::1] gates,
-                 floating[:, :, ::1] h, floating[:, :, ::1] c, floating[:, :, ::1] act_c,
-                 const unsigned char[:, ::1] mask=None, int activation=ACT_TANH,
-                 int recurrent_activation=ACT_SIGMOID):
-    """Run an LSTM over T steps (see the layouts above).
-
-    proj (4H, T*N); bias (4H,) or None; kernel_rec_t (4H, H): the recurrent kernel
-    transposed (contiguous: every step's GEMM reads it in place); gates (T, 4H, N)
-    receives the gate values; h (H, T+1, N) and c (T+1, H, N): [.., 0, ..] hold the
-    initial state; act_c (T, H, N). mask (T, N) or None: 0 keeps a sample's state.
-    """
-    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = h.shape[0], t, ch
-    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, 4 * H, N), "gates")
-    _check_common((proj.shape[0], proj.shape[1]), 4 * H, T, N, kernel_rec_t, H, bias, mask)
-    _check_shape((h.shape[0], h.shape[1], h.shape[2]), (H, T + 1, N), "h")
-    _check_shape((c.shape[0], c.shape[1], c.shape[2]), (T + 1, H, N), "c")
-    _check_shape((act_c.shape[0], act_c.shape[1], act_c.shape[2]), (T, H, N), "act_c")
-    _check_code(activation, "activation")
-    _check_code(recurrent_activation, "recurrent_activation")
-    if T == 0 or N == 0 or H == 0:
-        return
-    _sync_isa()
-    cdef const floating *pb = &bias[0] if bias is not None else NULL
-    cdef const unsigned char *pk
-    cdef bint has_mask = mask is not None
-    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ldp = T * N
-    cdef Py_ssize_t ldh = (T + 1) * N
-    cdef int nt = threads_for(N * H * COST_CELL)
-    gemm = _gemm
-    w_nd, g_nd, h_nd = np.asarray(kernel_rec_t), np.asarray(gates), np.asarray(h)
-    for t in range(T):
-        gemm(w_nd, h_nd[:, t, :], g_nd[t], None, 0, 0.0, False)
-        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
-            pk = &mask[t, 0] if has_mask else NULL
-            _lstm_fwd_chunk(&gates[t, 0, 0], &proj[0, t * N], ldp, pb, &c[t, 0, 0],
-                            &c[t + 1, 0, 0], &act_c[t, 0, 0], &h[0, t, 0], &h[0, t + 1, 0], ldh,
-                            pk, ch * cu, min(H, (ch + 1) * cu), H, N, activation,
-                            recurrent_activation)
-
-
-def lstm_backward(const floating[:, :, ::1] gates, const floating[:, :, ::1] c,
-                  const floating[:, :, ::1] act_c, const floating[:, ::1] kernel_rec,
-                  floating[:, ::1] dh, floating[:, ::1] dc, floating[:, ::1] dgates,
-                  floating[:, ::1] scratch, const floating[:, :, ::1] dy=None,
-                  const unsigned char[:, ::1] mask=None, int activation=ACT_TANH,
-                  int recurrent_activation=ACT_SIGMOID, bint state_grad=False):
-    """Backpropagation through time for lstm_forward's run.
-
-    dh, dc (H, N): in, d(loss)/d(h_T) and d(loss)/d(c_T) (unit-major); out (with
-    state_grad), the gradients w.r.t. the initial states. dgates (4H, T*N): receives
-    d(loss)/d(gate pre-activations) of every step. kernel_rec (H, 4H) as stored.
-    scratch (5H, N). dy (H, T, N) or None: the output sequence's gradient, unit-major.
-    """
-    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = dh.shape[0], t, ch
-    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, 4 * H, N), "gates")
-    _check_shape((c.shape[0], c.shape[1], c.shape[2]), (T + 1, H, N), "c")
-    _check_shape((act_c.shape[0], act_c.shape[1], act_c.shape[2]), (T, H, N), "act_c")
-    _check_shape((kernel_rec.shape[0], kernel_rec.shape[1]), (H, 4 * H), "kernel_rec")
-    _check_shape((dh.shape[0], dh.shape[1]), (H, N), "dh")
-    _check_shape((dc.shape[0], dc.shape[1]), (H, N), "dc")
-    _check_shape((dgates.shape[0], dgates.shape[1]), (4 * H, T * N), "dgates")
-    _check_shape((scratch.shape[0], scratch.shape[1]), (5 * H, N), "scratch")
-    if dy is not None:
-        _check_shape((dy.shape[0], dy.shape[1], dy.shape[2]), (H, T, N), "dy")
-    _check_mask(mask, T, N)
-    _check_code(activation, "activation")
-    _check_code(recurrent_activation, "recurrent_activation")
-    if T == 0 or N == 0 or H == 0:
-        return
-    cdef bint has_dy = dy is not None, has_mask = mask is not None
-    cdef const floating *pdy
-    cdef const unsigned char *pk
-    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ld = T * N
-    cdef int nt = threads_for(N * H * COST_CELL)
-    gemm = _gemm
-    w_nd, dg_nd, dh_nd = np.asarray(kernel_rec), np.asarray(dgates), np.asarray(dh)
-    for t in range(T - 1, -1, -1):
-        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
-            pdy = &dy[0, t, 0] if has_dy else NULL
-            pk = &mask[t, 0] if has_mask else NULL
-            _lstm_bwd_chunk(&gates[t, 0, 0], &c[t, 0, 0], &act_c[t, 0, 0], pdy, ld, &dh[0, 0],
-                            &dc[0, 0], &dgates[0, t * N], ld, &scratch[0, 0], pk, ch * cu,
-                            min(H, (ch + 1) * cu), H, N, activation, recurrent_activation,
-                            has_mask)
-        if t > 0 or state_grad:
-            gemm(w_nd, dg_nd[:, t * N:(t + 1) * N], dh_nd, None, 0, 0.0, has_mask)
 
 
 # -- GRU (reset_after=True) ---------------------------------------------------------------
@@ -784,6 +790,22 @@ cdef void _gru_bwd_chunk(const floating *g, const floating *rh, const floating *
     kernel. s: (3H, N) scratch."""
     cdef Py_ssize_t j, n, e, e0 = j0 * N, m = (j1 - j0) * N, hn = H * N
     cdef floating dht, dn, dz, dr
+    if keep == NULL and act == ACT_TANH and ract == ACT_SIGMOID:
+        for j in range(j0, j1):  # the defaults: one pass per row, derivatives inline
+            e = j * N
+            if floating is float:
+                cn_gru_bwd_default_f(N, g + e, g + hn + e, g + 2 * hn + e, rh + e,
+                                     h_prev + j * ldh, dy + j * ldy if dy != NULL else NULL,
+                                     dh + e, dgx + j * ldg, dgx + (H + j) * ldg,
+                                     dgx + (2 * H + j) * ldg, dgr + j * ldg,
+                                     dgr + (H + j) * ldg, dgr + (2 * H + j) * ldg)
+            else:
+                cn_gru_bwd_default_d(N, g + e, g + hn + e, g + 2 * hn + e, rh + e,
+                                     h_prev + j * ldh, dy + j * ldy if dy != NULL else NULL,
+                                     dh + e, dgx + j * ldg, dgx + (H + j) * ldg,
+                                     dgx + (2 * H + j) * ldg, dgr + j * ldg,
+                                     dgr + (H + j) * ldg, dgr + (2 * H + j) * ldg)
+        return
     _dact(ract, g + e0, s + e0, m)
     _dact(ract, g + hn + e0, s + hn + e0, m)
     _dact(act, g + 2 * hn + e0, s + 2 * hn + e0, m)
@@ -828,95 +850,6 @@ cdef void _gru_bwd_chunk(const floating *g, const floating *rh, const floating *
             dh[e] = dht * g[e]
 
 
-def gru_forward(const floating[:, ::1] proj, const floating[::1] bias,
-                const floating[::1] bias_rec, const floating[:, ::1] kernel_rec_t,
-                floating[:, :, ::1] gates, floating[:, :, ::1] rh, floating[:, :, ::1] h,
-                const unsigned char[:, ::1] mask=None, int activation=ACT_TANH,
-                int recurrent_activation=ACT_SIGMOID):
-    """Run a GRU (reset_after=True) over T steps (see the layouts above).
-
-    proj (3H, T*N); bias, bias_rec (3H,) or None: the input and recurrent biases;
-    kernel_rec_t (3H, H); gates (T, 3H, N) receives z, r and the candidate; rh (T, H, N)
-    the h block's recurrent product + bias (kept for backward); h (H, T+1, N).
-    """
-    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = h.shape[0], t, ch
-    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, 3 * H, N), "gates")
-    _check_common((proj.shape[0], proj.shape[1]), 3 * H, T, N, kernel_rec_t, H, bias, mask)
-    if bias_rec is not None:
-        _check_shape((bias_rec.shape[0],), (3 * H,), "bias_rec")
-    _check_shape((rh.shape[0], rh.shape[1], rh.shape[2]), (T, H, N), "rh")
-    _check_shape((h.shape[0], h.shape[1], h.shape[2]), (H, T + 1, N), "h")
-    _check_code(activation, "activation")
-    _check_code(recurrent_activation, "recurrent_activation")
-    if T == 0 or N == 0 or H == 0:
-        return
-    _sync_isa()
-    cdef const floating *pb = &bias[0] if bias is not None else NULL
-    cdef const floating *pr = &bias_rec[0] if bias_rec is not None else NULL
-    cdef const unsigned char *pk
-    cdef bint has_mask = mask is not None
-    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ldp = T * N
-    cdef Py_ssize_t ldh = (T + 1) * N
-    cdef int nt = threads_for(N * H * COST_CELL)
-    gemm = _gemm
-    w_nd, g_nd, h_nd = np.asarray(kernel_rec_t), np.asarray(gates), np.asarray(h)
-    for t in range(T):
-        gemm(w_nd, h_nd[:, t, :], g_nd[t], None, 0, 0.0, False)
-        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
-            pk = &mask[t, 0] if has_mask else NULL
-            _gru_fwd_chunk(&gates[t, 0, 0], &proj[0, t * N], ldp, pb, pr, &rh[t, 0, 0],
-                           &h[0, t, 0], &h[0, t + 1, 0], ldh, pk, ch * cu,
-                           min(H, (ch + 1) * cu), H, N, activation, recurrent_activation)
-
-
-def gru_backward(const floating[:, :, ::1] gates, const floating[:, :, ::1] rh,
-                 const floating[:, :, ::1] h, const floating[:, ::1] kernel_rec,
-                 floating[:, ::1] dh, floating[:, ::1] dgx, floating[:, ::1] dgr,
-                 floating[:, ::1] scratch, const floating[:, :, ::1] dy=None,
-                 const unsigned char[:, ::1] mask=None, int activation=ACT_TANH,
-                 int recurrent_activation=ACT_SIGMOID, bint state_grad=False):
-    """Backpropagation through time for gru_forward's run.
-
-    dh (H, N): in, d(loss)/d(h_T); out (with state_grad), d(loss)/d(initial h).
-    dgx, dgr (3H, T*N): receive the gradients of the input and of the recurrent products.
-    kernel_rec (H, 3H) as stored. scratch (3H, N). dy (H, T, N) or None.
-    """
-    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = dh.shape[0], t, ch
-    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, 3 * H, N), "gates")
-    _check_shape((rh.shape[0], rh.shape[1], rh.shape[2]), (T, H, N), "rh")
-    _check_shape((h.shape[0], h.shape[1], h.shape[2]), (H, T + 1, N), "h")
-    _check_shape((kernel_rec.shape[0], kernel_rec.shape[1]), (H, 3 * H), "kernel_rec")
-    _check_shape((dh.shape[0], dh.shape[1]), (H, N), "dh")
-    _check_shape((dgx.shape[0], dgx.shape[1]), (3 * H, T * N), "dgx")
-    _check_shape((dgr.shape[0], dgr.shape[1]), (3 * H, T * N), "dgr")
-    _check_shape((scratch.shape[0], scratch.shape[1]), (3 * H, N), "scratch")
-    if dy is not None:
-        _check_shape((dy.shape[0], dy.shape[1], dy.shape[2]), (H, T, N), "dy")
-    _check_mask(mask, T, N)
-    _check_code(activation, "activation")
-    _check_code(recurrent_activation, "recurrent_activation")
-    if T == 0 or N == 0 or H == 0:
-        return
-    cdef bint has_dy = dy is not None, has_mask = mask is not None
-    cdef const floating *pdy
-    cdef const unsigned char *pk
-    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ld = T * N
-    cdef Py_ssize_t ldh = (T + 1) * N
-    cdef int nt = threads_for(N * H * COST_CELL)
-    gemm = _gemm
-    w_nd, dg_nd, dh_nd = np.asarray(kernel_rec), np.asarray(dgr), np.asarray(dh)
-    for t in range(T - 1, -1, -1):
-        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
-            pdy = &dy[0, t, 0] if has_dy else NULL
-            pk = &mask[t, 0] if has_mask else NULL
-            _gru_bwd_chunk(&gates[t, 0, 0], &rh[t, 0, 0], &h[0, t, 0], ldh, pdy, ld,
-                           &dh[0, 0], &dgx[0, t * N], &dgr[0, t * N], ld, &scratch[0, 0], pk,
-                           ch * cu, min(H, (ch + 1) * cu), H, N, activation,
-                           recurrent_activation)
-        if t > 0 or state_grad:
-            gemm(w_nd, dg_nd[:, t * N:(t + 1) * N], dh_nd, None, 0, 0.0, True)
-
-
 # -- SimpleRNN ----------------------------------------------------------------------------
 cdef void _rnn_fwd_chunk(floating *g, const floating *p, Py_ssize_t ldp, const floating *b,
                          const floating *h_prev, floating *h, Py_ssize_t ldh,
@@ -958,73 +891,420 @@ cdef void _rnn_bwd_chunk(const floating *g, const floating *dy, Py_ssize_t ldy, 
                 dh[e] = 0
 
 
-def rnn_forward(const floating[:, ::1] proj, const floating[::1] bias,
-                const floating[:, ::1] kernel_rec_t, floating[:, :, ::1] gates,
-                floating[:, :, ::1] h, const unsigned char[:, ::1] mask=None,
-                int activation=ACT_TANH):
-    """Run a SimpleRNN over T steps (see the layouts above). proj (H, T*N); bias (H,) or
-    None; kernel_rec_t (H, H); gates (T, H, N) receives h_t; h (H, T+1, N)."""
-    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = h.shape[0], t, ch
-    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, H, N), "gates")
-    _check_common((proj.shape[0], proj.shape[1]), H, T, N, kernel_rec_t, H, bias, mask)
-    _check_shape((h.shape[0], h.shape[1], h.shape[2]), (H, T + 1, N), "h")
-    _check_code(activation, "activation")
-    if T == 0 or N == 0 or H == 0:
+# -- the sequence drivers -------------------------------------------------------------------
+# One OpenMP parallel region runs the whole loop over time. Each thread owns a fixed block
+# of units [j0, j1) (a multiple of the micro-kernel's MR rows where it can): per step it
+# computes its rows of every gate block with the single-thread GEMM (gemm.pxd), applies
+# the gate math to its units and writes its rows of the next step's GEMM operand; then
+# one barrier, since every thread needs the whole new state.
+#
+# The forward GEMM of a step is the whole pre-activation at once:
+#   weights (G, Kt) = [recurrent_kernel^T | b_rec | kernel^T | b_in], Kt = H + F + 2,
+#   operand (Kt, N) = [h_{t-1}; 1; x_t; 1],
+# so no separate input projection is stored. (GRU: the h block's recurrent and input
+# parts are two products over the first H + 1 and the last F + 1 rows.) The operand is
+# kept packed in slivers of `W` columns (the micro-kernel's NR), (N / W, Kt, W), two
+# slots in turn, so the micro-kernel reads it in place from contiguous rows whatever N
+# is (a state row of the (H, T+1, N) buffer lies T+1 rows of N apart: for large N that
+# stride maps every row to a few cache sets). Backward packs each step's gate gradients
+# the same way for d(loss)/d(h_{t-1}) = recurrent_kernel (H, G) @ dgates_t (G, N), whose
+# rows are again split by units; the weight gradients stay GEMMs over all steps (layer).
+#
+# Rings (inference): gates (Tg, G, N), c (Tc, H, N), act_c / rh (Ta, H, N) and
+# h (H, S, N) may hold only 1 (gates, act_c, rh) or 2 (c, h) steps: step t uses index
+# t % T_, so the full buffers (T, T+1) are the same code. Threads only ever read and
+# write their own units' rows of these; the packed operands are the only shared data.
+
+cdef enum:
+    # Per-step multiply-adds below which one thread runs the loop (a barrier per step
+    # costs more than splitting saves).
+    SEQ_PARALLEL_MIN_MACS = 1 << 16
+
+
+cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+cdef inline void _split(Py_ssize_t count, Py_ssize_t unit, int tid, int nt, Py_ssize_t *begin,
+                        Py_ssize_t *end) noexcept nogil:
+    """Thread tid's part [begin, end) of `count` items, cut in whole blocks of `unit`."""
+    cdef Py_ssize_t blocks = _cdiv(count, unit)
+    cdef Py_ssize_t q = blocks // nt, r = blocks % nt
+    cdef Py_ssize_t b0 = tid * q + (tid if tid < r else r)
+    cdef Py_ssize_t b1 = b0 + q + (1 if tid < r else 0)
+    begin[0] = min(count, b0 * unit)
+    end[0] = min(count, b1 * unit)
+
+
+cdef inline void _mm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating *A,
+                     Py_ssize_t lda, const floating *B, Py_ssize_t ldb, floating *C,
+                     Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    if floating is float:
+        sgemm_serial(M, N, K, A, lda, 1, B, ldb, 1, C, ldc, accumulate)
+    else:
+        dgemm_serial(M, N, K, A, lda, 1, B, ldb, 1, C, ldc, accumulate)
+
+
+cdef void _packed_product(Py_ssize_t M, const floating *A, Py_ssize_t lda, const floating *P,
+                          Py_ssize_t Kt, Py_ssize_t row0, Py_ssize_t K, Py_ssize_t W,
+                          Py_ssize_t N, floating *C, Py_ssize_t ldc,
+                          bint accumulate) noexcept nogil:
+    """C (M, N) (+)= A (M, K) @ rows [row0, row0 + K) of the packed operand P (N / W
+    slivers of Kt rows of W values)."""
+    cdef Py_ssize_t v
+    for v in range(_cdiv(N, W)):
+        _mm(M, min(W, N - v * W), K, A, lda, P + (v * Kt + row0) * W, W, C + v * W, ldc,
+            accumulate)
+
+
+cdef void _pack_rows(const floating *src, Py_ssize_t lds, Py_ssize_t r0, Py_ssize_t r1,
+                     floating *P, Py_ssize_t Kt, Py_ssize_t W, Py_ssize_t N,
+                     Py_ssize_t row0) noexcept nogil:
+    """Rows [r0, r1) of src (row r at src + r lds, N values) into rows row0 + r of P."""
+    cdef Py_ssize_t r, v, n
+    for r in range(r0, r1):
+        for v in range(_cdiv(N, W)):
+            n = min(W, N - v * W)
+            memcpy(P + (v * Kt + row0 + r) * W, src + r * lds + v * W, n * sizeof(floating))
+
+
+cdef inline void _barrier(int nt) noexcept nogil:
+    if nt > 1:
+        cn_omp_barrier()
+
+
+cdef void _fwd_thread(int cell, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, Py_ssize_t F,
+                      const floating *xf, const floating *A, floating *gates, Py_ssize_t Tg,
+                      floating *h, Py_ssize_t S, floating *c, Py_ssize_t Tc, floating *aux,
+                      Py_ssize_t Ta, floating *xh, floating *P, Py_ssize_t W,
+                      const floating *zero, const unsigned char *mask, int act, int ract,
+                      Py_ssize_t mr) noexcept nogil:
+    """One thread's share of a forward run (inside the parallel region). cell: 0 SimpleRNN,
+    1 LSTM, 2 GRU. aux: act_c (LSTM) or rh (GRU). xh (GRU): (3H, N), the h block's input
+    part in its last H rows (the first 2H stay zero)."""
+    cdef int tid = cn_omp_thread_num(), nt = cn_omp_num_threads()
+    cdef Py_ssize_t gc = 4 if cell == 1 else (3 if cell == 2 else 1)
+    cdef Py_ssize_t G = gc * H, Kt = H + F + 2, slot = _cdiv(N, W) * Kt * W
+    cdef Py_ssize_t ldh = S * N, hn = H * N, ldx = T * N
+    cdef Py_ssize_t j0, j1, f0, f1, t, q, m
+    cdef floating *g
+    cdef floating *B
+    cdef floating *Bn
+    cdef const floating *hp
+    cdef floating *hc
+    cdef const unsigned char *keep
+    _split(H, mr, tid, nt, &j0, &j1)
+    _split(F, 1, tid, nt, &f0, &f1)
+    m = j1 - j0
+    _pack_rows(h, ldh, j0, j1, P, Kt, W, N, 0)             # h_0
+    _pack_rows(xf, ldx, f0, f1, P, Kt, W, N, H + 1)        # x_0
+    _barrier(nt)
+    for t in range(T):
+        g = gates + (t % Tg) * G * N
+        B = P + (t % 2) * slot
+        Bn = P + ((t + 1) % 2) * slot
+        hp = h + (t % S) * N
+        hc = h + ((t + 1) % S) * N
+        keep = mask + t * N if mask != NULL else NULL
+        if m > 0:
+            if cell == 2:
+                for q in range(2):
+                    _packed_product(m, A + (q * H + j0) * Kt, Kt, B, Kt, 0, Kt, W, N,
+                                    g + (q * H + j0) * N, N, False)
+                _packed_product(m, A + (2 * H + j0) * Kt, Kt, B, Kt, 0, H + 1, W, N,
+                                g + (2 * H + j0) * N, N, False)
+                _packed_product(m, A + (2 * H + j0) * Kt + H + 1, Kt, B, Kt, H + 1, F + 1, W,
+                                N, xh + (2 * H + j0) * N, N, False)
+                _gru_fwd_chunk(g, xh, N, <const floating *>NULL, <const floating *>NULL,
+                               aux + (t % Ta) * hn, hp, hc, ldh, keep, j0, j1, H, N, act, ract)
+            else:
+                for q in range(gc):
+                    _packed_product(m, A + (q * H + j0) * Kt, Kt, B, Kt, 0, Kt, W, N,
+                                    g + (q * H + j0) * N, N, False)
+                if cell == 1:
+                    _lstm_fwd_chunk(g, zero, 0, <const floating *>NULL, c + (t % Tc) * hn,
+                                    c + ((t + 1) % Tc) * hn, aux + (t % Ta) * hn, hp, hc, ldh,
+                                    keep, j0, j1, H, N, act, ract)
+                else:
+                    _rnn_fwd_chunk(g, zero, 0, <const floating *>NULL, hp, hc, ldh, keep, j0,
+                                   j1, N, act)
+            if t + 1 < T:
+                _pack_rows(hc, ldh, j0, j1, Bn, Kt, W, N, 0)
+        if t + 1 < T:
+            _pack_rows(xf + (t + 1) * N, ldx, f0, f1, Bn, Kt, W, N, H + 1)
+            _barrier(nt)
+
+
+cdef void _bwd_thread(int cell, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
+                      const floating *gates, const floating *c, const floating *aux,
+                      const floating *h, const floating *wrec, const floating *dy,
+                      floating *dh, floating *dc, floating *dgx, floating *dgr, floating *s,
+                      floating *P, Py_ssize_t W, const unsigned char *mask, int act, int ract,
+                      bint state_grad, Py_ssize_t mr) noexcept nogil:
+    """One thread's share of BPTT. gates (T, G, N); c (T+1, H, N) (LSTM); aux: act_c (LSTM)
+    or rh (GRU), (T, H, N); h (H, T+1, N) (GRU); wrec (H, G) as stored; dy (H, T, N) or
+    NULL; dgx, dgr (G, T*N) (the same array but for GRU); s: scratch."""
+    cdef int tid = cn_omp_thread_num(), nt = cn_omp_num_threads()
+    cdef Py_ssize_t gc = 4 if cell == 1 else (3 if cell == 2 else 1)
+    cdef Py_ssize_t G = gc * H, slot = _cdiv(N, W) * G * W, ld = T * N, hn = H * N
+    cdef Py_ssize_t j0, j1, t, q, m
+    cdef bint has_mask = mask != NULL
+    cdef const floating *pdy
+    cdef const unsigned char *keep
+    cdef floating *B
+    _split(H, mr, tid, nt, &j0, &j1)
+    m = j1 - j0
+    for t in range(T - 1, -1, -1):
+        B = P + (t % 2) * slot
+        pdy = dy + t * N if dy != NULL else NULL
+        keep = mask + t * N if has_mask else NULL
+        if m > 0:
+            if cell == 1:
+                _lstm_bwd_chunk(gates + t * G * N, c + t * hn, aux + t * hn, pdy, ld, dh, dc,
+                                dgx + t * N, ld, s, keep, j0, j1, H, N, act, ract, has_mask)
+            elif cell == 2:
+                _gru_bwd_chunk(gates + t * G * N, aux + t * hn, h + t * N, (T + 1) * N, pdy, ld,
+                               dh, dgx + t * N, dgr + t * N, ld, s, keep, j0, j1, H, N, act,
+                               ract)
+            else:
+                _rnn_bwd_chunk(gates + t * G * N, pdy, ld, dh, dgx + t * N, ld, s, keep, j0,
+                               j1, N, act, has_mask)
+            if t > 0 or state_grad:
+                for q in range(gc):
+                    _pack_rows(dgr + q * H * ld + t * N, ld, j0, j1, B, G, W, N, q * H)
+        if t > 0 or state_grad:
+            _barrier(nt)
+            if m > 0:
+                # LSTM and SimpleRNN leave dh untouched without a mask (the product is all
+                # of d(loss)/d(h_{t-1})); GRU and masked runs leave the direct part in it.
+                _packed_product(m, wrec + j0 * G, G, B, G, 0, G, W, N, dh + j0 * N, N,
+                                has_mask or cell == 2)
+
+
+cdef int _seq_threads(Py_ssize_t macs, Py_ssize_t H, Py_ssize_t mr):
+    if macs < SEQ_PARALLEL_MIN_MACS:
+        return 1
+    return max(1, min(cn_omp_max_threads(), <int>_cdiv(H, mr)))
+
+
+cdef tuple _micro_tile(object dtype):
+    """(MR, NR) of the GEMM micro-kernel in use for this dtype."""
+    sizes = _gemm_block_sizes("float32" if dtype == np.float32 else "float64")
+    return sizes[0], sizes[1]
+
+
+cdef _check_ring(Py_ssize_t got, Py_ssize_t full, Py_ssize_t ring, str name, str what):
+    if got != full and got != ring:
+        raise ValueError(f"{name} must hold {full} {what} (or {ring} when not kept for "
+                         f"backward); got {got}")
+
+
+cdef _forward(int cell, const floating[:, ::1] xf, const floating[:, ::1] weights,
+              floating[:, :, ::1] gates, floating[:, :, ::1] h, floating[:, :, ::1] c,
+              floating[:, :, ::1] aux, const unsigned char[:, ::1] mask, int act, int ract):
+    cdef Py_ssize_t H = h.shape[0], N = h.shape[2], F = xf.shape[0], T, gc, G, Kt
+    gc = 4 if cell == 1 else (3 if cell == 2 else 1)
+    G, Kt = gc * H, H + F + 2
+    _check_code(act, "activation")
+    _check_code(ract, "recurrent_activation")
+    if N == 0 or xf.shape[1] % N != 0:
+        raise ValueError(f"xf must have shape (features, T * {N}); "
+                         f"got {(xf.shape[0], xf.shape[1])}")
+    T = xf.shape[1] // N
+    _check_shape((weights.shape[0], weights.shape[1]), (G, Kt), "weights")
+    _check_shape((gates.shape[1], gates.shape[2]), (G, N), "gates")
+    _check_ring(gates.shape[0], T, 1, "gates", "steps")
+    _check_ring(h.shape[1], T + 1, 2, "h", "states")
+    if cell != 0:
+        _check_shape((aux.shape[1], aux.shape[2]), (H, N), "act_c" if cell == 1 else "rh")
+        _check_ring(aux.shape[0], T, 1, "act_c" if cell == 1 else "rh", "steps")
+    if cell == 1:
+        _check_shape((c.shape[1], c.shape[2]), (H, N), "c")
+        _check_ring(c.shape[0], T + 1, 2, "c", "states")
+    _check_mask(mask, T, N)
+    if T == 0 or H == 0:
         return
     _sync_isa()
-    cdef const floating *pb = &bias[0] if bias is not None else NULL
-    cdef const unsigned char *pk
-    cdef bint has_mask = mask is not None
-    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ldp = T * N
-    cdef Py_ssize_t ldh = (T + 1) * N
-    cdef int nt = threads_for(N * H * COST_CELL)
-    gemm = _gemm
-    w_nd, g_nd, h_nd = np.asarray(kernel_rec_t), np.asarray(gates), np.asarray(h)
-    for t in range(T):
-        gemm(w_nd, h_nd[:, t, :], g_nd[t], None, 0, 0.0, False)
-        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
-            pk = &mask[t, 0] if has_mask else NULL
-            _rnn_fwd_chunk(&gates[t, 0, 0], &proj[0, t * N], ldp, pb, &h[0, t, 0],
-                           &h[0, t + 1, 0], ldh, pk, ch * cu, min(H, (ch + 1) * cu), N,
-                           activation)
+    mr, W = _micro_tile(np.asarray(weights).dtype)
+    dtype = np.asarray(weights).dtype
+    packed = np.zeros((2, _cdiv(N, W), Kt, W), dtype)
+    packed[:, :, H, :] = 1
+    packed[:, :, Kt - 1, :] = 1
+    zero = np.zeros(N, dtype)
+    xh = np.zeros((3 * H, N), dtype) if cell == 2 else zero
+    cdef floating[:, :, :, ::1] P = packed
+    cdef floating[::1] z = zero
+    cdef floating[:, ::1] xhv = xh.reshape(-1, N)
+    cdef const unsigned char *pk = &mask[0, 0] if mask is not None else NULL
+    cdef floating *pc = &c[0, 0, 0] if cell == 1 else NULL
+    cdef floating *pa = &aux[0, 0, 0] if cell != 0 else NULL
+    cdef Py_ssize_t Tg = gates.shape[0], S = h.shape[1]
+    cdef Py_ssize_t Tc = c.shape[0] if cell == 1 else 1, Ta = aux.shape[0] if cell != 0 else 1
+    cdef Py_ssize_t w = W, r = mr
+    cdef int nt = _seq_threads(G * Kt * N, H, r)
+    with nogil, parallel(num_threads=nt):
+        _fwd_thread(cell, T, N, H, F, &xf[0, 0], &weights[0, 0], &gates[0, 0, 0], Tg,
+                    &h[0, 0, 0], S, pc, Tc, pa, Ta, &xhv[0, 0], &P[0, 0, 0, 0], w, &z[0], pk,
+                    act, ract, r)
+
+
+cdef _backward(int cell, const floating[:, :, ::1] gates, const floating[:, :, ::1] c,
+               const floating[:, :, ::1] aux, const floating[:, :, ::1] h,
+               const floating[:, ::1] kernel_rec, floating[:, ::1] dh, floating[:, ::1] dc,
+               floating[:, ::1] dgx, floating[:, ::1] dgr, floating[:, ::1] scratch,
+               const floating[:, :, ::1] dy, const unsigned char[:, ::1] mask, int act,
+               int ract, bint state_grad):
+    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = dh.shape[0], gc, G
+    gc = 4 if cell == 1 else (3 if cell == 2 else 1)
+    G = gc * H
+    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, G, N), "gates")
+    if cell == 1:
+        _check_shape((c.shape[0], c.shape[1], c.shape[2]), (T + 1, H, N), "c")
+        _check_shape((aux.shape[0], aux.shape[1], aux.shape[2]), (T, H, N), "act_c")
+        _check_shape((dc.shape[0], dc.shape[1]), (H, N), "dc")
+    if cell == 2:
+        _check_shape((aux.shape[0], aux.shape[1], aux.shape[2]), (T, H, N), "rh")
+        _check_shape((h.shape[0], h.shape[1], h.shape[2]), (H, T + 1, N), "h")
+    _check_shape((kernel_rec.shape[0], kernel_rec.shape[1]), (H, G), "kernel_rec")
+    _check_shape((dh.shape[0], dh.shape[1]), (H, N), "dh")
+    _check_shape((dgx.shape[0], dgx.shape[1]), (G, T * N), "dgx" if cell == 2 else "dgates")
+    _check_shape((dgr.shape[0], dgr.shape[1]), (G, T * N), "dgr" if cell == 2 else "dgates")
+    _check_shape((scratch.shape[0], scratch.shape[1]),
+                 ((5 if cell == 1 else gc) * H, N), "scratch")
+    if dy is not None:
+        _check_shape((dy.shape[0], dy.shape[1], dy.shape[2]), (H, T, N), "dy")
+    _check_mask(mask, T, N)
+    _check_code(act, "activation")
+    _check_code(ract, "recurrent_activation")
+    if T == 0 or N == 0 or H == 0:
+        return
+    mr, W = _micro_tile(np.asarray(kernel_rec).dtype)
+    packed = np.empty((2, _cdiv(N, W), G, W), np.asarray(kernel_rec).dtype)
+    cdef floating[:, :, :, ::1] P = packed
+    cdef const unsigned char *pk = &mask[0, 0] if mask is not None else NULL
+    cdef const floating *pdy = &dy[0, 0, 0] if dy is not None else NULL
+    cdef const floating *pc = &c[0, 0, 0] if cell == 1 else NULL
+    cdef const floating *pa = &aux[0, 0, 0] if cell != 0 else NULL
+    cdef const floating *ph = &h[0, 0, 0] if cell == 2 else NULL
+    cdef floating *pdc = &dc[0, 0] if cell == 1 else NULL
+    cdef Py_ssize_t w = W, r = mr
+    cdef int nt = _seq_threads(G * H * N, H, r)
+    with nogil, parallel(num_threads=nt):
+        _bwd_thread(cell, T, N, H, &gates[0, 0, 0], pc, pa, ph, &kernel_rec[0, 0], pdy,
+                    &dh[0, 0], pdc, &dgx[0, 0], &dgr[0, 0], &scratch[0, 0], &P[0, 0, 0, 0], w,
+                    pk, act, ract, state_grad, r)
+
+
+def step_weights(const floating[:, :] kernel, const floating[:, :] kernel_rec,
+                 const floating[::1] bias, const floating[::1] bias_rec,
+                 floating[:, ::1] out):
+    """out (G, H + F + 2) = [kernel_rec^T | bias_rec | kernel^T | bias] (None biases: 0),
+    the A operand of every forward step. kernel (F, G), kernel_rec (H, G)."""
+    cdef Py_ssize_t F = kernel.shape[0], G = kernel.shape[1], H = kernel_rec.shape[0], g, j
+    _check_shape((kernel_rec.shape[0], kernel_rec.shape[1]), (H, G), "kernel_rec")
+    _check_shape((out.shape[0], out.shape[1]), (G, H + F + 2), "out")
+    if bias is not None:
+        _check_shape((bias.shape[0],), (G,), "bias")
+    if bias_rec is not None:
+        _check_shape((bias_rec.shape[0],), (G,), "bias_rec")
+    cdef bint hb = bias is not None, hr = bias_rec is not None
+    for g in prange(G, nogil=True, num_threads=threads_for(G * (H + F) * COST_COPY),
+                    schedule="static"):
+        for j in range(H):
+            out[g, j] = kernel_rec[j, g]
+        out[g, H] = bias_rec[g] if hr else 0
+        for j in range(F):
+            out[g, H + 1 + j] = kernel[j, g]
+        out[g, H + F + 1] = bias[g] if hb else 0
+
+
+def lstm_forward(const floating[:, ::1] xf, const floating[:, ::1] weights,
+                 floating[:, :, ::1] gates, floating[:, :, ::1] h, floating[:, :, ::1] c,
+                 floating[:, :, ::1] act_c, const unsigned char[:, ::1] mask=None,
+                 int activation=ACT_TANH, int recurrent_activation=ACT_SIGMOID):
+    """Run an LSTM over T steps (see the layouts and rings above).
+
+    xf (F, T*N): the inputs, feature-major (to_feature_major); weights (4H, H + F + 2)
+    (step_weights); gates (T | 1, 4H, N) receives the gate values; h (H, T+1 | 2, N) and
+    c (T+1 | 2, H, N): index 0 holds the initial state; act_c (T | 1, H, N). mask (T, N)
+    or None: 0 keeps a sample's state. After the run, h[:, T % S] and c[T % Tc] hold the
+    final state.
+    """
+    _forward(1, xf, weights, gates, h, c, act_c, mask, activation, recurrent_activation)
+
+
+def lstm_backward(const floating[:, :, ::1] gates, const floating[:, :, ::1] c,
+                  const floating[:, :, ::1] act_c, const floating[:, ::1] kernel_rec,
+                  floating[:, ::1] dh, floating[:, ::1] dc, floating[:, ::1] dgates,
+                  floating[:, ::1] scratch, const floating[:, :, ::1] dy=None,
+                  const unsigned char[:, ::1] mask=None, int activation=ACT_TANH,
+                  int recurrent_activation=ACT_SIGMOID, bint state_grad=False):
+    """Backpropagation through time for a full (not ring) lstm_forward run.
+
+    dh, dc (H, N): in, d(loss)/d(h_T) and d(loss)/d(c_T) (unit-major); out (with
+    state_grad), the gradients w.r.t. the initial states. dgates (4H, T*N): receives
+    d(loss)/d(gate pre-activations) of every step. kernel_rec (H, 4H) as stored.
+    scratch (5H, N). dy (H, T, N) or None: the output sequence's gradient, unit-major.
+    """
+    cdef const floating[:, :, ::1] no_h = None
+    _backward(1, gates, c, act_c, no_h, kernel_rec, dh, dc, dgates, dgates, scratch, dy, mask,
+              activation, recurrent_activation, state_grad)
+
+
+def gru_forward(const floating[:, ::1] xf, const floating[:, ::1] weights,
+                floating[:, :, ::1] gates, floating[:, :, ::1] rh, floating[:, :, ::1] h,
+                const unsigned char[:, ::1] mask=None, int activation=ACT_TANH,
+                int recurrent_activation=ACT_SIGMOID):
+    """Run a GRU (reset_after=True) over T steps (see the layouts and rings above).
+
+    xf (F, T*N); weights (3H, H + F + 2) (step_weights with the recurrent bias);
+    gates (T | 1, 3H, N) receives z, r and the candidate; rh (T | 1, H, N) the h block's
+    recurrent product + bias (kept for backward); h (H, T+1 | 2, N).
+    """
+    cdef floating[:, :, ::1] no_c = None
+    _forward(2, xf, weights, gates, h, no_c, rh, mask, activation, recurrent_activation)
+
+
+def gru_backward(const floating[:, :, ::1] gates, const floating[:, :, ::1] rh,
+                 const floating[:, :, ::1] h, const floating[:, ::1] kernel_rec,
+                 floating[:, ::1] dh, floating[:, ::1] dgx, floating[:, ::1] dgr,
+                 floating[:, ::1] scratch, const floating[:, :, ::1] dy=None,
+                 const unsigned char[:, ::1] mask=None, int activation=ACT_TANH,
+                 int recurrent_activation=ACT_SIGMOID, bint state_grad=False):
+    """Backpropagation through time for a full gru_forward run.
+
+    dh (H, N): in, d(loss)/d(h_T); out (with state_grad), d(loss)/d(initial h).
+    dgx, dgr (3H, T*N): receive the gradients of the input and of the recurrent products.
+    kernel_rec (H, 3H) as stored. scratch (3H, N). dy (H, T, N) or None.
+    """
+    cdef const floating[:, :, ::1] no_c = None
+    cdef floating[:, ::1] no_dc = None
+    _backward(2, gates, no_c, rh, h, kernel_rec, dh, no_dc, dgx, dgr, scratch, dy, mask,
+              activation, recurrent_activation, state_grad)
+
+
+def rnn_forward(const floating[:, ::1] xf, const floating[:, ::1] weights,
+                floating[:, :, ::1] gates, floating[:, :, ::1] h,
+                const unsigned char[:, ::1] mask=None, int activation=ACT_TANH):
+    """Run a SimpleRNN over T steps. xf (F, T*N); weights (H, H + F + 2) (step_weights);
+    gates (T | 1, H, N) receives h_t; h (H, T+1 | 2, N)."""
+    cdef floating[:, :, ::1] no_c = None
+    _forward(0, xf, weights, gates, h, no_c, no_c, mask, activation, ACT_LINEAR)
 
 
 def rnn_backward(const floating[:, :, ::1] gates, const floating[:, ::1] kernel_rec,
                  floating[:, ::1] dh, floating[:, ::1] dgates, floating[:, ::1] scratch,
                  const floating[:, :, ::1] dy=None, const unsigned char[:, ::1] mask=None,
                  int activation=ACT_TANH, bint state_grad=False):
-    """Backpropagation through time for rnn_forward's run. gates (T, H, N): the states;
-    dh (H, N): in d(loss)/d(h_T), out (with state_grad) d(loss)/d(initial h);
+    """Backpropagation through time for a full rnn_forward run. gates (T, H, N): the
+    states; dh (H, N): in d(loss)/d(h_T), out (with state_grad) d(loss)/d(initial h);
     dgates (H, T*N) receives the pre-activation gradients; kernel_rec (H, H) as stored;
     scratch (H, N); dy (H, T, N) or None."""
-    cdef Py_ssize_t T = gates.shape[0], N = gates.shape[2], H = dh.shape[0], t, ch
-    _check_shape((gates.shape[0], gates.shape[1], gates.shape[2]), (T, H, N), "gates")
-    _check_shape((kernel_rec.shape[0], kernel_rec.shape[1]), (H, H), "kernel_rec")
-    _check_shape((dh.shape[0], dh.shape[1]), (H, N), "dh")
-    _check_shape((dgates.shape[0], dgates.shape[1]), (H, T * N), "dgates")
-    _check_shape((scratch.shape[0], scratch.shape[1]), (H, N), "scratch")
-    if dy is not None:
-        _check_shape((dy.shape[0], dy.shape[1], dy.shape[2]), (H, T, N), "dy")
-    _check_mask(mask, T, N)
-    _check_code(activation, "activation")
-    if T == 0 or N == 0 or H == 0:
-        return
-    cdef bint has_dy = dy is not None, has_mask = mask is not None
-    cdef const floating *pdy
-    cdef const unsigned char *pk
-    cdef Py_ssize_t cu = _chunk_units(N), chunks = (H + cu - 1) // cu, ld = T * N
-    cdef int nt = threads_for(N * H * COST_CELL)
-    gemm = _gemm
-    w_nd, dg_nd, dh_nd = np.asarray(kernel_rec), np.asarray(dgates), np.asarray(dh)
-    for t in range(T - 1, -1, -1):
-        for ch in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
-            pdy = &dy[0, t, 0] if has_dy else NULL
-            pk = &mask[t, 0] if has_mask else NULL
-            _rnn_bwd_chunk(&gates[t, 0, 0], pdy, ld, &dh[0, 0], &dgates[0, t * N], ld,
-                           &scratch[0, 0], pk, ch * cu, min(H, (ch + 1) * cu), N, activation,
-                           has_mask)
-        if t > 0 or state_grad:
-            gemm(w_nd, dg_nd[:, t * N:(t + 1) * N], dh_nd, None, 0, 0.0, has_mask)
+    cdef const floating[:, :, ::1] no_c = None
+    cdef floating[:, ::1] no_dc = None
+    _backward(0, gates, no_c, no_c, no_c, kernel_rec, dh, no_dc, dgates, dgates, scratch, dy,
+              mask, activation, ACT_LINEAR, state_grad)
+
 
 
 # -- element-wise activations (tests and references) ----------------------------------------

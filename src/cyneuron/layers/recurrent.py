@@ -2,13 +2,14 @@
 
 Data is (batch, timesteps, features). Inside, a layer works unit-major: a step's values
 of one unit sit side by side for the N samples (layouts in cyneuron._kernels.recurrent).
-The input projection of every step is one GEMM, kernel^T (G, F) @ x^T (F, T*N); the
-sequence kernel then runs, per step, one GEMM with the recurrent kernel transposed once
-per call (G, H) @ h_{t-1} (H, N) and one fused pass for the gate math. This orientation
-was measured ~1.5x faster than (N, H) @ (H, G) for batch-sized N: the GEMM's long side
-is then the 4H gate rows. Backpropagation through time mirrors it, and the weight
-gradients are GEMMs over all T*N columns at once, written into the model's flat
-gradient buffer (so the optimizer's gradient clipping sees them).
+The sequence kernel runs the whole loop over time in one parallel region; each step's
+GEMM computes the full pre-activation, [W_rec^T | b_rec | W^T | b] (G, H+F+2) @
+[h_{t-1}; 1; x_t; 1] (step_weights builds the A operand once per call). The G gate rows
+as the GEMM's long side was measured ~1.5x faster than (N, H) @ (H, G) for batch-sized N.
+Outside training only rings of states are kept; a backward after such a run replays it
+in full. Backpropagation through time mirrors the loop, and the weight gradients are
+GEMMs over all T*N columns at once, written into the model's flat gradient buffer (so
+the optimizer's gradient clipping sees them).
 
 Weights (Keras): kernel (F, G), recurrent_kernel (units, G), bias, with G = units
 (SimpleRNN), 4 units (LSTM: gates i, f, c, o) or 3 units (GRU: z, r, h;
@@ -141,6 +142,13 @@ class RNN(Layer):
     def _input_bias(self):
         return self._weights[2] if self.use_bias else None
 
+    def _recurrent_bias(self):
+        return None
+
+    def _recurrent_kernel(self):
+        """The recurrent kernel, C-contiguous (an initializer may leave it transposed)."""
+        return np.ascontiguousarray(self._weights[1])
+
     # -- checks ---------------------------------------------------------------------------
     def _check_input(self, x):
         x = check_numeric(x, "x")
@@ -240,30 +248,44 @@ class RNN(Layer):
         if mask is None:
             mask = getattr(x, "_keras_mask", None)
         n, t, f = x.shape
-        units, width = self.units, self._gate_count * self.units
         self._mask = self._step_mask(mask, n, t)
         self._drop = None
         if training and self.dropout > 0:
             self._drop = self._buffer("dropout_mask", (n, f))
             key = int((self._rng or get_rng()).integers(0, 2 ** 64, dtype=np.uint64))
             _norm_kernels.dropout_mask(self._drop.reshape(-1), self.dropout, key)
-        # The input projection of every step at once: kernel^T (G, F) @ x^T (F, T*N).
+        # The inputs feature-major, (F, T*N): each step's x_t is a block of N columns.
         xf = self._buffer("xf", (f, t * n))
         _k.to_feature_major(x, xf, self.go_backwards, self._drop)
-        proj = self._buffer("proj", (width, t * n))
-        gemm(self._weights[0].T, xf, proj)
-        # The recurrent kernel transposed once; every step's GEMM reads it in place.
-        w_rec_t = self._buffer("recurrent_kernel_t", (width, units))
-        np.copyto(w_rec_t, self._weights[1].T)
-        h = self._buffer("h", (units, t + 1, n))
-        self._set_initial(h[:, 0, :], initial_state, 0)
-        gates = self._buffer("gates", (t, width, n))
-        self._run_forward(proj, w_rec_t, gates, h, initial_state)
-        self._xf, self._gates, self._h = xf, gates, h
+        self._xf, self._steps = xf, (t, n)
         self._has_initial_state = initial_state is not None
         self.initial_state_gradients = None
+        # Outside training only the states the output needs are kept (rings); a backward
+        # after such a run replays it in full first (_backward).
+        self._full = bool(training)
+        self._replay_state = None
+        if not self._full and initial_state is not None:
+            self._replay_state = [np.array(s, dtype=self.dtype) for s in initial_state]
+        return self._run(initial_state, self._full)
+
+    def _run(self, initial_state, full):
+        """Run the sequence kernel over self._xf; returns the layer's output."""
+        xf, (t, n) = self._xf, self._steps
+        f = xf.shape[0]
+        units, width = self.units, self._gate_count * self.units
+        # The A operand of every step's GEMM: [W_rec^T | b_rec | W^T | b] (see the kernels).
+        weights = self._buffer("step_weights", (width, units + f + 2))
+        _k.step_weights(self._weights[0], self._weights[1], self._input_bias(),
+                        self._recurrent_bias(), weights)
+        ring = "" if full else "_ring"
+        spans = t + 1 if full or self.return_sequences else 2
+        h = self._buffer("h" if spans == t + 1 else "h_ring", (units, spans, n))
+        self._set_initial(h[:, 0, :], initial_state, 0)
+        gates = self._buffer("gates" + ring, (t if full else 1, width, n))
+        self._run_forward(xf, weights, gates, h, initial_state, full)
+        self._gates, self._h = gates, h
         last = self._buffer("state_h", (n, units))
-        np.copyto(last, h[:, t, :].T)
+        np.copyto(last, h[:, t % spans, :].T)
         self.states = [last] + self.states[1:]
         if self.return_sequences:
             result = self._buffer("out", (n, t, units))
@@ -282,6 +304,9 @@ class RNN(Layer):
             np.copyto(buf, np.asarray(initial_state[index]).T)
 
     def _backward(self, grad_output, need_input_grad, state_grads=None):
+        if not self._full:   # the forward kept rings only: replay it keeping every step
+            self._run(self._replay_state, True)
+            self._full = True
         f, rows = self._xf.shape
         t, _, n = self._gates.shape
         units, width = self.units, self._gate_count * self.units
@@ -328,8 +353,9 @@ class RNN(Layer):
     def _bias_gradient(self, dgx, dgr):
         self._row_sums(dgx, self._gradients[2])
 
-    def _run_forward(self, proj, w_rec_t, gates, h, initial_state):
-        """Run the sequence kernel (the layouts are in cyneuron._kernels.recurrent)."""
+    def _run_forward(self, xf, weights, gates, h, initial_state, full):
+        """Run the sequence kernel (the layouts are in cyneuron._kernels.recurrent); `full`:
+        keep every step for backward, else rings."""
         raise NotImplementedError
 
     def _run_backward(self, dh, dy, state_grads):
@@ -363,16 +389,16 @@ class SimpleRNN(RNN):
 
     _default_name = "simple_rnn"
 
-    def _run_forward(self, proj, w_rec_t, gates, h, initial_state):
-        _k.rnn_forward(proj, self._input_bias(), w_rec_t, gates, h, self._mask, self._act)
+    def _run_forward(self, xf, weights, gates, h, initial_state, full):
+        _k.rnn_forward(xf, weights, gates, h, self._mask, self._act)
         self.states = [None]
 
     def _run_backward(self, dh, dy, state_grads):
         t, _, n = self._gates.shape
         dg = self._buffer("dgates", (self.units, t * n))
         scratch = self._buffer("scratch", (self.units, n))
-        _k.rnn_backward(self._gates, self._weights[1], dh, dg, scratch, dy, self._mask,
-                        self._act, self._has_initial_state)
+        _k.rnn_backward(self._gates, self._recurrent_kernel(), dh, dg, scratch, dy,
+                        self._mask, self._act, self._has_initial_state)
         self.initial_state_gradients = [None]
         return dg, dg
 
@@ -416,16 +442,16 @@ class LSTM(RNN):
                                    base((2 * units,), dtype=dtype)])
         return init
 
-    def _run_forward(self, proj, w_rec_t, gates, h, initial_state):
-        t, _, n = gates.shape
-        c = self._buffer("c", (t + 1, self.units, n))
+    def _run_forward(self, xf, weights, gates, h, initial_state, full):
+        t, n = self._steps
+        ring = "" if full else "_ring"
+        c = self._buffer("c" + ring, (t + 1 if full else 2, self.units, n))
         self._set_initial(c[0], initial_state, 1)
-        act_c = self._buffer("act_c", (t, self.units, n))
-        _k.lstm_forward(proj, self._input_bias(), w_rec_t, gates, h, c, act_c, self._mask,
-                        self._act, self._ract)
+        act_c = self._buffer("act_c" + ring, (t if full else 1, self.units, n))
+        _k.lstm_forward(xf, weights, gates, h, c, act_c, self._mask, self._act, self._ract)
         self._c, self._act_c = c, act_c
         last_c = self._buffer("state_c", (n, self.units))
-        np.copyto(last_c, c[t].T)
+        np.copyto(last_c, c[t % c.shape[0]].T)
         self.states = [None, last_c]
 
     def _run_backward(self, dh, dy, state_grads):
@@ -437,8 +463,8 @@ class LSTM(RNN):
             dc.fill(0)
         dg = self._buffer("dgates", (width, t * n))
         scratch = self._buffer("scratch", (5 * self.units, n))
-        _k.lstm_backward(self._gates, self._c, self._act_c, self._weights[1], dh, dc, dg,
-                         scratch, dy, self._mask, self._act, self._ract,
+        _k.lstm_backward(self._gates, self._c, self._act_c, self._recurrent_kernel(), dh, dc,
+                         dg, scratch, dy, self._mask, self._act, self._ract,
                          self._has_initial_state)
         self.initial_state_gradients = [None, np.ascontiguousarray(dc.T)]
         return dg, dg
@@ -485,12 +511,13 @@ class GRU(RNN):
     def _input_bias(self):
         return self._weights[2][0] if self.use_bias else None
 
-    def _run_forward(self, proj, w_rec_t, gates, h, initial_state):
-        t, _, n = gates.shape
-        rh = self._buffer("rh", (t, self.units, n))
-        bias_rec = self._weights[2][1] if self.use_bias else None
-        _k.gru_forward(proj, self._input_bias(), bias_rec, w_rec_t, gates, rh, h, self._mask,
-                       self._act, self._ract)
+    def _recurrent_bias(self):
+        return self._weights[2][1] if self.use_bias else None
+
+    def _run_forward(self, xf, weights, gates, h, initial_state, full):
+        t, n = self._steps
+        rh = self._buffer("rh" if full else "rh_ring", (t if full else 1, self.units, n))
+        _k.gru_forward(xf, weights, gates, rh, h, self._mask, self._act, self._ract)
         self._rh = rh
         self.states = [None]
 
@@ -499,8 +526,8 @@ class GRU(RNN):
         dgx = self._buffer("dgates", (width, t * n))
         dgr = self._buffer("dgates_rec", (width, t * n))
         scratch = self._buffer("scratch", (width, n))
-        _k.gru_backward(self._gates, self._rh, self._h, self._weights[1], dh, dgx, dgr, scratch,
-                        dy, self._mask, self._act, self._ract, self._has_initial_state)
+        _k.gru_backward(self._gates, self._rh, self._h, self._recurrent_kernel(), dh, dgx, dgr,
+                        scratch, dy, self._mask, self._act, self._ract, self._has_initial_state)
         self.initial_state_gradients = [None]
         return dgx, dgr
 
