@@ -69,7 +69,7 @@ class Layer:
     def add_weight(self, name, shape, initializer, trainable=True):
         """Create a weight. trainable=False: state the layer updates itself, kept out of
         the optimizer's flat buffer (its gradient stays zero)."""
-        value = initializer(shape, dtype=self.dtype)
+        value = np.ascontiguousarray(initializer(shape, dtype=self.dtype))  # e.g. orthogonal: a transpose
         self._weights.append(value)
         self._gradients.append(np.zeros_like(value))
         self._weight_names.append(name)
