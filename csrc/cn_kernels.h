@@ -41,6 +41,13 @@ typedef void (*cn_spack_t)(int64_t m, int64_t k, const float *src, int64_t rs, i
 typedef void (*cn_dpack_t)(int64_t m, int64_t k, const double *src, int64_t rs, int64_t cs,
                            double *dst);
 
+/* One-row product y[0:n] (+)= x . B[0:k, 0:n] (beta: add to y), x[p] at x + p * incx,
+ * row p of B at b + p * b_rs with contiguous columns; any n. */
+typedef void (*cn_sgemv_t)(int64_t k, int64_t n, const float *x, int64_t incx,
+                           const float *b, int64_t b_rs, float *y, int beta);
+typedef void (*cn_dgemv_t)(int64_t k, int64_t n, const double *x, int64_t incx,
+                           const double *b, int64_t b_rs, double *y, int beta);
+
 /* Runs `iters` rounds of independent vector FMAs; returns the float32 flops done
  * (used to measure the machine's FMA peak). */
 typedef double (*cn_fma_loop_t)(int64_t iters);
@@ -55,6 +62,8 @@ typedef struct {
     cn_spack_t s_pack_a, s_pack_b;
     cn_dpack_t d_pack_a, d_pack_b;
     cn_fma_loop_t fma_loop;
+    cn_sgemv_t sgemv;
+    cn_dgemv_t dgemv;
 } cn_kernel_table;
 
 extern const cn_kernel_table cn_table_generic;

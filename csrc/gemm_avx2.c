@@ -8,6 +8,7 @@
 #define UKR_NAME cn_sgemm_ukr_avx2
 #define PACK_A_NAME cn_spack_a_avx2
 #define PACK_B_NAME cn_spack_b_avx2
+#define GEMV_NAME cn_sgemv_avx2
 #define FMA_LOOP_NAME cn_fma_loop_avx2
 #define UKR_T float
 #define UKR_V __m256
@@ -29,6 +30,7 @@
 #define UKR_NAME cn_dgemm_ukr_avx2
 #define PACK_A_NAME cn_dpack_a_avx2
 #define PACK_B_NAME cn_dpack_b_avx2
+#define GEMV_NAME cn_dgemv_avx2
 #define UKR_T double
 #define UKR_V __m256d
 #define UKR_VL 4
@@ -45,4 +47,5 @@ const cn_kernel_table cn_table_avx2 = {
     cn_sgemm_ukr_avx2, cn_dgemm_ukr_avx2,
     cn_spack_a_avx2, cn_spack_b_t_avx2, cn_dpack_a_avx2, cn_dpack_b_avx2,
     cn_fma_loop_avx2,
+    cn_sgemv_avx2, cn_dgemv_avx2,
 };

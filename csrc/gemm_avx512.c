@@ -8,6 +8,7 @@
 #define UKR_NAME cn_sgemm_ukr_avx512
 #define PACK_A_NAME cn_spack_a_avx512
 #define PACK_B_NAME cn_spack_b_avx512
+#define GEMV_NAME cn_sgemv_avx512
 #define FMA_LOOP_NAME cn_fma_loop_avx512
 #define UKR_T float
 #define UKR_V __m512
@@ -29,6 +30,7 @@
 #define UKR_NAME cn_dgemm_ukr_avx512
 #define PACK_A_NAME cn_dpack_a_avx512
 #define PACK_B_NAME cn_dpack_b_avx512
+#define GEMV_NAME cn_dgemv_avx512
 #define UKR_T double
 #define UKR_V __m512d
 #define UKR_VL 8
@@ -45,4 +47,5 @@ const cn_kernel_table cn_table_avx512 = {
     cn_sgemm_ukr_avx512, cn_dgemm_ukr_avx512,
     cn_spack_a_avx512, cn_spack_b_t_avx512, cn_dpack_a_avx512, cn_dpack_b_avx512,
     cn_fma_loop_avx512,
+    cn_sgemv_avx512, cn_dgemv_avx512,
 };

@@ -7,6 +7,7 @@
 #define UKR_NAME cn_sgemm_ukr_generic
 #define PACK_A_NAME cn_spack_a_generic
 #define PACK_B_NAME cn_spack_b_generic
+#define GEMV_NAME cn_sgemv_generic
 #define FMA_LOOP_NAME cn_fma_loop_generic
 #define UKR_T float
 #define UKR_V float
@@ -21,6 +22,7 @@
 #undef UKR_NAME
 #undef PACK_A_NAME
 #undef PACK_B_NAME
+#undef GEMV_NAME
 #undef FMA_LOOP_NAME
 #undef UKR_T
 #undef UKR_V
@@ -28,6 +30,7 @@
 #define UKR_NAME cn_dgemm_ukr_generic
 #define PACK_A_NAME cn_dpack_a_generic
 #define PACK_B_NAME cn_dpack_b_generic
+#define GEMV_NAME cn_dgemv_generic
 #define UKR_T double
 #define UKR_V double
 #include "gemm_ukr_template.h"
@@ -37,4 +40,5 @@ const cn_kernel_table cn_table_generic = {
     cn_sgemm_ukr_generic, cn_dgemm_ukr_generic,
     cn_spack_a_generic, cn_spack_b_generic, cn_dpack_a_generic, cn_dpack_b_generic,
     cn_fma_loop_generic,
+    cn_sgemv_generic, cn_dgemv_generic,
 };

@@ -2,7 +2,7 @@
  * once per ISA and dtype (see cn_kernels.h for the contract).
  *
  * The including file defines:
- *   UKR_NAME, PACK_A_NAME, PACK_B_NAME   function names
+ *   UKR_NAME, PACK_A_NAME, PACK_B_NAME, GEMV_NAME   function names
  *   UKR_T               scalar type (float or double)
  *   UKR_V               vector type, UKR_VL lanes
  *   UKR_MR, UKR_NV      rows of the block, vectors per row (NR = NV * VL)
@@ -121,6 +121,45 @@ void PACK_B_NAME(int64_t n, int64_t k, const UKR_T *restrict src, int64_t rs, in
     for (int64_t p = 0; p < k; ++p)
         for (int64_t j = n; j < UKR_NR; ++j)
             dst[p * UKR_NR + j] = 0;
+}
+
+/* y[0:n] (+)= x . B[0:k, 0:n], x[p] at x + p * incx, row p of B at b + p * b_rs
+ * (contiguous columns): a one-row product streamed along B's rows, four at a time,
+ * with y updated in place (it stays in L1). Reading whole rows keeps the hardware
+ * prefetchers on sequential streams, where the micro-kernel's NR-column slivers
+ * would hop down B at its row stride. */
+void GEMV_NAME(int64_t k, int64_t n, const UKR_T *restrict x, int64_t incx,
+               const UKR_T *restrict b, int64_t b_rs, UKR_T *restrict y, int beta)
+{
+    int64_t p = 0, j;
+    if (!beta)
+        for (j = 0; j < n; ++j)
+            y[j] = 0;
+    for (; p + 4 <= k; p += 4) {
+        const UKR_T *b0 = b + p * b_rs, *b1 = b0 + b_rs, *b2 = b1 + b_rs, *b3 = b2 + b_rs;
+        UKR_T s0 = x[p * incx], s1 = x[(p + 1) * incx];
+        UKR_T s2 = x[(p + 2) * incx], s3 = x[(p + 3) * incx];
+        UKR_V x0 = UKR_BCAST(&s0), x1 = UKR_BCAST(&s1), x2 = UKR_BCAST(&s2), x3 = UKR_BCAST(&s3);
+        for (j = 0; j + UKR_VL <= n; j += UKR_VL) {
+            UKR_V acc = UKR_LOAD(y + j);
+            acc = UKR_FMA(x0, UKR_LOAD(b0 + j), acc);
+            acc = UKR_FMA(x1, UKR_LOAD(b1 + j), acc);
+            acc = UKR_FMA(x2, UKR_LOAD(b2 + j), acc);
+            acc = UKR_FMA(x3, UKR_LOAD(b3 + j), acc);
+            UKR_STORE(y + j, acc);
+        }
+        for (; j < n; ++j)
+            y[j] = (((y[j] + s0 * b0[j]) + s1 * b1[j]) + s2 * b2[j]) + s3 * b3[j];
+    }
+    for (; p < k; ++p) {
+        const UKR_T *b0 = b + p * b_rs;
+        UKR_T s0 = x[p * incx];
+        UKR_V x0 = UKR_BCAST(&s0);
+        for (j = 0; j + UKR_VL <= n; j += UKR_VL)
+            UKR_STORE(y + j, UKR_FMA(x0, UKR_LOAD(b0 + j), UKR_LOAD(y + j)));
+        for (; j < n; ++j)
+            y[j] += s0 * b0[j];
+    }
 }
 
 #undef UKR_BODY

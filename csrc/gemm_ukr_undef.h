@@ -2,6 +2,7 @@
 #undef UKR_NAME
 #undef PACK_A_NAME
 #undef PACK_B_NAME
+#undef GEMV_NAME
 #undef FMA_LOOP_NAME
 #undef UKR_T
 #undef UKR_V

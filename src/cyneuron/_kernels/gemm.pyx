@@ -13,7 +13,8 @@ packed (the BLIS five loops; large M, or B not row-contiguous):
 direct (batch-sized M and row-contiguous B whose rows stay cacheable, e.g. x @ W and
     x.T @ dy; always for M <= MR, a single sample): no packing at all; the micro-kernel
     reads A through its strides and B's rows in place, and only a ragged last column
-    sliver is copied into a zero-padded buffer.
+    sliver is copied into a zero-padded buffer. A single row (M = 1) goes to the GEMV
+    kernel instead, which streams along B's rows; threads split the columns.
 
 One OpenMP parallel region per call. Threads split C by rows or by column
 slivers, whichever leaves the least work on the busiest thread; they meet only
@@ -58,6 +59,10 @@ cdef extern from "cn_kernels.h" nogil:
     ctypedef void (*cn_dpack_t)(int64_t m, int64_t k, const double *src, int64_t rs,
                                 int64_t cs, double *dst) noexcept nogil
     ctypedef double (*cn_fma_loop_t)(int64_t iters) noexcept nogil
+    ctypedef void (*cn_sgemv_t)(int64_t k, int64_t n, const float *x, int64_t incx,
+                                const float *b, int64_t b_rs, float *y, int beta) noexcept nogil
+    ctypedef void (*cn_dgemv_t)(int64_t k, int64_t n, const double *x, int64_t incx,
+                                const double *b, int64_t b_rs, double *y, int beta) noexcept nogil
     ctypedef struct cn_kernel_table:
         int isa
         const char *name
@@ -72,6 +77,8 @@ cdef extern from "cn_kernels.h" nogil:
         cn_dpack_t d_pack_a
         cn_dpack_t d_pack_b
         cn_fma_loop_t fma_loop
+        cn_sgemv_t sgemv
+        cn_dgemv_t dgemv
     int CN_ISA_GENERIC, CN_ISA_AVX2, CN_ISA_AVX512, CN_ISA_COUNT
     int cn_cpu_supports(int isa)
     int cn_best_isa()
@@ -328,6 +335,14 @@ cdef inline void _finish(const Call *g, floating dummy, int64_t row, int64_t m, 
                   <const floating *>NULL, g.act, <floating>g.alpha)
 
 
+cdef inline void _gemv(int64_t k, int64_t n, const floating *x, int64_t incx,
+                       const floating *b, int64_t b_rs, floating *y, int beta) noexcept nogil:
+    if floating is float:
+        _table.sgemv(k, n, x, incx, b, b_rs, y, beta)
+    else:
+        _table.dgemv(k, n, x, incx, b, b_rs, y, beta)
+
+
 cdef inline void _pack_a(int64_t m, int64_t k, const floating *src, int64_t rs, int64_t cs,
                          floating *dst) noexcept nogil:
     if floating is float:
@@ -447,6 +462,12 @@ cdef void _run_direct(const Call *g, floating dummy, int t, int nt) noexcept nog
         i0 = 0
         i1 = m_sl
         _share(n_sl, t, nt, &s0, &s1)
+    if g.M == 1:   # a single row: stream B's rows (the GEMV kernel), all of K at once
+        if i1 > i0 and s1 > s0:
+            _gemv(g.K, _min(g.N, s1 * nr) - s0 * nr, A, g.csa, B + s0 * nr, g.rsb,
+                  <floating *>g.C + s0 * nr, g.accumulate)
+            _finish(g, dummy, 0, 1, s0 * nr, _min(g.N, s1 * nr) - s0 * nr)
+        return
     for pb in range(_cdiv(g.K, g.kc)):
         pc = pb * g.kc
         kc = _min(g.kc, g.K - pc)
