@@ -26,6 +26,8 @@ def _plan_shapes(dtype):
     big_k = kc + 3
     return [
         ("direct-tiny", 1, 1, 1, False),
+        ("direct-gemv-ragged", 1, 4 * 3 + 3, 3 * nr + 5, False),      # M = 1: the GEMV kernel
+        ("direct-gemv-wide", 1, kc + 5, 4096 // np.dtype(dtype).itemsize + 3, False),
         ("direct-edges", mr + 1, big_k, 2 * nr + 3, False),
         ("direct-max-m", direct_m, 37, 5 * nr - 1, False),
         ("direct-split-rows", direct_m, 64, nr - 1, False),
@@ -55,6 +57,28 @@ def test_every_plan_on_every_path_and_thread_count(isa, kernel_threads, dtype):
         c = np.empty((m, n), dtype)
         _gemm.gemm(a, b, c)
         assert_matmul_close(c, a, b, what=f"{label} {isa} threads={kernel_threads}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_single_row_gemv_with_strided_x_and_epilogue(isa, kernel_threads, dtype):
+    """M = 1 (one sample) runs the GEMV kernel: x read through a stride, K not a multiple
+    of its 4-row unroll, ragged N, the bias + activation epilogue, and accumulate."""
+    rng = np.random.default_rng(6)
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    for k, n in ((1, 1), (3, 7), (17, 33), (70, 300)):
+        x = rng.standard_normal((k, 3)).astype(dtype).T[1:2]      # stride 3 along K
+        b = rng.standard_normal((k, n)).astype(dtype)
+        bias = rng.standard_normal(n).astype(dtype)
+        assert _gemm.plan(x, b)["plan"] == "direct"
+        c = np.empty((1, n), dtype)
+        _gemm.gemm(x, b, c, bias, _gemm.EPILOGUES["relu"])
+        expected = np.maximum(x.astype(np.float64) @ b + bias, 0)
+        np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * np.sqrt(k))
+        c0 = rng.standard_normal((1, n)).astype(dtype)
+        c = c0.copy()
+        _gemm.gemm(x, b, c, accumulate=True)
+        np.testing.assert_allclose(c, c0 + x.astype(np.float64) @ b, rtol=tol,
+                                   atol=tol * np.sqrt(k))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
