@@ -14,7 +14,11 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, pow, sqrt, sqrtf
 
+cimport numpy as cnp
+
 from cyneuron._kernels._openmp cimport threads_for
+
+cnp.import_array()
 
 cdef enum:
     # Scalar-operation cost of one element of an update with a square root and a
@@ -47,6 +51,33 @@ cdef _check_size(Py_ssize_t n, object buf, str name):
         raise ValueError(f"{name} must have {n} elements (one per parameter); got {size}")
 
 
+cdef int _flat(object buf, str name, int type_num, Py_ssize_t n, void **data) except -1:
+    """data = the pointer of `buf`, checked in C to be a contiguous, writeable 1-D ndarray
+    of n elements of type_num: a few comparisons, where a typed memoryview argument costs
+    about a microsecond each (the hot kernels below are called once per training step)."""
+    cdef cnp.ndarray a
+    if not isinstance(buf, cnp.ndarray) or cnp.PyArray_NDIM(<cnp.ndarray>buf) != 1 \
+            or cnp.PyArray_DIM(<cnp.ndarray>buf, 0) != n:
+        got = "None" if buf is None else f"shape {getattr(buf, 'shape', type(buf).__name__)}"
+        raise ValueError(f"{name} must have {n} elements (one per parameter); got {got}")
+    a = <cnp.ndarray>buf
+    if cnp.PyArray_TYPE(a) != type_num:
+        raise ValueError(f"{name} must have the parameters' dtype; got {a.dtype}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"{name} must be a contiguous, writeable array")
+    data[0] = cnp.PyArray_DATA(a)
+    return 0
+
+
+cdef int _float_type(object params) except -1:
+    """NPY_FLOAT or NPY_DOUBLE: the dtype of the flat parameter buffer."""
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>params) if isinstance(params, cnp.ndarray) else -1
+    if t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE:
+        raise ValueError(f"params must be a float32 or float64 ndarray; got {type(params).__name__}"
+                         f"{'' if t == -1 else ' of ' + str(params.dtype)}")
+    return t
+
+
 cdef _check_settings(double learning_rate, double weight_decay, double grad_scale, double clipvalue):
     if not learning_rate >= 0:
         raise ValueError(f"learning_rate must be >= 0, got {learning_rate}")
@@ -68,16 +99,28 @@ def sum_of_squares(const floating[::1] x):
     return total
 
 
-def add_l2_gradient(const floating[::1] weights, floating[::1] grads, double factor):
+def add_l2_gradient(weights, grads, double factor):
     """grads += factor * weights (an L2 penalty's gradient, scikit-learn's alpha) and
     return sum(weights^2) for the penalty's value, in one pass."""
-    cdef Py_ssize_t i, b, n = weights.shape[0]
-    _check_size(n, grads, "grads")
+    cdef int t = _float_type(weights)
+    cdef Py_ssize_t n = cnp.PyArray_DIM(<cnp.ndarray>weights, 0)
+    cdef void *w
+    cdef void *g
+    _flat(weights, "weights", t, n, &w)
+    _flat(grads, "grads", t, n, &g)
+    if t == cnp.NPY_FLOAT:
+        return _add_l2(<const float *>w, <float *>g, n, <float>factor)
+    return _add_l2(<const double *>w, <double *>g, n, factor)
+
+
+cdef double _add_l2(const floating *weights, floating *grads, Py_ssize_t n,
+                    floating f) noexcept nogil:
+    cdef Py_ssize_t i, b
     cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
-    cdef floating f = factor, w0, w1, w2, w3
+    cdef floating w0, w1, w2, w3
     cdef int nt = threads_for(n * 2)
     # four running sums: one would be a chain of dependent adds (4 cycles each)
-    for b in prange(n // 4, nogil=True, num_threads=nt, schedule="static"):
+    for b in prange(n // 4, num_threads=nt, schedule="static"):
         i = 4 * b
         w0 = weights[i]
         w1 = weights[i + 1]
@@ -130,8 +173,7 @@ def sgd_update(floating[::1] params, const floating[::1] grads, floating[::1] ve
             params[i] = w + v
 
 
-def adam_update(floating[::1] params, const floating[::1] grads, floating[::1] m,
-                floating[::1] v, floating[::1] v_max,
+def adam_update(params, grads, m, v, v_max,
                 double learning_rate, double beta_1, double beta_2, double epsilon,
                 long step, bint amsgrad,
                 double weight_decay=0, double grad_scale=1, double clipvalue=0):
@@ -141,22 +183,43 @@ def adam_update(floating[::1] params, const floating[::1] grads, floating[::1] m
         w -= lr sqrt(1 - beta_2^step) / (1 - beta_1^step) * m / (sqrt(v) + epsilon)
 
     With amsgrad, v_max = max(v_max, v) replaces v in the step (else v_max may be empty).
+    Every array is a contiguous 1-D ndarray of the parameters' dtype.
     """
-    cdef Py_ssize_t i, n = params.shape[0]
-    _check_size(n, grads, "grads")
-    _check_size(n, m, "m")
-    _check_size(n, v, "v")
+    cdef int t = _float_type(params)
+    cdef Py_ssize_t n = cnp.PyArray_DIM(<cnp.ndarray>params, 0)
+    cdef void *p
+    cdef void *g
+    cdef void *mp
+    cdef void *vp
+    cdef void *vm = NULL
+    _flat(params, "params", t, n, &p)
+    _flat(grads, "grads", t, n, &g)
+    _flat(m, "m", t, n, &mp)
+    _flat(v, "v", t, n, &vp)
     if amsgrad:
-        _check_size(n, v_max, "v_max")
+        _flat(v_max, "v_max", t, n, &vm)
     _check_settings(learning_rate, weight_decay, grad_scale, clipvalue)
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
-    cdef floating alpha = learning_rate * sqrt(1 - pow(beta_2, step)) / (1 - pow(beta_1, step))
-    cdef floating b1 = 1 - beta_1, b2 = 1 - beta_2, eps = epsilon
-    cdef floating wd = learning_rate * weight_decay, gs = grad_scale, cv = _clip_limit(clipvalue)
+    cdef double alpha = learning_rate * sqrt(1 - pow(beta_2, step)) / (1 - pow(beta_1, step))
+    cdef double wd = learning_rate * weight_decay, cv = _clip_limit(clipvalue)
+    if t == cnp.NPY_FLOAT:
+        _adam(<float *>p, <const float *>g, <float *>mp, <float *>vp, <float *>vm, n, alpha,
+              1 - beta_1, 1 - beta_2, epsilon, wd, grad_scale, cv)
+    else:
+        _adam(<double *>p, <const double *>g, <double *>mp, <double *>vp, <double *>vm, n,
+              alpha, 1 - beta_1, 1 - beta_2, epsilon, wd, grad_scale, cv)
+
+
+cdef void _adam(floating *params, const floating *grads, floating *m, floating *v,
+                floating *v_max, Py_ssize_t n, floating alpha, floating b1, floating b2,
+                floating eps, floating wd, floating gs, floating cv) noexcept nogil:
+    """The Adam loop; v_max NULL: no amsgrad."""
+    cdef Py_ssize_t i
     cdef floating g, w, mi, vi
+    cdef bint amsgrad = v_max != NULL
     cdef int nt = threads_for(n * COST_SQRT_DIV)
-    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+    for i in prange(n, num_threads=nt, schedule="static"):
         g = _grad(grads[i], gs, cv)
         w = params[i]
         w = w - wd * w
