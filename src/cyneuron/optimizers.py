@@ -26,7 +26,7 @@ from .schedules import LearningRateSchedule
 def _check_flat(params, grads):
     for name, arr in (("params", params), ("grads", grads)):
         if not isinstance(arr, np.ndarray) or arr.ndim != 1 or not arr.flags.c_contiguous \
-                or arr.dtype not in (np.float32, np.float64):
+                or arr.dtype.char not in "fd":      # float32, float64
             raise TypeError(f"{name} must be a contiguous 1-D float32/float64 array")
     if not params.flags.writeable:
         raise ValueError("params must be writeable")
