@@ -1,6 +1,8 @@
 """Input checks shared by ops, layers and models: clear errors that name the argument."""
 import numpy as np
 
+from ._kernels.arrays import all_finite
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -38,7 +40,7 @@ def check_array(x, name, dtype, ndim=None, allow_empty=False, allow_nonfinite=Fa
     if not allow_empty and x.size == 0:
         raise ValueError(f"{name} is empty (shape {x.shape}); at least one sample is needed")
     x = np.ascontiguousarray(x, dtype=dtype)
-    if not allow_nonfinite and x.dtype.kind == "f" and not np.isfinite(x).all():
+    if not allow_nonfinite and x.dtype.kind == "f" and not all_finite(x):
         raise ValueError(f"{name} contains NaN or infinity")
     return x
 

@@ -13,6 +13,7 @@ from . import _config
 from . import losses as _losses
 from . import metrics as _metrics
 from . import optimizers as _optimizers
+from ._kernels.arrays import gather_rows
 from ._random import get_rng
 from ._validation import as_dtype, check_array, check_positive, check_same_length
 from .callbacks import CallbackList, History, make_progress
@@ -399,8 +400,8 @@ class Sequential:
         return weights
 
     def _gather(self, data, idx, key):
-        """data[idx] into a buffer kept per batch size (the last short batch gets its own).
-        `idx` comes from a permutation, so mode="clip" (no bounds-checked copy) is safe."""
+        """data[idx] into a buffer kept per batch size (the last short batch gets its own);
+        rows copied whole, in parallel for large batches."""
         buffers = self.__dict__.setdefault("_batch_buffers", {})
         shape = (len(idx),) + data.shape[1:]
         buf = buffers.get((key, len(idx)))
@@ -408,7 +409,10 @@ class Sequential:
             if len(buffers) >= 8:    # many batch sizes over many fits: start afresh
                 buffers.clear()
             buf = buffers[(key, len(idx))] = np.empty(shape, data.dtype)
-        np.take(data, idx, axis=0, out=buf, mode="clip")
+        if data.flags.c_contiguous and idx.dtype == np.int64:
+            gather_rows(data, idx, buf)
+        else:
+            np.take(data, idx, axis=0, out=buf)
         return buf
 
     def _evaluate(self, x, targets, batch_size, sample_weight=None):

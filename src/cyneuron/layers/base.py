@@ -69,7 +69,9 @@ class Layer:
     def add_weight(self, name, shape, initializer, trainable=True):
         """Create a weight. trainable=False: state the layer updates itself, kept out of
         the optimizer's flat buffer (its gradient stays zero)."""
-        value = np.ascontiguousarray(initializer(shape, dtype=self.dtype))  # e.g. orthogonal: a transpose
+        value = initializer(shape, dtype=self.dtype)
+        if not value.flags.c_contiguous:   # e.g. orthogonal's transpose (keeps 0-d as 0-d)
+            value = value.copy(order="C")
         self._weights.append(value)
         self._gradients.append(np.zeros_like(value))
         self._weight_names.append(name)

@@ -1,0 +1,73 @@
+"""Array passes of the training loop: the finite-values check on input data and the
+gather of a shuffled mini-batch. Both run once per fit call or per batch over data
+that can be large (a whole training set), so they are parallel and allocate nothing
+(numpy's isfinite(x).all() builds a boolean array as large as x)."""
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+cimport numpy as cnp
+
+from cyneuron._kernels._openmp cimport threads_for
+
+cnp.import_array()
+
+cdef enum:
+    BLOCK = 4096                 # elements per parallel block of the finite check
+    GATHER_MIN_BYTES = 1 << 18   # below this a batch gather runs on one thread
+
+
+def all_finite(cnp.ndarray x not None):
+    """True when no element of the float32/float64 array x is NaN or infinite.
+
+    An element is not finite exactly when its exponent bits are all ones; counting those
+    is integer work that vectorizes and splits over threads. Non-contiguous or other
+    dtypes go to numpy."""
+    cdef int t = cnp.PyArray_TYPE(x)
+    if not cnp.PyArray_IS_C_CONTIGUOUS(x) or (t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE):
+        import numpy as np
+        return bool(np.isfinite(x).all())
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(x), blocks = (n + BLOCK - 1) // BLOCK, b, i, end
+    cdef const uint32_t *f32 = <const uint32_t *>cnp.PyArray_DATA(x)
+    cdef const uint64_t *f64 = <const uint64_t *>cnp.PyArray_DATA(x)
+    cdef Py_ssize_t bad = 0
+    cdef int nt = threads_for(n)
+    if t == cnp.NPY_FLOAT:
+        for b in prange(blocks, nogil=True, num_threads=nt, schedule="static"):
+            end = min((b + 1) * BLOCK, n)
+            for i in range(b * BLOCK, end):
+                bad += (f32[i] & 0x7F800000u) == 0x7F800000u
+    else:
+        for b in prange(blocks, nogil=True, num_threads=nt, schedule="static"):
+            end = min((b + 1) * BLOCK, n)
+            for i in range(b * BLOCK, end):
+                bad += (f64[i] & 0x7FF0000000000000u) == 0x7FF0000000000000u
+    return bad == 0
+
+
+def gather_rows(cnp.ndarray src not None, cnp.ndarray idx not None, cnp.ndarray out not None):
+    """out[j] = src[idx[j]] for C-contiguous src (n, ...) and out (len(idx), ...) of one
+    dtype; idx int64. Rows are copied whole, on all threads for large batches."""
+    if not cnp.PyArray_IS_C_CONTIGUOUS(src) or not cnp.PyArray_IS_C_CONTIGUOUS(out) \
+            or not cnp.PyArray_ISWRITEABLE(out):
+        raise ValueError("gather_rows: src and out must be C-contiguous and out writeable")
+    if cnp.PyArray_NDIM(src) < 1 or cnp.PyArray_NDIM(out) != cnp.PyArray_NDIM(src) \
+            or cnp.PyArray_TYPE(out) != cnp.PyArray_TYPE(src) \
+            or (<object>out).shape[1:] != (<object>src).shape[1:]:
+        raise ValueError(f"gather_rows: out {(<object>out).shape} {out.dtype} does not hold rows "
+                         f"of src {(<object>src).shape} {src.dtype}")
+    if cnp.PyArray_NDIM(idx) != 1 or cnp.PyArray_TYPE(idx) != cnp.NPY_INT64 \
+            or not cnp.PyArray_IS_C_CONTIGUOUS(idx) \
+            or cnp.PyArray_DIM(idx, 0) != cnp.PyArray_DIM(out, 0):
+        raise ValueError("gather_rows: idx must be a contiguous int64 array, one per row of out")
+    cdef Py_ssize_t rows = cnp.PyArray_DIM(src, 0), count = cnp.PyArray_DIM(idx, 0), j
+    cdef Py_ssize_t row_bytes = cnp.PyArray_NBYTES(src) // rows if rows else 0
+    cdef const int64_t *ix = <const int64_t *>cnp.PyArray_DATA(idx)
+    for j in range(count):
+        if ix[j] < 0 or ix[j] >= rows:
+            raise IndexError(f"gather_rows: index {ix[j]} is out of range for {rows} rows")
+    cdef const char *s = <const char *>cnp.PyArray_DATA(src)
+    cdef char *o = <char *>cnp.PyArray_DATA(out)
+    cdef int nt = 1 if count * row_bytes < GATHER_MIN_BYTES else threads_for(1 << 30)
+    for j in prange(count, nogil=True, num_threads=nt, schedule="static"):
+        memcpy(o + j * row_bytes, s + ix[j] * row_bytes, row_bytes)

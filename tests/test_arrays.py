@@ -1,0 +1,59 @@
+"""The training loop's array passes: the finite check on input data and the batch gather,
+against numpy, on 1 and 2 threads."""
+import numpy as np
+import pytest
+
+from cyneuron._kernels.arrays import all_finite, gather_rows
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1,), (7,), (4097,), (3000, 33), (5, 4, 3)])
+def test_all_finite_matches_numpy(kernel_threads, dtype, shape):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    assert all_finite(x)
+    info = np.finfo(dtype)
+    assert all_finite(np.array([info.max, -info.max, info.tiny, info.tiny / 4, -0.0], dtype))
+    flat = x.reshape(-1)
+    for position in (0, flat.size // 2, flat.size - 1):
+        for bad in (np.nan, np.inf, -np.inf):
+            y = flat.copy()
+            y[position] = bad
+            assert not all_finite(y.reshape(shape))
+
+
+def test_all_finite_other_layouts_and_dtypes_go_to_numpy():
+    x = np.arange(20, dtype=np.float64).reshape(4, 5)
+    assert all_finite(x.T) and all_finite(x[:, ::2]) and all_finite(x.astype(np.float16))
+    y = x.copy()
+    y[1, 2] = np.nan
+    assert not all_finite(y.T) and not all_finite(y.astype(np.float16))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("shape", [(50,), (50, 3), (400, 784), (60, 4, 5)])
+def test_gather_rows_matches_take(kernel_threads, dtype, shape):
+    rng = np.random.default_rng(1)
+    src = (rng.standard_normal(shape) * 100).astype(dtype)
+    for count in (1, 7, shape[0]):
+        idx = rng.permutation(shape[0])[:count].astype(np.int64)
+        out = np.empty((count,) + shape[1:], dtype)
+        gather_rows(src, idx, out)
+        np.testing.assert_array_equal(out, np.take(src, idx, axis=0))
+
+
+def test_gather_rows_refuses_bad_arguments():
+    src = np.zeros((5, 3))
+    out = np.empty((2, 3))
+    with pytest.raises(IndexError, match="out of range"):
+        gather_rows(src, np.array([0, 5], np.int64), out)
+    with pytest.raises(IndexError, match="out of range"):
+        gather_rows(src, np.array([-1, 0], np.int64), out)
+    with pytest.raises(ValueError, match="idx"):
+        gather_rows(src, np.array([0, 1], np.int32), out)
+    with pytest.raises(ValueError, match="does not hold rows"):
+        gather_rows(src, np.array([0, 1], np.int64), np.empty((2, 4)))
+    with pytest.raises(ValueError, match="does not hold rows"):
+        gather_rows(src, np.array([0, 1], np.int64), np.empty((2, 3), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        gather_rows(src.T, np.array([0, 1], np.int64), np.empty((2, 5)))
