@@ -4,12 +4,12 @@ Two plans, chosen per call:
 
 packed (the BLIS five loops; large M, or B not row-contiguous):
     for jc in N by NC:            B block -> L3
-      for pc in K by KC:          pack B[pc:, jc:] into NR-column slivers (threads share it)
-        barrier
+      for pc in K by KC:          pack B[pc:, jc:] into NR-column slivers
+        (barrier)
         for ic in my rows by MC:  A read in place (packed per thread only when its stride
                                   aliases cache sets or neither of its strides is 1) -> L2
           for jr, ir:             micro-kernel MR x NR (epilogue: see below)
-        barrier
+        (barrier)
 direct (batch-sized M and row-contiguous B whose rows stay cacheable, e.g. x @ W and
     x.T @ dy; always for M <= MR, a single sample): no packing at all; the micro-kernel
     reads A through its strides and B's rows in place, and only a ragged last column
@@ -17,8 +17,10 @@ direct (batch-sized M and row-contiguous B whose rows stay cacheable, e.g. x @ W
     kernel instead, which streams along B's rows; threads split the columns.
 
 One OpenMP parallel region per call. Threads split C by rows or by column
-slivers, whichever leaves the least work on the busiest thread; they meet only
-at the two barriers around each shared packed B block. Packing buffers live in
+slivers, whichever leaves the least work on the busiest thread (columns on a tie).
+Split by rows, they pack each B block together and meet at the two barriers
+around it; split by columns, each packs only its own slivers and they meet once
+per NC block. Packing buffers live in
 workspaces that are allocated once and reused (a small pool, so concurrent
 callers from several Python threads never share one).
 
@@ -365,7 +367,9 @@ cdef enum:
 
 cdef void _pack_b_block(const Call *g, const floating *B, int64_t kc, int64_t nc, floating *bp,
                         int t, int nt) noexcept nogil:
-    """Thread t's share of packing the kc x nc block of B into NR-column slivers.
+    """Thread t's share of packing the kc x nc block of B into NR-column slivers (sliver s
+    at bp + s * NR * g.kc: a fixed place whatever this block's kc, so threads working on
+    different k blocks of their own slivers never overlap).
 
     Row-contiguous B is swept a few full rows at a time (streaming reads) and the
     threads split the rows; otherwise each thread packs whole slivers."""
@@ -378,12 +382,30 @@ cdef void _pack_b_block(const Call *g, const floating *B, int64_t kc, int64_t nc
             rows = _min(PACK_ROWS, kc - p)
             for s in range(n_sl):
                 _pack_b(_min(nr, nc - s * nr), rows, B + p * g.rsb + s * nr, g.rsb, 1,
-                        bp + s * nr * kc + p * nr)
+                        bp + s * nr * g.kc + p * nr)
     else:
         s = t
         while s < n_sl:
-            _pack_b(_min(nr, nc - s * nr), kc, B + s * nr * g.csb, g.rsb, g.csb, bp + s * nr * kc)
+            _pack_b(_min(nr, nc - s * nr), kc, B + s * nr * g.csb, g.rsb, g.csb, bp + s * nr * g.kc)
             s += nt
+
+
+cdef void _pack_b_own(const Call *g, const floating *B, int64_t kc, int64_t nc, floating *bp,
+                     int64_t s0, int64_t s1) noexcept nogil:
+    """Pack slivers [s0, s1) of the kc x nc block of B, by one thread for itself (threads
+    that split C by columns use only their own slivers: no sharing, no barrier)."""
+    cdef int nr = g.nr
+    cdef int64_t s, q, p, rows
+    if g.csb == 1:
+        for q in range(_cdiv(kc, PACK_ROWS)):
+            p = q * PACK_ROWS
+            rows = _min(PACK_ROWS, kc - p)
+            for s in range(s0, s1):
+                _pack_b(_min(nr, nc - s * nr), rows, B + p * g.rsb + s * nr, g.rsb, 1,
+                        bp + s * nr * g.kc + p * nr)
+    else:
+        for s in range(s0, s1):
+            _pack_b(_min(nr, nc - s * nr), kc, B + s * nr * g.csb, g.rsb, g.csb, bp + s * nr * g.kc)
 
 
 cdef void _run_packed(const Call *g, floating dummy, int t, int nt) noexcept nogil:
@@ -410,13 +432,18 @@ cdef void _run_packed(const Call *g, floating dummy, int t, int nt) noexcept nog
             r0 = 0
             r1 = g.M
             _share(n_sl, t, nt, &s0, &s1)
+            if jb > 0:   # the last block's shares differ: wait until every sliver is used
+                cn_omp_barrier()
         for pb in range(_cdiv(g.K, g.kc)):
             pc = pb * g.kc
             kc = _min(g.kc, g.K - pc)
             beta = pc > 0 or g.accumulate
             last = pc + kc == g.K
-            _pack_b_block(g, B + pc * g.rsb + jc * g.csb, kc, nc, bp, t, nt)
-            cn_omp_barrier()
+            if g.split_rows:   # every thread reads every sliver: pack them together
+                _pack_b_block(g, B + pc * g.rsb + jc * g.csb, kc, nc, bp, t, nt)
+                cn_omp_barrier()
+            else:
+                _pack_b_own(g, B + pc * g.rsb + jc * g.csb, kc, nc, bp, s0, s1)
             ic = r0
             while ic < r1:
                 mcb = _min(g.mc, r1 - ic)
@@ -435,14 +462,15 @@ cdef void _run_packed(const Call *g, floating dummy, int t, int nt) noexcept nog
                             a_s = A + (ic + i * mr) * g.rsa + pc * g.csa
                             a_rs = g.rsa
                             a_cs = g.csa
-                        _ukr(g, kc, a_s, a_rs, a_cs, bp + s * nr * kc, nr,
+                        _ukr(g, kc, a_s, a_rs, a_cs, bp + s * nr * g.kc, nr,
                              ic + i * mr, jc + s * nr,
                              <int>_min(mr, mcb - i * mr), <int>_min(nr, nc - s * nr), beta)
                     if last and ((s - s0) % EPILOGUE_SLIVERS == EPILOGUE_SLIVERS - 1 or s == s1 - 1):
                         e0 = s - (s - s0) % EPILOGUE_SLIVERS
                         _finish(g, dummy, ic, mcb, jc + e0 * nr, _min(nc, (s + 1) * nr) - e0 * nr)
                 ic += g.mc
-            cn_omp_barrier()
+            if g.split_rows:   # the shared block is repacked next: wait for every reader
+                cn_omp_barrier()
 
 
 cdef void _run_direct(const Call *g, floating dummy, int t, int nt) noexcept nogil:
@@ -604,7 +632,7 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     g.nc = (NC_TARGET // g.nr) * g.nr
     n_sl = _cdiv(_min(g.N, g.nc), g.nr)
     # Split whichever way leaves the fewest tiles on the busiest thread.
-    g.split_rows = _cdiv(m_sl, nthreads) * n_sl <= m_sl * _cdiv(n_sl, nthreads)
+    g.split_rows = _cdiv(m_sl, nthreads) * n_sl < m_sl * _cdiv(n_sl, nthreads)
     # K in equal blocks of at most KC_BLOCK (784 = 3 x 262, not 384 + 384 + 16).
     g.kc = _cdiv(g.K, _cdiv(g.K, KC_BLOCK))
     cdef int64_t kc = g.kc
