@@ -100,7 +100,7 @@ def _ref_kwargs(settings):
 @pytest.mark.parametrize("size", [1, 7, 100003])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("name, settings", CONFIGS, ids=CONFIG_IDS)
-def test_update_matches_keras_rule(name, settings, dtype, size, kernel_threads):
+def test_update_matches_keras_rule(name, settings, dtype, size, kernel_threads, isa):
     rng = np.random.default_rng(size)
     w0 = rng.standard_normal(size).astype(dtype)
     grads_seq = [(2 * rng.standard_normal(size)).astype(dtype) for _ in range(6)]
@@ -351,6 +351,37 @@ def test_add_l2_gradient_matches_numpy(kernel_threads, dtype, n):
     assert total == pytest.approx(float(np.sum(w.astype(np.float64) ** 2)), rel=1e-10, abs=0)
     with pytest.raises(ValueError, match="grads"):
         ok.add_l2_gradient(w, np.zeros(n + 1, dtype), 0.25)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_simd_copies_give_the_same_bits(amsgrad, dtype):
+    """Adam's AVX2 and baseline loops (chosen by the GEMM's instruction set) use no FMA,
+    so they agree to the last bit."""
+    from cyneuron import _config
+    from cyneuron._kernels import gemm as gk
+
+    if "avx2" not in _config.supported_isas():
+        pytest.skip("this CPU has no AVX2")
+    rng = np.random.default_rng(3)
+    n = 10007
+    start = [rng.standard_normal(n).astype(dtype) for _ in range(5)]
+    start[3] = np.abs(start[3])
+    start[4] = np.abs(start[4])
+    results = []
+    before = gk.get_isa()
+    try:
+        for path in ("generic", "avx2"):
+            gk.set_isa(path)
+            p, g, m, v, vmax = (a.copy() for a in start)
+            for step in range(1, 4):
+                ok.adam_update(p, g, m, v, vmax if amsgrad else p[:0], 1e-2, 0.9, 0.999, 1e-7,
+                               step, amsgrad, weight_decay=0.01, clipvalue=0.5)
+            results.append((p, m, v, vmax))
+    finally:
+        gk.set_isa(before)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_apply_gradients_refuses_mismatched_buffers():

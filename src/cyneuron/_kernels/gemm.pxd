@@ -8,3 +8,8 @@ cdef int sgemm_serial(int64_t M, int64_t N, int64_t K, const float *A, int64_t r
 cdef int dgemm_serial(int64_t M, int64_t N, int64_t K, const double *A, int64_t rsa, int64_t csa,
                       const double *B, int64_t rsb, int64_t csb, double *C, int64_t ldc,
                       bint accumulate) noexcept nogil
+
+
+# The instruction set of the micro-kernels in use (0 generic, 1 AVX2, 2 AVX-512; follows
+# CYNEURON_ISA and set_isa): other kernels with their own SIMD copies follow it too.
+cdef int current_isa() noexcept nogil

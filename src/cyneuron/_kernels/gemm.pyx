@@ -129,6 +129,10 @@ ISA_NAMES = ("generic", "avx2", "avx512")
 cdef const cn_kernel_table *_table = cn_kernels_for(cn_best_isa())
 
 
+cdef int current_isa() noexcept nogil:
+    return _table.isa
+
+
 def supported_isas():
     """Instruction sets this CPU can run, slowest first."""
     return tuple(n for i, n in enumerate(ISA_NAMES) if cn_cpu_supports(i))

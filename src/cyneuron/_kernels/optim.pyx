@@ -13,12 +13,83 @@ updated in place and has one element per parameter.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, pow, sqrt, sqrtf
+from libc.stdint cimport int64_t
 
 cimport numpy as cnp
 
 from cyneuron._kernels._openmp cimport threads_for
+from cyneuron._kernels.gemm cimport current_isa
 
 cnp.import_array()
+
+
+cdef extern from *:
+    """
+    #include <math.h>
+    #include <stdint.h>
+
+    /* The Adam loop in C, compiled twice: for AVX2 and for the baseline (SSE2, what the
+       extension is built for, where the square root and division of each element run at
+       a third of the AVX2 rate). The AVX2 copy runs when the GEMM's instruction set is
+       not the generic one (gemm.current_isa, which follows CYNEURON_ISA and set_isa, and
+       is only ever AVX2 or wider on a CPU that has it). No FMA is used, so both copies
+       give the same bits. */
+    #define CN_ADAM_LOOP(T, SQRT, AMSGRAD)                                             \
+        for (int64_t i = 0; i < n; i++) {                                             \
+            T g = grads[i] * gs;                                                      \
+            g = g < cv ? g : cv;                                                      \
+            g = g > -cv ? g : -cv;                                                    \
+            T w = params[i];                                                          \
+            w = w - wd * w;                                                           \
+            T mi = m[i] + (g - m[i]) * b1;                                            \
+            T vi = v[i] + (g * g - v[i]) * b2;                                        \
+            m[i] = mi;                                                                \
+            v[i] = vi;                                                                \
+            if (AMSGRAD) {                                                            \
+                vi = vi > v_max[i] ? vi : v_max[i];                                   \
+                v_max[i] = vi;                                                        \
+            }                                                                         \
+            params[i] = w - alpha * mi / (SQRT(vi) + eps);                            \
+        }
+
+    #define CN_ADAM_FN(T, name, SQRT, attr)                                            \
+    attr static void name(T *restrict params, const T *restrict grads, T *restrict m,  \
+                          T *restrict v, T *restrict v_max, int64_t n, T alpha, T b1,  \
+                          T b2, T eps, T wd, T gs, T cv) {                             \
+        if (v_max) { CN_ADAM_LOOP(T, SQRT, 1) } else { CN_ADAM_LOOP(T, SQRT, 0) }      \
+    }
+
+    CN_ADAM_FN(float, cn_adam_f32_generic, sqrtf, )
+    CN_ADAM_FN(double, cn_adam_f64_generic, sqrt, )
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+    CN_ADAM_FN(float, cn_adam_f32_avx2, sqrtf, __attribute__((target("avx2"))))
+    CN_ADAM_FN(double, cn_adam_f64_avx2, sqrt, __attribute__((target("avx2"))))
+    #else
+    #define cn_adam_f32_avx2 cn_adam_f32_generic
+    #define cn_adam_f64_avx2 cn_adam_f64_generic
+    #endif
+
+    static void cn_adam_f32(int avx2, float *params, const float *grads, float *m, float *v,
+                            float *v_max, int64_t n, float alpha, float b1, float b2,
+                            float eps, float wd, float gs, float cv) {
+        (avx2 ? cn_adam_f32_avx2 : cn_adam_f32_generic)(params, grads, m, v, v_max, n,
+                                                        alpha, b1, b2, eps, wd, gs, cv);
+    }
+
+    static void cn_adam_f64(int avx2, double *params, const double *grads, double *m,
+                            double *v, double *v_max, int64_t n, double alpha, double b1,
+                            double b2, double eps, double wd, double gs, double cv) {
+        (avx2 ? cn_adam_f64_avx2 : cn_adam_f64_generic)(params, grads, m, v, v_max, n,
+                                                        alpha, b1, b2, eps, wd, gs, cv);
+    }
+    """
+    void cn_adam_f32(int avx2, float *params, const float *grads, float *m, float *v,
+                     float *v_max, int64_t n, float alpha, float b1, float b2, float eps,
+                     float wd, float gs, float cv) noexcept nogil
+    void cn_adam_f64(int avx2, double *params, const double *grads, double *m, double *v,
+                     double *v_max, int64_t n, double alpha, double b1, double b2,
+                     double eps, double wd, double gs, double cv) noexcept nogil
+
 
 cdef enum:
     # Scalar-operation cost of one element of an update with a square root and a
@@ -214,23 +285,23 @@ def adam_update(params, grads, m, v, v_max,
 cdef void _adam(floating *params, const floating *grads, floating *m, floating *v,
                 floating *v_max, Py_ssize_t n, floating alpha, floating b1, floating b2,
                 floating eps, floating wd, floating gs, floating cv) noexcept nogil:
-    """The Adam loop; v_max NULL: no amsgrad."""
-    cdef Py_ssize_t i
-    cdef floating g, w, mi, vi
-    cdef bint amsgrad = v_max != NULL
-    cdef int nt = threads_for(n * COST_SQRT_DIV)
-    for i in prange(n, num_threads=nt, schedule="static"):
-        g = _grad(grads[i], gs, cv)
-        w = params[i]
-        w = w - wd * w
-        mi = m[i] + (g - m[i]) * b1
-        vi = v[i] + (g * g - v[i]) * b2
-        m[i] = mi
-        v[i] = vi
-        if amsgrad:
-            vi = vi if vi > v_max[i] else v_max[i]
-            v_max[i] = vi
-        params[i] = w - alpha * mi / (fsqrt(vi) + eps)
+    """The Adam loop (cn_adam_*), one contiguous part per thread; v_max NULL: no amsgrad."""
+    cdef int nt = threads_for(n * COST_SQRT_DIV), t
+    cdef int avx2 = current_isa() != 0
+    cdef Py_ssize_t part = (n + nt - 1) // nt, lo, hi
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        lo = t * part
+        hi = min(n, lo + part)
+        if hi <= lo:
+            continue
+        if floating is float:
+            cn_adam_f32(avx2, params + lo, grads + lo, m + lo, v + lo,
+                        v_max + lo if v_max != NULL else NULL, hi - lo,
+                        alpha, b1, b2, eps, wd, gs, cv)
+        else:
+            cn_adam_f64(avx2, params + lo, grads + lo, m + lo, v + lo,
+                        v_max + lo if v_max != NULL else NULL, hi - lo,
+                        alpha, b1, b2, eps, wd, gs, cv)
 
 
 def rmsprop_update(floating[::1] params, const floating[::1] grads, floating[::1] velocity,
