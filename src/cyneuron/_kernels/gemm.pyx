@@ -87,6 +87,76 @@ cdef extern from "cn_kernels.h" nogil:
     const cn_kernel_table *cn_kernels_for(int isa)
 
 
+cdef extern from *:
+    """
+    /* The cheap epilogues (bias, relu, leaky_relu; the relu / leaky_relu / sigmoid / tanh
+       derivatives from the output) as C loops with an AVX2 copy: this extension is built
+       for the baseline SSE2, where these loops run at half width or not vectorized at
+       all. The AVX2 copy runs when the micro-kernels in use are AVX2 or wider; neither
+       uses FMA, so both give the same bits as the Cython loops they stand in for. */
+    #include <stdint.h>
+    enum { CN_EPI_RELU = 1, CN_EPI_SIGMOID = 2, CN_EPI_TANH = 3, CN_EPI_LEAKY_RELU = 8 };
+
+    #define CN_EPI_FNS(T, sfx, attr)                                                     \
+    attr static void cn_bias_act_##sfx(T *c, int64_t ldc, int m, int n,                 \
+                                       const T *restrict bias, int act, T alpha) {      \
+        for (int i = 0; i < m; i++) {                                                   \
+            T *restrict row = c + i * ldc;                                              \
+            if (bias)                                                                   \
+                for (int j = 0; j < n; j++) row[j] = row[j] + bias[j];                  \
+            if (act == CN_EPI_RELU)                                                     \
+                for (int j = 0; j < n; j++) row[j] = row[j] > 0 ? row[j] : 0;           \
+            else if (act == CN_EPI_LEAKY_RELU)                                          \
+                for (int j = 0; j < n; j++) row[j] = row[j] > 0 ? row[j] : alpha * row[j]; \
+        }                                                                               \
+    }                                                                                   \
+    attr static void cn_act_grad_##sfx(T *c, int64_t ldc, int m, int n,                 \
+                                       const T *y, int act, T alpha) {                  \
+        for (int i = 0; i < m; i++) {                                                   \
+            T *restrict row = c + i * ldc;                                              \
+            const T *restrict yr = y + i * ldc;                                         \
+            if (act == CN_EPI_RELU)                                                     \
+                for (int j = 0; j < n; j++) row[j] = yr[j] > 0 ? row[j] : 0;            \
+            else if (act == CN_EPI_LEAKY_RELU)                                          \
+                for (int j = 0; j < n; j++) row[j] = yr[j] > 0 ? row[j] : alpha * row[j]; \
+            else if (act == CN_EPI_SIGMOID)                                             \
+                for (int j = 0; j < n; j++) row[j] = row[j] * yr[j] * (1 - yr[j]);      \
+            else if (act == CN_EPI_TANH)                                                \
+                for (int j = 0; j < n; j++) row[j] = row[j] * (1 - yr[j] * yr[j]);      \
+        }                                                                               \
+    }
+
+    CN_EPI_FNS(float, f32_generic, )
+    CN_EPI_FNS(double, f64_generic, )
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+    CN_EPI_FNS(float, f32_avx2, __attribute__((target("avx2"))))
+    CN_EPI_FNS(double, f64_avx2, __attribute__((target("avx2"))))
+    #else
+    #define cn_bias_act_f32_avx2 cn_bias_act_f32_generic
+    #define cn_bias_act_f64_avx2 cn_bias_act_f64_generic
+    #define cn_act_grad_f32_avx2 cn_act_grad_f32_generic
+    #define cn_act_grad_f64_avx2 cn_act_grad_f64_generic
+    #endif
+    """
+    int CN_EPI_RELU, CN_EPI_SIGMOID, CN_EPI_TANH, CN_EPI_LEAKY_RELU
+    void cn_bias_act_f32_generic(float *c, int64_t ldc, int m, int n, const float *bias,
+                                 int act, float alpha) noexcept nogil
+    void cn_bias_act_f64_generic(double *c, int64_t ldc, int m, int n, const double *bias,
+                                 int act, double alpha) noexcept nogil
+    void cn_bias_act_f32_avx2(float *c, int64_t ldc, int m, int n, const float *bias,
+                              int act, float alpha) noexcept nogil
+    void cn_bias_act_f64_avx2(double *c, int64_t ldc, int m, int n, const double *bias,
+                              int act, double alpha) noexcept nogil
+    void cn_act_grad_f32_generic(float *c, int64_t ldc, int m, int n, const float *y,
+                                 int act, float alpha) noexcept nogil
+    void cn_act_grad_f64_generic(double *c, int64_t ldc, int m, int n, const double *y,
+                                 int act, double alpha) noexcept nogil
+    void cn_act_grad_f32_avx2(float *c, int64_t ldc, int m, int n, const float *y,
+                              int act, float alpha) noexcept nogil
+    void cn_act_grad_f64_avx2(double *c, int64_t ldc, int m, int n, const double *y,
+                              int act, double alpha) noexcept nogil
+
+
 # Cache blocking (elements). A KC x NR B sliver stays in L1, an MC x KC A block
 # in L2, a KC x NC B block in L3. MC and NC are rounded to multiples of MR and NR.
 cdef enum:
@@ -123,6 +193,10 @@ cpdef enum Epilogue:
 EPILOGUES = {"linear": EPI_LINEAR, "relu": EPI_RELU, "sigmoid": EPI_SIGMOID, "tanh": EPI_TANH,
              "gelu": EPI_GELU, "gelu_tanh": EPI_GELU_TANH, "swish": EPI_SWISH,
              "softplus": EPI_SOFTPLUS, "leaky_relu": EPI_LEAKY_RELU, "elu": EPI_ELU}
+
+if (EPI_RELU, EPI_SIGMOID, EPI_TANH, EPI_LEAKY_RELU) != \
+        (CN_EPI_RELU, CN_EPI_SIGMOID, CN_EPI_TANH, CN_EPI_LEAKY_RELU):
+    raise ImportError("gemm: the C epilogue codes differ from the Epilogue enum")
 
 ISA_NAMES = ("generic", "avx2", "avx512")
 
@@ -222,10 +296,7 @@ cdef void _epilogue(floating *c, int64_t ldc, int m, int n, const floating *bias
         if bias != NULL:
             for j in range(n):
                 row[j] = row[j] + bias[j]
-        if act == EPI_RELU:
-            for j in range(n):
-                row[j] = _math.relu(row[j])
-        elif act == EPI_SIGMOID:
+        if act == EPI_SIGMOID:      # (relu, leaky_relu: the C loops, _cheap_bias_act)
             for j in range(n):
                 row[j] = _math.sigmoid(row[j])
         elif act == EPI_TANH:
@@ -243,9 +314,6 @@ cdef void _epilogue(floating *c, int64_t ldc, int m, int n, const floating *bias
         elif act == EPI_SOFTPLUS:
             for j in range(n):
                 row[j] = _math.softplus(row[j])
-        elif act == EPI_LEAKY_RELU:
-            for j in range(n):
-                row[j] = _math.leaky_relu(row[j], alpha)
         elif act == EPI_ELU:
             for j in range(n):
                 row[j] = _math.elu(row[j], alpha)
@@ -253,29 +321,18 @@ cdef void _epilogue(floating *c, int64_t ldc, int m, int n, const floating *bias
 
 cdef void _epilogue_grad(floating *c, int64_t ldc, int m, int n, const floating *y,
                          int act, floating alpha) noexcept nogil:
-    """C tile (m x n) *= act'(y), y the activation's forward output (row stride ldc):
-    the activation's backward pass, the same formulas as cyneuron's activation kernels."""
+    """C tile (m x n) *= act'(y), y the activation's forward output (row stride ldc), for
+    elu and softplus (relu, leaky_relu, sigmoid and tanh go to the C loops, _cheap_grad);
+    the formulas of cyneuron's activation kernels."""
     cdef int i, j
     cdef floating *row
     cdef const floating *yr
     for i in range(m):
         row = c + i * ldc
         yr = y + i * ldc
-        if act == EPI_RELU:
-            for j in range(n):
-                row[j] = row[j] if yr[j] > 0 else 0
-        elif act == EPI_LEAKY_RELU:
-            for j in range(n):
-                row[j] = row[j] if yr[j] > 0 else alpha * row[j]
-        elif act == EPI_ELU:
+        if act == EPI_ELU:
             for j in range(n):
                 row[j] = row[j] if yr[j] > 0 else row[j] * (yr[j] + alpha)
-        elif act == EPI_SIGMOID:
-            for j in range(n):
-                row[j] = row[j] * yr[j] * (1 - yr[j])
-        elif act == EPI_TANH:
-            for j in range(n):
-                row[j] = row[j] * (1 - yr[j] * yr[j])
         elif act == EPI_SOFTPLUS:    # sigmoid(x) = 1 - e^-y
             for j in range(n):
                 row[j] = -row[j] * _math.fexpm1(-yr[j])
@@ -324,15 +381,42 @@ cdef inline void _ukr(const Call *g, int64_t k, const floating *a, int64_t a_rs,
         _table.dgemm_ukr(k, a, a_rs, a_cs, b, b_rs, c, g.ldc, m, n, beta)
 
 
+cdef inline void _cheap_bias_act(floating *c, int64_t ldc, int m, int n, const floating *bias,
+                                 int act, floating alpha, bint avx2) noexcept nogil:
+    if floating is float:
+        (cn_bias_act_f32_avx2 if avx2 else cn_bias_act_f32_generic)(c, ldc, m, n, bias, act, alpha)
+    else:
+        (cn_bias_act_f64_avx2 if avx2 else cn_bias_act_f64_generic)(c, ldc, m, n, bias, act, alpha)
+
+
+cdef inline void _cheap_grad(floating *c, int64_t ldc, int m, int n, const floating *y,
+                             int act, floating alpha, bint avx2) noexcept nogil:
+    if floating is float:
+        (cn_act_grad_f32_avx2 if avx2 else cn_act_grad_f32_generic)(c, ldc, m, n, y, act, alpha)
+    else:
+        (cn_act_grad_f64_avx2 if avx2 else cn_act_grad_f64_generic)(c, ldc, m, n, y, act, alpha)
+
+
 cdef inline void _finish(const Call *g, floating dummy, int64_t row, int64_t m, int64_t col,
                          int64_t n) noexcept nogil:
     """The epilogue on a strip C[row:row+m, col:col+n] whose last k block just went in
     (EPILOGUE_SLIVERS slivers wide, so still in cache; once per strip, not per tile)."""
+    cdef floating *c = <floating *>g.C + row * g.ldc + col
+    cdef bint avx2 = _table.isa != CN_ISA_GENERIC
     if g.act_out != NULL:
-        if g.act != EPI_LINEAR:
-            _epilogue_grad(<floating *>g.C + row * g.ldc + col, g.ldc, <int>m, <int>n,
+        if g.act == EPI_RELU or g.act == EPI_LEAKY_RELU or g.act == EPI_SIGMOID \
+                or g.act == EPI_TANH:
+            _cheap_grad(c, g.ldc, <int>m, <int>n, <const floating *>g.act_out + row * g.ldc + col,
+                        g.act, <floating>g.alpha, avx2)
+        elif g.act != EPI_LINEAR:
+            _epilogue_grad(c, g.ldc, <int>m, <int>n,
                            <const floating *>g.act_out + row * g.ldc + col, g.act,
                            <floating>g.alpha)
+    elif g.act == EPI_LINEAR or g.act == EPI_RELU or g.act == EPI_LEAKY_RELU:
+        if g.bias != NULL or g.act != EPI_LINEAR:
+            _cheap_bias_act(c, g.ldc, <int>m, <int>n,
+                            <const floating *>g.bias + col if g.bias != NULL else NULL,
+                            g.act, <floating>g.alpha, avx2)
     elif g.bias != NULL:
         _epilogue(<floating *>g.C + row * g.ldc + col, g.ldc, <int>m, <int>n,
                   <const floating *>g.bias + col, g.act, <floating>g.alpha)
