@@ -541,6 +541,8 @@ cdef enum:
     # Rough cost of one hidden unit of one row in scalar operations (threads_for).
     COST_CELL = 16
     COST_COPY = 2
+    # Gate rows per block of step_weights's transposes.
+    TILE_G = 16
 
 
 def _sync_isa():
@@ -1355,14 +1357,49 @@ def step_weights(const floating[:, :] kernel, const floating[:, :] kernel_rec,
     if bias_rec is not None:
         _check_shape((bias_rec.shape[0],), (G,), "bias_rec")
     cdef bint hb = bias is not None, hr = bias_rec is not None
-    for g in prange(G, nogil=True, num_threads=threads_for(G * (H + F) * COST_COPY),
-                    schedule="static"):
+    cdef Py_ssize_t gb, g0, g1
+    # Blocks of TILE_G gate rows: each source row's TILE_G values are read at once (the
+    # plain loop read one value per row of the source, a cache line each).
+    for gb in prange(_cdiv(G, TILE_G), nogil=True,
+                     num_threads=threads_for(G * (H + F) * COST_COPY), schedule="static"):
+        g0 = gb * TILE_G
+        g1 = min(G, g0 + TILE_G)
         for j in range(H):
-            out[g, j] = kernel_rec[j, g]
-        out[g, H] = bias_rec[g] if hr else 0
+            for g in range(g0, g1):
+                out[g, j] = kernel_rec[j, g]
+        for g in range(g0, g1):
+            out[g, H] = bias_rec[g] if hr else 0
+            out[g, H + F + 1] = bias[g] if hb else 0
         for j in range(F):
-            out[g, H + 1 + j] = kernel[j, g]
-        out[g, H + F + 1] = bias[g] if hb else 0
+            for g in range(g0, g1):
+                out[g, H + 1 + j] = kernel[j, g]
+
+
+def row_sums(const floating[:, ::1] m, floating[::1] out):
+    """out (rows,) = the sums of m's rows (the bias gradients from the gate gradients)."""
+    cdef Py_ssize_t R = m.shape[0], C = m.shape[1], r
+    _check_shape((out.shape[0],), (R,), "out")
+    if R == 0:
+        return
+    if C == 0:
+        out[:] = 0
+        return
+    for r in prange(R, nogil=True, num_threads=threads_for(R * C), schedule="static"):
+        out[r] = _sum(&m[r, 0], C)
+
+
+cdef floating _sum(const floating *x, Py_ssize_t n) noexcept nogil:
+    """Sum of n values in 8 interleaved partial sums (vectorizable without reassociation)."""
+    cdef floating acc[8]
+    cdef Py_ssize_t j, k, n8 = n - n % 8
+    for k in range(8):
+        acc[k] = 0
+    for j in range(0, n8, 8):
+        for k in range(8):
+            acc[k] += x[j + k]
+    for j in range(n8, n):
+        acc[j - n8] += x[j]
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 
 
 def lstm_forward(const floating[:, ::1] xf, const floating[:, ::1] weights,
