@@ -569,6 +569,49 @@ def test_float32_layers_agree_across_simd_paths(isa):
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=2e-6, err_msg=f"{cell} on {isa}")
 
 
+@pytest.mark.parametrize("n", [13, 40])
+def test_float32_fused_rows_on_ragged_batches_and_wide_inputs(isa, kernel_threads, n):
+    """The fused LSTM / GRU rows (AVX2: 8 samples at a time, the rest one by one) with
+    pre-activations from about -40 to 40 (saturated gates and states) match float64 (to
+    the float32 GEMM's rounding of such large sums)."""
+    rng = np.random.default_rng(93)
+    units, t, f = 40, 4, 6
+    x = rng.normal(scale=3.0, size=(n, t, f))
+    for cell in CELLS:
+        layer = getattr(layers, cell)(units, return_sequences=True, dtype="float32")
+        layer.build((t, f))
+        ws = _random_weights(layer, np.random.default_rng(7), scale=2.0)
+        out = layer.forward(x.astype(np.float32)).astype(np.float64)
+        ref, _ = reference_run(cell, x, ws, units)
+        assert np.abs(ref).max() > 0.999
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=2e-5,
+                                   err_msg=f"{cell} on {isa}, {kernel_threads} threads")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_sums_and_step_weights(dtype, kernel_threads):
+    rng = np.random.default_rng(94)
+    for rows, cols in [(0, 5), (3, 0), (7, 1), (37, 13), (512, 1600)]:
+        m = rng.normal(size=(rows, cols)).astype(dtype)
+        out = np.full(rows, np.nan, dtype)
+        K.row_sums(m, out)
+        np.testing.assert_allclose(out, m.astype(np.float64).sum(axis=1),
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                   atol=1e-4 if dtype == np.float32 else 1e-12)
+    with pytest.raises(ValueError, match="out"):
+        K.row_sums(np.zeros((3, 4), dtype), np.zeros(2, dtype))
+    for h, f, g in [(5, 3, 20), (61, 11, 183), (128, 32, 512)]:
+        kernel, rec = rng.normal(size=(f, g)).astype(dtype), rng.normal(size=(h, g)).astype(dtype)
+        b = rng.normal(size=g).astype(dtype)
+        for bias, bias_rec in [(b, None), (None, b), (b, b[::-1].copy())]:
+            out = np.full((g, h + f + 2), np.nan, dtype)
+            K.step_weights(kernel, rec, bias, bias_rec, out)
+            zero = np.zeros((g, 1), dtype)
+            want = np.concatenate([rec.T, zero if bias_rec is None else bias_rec[:, None],
+                                   kernel.T, zero if bias is None else bias[:, None]], axis=1)
+            np.testing.assert_array_equal(out, want)
+
+
 def test_kernels_check_their_buffers():
     f = np.float32
     t, n, h, feat = 3, 2, 4, 5

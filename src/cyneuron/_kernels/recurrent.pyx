@@ -146,8 +146,155 @@ cdef extern from *:
     CN_ACT_LOOPS(generic, )
     #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
     #define CN_RNN_HAVE_AVX2 1
-    CN_ACT_LOOPS(avx2, __attribute__((target("avx2,fma"))))
-    CN_FUSED_ROWS(avx2, __attribute__((target("avx2,fma"))))
+    /* Hand-written AVX2 + FMA copies of the float32 math: the same Cephes exp and tanh
+       polynomials, the clamps as min/max (whose NaN operand comes second, so NaN passes
+       through), and the divisions as a reciprocal estimate refined by one Newton step
+       (within an ulp or two of a division). The fused rows run in two passes over a
+       row: the gates (independent chains), then the cell state's tanh, so that the
+       out-of-order core overlaps many elements instead of waiting on one long chain. */
+    #include <immintrin.h>
+    #define CN_AVX2_FN __attribute__((target("avx2,fma"))) static inline
+    #define CN_PS(v) _mm256_set1_ps(v)
+
+    CN_AVX2_FN __m256 cn_exp8(__m256 x) {
+        __m256 t, n, r, z, p, s;
+        x = _mm256_min_ps(CN_PS(88.0f), x);
+        x = _mm256_max_ps(CN_PS(-87.0f), x);
+        t = _mm256_fmadd_ps(x, CN_PS(1.44269504088896341f), CN_PS(12582912.0f));
+        n = _mm256_sub_ps(t, CN_PS(12582912.0f));
+        r = _mm256_fnmadd_ps(n, CN_PS(0.693359375f), x);
+        r = _mm256_fmadd_ps(n, CN_PS(2.12194440e-4f), r);
+        z = _mm256_mul_ps(r, r);
+        p = _mm256_fmadd_ps(CN_PS(1.9875691500e-4f), r, CN_PS(1.3981999507e-3f));
+        p = _mm256_fmadd_ps(p, r, CN_PS(8.3334519073e-3f));
+        p = _mm256_fmadd_ps(p, r, CN_PS(4.1665795894e-2f));
+        p = _mm256_fmadd_ps(p, r, CN_PS(1.6666665459e-1f));
+        p = _mm256_fmadd_ps(p, r, CN_PS(5.0000001201e-1f));
+        p = _mm256_add_ps(_mm256_fmadd_ps(p, z, r), CN_PS(1.0f));
+        s = _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B3FFF81)), 23));
+        return _mm256_mul_ps(p, s);
+    }
+
+    /* 1 / d for d >= 1 (or NaN): estimate, then r + r (1 - d r). */
+    CN_AVX2_FN __m256 cn_recip8(__m256 d) {
+        __m256 r = _mm256_rcp_ps(d);
+        return _mm256_fmadd_ps(r, _mm256_fnmadd_ps(d, r, CN_PS(1.0f)), r);
+    }
+
+    CN_AVX2_FN __m256 cn_sigmoid8(__m256 x) {
+        __m256 e = cn_exp8(_mm256_xor_ps(x, CN_PS(-0.0f)));
+        return cn_recip8(_mm256_add_ps(e, CN_PS(1.0f)));
+    }
+
+    CN_AVX2_FN __m256 cn_tanh8(__m256 x) {
+        __m256 sign = _mm256_and_ps(x, CN_PS(-0.0f));
+        __m256 ax = _mm256_andnot_ps(CN_PS(-0.0f), x);
+        __m256 z = _mm256_mul_ps(x, x), s, b;
+        s = _mm256_fmadd_ps(CN_PS(-5.70498872745e-3f), z, CN_PS(2.06390887954e-2f));
+        s = _mm256_fmadd_ps(s, z, CN_PS(-5.37397155531e-2f));
+        s = _mm256_fmadd_ps(s, z, CN_PS(1.33314422036e-1f));
+        s = _mm256_fmadd_ps(s, z, CN_PS(-3.33332819422e-1f));
+        s = _mm256_fmadd_ps(_mm256_mul_ps(s, z), ax, ax);
+        b = cn_recip8(_mm256_add_ps(cn_exp8(_mm256_add_ps(ax, ax)), CN_PS(1.0f)));
+        b = _mm256_fnmadd_ps(CN_PS(2.0f), b, CN_PS(1.0f));
+        b = _mm256_blendv_ps(b, s, _mm256_cmp_ps(ax, CN_PS(0.625f), _CMP_LT_OQ));
+        return _mm256_or_ps(b, sign);
+    }
+
+    __attribute__((target("avx2,fma")))
+    static void cn_tanhf_loop_avx2(float *x, Py_ssize_t n) {
+        Py_ssize_t j = 0;
+        for (; j + 8 <= n; j += 8) _mm256_storeu_ps(x + j, cn_tanh8(_mm256_loadu_ps(x + j)));
+        for (; j < n; j++) x[j] = cn_tanhf(x[j]);
+    }
+    __attribute__((target("avx2,fma")))
+    static void cn_sigmoidf_loop_avx2(float *x, Py_ssize_t n) {
+        Py_ssize_t j = 0;
+        for (; j + 8 <= n; j += 8)
+            _mm256_storeu_ps(x + j, cn_sigmoid8(_mm256_loadu_ps(x + j)));
+        for (; j < n; j++) x[j] = cn_sigmoidf(x[j]);
+    }
+
+    /* The rows (as CN_FUSED_ROWS): the first pass leaves the cell state in c, the
+       second its tanh in ac and h; the ragged end takes the scalar functions. */
+    __attribute__((target("avx2,fma")))
+    static void cn_lstm_fwd_row_avx2(Py_ssize_t n, float *CN_RESTRICT gi,
+            float *CN_RESTRICT gf, float *CN_RESTRICT gc, float *CN_RESTRICT go,
+            const float *CN_RESTRICT pi, const float *CN_RESTRICT pf,
+            const float *CN_RESTRICT pc, const float *CN_RESTRICT po, float bi,
+            float bf, float bc, float bo, const float *CN_RESTRICT cp,
+            float *CN_RESTRICT c, float *CN_RESTRICT ac, float *CN_RESTRICT h) {
+        Py_ssize_t n8 = n & ~(Py_ssize_t)7, k;
+        __m256 vbi = CN_PS(bi), vbf = CN_PS(bf), vbc = CN_PS(bc), vbo = CN_PS(bo);
+        for (k = 0; k < n8; k += 8) {
+            __m256 i = cn_sigmoid8(_mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(gi + k),
+                                   _mm256_loadu_ps(pi + k)), vbi));
+            __m256 f = cn_sigmoid8(_mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(gf + k),
+                                   _mm256_loadu_ps(pf + k)), vbf));
+            __m256 g = cn_tanh8(_mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(gc + k),
+                                _mm256_loadu_ps(pc + k)), vbc));
+            __m256 o = cn_sigmoid8(_mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(go + k),
+                                   _mm256_loadu_ps(po + k)), vbo));
+            _mm256_storeu_ps(gi + k, i); _mm256_storeu_ps(gf + k, f);
+            _mm256_storeu_ps(gc + k, g); _mm256_storeu_ps(go + k, o);
+            _mm256_storeu_ps(c + k, _mm256_fmadd_ps(f, _mm256_loadu_ps(cp + k),
+                                                    _mm256_mul_ps(i, g)));
+        }
+        for (k = 0; k < n8; k += 8) {
+            __m256 a = cn_tanh8(_mm256_loadu_ps(c + k));
+            _mm256_storeu_ps(ac + k, a);
+            _mm256_storeu_ps(h + k, _mm256_mul_ps(_mm256_loadu_ps(go + k), a));
+        }
+        for (k = n8; k < n; k++) {
+            float i = cn_sigmoidf(gi[k] + pi[k] + bi);
+            float f = cn_sigmoidf(gf[k] + pf[k] + bf);
+            float g = cn_tanhf(gc[k] + pc[k] + bc);
+            float o = cn_sigmoidf(go[k] + po[k] + bo);
+            float cc = f * cp[k] + i * g;
+            float a = cn_tanhf(cc);
+            gi[k] = i; gf[k] = f; gc[k] = g; go[k] = o;
+            c[k] = cc; ac[k] = a; h[k] = o * a;
+        }
+    }
+
+    __attribute__((target("avx2,fma")))
+    static void cn_gru_fwd_row_avx2(Py_ssize_t n, float *CN_RESTRICT gz,
+            float *CN_RESTRICT gr, float *CN_RESTRICT gh, const float *CN_RESTRICT pz,
+            const float *CN_RESTRICT pr, const float *CN_RESTRICT ph, float bz,
+            float br, float bh, float rbz, float rbr, float rbh,
+            const float *CN_RESTRICT hp, float *CN_RESTRICT rh, float *CN_RESTRICT h) {
+        Py_ssize_t n8 = n & ~(Py_ssize_t)7, k;
+        __m256 vbz = CN_PS(bz), vbr = CN_PS(br), vbh = CN_PS(bh);
+        __m256 vrbz = CN_PS(rbz), vrbr = CN_PS(rbr), vrbh = CN_PS(rbh);
+        for (k = 0; k < n8; k += 8) {
+            __m256 z = cn_sigmoid8(_mm256_add_ps(_mm256_add_ps(_mm256_add_ps(
+                _mm256_loadu_ps(gz + k), vrbz), _mm256_loadu_ps(pz + k)), vbz));
+            __m256 r = cn_sigmoid8(_mm256_add_ps(_mm256_add_ps(_mm256_add_ps(
+                _mm256_loadu_ps(gr + k), vrbr), _mm256_loadu_ps(pr + k)), vbr));
+            __m256 rk = _mm256_add_ps(_mm256_loadu_ps(gh + k), vrbh);
+            _mm256_storeu_ps(gz + k, z); _mm256_storeu_ps(gr + k, r);
+            _mm256_storeu_ps(rh + k, rk);
+            /* the candidate's argument, its tanh taken in the second pass */
+            _mm256_storeu_ps(gh + k, _mm256_fmadd_ps(r, rk, _mm256_add_ps(
+                _mm256_loadu_ps(ph + k), vbh)));
+        }
+        for (k = 0; k < n8; k += 8) {
+            __m256 hh = cn_tanh8(_mm256_loadu_ps(gh + k));
+            __m256 z = _mm256_loadu_ps(gz + k);
+            _mm256_storeu_ps(gh + k, hh);
+            _mm256_storeu_ps(h + k, _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(hp + k),
+                                                                    hh), hh));
+        }
+        for (k = n8; k < n; k++) {
+            float z = cn_sigmoidf(gz[k] + rbz + pz[k] + bz);
+            float r = cn_sigmoidf(gr[k] + rbr + pr[k] + br);
+            float rk = gh[k] + rbh;
+            float hh = cn_tanhf(ph[k] + bh + r * rk);
+            gz[k] = z; gr[k] = r; gh[k] = hh; rh[k] = rk;
+            h[k] = hh + z * (hp[k] - hh);
+        }
+    }
     #else
     #define CN_RNN_HAVE_AVX2 0
     #endif
@@ -394,6 +541,8 @@ cdef enum:
     # Rough cost of one hidden unit of one row in scalar operations (threads_for).
     COST_CELL = 16
     COST_COPY = 2
+    # Gate rows per block of step_weights's transposes.
+    TILE_G = 16
 
 
 def _sync_isa():
@@ -1208,14 +1357,49 @@ def step_weights(const floating[:, :] kernel, const floating[:, :] kernel_rec,
     if bias_rec is not None:
         _check_shape((bias_rec.shape[0],), (G,), "bias_rec")
     cdef bint hb = bias is not None, hr = bias_rec is not None
-    for g in prange(G, nogil=True, num_threads=threads_for(G * (H + F) * COST_COPY),
-                    schedule="static"):
+    cdef Py_ssize_t gb, g0, g1
+    # Blocks of TILE_G gate rows: each source row's TILE_G values are read at once (the
+    # plain loop read one value per row of the source, a cache line each).
+    for gb in prange(_cdiv(G, TILE_G), nogil=True,
+                     num_threads=threads_for(G * (H + F) * COST_COPY), schedule="static"):
+        g0 = gb * TILE_G
+        g1 = min(G, g0 + TILE_G)
         for j in range(H):
-            out[g, j] = kernel_rec[j, g]
-        out[g, H] = bias_rec[g] if hr else 0
+            for g in range(g0, g1):
+                out[g, j] = kernel_rec[j, g]
+        for g in range(g0, g1):
+            out[g, H] = bias_rec[g] if hr else 0
+            out[g, H + F + 1] = bias[g] if hb else 0
         for j in range(F):
-            out[g, H + 1 + j] = kernel[j, g]
-        out[g, H + F + 1] = bias[g] if hb else 0
+            for g in range(g0, g1):
+                out[g, H + 1 + j] = kernel[j, g]
+
+
+def row_sums(const floating[:, ::1] m, floating[::1] out):
+    """out (rows,) = the sums of m's rows (the bias gradients from the gate gradients)."""
+    cdef Py_ssize_t R = m.shape[0], C = m.shape[1], r
+    _check_shape((out.shape[0],), (R,), "out")
+    if R == 0:
+        return
+    if C == 0:
+        out[:] = 0
+        return
+    for r in prange(R, nogil=True, num_threads=threads_for(R * C), schedule="static"):
+        out[r] = _sum(&m[r, 0], C)
+
+
+cdef floating _sum(const floating *x, Py_ssize_t n) noexcept nogil:
+    """Sum of n values in 8 interleaved partial sums (vectorizable without reassociation)."""
+    cdef floating acc[8]
+    cdef Py_ssize_t j, k, n8 = n - n % 8
+    for k in range(8):
+        acc[k] = 0
+    for j in range(0, n8, 8):
+        for k in range(8):
+            acc[k] += x[j + k]
+    for j in range(n8, n):
+        acc[j - n8] += x[j]
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 
 
 def lstm_forward(const floating[:, ::1] xf, const floating[:, ::1] weights,
