@@ -137,24 +137,28 @@ cdef extern from *:
     #define cn_act_grad_f32_avx2 cn_act_grad_f32_generic
     #define cn_act_grad_f64_avx2 cn_act_grad_f64_generic
     #endif
+
+    #define CN_EPI_DISPATCH(name, T)                                                    \
+    static void name(int avx2, T *c, int64_t ldc, int m, int n, const T *y, int act,     \
+                     T alpha) {                                                          \
+        (avx2 ? name##_avx2 : name##_generic)(c, ldc, m, n, y, act, alpha);              \
+    }
+    CN_EPI_DISPATCH(cn_bias_act_f32, float)
+    CN_EPI_DISPATCH(cn_bias_act_f64, double)
+    CN_EPI_DISPATCH(cn_act_grad_f32, float)
+    CN_EPI_DISPATCH(cn_act_grad_f64, double)
     """
     int CN_EPI_RELU, CN_EPI_SIGMOID, CN_EPI_TANH, CN_EPI_LEAKY_RELU
-    void cn_bias_act_f32_generic(float *c, int64_t ldc, int m, int n, const float *bias,
-                                 int act, float alpha) noexcept nogil
-    void cn_bias_act_f64_generic(double *c, int64_t ldc, int m, int n, const double *bias,
-                                 int act, double alpha) noexcept nogil
-    void cn_bias_act_f32_avx2(float *c, int64_t ldc, int m, int n, const float *bias,
-                              int act, float alpha) noexcept nogil
-    void cn_bias_act_f64_avx2(double *c, int64_t ldc, int m, int n, const double *bias,
-                              int act, double alpha) noexcept nogil
-    void cn_act_grad_f32_generic(float *c, int64_t ldc, int m, int n, const float *y,
-                                 int act, float alpha) noexcept nogil
-    void cn_act_grad_f64_generic(double *c, int64_t ldc, int m, int n, const double *y,
-                                 int act, double alpha) noexcept nogil
-    void cn_act_grad_f32_avx2(float *c, int64_t ldc, int m, int n, const float *y,
-                              int act, float alpha) noexcept nogil
-    void cn_act_grad_f64_avx2(double *c, int64_t ldc, int m, int n, const double *y,
-                              int act, double alpha) noexcept nogil
+    # c (m x n, row stride ldc) = act(c + bias) for linear / relu / leaky_relu
+    void cn_bias_act_f32(int avx2, float *c, int64_t ldc, int m, int n, const float *bias,
+                         int act, float alpha) noexcept nogil
+    void cn_bias_act_f64(int avx2, double *c, int64_t ldc, int m, int n, const double *bias,
+                         int act, double alpha) noexcept nogil
+    # c *= act'(y) for relu / leaky_relu / sigmoid / tanh (y: the output, stride ldc)
+    void cn_act_grad_f32(int avx2, float *c, int64_t ldc, int m, int n, const float *y,
+                         int act, float alpha) noexcept nogil
+    void cn_act_grad_f64(int avx2, double *c, int64_t ldc, int m, int n, const double *y,
+                         int act, double alpha) noexcept nogil
 
 
 # Cache blocking (elements). A KC x NR B sliver stays in L1, an MC x KC A block
@@ -384,17 +388,17 @@ cdef inline void _ukr(const Call *g, int64_t k, const floating *a, int64_t a_rs,
 cdef inline void _cheap_bias_act(floating *c, int64_t ldc, int m, int n, const floating *bias,
                                  int act, floating alpha, bint avx2) noexcept nogil:
     if floating is float:
-        (cn_bias_act_f32_avx2 if avx2 else cn_bias_act_f32_generic)(c, ldc, m, n, bias, act, alpha)
+        cn_bias_act_f32(avx2, c, ldc, m, n, bias, act, alpha)
     else:
-        (cn_bias_act_f64_avx2 if avx2 else cn_bias_act_f64_generic)(c, ldc, m, n, bias, act, alpha)
+        cn_bias_act_f64(avx2, c, ldc, m, n, bias, act, alpha)
 
 
 cdef inline void _cheap_grad(floating *c, int64_t ldc, int m, int n, const floating *y,
                              int act, floating alpha, bint avx2) noexcept nogil:
     if floating is float:
-        (cn_act_grad_f32_avx2 if avx2 else cn_act_grad_f32_generic)(c, ldc, m, n, y, act, alpha)
+        cn_act_grad_f32(avx2, c, ldc, m, n, y, act, alpha)
     else:
-        (cn_act_grad_f64_avx2 if avx2 else cn_act_grad_f64_generic)(c, ldc, m, n, y, act, alpha)
+        cn_act_grad_f64(avx2, c, ldc, m, n, y, act, alpha)
 
 
 cdef inline void _finish(const Call *g, floating dummy, int64_t row, int64_t m, int64_t col,
