@@ -353,11 +353,26 @@ def test_add_l2_gradient_matches_numpy(kernel_threads, dtype, n):
         ok.add_l2_gradient(w, np.zeros(n + 1, dtype), 0.25)
 
 
-@pytest.mark.parametrize("amsgrad", [False, True])
+SIMD_KERNELS = {
+    "adam": lambda p, g, s, step: ok.adam_update(p, g, s[0], s[1], p[:0], 1e-2, 0.9, 0.999,
+                                                 1e-7, step, False, weight_decay=0.01,
+                                                 clipvalue=0.5),
+    "amsgrad": lambda p, g, s, step: ok.adam_update(p, g, s[0], s[1], s[2], 1e-2, 0.9, 0.999,
+                                                    1e-7, step, True),
+    "rmsprop": lambda p, g, s, step: ok.rmsprop_update(p, g, s[1], p[:0], p[:0], 1e-2, 0.9,
+                                                       0.0, 1e-7, False, weight_decay=0.01),
+    "rmsprop-centered-momentum": lambda p, g, s, step: ok.rmsprop_update(
+        p, g, s[1], s[0], s[2], 1e-2, 0.9, 0.5, 1e-7, True, clipvalue=0.5),
+    "adagrad": lambda p, g, s, step: ok.adagrad_update(p, g, s[1], 1e-2, 1e-7,
+                                                       weight_decay=0.01),
+}
+
+
+@pytest.mark.parametrize("kernel", sorted(SIMD_KERNELS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_adam_simd_copies_give_the_same_bits(amsgrad, dtype):
-    """Adam's AVX2 and baseline loops (chosen by the GEMM's instruction set) use no FMA,
-    so they agree to the last bit."""
+def test_optimizer_simd_copies_give_the_same_bits(kernel, dtype):
+    """The AVX2 and baseline loops of the sqrt/div optimizers (chosen by the GEMM's
+    instruction set) use no FMA, so they agree to the last bit."""
     from cyneuron import _config
     from cyneuron._kernels import gemm as gk
 
@@ -365,19 +380,19 @@ def test_adam_simd_copies_give_the_same_bits(amsgrad, dtype):
         pytest.skip("this CPU has no AVX2")
     rng = np.random.default_rng(3)
     n = 10007
-    start = [rng.standard_normal(n).astype(dtype) for _ in range(5)]
-    start[3] = np.abs(start[3])
-    start[4] = np.abs(start[4])
+    start = [rng.standard_normal(n).astype(dtype) for _ in range(2)]
+    state = [np.zeros(n, dtype), np.abs(rng.standard_normal(n)).astype(dtype),
+             np.abs(rng.standard_normal(n)).astype(dtype)]
     results = []
     before = gk.get_isa()
     try:
         for path in ("generic", "avx2"):
             gk.set_isa(path)
-            p, g, m, v, vmax = (a.copy() for a in start)
+            p, g = (a.copy() for a in start)
+            s = [a.copy() for a in state]
             for step in range(1, 4):
-                ok.adam_update(p, g, m, v, vmax if amsgrad else p[:0], 1e-2, 0.9, 0.999, 1e-7,
-                               step, amsgrad, weight_decay=0.01, clipvalue=0.5)
-            results.append((p, m, v, vmax))
+                SIMD_KERNELS[kernel](p, g, s, step)
+            results.append([p] + s)
     finally:
         gk.set_isa(before)
     for a, b in zip(*results):

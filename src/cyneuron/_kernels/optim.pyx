@@ -8,7 +8,9 @@ Every update kernel takes the same three trailing settings, applied in Keras's o
   weight_decay  decoupled decay: w -= learning_rate * weight_decay * w, before the step
 
 Gradients are read only; the optimizer state (velocity, moments, accumulators) is
-updated in place and has one element per parameter.
+updated in place and has one element per parameter. Adam, RMSprop and Adagrad (a square
+root and a division per element) run C loops with an AVX2 copy, used when the GEMM's
+instruction set is AVX2 or wider; neither copy uses FMA, so they give the same bits.
 """
 from cython cimport floating
 from cython.parallel cimport prange
@@ -82,6 +84,90 @@ cdef extern from *:
         (avx2 ? cn_adam_f64_avx2 : cn_adam_f64_generic)(params, grads, m, v, v_max, n,
                                                         alpha, b1, b2, eps, wd, gs, cv);
     }
+
+    /* RMSprop and Adagrad likewise (each element has a square root and a division). */
+    #define CN_GRAD(T)                                                                 \
+            T g = grads[i] * gs;                                                      \
+            g = g < cv ? g : cv;                                                      \
+            g = g > -cv ? g : -cv;                                                    \
+            T w = params[i];                                                          \
+            w = w - wd * w;
+
+    #define CN_RMSPROP_LOOP(T, SQRT, CENTERED, MOMENTUM)                               \
+        for (int64_t i = 0; i < n; i++) {                                             \
+            CN_GRAD(T)                                                                \
+            T vi = r * velocity[i] + (1 - r) * g * g;                                 \
+            velocity[i] = vi;                                                         \
+            T denom = vi;                                                             \
+            if (CENTERED) {                                                           \
+                T ai = r * average_grad[i] + (1 - r) * g;                             \
+                average_grad[i] = ai;                                                 \
+                denom = vi - ai * ai;                                                 \
+            }                                                                         \
+            T inc = lr * g / SQRT(denom + eps);                                       \
+            if (MOMENTUM) {                                                           \
+                inc = mu * momentum_buf[i] + inc;                                     \
+                momentum_buf[i] = inc;                                                \
+            }                                                                         \
+            params[i] = w - inc;                                                      \
+        }
+
+    #define CN_RMSPROP_FN(T, name, SQRT, attr)                                         \
+    attr static void name(T *restrict params, const T *restrict grads,                \
+                          T *restrict velocity, T *restrict momentum_buf,             \
+                          T *restrict average_grad, int64_t n, T lr, T r, T mu, T eps, \
+                          T wd, T gs, T cv) {                                          \
+        if (average_grad && momentum_buf) { CN_RMSPROP_LOOP(T, SQRT, 1, 1) }           \
+        else if (average_grad) { CN_RMSPROP_LOOP(T, SQRT, 1, 0) }                      \
+        else if (momentum_buf) { CN_RMSPROP_LOOP(T, SQRT, 0, 1) }                      \
+        else { CN_RMSPROP_LOOP(T, SQRT, 0, 0) }                                        \
+    }
+
+    #define CN_ADAGRAD_FN(T, name, SQRT, attr)                                         \
+    attr static void name(T *restrict params, const T *restrict grads,                \
+                          T *restrict accumulator, int64_t n, T lr, T eps, T wd, T gs, \
+                          T cv) {                                                      \
+        for (int64_t i = 0; i < n; i++) {                                             \
+            CN_GRAD(T)                                                                \
+            T acc = accumulator[i] + g * g;                                           \
+            accumulator[i] = acc;                                                     \
+            params[i] = w - lr * g / SQRT(acc + eps);                                 \
+        }                                                                             \
+    }
+
+    CN_RMSPROP_FN(float, cn_rmsprop_f32_generic, sqrtf, )
+    CN_RMSPROP_FN(double, cn_rmsprop_f64_generic, sqrt, )
+    CN_ADAGRAD_FN(float, cn_adagrad_f32_generic, sqrtf, )
+    CN_ADAGRAD_FN(double, cn_adagrad_f64_generic, sqrt, )
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+    CN_RMSPROP_FN(float, cn_rmsprop_f32_avx2, sqrtf, __attribute__((target("avx2"))))
+    CN_RMSPROP_FN(double, cn_rmsprop_f64_avx2, sqrt, __attribute__((target("avx2"))))
+    CN_ADAGRAD_FN(float, cn_adagrad_f32_avx2, sqrtf, __attribute__((target("avx2"))))
+    CN_ADAGRAD_FN(double, cn_adagrad_f64_avx2, sqrt, __attribute__((target("avx2"))))
+    #else
+    #define cn_rmsprop_f32_avx2 cn_rmsprop_f32_generic
+    #define cn_rmsprop_f64_avx2 cn_rmsprop_f64_generic
+    #define cn_adagrad_f32_avx2 cn_adagrad_f32_generic
+    #define cn_adagrad_f64_avx2 cn_adagrad_f64_generic
+    #endif
+
+    #define CN_RMSPROP_DISPATCH(T, name)                                               \
+    static void name(int avx2, T *params, const T *grads, T *velocity, T *momentum_buf, \
+                     T *average_grad, int64_t n, T lr, T r, T mu, T eps, T wd, T gs,   \
+                     T cv) {                                                           \
+        (avx2 ? name##_avx2 : name##_generic)(params, grads, velocity, momentum_buf,   \
+                                             average_grad, n, lr, r, mu, eps, wd, gs, cv); \
+    }
+    #define CN_ADAGRAD_DISPATCH(T, name)                                               \
+    static void name(int avx2, T *params, const T *grads, T *accumulator, int64_t n,   \
+                     T lr, T eps, T wd, T gs, T cv) {                                  \
+        (avx2 ? name##_avx2 : name##_generic)(params, grads, accumulator, n, lr, eps,  \
+                                             wd, gs, cv);                              \
+    }
+    CN_RMSPROP_DISPATCH(float, cn_rmsprop_f32)
+    CN_RMSPROP_DISPATCH(double, cn_rmsprop_f64)
+    CN_ADAGRAD_DISPATCH(float, cn_adagrad_f32)
+    CN_ADAGRAD_DISPATCH(double, cn_adagrad_f64)
     """
     void cn_adam_f32(int avx2, float *params, const float *grads, float *m, float *v,
                      float *v_max, int64_t n, float alpha, float b1, float b2, float eps,
@@ -89,6 +175,20 @@ cdef extern from *:
     void cn_adam_f64(int avx2, double *params, const double *grads, double *m, double *v,
                      double *v_max, int64_t n, double alpha, double b1, double b2,
                      double eps, double wd, double gs, double cv) noexcept nogil
+    void cn_rmsprop_f32(int avx2, float *params, const float *grads, float *velocity,
+                        float *momentum_buf, float *average_grad, int64_t n, float lr,
+                        float r, float mu, float eps, float wd, float gs,
+                        float cv) noexcept nogil
+    void cn_rmsprop_f64(int avx2, double *params, const double *grads, double *velocity,
+                        double *momentum_buf, double *average_grad, int64_t n, double lr,
+                        double r, double mu, double eps, double wd, double gs,
+                        double cv) noexcept nogil
+    void cn_adagrad_f32(int avx2, float *params, const float *grads, float *accumulator,
+                        int64_t n, float lr, float eps, float wd, float gs,
+                        float cv) noexcept nogil
+    void cn_adagrad_f64(int avx2, double *params, const double *grads, double *accumulator,
+                        int64_t n, double lr, double eps, double wd, double gs,
+                        double cv) noexcept nogil
 
 
 cdef enum:
@@ -319,7 +419,7 @@ def rmsprop_update(floating[::1] params, const floating[::1] grads, floating[::1
 
     momentum_buf (used when momentum > 0) and average_grad (when centered) may be empty otherwise.
     """
-    cdef Py_ssize_t i, n = params.shape[0]
+    cdef Py_ssize_t n = params.shape[0]
     _check_size(n, grads, "grads")
     _check_size(n, velocity, "velocity")
     if momentum != 0:
@@ -329,43 +429,51 @@ def rmsprop_update(floating[::1] params, const floating[::1] grads, floating[::1
     _check_settings(learning_rate, weight_decay, grad_scale, clipvalue)
     cdef floating lr = learning_rate, r = rho, mu = momentum, eps = epsilon
     cdef floating wd = learning_rate * weight_decay, gs = grad_scale, cv = _clip_limit(clipvalue)
-    cdef floating g, w, vi, ai, denom, inc
-    cdef bint use_momentum = momentum != 0
-    cdef int nt = threads_for(n * COST_SQRT_DIV)
-    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
-        g = _grad(grads[i], gs, cv)
-        w = params[i]
-        w = w - wd * w
-        vi = r * velocity[i] + (1 - r) * g * g
-        velocity[i] = vi
-        denom = vi
-        if centered:
-            ai = r * average_grad[i] + (1 - r) * g
-            average_grad[i] = ai
-            denom = vi - ai * ai
-        inc = lr * g / fsqrt(denom + eps)
-        if use_momentum:
-            inc = mu * momentum_buf[i] + inc
-            momentum_buf[i] = inc
-        params[i] = w - inc
+    if n == 0:
+        return
+    cdef floating *mom = &momentum_buf[0] if momentum != 0 else NULL
+    cdef floating *avg = &average_grad[0] if centered else NULL
+    cdef int nt = threads_for(n * COST_SQRT_DIV), t
+    cdef int avx2 = current_isa() != 0
+    cdef Py_ssize_t part = (n + nt - 1) // nt, lo, hi
+    for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
+        lo = t * part
+        hi = min(n, lo + part)
+        if hi <= lo:
+            continue
+        if floating is float:
+            cn_rmsprop_f32(avx2, &params[lo], &grads[lo], &velocity[lo],
+                           mom + lo if mom != NULL else NULL, avg + lo if avg != NULL else NULL,
+                           hi - lo, lr, r, mu, eps, wd, gs, cv)
+        else:
+            cn_rmsprop_f64(avx2, &params[lo], &grads[lo], &velocity[lo],
+                           mom + lo if mom != NULL else NULL, avg + lo if avg != NULL else NULL,
+                           hi - lo, lr, r, mu, eps, wd, gs, cv)
 
 
 def adagrad_update(floating[::1] params, const floating[::1] grads, floating[::1] accumulator,
                    double learning_rate, double epsilon,
                    double weight_decay=0, double grad_scale=1, double clipvalue=0):
     """Keras Adagrad: accumulator += g^2; w -= lr g / sqrt(accumulator + epsilon)."""
-    cdef Py_ssize_t i, n = params.shape[0]
+    cdef Py_ssize_t n = params.shape[0]
     _check_size(n, grads, "grads")
     _check_size(n, accumulator, "accumulator")
     _check_settings(learning_rate, weight_decay, grad_scale, clipvalue)
     cdef floating lr = learning_rate, eps = epsilon
     cdef floating wd = learning_rate * weight_decay, gs = grad_scale, cv = _clip_limit(clipvalue)
-    cdef floating g, w, acc
-    cdef int nt = threads_for(n * COST_SQRT_DIV)
-    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
-        g = _grad(grads[i], gs, cv)
-        w = params[i]
-        w = w - wd * w
-        acc = accumulator[i] + g * g
-        accumulator[i] = acc
-        params[i] = w - lr * g / fsqrt(acc + eps)
+    if n == 0:
+        return
+    cdef int nt = threads_for(n * COST_SQRT_DIV), t
+    cdef int avx2 = current_isa() != 0
+    cdef Py_ssize_t part = (n + nt - 1) // nt, lo, hi
+    for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
+        lo = t * part
+        hi = min(n, lo + part)
+        if hi <= lo:
+            continue
+        if floating is float:
+            cn_adagrad_f32(avx2, &params[lo], &grads[lo], &accumulator[lo], hi - lo, lr, eps,
+                           wd, gs, cv)
+        else:
+            cn_adagrad_f64(avx2, &params[lo], &grads[lo], &accumulator[lo], hi - lo, lr, eps,
+                           wd, gs, cv)
