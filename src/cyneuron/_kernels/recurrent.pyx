@@ -718,15 +718,20 @@ def to_feature_major(const floating[:, :, ::1] x, floating[:, ::1] out, bint rev
     if N == 0 or T == 0 or F == 0:
         return
     cdef bint has_scale = scale is not None
-    for f in prange(F, nogil=True, num_threads=threads_for(N * T * F * COST_COPY),
+    cdef Py_ssize_t nb, n0, n1
+    # Blocks of 16 samples of one step: their 16 rows of x[:, t, :] stay in L1 while the
+    # F output rows are written 16 values at a time.
+    for s in prange(T, nogil=True, num_threads=threads_for(N * T * F * COST_COPY),
                     schedule="static"):
-        for s in range(T):
-            t = T - 1 - s if reverse else s
-            for n in range(N):
-                if has_scale:
-                    out[f, s * N + n] = x[n, t, f] * scale[n, f]
-                else:
-                    out[f, s * N + n] = x[n, t, f]
+        t = T - 1 - s if reverse else s
+        for nb in range(0, N, 16):
+            n1 = min(N, nb + 16)
+            for f in range(F):
+                for n in range(nb, n1):
+                    if has_scale:
+                        out[f, s * N + n] = x[n, t, f] * scale[n, f]
+                    else:
+                        out[f, s * N + n] = x[n, t, f]
 
 
 def to_batch_major(const floating[:, :, ::1] xt, floating[:, :, ::1] out, bint reverse=False,
