@@ -151,7 +151,7 @@ cdef extern from *:
        and h_t written to hn (rows W apart) and to ho (rows ldo apart). keep (w) or
        NULL: 0 carries h_{t-1} over. Nothing else is stored. */
     static void cn_gru_ring_rows_generic(Py_ssize_t m, Py_ssize_t w, Py_ssize_t W,
-            const float *gz, const float *gr, const float *gh, const float *gx,
+            float *gz, const float *gr, const float *gh, float *gx,
             const float *hp, float *hn, float *ho, Py_ssize_t ldo,
             const unsigned char *keep) {
         for (Py_ssize_t i = 0; i < m; i++) {
@@ -279,36 +279,64 @@ cdef extern from *:
         }
     }
 
-    /* cn_gru_ring_rows: 8 samples at a time, the rest (and the mask) one by one. */
+    /* cn_gru_ring_rows. A full sliver's m rows are one block of m W values in every
+       operand but ho: two passes over it, the gates (z kept in gz, the candidate's
+       argument in gx) then the candidate and state, so that many independent elements
+       overlap (as in the full rows). A ragged sliver: 8 samples at a time, the rest
+       one by one. The mask then puts h_{t-1} back. */
     __attribute__((target("avx2,fma")))
     static void cn_gru_ring_rows_avx2(Py_ssize_t m, Py_ssize_t w, Py_ssize_t W,
-            const float *CN_RESTRICT gz, const float *CN_RESTRICT gr,
-            const float *CN_RESTRICT gh, const float *CN_RESTRICT gx,
+            float *CN_RESTRICT gz, const float *CN_RESTRICT gr,
+            const float *CN_RESTRICT gh, float *CN_RESTRICT gx,
             const float *CN_RESTRICT hp, float *CN_RESTRICT hn, float *CN_RESTRICT ho,
             Py_ssize_t ldo, const unsigned char *keep) {
-        Py_ssize_t w8 = w & ~(Py_ssize_t)7;
-        for (Py_ssize_t i = 0; i < m; i++) {
-            for (Py_ssize_t k = 0; k < w8; k += 8) {
-                Py_ssize_t e = i * W + k;
-                __m256 z = cn_sigmoid8(_mm256_loadu_ps(gz + e));
+        Py_ssize_t w8 = w & ~(Py_ssize_t)7, i, k, e;
+        if (w == W && W % 8 == 0) {
+            for (e = 0; e < m * W; e += 8) {
                 __m256 r = cn_sigmoid8(_mm256_loadu_ps(gr + e));
-                __m256 hh = cn_tanh8(_mm256_fmadd_ps(r, _mm256_loadu_ps(gh + e),
-                                                     _mm256_loadu_ps(gx + e)));
-                __m256 v = _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(hp + e), hh), hh);
-                _mm256_storeu_ps(hn + e, v);
-                _mm256_storeu_ps(ho + i * ldo + k, v);
+                _mm256_storeu_ps(gz + e, cn_sigmoid8(_mm256_loadu_ps(gz + e)));
+                _mm256_storeu_ps(gx + e, _mm256_fmadd_ps(r, _mm256_loadu_ps(gh + e),
+                                                         _mm256_loadu_ps(gx + e)));
             }
-            for (Py_ssize_t k = w8; k < w; k++) {   /* the ragged end: as the full rows */
-                Py_ssize_t e = i * W + k;
-                float z = cn_sigmoidf(gz[e]), r = cn_sigmoidf(gr[e]);
-                float hh = cn_tanhf(gx[e] + r * gh[e]);
-                float v = hh + z * (hp[e] - hh);
-                hn[e] = v; ho[i * ldo + k] = v;
+            for (i = 0; i < m; i++) {
+                for (k = 0; k < W; k += 8) {
+                    e = i * W + k;
+                    __m256 hh = cn_tanh8(_mm256_loadu_ps(gx + e));
+                    __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(gz + e),
+                                               _mm256_sub_ps(_mm256_loadu_ps(hp + e), hh), hh);
+                    _mm256_storeu_ps(hn + e, v);
+                    _mm256_storeu_ps(ho + i * ldo + k, v);
+                }
             }
-            if (keep != NULL)
-                for (Py_ssize_t k = 0; k < w; k++)
-                    if (keep[k] == 0) { hn[i * W + k] = hp[i * W + k]; ho[i * ldo + k] = hp[i * W + k]; }
+        } else {
+            for (i = 0; i < m; i++) {
+                for (k = 0; k < w8; k += 8) {
+                    e = i * W + k;
+                    __m256 z = cn_sigmoid8(_mm256_loadu_ps(gz + e));
+                    __m256 r = cn_sigmoid8(_mm256_loadu_ps(gr + e));
+                    __m256 hh = cn_tanh8(_mm256_fmadd_ps(r, _mm256_loadu_ps(gh + e),
+                                                         _mm256_loadu_ps(gx + e)));
+                    __m256 v = _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(hp + e), hh),
+                                               hh);
+                    _mm256_storeu_ps(hn + e, v);
+                    _mm256_storeu_ps(ho + i * ldo + k, v);
+                }
+                for (k = w8; k < w; k++) {   /* the ragged end: as the full rows */
+                    e = i * W + k;
+                    float z = cn_sigmoidf(gz[e]), r = cn_sigmoidf(gr[e]);
+                    float hh = cn_tanhf(gx[e] + r * gh[e]);
+                    float v = hh + z * (hp[e] - hh);
+                    hn[e] = v; ho[i * ldo + k] = v;
+                }
+            }
         }
+        if (keep != NULL)
+            for (i = 0; i < m; i++)
+                for (k = 0; k < w; k++)
+                    if (keep[k] == 0) {
+                        hn[i * W + k] = hp[i * W + k];
+                        ho[i * ldo + k] = hp[i * W + k];
+                    }
     }
 
     __attribute__((target("avx2,fma")))
@@ -525,7 +553,7 @@ cdef extern from *:
     }
 
     static void cn_gru_ring_rows(Py_ssize_t m, Py_ssize_t w, Py_ssize_t W,
-            const float *gz, const float *gr, const float *gh, const float *gx,
+            float *gz, const float *gr, const float *gh, float *gx,
             const float *hp, float *hn, float *ho, Py_ssize_t ldo,
             const unsigned char *keep) {
     #if CN_RNN_HAVE_AVX2
@@ -551,8 +579,8 @@ cdef extern from *:
                          const float *pi, const float *pf, const float *pc, const float *po,
                          float bi, float bf, float bc, float bo, const float *cp, float *c,
                          float *ac, float *h) noexcept nogil
-    void cn_gru_ring_rows(Py_ssize_t m, Py_ssize_t w, Py_ssize_t W, const float *gz,
-                          const float *gr, const float *gh, const float *gx, const float *hp,
+    void cn_gru_ring_rows(Py_ssize_t m, Py_ssize_t w, Py_ssize_t W, float *gz,
+                          const float *gr, const float *gh, float *gx, const float *hp,
                           float *hn, float *ho, Py_ssize_t ldo,
                           const unsigned char *keep) noexcept nogil
     void cn_gru_fwd_row(Py_ssize_t n, float *gz, float *gr, float *gh, const float *pz,
