@@ -1166,6 +1166,10 @@ cdef void _rnn_bwd_chunk(const floating *g, const floating *dy, Py_ssize_t ldy, 
 # h (H, S, N) may hold only 1 (gates, act_c, rh) or 2 (c, h) steps: step t uses index
 # t % T_, so the full buffers (T, T+1) are the same code. Threads only ever read and
 # write their own units' rows of these; the packed operands are the only shared data.
+# GRU with rings (inference, T > 1) takes a loop of its own (_gru_ring_thread): per sliver
+# of W samples, the thread's four products go to a small scratch and the gate math
+# follows at once, reading h_{t-1} from the packed operand and writing h_t into the next
+# one; gates and rh are then left untouched.
 
 cdef enum:
     # Per-step multiply-adds below which one thread runs the loop (a barrier per step
@@ -1460,7 +1464,8 @@ cdef _forward(int cell, const floating[:, ::1] xf, const floating[:, ::1] weight
     packed[:, :, H, :] = 1
     packed[:, :, Kt - 1, :] = 1
     zero = np.zeros(N, dtype)
-    xh = np.zeros((3 * H, N), dtype) if cell == 2 else zero
+    cdef bint fused = cell == 2 and gates.shape[0] == 1 and T > 1   # GRU inference
+    xh = np.zeros((3 * H, N), dtype) if cell == 2 and not fused else zero
     cdef floating[:, :, :, ::1] P = packed
     cdef floating[::1] z = zero
     cdef floating[:, ::1] xhv = xh.reshape(-1, N)
@@ -1473,7 +1478,7 @@ cdef _forward(int cell, const floating[:, ::1] xf, const floating[:, ::1] weight
     cdef int nt = _seq_threads(G * Kt * N, H, r)
     cdef Py_ssize_t mmax = _cdiv(_cdiv(H, r), nt) * r
     cdef floating[::1] sc
-    if cell == 2 and Tg == 1 and T > 1:   # inference: no gates kept, fused per sliver
+    if fused:   # inference: no gates kept, the gate math fused per sliver
         scratch = np.empty(nt * 4 * mmax * W, dtype)
         sc = scratch
         with nogil, parallel(num_threads=nt):
