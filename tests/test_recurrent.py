@@ -731,6 +731,33 @@ def test_inference_rings_and_replayed_backward(cell, return_sequences, kernel_th
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("n", [19, 48])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gru_inference_path_matches_training_run(isa, kernel_threads, dtype, n):
+    """The GRU inference loop (fused per sliver, no gates kept) gives the outputs and
+    final state of a training run: default activations (AVX2 rows on full slivers, the
+    scalar rows on ragged ones and with a mask), other activations, a mask, go_backwards,
+    61 units (not a multiple of MR), saturated pre-activations."""
+    rng = np.random.default_rng(99)
+    units, t, f = 61, 6, 11
+    x = rng.normal(scale=2.0, size=(n, t, f)).astype(dtype)
+    mask = _padding_mask(n, t)
+    state = [rng.normal(size=(n, units)).astype(dtype)]
+    tol = {"rtol": 1e-5, "atol": 2e-6} if dtype == "float32" else {"rtol": 1e-12,
+                                                                    "atol": 1e-13}
+    for kw in ({}, {"activation": "relu", "recurrent_activation": "hard_sigmoid"}):
+        for seqs, back, m in ((False, False, None), (True, True, None), (True, False, mask)):
+            layer = layers.GRU(units, return_sequences=seqs, go_backwards=back,
+                               return_state=True, dtype=dtype, **kw)
+            layer.build((t, f))
+            _random_weights(layer, np.random.default_rng(8), scale=1.0)
+            outs = [[o.copy() for o in layer.forward(x, training=training,
+                                                     initial_state=state, mask=m)]
+                    for training in (True, False)]
+            for a, b in zip(*outs):
+                np.testing.assert_allclose(b, a, **tol, err_msg=f"{kw} {seqs} {back} {isa}")
+
+
 # ---------------------------------------------------------------------------------------
 # learning real sequence tasks (1 thread: the results do not depend on it, and a shared
 # machine's busy second core would only slow the suite down)

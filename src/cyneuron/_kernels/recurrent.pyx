@@ -144,6 +144,27 @@ cdef extern from *:
         }
     CN_FUSED_ROWS(generic, )
     CN_ACT_LOOPS(generic, )
+
+    /* Inference GRU rows on one sliver of w samples (the packed operand's layout): m
+       units' rows of z, r pre-activations (gz, gr), the candidate's recurrent product
+       + bias (gh) and input product + bias (gx), each row W apart; h_{t-1} read from hp
+       and h_t written to hn (rows W apart) and to ho (rows ldo apart). keep (w) or
+       NULL: 0 carries h_{t-1} over. Nothing else is stored. */
+    static void cn_gru_ring_rows_generic(Py_ssize_t m, Py_ssize_t w, Py_ssize_t W,
+            float *gz, const float *gr, const float *gh, float *gx,
+            const float *hp, float *hn, float *ho, Py_ssize_t ldo,
+            const unsigned char *keep) {
+        for (Py_ssize_t i = 0; i < m; i++) {
+            for (Py_ssize_t k = 0; k < w; k++) {
+                Py_ssize_t e = i * W + k;
+                float z = cn_sigmoidf(gz[e]), r = cn_sigmoidf(gr[e]);
+                float hh = cn_tanhf(gx[e] + r * gh[e]);
+                float v = hh + z * (hp[e] - hh);
+                if (keep != NULL && keep[k] == 0) v = hp[e];
+                hn[e] = v; ho[i * ldo + k] = v;
+            }
+        }
+    }
     #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
     #define CN_RNN_HAVE_AVX2 1
     /* Hand-written AVX2 + FMA copies of the float32 math: the same Cephes exp and tanh
@@ -256,6 +277,66 @@ cdef extern from *:
             gi[k] = i; gf[k] = f; gc[k] = g; go[k] = o;
             c[k] = cc; ac[k] = a; h[k] = o * a;
         }
+    }
+
+    /* cn_gru_ring_rows. A full sliver's m rows are one block of m W values in every
+       operand but ho: two passes over it, the gates (z kept in gz, the candidate's
+       argument in gx) then the candidate and state, so that many independent elements
+       overlap (as in the full rows). A ragged sliver: 8 samples at a time, the rest
+       one by one. The mask then puts h_{t-1} back. */
+    __attribute__((target("avx2,fma")))
+    static void cn_gru_ring_rows_avx2(Py_ssize_t m, Py_ssize_t w, Py_ssize_t W,
+            float *CN_RESTRICT gz, const float *CN_RESTRICT gr,
+            const float *CN_RESTRICT gh, float *CN_RESTRICT gx,
+            const float *CN_RESTRICT hp, float *CN_RESTRICT hn, float *CN_RESTRICT ho,
+            Py_ssize_t ldo, const unsigned char *keep) {
+        Py_ssize_t w8 = w & ~(Py_ssize_t)7, i, k, e;
+        if (w == W && W % 8 == 0) {
+            for (e = 0; e < m * W; e += 8) {
+                __m256 r = cn_sigmoid8(_mm256_loadu_ps(gr + e));
+                _mm256_storeu_ps(gz + e, cn_sigmoid8(_mm256_loadu_ps(gz + e)));
+                _mm256_storeu_ps(gx + e, _mm256_fmadd_ps(r, _mm256_loadu_ps(gh + e),
+                                                         _mm256_loadu_ps(gx + e)));
+            }
+            for (i = 0; i < m; i++) {
+                for (k = 0; k < W; k += 8) {
+                    e = i * W + k;
+                    __m256 hh = cn_tanh8(_mm256_loadu_ps(gx + e));
+                    __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(gz + e),
+                                               _mm256_sub_ps(_mm256_loadu_ps(hp + e), hh), hh);
+                    _mm256_storeu_ps(hn + e, v);
+                    _mm256_storeu_ps(ho + i * ldo + k, v);
+                }
+            }
+        } else {
+            for (i = 0; i < m; i++) {
+                for (k = 0; k < w8; k += 8) {
+                    e = i * W + k;
+                    __m256 z = cn_sigmoid8(_mm256_loadu_ps(gz + e));
+                    __m256 r = cn_sigmoid8(_mm256_loadu_ps(gr + e));
+                    __m256 hh = cn_tanh8(_mm256_fmadd_ps(r, _mm256_loadu_ps(gh + e),
+                                                         _mm256_loadu_ps(gx + e)));
+                    __m256 v = _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(hp + e), hh),
+                                               hh);
+                    _mm256_storeu_ps(hn + e, v);
+                    _mm256_storeu_ps(ho + i * ldo + k, v);
+                }
+                for (k = w8; k < w; k++) {   /* the ragged end: as the full rows */
+                    e = i * W + k;
+                    float z = cn_sigmoidf(gz[e]), r = cn_sigmoidf(gr[e]);
+                    float hh = cn_tanhf(gx[e] + r * gh[e]);
+                    float v = hh + z * (hp[e] - hh);
+                    hn[e] = v; ho[i * ldo + k] = v;
+                }
+            }
+        }
+        if (keep != NULL)
+            for (i = 0; i < m; i++)
+                for (k = 0; k < w; k++)
+                    if (keep[k] == 0) {
+                        hn[i * W + k] = hp[i * W + k];
+                        ho[i * ldo + k] = hp[i * W + k];
+                    }
     }
 
     __attribute__((target("avx2,fma")))
@@ -471,6 +552,19 @@ cdef extern from *:
         cn_gru_fwd_row_generic(n, gz, gr, gh, pz, pr, ph, bz, br, bh, rbz, rbr, rbh, hp, rh, h);
     }
 
+    static void cn_gru_ring_rows(Py_ssize_t m, Py_ssize_t w, Py_ssize_t W,
+            float *gz, const float *gr, const float *gh, float *gx,
+            const float *hp, float *hn, float *ho, Py_ssize_t ldo,
+            const unsigned char *keep) {
+    #if CN_RNN_HAVE_AVX2
+        if (cn_rnn_avx2) {
+            cn_gru_ring_rows_avx2(m, w, W, gz, gr, gh, gx, hp, hn, ho, ldo, keep);
+            return;
+        }
+    #endif
+        cn_gru_ring_rows_generic(m, w, W, gz, gr, gh, gx, hp, hn, ho, ldo, keep);
+    }
+
     #if defined(__GNUC__) && !defined(__clang__)
     #pragma GCC pop_options
     #endif
@@ -485,6 +579,10 @@ cdef extern from *:
                          const float *pi, const float *pf, const float *pc, const float *po,
                          float bi, float bf, float bc, float bo, const float *cp, float *c,
                          float *ac, float *h) noexcept nogil
+    void cn_gru_ring_rows(Py_ssize_t m, Py_ssize_t w, Py_ssize_t W, float *gz,
+                          const float *gr, const float *gh, float *gx, const float *hp,
+                          float *hn, float *ho, Py_ssize_t ldo,
+                          const unsigned char *keep) noexcept nogil
     void cn_gru_fwd_row(Py_ssize_t n, float *gz, float *gr, float *gh, const float *pz,
                         const float *pr, const float *ph, float bz, float br, float bh,
                         float rbz, float rbr, float rbh, const float *hp, float *rh,
@@ -648,15 +746,20 @@ def to_feature_major(const floating[:, :, ::1] x, floating[:, ::1] out, bint rev
     if N == 0 or T == 0 or F == 0:
         return
     cdef bint has_scale = scale is not None
-    for f in prange(F, nogil=True, num_threads=threads_for(N * T * F * COST_COPY),
+    cdef Py_ssize_t nb, n0, n1
+    # Blocks of 16 samples of one step: their 16 rows of x[:, t, :] stay in L1 while the
+    # F output rows are written 16 values at a time.
+    for s in prange(T, nogil=True, num_threads=threads_for(N * T * F * COST_COPY),
                     schedule="static"):
-        for s in range(T):
-            t = T - 1 - s if reverse else s
-            for n in range(N):
-                if has_scale:
-                    out[f, s * N + n] = x[n, t, f] * scale[n, f]
-                else:
-                    out[f, s * N + n] = x[n, t, f]
+        t = T - 1 - s if reverse else s
+        for nb in range(0, N, 16):
+            n1 = min(N, nb + 16)
+            for f in range(F):
+                for n in range(nb, n1):
+                    if has_scale:
+                        out[f, s * N + n] = x[n, t, f] * scale[n, f]
+                    else:
+                        out[f, s * N + n] = x[n, t, f]
 
 
 def to_batch_major(const floating[:, :, ::1] xt, floating[:, :, ::1] out, bint reverse=False,
@@ -1063,6 +1166,10 @@ cdef void _rnn_bwd_chunk(const floating *g, const floating *dy, Py_ssize_t ldy, 
 # h (H, S, N) may hold only 1 (gates, act_c, rh) or 2 (c, h) steps: step t uses index
 # t % T_, so the full buffers (T, T+1) are the same code. Threads only ever read and
 # write their own units' rows of these; the packed operands are the only shared data.
+# GRU with rings (inference, T > 1) takes a loop of its own (_gru_ring_thread): per sliver
+# of W samples, the thread's four products go to a small scratch and the gate math
+# follows at once, reading h_{t-1} from the packed operand and writing h_t into the next
+# one; gates and rh are then left untouched.
 
 cdef enum:
     # Per-step multiply-adds below which one thread runs the loop (a barrier per step
@@ -1184,6 +1291,83 @@ cdef void _fwd_thread(int cell, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, Py_ssi
             _barrier(nt)
 
 
+cdef void _gru_ring_rows(floating *s, Py_ssize_t m, Py_ssize_t w, Py_ssize_t W,
+                         const floating *hp, floating *hn, floating *ho, Py_ssize_t ldo,
+                         const unsigned char *keep, int act, int ract) noexcept nogil:
+    """One sliver's GRU rows (inference): s holds 4 blocks of m rows W apart: z and r
+    pre-activations, the candidate's recurrent product + bias and its input product +
+    bias (overwritten). h_{t-1} from hp, h_t to hn (rows W apart) and ho (ldo apart)."""
+    cdef Py_ssize_t i, k, e, mw = m * W
+    cdef floating hh, v
+    if floating is float:
+        if act == ACT_TANH and ract == ACT_SIGMOID:
+            cn_gru_ring_rows(m, w, W, s, s + mw, s + 2 * mw, s + 3 * mw, hp, hn, ho, ldo,
+                             keep)
+            return
+    _act_inplace(ract, s, 2 * mw)
+    for e in range(mw):
+        s[3 * mw + e] = s[3 * mw + e] + s[mw + e] * s[2 * mw + e]
+    _act_inplace(act, s + 3 * mw, mw)
+    for i in range(m):
+        for k in range(w):
+            e = i * W + k
+            hh = s[3 * mw + e]
+            v = hh + s[e] * (hp[e] - hh)
+            if keep != NULL and keep[k] == 0:
+                v = hp[e]
+            hn[e] = v
+            ho[i * ldo + k] = v
+
+
+cdef void _gru_ring_thread(Py_ssize_t T, Py_ssize_t N, Py_ssize_t H, Py_ssize_t F,
+                           const floating *xf, const floating *A, floating *h, Py_ssize_t S,
+                           floating *P, Py_ssize_t W, floating *scratch, Py_ssize_t mmax,
+                           const unsigned char *mask, int act, int ract,
+                           Py_ssize_t mr) noexcept nogil:
+    """One thread's share of a GRU forward that keeps no gates (inference). Per step and
+    per sliver of W samples, the thread's units' four products land in its scratch
+    (4 mmax x W, in L1) and the gate math follows at once, reading h_{t-1} from the
+    packed operand and writing h_t into the next one (and into h) directly."""
+    cdef int tid = cn_omp_thread_num(), nt = cn_omp_num_threads()
+    cdef Py_ssize_t Kt = H + F + 2, slot = _cdiv(N, W) * Kt * W
+    cdef Py_ssize_t ldh = S * N, ldx = T * N
+    cdef Py_ssize_t j0, j1, f0, f1, t, q, m, v, w, mw
+    cdef floating *B
+    cdef floating *Bn
+    cdef floating *hc
+    cdef floating *s
+    cdef const unsigned char *keep
+    _split(H, mr, tid, nt, &j0, &j1)
+    _split(F, 1, tid, nt, &f0, &f1)
+    m = j1 - j0
+    mw = m * W
+    s = scratch + tid * 4 * mmax * W
+    _pack_rows(h, ldh, j0, j1, P, Kt, W, N, 0)             # h_0
+    _pack_rows(xf, ldx, f0, f1, P, Kt, W, N, H + 1)        # x_0
+    _barrier(nt)
+    for t in range(T):
+        B = P + (t % 2) * slot
+        Bn = P + ((t + 1) % 2) * slot
+        hc = h + ((t + 1) % S) * N
+        keep = mask + t * N if mask != NULL else NULL
+        if m > 0:
+            for v in range(_cdiv(N, W)):
+                w = min(W, N - v * W)
+                for q in range(2):
+                    _mm(m, w, Kt, A + (q * H + j0) * Kt, Kt, B + v * Kt * W, W,
+                        s + q * mw, W, False)
+                _mm(m, w, H + 1, A + (2 * H + j0) * Kt, Kt, B + v * Kt * W, W, s + 2 * mw, W,
+                    False)
+                _mm(m, w, F + 1, A + (2 * H + j0) * Kt + H + 1, Kt,
+                    B + (v * Kt + H + 1) * W, W, s + 3 * mw, W, False)
+                _gru_ring_rows(s, m, w, W, B + (v * Kt + j0) * W, Bn + (v * Kt + j0) * W,
+                               hc + j0 * ldh + v * W, ldh,
+                               keep + v * W if keep != NULL else NULL, act, ract)
+        if t + 1 < T:
+            _pack_rows(xf + (t + 1) * N, ldx, f0, f1, Bn, Kt, W, N, H + 1)
+            _barrier(nt)
+
+
 cdef void _bwd_thread(int cell, Py_ssize_t T, Py_ssize_t N, Py_ssize_t H,
                       const floating *gates, const floating *c, const floating *aux,
                       const floating *h, const floating *wrec, const floating *dy,
@@ -1280,7 +1464,8 @@ cdef _forward(int cell, const floating[:, ::1] xf, const floating[:, ::1] weight
     packed[:, :, H, :] = 1
     packed[:, :, Kt - 1, :] = 1
     zero = np.zeros(N, dtype)
-    xh = np.zeros((3 * H, N), dtype) if cell == 2 else zero
+    cdef bint fused = cell == 2 and gates.shape[0] == 1 and T > 1   # GRU inference
+    xh = np.zeros((3 * H, N), dtype) if cell == 2 and not fused else zero
     cdef floating[:, :, :, ::1] P = packed
     cdef floating[::1] z = zero
     cdef floating[:, ::1] xhv = xh.reshape(-1, N)
@@ -1291,6 +1476,15 @@ cdef _forward(int cell, const floating[:, ::1] xf, const floating[:, ::1] weight
     cdef Py_ssize_t Tc = c.shape[0] if cell == 1 else 1, Ta = aux.shape[0] if cell != 0 else 1
     cdef Py_ssize_t w = W, r = mr
     cdef int nt = _seq_threads(G * Kt * N, H, r)
+    cdef Py_ssize_t mmax = _cdiv(_cdiv(H, r), nt) * r
+    cdef floating[::1] sc
+    if fused:   # inference: no gates kept, the gate math fused per sliver
+        scratch = np.empty(nt * 4 * mmax * W, dtype)
+        sc = scratch
+        with nogil, parallel(num_threads=nt):
+            _gru_ring_thread(T, N, H, F, &xf[0, 0], &weights[0, 0], &h[0, 0, 0], S,
+                             &P[0, 0, 0, 0], w, &sc[0], mmax, pk, act, ract, r)
+        return
     with nogil, parallel(num_threads=nt):
         _fwd_thread(cell, T, N, H, F, &xf[0, 0], &weights[0, 0], &gates[0, 0, 0], Tg,
                     &h[0, 0, 0], S, pc, Tc, pa, Ta, &xhv[0, 0], &P[0, 0, 0, 0], w, &z[0], pk,
