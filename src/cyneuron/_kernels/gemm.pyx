@@ -290,17 +290,15 @@ cdef inline void _share(int64_t count, int t, int nt, int64_t *begin, int64_t *e
 
 
 # -- the epilogue ---------------------------------------------------------------------
-cdef void _epilogue(floating *c, int64_t ldc, int m, int n, const floating *bias,
-                    int act, floating alpha) noexcept nogil:
-    """C tile (m x n) = act(C + bias), in place."""
+cdef void _epilogue(floating *c, int64_t ldc, int m, int n, int act,
+                    floating alpha) noexcept nogil:
+    """C tile (m x n) = act(C), in place, for the activations the C loops leave out (the
+    bias, relu and leaky_relu: _cheap_bias_act)."""
     cdef int i, j
     cdef floating *row
     for i in range(m):
         row = c + i * ldc
-        if bias != NULL:
-            for j in range(n):
-                row[j] = row[j] + bias[j]
-        if act == EPI_SIGMOID:      # (relu, leaky_relu: the C loops, _cheap_bias_act)
+        if act == EPI_SIGMOID:
             for j in range(n):
                 row[j] = _math.sigmoid(row[j])
         elif act == EPI_TANH:
@@ -407,6 +405,7 @@ cdef inline void _finish(const Call *g, floating dummy, int64_t row, int64_t m, 
     (EPILOGUE_SLIVERS slivers wide, so still in cache; once per strip, not per tile)."""
     cdef floating *c = <floating *>g.C + row * g.ldc + col
     cdef bint avx2 = _table.isa != CN_ISA_GENERIC
+    cdef bint cheap
     if g.act_out != NULL:
         if g.act == EPI_RELU or g.act == EPI_LEAKY_RELU or g.act == EPI_SIGMOID \
                 or g.act == EPI_TANH:
@@ -416,17 +415,14 @@ cdef inline void _finish(const Call *g, floating dummy, int64_t row, int64_t m, 
             _epilogue_grad(c, g.ldc, <int>m, <int>n,
                            <const floating *>g.act_out + row * g.ldc + col, g.act,
                            <floating>g.alpha)
-    elif g.act == EPI_LINEAR or g.act == EPI_RELU or g.act == EPI_LEAKY_RELU:
-        if g.bias != NULL or g.act != EPI_LINEAR:
-            _cheap_bias_act(c, g.ldc, <int>m, <int>n,
-                            <const floating *>g.bias + col if g.bias != NULL else NULL,
-                            g.act, <floating>g.alpha, avx2)
-    elif g.bias != NULL:
-        _epilogue(<floating *>g.C + row * g.ldc + col, g.ldc, <int>m, <int>n,
-                  <const floating *>g.bias + col, g.act, <floating>g.alpha)
-    elif g.act != EPI_LINEAR:
-        _epilogue(<floating *>g.C + row * g.ldc + col, g.ldc, <int>m, <int>n,
-                  <const floating *>NULL, g.act, <floating>g.alpha)
+        return
+    cheap = g.act == EPI_RELU or g.act == EPI_LEAKY_RELU
+    if g.bias != NULL or cheap:      # the bias (and relu / leaky_relu) in the C loop
+        _cheap_bias_act(c, g.ldc, <int>m, <int>n,
+                        <const floating *>g.bias + col if g.bias != NULL else NULL,
+                        g.act if cheap else EPI_LINEAR, <floating>g.alpha, avx2)
+    if not cheap and g.act != EPI_LINEAR:
+        _epilogue(c, g.ldc, <int>m, <int>n, g.act, <floating>g.alpha)
 
 
 cdef inline void _gemv(int64_t k, int64_t n, const floating *x, int64_t incx,

@@ -22,12 +22,13 @@ import numpy as np
 
 from cython cimport floating
 from cython.parallel cimport parallel, prange
-from libc.math cimport exp, tanh
+from libc.math cimport tanh
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from cyneuron._kernels._openmp cimport (
     cn_omp_barrier, cn_omp_max_threads, cn_omp_num_threads, cn_omp_thread_num, threads_for)
+from cyneuron._kernels cimport _math
 from cyneuron._kernels.gemm cimport dgemm_serial, sgemm_serial
 from cyneuron._kernels.gemm import block_sizes as _gemm_block_sizes
 from cyneuron._kernels.gemm import get_isa as _gemm_isa
@@ -655,19 +656,19 @@ _sync_isa()
 
 # -- scalar math ------------------------------------------------------------------------
 cdef inline floating _tanh(floating x) noexcept nogil:
+    """float32: the vectorizable cn_tanhf; float64: libm's (as _math.ftanh)."""
     if floating is float:
         return cn_tanhf(x)
     else:
-        return tanh(x)
+        return _math.ftanh(x)
 
 
 cdef inline floating _sigmoid(floating x) noexcept nogil:
+    """float32: the vectorizable cn_sigmoidf; float64: the overflow-free _math.sigmoid."""
     if floating is float:
         return cn_sigmoidf(x)
     else:
-        if x >= 0:
-            return 1 / (1 + exp(-x))
-        return exp(x) / (1 + exp(x))
+        return _math.sigmoid(x)
 
 
 cdef void _act_inplace(int code, floating *x, Py_ssize_t n) noexcept nogil:
