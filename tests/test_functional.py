@@ -618,3 +618,57 @@ def test_eager_layer_call_on_arrays_still_works():
     x = _x(4, 2)
     np.testing.assert_allclose(dense(x), x @ dense.kernel + dense.bias)
     np.testing.assert_allclose(layers.Add(dtype="float64")([x, x]), 2 * x)
+
+
+def test_general_graph_loop_equals_the_one_path_loop():
+    """A linear graph runs a tight loop over its layers; the general loop over the plan
+    (used by every other graph) gives the same bits."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((32, 10)).astype(np.float32)
+    y = rng.integers(0, 4, 32)
+    models = []
+    for general in (False, True):
+        cn.set_seed(5)
+        model = cn.Sequential(_mlp_layers())
+        model.compile(optimizer=cn.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        model.build((10,))
+        assert model._chain is not None
+        if general:
+            model._chain = None
+        model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+        models.append(model)
+    for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_losses_on_outputs_of_any_rank():
+    rng = np.random.default_rng(13)
+    p = rng.uniform(0.05, 1, (3, 4, 5))
+    p /= p.sum(-1, keepdims=True)
+    labels = rng.integers(0, 5, (3, 4))
+    loss = cn.losses.SparseCategoricalCrossentropy(reduction="none")
+    per = loss(labels, p)
+    assert per.shape == (3, 4)
+    np.testing.assert_allclose(per, -np.log(np.take_along_axis(p, labels[..., None], -1))[..., 0])
+    np.testing.assert_allclose(cn.losses.SparseCategoricalCrossentropy()(labels, p), per.mean())
+    w = rng.uniform(0, 1, (3, 4))
+    np.testing.assert_allclose(cn.losses.SparseCategoricalCrossentropy()(labels, p, w),
+                               (per * w).mean())
+    t = rng.standard_normal((3, 4, 5))
+    np.testing.assert_allclose(cn.losses.MeanSquaredError()(t, p), np.mean((t - p) ** 2))
+    onehot = np.eye(5)[labels]
+    np.testing.assert_allclose(cn.losses.CategoricalCrossentropy()(onehot, p), per.mean())
+    with pytest.raises(ValueError, match=r"class labels of shape \(3, 4\)"):
+        loss(labels[:, :3], p)
+
+
+def test_metrics_with_a_padding_mask():
+    acc = cn.metrics.get("accuracy")
+    y_pred = np.array([[[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]])
+    labels = np.array([[0, 0, 1]])
+    acc.update(labels, y_pred, sample_weight=np.array([[True, False, False]]))
+    assert acc.result() == 1.0
+    mse = cn.metrics.get("mse")
+    mse.update(np.zeros((1, 3, 2)), y_pred, sample_weight=np.array([[1, 1, 0]]))
+    np.testing.assert_allclose(mse.result(), np.mean(y_pred[0, :2] ** 2))

@@ -348,6 +348,17 @@ class Model(Layer):
         self._steps = steps
         self._pairs = pairs
         self._consumers = consumers
+        # A one-path graph (every Sequential) runs through a tight loop over its layers.
+        chain = (len(self._in_slots) == 1 and len(self._out_slots) == 1 and not pairs
+                 and not self._has_masks and steps and self._out_slots[0] == steps[-1].outs[0])
+        previous = self._in_slots[0] if self._in_slots else None
+        for s in steps if chain else []:
+            if s.many or s.multi_out or s.ins != (previous,) or consumers[s.outs[0]] != 1:
+                chain = False
+                break
+            previous = s.outs[0]
+        self._chain = [s.layer for s in steps] if chain else None
+        self._chain_fuse = [s.fuse_prev for s in steps]
         self._vals = [None] * self._n_slots
         self._masks = [None] * self._n_slots
         self._acc = {}
@@ -985,6 +996,8 @@ class Model(Layer):
         Returns (loss, outputs): arrays for one output, lists for several."""
         self._ensure_bound()
         self._update_fusion()
+        if self._chain is not None:
+            return self._chain_forward_backward(x, targets, sample_weight)
         xs, ts, ws = self._wrap_in(x), self._wrap_out(targets), self._wrap_out(sample_weight)
         outs = self._run_forward(xs, True, logits=True)
         out_grads, per_output, total = [], [], 0.0
@@ -1006,7 +1019,7 @@ class Model(Layer):
                 g *= lw
             out_grads.append(g)
             per_output.append(value)
-            total = value if len(outs) == 1 else total + lw * value
+            total = (value if lw == 1.0 else lw * value) if len(outs) == 1 else total + lw * value
         self._last_losses = per_output
         self._run_backward(out_grads, logits=True)
         self._zero_frozen(self._compiled_segments)
@@ -1014,6 +1027,46 @@ class Model(Layer):
             if self._fused[k]:
                 outs[k] = self._fused_activation(outs[k], k)
         return total, self._unwrap_out(outs)
+
+    def _chain_forward_backward(self, x, targets, sample_weight):
+        """_forward_backward for a one-path graph: the same calls as the general loop,
+        without its bookkeeping."""
+        layers, fuse = self._chain, self._chain_fuse
+        h = x
+        for layer in layers[:-1]:
+            h = layer._forward(h, True)
+        last = layers[-1]
+        n = len(layers)
+        into = layers[n - 2]._grad_epilogue() if fuse[n - 1] else None
+        extra = {} if into is None else {"into": into}
+        loss_fn = self._losses[0]
+        fused = self._fused[0]
+        if fused:
+            out = last._forward_logits(h, True)
+            loss, g = loss_fn.value_and_grad_logits(targets, out, sample_weight)
+        else:
+            out = last._forward(h, True)
+            loss, g = loss_fn.value_and_grad(targets, out, sample_weight)
+        lw = self._loss_weights[0]
+        if lw != 1.0:
+            g *= lw
+            loss = loss * lw
+        self._last_losses = [loss]
+        if fused:
+            g = last._backward_logits(g, n > 1, **extra)
+            out = self._fused_activation(out)
+        else:
+            g = last._backward(g, n > 1, **extra)
+        for i in range(n - 2, -1, -1):
+            g_is_dz = into is not None   # layer i+1 applied layer i's derivative
+            into = layers[i - 1]._grad_epilogue() if fuse[i] else None
+            if into is None and not g_is_dz:
+                g = layers[i]._backward(g, i > 0)
+            else:
+                g = layers[i]._backward(g, i > 0, into=into, grad_is_dz=g_is_dz)
+        if self._compiled_segments is not None:
+            self._zero_frozen(self._compiled_segments)
+        return loss, out
 
     def _fused_activation(self, z, k=0):
         """The output activation applied in place to the logits of the fused path, so
@@ -1024,7 +1077,10 @@ class Model(Layer):
 
     def _train_step(self, x, targets, sample_weight=None):
         loss, out = self._forward_backward(x, targets, sample_weight)
-        self._apply_optimizer(self.optimizer, self._compiled_segments)
+        if self._compiled_segments is None:
+            self.optimizer.apply_gradients(self._params, self._grads)
+        else:
+            self.optimizer._apply_segments(self._params, self._grads, self._compiled_segments)
         return loss, out
 
     def _update_metrics(self, targets, outs, start_logs=None):
@@ -1397,8 +1453,9 @@ class Model(Layer):
                 else:
                     value, _ = loss.value_and_grad(tb, out, wb, **kw)
                 per_sums[k] += float(value) * m
-                batch_total = value if len(outs) == 1 else batch_total + \
-                    self._loss_weights[k] * value
+                lw = self._loss_weights[k]
+                batch_total = (value if lw == 1.0 else lw * value) if len(outs) == 1 else \
+                    batch_total + lw * value
             total += float(batch_total) * m
             self._update_metrics(self._unwrap_out([None if t is None else
                                                    t[start:start + batch_size] for t in ts]),
