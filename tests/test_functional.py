@@ -672,3 +672,18 @@ def test_metrics_with_a_padding_mask():
     mse = cn.metrics.get("mse")
     mse.update(np.zeros((1, 3, 2)), y_pred, sample_weight=np.array([[1, 1, 0]]))
     np.testing.assert_allclose(mse.result(), np.mean(y_pred[0, :2] ** 2))
+
+
+def test_sequential_inside_sequential_and_unbuilt_sequential_in_a_graph():
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    inner = cn.Sequential([layers.Dense(4, activation="tanh")])
+    outer = cn.Sequential([inner, layers.Dense(2)])
+    outer.build((3,))
+    assert np.shares_memory(inner._params, outer._params)
+    np.testing.assert_allclose(outer.predict(x), layers.Dense.forward(
+        outer.layers[1], inner.predict(x)), rtol=1e-6)
+    block = cn.Sequential([layers.Dense(3)])
+    inp = cn.Input((3,))
+    model = cn.Model(inp, layers.Add()([inp, block(inp)]))
+    np.testing.assert_allclose(model.predict(x), x + block.predict(x), rtol=1e-6)

@@ -1613,11 +1613,18 @@ class Sequential(Model):
             if layer.built and layer.input_shape != here and not isinstance(layer, Model):
                 raise ValueError(f"layer {layer.name!r} was built for inputs {layer.input_shape}, "
                                  f"but receives {here} here")
-            layer.dtype = self.dtype
             if isinstance(layer, Model):
-                layer._check_call_shapes(here)
-            elif not layer.built:
-                layer.build(here)
+                if layer.dtype != self.dtype:
+                    raise ValueError(f"model {layer.name!r} is {layer.dtype.name} but the "
+                                     f"Sequential {self.name!r} is {self.dtype.name}")
+                if layer.built:
+                    layer._check_call_shapes(here)
+                else:
+                    layer.build(here)
+            else:
+                layer.dtype = self.dtype
+                if not layer.built:
+                    layer.build(here)
             out = layer.compute_output_shape(here)
             t = connect(layer, [t], False, [out])[0]
         self._init_graph(inp, t)
