@@ -134,18 +134,18 @@ def bench_resnet(args, out):
     """`python -m cyneuron bench resnet`: training step and inference tables."""
     import cyneuron as cn
 
-    from ._bench import _mlp_table
+    from ._bench import _rate_table
 
     threads = cn.get_num_threads()
     x, y = resnet_data()
     net = (f"Conv{RESNET_CHANNELS} + {RESNET_BLOCKS} residual blocks (2 x Conv{RESNET_CHANNELS} "
            f"3x3 + Add) + GAP + Dense{RESNET_CLASSES}")
     fns, missing = train_callables(threads, x, y)
-    train = _mlp_table(f"ResNet-style CNN {net}, train step (forward + backward + Adam), batch "
-                       f"{RESNET_BATCH}, 28x28x1, float32, {threads} threads", fns, missing,
-                       RESNET_BATCH, args, out, IMPLEMENTATIONS)
+    train = _rate_table(f"ResNet-style CNN {net}, train step (forward + backward + Adam), "
+                        f"batch {RESNET_BATCH}, 28x28x1, float32, {threads} threads", fns,
+                        missing, RESNET_BATCH, args, out, "samples/s", IMPLEMENTATIONS)
     fns, missing = predict_callables(threads, x)
-    infer = _mlp_table(f"ResNet-style CNN inference (softmax probabilities), batch "
-                       f"{RESNET_BATCH}, float32, {threads} threads", fns, missing,
-                       RESNET_BATCH, args, out, IMPLEMENTATIONS)
+    infer = _rate_table(f"ResNet-style CNN inference (softmax probabilities), batch "
+                        f"{RESNET_BATCH}, float32, {threads} threads", fns, missing,
+                        RESNET_BATCH, args, out, "samples/s", IMPLEMENTATIONS)
     return train, infer
