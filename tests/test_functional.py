@@ -687,3 +687,25 @@ def test_sequential_inside_sequential_and_unbuilt_sequential_in_a_graph():
     inp = cn.Input((3,))
     model = cn.Model(inp, layers.Add()([inp, block(inp)]))
     np.testing.assert_allclose(model.predict(x), x + block.predict(x), rtol=1e-6)
+
+
+def test_model_replica_shares_weights_with_its_own_buffers():
+    """model._replica(): the same weights, its own per-call state (what concurrent
+    inference builds on): predictions from threads agree with the model's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(15)
+    a, b = cn.Input((5,)), cn.Input((5,))
+    shared = layers.Dense(6, activation="tanh")
+    model = cn.Model([a, b], layers.Dense(3)(layers.Concatenate()([shared(a), shared(b)])))
+    xs = [[rng.standard_normal((50, 5)).astype(np.float32) for _ in range(2)] for _ in range(4)]
+    expected = [model.predict(x) for x in xs]
+    replicas = [model._replica() for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda rx: rx[0].predict(rx[1]), zip(replicas, xs)))
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(e, g)
+    model.get_layer(shared.name).set_weights([np.zeros((5, 6)), np.zeros(6)])
+    np.testing.assert_array_equal(replicas[0].predict(xs[0]), model.predict(xs[0]))
+    with pytest.raises(ValueError, match="no layer named 'nope'"):
+        model.get_layer("nope")

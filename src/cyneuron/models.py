@@ -369,6 +369,7 @@ class Model(Layer):
         layer, its own plan; its gradients are added into this model's afterwards."""
         r = copy.copy(self)
         r._buffers = {}
+        r._batch_buffers = {}
         r._replica_of = self
         mapping = {id(layer): layer._replica() for layer in self._param_layers}
         r._param_layers = [mapping[id(layer)] for layer in self._param_layers]
@@ -583,6 +584,20 @@ class Model(Layer):
         if missing:
             raise ValueError(f"model {self.name!r}: inputs {missing} are missing")
         return [inputs[n] for n in self.input_names]
+
+    def get_layer(self, name=None, index=None):
+        """The layer called `name` (or at position `index` of model.layers)."""
+        if index is not None:
+            if not isinstance(index, numbers.Integral) or not -len(self.layers) <= index < len(
+                    self.layers):
+                raise ValueError(f"index {index!r} is not a position in model.layers "
+                                 f"({len(self.layers)} layers)")
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"model {self.name!r} has no layer named {name!r}; its layers are "
+                         f"{[layer.name for layer in self.layers]}")
 
     # -- trainable ---------------------------------------------------------------------------
     @property
