@@ -709,3 +709,19 @@ def test_model_replica_shares_weights_with_its_own_buffers():
     np.testing.assert_array_equal(replicas[0].predict(xs[0]), model.predict(xs[0]))
     with pytest.raises(ValueError, match="no layer named 'nope'"):
         model.get_layer("nope")
+
+
+def test_gradients_attention_built_from_merge_layers():
+    """Self-attention from Dot, softmax and Dot: one input fans out to queries, keys and
+    values, a residual Add closes the block."""
+    inp = cn.Input((5, 4), dtype="float64")
+    q = layers.TimeDistributed(layers.Dense(4))(inp)
+    k = layers.TimeDistributed(layers.Dense(4))(inp)
+    v = layers.TimeDistributed(layers.Dense(4))(inp)
+    scores = layers.Dot(axes=(2, 2))([q, k])                       # (batch, 5, 5)
+    weights = layers.Activation("softmax")(scores)
+    attended = layers.Dot(axes=(2, 1))([weights, v])               # (batch, 5, 4)
+    out = layers.Add()([inp, attended])
+    model = cn.Model(inp, out)
+    assert model.output_shape == (5, 4)
+    check_graph_gradients(model, _x(3, 5, 4))
