@@ -725,3 +725,12 @@ def test_gradients_attention_built_from_merge_layers():
     model = cn.Model(inp, out)
     assert model.output_shape == (5, 4)
     check_graph_gradients(model, _x(3, 5, 4))
+
+
+def test_layer_both_inside_a_nested_model_and_outside_is_refused():
+    inp = cn.Input((3,))
+    dense = layers.Dense(3, name="twice_used")
+    inner = cn.Model(inp, dense(inp), name="holder")
+    outer_in = cn.Input((3,))
+    with pytest.raises(ValueError, match=r"'twice_used' is used both inside nested model 'holder'"):
+        cn.Model(outer_in, dense(inner(outer_in)))

@@ -223,9 +223,10 @@ class Model(Layer):
             members = layer._all_layers() if isinstance(layer, Model) else [layer]
             for m in members:
                 if id(m) in seen and seen[id(m)] is not layer:
+                    nested = layer if isinstance(layer, Model) else seen[id(m)]
                     raise ValueError(f"Model {self.name!r}: layer {m.name!r} is used both inside "
-                                     f"nested model {(layer if isinstance(layer, Model) else seen[id(m)]).name!r} "
-                                     f"and elsewhere in the graph; call the nested model instead")
+                                     f"nested model {nested.name!r} and elsewhere in the graph; "
+                                     f"call the nested model instead")
                 seen[id(m)] = layer
 
     def _all_layers(self):
