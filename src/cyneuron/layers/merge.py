@@ -188,18 +188,27 @@ class _Extremum(_Merge):
         np.copyto(y, xs[0])
         winner.fill(0)
         better = np.greater if self._pick == "max" else np.less
+        won = self._bool_buffer(xs[0].shape)
         for i, x in enumerate(xs[1:], 1):
-            won = better(x, y)
+            better(x, y, out=won)
             np.copyto(y, x, where=won)
-            winner[won] = i
+            np.copyto(winner, i, where=won)
         self._winner = winner
         return y
 
+    def _bool_buffer(self, shape):
+        buf = self._buffers.get("won")
+        if buf is None or buf.shape != shape:
+            buf = self._buffers["won"] = np.empty(shape, bool)
+        return buf
+
     def _split(self, g):
         grads = []
+        won = self._bool_buffer(g.shape)
         for i in range(self._n):
             d = self._buffer(f"dx{i}", g.shape)
-            np.multiply(g, self._winner == i, out=d)
+            np.equal(self._winner, i, out=won)
+            np.multiply(g, won, out=d)
             grads.append(d)
         return grads
 
@@ -361,8 +370,10 @@ class Dot(_Merge):
         (x0, x1), (a, b), (am, bm) = self._xs, self._ab, self._mats
         n = g.shape[0]
         gm = g.reshape(n, am.shape[1], bm.shape[2])
-        da = np.matmul(gm, bm.transpose(0, 2, 1))          # (n, rest_a, k)
-        db = np.matmul(am.transpose(0, 2, 1), gm)          # (n, k, rest_b)
+        da = np.matmul(gm, bm.transpose(0, 2, 1),            # (n, rest_a, k)
+                       out=self._buffer("da", (n, am.shape[1], am.shape[2])))
+        db = np.matmul(am.transpose(0, 2, 1), gm,            # (n, k, rest_b)
+                       out=self._buffer("db", (n, bm.shape[1], bm.shape[2])))
         moved0 = np.moveaxis(x0, a, -1).shape
         moved1 = np.moveaxis(x1, b, 1).shape
         d0 = self._buffer("dx0", x0.shape)
