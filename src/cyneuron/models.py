@@ -13,6 +13,13 @@ All trainable parameters of the graph, nested models included, live in one flat 
 into it, a nested model's parameters a contiguous slice, so the optimizer step is one
 fused kernel over the whole model (the KANN design). Non-trainable weights (moving
 statistics) stay with their layers; get_weights() lists both, in layer order.
+
+Per-call state (what one forward/backward pass writes, so what two concurrent passes
+must not share): the engine's per-slot lists `_vals` / `_masks`, its fan-out sums
+`_acc`, fit's gather buffers `_batch_buffers`, and in every layer its `_buffers` and the
+attributes its last forward left for backward (`_x`, `_y`, masks...). `model._replica()`
+returns a model sharing every weight array with fresh per-call state (replicas of every
+layer): a thread running inference on its own replica leaves the others' passes alone.
 """
 import copy
 import numbers
