@@ -707,6 +707,11 @@ def test_model_replica_shares_weights_with_its_own_buffers():
         np.testing.assert_array_equal(e, g)
     model.get_layer(shared.name).set_weights([np.zeros((5, 6)), np.zeros(6)])
     np.testing.assert_array_equal(replicas[0].predict(xs[0]), model.predict(xs[0]))
+    # the model re-binds (another model took the shared layer): its replicas follow
+    other = cn.Model(a, shared(a))
+    other.predict(xs[0][0])
+    np.testing.assert_array_equal(replicas[1].predict(xs[1]), model.predict(xs[1]))
+    np.testing.assert_array_equal(other.predict(xs[0][0]), np.zeros((50, 6), np.float32))
     with pytest.raises(ValueError, match="no layer named 'nope'"):
         model.get_layer("nope")
 

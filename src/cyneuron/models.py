@@ -296,7 +296,12 @@ class Model(Layer):
         """Layers shared with another model may have been bound into that model's buffer
         since: take them back (their current values are copied in)."""
         if self._epoch != _BIND_EPOCH[0]:
-            if not self._owns_weights():
+            primary = self.__dict__.get("_replica_of")
+            if primary is not None:        # a replica follows its model's buffers
+                primary._ensure_bound()
+                self._params, self._grads = primary._params, primary._grads
+                self._expected = primary._expected
+            elif not self._owns_weights():
                 _BIND_EPOCH[0] += 1
                 self._bind(self._params, self._grads, 0)
             self._epoch = _BIND_EPOCH[0]
