@@ -739,3 +739,27 @@ def test_layer_both_inside_a_nested_model_and_outside_is_refused():
     outer_in = cn.Input((3,))
     with pytest.raises(ValueError, match=r"'twice_used' is used both inside nested model 'holder'"):
         cn.Model(outer_in, dense(inner(outer_in)))
+
+
+def test_load_refuses_a_forged_graph(tmp_path):
+    import json
+    import zipfile
+
+    inp = cn.Input((3,))
+    model = cn.Model(inp, layers.Dense(2)(inp))
+    path = tmp_path / "g.cyn"
+    model.save(path)
+    with zipfile.ZipFile(path) as zf:
+        header = json.loads(zf.read("cyneuron.json"))
+        members = {n: zf.read(n) for n in zf.namelist() if n != "cyneuron.json"}
+    for forged in ({"outputs": [-1]}, {"outputs": [7]}, {"nodes": [{"layer": "nope",
+                                                                      "inputs": [0]}]}):
+        bad = json.loads(json.dumps(header))
+        bad["model"].update(forged)
+        target = tmp_path / "bad.cyn"
+        with zipfile.ZipFile(target, "w") as zf:
+            zf.writestr("cyneuron.json", json.dumps(bad))
+            for name, data in members.items():
+                zf.writestr(name, data)
+        with pytest.raises(ValueError, match="cannot rebuild the model"):
+            cn.load_model(target)

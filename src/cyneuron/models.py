@@ -772,12 +772,19 @@ class Model(Layer):
             dtype = config.get("dtype", "float32")
             tensors = [Input(shape=tuple(c["shape"]), dtype=dtype, name=c["name"])
                        for c in config["inputs"]]
+            def tensor(i):
+                if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(tensors):
+                    raise IndexError(f"tensor id {i!r} is not one made before it")
+                return tensors[i]
+
             for node in config["nodes"]:
                 layer = layers[node["layer"]]
-                args = [tensors[i] for i in node["inputs"]]
+                args = [tensor(i) for i in node["inputs"]]
+                if not args:
+                    raise IndexError(f"node of layer {node['layer']!r} has no inputs")
                 out = layer(args if node.get("many") or len(args) > 1 else args[0])
                 tensors.extend(out if isinstance(out, list) else [out])
-            outs = [tensors[i] for i in config["outputs"]]
+            outs = [tensor(i) for i in config["outputs"]]
             names = config.get("output_names")
             ins = tensors[:len(config["inputs"])]
             inputs = ins[0] if config.get("input_structure") == "single" else \
