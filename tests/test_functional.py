@@ -763,3 +763,34 @@ def test_load_refuses_a_forged_graph(tmp_path):
                 zf.writestr(name, data)
         with pytest.raises(ValueError, match="cannot rebuild the model"):
             cn.load_model(target)
+
+
+def test_autoencoder_with_a_shared_encoder_model():
+    """An encoder model nested in an autoencoder and called on two views: training the
+    autoencoder trains the encoder (its parameters are a slice of the outer buffer)."""
+    rng = np.random.default_rng(16)
+    basis = rng.standard_normal((3, 12))
+    x = (rng.standard_normal((400, 3)) @ basis).astype(np.float32)
+    noisy = (x + 0.05 * rng.standard_normal(x.shape)).astype(np.float32)
+    cn.set_seed(16)
+    enc_in = cn.Input((12,))
+    encoder = cn.Model(enc_in, layers.Dense(3)(layers.Dense(16, activation="tanh")(enc_in)),
+                       name="encoder")
+    clean_in, noisy_in = cn.Input((12,), name="clean"), cn.Input((12,), name="noisy")
+    decoder = layers.Dense(12, name="decoder")
+    code_clean, code_noisy = encoder(clean_in), encoder(noisy_in)
+    model = cn.Model([clean_in, noisy_in],
+                     {"recon": decoder(code_noisy),
+                      "agree": layers.Subtract(name="agree")([code_clean, code_noisy])})
+    model.compile(optimizer=cn.optimizers.Adam(0.01), loss={"recon": "mse", "agree": "mse"},
+                  loss_weights={"recon": 1.0, "agree": 0.1})
+    before = encoder.get_weights()
+    zeros = np.zeros((400, 3), np.float32)
+    first = model.evaluate([x, noisy], {"recon": x, "agree": zeros})["recon_loss"]
+    model.fit([x, noisy], {"recon": x, "agree": zeros}, epochs=30, batch_size=32, verbose=0)
+    last = model.evaluate([x, noisy], {"recon": x, "agree": zeros})["recon_loss"]
+    assert last < 0.2 * first
+    assert all(not np.array_equal(a, b) for a, b in zip(before, encoder.get_weights()))
+    codes = model.predict([x, noisy])
+    np.testing.assert_allclose(codes["agree"], encoder.predict(x) - encoder.predict(noisy),
+                               rtol=1e-4, atol=1e-5)
