@@ -173,10 +173,18 @@ class _Conv(SpatialLayer):
             gemm(cols, kernel, y.reshape(rows, f), bias=bias, activation=self._epilogue)
         else:
             gemm(cols, kernel, y.reshape(rows, f), bias=bias)
-            self.activation.forward(y, out=y)
+            y = self._activate(y)
         self._x, self._cols, self._y, self._plan_used = x, cols, y, plan
         self._last_output_shape = y.shape
         return y
+
+    def _activate(self, z):
+        """The activation the GEMM epilogue does not apply, on z (bias added): in place,
+        or into a buffer of its own when its backward needs z (gelu, swish, hard_swish...)."""
+        if not self.activation.needs_input:
+            return self.activation.forward(z, out=z)
+        self._z = z
+        return self.activation.forward(z, out=self._buffer("y_act", z.shape))
 
     def _activation_bias_backward(self, grad_output):
         """dZ = the gradient before the activation, as (rows, F); fills the bias gradient."""
@@ -185,7 +193,8 @@ class _Conv(SpatialLayer):
         y2, dy2 = self._y.reshape(-1, f), grad_output.reshape(-1, f)
         if self._epilogue is None:  # an activation the fused kernel does not know
             dz = self.activation.backward(self._y, grad_output,
-                                          out=self._buffer("dz", grad_output.shape))
+                                          out=self._buffer("dz", grad_output.shape),
+                                          x=self._z if self.activation.needs_input else None)
             dz = dz.reshape(-1, f)
             _k.activation_bias_backward(dz, dz, None, db, EPILOGUES["linear"])
         elif self._epilogue == EPILOGUES["linear"]:
@@ -262,7 +271,7 @@ class _Conv(SpatialLayer):
                 gemm(a, b, out)
             _wino.output_transform(m, y[n0:n1], bias, code)
         if self._epilogue is None:
-            self.activation.forward(y, out=y)
+            y = self._activate(y)
         self._x, self._y, self._plan_used = x, y, plan
         self._last_output_shape = y.shape
         return y
@@ -307,7 +316,8 @@ class _Conv(SpatialLayer):
     def get_config(self):
         return {"name": self.name, "filters": self.filters, "kernel_size": self.kernel_size,
                 "strides": self.strides, "padding": self.padding,
-                "dilation_rate": self.dilation_rate, "activation": self.activation.name,
+                "dilation_rate": self.dilation_rate,
+                "activation": activations.serialize(self.activation),
                 "use_bias": self.use_bias}
 
 
@@ -456,6 +466,8 @@ class Conv2DTranspose(SpatialLayer):
     def bias(self):
         return self._weights[1] if self.use_bias else None
 
+    _activate = _Conv._activate
+
     def _geometry(self, h, w, crop):
         """col2im / im2col arguments: the output plays Conv2D's input, x its output."""
         return self.kernel_size, self.strides, self.dilation_rate, crop, (h, w)
@@ -471,12 +483,8 @@ class Conv2DTranspose(SpatialLayer):
         _k.col2im(cols, y, *self._geometry(h, w, crop))
         if self.use_bias:
             y += self._weights[1]
-        if self.activation.needs_input:       # backward reads z: keep it apart from y
-            z, y = y, self._buffer("y_act", y.shape)
-            self.activation.forward(z, out=y)
-            self._z = z
-        elif self.activation.name != "linear":
-            self.activation.forward(y, out=y)
+        if self.activation.name != "linear":
+            y = self._activate(y)
         self._x, self._y, self._crop = x, y, crop
         self._last_output_shape = y.shape
         return y
@@ -488,7 +496,7 @@ class Conv2DTranspose(SpatialLayer):
         if self._epilogue is None:       # an activation the fused kernel does not know
             dz = self.activation.backward(self._y, grad_output,
                                           out=self._buffer("dz", grad_output.shape),
-                                          x=getattr(self, "_z", None))
+                                          x=self._z if self.activation.needs_input else None)
             _k.activation_bias_backward(dz.reshape(-1, f), dz.reshape(-1, f), None, db,
                                         EPILOGUES["linear"])
         elif self._epilogue == EPILOGUES["linear"]:
