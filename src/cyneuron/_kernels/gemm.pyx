@@ -85,6 +85,7 @@ cdef extern from "cn_kernels.h" nogil:
     int cn_cpu_supports(int isa)
     int cn_best_isa()
     const cn_kernel_table *cn_kernels_for(int isa)
+    const cn_kernel_table *cn_kernel_layout(int isa)
 
 
 cdef extern from *:
@@ -232,10 +233,31 @@ def set_isa(str name):
     _table = cn_kernels_for(isa)
 
 
-def block_sizes(str dtype):
-    """(MR, NR, MC, KC, NC) of the current path for 'float32' or 'float64'."""
-    cdef int mr = _table.s_mr if dtype == "float32" else _table.d_mr
-    cdef int nr = _table.s_nr if dtype == "float32" else _table.d_nr
+cdef const cn_kernel_table *_layout(isa) except NULL:
+    """The table of `isa` (a name; None: the path in use) for its blocking only: any ISA
+    compiled in, whether or not this CPU runs it."""
+    if isa is None:
+        return _table
+    if isa not in ISA_NAMES:
+        raise ValueError(f"isa must be one of {ISA_NAMES} or None, got {isa!r}")
+    cdef const cn_kernel_table *t = cn_kernel_layout(ISA_NAMES.index(isa))
+    if t == NULL:
+        raise ValueError(f"isa {isa!r} is not compiled into this build")
+    return t
+
+
+def compiled_isas():
+    """Instruction sets compiled into this build (their blocking can be inspected
+    even where this CPU cannot run them)."""
+    return tuple(n for i, n in enumerate(ISA_NAMES) if cn_kernel_layout(i) != NULL)
+
+
+def block_sizes(str dtype, isa=None):
+    """(MR, NR, MC, KC, NC) for 'float32' or 'float64' on instruction set `isa`
+    (default: the path in use)."""
+    cdef const cn_kernel_table *t = _layout(isa)
+    cdef int mr = t.s_mr if dtype == "float32" else t.d_mr
+    cdef int nr = t.s_nr if dtype == "float32" else t.d_nr
     return (mr, nr, (MC_TARGET // mr) * mr, KC_BLOCK, (NC_TARGET // nr) * nr)
 
 
@@ -753,18 +775,21 @@ cdef int _plan(Call *g, _Workspace ws, int nthreads, size_t item) except -1:
     return 0
 
 
-def plan(a, b, int threads=1):
-    """How a @ b would run on `threads` threads: {"plan": "direct" | "packed",
-    "split": "rows" | "columns", "pack_a": bool} (for tests and profiling)."""
+def plan(a, b, int threads=1, isa=None):
+    """How a @ b would run on `threads` threads with the blocking of instruction set
+    `isa` (default: the path in use; any compiled ISA, runnable here or not):
+    {"plan": "direct" | "packed", "split": "rows" | "columns", "pack_a": bool}
+    (for tests and profiling)."""
     cdef Call g
     cdef size_t item = a.itemsize
+    cdef const cn_kernel_table *t = _layout(isa)
     g.M, g.K, g.N = a.shape[0], a.shape[1], b.shape[1]
     g.rsa, g.csa = a.strides[0] // item, a.strides[1] // item
     g.rsb, g.csb = b.strides[0] // item, b.strides[1] // item
     if item == 4:
-        g.mr, g.nr = _table.s_mr, _table.s_nr
+        g.mr, g.nr = t.s_mr, t.s_nr
     else:
-        g.mr, g.nr = _table.d_mr, _table.d_nr
+        g.mr, g.nr = t.d_mr, t.d_nr
     _choose(&g, max(1, threads), item)
     return {"plan": "direct" if g.direct else "packed",
             "split": "rows" if g.split_rows else "columns", "pack_a": bool(g.pack_a)}
