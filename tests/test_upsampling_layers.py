@@ -239,6 +239,45 @@ def test_upsampling2d_pytorch_parity(interpolation, dtype):
     np.testing.assert_allclose(dx, t.grad.numpy().transpose(0, 2, 3, 1), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_upsampling_kernels_on_each_thread_count(dtype, kernel_threads):
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(5, 9, 7, 3)).astype(dtype)
+    tol = 2e-6 if dtype == np.float32 else 1e-13
+    for interpolation in ("nearest", "bilinear"):
+        layer = layers.UpSampling2D((2, 3), interpolation=interpolation, dtype=dtype)
+        y = layer.forward(x)
+        assert y.dtype == dtype
+        ref = (np.repeat(np.repeat(x, 2, axis=1), 3, axis=2) if interpolation == "nearest"
+               else _bilinear_ref(x.astype(np.float64), 2, 3))
+        np.testing.assert_allclose(y, ref, rtol=tol, atol=tol)
+        g = rng.normal(size=y.shape).astype(dtype)
+        dx = layer.backward(g)
+        # the adjoint: <forward(x), g> == <x, backward(g)>
+        np.testing.assert_allclose(np.vdot(y.astype(np.float64), g), np.vdot(x, dx.astype(np.float64)),
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_upsampling_kernels_check_their_buffers():
+    from cyneuron._kernels import pooling as k
+    x = np.ones((2, 3, 4, 1))
+    with pytest.raises(ValueError, match=r"\by\b.*\(2, 6, 8, 1\)"):
+        k.upsample_nearest(x, np.empty((2, 6, 7, 1)), 2, 2)
+    with pytest.raises(ValueError, match="dy"):
+        k.upsample_nearest_backward(np.ones((2, 6, 8, 2)), np.empty((2, 3, 4, 1)), 2, 2)
+    with pytest.raises(ValueError, match="size"):
+        k.upsample_nearest(x, np.empty((2, 6, 8, 1)), 0, 2)
+    lo, f = np.zeros(6, np.intp), np.zeros(6)
+    lo_w, f_w = np.zeros(8, np.intp), np.zeros(8)
+    bad = lo.copy()
+    bad[2] = 3                                     # row 3 does not exist
+    with pytest.raises(ValueError, match="row tap"):
+        k.upsample_bilinear(x, np.empty((2, 6, 8, 1)), lo, bad, f, lo_w, lo_w, f_w)
+    with pytest.raises(ValueError, match="column taps"):
+        k.upsample_bilinear_backward(np.ones((2, 6, 8, 1)), np.empty((2, 3, 4, 1)), lo, lo, f,
+                                     lo_w[:5], lo_w, f_w)
+
+
 # --------------------------------------------------------------------------- cropping, permute
 
 @pytest.mark.parametrize("cropping,window", [(1, (1, 6)), ((0, 2), (0, 5)), ((3, 0), (3, 7))])

@@ -290,3 +290,156 @@ def avg_pool_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx
     cdef int nt = threads_for(<double> dx.size + dy.size)
     for n in prange(g.N, nogil=True, num_threads=nt, schedule="static"):
         _avg_back_sample(&dy[0, 0, 0, 0], &dx[0, 0, 0, 0], &g, n)
+
+
+# ---------------------------------------------------------------------------------------
+# Up-sampling: the reverse direction. Nearest copies each input pixel onto an SH x SW
+# block (its backward sums the block); bilinear reads four input pixels per output
+# pixel with per-row and per-column weights computed by the layer. Forward passes run
+# in parallel over output rows (n, oy); the backward passes gather (nearest: over input
+# rows) or scatter per sample (bilinear), so no two threads write one dx element.
+# ---------------------------------------------------------------------------------------
+cdef int _check_upsample(tuple x_shape, tuple y_shape, Py_ssize_t sh, Py_ssize_t sw,
+                         str y_name) except -1:
+    if sh < 1 or sw < 1:
+        raise ValueError(f"size must be positive; got ({sh}, {sw})")
+    expected = (x_shape[0], x_shape[1] * sh, x_shape[2] * sw, x_shape[3])
+    if tuple(y_shape) != expected:
+        raise ValueError(f"{y_name} must have shape {expected}; got {tuple(y_shape)}")
+    return 0
+
+
+cdef inline void _copy_run(floating *dst, const floating *src, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(n):
+        dst[c] = src[c]
+
+
+def upsample_nearest(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
+                     Py_ssize_t sh, Py_ssize_t sw):
+    """y (N, H*sh, W*sw, C): y[n, oy, ox] = x[n, oy // sh, ox // sw]."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    _check_upsample(_shape4(x.shape), _shape4(y.shape), sh, sw, "y")
+    cdef Py_ssize_t OH = H * sh, OW = W * sw, r, n, oy, ox
+    if N * OH * OW * C == 0:
+        return
+    cdef int nt = threads_for(<double> N * OH * OW * C)
+    for r in prange(N * OH, nogil=True, num_threads=nt, schedule="static"):
+        n = r // OH
+        oy = r % OH
+        for ox in range(OW):
+            _copy_run(&y[n, oy, ox, 0], &x[n, oy // sh, ox // sw, 0], C)
+
+
+def upsample_nearest_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
+                              Py_ssize_t sh, Py_ssize_t sw):
+    """dx (N, H, W, C) = the sums of dy over each pixel's sh x sw block (overwritten)."""
+    cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
+    _check_upsample(_shape4(dx.shape), _shape4(dy.shape), sh, sw, "dy")
+    cdef Py_ssize_t r, n, iy, ix, a, b, c
+    cdef floating *dst
+    cdef const floating *src
+    if N * H * W * C == 0:
+        return
+    cdef int nt = threads_for(<double> N * H * W * C * sh * sw)
+    for r in prange(N * H, nogil=True, num_threads=nt, schedule="static"):
+        n = r // H
+        iy = r % H
+        for ix in range(W):
+            dst = &dx[n, iy, ix, 0]
+            for c in range(C):
+                dst[c] = 0
+            for a in range(sh):
+                for b in range(sw):
+                    src = &dy[n, iy * sh + a, ix * sw + b, 0]
+                    for c in range(C):
+                        dst[c] += src[c]
+
+
+cdef int _check_taps(Py_ssize_t out, Py_ssize_t size, const Py_ssize_t[::1] lo,
+                     const Py_ssize_t[::1] hi, const double[::1] frac, str axis) except -1:
+    cdef Py_ssize_t o
+    if lo.shape[0] != out or hi.shape[0] != out or frac.shape[0] != out:
+        raise ValueError(f"the {axis} taps must have {out} entries each")
+    for o in range(out):
+        if not (0 <= lo[o] < size and 0 <= hi[o] < size):
+            raise ValueError(f"{axis} tap indices must be in [0, {size}); got {lo[o]}, {hi[o]}")
+    return 0
+
+
+def upsample_bilinear(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
+                      const Py_ssize_t[::1] lo_h, const Py_ssize_t[::1] hi_h,
+                      const double[::1] f_h, const Py_ssize_t[::1] lo_w,
+                      const Py_ssize_t[::1] hi_w, const double[::1] f_w):
+    """y[n, oy, ox] = the bilinear blend of x at rows lo_h[oy], hi_h[oy] (weight of the
+    second f_h[oy]) and columns lo_w[ox], hi_w[ox] (weight f_w[ox])."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2], r, n, oy, ox, c
+    if y.shape[0] != N or y.shape[3] != C:
+        raise ValueError(f"y must have {N} samples and {C} channels")
+    _check_taps(OH, H, lo_h, hi_h, f_h, "row")
+    _check_taps(OW, W, lo_w, hi_w, f_w, "column")
+    cdef floating fy, fx, a, b
+    cdef const floating *p00
+    cdef const floating *p01
+    cdef const floating *p10
+    cdef const floating *p11
+    cdef floating *dst
+    if N * OH * OW * C == 0:
+        return
+    cdef int nt = threads_for(<double> N * OH * OW * C * 4)
+    for r in prange(N * OH, nogil=True, num_threads=nt, schedule="static"):
+        n = r // OH
+        oy = r % OH
+        fy = <floating>f_h[oy]
+        for ox in range(OW):
+            fx = <floating>f_w[ox]
+            p00 = &x[n, lo_h[oy], lo_w[ox], 0]
+            p01 = &x[n, lo_h[oy], hi_w[ox], 0]
+            p10 = &x[n, hi_h[oy], lo_w[ox], 0]
+            p11 = &x[n, hi_h[oy], hi_w[ox], 0]
+            dst = &y[n, oy, ox, 0]
+            for c in range(C):
+                a = p00[c] + fx * (p01[c] - p00[c])
+                b = p10[c] + fx * (p11[c] - p10[c])
+                dst[c] = a + fy * (b - a)
+
+
+def upsample_bilinear_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
+                               const Py_ssize_t[::1] lo_h, const Py_ssize_t[::1] hi_h,
+                               const double[::1] f_h, const Py_ssize_t[::1] lo_w,
+                               const Py_ssize_t[::1] hi_w, const double[::1] f_w):
+    """dx (overwritten) = the adjoint of upsample_bilinear applied to dy: each output
+    gradient goes back to its four input pixels with the forward weights."""
+    cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
+    cdef Py_ssize_t OH = dy.shape[1], OW = dy.shape[2], n, oy, ox, c
+    if dy.shape[0] != N or dy.shape[3] != C:
+        raise ValueError(f"dy must have {N} samples and {C} channels")
+    _check_taps(OH, H, lo_h, hi_h, f_h, "row")
+    _check_taps(OW, W, lo_w, hi_w, f_w, "column")
+    cdef floating fy, fx, g
+    cdef floating *q00
+    cdef floating *q01
+    cdef floating *q10
+    cdef floating *q11
+    cdef const floating *src
+    if N * H * W * C == 0:
+        return
+    cdef int nt = threads_for(<double> N * OH * OW * C * 4)
+    for n in prange(N, nogil=True, num_threads=nt, schedule="static"):
+        memset(&dx[n, 0, 0, 0], 0, H * W * C * sizeof(floating))
+        for oy in range(OH):
+            fy = <floating>f_h[oy]
+            for ox in range(OW):
+                fx = <floating>f_w[ox]
+                q00 = &dx[n, lo_h[oy], lo_w[ox], 0]
+                q01 = &dx[n, lo_h[oy], hi_w[ox], 0]
+                q10 = &dx[n, hi_h[oy], lo_w[ox], 0]
+                q11 = &dx[n, hi_h[oy], hi_w[ox], 0]
+                src = &dy[n, oy, ox, 0]
+                for c in range(C):
+                    g = src[c]
+                    q00[c] += (1 - fy) * (1 - fx) * g
+                    q01[c] += (1 - fy) * fx * g
+                    q10[c] += fy * (1 - fx) * g
+                    q11[c] += fy * fx * g

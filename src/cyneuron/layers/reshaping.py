@@ -9,6 +9,7 @@ import numbers
 
 import numpy as np
 
+from .._kernels import pooling as _k
 from ._spatial import SpatialLayer, normalize_tuple
 from .base import Layer
 
@@ -362,7 +363,7 @@ class UpSampling1D(SpatialLayer):
     def _forward(self, x, training):
         n, steps, c = x.shape
         y = self._buffer("y", (n, steps * self.size, c))
-        np.copyto(y.reshape(n, steps, self.size, c), x[:, :, None, :])
+        _k.upsample_nearest(x.reshape(n, 1, steps, c), y.reshape(n, 1, -1, c), 1, self.size)
         self._x_shape = x.shape
         self._last_output_shape = y.shape
         return y
@@ -372,25 +373,22 @@ class UpSampling1D(SpatialLayer):
             return None
         n, steps, c = self._x_shape
         dx = self._buffer("dx", self._x_shape)
-        return np.sum(grad_output.reshape(n, steps, self.size, c), axis=2, out=dx)
+        _k.upsample_nearest_backward(grad_output.reshape(n, 1, -1, c), dx.reshape(n, 1, steps, c),
+                                     1, self.size)
+        return dx
 
     def get_config(self):
         return {"name": self.name, "size": self.size}
 
 
-def _bilinear_matrix(size, scale, dtype):
-    """The (size * scale, size) matrix of 1-D linear interpolation with half-pixel
-    centres (TensorFlow's and PyTorch's align_corners=False rule): output o reads the
-    input at (o + 0.5) / scale - 0.5, clamped to [0, size - 1]."""
-    out = size * scale
-    src = np.clip((np.arange(out) + 0.5) / scale - 0.5, 0, size - 1)
+def _bilinear_taps(size, scale):
+    """(lo, hi, frac) of 1-D linear interpolation with half-pixel centres (TensorFlow's
+    and PyTorch's align_corners=False rule): output o reads the input at
+    (o + 0.5) / scale - 0.5, clamped to [0, size - 1], as (1 - frac) x[lo] + frac x[hi]."""
+    src = np.clip((np.arange(size * scale) + 0.5) / scale - 0.5, 0, size - 1)
     lo = np.floor(src).astype(np.intp)
     hi = np.minimum(lo + 1, size - 1)
-    frac = src - lo
-    m = np.zeros((out, size))
-    np.add.at(m, (np.arange(out), lo), 1 - frac)
-    np.add.at(m, (np.arange(out), hi), frac)
-    return m.astype(dtype)
+    return lo, hi, src - lo
 
 
 class UpSampling2D(SpatialLayer):
@@ -398,8 +396,10 @@ class UpSampling2D(SpatialLayer):
 
     size: an int or a pair (rows, columns). interpolation: "nearest" (each pixel
     repeated; backward sums over the copies) or "bilinear" (half-pixel centres, edges
-    clamped: tf.image.resize / PyTorch align_corners=False), computed as two small
-    interpolation matrices applied along the height and the width.
+    clamped: tf.image.resize / PyTorch align_corners=False): each output pixel blends
+    four input pixels, with row and column weights computed once per input size.
+    Kernels: cyneuron._kernels.pooling.upsample_* (parallel over output rows; the
+    bilinear backward scatters per sample).
     """
 
     spatial_rank = 2
@@ -413,7 +413,7 @@ class UpSampling2D(SpatialLayer):
             raise ValueError(f"interpolation must be one of {self._interpolations}; got "
                              f"{interpolation!r}")
         self.interpolation = key
-        self._matrices = {}
+        self._taps = {}
 
     def build(self, input_shape):
         self._check_rank(input_shape)
@@ -424,23 +424,20 @@ class UpSampling2D(SpatialLayer):
         return (h * self.size[0], w * self.size[1], c)
 
     def _interp(self, h, w):
-        key = (h, w, self.dtype)
-        if key not in self._matrices:
-            self._matrices[key] = (_bilinear_matrix(h, self.size[0], self.dtype),
-                                   _bilinear_matrix(w, self.size[1], self.dtype))
-        return self._matrices[key]
+        """The row taps then the column taps, for an h x w input (computed once)."""
+        key = (h, w)
+        if key not in self._taps:
+            self._taps[key] = _bilinear_taps(h, self.size[0]) + _bilinear_taps(w, self.size[1])
+        return self._taps[key]
 
     def _forward(self, x, training):
         n, h, w, c = x.shape
         sh, sw = self.size
         y = self._buffer("y", (n, h * sh, w * sw, c))
         if self.interpolation == "nearest":
-            np.copyto(y.reshape(n, h, sh, w, sw, c), x[:, :, None, :, None, :])
+            _k.upsample_nearest(x, y, sh, sw)
         else:
-            ah, aw = self._interp(h, w)
-            rows = self._buffer("rows", (n, h * sh, w * c))    # interpolated along height
-            np.matmul(ah, x.reshape(n, h, w * c), out=rows)
-            np.matmul(aw, rows.reshape(n * h * sh, w, c), out=y.reshape(n * h * sh, w * sw, c))
+            _k.upsample_bilinear(x, y, *self._interp(h, w))
         self._x_shape = x.shape
         self._last_output_shape = y.shape
         return y
@@ -452,12 +449,9 @@ class UpSampling2D(SpatialLayer):
         sh, sw = self.size
         dx = self._buffer("dx", self._x_shape)
         if self.interpolation == "nearest":
-            np.sum(grad_output.reshape(n, h, sh, w, sw, c), axis=(2, 4), out=dx)
+            _k.upsample_nearest_backward(grad_output, dx, sh, sw)
         else:
-            ah, aw = self._interp(h, w)
-            rows = self._buffer("drows", (n * h * sh, w, c))
-            np.matmul(aw.T, grad_output.reshape(n * h * sh, w * sw, c), out=rows)
-            np.matmul(ah.T, rows.reshape(n, h * sh, w * c), out=dx.reshape(n, h, w * c))
+            _k.upsample_bilinear_backward(grad_output, dx, *self._interp(h, w))
         return dx
 
     def get_config(self):
