@@ -215,7 +215,8 @@ def test_dropout_noise_shape_nd(shape, noise_shape):
     np.testing.assert_array_equal(layer.forward(x, training=False), x)
 
 
-@pytest.mark.parametrize("shape,axis", [((3, 4, 5), -1), ((2, 3, 4, 5), -1), ((2, 3, 4, 5), [-2, -1])])
+@pytest.mark.parametrize("shape,axis", [((3, 4, 5), -1), ((2, 3, 4, 5), -1),
+                                        ((2, 3, 4, 5), [-2, -1])])
 def test_layer_normalization_nd(shape, axis):
     rng = np.random.default_rng(6)
     x = rng.normal(2.0, 3.0, size=shape)

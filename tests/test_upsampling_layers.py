@@ -254,7 +254,8 @@ def test_upsampling_kernels_on_each_thread_count(dtype, kernel_threads):
         g = rng.normal(size=y.shape).astype(dtype)
         dx = layer.backward(g)
         # the adjoint: <forward(x), g> == <x, backward(g)>
-        np.testing.assert_allclose(np.vdot(y.astype(np.float64), g), np.vdot(x, dx.astype(np.float64)),
+        np.testing.assert_allclose(np.vdot(y.astype(np.float64), g),
+                                   np.vdot(x, dx.astype(np.float64)),
                                    rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
@@ -374,7 +375,8 @@ def test_conv_transpose_keras_parity(keras, case):
     expected = np.asarray(theirs(x))
     y = ours.forward(x)
     assert y.shape == expected.shape
-    assert tuple(theirs.compute_output_shape(x.shape)) == (2,) + ours.compute_output_shape(x.shape[1:])
+    assert tuple(theirs.compute_output_shape(x.shape)) == \
+        (2,) + ours.compute_output_shape(x.shape[1:])
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -16,10 +16,9 @@ from .wrappers import Bidirectional, TimeDistributed, Wrapper
 
 __all__ = ["Layer", "Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Maxout", "Dropout",
            "BatchNormalization", "LayerNormalization", "Normalization", "Conv1D", "Conv2D",
-           "Conv2DTranspose",
-           "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D",
-           "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalAveragePooling1D",
-           "GlobalAveragePooling2D", "Flatten", "Reshape", "ZeroPadding2D", "Cropping1D",
-           "Cropping2D", "Permute", "RepeatVector", "UpSampling1D", "UpSampling2D", "Embedding", "RNN",
-           "SimpleRNN", "LSTM", "GRU", "Bidirectional", "TimeDistributed", "Wrapper",
-           "serialize", "deserialize"]
+           "Conv2DTranspose", "MaxPooling1D", "MaxPooling2D", "AveragePooling1D",
+           "AveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+           "GlobalAveragePooling1D", "GlobalAveragePooling2D", "Flatten", "Reshape",
+           "ZeroPadding2D", "Cropping1D", "Cropping2D", "Permute", "RepeatVector",
+           "UpSampling1D", "UpSampling2D", "Embedding", "RNN", "SimpleRNN", "LSTM", "GRU",
+           "Bidirectional", "TimeDistributed", "Wrapper", "serialize", "deserialize"]
