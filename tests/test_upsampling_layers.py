@@ -542,3 +542,41 @@ def test_conv_autoencoder_on_digits(decoder):
     assert model.output_shape == (64,)
     assert losses[-1] < 0.5 * losses[0], losses
     assert model.predict(x[:5]).shape == (5, 64)
+
+
+def test_model_gradients_through_every_new_layer():
+    """compute_gradients of a float64 model chaining all the new layers (and N-D Dense)
+    against finite differences of evaluate."""
+    from test_gradients import numeric_grad
+    rng = np.random.default_rng(10)
+    cn.set_seed(10)
+    model = cn.Sequential([
+        layers.Conv2DTranspose(2, 2, strides=2, activation="tanh"),
+        layers.UpSampling2D((1, 2), interpolation="bilinear"),
+        layers.Cropping2D(((1, 0), (1, 2))),
+        layers.Permute((2, 1, 3)),
+        layers.UpSampling2D((2, 1)),
+        layers.Flatten(),
+        layers.Dense(3),
+        layers.RepeatVector(2),
+        layers.Dense(3, activation="hard_swish"),
+        layers.UpSampling1D(2),
+        layers.Cropping1D((1, 0)),
+        layers.Flatten(),
+        layers.Dense(2),
+    ], dtype="float64")
+    model.compile(optimizer="sgd", loss="mse")
+    model.build((2, 2, 1))
+    x, y = rng.normal(size=(3, 2, 2, 1)), rng.normal(size=(3, 2))
+    weights = [w + rng.normal(scale=0.3, size=w.shape) for w in model.get_weights()]
+    model.set_weights(weights)
+    _, grads = model.compute_gradients(x, y)
+    grads = [g.copy() for g in grads]
+    for k in range(len(weights)):
+        w = [a.copy() for a in weights]
+
+        def objective():
+            model.set_weights(w)
+            return model.evaluate(x, y)["loss"]
+        np.testing.assert_allclose(grads[k], numeric_grad(objective, w[k]), rtol=1e-5, atol=1e-8,
+                                   err_msg=f"weight array #{k}")
