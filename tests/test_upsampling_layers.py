@@ -275,8 +275,22 @@ def test_upsampling_kernels_check_their_buffers():
     with pytest.raises(ValueError, match="row tap"):
         k.upsample_bilinear(x, np.empty((2, 6, 8, 1)), lo, bad, f, lo_w, lo_w, f_w)
     with pytest.raises(ValueError, match="column taps"):
-        k.upsample_bilinear_backward(np.ones((2, 6, 8, 1)), np.empty((2, 3, 4, 1)), lo, lo, f,
-                                     lo_w[:5], lo_w, f_w)
+        k.upsample_bilinear(x, np.empty((2, 6, 8, 1)), lo, lo, f, lo_w[:5], lo_w, f_w)
+    # the backward takes the taps by input index (CSR): pointers, output indices, weights
+    ptr_h, src_h, w_h = np.arange(4, dtype=np.intp) * 2, np.arange(6, dtype=np.intp), np.ones(6)
+    ptr_w, src_w, w_w = np.arange(5, dtype=np.intp) * 2, np.arange(8, dtype=np.intp), np.ones(8)
+    dy, dx = np.ones((2, 6, 8, 1)), np.empty((2, 3, 4, 1))
+    k.upsample_bilinear_backward(dy, dx, ptr_h, src_h, w_h, ptr_w, src_w, w_w)
+    np.testing.assert_array_equal(dx, np.full((2, 3, 4, 1), 4.0))    # = the nearest adjoint
+    with pytest.raises(ValueError, match="row adjoint taps"):
+        k.upsample_bilinear_backward(dy, dx, ptr_h[:3], src_h, w_h, ptr_w, src_w, w_w)
+    bad = src_w.copy()
+    bad[0] = 8                                     # output column 8 does not exist
+    with pytest.raises(ValueError, match="column adjoint tap indices"):
+        k.upsample_bilinear_backward(dy, dx, ptr_h, src_h, w_h, ptr_w, bad, w_w)
+    with pytest.raises(ValueError, match="must not decrease"):
+        k.upsample_bilinear_backward(dy, dx, np.array([0, 4, 2, 6], np.intp), src_h, w_h,
+                                     ptr_w, src_w, w_w)
 
 
 # --------------------------------------------------------------------------- cropping, permute

@@ -296,8 +296,8 @@ def avg_pool_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx
 # Up-sampling: the reverse direction. Nearest copies each input pixel onto an SH x SW
 # block (its backward sums the block); bilinear reads four input pixels per output
 # pixel with per-row and per-column weights computed by the layer. Forward passes run
-# in parallel over output rows (n, oy); the backward passes gather (nearest: over input
-# rows) or scatter per sample (bilinear), so no two threads write one dx element.
+# in parallel over output rows (n, oy); the backward passes gather over input rows
+# (n, iy) (bilinear: with the taps transposed), so no two threads write one dx element.
 # ---------------------------------------------------------------------------------------
 cdef int _check_upsample(tuple x_shape, tuple y_shape, Py_ssize_t sh, Py_ssize_t sw,
                          str y_name) except -1:
@@ -405,41 +405,54 @@ def upsample_bilinear(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
                 dst[c] = a + fy * (b - a)
 
 
+cdef int _check_csr(Py_ssize_t rows, Py_ssize_t cols, const Py_ssize_t[::1] ptr,
+                    const Py_ssize_t[::1] idx, const double[::1] w, str axis) except -1:
+    cdef Py_ssize_t i
+    if ptr.shape[0] != rows + 1 or ptr[0] != 0 or idx.shape[0] != w.shape[0] \
+            or ptr[rows] != idx.shape[0]:
+        raise ValueError(f"the {axis} adjoint taps must hold {rows} rows (pointer array of "
+                         f"{rows + 1} entries ending at the number of taps)")
+    for i in range(rows):
+        if ptr[i] > ptr[i + 1]:
+            raise ValueError(f"the {axis} adjoint tap pointers must not decrease")
+    for i in range(idx.shape[0]):
+        if not 0 <= idx[i] < cols:
+            raise ValueError(f"{axis} adjoint tap indices must be in [0, {cols}); got {idx[i]}")
+    return 0
+
+
 def upsample_bilinear_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
-                               const Py_ssize_t[::1] lo_h, const Py_ssize_t[::1] hi_h,
-                               const double[::1] f_h, const Py_ssize_t[::1] lo_w,
-                               const Py_ssize_t[::1] hi_w, const double[::1] f_w):
-    """dx (overwritten) = the adjoint of upsample_bilinear applied to dy: each output
-    gradient goes back to its four input pixels with the forward weights."""
+                               const Py_ssize_t[::1] ptr_h, const Py_ssize_t[::1] src_h,
+                               const double[::1] w_h, const Py_ssize_t[::1] ptr_w,
+                               const Py_ssize_t[::1] src_w, const double[::1] w_w):
+    """dx (overwritten) = the adjoint of upsample_bilinear applied to dy, gathered: input
+    row iy sums w_h[k] * (output row src_h[k]) for k in [ptr_h[iy], ptr_h[iy + 1]), and
+    within it column ix sums w_w[j] * (output column src_w[j]) likewise (the forward
+    taps, transposed: CSR by input index). Parallel over input rows (n, iy)."""
     cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
-    cdef Py_ssize_t OH = dy.shape[1], OW = dy.shape[2], n, oy, ox, c
+    cdef Py_ssize_t OH = dy.shape[1], OW = dy.shape[2], r, n, iy, ix, k, j, c
     if dy.shape[0] != N or dy.shape[3] != C:
         raise ValueError(f"dy must have {N} samples and {C} channels")
-    _check_taps(OH, H, lo_h, hi_h, f_h, "row")
-    _check_taps(OW, W, lo_w, hi_w, f_w, "column")
-    cdef floating fy, fx, g
-    cdef floating *q00
-    cdef floating *q01
-    cdef floating *q10
-    cdef floating *q11
+    _check_csr(H, OH, ptr_h, src_h, w_h, "row")
+    _check_csr(W, OW, ptr_w, src_w, w_w, "column")
+    cdef floating wy, wt
+    cdef floating *dst
     cdef const floating *src
     if N * H * W * C == 0:
         return
     cdef int nt = threads_for(<double> N * OH * OW * C * 4)
-    for n in prange(N, nogil=True, num_threads=nt, schedule="static"):
-        memset(&dx[n, 0, 0, 0], 0, H * W * C * sizeof(floating))
-        for oy in range(OH):
-            fy = <floating>f_h[oy]
-            for ox in range(OW):
-                fx = <floating>f_w[ox]
-                q00 = &dx[n, lo_h[oy], lo_w[ox], 0]
-                q01 = &dx[n, lo_h[oy], hi_w[ox], 0]
-                q10 = &dx[n, hi_h[oy], lo_w[ox], 0]
-                q11 = &dx[n, hi_h[oy], hi_w[ox], 0]
-                src = &dy[n, oy, ox, 0]
-                for c in range(C):
-                    g = src[c]
-                    q00[c] += (1 - fy) * (1 - fx) * g
-                    q01[c] += (1 - fy) * fx * g
-                    q10[c] += fy * (1 - fx) * g
-                    q11[c] += fy * fx * g
+    for r in prange(N * H, nogil=True, num_threads=nt, schedule="static"):
+        n = r // H
+        iy = r % H
+        dst = &dx[n, iy, 0, 0]
+        for c in range(W * C):
+            dst[c] = 0
+        for k in range(ptr_h[iy], ptr_h[iy + 1]):
+            wy = <floating>w_h[k]
+            for ix in range(W):
+                dst = &dx[n, iy, ix, 0]
+                for j in range(ptr_w[ix], ptr_w[ix + 1]):
+                    wt = wy * <floating>w_w[j]
+                    src = &dy[n, src_h[k], src_w[j], 0]
+                    for c in range(C):
+                        dst[c] += wt * src[c]

@@ -391,6 +391,21 @@ def _bilinear_taps(size, scale):
     return lo, hi, src - lo
 
 
+def _adjoint_taps(lo, hi, frac, size):
+    """The taps transposed, by input index (CSR): (pointers, output indices, weights),
+    zero weights dropped, for the gathering backward pass."""
+    out = np.arange(len(lo))
+    inputs = np.concatenate([lo, hi])
+    outputs = np.concatenate([out, out])
+    weights = np.concatenate([1 - frac, frac])
+    keep = weights != 0
+    inputs, outputs, weights = inputs[keep], outputs[keep], weights[keep]
+    order = np.lexsort((outputs, inputs))
+    ptr = np.zeros(size + 1, np.intp)
+    np.cumsum(np.bincount(inputs, minlength=size), out=ptr[1:])
+    return ptr, outputs[order].astype(np.intp), np.ascontiguousarray(weights[order])
+
+
 class UpSampling2D(SpatialLayer):
     """(N, H, W, C) -> (N, H * size[0], W * size[1], C), as keras.layers.UpSampling2D.
 
@@ -399,7 +414,7 @@ class UpSampling2D(SpatialLayer):
     clamped: tf.image.resize / PyTorch align_corners=False): each output pixel blends
     four input pixels, with row and column weights computed once per input size.
     Kernels: cyneuron._kernels.pooling.upsample_* (parallel over output rows; the
-    bilinear backward scatters per sample).
+    backward passes gather over input rows, the bilinear one with the transposed taps).
     """
 
     spatial_rank = 2
@@ -424,10 +439,12 @@ class UpSampling2D(SpatialLayer):
         return (h * self.size[0], w * self.size[1], c)
 
     def _interp(self, h, w):
-        """The row taps then the column taps, for an h x w input (computed once)."""
+        """(forward taps, adjoint taps), rows then columns, for an h x w input (once)."""
         key = (h, w)
         if key not in self._taps:
-            self._taps[key] = _bilinear_taps(h, self.size[0]) + _bilinear_taps(w, self.size[1])
+            rows, cols = _bilinear_taps(h, self.size[0]), _bilinear_taps(w, self.size[1])
+            self._taps[key] = (rows + cols,
+                               _adjoint_taps(*rows, h) + _adjoint_taps(*cols, w))
         return self._taps[key]
 
     def _forward(self, x, training):
@@ -437,7 +454,7 @@ class UpSampling2D(SpatialLayer):
         if self.interpolation == "nearest":
             _k.upsample_nearest(x, y, sh, sw)
         else:
-            _k.upsample_bilinear(x, y, *self._interp(h, w))
+            _k.upsample_bilinear(x, y, *self._interp(h, w)[0])
         self._x_shape = x.shape
         self._last_output_shape = y.shape
         return y
@@ -451,7 +468,7 @@ class UpSampling2D(SpatialLayer):
         if self.interpolation == "nearest":
             _k.upsample_nearest_backward(grad_output, dx, sh, sw)
         else:
-            _k.upsample_bilinear_backward(grad_output, dx, *self._interp(h, w))
+            _k.upsample_bilinear_backward(grad_output, dx, *self._interp(h, w)[1])
         return dx
 
     def get_config(self):
