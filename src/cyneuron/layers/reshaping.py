@@ -202,14 +202,14 @@ class Permute(Layer):
     def __init__(self, dims, name=None, dtype=None):
         super().__init__(name=name, dtype=dtype)
         try:
-            dims = tuple(dims)
+            axes = tuple(dims)
         except TypeError:
-            dims = None
-        if not dims or not all(_positive(d) for d in dims) \
-                or sorted(int(d) for d in dims) != list(range(1, len(dims) + 1)):
+            axes = None
+        if not axes or not all(_positive(d) for d in axes) \
+                or sorted(int(d) for d in axes) != list(range(1, len(axes) + 1)):
             raise ValueError(f"dims must be a permutation of 1..rank (the axes after the batch "
                              f"axis, counting from 1), e.g. (2, 1); got {dims!r}")
-        self.dims = tuple(int(d) for d in dims)
+        self.dims = tuple(int(d) for d in axes)
         self._inverse = (0,) + tuple(int(i) + 1 for i in np.argsort(self.dims))
 
     def build(self, input_shape):
