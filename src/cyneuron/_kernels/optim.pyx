@@ -368,6 +368,11 @@ def sgd_update(floating[::1] params, const floating[::1] grads, floating[::1] ve
             params[i] = w + v
 
 
+def simd_path():
+    """Instruction set of the Adam / RMSprop / Adagrad loops now (the GEMM's)."""
+    return ("generic", "avx2", "avx512")[current_isa()]
+
+
 def adam_update(params, grads, m, v, v_max,
                 double learning_rate, double beta_1, double beta_2, double epsilon,
                 long step, bint amsgrad,
