@@ -594,3 +594,22 @@ def test_model_gradients_through_every_new_layer():
             return model.evaluate(x, y)["loss"]
         np.testing.assert_allclose(grads[k], numeric_grad(objective, w[k]), rtol=1e-5, atol=1e-8,
                                    err_msg=f"weight array #{k}")
+
+
+def test_same_bits_on_one_and_two_threads(restore_threads):
+    """No kernel of these layers splits a sum over threads: 1 and 2 threads agree exactly."""
+    x = np.random.default_rng(0).normal(size=(16, 7, 9, 5)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        cn.set_num_threads(threads)
+        out = []
+        for layer in (layers.Conv2DTranspose(4, 3, strides=2, padding="same", activation="relu"),
+                      layers.UpSampling2D(2, interpolation="bilinear"), layers.UpSampling2D(3)):
+            layer.forward(x)
+            layer.set_weights([np.random.default_rng(1).normal(size=w.shape)
+                               for w in layer.get_weights()])
+            y = layer.forward(x).copy()
+            out += [y, layer.backward(np.cos(y)).copy()] + layer.get_gradients()
+        results.append(out)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
