@@ -116,8 +116,8 @@ def kernel_isas():
             "bound by memory bandwidth"),
         "recurrent gate math (float32 sigmoid/tanh)": (
             gates + ("+fma" if gates == "avx2" else ""),
-            "the generic path is in use" if gates == "generic" else
-            "hand-written AVX2+FMA copy on the AVX2 and AVX-512 paths (no AVX-512 copy yet)"),
+            "scalar C (the generic path is in use)" if gates == "generic" else
+            "a vector copy per instruction set from one template, the GEMM's"),
         "activations, losses, normalization, conv/pooling loops": (
             "baseline", "Cython loops built for baseline x86-64 (SSE2), auto-vectorized; "
             "the dense layers' activations run in the GEMM epilogue instead"),
