@@ -829,3 +829,13 @@ def test_sequence_graph_with_nd_dense_fused_softmax_and_mask():
     garbage = labels.copy()
     garbage[:, 2:] = (garbage[:, 2:] + 1) % 3
     assert masked.evaluate(ids, labels) == masked.evaluate(ids, garbage)
+
+
+def test_shared_dense_on_sequences_of_different_lengths():
+    a, b = cn.Input((5, 4), dtype="float64"), cn.Input((7, 4), dtype="float64")
+    shared = layers.Dense(3, activation="tanh")
+    pooled = [layers.GlobalAveragePooling1D()(shared(t)) for t in (a, b)]
+    model = cn.Model([a, b], layers.Dot(axes=1)(pooled))
+    check_graph_gradients(model, [_x(2, 5, 4), _x(2, 7, 4, seed=2)])
+    with pytest.raises(ValueError, match="built for inputs"):
+        shared(cn.Input((5, 6), dtype="float64"))
