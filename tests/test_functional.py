@@ -839,3 +839,23 @@ def test_shared_dense_on_sequences_of_different_lengths():
     check_graph_gradients(model, [_x(2, 5, 4), _x(2, 7, 4, seed=2)])
     with pytest.raises(ValueError, match="built for inputs"):
         shared(cn.Input((5, 6), dtype="float64"))
+
+
+def test_frozen_batch_normalization_runs_in_inference_mode():
+    rng = np.random.default_rng(18)
+    x = (3 + 2 * rng.standard_normal((64, 4))).astype(np.float64)
+    y = rng.standard_normal((64, 2))
+    inp = cn.Input((4,), dtype="float64")
+    bn = layers.BatchNormalization()
+    model = cn.Model(inp, layers.Dense(2)(bn(inp)))
+    bn.trainable = False
+    model.compile(optimizer=cn.optimizers.SGD(0.001), loss="mse")
+    before, dense_before = bn.get_weights(), model.layers[-1].get_weights()
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    for a, b in zip(before, bn.get_weights()):          # gamma, beta and the statistics
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(dense_before[0], model.layers[-1].get_weights()[0])
+    out = model(x, training=True)                       # the moving statistics, not the batch's
+    np.testing.assert_allclose(out, model.predict(x), rtol=1e-12)
+    model.backward(np.ones_like(out))
+    assert not np.any(model._grads[:8])                 # frozen: gamma and beta get no gradient
