@@ -532,6 +532,7 @@ class Model(Layer):
         is free (single-threaded use costs one uncontended lock), else an idle replica
         (the same weights, read under the weights' shared lock). Give it back with
         _give_back."""
+        _config.apply_num_threads()
         if self._own.acquire(False):
             if not self._awaiting_backward:
                 return self
@@ -565,6 +566,7 @@ class Model(Layer):
     def _begin_training(self, what):
         """Claim the model for one training thread (a second one gets a RuntimeError)
         and its own per-call state; undo with _end_training."""
+        _config.apply_num_threads()
         if not self._train_guard.acquire(False):
             raise RuntimeError(f"{what}: model {self.name!r} is already being trained in "
                                f"another thread; a model trains in one thread at a time "
@@ -1465,6 +1467,7 @@ class Model(Layer):
         # a training pass: its state is kept for backward (other threads' inference uses
         # replicas meanwhile); moving statistics change, so it writes
         self._check_not_training_elsewhere("model(x, training=True)")
+        _config.apply_num_threads()
         self._own.acquire()
         try:
             self._ensure_bound()
