@@ -490,3 +490,27 @@ def test_terminate_on_nan_on_a_functional_model(capsys):
     assert history.epoch == [0] and len(losses) < len(x) // 8
     assert not np.isfinite(losses[-1]) and np.isfinite(losses[:-1]).all()
     assert "invalid loss" in capsys.readouterr().out
+
+
+def test_set_num_threads_holds_in_every_python_thread(restore_threads):
+    """OpenMP's thread count is per thread: a model run in another thread applies the last
+    cn.set_num_threads, also in a worker thread that applied an earlier one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cyneuron._kernels import _openmp
+
+    model = _sequential("float32")
+    x = _data("float32", 20, 0)[0]
+    with ThreadPoolExecutor(2) as pool:
+        for n in (1, 2, 1):
+            cn.set_num_threads(n)
+            gate = threading.Barrier(2)      # both workers take part in every round
+
+            def run(_):
+                gate.wait(WAIT)
+                model.predict(x)
+                return threading.get_ident(), _openmp.get_max_threads()
+
+            seen = list(pool.map(run, range(2)))
+            assert len({ident for ident, _ in seen}) == 2
+            assert [count for _, count in seen] == [n, n]
