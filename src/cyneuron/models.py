@@ -1862,7 +1862,8 @@ class Model(Layer):
         return logs
 
     def evaluate(self, x, y, batch_size=None, verbose=0, sample_weight=None):
-        """{'loss': ..., <metric>: ...} over (x, y); sample_weight weighs each sample's loss."""
+        """{'loss': ..., <metric>: ...} over (x, y); sample_weight weighs each sample's loss.
+        Safe to call from several threads at once (each call has its own metric state)."""
         self._require_compiled()
         batch_size = DEFAULT_PREDICT_BATCH if batch_size is None else \
             check_positive(batch_size, "batch_size", integer=True)
@@ -1879,7 +1880,8 @@ class Model(Layer):
 
     def predict(self, x, batch_size=None):
         """Model outputs for x, as new arrays (float32 or the model dtype): an array, or a
-        list (a dict for dict outputs) for several outputs."""
+        list (a dict for dict outputs) for several outputs. Safe to call from several
+        threads at once (also while another thread trains: one consistent weight set)."""
         batch_size = DEFAULT_PREDICT_BATCH if batch_size is None else \
             check_positive(batch_size, "batch_size", integer=True)
         xs = self._check_x(x)
