@@ -21,10 +21,12 @@ Writes are atomic: the archive goes to a temporary file in the target's folder, 
 is renamed over the target only once complete; on any error it is removed.
 """
 import json
+import lzma
 import math
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -38,6 +40,10 @@ CONFIG_NAME = "cyneuron.json"
 MAX_CONFIG_BYTES = 64 << 20
 # dtypes a file may declare, and the native dtype each is loaded as
 _DTYPES = {"<f4": np.float32, "<f8": np.float64}
+# What zipfile may raise on a damaged archive or member (besides BadZipFile): a
+# corrupted deflate / lzma stream, an encrypted member, an unsupported method.
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError,
+               RuntimeError, zlib.error, lzma.LZMAError, ValueError, OverflowError)
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -134,11 +140,15 @@ class _Archive:
         self.filepath = os.fspath(filepath)
         if os.path.isdir(self.filepath):
             raise IsADirectoryError(f"{self.filepath!r} is a directory, not a cyneuron model file")
+        if not os.path.exists(self.filepath):
+            raise FileNotFoundError(f"no such model file: {self.filepath!r}")
         try:
             self.zf = zipfile.ZipFile(self.filepath, "r")
-        except zipfile.BadZipFile as exc:
+        except (FileNotFoundError, PermissionError):
+            raise
+        except _ZIP_ERRORS as exc:
             raise ValueError(f"{self.filepath!r} is not a cyneuron model file (not a zip "
-                             f"archive, or truncated: {exc})") from None
+                             f"archive, or truncated: {type(exc).__name__}: {exc})") from None
         try:
             self.header = self._read_header()
         except BaseException:
@@ -157,9 +167,11 @@ class _Archive:
         if info.file_size > limit or (expected_size is not None and info.file_size != expected_size):
             self._fail(f"member {name!r} holds {info.file_size} bytes; expected "
                        f"{'at most ' if expected_size is None else ''}{limit}")
+        if info.flag_bits & 0x1:
+            self._fail(f"member {name!r} is encrypted; cyneuron files never are")
         try:
-            return self.zf.read(name)
-        except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError) as exc:
+            return self.zf.read(info)
+        except _ZIP_ERRORS as exc:
             self._fail(f"the file is corrupted or truncated ({type(exc).__name__}: {exc})")
 
     def _read_header(self):
@@ -170,6 +182,8 @@ class _Archive:
             header = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             self._fail(f"the configuration is not valid JSON ({exc})")
+        except RecursionError:
+            self._fail("the configuration is nested too deeply to be a cyneuron header")
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             self._fail("not a cyneuron model file (wrong format tag)")
         version = header.get("format_version")
@@ -189,7 +203,7 @@ class _Archive:
         if not isinstance(entry, dict):
             self._fail(f"an array entry must be a dict, got {entry!r}")
         dtype, shape, path = entry.get("dtype"), entry.get("shape"), entry.get("path")
-        if dtype not in _DTYPES:
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
             self._fail(f"array {path!r} has dtype {dtype!r}; allowed: {sorted(_DTYPES)}")
         if not isinstance(shape, list) or not all(
                 isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
@@ -287,6 +301,9 @@ def load_model(filepath, custom_objects=None, compile=True):
             model = Sequential.from_config(header["model"], custom_objects=custom_objects)
         except ValueError as exc:
             archive._fail(f"cannot rebuild the model: {exc}")
+        except (MemoryError, OverflowError) as exc:
+            archive._fail(f"cannot rebuild the model: its architecture does not fit in memory "
+                          f"({type(exc).__name__}: {exc})")
         if model.built:
             _set_weights(archive, model, archive.weights())
         elif header["weights"]:
@@ -317,5 +334,8 @@ def load_weights(model, filepath):
             input_shape = archive.header["model"].get("input_shape")
             if input_shape is None:
                 archive._fail("the file has no weights")
+            if not isinstance(input_shape, list) or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):
+                archive._fail(f"invalid input shape {input_shape!r}")
             model.build(tuple(input_shape))
         _set_weights(archive, model, archive.weights())
