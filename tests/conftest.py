@@ -38,3 +38,24 @@ def isa(request):
         yield name
     finally:
         _gemm.set_isa(before)
+
+
+# -- hypothesis profiles (property-based tests, tests/test_properties_*.py) --------------
+# "ci" (the default) keeps the whole property suite to well under two minutes on two
+# cores; HYPOTHESIS_PROFILE=long runs many more examples, for release checks:
+#     HYPOTHESIS_PROFILE=long python -m pytest tests -k properties
+try:
+    import os as _os
+
+    from hypothesis import HealthCheck, settings
+except ImportError:      # hypothesis is a test extra; the property tests skip without it
+    pass
+else:
+    _relaxed = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+    settings.register_profile("ci", max_examples=40, deadline=None, print_blob=True,
+                              suppress_health_check=_relaxed)
+    settings.register_profile("long", max_examples=2000, deadline=None, print_blob=True,
+                              suppress_health_check=_relaxed)
+    settings.register_profile("dev", max_examples=10, deadline=None, print_blob=True,
+                              suppress_health_check=_relaxed)
+    settings.load_profile(_os.environ.get("HYPOTHESIS_PROFILE", "ci"))

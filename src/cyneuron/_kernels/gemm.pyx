@@ -787,6 +787,10 @@ cdef inline void _extent(cnp.ndarray x, char **lo, char **hi) noexcept:
 
 
 cdef bint _overlap(cnp.ndarray x, cnp.ndarray y) noexcept:
+    """Whether x and y may touch the same bytes (an empty array touches none: its
+    extent would otherwise reach one stride before its data pointer)."""
+    if cnp.PyArray_SIZE(x) == 0 or cnp.PyArray_SIZE(y) == 0:
+        return False
     cdef char *xl
     cdef char *xh
     cdef char *yl
