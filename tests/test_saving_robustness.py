@@ -150,3 +150,25 @@ def test_short_mutation_run_finds_nothing():
     """The fuzzer's structure-aware mutator, driven by Python's random, over the seeds."""
     module = _fuzz_module()
     module.selftest(rounds=150)          # exits (SystemExit) on a finding
+
+
+def test_forged_input_shape_cannot_exhaust_memory(tmp_path):
+    # atheris finding (out-of-memory): a conv model whose input_shape was mutated to
+    # [5, 10**9, 1] made Flatten + Dense allocate a kernel of gigabytes while loading;
+    # the rebuild may now allocate no more weight elements than the file declares
+    cn.set_seed(0)
+    model = cn.Sequential([layers.Conv2D(2, 3, padding="same"), layers.MaxPooling2D(2),
+                           layers.Flatten(), layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.build((5, 5, 1))
+    path = tmp_path / "conv.cyn"
+    model.save(path)
+    bad = _edit_header(path, tmp_path / "bad.cyn",
+                       lambda h: h["model"].__setitem__("input_shape", [5, 10 ** 9, 1]))
+    with pytest.raises(ValueError, match="more than the file declares"):
+        cn.load_model(bad)
+    target = cn.Sequential([layers.Conv2D(2, 3, padding="same"), layers.MaxPooling2D(2),
+                            layers.Flatten(), layers.Dense(2)])
+    with pytest.raises(ValueError, match="more than the file declares"):
+        target.load_weights(bad)
+    cn.load_model(path).predict(np.zeros((1, 5, 5, 1), np.float32))   # the real file loads

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import losses as _losses
 from . import metrics as _metrics
+from .layers import base as _layer_base
 from . import optimizers as _optimizers
 
 FORMAT = "cyneuron"
@@ -198,8 +199,8 @@ class _Archive:
             self._fail("the header lacks its kind, model or weights entries")
         return header
 
-    def array(self, entry):
-        """The array an entry {"path", "dtype", "shape"} describes, as a new native array."""
+    def _entry(self, entry):
+        """(dtype, shape, path) of an array entry {"path", "dtype", "shape"}, validated."""
         if not isinstance(entry, dict):
             self._fail(f"an array entry must be a dict, got {entry!r}")
         dtype, shape, path = entry.get("dtype"), entry.get("shape"), entry.get("path")
@@ -210,12 +211,22 @@ class _Archive:
             self._fail(f"array {path!r} has an invalid shape {shape!r}")
         if not isinstance(path, str):
             self._fail(f"an array entry has no path: {entry!r}")
+        return dtype, shape, path
+
+    def array(self, entry):
+        """The array an entry {"path", "dtype", "shape"} describes, as a new native array."""
+        dtype, shape, path = self._entry(entry)
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         data = self._member(path, expected_size=nbytes)
         return np.frombuffer(data, dtype=np.dtype(dtype)).astype(_DTYPES[dtype]).reshape(shape)
 
     def weights(self):
         return [self.array(entry) for entry in self.header["weights"]]
+
+    def declared_elements(self):
+        """Weight elements the header declares (each entry is checked against its member
+        when read): the most a model rebuilt from this file may allocate."""
+        return sum(math.prod(self._entry(entry)[1]) for entry in self.header["weights"])
 
     def close(self):
         self.zf.close()
@@ -298,7 +309,8 @@ def load_model(filepath, custom_objects=None, compile=True):
             archive._fail("this file holds only weights (save_weights): build the model and "
                           "call model.load_weights(path)")
         try:
-            model = Sequential.from_config(header["model"], custom_objects=custom_objects)
+            with _layer_base.WeightBudget(archive.declared_elements()):
+                model = Sequential.from_config(header["model"], custom_objects=custom_objects)
         except ValueError as exc:
             archive._fail(f"cannot rebuild the model: {exc}")
         except (MemoryError, OverflowError) as exc:
@@ -337,5 +349,10 @@ def load_weights(model, filepath):
             if not isinstance(input_shape, list) or not all(
                     isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):
                 archive._fail(f"invalid input shape {input_shape!r}")
-            model.build(tuple(input_shape))
+            try:
+                with _layer_base.WeightBudget(archive.declared_elements()):
+                    model.build(tuple(input_shape))
+            except (MemoryError, OverflowError) as exc:
+                archive._fail(f"cannot build the model for input shape {input_shape}: "
+                              f"{type(exc).__name__}: {exc}")
         _set_weights(archive, model, archive.weights())
