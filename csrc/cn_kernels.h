@@ -78,6 +78,10 @@ int cn_cpu_supports(int isa);
 int cn_best_isa(void);
 /* The kernel table of an instruction set, or NULL if it is not supported here. */
 const cn_kernel_table *cn_kernels_for(int isa);
+/* The table of an instruction set compiled into this build, supported or not: for
+ * reading its register blocking only (the plan rule for any ISA, in tests); never
+ * call its kernels. NULL if the build lacks it. */
+const cn_kernel_table *cn_kernel_layout(int isa);
 
 #ifdef __cplusplus
 }

@@ -54,10 +54,8 @@ int cn_best_isa(void)
     return CN_ISA_GENERIC;
 }
 
-const cn_kernel_table *cn_kernels_for(int isa)
+const cn_kernel_table *cn_kernel_layout(int isa)
 {
-    if (!cn_cpu_supports(isa))
-        return NULL;
     switch (isa) {
 #if defined(CN_HAVE_X86_KERNELS)
     case CN_ISA_AVX512: return &cn_table_avx512;
@@ -66,4 +64,9 @@ const cn_kernel_table *cn_kernels_for(int isa)
     case CN_ISA_GENERIC: return &cn_table_generic;
     default: return NULL;
     }
+}
+
+const cn_kernel_table *cn_kernels_for(int isa)
+{
+    return cn_cpu_supports(isa) ? cn_kernel_layout(isa) : NULL;
 }

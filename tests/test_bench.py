@@ -233,6 +233,25 @@ def test_time_blocks_samples():
     assert all(s > 0 for v in samples.values() for s in v)
 
 
+def test_time_blocks_interleaves_rounds_in_rotating_order():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    B.time_blocks(fns, repeats=3, target_s=1e-4, settle_s=0)
+    runs = [name for i, name in enumerate(calls) if i == 0 or calls[i - 1] != name]
+    assert "".join(runs) == "abc" + "bca" + "cab"
+
+
+def test_spread_is_flagged_above_the_threshold():
+    assert B.spread([1.0, 1.1, 1.05]) == pytest.approx(0.1 / 1.05)
+    assert "(!)" not in B.spread_cell([1.0, 1.1, 1.05])
+    assert B.spread_cell([1.0, 1.5, 1.1]).endswith("(!)")
+    lines = []
+    B.spread_note([[1.0, 1.02], [2.0, 2.01]], lines.append)
+    assert lines == []
+    B.spread_note([[1.0, 1.02], [2.0, 3.0]], lines.append)
+    assert len(lines) == 1 and "another process" in lines[0]
+
+
 # -- the end-to-end MLP comparison (issue 8) -------------------------------------------------
 def test_mlp_train_flops_count_every_product():
     from cyneuron import _bench_mlp

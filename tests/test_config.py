@@ -92,3 +92,21 @@ def _child_threads(omp_value):
 @pytest.mark.parametrize("omp", ["1", "2", "3"])
 def test_omp_num_threads_sets_the_default(omp):
     assert _child_threads(omp) == int(omp)
+
+
+def test_kernel_families_report_the_isa_they_run(isa, capsys):
+    """`info` names each kernel family's instruction set, following the path in use."""
+    families = _config.kernel_isas()
+    assert families["GEMM micro-kernels"][0] == isa
+    assert families["optimizers (Adam, AdamW, RMSprop, Adagrad)"][0] == isa
+    epilogue = families["GEMM epilogue (bias, relu, leaky_relu, derivatives)"][0]
+    gates = families["recurrent gate math (float32 sigmoid/tanh)"][0]
+    if isa == "generic":
+        assert epilogue == "generic" and gates == "generic"
+    else:
+        assert epilogue == "avx2" and gates == ("avx2+fma" if isa == "avx2" else isa)
+    assert all(why for _, why in families.values())
+    cn.show_config()
+    printed = capsys.readouterr().out
+    for family in families:
+        assert family in printed

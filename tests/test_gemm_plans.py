@@ -3,6 +3,8 @@ fused epilogue, accumulate mode, workspace reuse and the kernel entry's own chec
 
 The shapes are picked from the driver's thresholds (plan_limits, block_sizes) so that
 every plan and every split runs on every SIMD path this CPU has, on 1 and 2 threads.
+The plan rule itself is checked with each compiled ISA's blocking as its input
+(`plan(..., isa=)`), whatever the host runs: no test depends on this machine's tuning.
 """
 import threading
 
@@ -19,9 +21,10 @@ DTYPES = [np.float32, np.float64]
 DTYPE_IDS = ["float32", "float64"]
 
 
-def _plan_shapes(dtype):
-    """(label, M, K, N, b_transposed) reaching each plan of the driver."""
-    mr, nr, mc, kc, nc = _gemm.block_sizes(np.dtype(dtype).name)
+def _plan_shapes(dtype, isa=None):
+    """(label, M, K, N, b_transposed) reaching each plan of the driver with the
+    blocking of `isa` (default: the path in use)."""
+    mr, nr, mc, kc, nc = _gemm.block_sizes(np.dtype(dtype).name, isa)
     direct_m = _gemm.plan_limits()["direct_max_m"]
     big_k = kc + 3
     return [
@@ -34,7 +37,8 @@ def _plan_shapes(dtype):
         ("packed-big-m", direct_m + 1, big_k, 3 * nr + 5, False),
         ("packed-mc-edges", 2 * mc + mr + 1, 29, nr + 1, False),
         ("packed-b-transposed", 17, big_k, 2 * nr + 1, True),
-        ("packed-4k-stride", 8, kc + 1, 4096 // np.dtype(dtype).itemsize, False),
+        # More rows than one micro-tile, B's rows 4 KiB apart (all in a few cache sets)
+        ("packed-4k-stride", mr + 1, kc + 1, 4096 // np.dtype(dtype).itemsize, False),
         ("packed-nc-edge", mr + 2, 19, nc + nr + 3, True),
     ]
 
@@ -191,16 +195,43 @@ def _reference_activation(name, z):
     return activations.get(name).forward(np.ascontiguousarray(z, dtype=np.float64))
 
 
+@pytest.mark.parametrize("isa_name", _gemm.compiled_isas())
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_plans_split_and_pack_as_documented(dtype):
+def test_plan_rule_for_every_compiled_blocking(isa_name, dtype):
+    """The plan rule with each ISA's MR/NR/MC/KC/NC as input (runnable here or not):
+    each labelled shape reaches its plan."""
+    rng = np.random.default_rng(10)
+    for label, m, k, n, bt in _plan_shapes(dtype, isa_name):
+        a, b = _case(rng, dtype, m, k, n, bt)
+        assert _gemm.plan(a, b, isa=isa_name)["plan"] == label.split("-")[0], (isa_name, label)
+
+
+@pytest.mark.parametrize("isa_name", _gemm.compiled_isas())
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_plans_split_and_pack_as_documented(isa_name, dtype):
+    """Two threads split whichever way leaves fewer micro-tiles on the busier thread;
+    a view whose column stride aliases the cache sets has A packed."""
+    mr, nr = _gemm.block_sizes(np.dtype(dtype).name, isa_name)[:2]
     rng = np.random.default_rng(9)
-    a, b = _case(rng, dtype, 300, 50, 40, False)
-    assert _gemm.plan(a, b, threads=2) == {"plan": "packed", "split": "rows", "pack_a": False}
-    a, b = _case(rng, dtype, 4, 50, 400, False)
-    assert _gemm.plan(a, b, threads=2) == {"plan": "direct", "split": "columns", "pack_a": False}
+    # One column sliver, many row tiles (past the direct plan's rows): split the rows.
+    a, b = _case(rng, dtype, 40 * mr, 50, nr - 1, False)
+    assert _gemm.plan(a, b, threads=2, isa=isa_name) == \
+        {"plan": "packed", "split": "rows", "pack_a": False}
+    # One row tile, ten column slivers: split the columns (direct: a few rows).
+    a, b = _case(rng, dtype, min(4, mr), 50, 10 * nr, False)
+    assert _gemm.plan(a, b, threads=2, isa=isa_name) == \
+        {"plan": "direct", "split": "columns", "pack_a": False}
     a, b = _case(rng, dtype, 300, 50, 40, False)
     strided = np.repeat(a, 2, axis=1)[:, ::2]
-    assert _gemm.plan(strided[::2], b, threads=2)["pack_a"] is True
+    assert _gemm.plan(strided[::2], b, threads=2, isa=isa_name)["pack_a"] is True
+
+
+def test_plan_and_block_sizes_refuse_unknown_isas():
+    a = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="isa"):
+        _gemm.plan(a, a.T, isa="sse9")
+    with pytest.raises(ValueError, match="isa"):
+        _gemm.block_sizes("float32", "neon")
 
 
 def _epilogue_activations():

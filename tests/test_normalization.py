@@ -299,6 +299,7 @@ def test_model_get_set_weights_round_trip_with_moving_statistics():
 
 
 def test_model_with_dropout_and_batchnorm_trains_on_digits():
+    pytest.importorskip("sklearn")
     cn.set_seed(0)
     (x_train, y_train), (x_test, y_test) = datasets.load_digits()
     model = cn.Sequential([

@@ -168,46 +168,64 @@ def _calibrate(fn, target_s):
     return max(1, int(target_s / once))
 
 
-def time_blocks(fns, repeats=8, target_s=0.04, passes=2, settle_s=SETTLE_S):
-    """Seconds per call of each function in `fns` (a dict): a list of samples each.
+MIN_ROUNDS = 5
+SPREAD_WARN = 0.15   # (max - min) / median of the rounds above this: the machine was busy
 
-    Each function runs in `passes` blocks of timed repeats (`repeats` in all), each block
-    after a pause that lets the previous library's spinning threads park (see
-    settle_threads) and a warm-up call.
-    The passes alternate the order (A B, then B A) so that a drift in the machine's speed
-    (another process, the clock) hits them all alike.
+
+def time_blocks(fns, repeats=8, target_s=0.04, settle_s=SETTLE_S):
+    """Seconds per call of each function in `fns` (a dict): one sample per round each.
+
+    The contenders are interleaved: each of the `repeats` rounds times every function
+    once (about target_s of calls), the order rotating from round to round (A B C, B C A,
+    C A B ...), so that a drift in the machine's speed (another process, the clock) hits
+    them all alike. Before a function runs after another one, a pause lets the previous
+    library's spinning threads park (see settle_threads) and a warm-up call is made.
     """
     names = list(fns)
     loops = {}
     samples = {name: [] for name in names}
-    passes = max(1, min(passes, repeats))
-    last = None
-    for p in range(passes):
-        per_block = repeats // passes + (1 if p < repeats % passes else 0)
-        for name in (names if p % 2 == 0 else names[::-1]):
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
             fn = fns[name]
-            if name != last:  # (A B, B A: B's second block follows its own threads)
+            if len(names) > 1 or r == 0:
                 settle_threads(settle_s)
-            last = name
             if name not in loops:
                 loops[name] = _calibrate(fn, target_s)
             else:
                 fn()
-            for _ in range(per_block):
-                n, done = loops[name], 0
-                t0 = time.perf_counter()
-                deadline = t0 + 4 * target_s  # the calibration call may have been lucky
-                while done < n:
-                    fn()
-                    done += 1
-                    if time.perf_counter() > deadline:
-                        break
-                samples[name].append((time.perf_counter() - t0) / done)
+            n, done = loops[name], 0
+            t0 = time.perf_counter()
+            deadline = t0 + 4 * target_s  # the calibration call may have been lucky
+            while done < n:
+                fn()
+                done += 1
+                if time.perf_counter() > deadline:
+                    break
+            samples[name].append((time.perf_counter() - t0) / done)
     return samples
 
 
 def _pick(samples, stat):
     return min(samples) if stat == "best" else statistics.median(samples)
+
+
+def spread(samples):
+    """(max - min) / median of one contender's rounds: how steady the machine was."""
+    return (max(samples) - min(samples)) / statistics.median(samples)
+
+
+def spread_cell(samples):
+    """The spread as a table cell, marked (!) above SPREAD_WARN."""
+    value = spread(samples)
+    return f"{100 * value:.0f}%" + (" (!)" if value > SPREAD_WARN else "")
+
+
+def spread_note(all_samples, out):
+    """Say so when any contender's rounds spread more than SPREAD_WARN."""
+    worst = max((spread(s) for s in all_samples), default=0.0)
+    if worst > SPREAD_WARN:
+        out(f"  (!) rounds spread up to {100 * worst:.0f}% (> {100 * SPREAD_WARN:.0f}%): "
+            "another process was probably using a core; rerun on an idle machine")
 
 
 # -- matmul ----------------------------------------------------------------------------------
@@ -462,7 +480,7 @@ def print_peak(peak, out):
 
 
 # -- timing the cases --
-def measure_matmul_case(case, peak, repeats=8, target_s=0.04, stat="best", settle_s=SETTLE_S):
+def measure_matmul_case(case, peak, repeats=8, target_s=0.04, stat="median", settle_s=SETTLE_S):
     """Check the case once, time it, and return a result dict (GFLOP/s of both, ratio,
     % of the peak for its dtype and threads, check)."""
     fns = case_callables(case)
@@ -473,10 +491,11 @@ def measure_matmul_case(case, peak, repeats=8, target_s=0.04, stat="best", settl
     g_np = flops / _pick(samples["numpy"], stat) / 1e9
     p = peak.gflops(case.dtype, case.threads)
     return {"case": case, "cyneuron_gflops": g_cn, "numpy_gflops": g_np, "ratio": g_cn / g_np,
-            "pct_peak": 100 * g_cn / p if p else None, "error": err, "ok": ok}
+            "pct_peak": 100 * g_cn / p if p else None, "error": err, "ok": ok,
+            "samples": samples}
 
 
-def run_matmul_cases(cases, peak, repeats=8, target_s=0.04, stat="best", settle_s=SETTLE_S,
+def run_matmul_cases(cases, peak, repeats=8, target_s=0.04, stat="median", settle_s=SETTLE_S,
                      progress=None):
     """(results, skipped): measure each case, those with a thread count inside
     both_on_threads; skipped lists (case, reason) for those that could not run."""
@@ -599,7 +618,7 @@ def matmul_targets(results, peak):
 
 # -- the report --
 MATMUL_HEADER = ("case", "GEMM MxKxN", "dtype", "cyneuron GFLOP/s", "numpy GFLOP/s", "ratio",
-                 "cn % peak", "check")
+                 "cn % peak", "spread cn / np", "check")
 
 
 def _matmul_row(r):
@@ -607,6 +626,7 @@ def _matmul_row(r):
     return (c.label, f"{c.m}x{c.k}x{c.n}", c.dtype, f"{r['cyneuron_gflops']:.1f}",
             f"{r['numpy_gflops']:.1f}", f"{r['ratio']:.2f}x",
             "?" if r["pct_peak"] is None else f"{r['pct_peak']:.0f}%",
+            " / ".join(spread_cell(r["samples"][k]) for k in ("cyneuron", "numpy")),
             "ok" if r["ok"] else f"ERR {r['error']:.1e}")
 
 
@@ -619,8 +639,10 @@ def print_matmul_report(results, skipped, targets, peak, args, out):
     for section, rs in sections:
         threads = rs[0]["case"].threads or peak.threads
         out(f"\nmatmul, {section}: {threads} thread{'s' if threads > 1 else ''}, "
-            f"{args.stat} of {args.repeats} repeats; ratio = cyneuron speed / numpy speed")
+            f"{args.stat} of {args.repeats} interleaved rounds; ratio = cyneuron speed / "
+            f"numpy speed")
         _print_table([MATMUL_HEADER] + [_matmul_row(r) for r in rs], out)
+        spread_note([v for r in rs for v in r["samples"].values()], out)
         if section == DENSE:
             out("  forward X(M,K) @ W(K,N); dX = dY(M,N) @ W(K,N)^T; dW = X(M,K)^T @ dY(M,N): "
                 "cn.ops.matmul(trans_a/trans_b, out=) vs np.matmul on the transposed views")
@@ -659,23 +681,6 @@ def bench_matmul(args, out, cases=None, peak=None, settle_s=SETTLE_S):
 
 
 # -- the MLP ---------------------------------------------------------------------------------
-def _mlp_table(title, fns, missing, samples_per_call, args, out,
-               names=("cyneuron", "torch", "scikit-learn")):
-    samples = time_blocks(fns, repeats=args.repeats, target_s=args.target)
-    rate = {name: samples_per_call / _pick(s, args.stat) for name, s in samples.items()}
-    table = [("implementation", "samples/s", "ms/call", "cyneuron / it")]
-    for name in names:
-        if name in rate:
-            table.append((name, f"{rate[name]:,.0f}", f"{1e3 * samples_per_call / rate[name]:.3f}",
-                          "-" if name == "cyneuron" else f"{rate['cyneuron'] / rate[name]:.2f}x"))
-        elif name in missing:
-            table.append((name, missing[name], "", ""))
-    out(f"\n{title}; {args.stat} of {args.repeats} repeats")
-    _print_table(table, out)
-    return rate
-
-
-
 def bench_mlp(args, out, peak=None):
     """Issue 8's end-to-end comparison (cyneuron._bench_mlp): training epochs with Adam for
     two MLPs and three batch sizes, one-sample latency and batched predict."""
@@ -690,13 +695,18 @@ def bench_mlp(args, out, peak=None):
         f"{threads} threads, {args.stat} of {_mlp_repeats(args)} epochs; GFLOP/s against the "
         f"{peak.total or 0:.0f} GFLOP/s fp32 peak")
     archs = list(_bench_mlp.ARCHITECTURES)[:1] if getattr(args, "quick", False) else None
-    return _bench_mlp.bench(out, threads, peak.gflops("float32"), repeats=_mlp_repeats(args),
-                            stat=args.stat, architectures=archs)
+    results = _bench_mlp.bench(out, threads, peak.gflops("float32"), repeats=_mlp_repeats(args),
+                               stat=args.stat, architectures=archs)
+    worst = max((v for r in results for v in r["spreads"].values()), default=0.0)
+    if worst > SPREAD_WARN:
+        out(f"  (!) rounds spread up to {100 * worst:.0f}% (> {100 * SPREAD_WARN:.0f}%): "
+            "another process was probably using a core; rerun on an idle machine")
+    return results
 
 
 def _mlp_repeats(args):
-    """Whole epochs are long: a few repeats suffice (and --quick takes fewer)."""
-    return 2 if getattr(args, "quick", False) else min(args.repeats, 3)
+    """Whole epochs are long: MIN_ROUNDS interleaved rounds unless --repeats asks for more."""
+    return max(MIN_ROUNDS, min(args.repeats, 8))
 
 
 # -- scikit-learn estimators -----------------------------------------------------------------
@@ -757,19 +767,22 @@ def bench_sklearn(args, out):
         out("\nscikit-learn MLPClassifier: skipped (scikit-learn is not installed)")
         return {}
     (x_train, _), (x_test, y_test) = sklearn_digits_data()
-    repeats = max(2, min(args.repeats, 6))
+    repeats = max(MIN_ROUNDS, min(args.repeats, 6))
     samples = time_blocks(fns, repeats=repeats, target_s=args.target)
     seconds = {name: _pick(s, args.stat) for name, s in samples.items()}
     accuracy = {name: fn().score(x_test, y_test) for name, fn in fns.items()}
-    table = [("implementation", "s / fit", "samples/s", "test accuracy", "speed-up vs scikit-learn")]
+    table = [("implementation", "s / fit", "samples/s", "test accuracy", "speed-up vs scikit-learn",
+              "spread")]
     for name in fns:
         rate = SKLEARN_EPOCHS * len(x_train) / seconds[name]
         table.append((name, f"{seconds[name]:.3f}", f"{rate:,.0f}", f"{accuracy[name]:.4f}",
-                      f"{seconds['scikit-learn'] / seconds[name]:.2f}x"))
+                      f"{seconds['scikit-learn'] / seconds[name]:.2f}x",
+                      spread_cell(samples[name])))
     out(f"\nMLPClassifier{SKLEARN_HIDDEN} fit on digits ({len(x_train)} samples, "
-        f"{SKLEARN_EPOCHS} epochs, adam, batch 200); {args.stat} of {repeats} fits; cyneuron "
-        f"float64 unless noted (scikit-learn computes in float64)")
+        f"{SKLEARN_EPOCHS} epochs, adam, batch 200); {args.stat} of {repeats} interleaved fits; "
+        f"cyneuron float64 unless noted (scikit-learn computes in float64)")
     _print_table(table, out)
+    spread_note(samples.values(), out)
     return seconds
 
 
@@ -917,12 +930,12 @@ def bench_conv(args, out):
     fns, missing = conv_train_callables(threads, x, y)
     net = "Conv32-Pool-Conv64-Pool-Dense128-Dense10"
     names = ("cyneuron",) + tuple(CONV_TORCH_VARIANTS)
-    train = _mlp_table(f"CNN {net} train step (forward + backward + {opt_label}), batch "
-                       f"{CONV_BATCH}, 28x28x1, float32", fns, missing, CONV_BATCH, args, out,
-                       names)
+    train = _rate_table(f"CNN {net} train step (forward + backward + {opt_label}), batch "
+                        f"{CONV_BATCH}, 28x28x1, float32", fns, missing, CONV_BATCH, args, out,
+                        "samples/s", names)
     fns, missing = conv_predict_callables(threads, x)
-    infer = _mlp_table(f"CNN inference (softmax probabilities), batch {CONV_BATCH}, float32",
-                       fns, missing, CONV_BATCH, args, out, names)
+    infer = _rate_table(f"CNN inference (softmax probabilities), batch {CONV_BATCH}, float32",
+                        fns, missing, CONV_BATCH, args, out, "samples/s", names)
     return train, infer
 
 
@@ -1086,17 +1099,20 @@ def bench_rnn(args, out):
 
 
 def _rate_table(title, fns, missing, per_call, args, out, unit, names):
+    """Time `fns` in interleaved rounds and print rate, time per call, ratio and spread."""
     samples = time_blocks(fns, repeats=args.repeats, target_s=args.target)
     rate = {name: per_call / _pick(s, args.stat) for name, s in samples.items()}
-    table = [("implementation", unit, "ms/call", "cyneuron / it")]
+    table = [("implementation", unit, "ms/call", "cyneuron / it", "spread")]
     for name in names:
         if name in rate:
             table.append((name, f"{rate[name]:,.0f}", f"{1e3 * per_call / rate[name]:.3f}",
-                          "-" if name == "cyneuron" else f"{rate['cyneuron'] / rate[name]:.2f}x"))
+                          "-" if name == "cyneuron" else f"{rate['cyneuron'] / rate[name]:.2f}x",
+                          spread_cell(samples[name])))
         elif name in missing:
-            table.append((name, missing[name], "", ""))
-    out(f"\n{title}; {args.stat} of {args.repeats} repeats")
+            table.append((name, missing[name], "", "", ""))
+    out(f"\n{title}; {args.stat} of {args.repeats} interleaved rounds")
     _print_table(table, out)
+    spread_note(samples.values(), out)
     return rate
 
 
@@ -1143,13 +1159,15 @@ def main(argv=None):
                         help="threads for cyneuron, torch and (with threadpoolctl) numpy's BLAS")
     parser.add_argument("--quick", action="store_true",
                         help="matmul: squares 64/128/512/1024 and the dense-layer products only; "
-                             "4 repeats unless --repeats says otherwise")
+                             "mlp: the first network only; 5 rounds unless --repeats says otherwise")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed repeats of each function (default 8, --quick 4; in two blocks)")
+                        help="interleaved rounds, each timing every contender once "
+                             "(default 8, --quick 5)")
     parser.add_argument("--target", type=float, default=0.04,
                         help="seconds per repeat (default 0.04)")
-    parser.add_argument("--stat", choices=("best", "median"), default="best",
-                        help="summary of the repeats (default best)")
+    parser.add_argument("--stat", choices=("best", "median"), default="median",
+                        help="summary of the rounds (default median; the spread is printed "
+                             "beside it)")
     parser.add_argument("--peak", type=float, default=None,
                         help="float32 peak GFLOP/s of this machine on the threads in use, for "
                              "the %% of peak column (default: measured at the start)")
@@ -1157,7 +1175,7 @@ def main(argv=None):
                         help="do not re-execute without OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE")
     args = parser.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 4 if args.quick else 8
+        args.repeats = MIN_ROUNDS if args.quick else 8
     if args.repeats < 1 or args.target <= 0:
         parser.error("--repeats must be >= 1 and --target > 0")
     if args.peak is not None and not args.peak > 0:

@@ -18,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from ._bench import _pick, time_blocks
+from ._bench import _pick, spread, SPREAD_WARN, time_blocks
 
 ARCHITECTURES = {"784-256-128-10": (784, 256, 128, 10), "784-512-512-10": (784, 512, 512, 10)}
 BATCH_SIZES = (32, 128, 512)
@@ -149,7 +149,11 @@ def summarize(samples, per_call, stat):
     return {name: per_call / _pick(times, stat) for name, times in samples.items()}
 
 
-def bench(out, threads, peak32, repeats=3, stat="best", architectures=None, batch_sizes=None,
+def _spreads(samples):
+    return {name: spread(times) for name, times in samples.items()}
+
+
+def bench(out, threads, peak32, repeats=5, stat="median", architectures=None, batch_sizes=None,
           n_samples=N_SAMPLES, print_table=None):
     """Run the training and inference comparisons; returns a list of result dicts."""
     results = []
@@ -159,9 +163,11 @@ def bench(out, threads, peak32, repeats=3, stat="best", architectures=None, batc
         flops = train_flops_per_sample(sizes)
         for b in batch_sizes or BATCH_SIZES:
             fns, missing = train_epoch_callables(sizes, b, threads, x, y)
-            rate = summarize(time_blocks(fns, repeats=repeats, target_s=0.0), len(x), stat)
+            samples = time_blocks(fns, repeats=repeats, target_s=0.0)
+            rate = summarize(samples, len(x), stat)
             best_peer = max((v for k, v in rate.items() if k != "cyneuron"), default=None)
             row = {"kind": "train", "arch": arch, "batch": b, "rates": rate, "missing": missing,
+                   "spreads": _spreads(samples),
                    "gflops": rate["cyneuron"] * flops / 1e9,
                    "vs_best_peer": rate["cyneuron"] / best_peer if best_peer else None}
             row["pct_peak"] = 100 * row["gflops"] / peak32 if peak32 else None
@@ -169,18 +175,26 @@ def bench(out, threads, peak32, repeats=3, stat="best", architectures=None, batc
             out(_train_line(row))
         x1 = x[:1]
         fns, missing = predict_callables(sizes, threads, x1)
-        lat = summarize(time_blocks(fns, repeats=max(5, repeats), target_s=0.05, settle_s=0.05),
-                        1, stat)
-        row = {"kind": "latency", "arch": arch, "rates": lat, "missing": missing}
+        samples = time_blocks(fns, repeats=max(5, repeats), target_s=0.05, settle_s=0.05)
+        row = {"kind": "latency", "arch": arch, "rates": summarize(samples, 1, stat),
+               "missing": missing, "spreads": _spreads(samples)}
         results.append(row)
         out(_latency_line(row))
         xp = x[:PREDICT_SAMPLES]
         fns, missing = predict_callables(sizes, threads, xp)
-        thr = summarize(time_blocks(fns, repeats=repeats, target_s=0.05), len(xp), stat)
-        row = {"kind": "predict", "arch": arch, "rates": thr, "missing": missing}
+        samples = time_blocks(fns, repeats=repeats, target_s=0.05)
+        row = {"kind": "predict", "arch": arch, "rates": summarize(samples, len(xp), stat),
+               "missing": missing, "spreads": _spreads(samples)}
         results.append(row)
         out(_predict_line(row))
     return results
+
+
+def _spread_text(row):
+    """' [spread 3% / 5% / 21% (!)]' in the order of the rates."""
+    cells = [f"{100 * v:.0f}%" + (" (!)" if v > SPREAD_WARN else "")
+             for v in row["spreads"].values()]
+    return f" [spread {' / '.join(cells)}]"
 
 
 def _others(rates, unit, fmt):
@@ -193,17 +207,18 @@ def _train_line(row):
     peak = f", {row['pct_peak']:.0f}% of peak" if row["pct_peak"] else ""
     return (f"  train {row['arch']} batch {row['batch']:>3}: cyneuron {r['cyneuron']:,.0f} "
             f"samples/s ({row['gflops']:.0f} GFLOP/s{peak}); "
-            + _others(r, " samples/s", lambda v: f"{v:,.0f}"))
+            + _others(r, " samples/s", lambda v: f"{v:,.0f}") + _spread_text(row))
 
 
 def _latency_line(row):
     r = {k: 1e6 / v for k, v in row["rates"].items()}   # microseconds per sample
     others = ", ".join(f"{k} {v:.1f} us (cyneuron takes {r['cyneuron'] / v:.2f} of it)"
                        for k, v in r.items() if k != "cyneuron")
-    return f"  predict 1 sample {row['arch']}: cyneuron {r['cyneuron']:.1f} us; {others}"
+    return (f"  predict 1 sample {row['arch']}: cyneuron {r['cyneuron']:.1f} us; {others}"
+            + _spread_text(row))
 
 
 def _predict_line(row):
     r = row["rates"]
     return (f"  predict {PREDICT_SAMPLES} samples {row['arch']}: cyneuron {r['cyneuron']:,.0f} "
-            f"samples/s; " + _others(r, " samples/s", lambda v: f"{v:,.0f}"))
+            f"samples/s; " + _others(r, " samples/s", lambda v: f"{v:,.0f}") + _spread_text(row))

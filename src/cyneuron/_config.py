@@ -99,7 +99,46 @@ def config():
     }
 
 
+def kernel_isas():
+    """{kernel family: (instruction set it runs now, why)}: what `python -m cyneuron info`
+    prints. Each family asks its own kernel module, so this follows CYNEURON_ISA and
+    set_isa like the kernels do."""
+    from ._kernels import optim as _optim
+    from ._kernels import recurrent as _recurrent
+
+    isa, widest = get_isa(), supported_isas()[-1]
+    if isa == widest:
+        why = "the widest instruction set this CPU supports"
+    else:
+        why = f"chosen by {ISA_ENV} or set_isa (this CPU supports up to {widest})"
+    epilogue = _gemm.epilogue_isa()
+    gates = _recurrent._sync_isa()
+    return {
+        "GEMM micro-kernels": (isa, why),
+        "GEMM epilogue (bias, relu, leaky_relu, derivatives)": (
+            epilogue, "the generic path is in use" if epilogue == "generic" else
+            "AVX2 copy on the AVX2 and AVX-512 paths: an AVX-512 copy measured no gain "
+            "(the pass is ~1% of the product); other activations: baseline loops"),
+        "optimizers (Adam, AdamW, RMSprop, Adagrad)": (
+            _optim.simd_path(), "a copy per instruction set, the GEMM's (no FMA: same bits)"),
+        "optimizers (SGD), clipping, L2": (
+            "baseline", "Cython loops built for baseline x86-64 (SSE2), auto-vectorized; "
+            "bound by memory bandwidth"),
+        "recurrent gate math (float32 sigmoid/tanh)": (
+            gates + ("+fma" if gates == "avx2" else ""),
+            "scalar C (the generic path is in use)" if gates == "generic" else
+            "a vector copy per instruction set from one template, the GEMM's"),
+        "activations, losses, normalization, conv/pooling loops": (
+            "baseline", "Cython loops built for baseline x86-64 (SSE2), auto-vectorized; "
+            "the dense layers' activations run in the GEMM epilogue instead"),
+    }
+
+
 def show_config():
-    """Print version, SIMD path in use, OpenMP runtime and threads."""
+    """Print version, SIMD path in use, OpenMP runtime and threads, and which instruction
+    set each kernel family runs."""
     for key, value in config().items():
         print(f"{key:>20}: {value}")
+    print("kernel families (instruction set in use: why):")
+    for family, (isa, why) in kernel_isas().items():
+        print(f"  {family}: {isa}: {why}")

@@ -85,6 +85,7 @@ cdef extern from "cn_kernels.h" nogil:
     int cn_cpu_supports(int isa)
     int cn_best_isa()
     const cn_kernel_table *cn_kernels_for(int isa)
+    const cn_kernel_table *cn_kernel_layout(int isa)
 
 
 cdef extern from *:
@@ -167,7 +168,9 @@ cdef enum:
     KC_BLOCK = 384
     MC_TARGET = 72
     NC_TARGET = 4096
-    # Below this many multiply-adds one thread is faster than waking the pool.
+    # Below this many multiply-adds one thread is faster than waking the pool (AVX2;
+    # the AVX-512 kernels do twice the work in the same time: 2.5 times as many, see
+    # _parallel_min_macs).
     GEMM_PARALLEL_MIN_MACS = 1 << 16
     # ... unless B is this large: then even a few rows (a single sample) are bound by
     # reading B, and splitting its columns lets each core keep its part in its own L2.
@@ -221,6 +224,12 @@ def get_isa():
     return _table.name.decode()
 
 
+def epilogue_isa():
+    """Instruction set of the epilogue's C loops now: their AVX2 copy on the AVX2 and
+    AVX-512 paths (an AVX-512 copy measured no gain: the pass is ~1% of the product)."""
+    return "generic" if _table.isa == CN_ISA_GENERIC else "avx2"
+
+
 def set_isa(str name):
     """Use the micro-kernels of instruction set `name` from now on."""
     global _table
@@ -232,16 +241,45 @@ def set_isa(str name):
     _table = cn_kernels_for(isa)
 
 
-def block_sizes(str dtype):
-    """(MR, NR, MC, KC, NC) of the current path for 'float32' or 'float64'."""
-    cdef int mr = _table.s_mr if dtype == "float32" else _table.d_mr
-    cdef int nr = _table.s_nr if dtype == "float32" else _table.d_nr
+cdef const cn_kernel_table *_layout(isa) except NULL:
+    """The table of `isa` (a name; None: the path in use) for its blocking only: any ISA
+    compiled in, whether or not this CPU runs it."""
+    if isa is None:
+        return _table
+    if isa not in ISA_NAMES:
+        raise ValueError(f"isa must be one of {ISA_NAMES} or None, got {isa!r}")
+    cdef const cn_kernel_table *t = cn_kernel_layout(ISA_NAMES.index(isa))
+    if t == NULL:
+        raise ValueError(f"isa {isa!r} is not compiled into this build")
+    return t
+
+
+def compiled_isas():
+    """Instruction sets compiled into this build (their blocking can be inspected
+    even where this CPU cannot run them)."""
+    return tuple(n for i, n in enumerate(ISA_NAMES) if cn_kernel_layout(i) != NULL)
+
+
+def block_sizes(str dtype, isa=None):
+    """(MR, NR, MC, KC, NC) for 'float32' or 'float64' on instruction set `isa`
+    (default: the path in use)."""
+    cdef const cn_kernel_table *t = _layout(isa)
+    cdef int mr = t.s_mr if dtype == "float32" else t.d_mr
+    cdef int nr = t.s_nr if dtype == "float32" else t.d_nr
     return (mr, nr, (MC_TARGET // mr) * mr, KC_BLOCK, (NC_TARGET // nr) * nr)
 
 
+cdef inline int64_t _parallel_min_macs() noexcept nogil:
+    """Multiply-adds below which one thread is faster than two, for the kernels in use.
+    Measured on Zen 5 (min of 21 runs of 300 calls): AVX2 32x64x64 (131k) on 2 threads
+    0.81 of 1 thread's time; AVX-512 the same product 1.07-1.15, 32x128x64 (262k) 0.80-0.86."""
+    return GEMM_PARALLEL_MIN_MACS * 5 // 2 if _table.isa == CN_ISA_AVX512 else GEMM_PARALLEL_MIN_MACS
+
+
 def plan_limits():
-    """{name: value} of the thresholds that pick threads and plans (for tests and docs)."""
-    return {"parallel_min_macs": GEMM_PARALLEL_MIN_MACS, "direct_max_m": DIRECT_MAX_M,
+    """{name: value} of the thresholds that pick threads and plans, for the path in use
+    (for tests and docs)."""
+    return {"parallel_min_macs": _parallel_min_macs(), "direct_max_m": DIRECT_MAX_M,
             "max_threads": MAX_THREADS}
 
 
@@ -753,18 +791,21 @@ cdef int _plan(Call *g, _Workspace ws, int nthreads, size_t item) except -1:
     return 0
 
 
-def plan(a, b, int threads=1):
-    """How a @ b would run on `threads` threads: {"plan": "direct" | "packed",
-    "split": "rows" | "columns", "pack_a": bool} (for tests and profiling)."""
+def plan(a, b, int threads=1, isa=None):
+    """How a @ b would run on `threads` threads with the blocking of instruction set
+    `isa` (default: the path in use; any compiled ISA, runnable here or not):
+    {"plan": "direct" | "packed", "split": "rows" | "columns", "pack_a": bool}
+    (for tests and profiling)."""
     cdef Call g
     cdef size_t item = a.itemsize
+    cdef const cn_kernel_table *t = _layout(isa)
     g.M, g.K, g.N = a.shape[0], a.shape[1], b.shape[1]
     g.rsa, g.csa = a.strides[0] // item, a.strides[1] // item
     g.rsb, g.csb = b.strides[0] // item, b.strides[1] // item
     if item == 4:
-        g.mr, g.nr = _table.s_mr, _table.s_nr
+        g.mr, g.nr = t.s_mr, t.s_nr
     else:
-        g.mr, g.nr = _table.d_mr, _table.d_nr
+        g.mr, g.nr = t.d_mr, t.d_nr
     _choose(&g, max(1, threads), item)
     return {"plan": "direct" if g.direct else "packed",
             "split": "rows" if g.split_rows else "columns", "pack_a": bool(g.pack_a)}
@@ -895,7 +936,7 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
     else:
         g.mr, g.nr = _table.d_mr, _table.d_nr
     cdef int nthreads = 1
-    if g.M * g.N * g.K >= GEMM_PARALLEL_MIN_MACS or g.K * g.N * item >= PARALLEL_MIN_B_BYTES:
+    if g.M * g.N * g.K >= _parallel_min_macs() or g.K * g.N * item >= PARALLEL_MIN_B_BYTES:
         nthreads = min(cn_omp_max_threads(), MAX_THREADS)
     cdef _Workspace ws = _free_workspaces.pop() if _free_workspaces else _Workspace()
     try:

@@ -9,8 +9,8 @@ Every update kernel takes the same three trailing settings, applied in Keras's o
 
 Gradients are read only; the optimizer state (velocity, moments, accumulators) is
 updated in place and has one element per parameter. Adam, RMSprop and Adagrad (a square
-root and a division per element) run C loops with an AVX2 copy, used when the GEMM's
-instruction set is AVX2 or wider; neither copy uses FMA, so they give the same bits.
+root and a division per element) run C loops with AVX2 and AVX-512 copies, the one
+matching the GEMM's instruction set; no copy uses FMA, so all give the same bits.
 """
 from cython cimport floating
 from cython.parallel cimport prange
@@ -30,12 +30,21 @@ cdef extern from *:
     #include <math.h>
     #include <stdint.h>
 
-    /* The Adam loop in C, compiled twice: for AVX2 and for the baseline (SSE2, what the
-       extension is built for, where the square root and division of each element run at
-       a third of the AVX2 rate). The AVX2 copy runs when the GEMM's instruction set is
-       not the generic one (gemm.current_isa, which follows CYNEURON_ISA and set_isa, and
-       is only ever AVX2 or wider on a CPU that has it). No FMA is used, so both copies
-       give the same bits. */
+    /* The Adam loop in C, compiled three times: for AVX-512, AVX2 and the baseline (SSE2,
+       what the extension is built for, where the square root and division of each element
+       run at a third of the AVX2 rate). The copy matching the GEMM's instruction set runs
+       (gemm.current_isa, which follows CYNEURON_ISA and set_isa, and is only ever a set
+       this CPU has). No copy uses FMA (the AVX-512 one has contraction turned off), so
+       all give the same bits. */
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+    #define CN_AVX2 __attribute__((target("avx2")))
+    #if defined(__clang__)
+    #define CN_AVX512 __attribute__((target("avx512f,avx512vl")))
+    #pragma clang fp contract(off)
+    #else
+    #define CN_AVX512 __attribute__((target("avx512f,avx512vl"), optimize("fp-contract=off")))
+    #endif
+    #endif
     #define CN_ADAM_LOOP(T, SQRT, AMSGRAD)                                             \
         for (int64_t i = 0; i < n; i++) {                                             \
             T g = grads[i] * gs;                                                      \
@@ -64,25 +73,33 @@ cdef extern from *:
     CN_ADAM_FN(float, cn_adam_f32_generic, sqrtf, )
     CN_ADAM_FN(double, cn_adam_f64_generic, sqrt, )
     #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-    CN_ADAM_FN(float, cn_adam_f32_avx2, sqrtf, __attribute__((target("avx2"))))
-    CN_ADAM_FN(double, cn_adam_f64_avx2, sqrt, __attribute__((target("avx2"))))
+    CN_ADAM_FN(float, cn_adam_f32_avx2, sqrtf, CN_AVX2)
+    CN_ADAM_FN(double, cn_adam_f64_avx2, sqrt, CN_AVX2)
+    CN_ADAM_FN(float, cn_adam_f32_avx512, sqrtf, CN_AVX512)
+    CN_ADAM_FN(double, cn_adam_f64_avx512, sqrt, CN_AVX512)
     #else
     #define cn_adam_f32_avx2 cn_adam_f32_generic
     #define cn_adam_f64_avx2 cn_adam_f64_generic
+    #define cn_adam_f32_avx512 cn_adam_f32_generic
+    #define cn_adam_f64_avx512 cn_adam_f64_generic
     #endif
 
-    static void cn_adam_f32(int avx2, float *params, const float *grads, float *m, float *v,
+    /* isa: 0 generic, 1 AVX2, 2 AVX-512 (gemm.current_isa). */
+    #define CN_PICK_ISA(name, isa) \
+        ((isa) >= 2 ? name##_avx512 : (isa) == 1 ? name##_avx2 : name##_generic)
+
+    static void cn_adam_f32(int isa, float *params, const float *grads, float *m, float *v,
                             float *v_max, int64_t n, float alpha, float b1, float b2,
                             float eps, float wd, float gs, float cv) {
-        (avx2 ? cn_adam_f32_avx2 : cn_adam_f32_generic)(params, grads, m, v, v_max, n,
-                                                        alpha, b1, b2, eps, wd, gs, cv);
+        CN_PICK_ISA(cn_adam_f32, isa)(params, grads, m, v, v_max, n,
+                                      alpha, b1, b2, eps, wd, gs, cv);
     }
 
-    static void cn_adam_f64(int avx2, double *params, const double *grads, double *m,
+    static void cn_adam_f64(int isa, double *params, const double *grads, double *m,
                             double *v, double *v_max, int64_t n, double alpha, double b1,
                             double b2, double eps, double wd, double gs, double cv) {
-        (avx2 ? cn_adam_f64_avx2 : cn_adam_f64_generic)(params, grads, m, v, v_max, n,
-                                                        alpha, b1, b2, eps, wd, gs, cv);
+        CN_PICK_ISA(cn_adam_f64, isa)(params, grads, m, v, v_max, n,
+                                      alpha, b1, b2, eps, wd, gs, cv);
     }
 
     /* RMSprop and Adagrad likewise (each element has a square root and a division). */
@@ -140,53 +157,60 @@ cdef extern from *:
     CN_ADAGRAD_FN(float, cn_adagrad_f32_generic, sqrtf, )
     CN_ADAGRAD_FN(double, cn_adagrad_f64_generic, sqrt, )
     #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-    CN_RMSPROP_FN(float, cn_rmsprop_f32_avx2, sqrtf, __attribute__((target("avx2"))))
-    CN_RMSPROP_FN(double, cn_rmsprop_f64_avx2, sqrt, __attribute__((target("avx2"))))
-    CN_ADAGRAD_FN(float, cn_adagrad_f32_avx2, sqrtf, __attribute__((target("avx2"))))
-    CN_ADAGRAD_FN(double, cn_adagrad_f64_avx2, sqrt, __attribute__((target("avx2"))))
+    CN_RMSPROP_FN(float, cn_rmsprop_f32_avx2, sqrtf, CN_AVX2)
+    CN_RMSPROP_FN(double, cn_rmsprop_f64_avx2, sqrt, CN_AVX2)
+    CN_ADAGRAD_FN(float, cn_adagrad_f32_avx2, sqrtf, CN_AVX2)
+    CN_ADAGRAD_FN(double, cn_adagrad_f64_avx2, sqrt, CN_AVX2)
+    CN_RMSPROP_FN(float, cn_rmsprop_f32_avx512, sqrtf, CN_AVX512)
+    CN_RMSPROP_FN(double, cn_rmsprop_f64_avx512, sqrt, CN_AVX512)
+    CN_ADAGRAD_FN(float, cn_adagrad_f32_avx512, sqrtf, CN_AVX512)
+    CN_ADAGRAD_FN(double, cn_adagrad_f64_avx512, sqrt, CN_AVX512)
     #else
     #define cn_rmsprop_f32_avx2 cn_rmsprop_f32_generic
     #define cn_rmsprop_f64_avx2 cn_rmsprop_f64_generic
     #define cn_adagrad_f32_avx2 cn_adagrad_f32_generic
     #define cn_adagrad_f64_avx2 cn_adagrad_f64_generic
+    #define cn_rmsprop_f32_avx512 cn_rmsprop_f32_generic
+    #define cn_rmsprop_f64_avx512 cn_rmsprop_f64_generic
+    #define cn_adagrad_f32_avx512 cn_adagrad_f32_generic
+    #define cn_adagrad_f64_avx512 cn_adagrad_f64_generic
     #endif
 
     #define CN_RMSPROP_DISPATCH(T, name)                                               \
-    static void name(int avx2, T *params, const T *grads, T *velocity, T *momentum_buf, \
+    static void name(int isa, T *params, const T *grads, T *velocity, T *momentum_buf, \
                      T *average_grad, int64_t n, T lr, T r, T mu, T eps, T wd, T gs,   \
                      T cv) {                                                           \
-        (avx2 ? name##_avx2 : name##_generic)(params, grads, velocity, momentum_buf,   \
-                                             average_grad, n, lr, r, mu, eps, wd, gs, cv); \
+        CN_PICK_ISA(name, isa)(params, grads, velocity, momentum_buf,                  \
+                               average_grad, n, lr, r, mu, eps, wd, gs, cv);           \
     }
     #define CN_ADAGRAD_DISPATCH(T, name)                                               \
-    static void name(int avx2, T *params, const T *grads, T *accumulator, int64_t n,   \
+    static void name(int isa, T *params, const T *grads, T *accumulator, int64_t n,   \
                      T lr, T eps, T wd, T gs, T cv) {                                  \
-        (avx2 ? name##_avx2 : name##_generic)(params, grads, accumulator, n, lr, eps,  \
-                                             wd, gs, cv);                              \
+        CN_PICK_ISA(name, isa)(params, grads, accumulator, n, lr, eps, wd, gs, cv);    \
     }
     CN_RMSPROP_DISPATCH(float, cn_rmsprop_f32)
     CN_RMSPROP_DISPATCH(double, cn_rmsprop_f64)
     CN_ADAGRAD_DISPATCH(float, cn_adagrad_f32)
     CN_ADAGRAD_DISPATCH(double, cn_adagrad_f64)
     """
-    void cn_adam_f32(int avx2, float *params, const float *grads, float *m, float *v,
+    void cn_adam_f32(int isa, float *params, const float *grads, float *m, float *v,
                      float *v_max, int64_t n, float alpha, float b1, float b2, float eps,
                      float wd, float gs, float cv) noexcept nogil
-    void cn_adam_f64(int avx2, double *params, const double *grads, double *m, double *v,
+    void cn_adam_f64(int isa, double *params, const double *grads, double *m, double *v,
                      double *v_max, int64_t n, double alpha, double b1, double b2,
                      double eps, double wd, double gs, double cv) noexcept nogil
-    void cn_rmsprop_f32(int avx2, float *params, const float *grads, float *velocity,
+    void cn_rmsprop_f32(int isa, float *params, const float *grads, float *velocity,
                         float *momentum_buf, float *average_grad, int64_t n, float lr,
                         float r, float mu, float eps, float wd, float gs,
                         float cv) noexcept nogil
-    void cn_rmsprop_f64(int avx2, double *params, const double *grads, double *velocity,
+    void cn_rmsprop_f64(int isa, double *params, const double *grads, double *velocity,
                         double *momentum_buf, double *average_grad, int64_t n, double lr,
                         double r, double mu, double eps, double wd, double gs,
                         double cv) noexcept nogil
-    void cn_adagrad_f32(int avx2, float *params, const float *grads, float *accumulator,
+    void cn_adagrad_f32(int isa, float *params, const float *grads, float *accumulator,
                         int64_t n, float lr, float eps, float wd, float gs,
                         float cv) noexcept nogil
-    void cn_adagrad_f64(int avx2, double *params, const double *grads, double *accumulator,
+    void cn_adagrad_f64(int isa, double *params, const double *grads, double *accumulator,
                         int64_t n, double lr, double eps, double wd, double gs,
                         double cv) noexcept nogil
 
@@ -344,6 +368,11 @@ def sgd_update(floating[::1] params, const floating[::1] grads, floating[::1] ve
             params[i] = w + v
 
 
+def simd_path():
+    """Instruction set of the Adam / RMSprop / Adagrad loops now (the GEMM's)."""
+    return ("generic", "avx2", "avx512")[current_isa()]
+
+
 def adam_update(params, grads, m, v, v_max,
                 double learning_rate, double beta_1, double beta_2, double epsilon,
                 long step, bint amsgrad,
@@ -387,7 +416,7 @@ cdef void _adam(floating *params, const floating *grads, floating *m, floating *
                 floating eps, floating wd, floating gs, floating cv) noexcept nogil:
     """The Adam loop (cn_adam_*), one contiguous part per thread; v_max NULL: no amsgrad."""
     cdef int nt = threads_for(n * COST_SQRT_DIV), t
-    cdef int avx2 = current_isa() != 0
+    cdef int isa = current_isa()
     cdef Py_ssize_t part = (n + nt - 1) // nt, lo, hi
     for t in prange(nt, num_threads=nt, schedule="static"):
         lo = t * part
@@ -395,11 +424,11 @@ cdef void _adam(floating *params, const floating *grads, floating *m, floating *
         if hi <= lo:
             continue
         if floating is float:
-            cn_adam_f32(avx2, params + lo, grads + lo, m + lo, v + lo,
+            cn_adam_f32(isa, params + lo, grads + lo, m + lo, v + lo,
                         v_max + lo if v_max != NULL else NULL, hi - lo,
                         alpha, b1, b2, eps, wd, gs, cv)
         else:
-            cn_adam_f64(avx2, params + lo, grads + lo, m + lo, v + lo,
+            cn_adam_f64(isa, params + lo, grads + lo, m + lo, v + lo,
                         v_max + lo if v_max != NULL else NULL, hi - lo,
                         alpha, b1, b2, eps, wd, gs, cv)
 
@@ -434,7 +463,7 @@ def rmsprop_update(floating[::1] params, const floating[::1] grads, floating[::1
     cdef floating *mom = &momentum_buf[0] if momentum != 0 else NULL
     cdef floating *avg = &average_grad[0] if centered else NULL
     cdef int nt = threads_for(n * COST_SQRT_DIV), t
-    cdef int avx2 = current_isa() != 0
+    cdef int isa = current_isa()
     cdef Py_ssize_t part = (n + nt - 1) // nt, lo, hi
     for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
         lo = t * part
@@ -442,11 +471,11 @@ def rmsprop_update(floating[::1] params, const floating[::1] grads, floating[::1
         if hi <= lo:
             continue
         if floating is float:
-            cn_rmsprop_f32(avx2, &params[lo], &grads[lo], &velocity[lo],
+            cn_rmsprop_f32(isa, &params[lo], &grads[lo], &velocity[lo],
                            mom + lo if mom != NULL else NULL, avg + lo if avg != NULL else NULL,
                            hi - lo, lr, r, mu, eps, wd, gs, cv)
         else:
-            cn_rmsprop_f64(avx2, &params[lo], &grads[lo], &velocity[lo],
+            cn_rmsprop_f64(isa, &params[lo], &grads[lo], &velocity[lo],
                            mom + lo if mom != NULL else NULL, avg + lo if avg != NULL else NULL,
                            hi - lo, lr, r, mu, eps, wd, gs, cv)
 
@@ -464,7 +493,7 @@ def adagrad_update(floating[::1] params, const floating[::1] grads, floating[::1
     if n == 0:
         return
     cdef int nt = threads_for(n * COST_SQRT_DIV), t
-    cdef int avx2 = current_isa() != 0
+    cdef int isa = current_isa()
     cdef Py_ssize_t part = (n + nt - 1) // nt, lo, hi
     for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
         lo = t * part
@@ -472,8 +501,8 @@ def adagrad_update(floating[::1] params, const floating[::1] grads, floating[::1
         if hi <= lo:
             continue
         if floating is float:
-            cn_adagrad_f32(avx2, &params[lo], &grads[lo], &accumulator[lo], hi - lo, lr, eps,
+            cn_adagrad_f32(isa, &params[lo], &grads[lo], &accumulator[lo], hi - lo, lr, eps,
                            wd, gs, cv)
         else:
-            cn_adagrad_f64(avx2, &params[lo], &grads[lo], &accumulator[lo], hi - lo, lr, eps,
+            cn_adagrad_f64(isa, &params[lo], &grads[lo], &accumulator[lo], hi - lo, lr, eps,
                            wd, gs, cv)

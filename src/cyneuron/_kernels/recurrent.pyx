@@ -97,9 +97,9 @@ cdef extern from *:
 
     static inline float cn_sigmoidf(float x) { return 1.0f / (1.0f + cn_expf(-x)); }
 
-    /* The loops, once per instruction set: the AVX2 + FMA copy (its fused multiply-adds
-       round differently, within an ulp or two of the baseline copy) is only called
-       after cn_rnn_use_avx2 checked the CPU. */
+    /* The scalar loops (the generic copy; the vector copies below, whose fused
+       multiply-adds round differently, stay within an ulp or two of it and are only
+       called after cn_rnn_use_isa checked the CPU). */
     #define CN_ACT_LOOPS(suffix, attr)                                               \
         attr static void cn_tanhf_loop_##suffix(float *x, Py_ssize_t n) {           \
             for (Py_ssize_t j = 0; j < n; j++) x[j] = cn_tanhf(x[j]);              \
@@ -167,230 +167,105 @@ cdef extern from *:
         }
     }
     #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-    #define CN_RNN_HAVE_AVX2 1
-    /* Hand-written AVX2 + FMA copies of the float32 math: the same Cephes exp and tanh
-       polynomials, the clamps as min/max (whose NaN operand comes second, so NaN passes
-       through), and the divisions as a reciprocal estimate refined by one Newton step
-       (within an ulp or two of a division). The fused rows run in two passes over a
-       row: the gates (independent chains), then the cell state's tanh, so that the
-       out-of-order core overlaps many elements instead of waiting on one long chain. */
+    #define CN_RNN_HAVE_SIMD 1
+    /* Vector copies of the float32 math, one per instruction set, from one template
+       (csrc/rnn_gates_template.h: the polynomials, the reciprocal + Newton step and the
+       two-pass rows are written once). Only called after cn_rnn_use_isa checked the CPU. */
     #include <immintrin.h>
-    #define CN_AVX2_FN __attribute__((target("avx2,fma"))) static inline
-    #define CN_PS(v) _mm256_set1_ps(v)
 
-    CN_AVX2_FN __m256 cn_exp8(__m256 x) {
-        __m256 t, n, r, z, p, s;
-        x = _mm256_min_ps(CN_PS(88.0f), x);
-        x = _mm256_max_ps(CN_PS(-87.0f), x);
-        t = _mm256_fmadd_ps(x, CN_PS(1.44269504088896341f), CN_PS(12582912.0f));
-        n = _mm256_sub_ps(t, CN_PS(12582912.0f));
-        r = _mm256_fnmadd_ps(n, CN_PS(0.693359375f), x);
-        r = _mm256_fmadd_ps(n, CN_PS(2.12194440e-4f), r);
-        z = _mm256_mul_ps(r, r);
-        p = _mm256_fmadd_ps(CN_PS(1.9875691500e-4f), r, CN_PS(1.3981999507e-3f));
-        p = _mm256_fmadd_ps(p, r, CN_PS(8.3334519073e-3f));
-        p = _mm256_fmadd_ps(p, r, CN_PS(4.1665795894e-2f));
-        p = _mm256_fmadd_ps(p, r, CN_PS(1.6666665459e-1f));
-        p = _mm256_fmadd_ps(p, r, CN_PS(5.0000001201e-1f));
-        p = _mm256_add_ps(_mm256_fmadd_ps(p, z, r), CN_PS(1.0f));
-        s = _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B3FFF81)), 23));
-        return _mm256_mul_ps(p, s);
-    }
+    #define CN_SFX avx2
+    #define CN_VW 8
+    #define CN_V __m256
+    #define CN_ATTR __attribute__((target("avx2,fma")))
+    #define V_LD _mm256_loadu_ps
+    #define V_ST _mm256_storeu_ps
+    #define V_SET1 _mm256_set1_ps
+    #define V_ADD _mm256_add_ps
+    #define V_SUB _mm256_sub_ps
+    #define V_MUL _mm256_mul_ps
+    #define V_FMADD _mm256_fmadd_ps
+    #define V_FNMADD _mm256_fnmadd_ps
+    #define V_MIN _mm256_min_ps
+    #define V_MAX _mm256_max_ps
+    #define V_RCP _mm256_rcp_ps
+    #define V_XOR _mm256_xor_ps
+    #define V_AND _mm256_and_ps
+    #define V_ANDNOT _mm256_andnot_ps
+    #define V_OR _mm256_or_ps
+    #define V_SELECT_LT(a, c, x, y) _mm256_blendv_ps((y), (x), _mm256_cmp_ps((a), (c), _CMP_LT_OQ))
+    #define V_POW2N(t) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32( \
+        _mm256_castps_si256(t), _mm256_set1_epi32(0x4B3FFF81)), 23))
+    #include "rnn_gates_template.h"
+    #undef CN_SFX
+    #undef CN_VW
+    #undef CN_V
+    #undef CN_ATTR
+    #undef V_LD
+    #undef V_ST
+    #undef V_SET1
+    #undef V_ADD
+    #undef V_SUB
+    #undef V_MUL
+    #undef V_FMADD
+    #undef V_FNMADD
+    #undef V_MIN
+    #undef V_MAX
+    #undef V_RCP
+    #undef V_XOR
+    #undef V_AND
+    #undef V_ANDNOT
+    #undef V_OR
+    #undef V_SELECT_LT
+    #undef V_POW2N
 
-    /* 1 / d for d >= 1 (or NaN): estimate, then r + r (1 - d r). */
-    CN_AVX2_FN __m256 cn_recip8(__m256 d) {
-        __m256 r = _mm256_rcp_ps(d);
-        return _mm256_fmadd_ps(r, _mm256_fnmadd_ps(d, r, CN_PS(1.0f)), r);
-    }
-
-    CN_AVX2_FN __m256 cn_sigmoid8(__m256 x) {
-        __m256 e = cn_exp8(_mm256_xor_ps(x, CN_PS(-0.0f)));
-        return cn_recip8(_mm256_add_ps(e, CN_PS(1.0f)));
-    }
-
-    CN_AVX2_FN __m256 cn_tanh8(__m256 x) {
-        __m256 sign = _mm256_and_ps(x, CN_PS(-0.0f));
-        __m256 ax = _mm256_andnot_ps(CN_PS(-0.0f), x);
-        __m256 z = _mm256_mul_ps(x, x), s, b;
-        s = _mm256_fmadd_ps(CN_PS(-5.70498872745e-3f), z, CN_PS(2.06390887954e-2f));
-        s = _mm256_fmadd_ps(s, z, CN_PS(-5.37397155531e-2f));
-        s = _mm256_fmadd_ps(s, z, CN_PS(1.33314422036e-1f));
-        s = _mm256_fmadd_ps(s, z, CN_PS(-3.33332819422e-1f));
-        s = _mm256_fmadd_ps(_mm256_mul_ps(s, z), ax, ax);
-        b = cn_recip8(_mm256_add_ps(cn_exp8(_mm256_add_ps(ax, ax)), CN_PS(1.0f)));
-        b = _mm256_fnmadd_ps(CN_PS(2.0f), b, CN_PS(1.0f));
-        b = _mm256_blendv_ps(b, s, _mm256_cmp_ps(ax, CN_PS(0.625f), _CMP_LT_OQ));
-        return _mm256_or_ps(b, sign);
-    }
-
-    __attribute__((target("avx2,fma")))
-    static void cn_tanhf_loop_avx2(float *x, Py_ssize_t n) {
-        Py_ssize_t j = 0;
-        for (; j + 8 <= n; j += 8) _mm256_storeu_ps(x + j, cn_tanh8(_mm256_loadu_ps(x + j)));
-        for (; j < n; j++) x[j] = cn_tanhf(x[j]);
-    }
-    __attribute__((target("avx2,fma")))
-    static void cn_sigmoidf_loop_avx2(float *x, Py_ssize_t n) {
-        Py_ssize_t j = 0;
-        for (; j + 8 <= n; j += 8)
-            _mm256_storeu_ps(x + j, cn_sigmoid8(_mm256_loadu_ps(x + j)));
-        for (; j < n; j++) x[j] = cn_sigmoidf(x[j]);
-    }
-
-    /* The rows (as CN_FUSED_ROWS): the first pass leaves the cell state in c, the
-       second its tanh in ac and h; the ragged end takes the scalar functions. */
-    __attribute__((target("avx2,fma")))
-    static void cn_lstm_fwd_row_avx2(Py_ssize_t n, float *CN_RESTRICT gi,
-            float *CN_RESTRICT gf, float *CN_RESTRICT gc, float *CN_RESTRICT go,
-            const float *CN_RESTRICT pi, const float *CN_RESTRICT pf,
-            const float *CN_RESTRICT pc, const float *CN_RESTRICT po, float bi,
-            float bf, float bc, float bo, const float *CN_RESTRICT cp,
-            float *CN_RESTRICT c, float *CN_RESTRICT ac, float *CN_RESTRICT h) {
-        Py_ssize_t n8 = n & ~(Py_ssize_t)7, k;
-        __m256 vbi = CN_PS(bi), vbf = CN_PS(bf), vbc = CN_PS(bc), vbo = CN_PS(bo);
-        for (k = 0; k < n8; k += 8) {
-            __m256 i = cn_sigmoid8(_mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(gi + k),
-                                   _mm256_loadu_ps(pi + k)), vbi));
-            __m256 f = cn_sigmoid8(_mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(gf + k),
-                                   _mm256_loadu_ps(pf + k)), vbf));
-            __m256 g = cn_tanh8(_mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(gc + k),
-                                _mm256_loadu_ps(pc + k)), vbc));
-            __m256 o = cn_sigmoid8(_mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(go + k),
-                                   _mm256_loadu_ps(po + k)), vbo));
-            _mm256_storeu_ps(gi + k, i); _mm256_storeu_ps(gf + k, f);
-            _mm256_storeu_ps(gc + k, g); _mm256_storeu_ps(go + k, o);
-            _mm256_storeu_ps(c + k, _mm256_fmadd_ps(f, _mm256_loadu_ps(cp + k),
-                                                    _mm256_mul_ps(i, g)));
-        }
-        for (k = 0; k < n8; k += 8) {
-            __m256 a = cn_tanh8(_mm256_loadu_ps(c + k));
-            _mm256_storeu_ps(ac + k, a);
-            _mm256_storeu_ps(h + k, _mm256_mul_ps(_mm256_loadu_ps(go + k), a));
-        }
-        for (k = n8; k < n; k++) {
-            float i = cn_sigmoidf(gi[k] + pi[k] + bi);
-            float f = cn_sigmoidf(gf[k] + pf[k] + bf);
-            float g = cn_tanhf(gc[k] + pc[k] + bc);
-            float o = cn_sigmoidf(go[k] + po[k] + bo);
-            float cc = f * cp[k] + i * g;
-            float a = cn_tanhf(cc);
-            gi[k] = i; gf[k] = f; gc[k] = g; go[k] = o;
-            c[k] = cc; ac[k] = a; h[k] = o * a;
-        }
-    }
-
-    /* cn_gru_ring_rows. A full sliver's m rows are one block of m W values in every
-       operand but ho: two passes over it, the gates (z kept in gz, the candidate's
-       argument in gx) then the candidate and state, so that many independent elements
-       overlap (as in the full rows). A ragged sliver: 8 samples at a time, the rest
-       one by one. The mask then puts h_{t-1} back. */
-    __attribute__((target("avx2,fma")))
-    static void cn_gru_ring_rows_avx2(Py_ssize_t m, Py_ssize_t w, Py_ssize_t W,
-            float *CN_RESTRICT gz, const float *CN_RESTRICT gr,
-            const float *CN_RESTRICT gh, float *CN_RESTRICT gx,
-            const float *CN_RESTRICT hp, float *CN_RESTRICT hn, float *CN_RESTRICT ho,
-            Py_ssize_t ldo, const unsigned char *keep) {
-        Py_ssize_t w8 = w & ~(Py_ssize_t)7, i, k, e;
-        if (w == W && W % 8 == 0) {
-            for (e = 0; e < m * W; e += 8) {
-                __m256 r = cn_sigmoid8(_mm256_loadu_ps(gr + e));
-                _mm256_storeu_ps(gz + e, cn_sigmoid8(_mm256_loadu_ps(gz + e)));
-                _mm256_storeu_ps(gx + e, _mm256_fmadd_ps(r, _mm256_loadu_ps(gh + e),
-                                                         _mm256_loadu_ps(gx + e)));
-            }
-            for (i = 0; i < m; i++) {
-                for (k = 0; k < W; k += 8) {
-                    e = i * W + k;
-                    __m256 hh = cn_tanh8(_mm256_loadu_ps(gx + e));
-                    __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(gz + e),
-                                               _mm256_sub_ps(_mm256_loadu_ps(hp + e), hh), hh);
-                    _mm256_storeu_ps(hn + e, v);
-                    _mm256_storeu_ps(ho + i * ldo + k, v);
-                }
-            }
-        } else {
-            for (i = 0; i < m; i++) {
-                for (k = 0; k < w8; k += 8) {
-                    e = i * W + k;
-                    __m256 z = cn_sigmoid8(_mm256_loadu_ps(gz + e));
-                    __m256 r = cn_sigmoid8(_mm256_loadu_ps(gr + e));
-                    __m256 hh = cn_tanh8(_mm256_fmadd_ps(r, _mm256_loadu_ps(gh + e),
-                                                         _mm256_loadu_ps(gx + e)));
-                    __m256 v = _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(hp + e), hh),
-                                               hh);
-                    _mm256_storeu_ps(hn + e, v);
-                    _mm256_storeu_ps(ho + i * ldo + k, v);
-                }
-                for (k = w8; k < w; k++) {   /* the ragged end: as the full rows */
-                    e = i * W + k;
-                    float z = cn_sigmoidf(gz[e]), r = cn_sigmoidf(gr[e]);
-                    float hh = cn_tanhf(gx[e] + r * gh[e]);
-                    float v = hh + z * (hp[e] - hh);
-                    hn[e] = v; ho[i * ldo + k] = v;
-                }
-            }
-        }
-        if (keep != NULL)
-            for (i = 0; i < m; i++)
-                for (k = 0; k < w; k++)
-                    if (keep[k] == 0) {
-                        hn[i * W + k] = hp[i * W + k];
-                        ho[i * ldo + k] = hp[i * W + k];
-                    }
-    }
-
-    __attribute__((target("avx2,fma")))
-    static void cn_gru_fwd_row_avx2(Py_ssize_t n, float *CN_RESTRICT gz,
-            float *CN_RESTRICT gr, float *CN_RESTRICT gh, const float *CN_RESTRICT pz,
-            const float *CN_RESTRICT pr, const float *CN_RESTRICT ph, float bz,
-            float br, float bh, float rbz, float rbr, float rbh,
-            const float *CN_RESTRICT hp, float *CN_RESTRICT rh, float *CN_RESTRICT h) {
-        Py_ssize_t n8 = n & ~(Py_ssize_t)7, k;
-        __m256 vbz = CN_PS(bz), vbr = CN_PS(br), vbh = CN_PS(bh);
-        __m256 vrbz = CN_PS(rbz), vrbr = CN_PS(rbr), vrbh = CN_PS(rbh);
-        for (k = 0; k < n8; k += 8) {
-            __m256 z = cn_sigmoid8(_mm256_add_ps(_mm256_add_ps(_mm256_add_ps(
-                _mm256_loadu_ps(gz + k), vrbz), _mm256_loadu_ps(pz + k)), vbz));
-            __m256 r = cn_sigmoid8(_mm256_add_ps(_mm256_add_ps(_mm256_add_ps(
-                _mm256_loadu_ps(gr + k), vrbr), _mm256_loadu_ps(pr + k)), vbr));
-            __m256 rk = _mm256_add_ps(_mm256_loadu_ps(gh + k), vrbh);
-            _mm256_storeu_ps(gz + k, z); _mm256_storeu_ps(gr + k, r);
-            _mm256_storeu_ps(rh + k, rk);
-            /* the candidate's argument, its tanh taken in the second pass */
-            _mm256_storeu_ps(gh + k, _mm256_fmadd_ps(r, rk, _mm256_add_ps(
-                _mm256_loadu_ps(ph + k), vbh)));
-        }
-        for (k = 0; k < n8; k += 8) {
-            __m256 hh = cn_tanh8(_mm256_loadu_ps(gh + k));
-            __m256 z = _mm256_loadu_ps(gz + k);
-            _mm256_storeu_ps(gh + k, hh);
-            _mm256_storeu_ps(h + k, _mm256_fmadd_ps(z, _mm256_sub_ps(_mm256_loadu_ps(hp + k),
-                                                                    hh), hh));
-        }
-        for (k = n8; k < n; k++) {
-            float z = cn_sigmoidf(gz[k] + rbz + pz[k] + bz);
-            float r = cn_sigmoidf(gr[k] + rbr + pr[k] + br);
-            float rk = gh[k] + rbh;
-            float hh = cn_tanhf(ph[k] + bh + r * rk);
-            gz[k] = z; gr[k] = r; gh[k] = hh; rh[k] = rk;
-            h[k] = hh + z * (hp[k] - hh);
-        }
-    }
+    /* AVX-512F only (bit operations through the integer forms, which need no DQ);
+       rcp14 is a finer estimate than AVX's rcp, so results differ from the AVX2 copy
+       by an ulp or so. */
+    #define CN_SFX avx512
+    #define CN_VW 16
+    #define CN_V __m512
+    #define CN_ATTR __attribute__((target("avx512f")))
+    #define CN_BITS(op, a, b) _mm512_castsi512_ps(op(_mm512_castps_si512(a), _mm512_castps_si512(b)))
+    #define V_LD _mm512_loadu_ps
+    #define V_ST _mm512_storeu_ps
+    #define V_SET1 _mm512_set1_ps
+    #define V_ADD _mm512_add_ps
+    #define V_SUB _mm512_sub_ps
+    #define V_MUL _mm512_mul_ps
+    #define V_FMADD _mm512_fmadd_ps
+    #define V_FNMADD _mm512_fnmadd_ps
+    #define V_MIN _mm512_min_ps
+    #define V_MAX _mm512_max_ps
+    #define V_RCP _mm512_rcp14_ps
+    #define V_XOR(a, b) CN_BITS(_mm512_xor_si512, a, b)
+    #define V_AND(a, b) CN_BITS(_mm512_and_si512, a, b)
+    #define V_ANDNOT(a, b) CN_BITS(_mm512_andnot_si512, a, b)
+    #define V_OR(a, b) CN_BITS(_mm512_or_si512, a, b)
+    #define V_SELECT_LT(a, c, x, y) \
+        _mm512_mask_blend_ps(_mm512_cmp_ps_mask((a), (c), _CMP_LT_OQ), (y), (x))
+    #define V_POW2N(t) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32( \
+        _mm512_castps_si512(t), _mm512_set1_epi32(0x4B3FFF81)), 23))
+    #include "rnn_gates_template.h"
     #else
-    #define CN_RNN_HAVE_AVX2 0
+    #define CN_RNN_HAVE_SIMD 0
     #endif
 
-    static int cn_rnn_avx2 = 0;
+    /* The vector copy in use: 0 none (generic C), 1 AVX2 + FMA, 2 AVX-512. */
+    static int cn_rnn_isa = 0;
 
-    /* Use the AVX2 loops when asked and the CPU (and OS) support them; returns the choice. */
-    static int cn_rnn_use_avx2(int on) {
-    #if CN_RNN_HAVE_AVX2
-        cn_rnn_avx2 = on && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    /* Use the copy of instruction set `isa` (the GEMM's: 0 generic, 1 AVX2, 2 AVX-512)
+       if the CPU (and OS, which the GEMM's check covers) support it, else the widest
+       below it that they do; returns the choice. */
+    static int cn_rnn_use_isa(int isa) {
+    #if CN_RNN_HAVE_SIMD
+        if (isa >= 2 && !__builtin_cpu_supports("avx512f")) isa = 1;
+        if (isa >= 1 && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+            isa = 0;
+        cn_rnn_isa = isa < 0 ? 0 : (isa > 2 ? 2 : isa);
     #else
-        cn_rnn_avx2 = 0;
+        cn_rnn_isa = 0;
     #endif
-        return cn_rnn_avx2;
+        return cn_rnn_isa;
     }
 
     /* The gradient loops of one unit's row (n samples, no mask), float and double.
@@ -481,10 +356,13 @@ cdef extern from *:
     }
     CN_BWD_DEFAULT_ROWS(float, f, )
     CN_BWD_DEFAULT_ROWS(double, d, )
-    #if CN_RNN_HAVE_AVX2
+    #if CN_RNN_HAVE_SIMD
     CN_BWD_DEFAULT_ROWS(float, f_avx2, __attribute__((target("avx2,fma"))))
     CN_BWD_DEFAULT_ROWS(double, d_avx2, __attribute__((target("avx2,fma"))))
-    #define CN_PICK(name, sfx) (cn_rnn_avx2 ? name##_##sfx##_avx2 : name##_##sfx)
+    CN_BWD_DEFAULT_ROWS(float, f_avx512, __attribute__((target("avx512f"))))
+    CN_BWD_DEFAULT_ROWS(double, d_avx512, __attribute__((target("avx512f"))))
+    #define CN_PICK(name, sfx) (cn_rnn_isa == 2 ? name##_##sfx##_avx512 :               \
+                                cn_rnn_isa == 1 ? name##_##sfx##_avx2 : name##_##sfx)
     #else
     #define CN_PICK(name, sfx) (name##_##sfx)
     #endif
@@ -513,57 +391,43 @@ cdef extern from *:
         CN_PICK(cn_gru_bwd_def, d)(n, z, r, hh, rh, hp, dy, dh, dxz, dxr, dxh, drz, drr, drh);
     }
 
-    static void cn_tanhf_inplace(float *x, Py_ssize_t n) {
-    #if CN_RNN_HAVE_AVX2
-        if (cn_rnn_avx2) { cn_tanhf_loop_avx2(x, n); return; }
+    /* The copy in use: name_avx512, name_avx2 or name_generic. */
+    #if CN_RNN_HAVE_SIMD
+    #define CN_SIMD_PICK(name) (cn_rnn_isa == 2 ? name##_avx512 :                          \
+                                cn_rnn_isa == 1 ? name##_avx2 : name##_generic)
+    #else
+    #define CN_SIMD_PICK(name) (name##_generic)
     #endif
-        cn_tanhf_loop_generic(x, n);
+
+    static void cn_tanhf_inplace(float *x, Py_ssize_t n) {
+        CN_SIMD_PICK(cn_tanhf_loop)(x, n);
     }
 
     static void cn_sigmoidf_inplace(float *x, Py_ssize_t n) {
-    #if CN_RNN_HAVE_AVX2
-        if (cn_rnn_avx2) { cn_sigmoidf_loop_avx2(x, n); return; }
-    #endif
-        cn_sigmoidf_loop_generic(x, n);
+        CN_SIMD_PICK(cn_sigmoidf_loop)(x, n);
     }
 
     static void cn_lstm_fwd_row(Py_ssize_t n, float *gi, float *gf, float *gc, float *go,
                                 const float *pi, const float *pf, const float *pc,
                                 const float *po, float bi, float bf, float bc, float bo,
                                 const float *cp, float *c, float *ac, float *h) {
-    #if CN_RNN_HAVE_AVX2
-        if (cn_rnn_avx2) {
-            cn_lstm_fwd_row_avx2(n, gi, gf, gc, go, pi, pf, pc, po, bi, bf, bc, bo, cp, c, ac, h);
-            return;
-        }
-    #endif
-        cn_lstm_fwd_row_generic(n, gi, gf, gc, go, pi, pf, pc, po, bi, bf, bc, bo, cp, c, ac, h);
+        CN_SIMD_PICK(cn_lstm_fwd_row)(n, gi, gf, gc, go, pi, pf, pc, po, bi, bf, bc, bo, cp, c,
+                                      ac, h);
     }
 
     static void cn_gru_fwd_row(Py_ssize_t n, float *gz, float *gr, float *gh, const float *pz,
                                const float *pr, const float *ph, float bz, float br, float bh,
                                float rbz, float rbr, float rbh, const float *hp, float *rh,
                                float *h) {
-    #if CN_RNN_HAVE_AVX2
-        if (cn_rnn_avx2) {
-            cn_gru_fwd_row_avx2(n, gz, gr, gh, pz, pr, ph, bz, br, bh, rbz, rbr, rbh, hp, rh, h);
-            return;
-        }
-    #endif
-        cn_gru_fwd_row_generic(n, gz, gr, gh, pz, pr, ph, bz, br, bh, rbz, rbr, rbh, hp, rh, h);
+        CN_SIMD_PICK(cn_gru_fwd_row)(n, gz, gr, gh, pz, pr, ph, bz, br, bh, rbz, rbr, rbh, hp,
+                                     rh, h);
     }
 
     static void cn_gru_ring_rows(Py_ssize_t m, Py_ssize_t w, Py_ssize_t W,
             float *gz, const float *gr, const float *gh, float *gx,
             const float *hp, float *hn, float *ho, Py_ssize_t ldo,
             const unsigned char *keep) {
-    #if CN_RNN_HAVE_AVX2
-        if (cn_rnn_avx2) {
-            cn_gru_ring_rows_avx2(m, w, W, gz, gr, gh, gx, hp, hn, ho, ldo, keep);
-            return;
-        }
-    #endif
-        cn_gru_ring_rows_generic(m, w, W, gz, gr, gh, gx, hp, hn, ho, ldo, keep);
+        CN_SIMD_PICK(cn_gru_ring_rows)(m, w, W, gz, gr, gh, gx, hp, hn, ho, ldo, keep);
     }
 
     #if defined(__GNUC__) && !defined(__clang__)
@@ -575,7 +439,7 @@ cdef extern from *:
     float cn_sigmoidf(float x) noexcept nogil
     void cn_tanhf_inplace(float *x, Py_ssize_t n) noexcept nogil
     void cn_sigmoidf_inplace(float *x, Py_ssize_t n) noexcept nogil
-    int cn_rnn_use_avx2(int on) noexcept nogil
+    int cn_rnn_use_isa(int isa) noexcept nogil
     void cn_lstm_fwd_row(Py_ssize_t n, float *gi, float *gf, float *gc, float *go,
                          const float *pi, const float *pf, const float *pc, const float *po,
                          float bi, float bf, float bc, float bo, const float *cp, float *c,
@@ -644,11 +508,14 @@ cdef enum:
     TILE_G = 16
 
 
+_GATE_PATHS = ("generic", "avx2", "avx512")
+
+
 def _sync_isa():
     """Follow the GEMM's instruction set (CYNEURON_ISA, gemm.set_isa): the float32
-    activation loops run their AVX2 copy unless the generic path is in use. Returns
-    the path now in use."""
-    return "avx2" if cn_rnn_use_avx2(_gemm_isa() != "generic") else "generic"
+    gate math runs its copy for that set (generic C, AVX2 + FMA, AVX-512). Returns the
+    path now in use."""
+    return _GATE_PATHS[cn_rnn_use_isa(_GATE_PATHS.index(_gemm_isa()))]
 
 
 _sync_isa()
