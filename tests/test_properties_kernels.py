@@ -371,3 +371,25 @@ def test_binary_crossentropy_logits_far_tail_is_accurate():
     _kl.binary_crossentropy_logits(z, t, grad, 1.0, losses=losses)
     expected = np.log1p(np.exp(-np.abs(z[:, 0])))
     np.testing.assert_allclose(losses, expected, rtol=4e-16, atol=0)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_softmax_cross_entropy_per_sample_losses_on_two_threads(sparse, restore_threads):
+    # Found by the sanitizer run (its timing exposed it in a forkserver child): the
+    # log-sum-exp of a row was written through a pointer inside prange, so Cython left
+    # it shared between threads and one thread's row could take the other's value.
+    cn.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((20000, 10)) * np.linspace(0.1, 30, 20000)[:, None]
+    labels = rng.integers(0, 10, 20000)
+    onehot = np.zeros_like(z)
+    onehot[np.arange(len(z)), labels] = 1
+    _, logp = _softmax_ref(z)
+    expected = -logp[np.arange(len(z)), labels]
+    grad, losses = np.empty_like(z), np.empty(len(z))
+    for _ in range(30):
+        if sparse:
+            _kl.softmax_cross_entropy_sparse(z, labels, grad, 1.0, losses=losses)
+        else:
+            _kl.softmax_cross_entropy_dense(z, onehot, grad, 1.0, losses=losses)
+        np.testing.assert_allclose(losses, expected, rtol=1e-12, atol=1e-12)

@@ -314,6 +314,7 @@ def softmax_cross_entropy_sparse(const floating[:, ::1] z, const int64_t[::1] la
     cdef int nt = threads_for(n * c * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         w = sample_weight[i] if has_w else 1.0
+        lse = 0     # assigned here so that prange makes it private (it is written through &lse)
         inv = _row_softmax(z, i, grad, &lse)
         li = w * (lse - z[i, labels[i]])
         if has_l:
@@ -346,6 +347,7 @@ def softmax_cross_entropy_dense(const floating[:, ::1] z, const floating[:, ::1]
     cdef int nt = threads_for(n * c * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         w = sample_weight[i] if has_w else 1.0
+        lse = 0     # assigned here so that prange makes it private (it is written through &lse)
         inv = _row_softmax(z, i, grad, &lse)
         tsum = 0
         li = 0
