@@ -61,7 +61,11 @@ def _weights_target(data):
     try:
         header = json.loads(zipfile.ZipFile(io.BytesIO(data)).read("cyneuron.json"))
         with WeightBudget(10 ** 6):
-            return cn.Sequential.from_config(header["model"])
+            try:
+                from cyneuron.models import model_from_config   # graphs as well
+            except ImportError:
+                model_from_config = cn.Sequential.from_config
+            return model_from_config(header["model"])
     except Exception:
         return None
 

@@ -23,13 +23,17 @@ DTYPE_IDS = ["float32", "float64"]
 SIZES = [1, 7, 1000, 100003]
 
 ELEMENTWISE = ["linear", "binary_step", "sigmoid", "hard_sigmoid", "tanh", "relu", "leaky_relu",
-               "elu", "selu", "gelu", "gelu_tanh", "swish", "mish", "softplus", "softsign"]
+               "elu", "selu", "gelu", "gelu_tanh", "swish", "mish", "softplus", "softsign",
+               "relu6", "hard_tanh", "exponential", "hard_swish"]
 ROWWISE = ["softmax", "log_softmax"]
 ALL = ELEMENTWISE + ROWWISE
-NEEDS_INPUT = {"gelu", "gelu_tanh", "swish", "mish", "softsign"}
+NEEDS_INPUT = {"gelu", "gelu_tanh", "swish", "mish", "softsign", "hard_swish"}
 # Points where the derivative jumps: finite differences must keep away from them.
 KINKS = {"relu": [0.0], "leaky_relu": [0.0], "elu": [0.0], "selu": [0.0],
-         "hard_sigmoid": [-3.0, 3.0], "binary_step": [0.0]}
+         "hard_sigmoid": [-3.0, 3.0], "binary_step": [0.0], "relu6": [0.0, 6.0],
+         "hard_tanh": [-1.0, 1.0], "hard_swish": [-3.0, 3.0]}
+# exp overflows past these (float32, float64): kernel comparisons stay below them.
+EXP_MAX = {np.dtype(np.float32): 88.0, np.dtype(np.float64): 709.0}
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -84,6 +88,14 @@ def ref_forward(name, x, slope=0.2, alpha=1.0):
             return np.logaddexp(0, x)
         if name == "softsign":
             return x / (1 + np.abs(x))
+        if name == "relu6":
+            return np.clip(x, 0, 6)
+        if name == "hard_tanh":
+            return np.clip(x, -1, 1)
+        if name == "exponential":
+            return np.exp(x)
+        if name == "hard_swish":
+            return x * np.clip(x + 3, 0, 6) / 6
         if name == "softmax":
             e = np.exp(x - x.max(axis=-1, keepdims=True))
             return e / e.sum(axis=-1, keepdims=True)
@@ -132,6 +144,14 @@ def ref_derivative(name, x, slope=0.2, alpha=1.0):
             return _expit(x)
         if name == "softsign":
             return 1 / (1 + np.abs(x)) ** 2
+        if name == "relu6":
+            return np.where((x > 0) & (x < 6), 1.0, 0.0)
+        if name == "hard_tanh":
+            return np.where((x > -1) & (x < 1), 1.0, 0.0)
+        if name == "exponential":
+            return np.exp(x)
+        if name == "hard_swish":
+            return np.where(x < -3, 0.0, np.where(x > 3, 1.0, (2 * x + 3) / 6))
     raise AssertionError(name)
 
 
@@ -177,6 +197,8 @@ def _awkward_inputs(size, dtype, seed):
 @pytest.mark.parametrize("name", ELEMENTWISE)
 def test_elementwise_matches_numpy(name, dtype, size, kernel_threads):
     x = _awkward_inputs(size, dtype, size)
+    if name == "exponential":        # e^x is inf past EXP_MAX by definition
+        x = np.minimum(x, EXP_MAX[np.dtype(dtype)]).astype(dtype)
     x_before = x.copy()
     fwd, grad = _ops(name)
     y = fwd(x)
@@ -269,6 +291,11 @@ def test_silu_is_swish():
     np.testing.assert_array_equal(cn.ops.silu(x), cn.ops.swish(x))
     assert activations.get("silu").name == "swish"
     assert isinstance(activations.get("SiLU"), activations.Swish)
+    assert layers.Dense(2, activation="silu").activation.name == "swish"
+    assert layers.Activation("silu").activation.name == "swish"
+    np.testing.assert_array_equal(cn.ops.silu_grad(None, np.ones(21), x=x),
+                                  cn.ops.swish_grad(None, np.ones(21), x=x))
+    assert activations.get("hard_silu").name == "hard_swish"     # Keras 3's other name
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -347,6 +374,11 @@ ACTIVATION_LAYERS = [
     ("Activation(log_softmax)", lambda: layers.Activation("log_softmax"), "log_softmax", {}),
     ("Activation(selu)", lambda: layers.Activation(activations.SELU), "selu", {}),
     ("Activation(mish)", lambda: layers.Activation(activations.Mish()), "mish", {}),
+    ("Activation(relu6)", lambda: layers.Activation("relu6"), "relu6", {}),
+    ("Activation(hard_tanh)", lambda: layers.Activation("hard_tanh"), "hard_tanh", {}),
+    ("Activation(exponential)", lambda: layers.Activation("exponential"), "exponential", {}),
+    ("Activation(hard_swish)", lambda: layers.Activation(activations.HardSwish), "hard_swish",
+     {}),
     ("LeakyReLU()", lambda: layers.LeakyReLU(), "leaky_relu", {"slope": 0.3}),
     ("LeakyReLU(0.05)", lambda: layers.LeakyReLU(negative_slope=0.05), "leaky_relu",
      {"slope": 0.05}),
@@ -517,7 +549,9 @@ def test_maxout_large_batch_and_ties(dtype, kernel_threads):
     lambda: layers.ELU(),
     lambda: layers.Activation("gelu_tanh"),
     lambda: layers.Activation("swish"),
-], ids=["PReLU", "Maxout", "LeakyReLU", "ELU", "gelu_tanh", "swish"])
+    lambda: layers.Activation("hard_swish"),
+    lambda: layers.Activation("relu6"),
+], ids=["PReLU", "Maxout", "LeakyReLU", "ELU", "gelu_tanh", "swish", "hard_swish", "relu6"])
 def test_layers_train_inside_sequential(make):
     """Each layer trains in a model: the loss falls on a small non-linear problem."""
     cn.set_seed(3)
@@ -532,7 +566,8 @@ def test_layers_train_inside_sequential(make):
     assert history.history["accuracy"][-1] > 0.8
 
 
-@pytest.mark.parametrize("name", ["gelu", "mish", "softsign", "elu", "log_softmax"])
+@pytest.mark.parametrize("name", ["gelu", "mish", "softsign", "elu", "log_softmax", "hard_swish",
+                                  "exponential", "hard_tanh"])
 def test_model_gradients_with_new_activations(name):
     """compute_gradients of a whole model against finite differences of evaluate."""
     rng = np.random.default_rng(9)
@@ -588,6 +623,8 @@ def test_large_inputs_stay_finite_without_warnings(dtype):
         warnings.simplefilter("error")
         results = {}
         for name in ALL:
+            if name == "exponential":   # overflows by definition: see its own test
+                continue
             fwd, grad = _ops(name)
             y = fwd(x)
             results[name] = (y, grad(y, dy, x))
@@ -600,6 +637,8 @@ def test_large_inputs_stay_finite_without_warnings(dtype):
         assert np.all(np.isfinite(y)), name
         assert np.all(np.isfinite(dx)), name
     for name in ELEMENTWISE:
+        if name == "exponential":
+            continue
         y, dx = results[name]
         eps = np.finfo(dtype).eps
         rtol = _tol(dtype)[0]
@@ -615,6 +654,23 @@ def test_large_inputs_stay_finite_without_warnings(dtype):
         assert y[0] == 0 and dx[0] == 0, name
     ls, _ = results["log_softmax"]
     assert ls[-1] == 0 and ls[0] == pytest.approx(-2e4, rel=1e-6)
+    for name, bottom, top in (("relu6", 0, 6), ("hard_tanh", -1, 1)):
+        y, dx = results[name]
+        assert y[0] == bottom and y[-1] == top and dx[0] == 0 and dx[-1] == 0, name
+    y, dx = results["hard_swish"]
+    assert y[0] == 0 and dx[0] == 0 and y[-1] == x[-1] and dx[-1] == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_exponential_overflows_to_inf_and_underflows_to_zero(dtype):
+    """e^x past the float range is inf (as np.exp), far below it 0, gradients alike."""
+    top = EXP_MAX[np.dtype(dtype)]
+    x = np.array([-1e4, -20.0, 0.0, 1.0, top, top + 2, 1e4], dtype=dtype)
+    y = cn.ops.exponential(x)
+    assert y[0] == 0 and y[2] == 1 and np.isfinite(y[4]) and np.isinf(y[5]) and np.isinf(y[6])
+    np.testing.assert_allclose(y[1:5], np.exp(x[1:5].astype(np.float64)), rtol=_tol(dtype)[0])
+    dx = cn.ops.exponential_grad(y, np.ones_like(x))
+    np.testing.assert_array_equal(dx, y)
 
 
 # --------------------------------------------------------------------------- names and params
@@ -622,7 +678,7 @@ def test_large_inputs_stay_finite_without_warnings(dtype):
 def test_every_name_resolves_and_round_trips():
     expected = {"linear", "binary_step", "sigmoid", "hard_sigmoid", "tanh", "relu", "leaky_relu",
                 "elu", "selu", "gelu", "gelu_tanh", "swish", "mish", "softplus", "softsign",
-                "softmax", "log_softmax"}
+                "relu6", "hard_tanh", "exponential", "hard_swish", "softmax", "log_softmax"}
     assert expected <= set(activations.names())
     for name in expected:
         act = activations.get(name)
@@ -742,6 +798,8 @@ TORCH_FUNCTIONS = {
     "selu": "F.selu(t)", "gelu": "F.gelu(t)", "gelu_tanh": "F.gelu(t, approximate='tanh')",
     "swish": "F.silu(t)", "mish": "F.mish(t)", "softplus": "F.softplus(t)",
     "softsign": "F.softsign(t)", "softmax": "torch.softmax(t, -1)",
+    "relu6": "F.relu6(t)", "hard_tanh": "F.hardtanh(t)", "exponential": "torch.exp(t)",
+    "hard_swish": "F.hardswish(t)",
     "log_softmax": "torch.log_softmax(t, -1)",
 }
 

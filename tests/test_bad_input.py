@@ -45,16 +45,31 @@ def test_x_1d(method, build):
         _call(model, method, X[:, 0])
 
 
+def _maxout_model(build=True):
+    """A model whose first layer takes 2-D input only (Dense takes any rank, as in Keras)."""
+    model = cn.Sequential([layers.Maxout(5, 2), layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    if build:
+        model.build((4,))
+    return model
+
+
 @pytest.mark.parametrize("build", [False, True], ids=["unbuilt", "built"])
 @pytest.mark.parametrize("method", METHODS)
 def test_x_3d(method, build):
-    model = _model(build=build)
+    model = _model(build=True) if build else _maxout_model(build=False)
     with pytest.raises(ValueError, match=r"\bx\b|input"):
         _call(model, method, X.reshape(12, 2, 2))
 
 
-def test_x_3d_unbuilt_leaves_model_usable():
+def test_x_3d_is_fine_for_an_unbuilt_dense_model():
+    """Dense applies to the last axis of any rank (Keras): (12, 2, 2) -> (12, 2, 3)."""
     model = _model(build=False)
+    assert model.predict(X.reshape(12, 2, 2)).shape == (12, 2, 3)
+
+
+def test_x_3d_unbuilt_leaves_model_usable():
+    model = _maxout_model(build=False)
     with pytest.raises(ValueError):
         model.fit(X.reshape(12, 2, 2), Y_SPARSE, verbose=0)
     model.fit(X, Y_SPARSE, epochs=1, verbose=0)

@@ -238,7 +238,8 @@ def test_conv2d_gradients(kernel_size, strides, padding, dilation, use_bias):
     check_layer_gradients(layer, x, rng)
 
 
-@pytest.mark.parametrize("activation", ["linear", "relu", "sigmoid", "tanh", "softmax"])
+@pytest.mark.parametrize("activation", ["linear", "relu", "sigmoid", "tanh", "softmax", "gelu",
+                                        "hard_swish", "relu6", "swish"])
 def test_conv2d_gradients_through_activation(activation):
     rng = np.random.default_rng(7)
     x = rng.normal(size=(2, 5, 5, 2))
@@ -258,13 +259,40 @@ def test_conv1d_gradients(kernel_size, strides, padding, dilation, use_bias):
     check_layer_gradients(layer, x, rng)
 
 
-@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "mish"])
 def test_conv1d_gradients_through_activation(activation):
     rng = np.random.default_rng(9)
     x = rng.normal(size=(2, 8, 3))
     layer = layers.Conv1D(4, 3, padding="same", activation=activation, dtype="float64")
     _set_random_weights(layer, rng, x)
     check_layer_gradients(layer, x, rng)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "hard_swish", cn.activations.LeakyReLU(0.1)])
+def test_winograd_with_unfused_activations_matches_im2col(activation):
+    """Activations outside the GEMM epilogue (those whose backward reads the
+    pre-activation too) on the Winograd path: the same results as im2col."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2, 6, 6, 16))
+    results = []
+    for algorithm in ("winograd", "im2col"):
+        layer = layers.Conv2D(16, 3, padding="same", activation=activation, dtype="float64")
+        layer.algorithm = algorithm
+        layer.forward(x)
+        layer.set_weights([np.random.default_rng(12).normal(scale=0.2, size=w.shape)
+                           for w in layer.get_weights()])
+        y = layer.forward(x).copy()
+        dx = layer.backward(np.cos(y)).copy()
+        results.append([y, dx] + layer.get_gradients())
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_conv_config_keeps_activation_parameters():
+    layer = layers.Conv2D(2, 3, activation=cn.activations.LeakyReLU(0.1))
+    clone = layers.deserialize(layers.serialize(layer))
+    assert clone.activation.negative_slope == 0.1
+    assert layers.Conv1D(2, 3, activation="relu").get_config()["activation"] == "relu"
 
 
 def test_conv2d_backward_matches_closed_form():

@@ -78,9 +78,29 @@ LAYER_CASES = {
                                layers.Dense(2)], (3, 2)),
     "TimeDistributed": (lambda: [layers.TimeDistributed(layers.Dense(4, activation="tanh")),
                                  layers.Flatten(), layers.Dense(2)], (3, 2)),
+    # N-D and up-sampling layers
+    "Conv2DTranspose": (lambda: [layers.Conv2DTranspose(3, 3, strides=2, padding="same",
+                                                        output_padding=1, activation="relu"),
+                                 layers.Conv2DTranspose(2, (2, 3), use_bias=False,
+                                                        activation="hard_swish"),
+                                 layers.Flatten(), layers.Dense(2)], (4, 5, 2)),
+    "UpSampling2D": (lambda: [layers.UpSampling2D((2, 1), interpolation="bilinear"),
+                              layers.UpSampling2D(2), layers.Flatten(), layers.Dense(2)],
+                     (4, 5, 2)),
+    "UpSampling1D": (lambda: [layers.UpSampling1D(3), layers.Flatten(), layers.Dense(2)], (7, 2)),
+    "Cropping2D": (lambda: [layers.Cropping2D(((1, 0), (2, 1))), layers.Flatten(),
+                            layers.Dense(2)], (4, 5, 2)),
+    "Cropping1D": (lambda: [layers.Cropping1D((2, 1)), layers.Flatten(), layers.Dense(2)], (7, 2)),
+    "Permute": (lambda: [layers.Permute((2, 1, 3)), layers.Dense(3, activation="relu6"),
+                         layers.Flatten(), layers.Dense(2)], (4, 5, 2)),
+    "RepeatVector": (lambda: [layers.Dense(3), layers.RepeatVector(4), layers.Flatten(),
+                              layers.Dense(2)], (6,)),
 }
 # layers whose round trip needs other inputs than LAYER_CASES' floats: own tests below
-OTHER_ROUND_TRIPS = {"Embedding": "test_round_trip_embedding"}
+OTHER_ROUND_TRIPS = {"Embedding": "test_round_trip_embedding",
+                     **{name: "test_functional.py::test_save_load_round_trip_functional"
+                        for name in ("InputLayer", "Add", "Subtract", "Multiply", "Average",
+                                     "Maximum", "Minimum", "Concatenate", "Dot")}}
 
 
 def _data(n=32, shape=(6,), outputs=2, dtype=np.float32, seed=0):

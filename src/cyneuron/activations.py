@@ -4,7 +4,7 @@ Each activation maps x to y = f(x) and back-propagates dx = dy * f'(x) with
 `backward(y, dy, out=None, x=None)`. Most derivatives are a closed form of the
 forward *output* y, so layers keep only y (and may compute y in place over x).
 Activations whose derivative is not a stable closed form of y (gelu, swish,
-mish, softsign) set `needs_input = True`: their backward reads the forward
+mish, softsign, hard_swish) set `needs_input = True`: their backward reads the forward
 *input* x instead (y may then be None), so layers keep x as well.
 
 Both methods take C-contiguous float32/float64 arrays and accept `out=` (which
@@ -206,6 +206,40 @@ class Softplus(_Elementwise):
     _backward_kernel = _k.softplus_backward
 
 
+class ReLU6(_Elementwise):
+    """y = min(max(x, 0), 6); the derivative is 0 at both kinks."""
+
+    name = "relu6"
+    _forward_kernel = _k.relu6_forward
+    _backward_kernel = _k.relu6_backward
+
+
+class HardTanh(_Elementwise):
+    """y = clip(x, -1, 1)."""
+
+    name = "hard_tanh"
+    _forward_kernel = _k.hard_tanh_forward
+    _backward_kernel = _k.hard_tanh_backward
+
+
+class Exponential(_Elementwise):
+    """y = e^x (its derivative is y itself). It overflows to inf for x above
+    log(max float) (about 88.7 in float32, 709.8 in float64), as exp does."""
+
+    name = "exponential"
+    _forward_kernel = _k.exponential_forward
+    _backward_kernel = _k.exponential_backward
+
+
+class HardSwish(_Elementwise):
+    """y = x * relu6(x + 3) / 6 = x * hard_sigmoid(x) (MobileNetV3; Keras and PyTorch)."""
+
+    name = "hard_swish"
+    needs_input = True
+    _forward_kernel = _k.hard_swish_forward
+    _backward_kernel = _k.hard_swish_backward
+
+
 class Softsign(_Elementwise):
     """y = x / (1 + |x|)."""
 
@@ -319,10 +353,11 @@ class LogSoftmax(_RowWise):
 
 
 _CLASSES = (Linear, BinaryStep, Sigmoid, HardSigmoid, Tanh, ReLU, LeakyReLU, ELU, SELU, GELU,
-            GELUTanh, Swish, Mish, Softplus, Softsign, Softmax, LogSoftmax)
+            GELUTanh, Swish, Mish, Softplus, Softsign, ReLU6, HardTanh, Exponential, HardSwish,
+            Softmax, LogSoftmax)
 _REGISTRY = Registry("activation", Activation, _CLASSES,
                      aliases={"identity": "linear", None: "linear", "silu": "swish",
-                              "gelu_approximate": "gelu_tanh"})
+                              "gelu_approximate": "gelu_tanh", "hard_silu": "hard_swish"})
 
 
 def names():

@@ -10,8 +10,8 @@ from ._kernels import gemm as _gemm
 from ._validation import check_numeric
 
 _ACTIVATIONS = ["linear", "binary_step", "sigmoid", "hard_sigmoid", "tanh", "relu", "leaky_relu",
-                "elu", "selu", "gelu", "swish", "silu", "mish", "softplus", "softsign", "softmax",
-                "log_softmax"]
+                "elu", "selu", "gelu", "swish", "silu", "mish", "softplus", "softsign", "relu6",
+                "hard_tanh", "exponential", "hard_swish", "hard_silu", "softmax", "log_softmax"]
 __all__ = ["matmul"] + _ACTIVATIONS + [name + "_grad" for name in _ACTIVATIONS]
 
 
@@ -207,6 +207,11 @@ silu, silu_grad = swish, swish_grad
 mish, mish_grad = _unary("mish")
 softplus, softplus_grad = _unary("softplus")
 softsign, softsign_grad = _unary("softsign")
+relu6, relu6_grad = _unary("relu6")
+hard_tanh, hard_tanh_grad = _unary("hard_tanh")
+exponential, exponential_grad = _unary("exponential")
+hard_swish, hard_swish_grad = _unary("hard_swish")
+hard_silu, hard_silu_grad = hard_swish, hard_swish_grad
 softmax, softmax_grad = _unary("softmax")
 log_softmax, log_softmax_grad = _unary("log_softmax")
 

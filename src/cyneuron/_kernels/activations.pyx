@@ -2,8 +2,8 @@
 
 Most backward passes take the forward *output* y (their derivative is a closed
 form of y), so layers keep one buffer per activation. Where the derivative is
-not a stable closed form of y (gelu, swish, mish, softsign) the backward pass
-takes the forward *input* x instead. Element-wise kernels work on flat
+not a stable closed form of y (gelu, swish, mish, softsign, hard_swish) the
+backward pass takes the forward *input* x instead. Element-wise kernels work on flat
 contiguous arrays and may run in place (out is x, or dx is dy): each reads
 element i before writing it. PReLU and Maxout, layers with weights, have their
 kernels here too.
@@ -329,9 +329,98 @@ def softplus_backward(const floating[::1] y, const floating[::1] dy, floating[::
         dx[i] = -dy[i] * fexpm1(-y[i])
 
 
+def relu6_forward(const floating[::1] x, floating[::1] out):
+    """min(max(x, 0), 6) (Keras relu6, PyTorch ReLU6)."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
+    cdef floating v
+    cdef int nt = threads_for(n * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        v = x[i]
+        out[i] = 0 if v <= 0 else (6 if v >= 6 else v)
+
+
+def relu6_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx):
+    """dx = dy where 0 < y < 6 (the linear part), else 0 (0 at both kinks, as PyTorch)."""
+    cdef Py_ssize_t i, n = y.shape[0]
+    cdef floating d
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
+    cdef int nt = threads_for(n * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        d = dy[i]
+        dx[i] = d if (y[i] > 0 and y[i] < 6) else 0
+
+
+def hard_tanh_forward(const floating[::1] x, floating[::1] out):
+    """clip(x, -1, 1) (Keras hard_tanh, PyTorch Hardtanh)."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
+    cdef floating v
+    cdef int nt = threads_for(n * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        v = x[i]
+        out[i] = -1 if v <= -1 else (1 if v >= 1 else v)
+
+
+def hard_tanh_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx):
+    """dx = dy where -1 < y < 1, else 0."""
+    cdef Py_ssize_t i, n = y.shape[0]
+    cdef floating d
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
+    cdef int nt = threads_for(n * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        d = dy[i]
+        dx[i] = d if (y[i] > -1 and y[i] < 1) else 0
+
+
+def exponential_forward(const floating[::1] x, floating[::1] out):
+    """e^x (Keras exponential); overflows to inf past log(max float), as exp does."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
+    cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        out[i] = fexp(x[i])
+
+
+def exponential_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx):
+    """The derivative of e^x is its output: dx = dy * y."""
+    cdef Py_ssize_t i, n = y.shape[0]
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
+    cdef int nt = threads_for(n * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        dx[i] = dy[i] * y[i]
+
+
 # ---------------------------------------------------------------------------------
 # Element-wise kernels that back-propagate from the forward input x
 # ---------------------------------------------------------------------------------
+def hard_swish_forward(const floating[::1] x, floating[::1] out):
+    """x * relu6(x + 3) / 6 = x * hard_sigmoid(x) (Keras hard_swish, PyTorch Hardswish)."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, out.shape[0], "out")
+    cdef floating v
+    cdef int nt = threads_for(n * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        v = x[i]
+        out[i] = 0 if v <= -3 else (v if v >= 3 else v * (v + 3) / 6)
+
+
+def hard_swish_backward(const floating[::1] x, const floating[::1] dy, floating[::1] dx):
+    """From x: y is not monotonic on [-3, -1.5], so x cannot be read back from it.
+    0 below -3, 1 above 3, (2x + 3) / 6 between (PyTorch's values at the kinks)."""
+    cdef Py_ssize_t i, n = x.shape[0]
+    _check_len(n, dy.shape[0], "dy")
+    _check_len(n, dx.shape[0], "dx")
+    cdef floating v
+    cdef int nt = threads_for(n * COST_CHEAP)
+    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
+        v = x[i]
+        dx[i] = 0 if v < -3 else (dy[i] if v > 3 else dy[i] * (2 * v + 3) / 6)
+
+
 def gelu_forward(const floating[::1] x, floating[::1] out):
     cdef Py_ssize_t i, n = x.shape[0]
     _check_len(n, out.shape[0], "out")

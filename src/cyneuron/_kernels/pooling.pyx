@@ -290,3 +290,169 @@ def avg_pool_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx
     cdef int nt = threads_for(<double> dx.size + dy.size)
     for n in prange(g.N, nogil=True, num_threads=nt, schedule="static"):
         _avg_back_sample(&dy[0, 0, 0, 0], &dx[0, 0, 0, 0], &g, n)
+
+
+# ---------------------------------------------------------------------------------------
+# Up-sampling: the reverse direction. Nearest copies each input pixel onto an SH x SW
+# block (its backward sums the block); bilinear reads four input pixels per output
+# pixel with per-row and per-column weights computed by the layer. Forward passes run
+# in parallel over output rows (n, oy); the backward passes gather over input rows
+# (n, iy) (bilinear: with the taps transposed), so no two threads write one dx element.
+# ---------------------------------------------------------------------------------------
+cdef int _check_upsample(tuple x_shape, tuple y_shape, Py_ssize_t sh, Py_ssize_t sw,
+                         str y_name) except -1:
+    if sh < 1 or sw < 1:
+        raise ValueError(f"size must be positive; got ({sh}, {sw})")
+    expected = (x_shape[0], x_shape[1] * sh, x_shape[2] * sw, x_shape[3])
+    if tuple(y_shape) != expected:
+        raise ValueError(f"{y_name} must have shape {expected}; got {tuple(y_shape)}")
+    return 0
+
+
+cdef inline void _copy_run(floating *dst, const floating *src, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(n):
+        dst[c] = src[c]
+
+
+def upsample_nearest(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
+                     Py_ssize_t sh, Py_ssize_t sw):
+    """y (N, H*sh, W*sw, C): y[n, oy, ox] = x[n, oy // sh, ox // sw]."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    _check_upsample(_shape4(x.shape), _shape4(y.shape), sh, sw, "y")
+    cdef Py_ssize_t OH = H * sh, OW = W * sw, r, n, oy, ox
+    if N * OH * OW * C == 0:
+        return
+    cdef int nt = threads_for(<double> N * OH * OW * C)
+    for r in prange(N * OH, nogil=True, num_threads=nt, schedule="static"):
+        n = r // OH
+        oy = r % OH
+        for ox in range(OW):
+            _copy_run(&y[n, oy, ox, 0], &x[n, oy // sh, ox // sw, 0], C)
+
+
+def upsample_nearest_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
+                              Py_ssize_t sh, Py_ssize_t sw):
+    """dx (N, H, W, C) = the sums of dy over each pixel's sh x sw block (overwritten)."""
+    cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
+    _check_upsample(_shape4(dx.shape), _shape4(dy.shape), sh, sw, "dy")
+    cdef Py_ssize_t r, n, iy, ix, a, b, c
+    cdef floating *dst
+    cdef const floating *src
+    if N * H * W * C == 0:
+        return
+    cdef int nt = threads_for(<double> N * H * W * C * sh * sw)
+    for r in prange(N * H, nogil=True, num_threads=nt, schedule="static"):
+        n = r // H
+        iy = r % H
+        for ix in range(W):
+            dst = &dx[n, iy, ix, 0]
+            for c in range(C):
+                dst[c] = 0
+            for a in range(sh):
+                for b in range(sw):
+                    src = &dy[n, iy * sh + a, ix * sw + b, 0]
+                    for c in range(C):
+                        dst[c] += src[c]
+
+
+cdef int _check_taps(Py_ssize_t out, Py_ssize_t size, const Py_ssize_t[::1] lo,
+                     const Py_ssize_t[::1] hi, const double[::1] frac, str axis) except -1:
+    cdef Py_ssize_t o
+    if lo.shape[0] != out or hi.shape[0] != out or frac.shape[0] != out:
+        raise ValueError(f"the {axis} taps must have {out} entries each")
+    for o in range(out):
+        if not (0 <= lo[o] < size and 0 <= hi[o] < size):
+            raise ValueError(f"{axis} tap indices must be in [0, {size}); got {lo[o]}, {hi[o]}")
+    return 0
+
+
+def upsample_bilinear(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
+                      const Py_ssize_t[::1] lo_h, const Py_ssize_t[::1] hi_h,
+                      const double[::1] f_h, const Py_ssize_t[::1] lo_w,
+                      const Py_ssize_t[::1] hi_w, const double[::1] f_w):
+    """y[n, oy, ox] = the bilinear blend of x at rows lo_h[oy], hi_h[oy] (weight of the
+    second f_h[oy]) and columns lo_w[ox], hi_w[ox] (weight f_w[ox])."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2], r, n, oy, ox, c
+    if y.shape[0] != N or y.shape[3] != C:
+        raise ValueError(f"y must have {N} samples and {C} channels")
+    _check_taps(OH, H, lo_h, hi_h, f_h, "row")
+    _check_taps(OW, W, lo_w, hi_w, f_w, "column")
+    cdef floating fy, fx, a, b
+    cdef const floating *p00
+    cdef const floating *p01
+    cdef const floating *p10
+    cdef const floating *p11
+    cdef floating *dst
+    if N * OH * OW * C == 0:
+        return
+    cdef int nt = threads_for(<double> N * OH * OW * C * 4)
+    for r in prange(N * OH, nogil=True, num_threads=nt, schedule="static"):
+        n = r // OH
+        oy = r % OH
+        fy = <floating>f_h[oy]
+        for ox in range(OW):
+            fx = <floating>f_w[ox]
+            p00 = &x[n, lo_h[oy], lo_w[ox], 0]
+            p01 = &x[n, lo_h[oy], hi_w[ox], 0]
+            p10 = &x[n, hi_h[oy], lo_w[ox], 0]
+            p11 = &x[n, hi_h[oy], hi_w[ox], 0]
+            dst = &y[n, oy, ox, 0]
+            for c in range(C):
+                a = p00[c] + fx * (p01[c] - p00[c])
+                b = p10[c] + fx * (p11[c] - p10[c])
+                dst[c] = a + fy * (b - a)
+
+
+cdef int _check_csr(Py_ssize_t rows, Py_ssize_t cols, const Py_ssize_t[::1] ptr,
+                    const Py_ssize_t[::1] idx, const double[::1] w, str axis) except -1:
+    cdef Py_ssize_t i
+    if ptr.shape[0] != rows + 1 or ptr[0] != 0 or idx.shape[0] != w.shape[0] \
+            or ptr[rows] != idx.shape[0]:
+        raise ValueError(f"the {axis} adjoint taps must hold {rows} rows (pointer array of "
+                         f"{rows + 1} entries ending at the number of taps)")
+    for i in range(rows):
+        if ptr[i] > ptr[i + 1]:
+            raise ValueError(f"the {axis} adjoint tap pointers must not decrease")
+    for i in range(idx.shape[0]):
+        if not 0 <= idx[i] < cols:
+            raise ValueError(f"{axis} adjoint tap indices must be in [0, {cols}); got {idx[i]}")
+    return 0
+
+
+def upsample_bilinear_backward(const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
+                               const Py_ssize_t[::1] ptr_h, const Py_ssize_t[::1] src_h,
+                               const double[::1] w_h, const Py_ssize_t[::1] ptr_w,
+                               const Py_ssize_t[::1] src_w, const double[::1] w_w):
+    """dx (overwritten) = the adjoint of upsample_bilinear applied to dy, gathered: input
+    row iy sums w_h[k] * (output row src_h[k]) for k in [ptr_h[iy], ptr_h[iy + 1]), and
+    within it column ix sums w_w[j] * (output column src_w[j]) likewise (the forward
+    taps, transposed: CSR by input index). Parallel over input rows (n, iy)."""
+    cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
+    cdef Py_ssize_t OH = dy.shape[1], OW = dy.shape[2], r, n, iy, ix, k, j, c
+    if dy.shape[0] != N or dy.shape[3] != C:
+        raise ValueError(f"dy must have {N} samples and {C} channels")
+    _check_csr(H, OH, ptr_h, src_h, w_h, "row")
+    _check_csr(W, OW, ptr_w, src_w, w_w, "column")
+    cdef floating wy, wt
+    cdef floating *dst
+    cdef const floating *src
+    if N * H * W * C == 0:
+        return
+    cdef int nt = threads_for(<double> N * OH * OW * C * 4)
+    for r in prange(N * H, nogil=True, num_threads=nt, schedule="static"):
+        n = r // H
+        iy = r % H
+        dst = &dx[n, iy, 0, 0]
+        for c in range(W * C):
+            dst[c] = 0
+        for k in range(ptr_h[iy], ptr_h[iy + 1]):
+            wy = <floating>w_h[k]
+            for ix in range(W):
+                dst = &dx[n, iy, ix, 0]
+                for j in range(ptr_w[ix], ptr_w[ix + 1]):
+                    wt = wy * <floating>w_w[j]
+                    src = &dy[n, src_h[k], src_w[j], 0]
+                    for c in range(C):
+                        dst[c] += wt * src[c]

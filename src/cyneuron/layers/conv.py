@@ -15,8 +15,10 @@ faster than im2col on one thread for 64 x 14x14x32 -> 64, forward and backward).
 gradient is the same algorithm run on dZ with the kernel turned by 180 degrees,
 and the kernel gradient a sum of transform-domain products over the tiles.
 
-Conv1D runs the same kernels on (N, 1, L, C) views.
+Conv1D runs the same kernels on (N, 1, L, C) views. Conv2DTranspose runs them the
+other way round: its forward pass is Conv2D's input gradient (GEMM, then col2im).
 """
+import numbers
 from dataclasses import dataclass
 
 from .. import activations, initializers
@@ -171,10 +173,18 @@ class _Conv(SpatialLayer):
             gemm(cols, kernel, y.reshape(rows, f), bias=bias, activation=self._epilogue)
         else:
             gemm(cols, kernel, y.reshape(rows, f), bias=bias)
-            self.activation.forward(y, out=y)
+            y = self._activate(y)
         self._x, self._cols, self._y, self._plan_used = x, cols, y, plan
         self._last_output_shape = y.shape
         return y
+
+    def _activate(self, z):
+        """The activation the GEMM epilogue does not apply, on z (bias added): in place,
+        or into a buffer of its own when its backward needs z (gelu, swish, hard_swish...)."""
+        if not self.activation.needs_input:
+            return self.activation.forward(z, out=z)
+        self._z = z
+        return self.activation.forward(z, out=self._buffer("y_act", z.shape))
 
     def _activation_bias_backward(self, grad_output):
         """dZ = the gradient before the activation, as (rows, F); fills the bias gradient."""
@@ -183,7 +193,8 @@ class _Conv(SpatialLayer):
         y2, dy2 = self._y.reshape(-1, f), grad_output.reshape(-1, f)
         if self._epilogue is None:  # an activation the fused kernel does not know
             dz = self.activation.backward(self._y, grad_output,
-                                          out=self._buffer("dz", grad_output.shape))
+                                          out=self._buffer("dz", grad_output.shape),
+                                          x=self._z if self.activation.needs_input else None)
             dz = dz.reshape(-1, f)
             _k.activation_bias_backward(dz, dz, None, db, EPILOGUES["linear"])
         elif self._epilogue == EPILOGUES["linear"]:
@@ -260,7 +271,7 @@ class _Conv(SpatialLayer):
                 gemm(a, b, out)
             _wino.output_transform(m, y[n0:n1], bias, code)
         if self._epilogue is None:
-            self.activation.forward(y, out=y)
+            y = self._activate(y)
         self._x, self._y, self._plan_used = x, y, plan
         self._last_output_shape = y.shape
         return y
@@ -305,7 +316,8 @@ class _Conv(SpatialLayer):
     def get_config(self):
         return {"name": self.name, "filters": self.filters, "kernel_size": self.kernel_size,
                 "strides": self.strides, "padding": self.padding,
-                "dilation_rate": self.dilation_rate, "activation": self.activation.name,
+                "dilation_rate": self.dilation_rate,
+                "activation": activations.serialize(self.activation),
                 "use_bias": self.use_bias}
 
 
@@ -331,3 +343,183 @@ class Conv1D(_Conv):
 
     spatial_rank = 1
     _paddings = ("valid", "same", "causal")
+
+
+def transpose_output_size(size, kernel, stride, dilation, padding, output_padding):
+    """(output positions, crop before) of a transposed convolution along one axis, by
+    Keras 3's rules. The full transposed convolution scatters input i, tap t onto
+    position i*stride + t*dilation, (size - 1)*stride + span positions in all; the
+    output keeps positions [crop, crop + out) of it (beyond its end: zeros).
+
+        valid: out = (size - 1)*stride + span + output_padding, crop 0; output_padding
+               None means max(span, stride) - span
+        same:  out = size*stride (output_padding None), else
+               (size - 1)*stride + span % 2 + output_padding; the padding Keras removes
+               is split with the larger half before (at most span - 1)
+    """
+    span = (kernel - 1) * dilation + 1
+    if padding == "valid":
+        extra = max(span, stride) - span if output_padding is None else output_padding
+        return (size - 1) * stride + span + extra, 0
+    if output_padding is None:
+        out, pad = size * stride, stride + span - 2
+    else:
+        out, pad = (size - 1) * stride + span % 2 + output_padding, \
+            span + span % 2 - 2 + output_padding
+    left = min(pad // 2 + pad % 2, span - 1)       # Keras's left padding of the JAX form
+    return out, span - 1 - left
+
+
+class Conv2DTranspose(SpatialLayer):
+    """Transposed 2-D convolution ("deconvolution"), the adjoint of Conv2D: each input
+    pixel scatters kernel-weighted copies onto a stride-spaced output grid.
+
+    filters: output channels. kernel_size, strides, dilation_rate: an int or a pair
+    (strides > 1 with dilation_rate > 1 is refused, as in Keras). padding: 'valid' or
+    'same'; output_padding: None, an int or a pair, each < its stride (extra rows and
+    columns at the end). Output sizes follow Keras 3 (see transpose_output_size);
+    'same' with output_padding=None gives size * stride. Weights as Keras: kernel
+    (KH, KW, filters, C_in), glorot_uniform; bias (filters,), zeros. Input (N, H, W, C_in),
+    output (N, OH, OW, filters).
+
+    Computed as Conv2D's input gradient: one GEMM cols = x (N*H*W, C_in) times the
+    kernel viewed as (KH*KW*filters, C_in) transposed, then col2im scatter-adds cols
+    onto the output (Conv2D's geometry with the roles of input and output swapped).
+    Backward: im2col of dZ, dW = dcols^T x and dx = dcols W, both one GEMM.
+    """
+
+    spatial_rank = 2
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", output_padding=None,
+                 dilation_rate=1, activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", name=None,
+                 dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.filters = int(check_positive(filters, "filters", integer=True))
+        self.kernel_size = normalize_tuple(kernel_size, 2, "kernel_size")
+        self.strides = normalize_tuple(strides, 2, "strides")
+        self.padding = normalize_padding(padding)
+        self.dilation_rate = normalize_tuple(dilation_rate, 2, "dilation_rate")
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(f"strides > 1 is not supported with dilation_rate > 1 (as in "
+                             f"Keras); got strides={self.strides}, "
+                             f"dilation_rate={self.dilation_rate}")
+        if output_padding is not None:
+            pads = (output_padding,) * 2 if isinstance(output_padding, numbers.Integral) \
+                else output_padding
+            try:
+                pads = tuple(pads)
+            except TypeError:
+                pads = ()
+            if len(pads) != 2 or not all(isinstance(p, numbers.Integral)
+                                         and not isinstance(p, bool) and p >= 0 for p in pads):
+                raise ValueError(f"output_padding must be None, a non-negative int or a pair "
+                                 f"of them; got {output_padding!r}")
+            output_padding = tuple(int(p) for p in pads)
+            if any(p >= s for p, s in zip(output_padding, self.strides)):
+                raise ValueError(f"output_padding must be < strides; got "
+                                 f"output_padding={output_padding}, strides={self.strides}")
+        self.output_padding = output_padding
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        name = self.activation.name
+        self._epilogue = EPILOGUES[name] if name in _FUSED_ACTIVATIONS else None
+        self._plans = {}
+
+    def _plan(self, input_shape):
+        """((OH, OW), (crop top, crop left)) for per-sample `input_shape`, once per size."""
+        plan = self._plans.get(input_shape)
+        if plan is not None:
+            return plan
+        self._check_rank(input_shape)
+        pads = self.output_padding or (None, None)
+        out, crop = zip(*(transpose_output_size(size, k, s, d, self.padding, p)
+                          for size, k, s, d, p in zip(input_shape[:2], self.kernel_size,
+                                                      self.strides, self.dilation_rate, pads)))
+        if min(out) < 1:
+            raise ValueError(f"Conv2DTranspose {self.name!r}: inputs of per-sample shape "
+                             f"{tuple(input_shape)} give an empty output {out}; use a larger "
+                             f"output_padding or kernel_size")
+        plan = self._plans[input_shape] = (out, crop)
+        return plan
+
+    def build(self, input_shape):
+        input_shape = tuple(int(d) for d in input_shape)
+        self._plan(input_shape)
+        self.add_weight("kernel", self.kernel_size + (self.filters, input_shape[-1]),
+                        self.kernel_initializer)
+        if self.use_bias:
+            self.add_weight("bias", (self.filters,), self.bias_initializer)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        (oh, ow), _ = self._plan(tuple(int(d) for d in input_shape))
+        return (oh, ow, self.filters)
+
+    @property
+    def kernel(self):
+        return self._weights[0]
+
+    @property
+    def bias(self):
+        return self._weights[1] if self.use_bias else None
+
+    _activate = _Conv._activate
+
+    def _geometry(self, h, w, crop):
+        """col2im / im2col arguments: the output plays Conv2D's input, x its output."""
+        return self.kernel_size, self.strides, self.dilation_rate, crop, (h, w)
+
+    def _forward(self, x, training):
+        n, h, w, c = x.shape
+        (oh, ow), crop = self._plan(x.shape[1:])
+        f = self.filters
+        depth = self.kernel_size[0] * self.kernel_size[1] * f
+        cols = self._buffer("cols", (n * h * w, depth))
+        gemm(x.reshape(n * h * w, c), self._weights[0].reshape(depth, c).T, cols)
+        y = self._buffer("y", (n, oh, ow, f))
+        _k.col2im(cols, y, *self._geometry(h, w, crop))
+        if self.use_bias:
+            y += self._weights[1]
+        if self.activation.name != "linear":
+            y = self._activate(y)
+        self._x, self._y, self._crop = x, y, crop
+        self._last_output_shape = y.shape
+        return y
+
+    def _backward(self, grad_output, need_input_grad):
+        x, f = self._x, self.filters
+        n, h, w, c = x.shape
+        db = self._gradients[1] if self.use_bias else None
+        if self._epilogue is None:       # an activation the fused kernel does not know
+            dz = self.activation.backward(self._y, grad_output,
+                                          out=self._buffer("dz", grad_output.shape),
+                                          x=self._z if self.activation.needs_input else None)
+            _k.activation_bias_backward(dz.reshape(-1, f), dz.reshape(-1, f), None, db,
+                                        EPILOGUES["linear"])
+        elif self._epilogue == EPILOGUES["linear"]:
+            dz = grad_output
+            _k.activation_bias_backward(dz.reshape(-1, f), dz.reshape(-1, f), None, db,
+                                        self._epilogue)
+        else:
+            dz = self._buffer("dz", grad_output.shape)
+            _k.activation_bias_backward(self._y.reshape(-1, f), grad_output.reshape(-1, f),
+                                        dz.reshape(-1, f), db, self._epilogue)
+        depth = self.kernel_size[0] * self.kernel_size[1] * f
+        dcols = self._buffer("dcols", (n * h * w, depth))
+        _k.im2col(dz, dcols, *self._geometry(h, w, self._crop))
+        x2 = x.reshape(n * h * w, c)
+        gemm(dcols.T, x2, self._gradients[0].reshape(depth, c))
+        if not need_input_grad:
+            return None
+        dx = self._buffer("dx", x.shape)
+        gemm(dcols, self._weights[0].reshape(depth, c), dx.reshape(n * h * w, c))
+        return dx
+
+    def get_config(self):
+        return {"name": self.name, "filters": self.filters, "kernel_size": self.kernel_size,
+                "strides": self.strides, "padding": self.padding,
+                "output_padding": self.output_padding, "dilation_rate": self.dilation_rate,
+                "activation": activations.serialize(self.activation), "use_bias": self.use_bias}

@@ -1,9 +1,17 @@
-"""Dense: y = activation(x @ kernel + bias), kernel (in, units), bias (units,)."""
+"""Dense: y = activation(x @ kernel + bias), kernel (in, units), bias (units,).
+
+On inputs of any rank >= 2, (batch, ..., features), the kernel applies to the last
+axis (as in Keras): the leading axes are flattened into the rows of ONE GEMM on
+reshaped views (no copies), so a (batch, time, features) input costs one product of
+(batch * time) rows, with the same fused epilogues as a 2-D input.
+"""
+import numpy as np
+
 from .. import activations, initializers
 from .._config import fusion_enabled
 from .._kernels.gemm import GRAD_EPILOGUES, gemm
 from ..ops import epilogue_of
-from .._validation import check_positive
+from .._validation import check_numeric, check_positive
 from .base import Layer
 
 
@@ -12,6 +20,8 @@ class Dense(Layer):
 
     units: output size. activation: a name from cyneuron.activations (default linear).
     Weights follow Keras: kernel (in_features, units), glorot_uniform; bias zeros.
+    Input (batch, ..., in_features), output (batch, ..., units); a built layer takes any
+    sizes of the middle axes (Keras checks only the last one).
     """
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
@@ -24,16 +34,32 @@ class Dense(Layer):
         self.bias_initializer = initializers.get(bias_initializer)
 
     def build(self, input_shape):
-        if len(input_shape) != 1:
-            raise ValueError(f"Dense {self.name!r} expects 2-D input x (batch, features); "
-                             f"got per-sample shape {tuple(input_shape)}")
-        self.add_weight("kernel", (int(input_shape[0]), self.units), self.kernel_initializer)
+        if len(input_shape) < 1:
+            raise ValueError(f"Dense {self.name!r} expects input x of at least 2-D "
+                             f"(batch, ..., features); got per-sample shape {tuple(input_shape)}")
+        self.add_weight("kernel", (int(input_shape[-1]), self.units), self.kernel_initializer)
         if self.use_bias:
             self.add_weight("bias", (self.units,), self.bias_initializer)
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
-        return (self.units,)
+        return tuple(int(d) for d in input_shape[:-1]) + (self.units,)
+
+    def _accepts_input_shape(self, input_shape):
+        return len(input_shape) >= 1 and int(input_shape[-1]) == self._weights[0].shape[0]
+
+    def _check_input(self, x):
+        if not self.built:
+            return super()._check_input(x)
+        x = check_numeric(x, "x")
+        features = self._weights[0].shape[0]
+        if x.ndim < 2 or x.shape[-1] != features:
+            raise ValueError(f"layer {self.name!r} was built for inputs (batch, ..., {features}) "
+                             f"with {features} features on the last axis; got x of shape "
+                             f"{x.shape}")
+        if x.size == 0:
+            raise ValueError(f"layer {self.name!r}: x is empty (shape {x.shape})")
+        return np.ascontiguousarray(x, dtype=self.dtype)
 
     @property
     def kernel(self):
@@ -65,15 +91,17 @@ class Dense(Layer):
         return self._gemm_into_z(x, (0, 0.0) if fusion_enabled() else None)
 
     def _gemm_into_z(self, x, epilogue):
-        z = self._buffer("z", (x.shape[0], self.units))
+        z = self._buffer("z", x.shape[:-1] + (self.units,))
+        x2, z2 = x.reshape(-1, x.shape[-1]), z.reshape(-1, self.units)   # views: one GEMM
         bias = self._weights[1] if self.use_bias else None
         if epilogue is None:     # the plain path: a separate bias pass
-            gemm(x, self._weights[0], z)
+            gemm(x2, self._weights[0], z2)
             if bias is not None:
-                z += bias
+                z2 += bias
         else:
-            gemm(x, self._weights[0], z, bias, *epilogue)
-        self._x = x
+            gemm(x2, self._weights[0], z2, bias, *epilogue)
+        self._x = x2             # the rows of x, as the weight-gradient GEMM reads them
+        self._x_shape = x.shape
         self._y = z
         self._last_output_shape = z.shape
         return z
@@ -107,7 +135,9 @@ class Dense(Layer):
 
     def _backward_logits(self, dz, need_input_grad=True, into=None):
         """Gradients from d(loss)/d(x @ kernel + bias): dW = x^T dz, db = sum(dz), dx = dz W^T
-        (times the previous layer's activation derivative when `into` = (code, alpha, y))."""
+        (times the previous layer's activation derivative when `into` = (code, alpha, y)).
+        N-D dz and y are read as their (rows, features) views."""
+        dz = dz.reshape(-1, self.units)
         if fusion_enabled():     # db = column sums of dz, in the same pass as dW
             gemm(self._x.T, dz, self._gradients[0],
                  b_sums=self._gradients[1] if self.use_bias else None)
@@ -117,11 +147,13 @@ class Dense(Layer):
                 dz.sum(axis=0, out=self._gradients[1])
         if not need_input_grad:
             return None
-        dx = self._buffer("dx", self._x.shape)
+        dx = self._buffer("dx", self._x_shape)
+        dx2 = dx.reshape(self._x.shape)
         if into is None:
-            gemm(dz, self._weights[0].T, dx)
+            gemm(dz, self._weights[0].T, dx2)
         else:
-            gemm(dz, self._weights[0].T, dx, None, into[0], into[1], act_out=into[2])
+            gemm(dz, self._weights[0].T, dx2, None, into[0], into[1],
+                 act_out=into[2].reshape(dx2.shape))
         return dx
 
     def get_config(self):
