@@ -187,7 +187,7 @@ def test_queries_and_errors():
     assert sum(sum(c.values()) for c in lm.values()) == len(x)
     d = som.distances(x)
     np.testing.assert_allclose(d.min(1), np.linalg.norm(x - som.quantization(x), axis=1), atol=1e-9)
-    assert som.fit(x, 300, mode="batch") is som
+    assert som.fit(x, 20, mode="batch") is som
     hexa = SOM(6, 6, 4, topology="hexagonal", random_state=0).fit(x, 2000)
     assert 0 <= hexa.topographic_error(x) <= 1
 

@@ -10,8 +10,8 @@ the threads meet at a barrier around it. The products are the project GEMM's ser
 entry points (gemm.pxd), read through strides (no transposed copies).
 
 Random draws: the uniform for element e (row-major index in its matrix) of sampling
-phase c is the top 53 bits of SplitMix64(stream(key, c) + (e + 1) * golden), the same
-scheme as dropout masks: the samples depend on (key, counter) only, never on the thread
+phase c is 52 bits of SplitMix64(stream(key, c) + (e + 1) * golden) as a double in
+[0, 1) (csrc/rbm_math.h, like the dropout masks' generator): the samples depend on (key, counter) only, never on the thread
 count. `uniforms(key, counter, n)` returns the draws of one phase so a numpy reference
 can reproduce them. Phase counters: batch b (counted over the whole fit) uses counters
 counter0 + b * (2k + 2) + p, with p = 0 for the hidden sample of the positive phase (CD
@@ -23,12 +23,21 @@ from libc.stdint cimport int64_t, uint64_t
 
 from cyneuron._kernels._openmp cimport (
     cn_omp_barrier, cn_omp_num_threads, cn_omp_thread_num, threads_for)
-from cyneuron._kernels cimport _math
-from cyneuron._kernels.gemm cimport dgemm_serial, sgemm_serial
+from cyneuron._kernels.gemm cimport current_isa, dgemm_serial, sgemm_serial
+
+cdef extern from "rbm_math.h" nogil:
+    double cn_rbm_uniform(uint64_t stream, uint64_t i)
+    void cn_rbm_sigmoid_d(int isa, int64_t rows, int64_t ld, int64_t c0, int64_t c1,
+                          double *Z, const double *bias)
+    void cn_rbm_sigmoid_s(int isa, int64_t rows, int64_t ld, int64_t c0, int64_t c1,
+                          float *Z, const float *bias)
+    void cn_rbm_sample_d(int isa, int64_t rows, int64_t ld, int64_t c0, int64_t c1,
+                         const double *P, double *S, uint64_t stream)
+    void cn_rbm_sample_s(int isa, int64_t rows, int64_t ld, int64_t c0, int64_t c1,
+                         const float *P, float *S, uint64_t stream)
 
 cdef uint64_t GOLDEN = <uint64_t> 0x9E3779B97F4A7C15ULL
 cdef uint64_t STREAM_MUL = <uint64_t> 0xD1B54A32D192ED03ULL
-cdef double INV53 = 1.0 / 9007199254740992.0
 
 
 cdef inline uint64_t _splitmix64(uint64_t z) noexcept nogil:
@@ -42,7 +51,7 @@ cdef inline uint64_t _stream(uint64_t key, uint64_t counter) noexcept nogil:
 
 
 cdef inline double _uniform(uint64_t stream, uint64_t i) noexcept nogil:
-    return <double> (_splitmix64(stream + (i + 1) * GOLDEN) >> 11) * INV53
+    return cn_rbm_uniform(stream, i)
 
 
 def uniforms(uint64_t key, uint64_t counter, Py_ssize_t n):
@@ -73,8 +82,11 @@ def bernoulli_sample(const floating[:, ::1] p, floating[:, ::1] out, uint64_t ke
     cdef floating *po = &out[0, 0]
     cdef uint64_t s = _stream(key, counter)
     cdef int nt = threads_for(<double> n * 8)
-    for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
-        po[i] = 1 if _uniform(s, <uint64_t> i) < pp[i] else 0
+    cdef Py_ssize_t chunk = 4096, n_chunks = (n + chunk - 1) // chunk, c
+    for c in prange(n_chunks, nogil=True, num_threads=nt, schedule="static"):
+        # one row of the flat view per chunk: element indices c * chunk + j
+        _sample_cols(pp + c * chunk, po + c * chunk, 1, 0, 0, min(chunk, n - c * chunk),
+                     s + <uint64_t> (c * chunk) * GOLDEN)
 
 
 cdef inline void _mm(int64_t M, int64_t N, int64_t K, const floating *A, int64_t rsa,
@@ -103,10 +115,10 @@ cdef inline void _block(Py_ssize_t n, int tid, int nt, Py_ssize_t *lo, Py_ssize_
 
 cdef inline void _sigmoid_cols(floating *Z, Py_ssize_t rows, Py_ssize_t ld, Py_ssize_t c0,
                                Py_ssize_t c1, const floating *bias) noexcept nogil:
-    cdef Py_ssize_t r, c
-    for r in range(rows):
-        for c in range(c0, c1):
-            Z[r * ld + c] = _math.sigmoid(Z[r * ld + c] + bias[c])
+    if floating is float:
+        cn_rbm_sigmoid_s(current_isa(), rows, ld, c0, c1, Z, bias)
+    else:
+        cn_rbm_sigmoid_d(current_isa(), rows, ld, c0, c1, Z, bias)
 
 
 cdef inline void _bias_cols(floating *Z, Py_ssize_t rows, Py_ssize_t ld, Py_ssize_t c0,
@@ -119,10 +131,10 @@ cdef inline void _bias_cols(floating *Z, Py_ssize_t rows, Py_ssize_t ld, Py_ssiz
 
 cdef inline void _sample_cols(const floating *P, floating *S, Py_ssize_t rows, Py_ssize_t ld,
                               Py_ssize_t c0, Py_ssize_t c1, uint64_t stream) noexcept nogil:
-    cdef Py_ssize_t r, c
-    for r in range(rows):
-        for c in range(c0, c1):
-            S[r * ld + c] = 1 if _uniform(stream, <uint64_t> (r * ld + c)) < P[r * ld + c] else 0
+    if floating is float:
+        cn_rbm_sample_s(current_isa(), rows, ld, c0, c1, P, S, stream)
+    else:
+        cn_rbm_sample_d(current_isa(), rows, ld, c0, c1, P, S, stream)
 
 
 cdef inline void _plain_update(floating *W, const floating *G, Py_ssize_t r0, Py_ssize_t r1,
