@@ -344,3 +344,285 @@ class GaussianBernoulliRBM(_BaseRBM):
         check_is_fitted(self)
         v = self._validate(X, reset=False)
         return -self._free_energy(v)
+
+
+# -- deep belief networks ----------------------------------------------------------------------
+def _layer_seed(rng):
+    return int(rng.randint(0, 2 ** 31 - 1))
+
+
+class DBN(TransformerMixin, BaseEstimator):
+    """Deep belief network: a stack of RBMs pre-trained greedily, layer by layer.
+
+    Layer 1 is a BernoulliRBM on X (GaussianBernoulliRBM with gaussian_visible=True, for
+    standardised real data); layer l + 1 is a BernoulliRBM trained on layer l's hidden
+    probabilities (transform). The RBM parameters (learning_rate, batch_size, n_iter, k,
+    persistent, momentum, weight_decay) apply to every layer; each layer's random_state
+    is drawn from this estimator's. After fit: rbms_ (the fitted RBMs), transform(X)
+    (the top layer's probabilities), and to_model(n_outputs, activation) (a cn.Sequential
+    initialised from the RBMs, for supervised fine-tuning)."""
+
+    def __init__(self, hidden_layer_sizes=(256,), *, learning_rate=0.05, batch_size=10,
+                 n_iter=10, k=1, persistent=True, momentum=0.0, weight_decay=0.0,
+                 gaussian_visible=False, random_state=None, verbose=0):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.n_iter = n_iter
+        self.k = k
+        self.persistent = persistent
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.gaussian_visible = gaussian_visible
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _sizes(self):
+        sizes = self.hidden_layer_sizes
+        if isinstance(sizes, numbers.Integral) and not isinstance(sizes, bool):
+            sizes = (sizes,)
+        try:
+            sizes = tuple(sizes)
+        except TypeError:
+            raise ValueError(f"hidden_layer_sizes must be a list of positive integers; got "
+                             f"{self.hidden_layer_sizes!r}") from None
+        if not sizes:
+            raise ValueError("hidden_layer_sizes must hold at least one layer size")
+        for s in sizes:
+            _check_int(s, "hidden_layer_sizes")
+        return [int(s) for s in sizes]
+
+    def _rbm(self, index, size, seed):
+        cls = GaussianBernoulliRBM if (index == 0 and self.gaussian_visible) else BernoulliRBM
+        return cls(n_components=size, learning_rate=self.learning_rate,
+                   batch_size=self.batch_size, n_iter=self.n_iter, k=self.k,
+                   persistent=self.persistent, momentum=self.momentum,
+                   weight_decay=self.weight_decay, random_state=seed, verbose=self.verbose)
+
+    def fit(self, X, y=None):
+        """Pre-train the stack on X, layer by layer."""
+        sizes = self._sizes()
+        X = validate_data(self, X, dtype=(np.float64, np.float32))
+        rng = check_random_state(self.random_state)
+        self.rbms_ = []
+        h = X
+        for i, size in enumerate(sizes):
+            rbm = self._rbm(i, size, _layer_seed(rng))
+            rbm._check_params()
+            h = rbm.fit(h).transform(h)
+            self.rbms_.append(rbm)
+        self._n_features_out = sizes[-1]
+        return self
+
+    def transform(self, X):
+        """The top layer's hidden probabilities (n_samples, hidden_layer_sizes[-1])."""
+        check_is_fitted(self)
+        h = validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
+        for rbm in self.rbms_:
+            h = rbm.transform(h)
+        return h
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self)
+        return np.asarray([f"dbn{i}" for i in range(self._n_features_out)], dtype=object)
+
+    def to_model(self, n_outputs, activation="softmax", dtype="float32", random_state=None):
+        """A cn.Sequential: one Dense(size, "sigmoid") per RBM with kernel = components_.T
+        (Keras layout (in, out)) and bias = intercept_hidden_, then Dense(n_outputs,
+        activation) with Glorot-uniform weights drawn from random_state (default: this
+        estimator's) and zero bias. Compile and fit it to fine-tune."""
+        from . import layers as _layers
+        from .models import Sequential
+
+        check_is_fitted(self)
+        _check_int(n_outputs, "n_outputs")
+        model = Sequential([_layers.Dense(r.n_components, activation="sigmoid") for r in self.rbms_]
+                           + [_layers.Dense(int(n_outputs), activation=activation)], dtype=dtype)
+        model.build((self.n_features_in_,))
+        for layer, rbm in zip(model.layers, self.rbms_):
+            layer.set_weights([rbm.components_.T.astype(dtype), rbm.intercept_hidden_.astype(dtype)])
+        rng = check_random_state(self.random_state if random_state is None else random_state)
+        fan_in = self.rbms_[-1].n_components
+        limit = np.sqrt(6.0 / (fan_in + n_outputs))
+        model.layers[-1].set_weights([rng.uniform(-limit, limit, (fan_in, int(n_outputs))).astype(dtype),
+                                      np.zeros(int(n_outputs), dtype)])
+        return model
+
+    def save(self, filepath):
+        arrays, scalars = {}, {}
+        if hasattr(self, "rbms_"):
+            scalars = {"n_layers": len(self.rbms_), "n_features_in_": self.n_features_in_,
+                       "layers": []}
+            for i, rbm in enumerate(self.rbms_):
+                scalars["layers"].append({"class": type(rbm).__name__, "params": rbm.get_params(),
+                                          "key": str(rbm._key), "counter": str(rbm._counter)})
+                for name in ("components_", "intercept_hidden_", "intercept_visible_", "h_samples_"):
+                    arrays[f"{i}_{name}"] = getattr(rbm, name)
+        save_estimator(self, filepath, self.get_params(), scalars, arrays)
+
+    @classmethod
+    def load(cls, filepath):
+        klass, params, scalars, arrays = load_estimator(filepath, cls)
+        est = klass(**params)
+        est._set_state(scalars, arrays)
+        return est
+
+    def _set_state(self, scalars, arrays, prefix=""):
+        if "layers" not in scalars:
+            return
+        self.rbms_ = []
+        for i, spec in enumerate(scalars["layers"]):
+            rbm_cls = GaussianBernoulliRBM if spec["class"] == "GaussianBernoulliRBM" else BernoulliRBM
+            rbm = rbm_cls(**spec["params"])
+            for name in ("components_", "intercept_hidden_", "intercept_visible_", "h_samples_"):
+                setattr(rbm, name, np.ascontiguousarray(arrays[f"{prefix}{i}_{name}"]))
+            rbm._velocity = [np.zeros_like(rbm.components_), np.zeros_like(rbm.intercept_hidden_),
+                             np.zeros_like(rbm.intercept_visible_)]
+            rbm._key, rbm._counter = int(spec["key"]), int(spec["counter"])
+            rbm._n_features_out = rbm.components_.shape[0]
+            rbm.n_features_in_ = rbm.components_.shape[1]
+            self.rbms_.append(rbm)
+        self.n_features_in_ = int(scalars["n_features_in_"])
+        self._n_features_out = self.rbms_[-1].n_components
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        if not self.gaussian_visible:
+            tags.input_tags.positive_only = True
+        return tags
+
+
+class DBNClassifier(ClassifierMixin, BaseEstimator):
+    """A deep belief network classifier: DBN pre-training (the rbm_* parameters), then
+    the network from DBN.to_model(n_classes, "softmax") fine-tuned with backpropagation
+    (optimizer "adam" or "sgd", learning_rate, epochs, batch_size; sparse categorical
+    cross-entropy), samples shuffled each epoch from random_state.
+
+    After fit: classes_, dbn_ (the pre-trained DBN), model_ (the fine-tuned
+    cn.Sequential), loss_curve_ (mean training loss per epoch)."""
+
+    def __init__(self, hidden_layer_sizes=(256,), *, rbm_learning_rate=0.05, rbm_batch_size=10,
+                 rbm_n_iter=20, k=1, persistent=True, momentum=0.0, weight_decay=0.0,
+                 gaussian_visible=False, optimizer="adam", learning_rate=1e-3, epochs=60,
+                 batch_size=16, dtype="float32", random_state=None, verbose=0):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.rbm_learning_rate = rbm_learning_rate
+        self.rbm_batch_size = rbm_batch_size
+        self.rbm_n_iter = rbm_n_iter
+        self.k = k
+        self.persistent = persistent
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.gaussian_visible = gaussian_visible
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _dbn(self, seed):
+        return DBN(self.hidden_layer_sizes, learning_rate=self.rbm_learning_rate,
+                   batch_size=self.rbm_batch_size, n_iter=self.rbm_n_iter, k=self.k,
+                   persistent=self.persistent, momentum=self.momentum,
+                   weight_decay=self.weight_decay, gaussian_visible=self.gaussian_visible,
+                   random_state=seed)
+
+    def _make_optimizer(self):
+        from . import optimizers as _opt
+
+        if self.optimizer == "adam":
+            return _opt.Adam(learning_rate=self.learning_rate)
+        if self.optimizer == "sgd":
+            return _opt.SGD(learning_rate=self.learning_rate, momentum=0.9)
+        raise ValueError(f"optimizer must be 'adam' or 'sgd'; got {self.optimizer!r}")
+
+    def fit(self, X, y):
+        """Pre-train the DBN on X, then fine-tune the network on (X, y)."""
+        _check_int(self.epochs, "epochs", low=0)
+        _check_int(self.batch_size, "batch_size")
+        _check_real(self.learning_rate, "learning_rate", low_open=True)
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
+        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
+        check_classification_targets(y)
+        self._encoder = LabelEncoder().fit(y)
+        self.classes_ = self._encoder.classes_
+        targets = self._encoder.transform(y)
+        rng = check_random_state(self.random_state)
+        self.dbn_ = self._dbn(_layer_seed(rng)).fit(X)
+        self.model_ = self.dbn_.to_model(max(2, len(self.classes_)), "softmax", dtype=self.dtype,
+                                         random_state=_layer_seed(rng))
+        self.model_.compile(optimizer=self._make_optimizer(),
+                            loss="sparse_categorical_crossentropy")
+        x = np.ascontiguousarray(X, dtype=self.dtype)
+        t = targets.astype(np.int64)
+        n = len(x)
+        self.loss_curve_ = []
+        for epoch in range(self.epochs):
+            order = rng.permutation(n)
+            total = 0.0
+            for start in range(0, n, self.batch_size):
+                idx = order[start:start + self.batch_size]
+                out = self.model_.train_on_batch(x[idx], t[idx])
+                loss = out["loss"] if isinstance(out, dict) else (out[0] if isinstance(out, (list, tuple)) else out)
+                total += float(loss) * len(idx)
+            self.loss_curve_.append(total / n)
+            if self.verbose:
+                print(f"[DBNClassifier] epoch {epoch + 1}, loss = {self.loss_curve_[-1]:.4f}")
+        return self
+
+    def predict_proba(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
+        if len(self.classes_) == 1:     # one class seen in fit: it is certain
+            return np.ones((len(X), 1))
+        return np.asarray(self.model_.predict(np.ascontiguousarray(X, dtype=self.dtype)), np.float64)
+
+    def predict(self, X):
+        check_is_fitted(self)
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def save(self, filepath):
+        """Parameters, the DBN's RBMs and the fine-tuned network's weights (.npz + JSON)."""
+        arrays, scalars = {}, {}
+        if hasattr(self, "model_"):
+            dbn_scalars = {"layers": [{"class": type(r).__name__, "params": r.get_params(),
+                                       "key": str(r._key), "counter": str(r._counter)}
+                                      for r in self.dbn_.rbms_],
+                           "n_features_in_": self.n_features_in_}
+            for i, rbm in enumerate(self.dbn_.rbms_):
+                for name in ("components_", "intercept_hidden_", "intercept_visible_", "h_samples_"):
+                    arrays[f"dbn_{i}_{name}"] = getattr(rbm, name)
+            for i, w in enumerate(self.model_.get_weights()):
+                arrays[f"model_{i}"] = w
+            scalars = {"dbn": dbn_scalars, "dbn_params": self.dbn_.get_params(),
+                       "classes": self.classes_.tolist(), "classes_dtype": self.classes_.dtype.str,
+                       "n_weights": len(self.model_.get_weights()),
+                       "loss_curve_": self.loss_curve_}
+        save_estimator(self, filepath, self.get_params(), scalars, arrays)
+
+    @classmethod
+    def load(cls, filepath):
+        klass, params, scalars, arrays = load_estimator(filepath, cls)
+        est = klass(**params)
+        if "dbn" in scalars:
+            dbn_params = dict(scalars["dbn_params"])
+            dbn_params["hidden_layer_sizes"] = tuple(dbn_params["hidden_layer_sizes"])
+            est.dbn_ = DBN(**dbn_params)
+            est.dbn_._set_state(scalars["dbn"], arrays, prefix="dbn_")
+            est.classes_ = np.asarray(scalars["classes"], dtype=np.dtype(scalars["classes_dtype"]))
+            est._encoder = LabelEncoder().fit(est.classes_)
+            est.n_features_in_ = est.dbn_.n_features_in_
+            est.model_ = est.dbn_.to_model(max(2, len(est.classes_)), "softmax", dtype=est.dtype)
+            est.model_.set_weights([arrays[f"model_{i}"] for i in range(int(scalars["n_weights"]))])
+            est.loss_curve_ = list(scalars["loss_curve_"])
+        return est
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        if not self.gaussian_visible:
+            tags.input_tags.positive_only = True
+        return tags
