@@ -5,6 +5,7 @@ from .conv import Conv1D, Conv2D, Conv2DTranspose
 from .dense import Dense
 from .embedding import Embedding
 from .normalization import BatchNormalization, LayerNormalization, Normalization
+from .rbf import RBF
 from .pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D,
                       GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
                       MaxPooling1D, MaxPooling2D)
@@ -21,4 +22,4 @@ __all__ = ["Layer", "Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Maxout"
            "GlobalAveragePooling1D", "GlobalAveragePooling2D", "Flatten", "Reshape",
            "ZeroPadding2D", "Cropping1D", "Cropping2D", "Permute", "RepeatVector",
            "UpSampling1D", "UpSampling2D", "Embedding", "RNN", "SimpleRNN", "LSTM", "GRU",
-           "Bidirectional", "TimeDistributed", "Wrapper", "serialize", "deserialize"]
+           "Bidirectional", "TimeDistributed", "Wrapper", "serialize", "deserialize", "RBF"]
