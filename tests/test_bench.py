@@ -216,7 +216,8 @@ def test_targets_not_measured_and_no_avx512():
 
 # --------------------------------------------------------------------------- the command line
 @pytest.mark.parametrize("argv", [["matmul", "--repeats", "0"], ["matmul", "--peak", "-1"],
-                                  ["matmul", "--target", "0"], ["nothing"]])
+                                  ["matmul", "--target", "0"], ["nothing"],
+                                  ["matmul", "--clock", "cpu"], ["matmul", "--clock", "sundial"]])
 def test_main_rejects_bad_options(argv, monkeypatch):
     for k in B.OPENBLAS_HANDICAP_VARS:
         monkeypatch.delenv(k, raising=False)  # never re-execute from a test
@@ -239,6 +240,23 @@ def test_time_blocks_interleaves_rounds_in_rotating_order():
     B.time_blocks(fns, repeats=3, target_s=1e-4, settle_s=0)
     runs = [name for i, name in enumerate(calls) if i == 0 or calls[i - 1] != name]
     assert "".join(runs) == "abc" + "bca" + "cab"
+
+
+def test_cpu_clock_leaves_out_sleeping(monkeypatch):
+    """--clock cpu: time a thread spends off the CPU does not count."""
+    import time
+
+    monkeypatch.setattr(B, "_clock", B._clock)      # restored after the test
+    B.set_clock("cpu")
+    samples = B.time_blocks({"sleeper": lambda: time.sleep(0.002)}, repeats=2, target_s=0.004,
+                            settle_s=0)
+    assert max(samples["sleeper"]) < 0.001
+    B.set_clock("wall")
+    samples = B.time_blocks({"sleeper": lambda: time.sleep(0.002)}, repeats=2, target_s=0.004,
+                            settle_s=0)
+    assert min(samples["sleeper"]) >= 0.002
+    with pytest.raises(ValueError, match="clock"):
+        B.set_clock("sundial")
 
 
 def test_spread_is_flagged_above_the_threshold():
@@ -272,3 +290,33 @@ def test_mlp_bench_reports_every_kind_on_a_tiny_run():
     train = results[0]
     assert train["rates"]["cyneuron"] > 0 and train["gflops"] > 0 and train["pct_peak"] > 0
     assert len(lines) == 3 and "samples/s" in lines[0] and " us" in lines[1]
+    assert "cyneuron-functional" in train["rates"]      # the graph twin, timed alongside
+
+
+# -- the ResNet-style CNN through the graph engine (issue 15) ---------------------------------
+def test_resnet_bench_networks_match():
+    """cyneuron's functional ResNet and the PyTorch one compute the same function: with
+    cyneuron's weights copied into the torch net, the same probabilities; each training
+    callable runs and returns a finite loss."""
+    from cyneuron import _bench_graph as graph
+
+    torch = pytest.importorskip("torch")
+    x, y = graph.resnet_data(n=4)
+    model = graph.make_cyneuron_resnet()
+    _, net, _, _ = graph.make_torch_resnet(1)
+    convs = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"]
+    torch_convs = [net.stem] + [c for block in net.blocks for c in block]
+    with torch.no_grad():
+        for layer, conv in zip(convs, torch_convs):
+            kernel, bias = layer.get_weights()
+            conv.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()))
+            conv.bias.copy_(torch.from_numpy(bias))
+        kernel, bias = model.layers[-1].get_weights()
+        net.head.weight.copy_(torch.from_numpy(kernel.T.copy()))
+        net.head.bias.copy_(torch.from_numpy(bias))
+        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+        expected = torch.softmax(net(xt), dim=1).numpy()
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-4, atol=1e-6)
+    fns, _ = graph.train_callables(1, x, y)
+    for fn in fns.values():
+        assert np.isfinite(float(fn()))

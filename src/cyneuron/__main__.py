@@ -1,4 +1,4 @@
-"""Command line: python -m cyneuron demo [mlp|cnn|som|dbn] | bench [matmul|mlp|conv|rnn|sklearn|rbm|som|all] | info"""
+"""Command line: python -m cyneuron demo [mlp|cnn|som|dbn] | bench [matmul|mlp|conv|resnet|rnn|sklearn|rbm|som|all] | info"""
 import argparse
 import sys
 import time

@@ -4,6 +4,8 @@ from .base import Layer, deserialize, serialize
 from .conv import Conv1D, Conv2D, Conv2DTranspose
 from .dense import Dense
 from .embedding import Embedding
+from .input_layer import Input, InputLayer
+from .merge import Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract
 from .normalization import BatchNormalization, LayerNormalization, Normalization
 from .rbf import RBF
 from .pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D,
@@ -22,4 +24,6 @@ __all__ = ["Layer", "Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Maxout"
            "GlobalAveragePooling1D", "GlobalAveragePooling2D", "Flatten", "Reshape",
            "ZeroPadding2D", "Cropping1D", "Cropping2D", "Permute", "RepeatVector",
            "UpSampling1D", "UpSampling2D", "Embedding", "RNN", "SimpleRNN", "LSTM", "GRU",
-           "Bidirectional", "TimeDistributed", "Wrapper", "serialize", "deserialize", "RBF"]
+           "Bidirectional", "TimeDistributed", "Wrapper", "serialize", "deserialize",
+           "Input", "InputLayer", "Add", "Subtract", "Multiply", "Average", "Maximum",
+           "Minimum", "Concatenate", "Dot", "RBF"]
