@@ -329,7 +329,9 @@ class GaussianBernoulliRBM(_BaseRBM):
     """RBM with real-valued (Gaussian, unit variance) visible units and binary hidden
     units, for standardised real data. Negative phase: linear mean-field reconstructions
     of the visibles; score_samples is minus the free energy (the unnormalised
-    log-likelihood); gibbs adds unit Normal noise to the reconstruction."""
+    log-likelihood); gibbs adds unit Normal noise to the reconstruction. Defaults differ
+    from BernoulliRBM's where real-valued units need it: learning_rate=0.01 and
+    persistent=False (plain CD-k)."""
     _gaussian = True
 
     def __init__(self, n_components=256, *, learning_rate=0.01, batch_size=10, n_iter=10,

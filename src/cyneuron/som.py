@@ -356,9 +356,6 @@ class SOM:
         (jittered; coloured by label when given). Needs matplotlib. Returns the Axes;
         with filename, also saves the figure there."""
         try:
-            import matplotlib
-            if ax is None and filename is not None:
-                matplotlib.use("Agg", force=False)
             import matplotlib.pyplot as plt
         except ImportError as e:  # pragma: no cover - optional dependency
             raise ImportError("SOM.plot needs matplotlib (pip install matplotlib)") from e
