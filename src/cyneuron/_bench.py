@@ -1,4 +1,4 @@
-"""`python -m cyneuron bench [matmul|mlp|conv|rnn|sklearn|all]`: cyneuron next to its references, same run.
+"""`python -m cyneuron bench [matmul|mlp|conv|rnn|sklearn|rbm|som|all]`: cyneuron next to its references, same run.
 
 matmul: cyneuron.ops.matmul against numpy's matmul (OpenBLAS) on the cases of issue 3's
         targets (squares n = 64 ... 2048, float64 squares, the 48 products of Dense layers,
@@ -22,6 +22,8 @@ rnn:    one training step of LSTM(128) -> Dense(10, softmax) on the last step (T
         32 features, batch 32, Adam, float32) and the same with GRU(128), in sequences/s,
         against PyTorch CPU (nn.LSTM / nn.GRU + nn.Linear, torch.optim.Adam); and inference
         on 256 sequences. Runs on 2 threads unless --threads says otherwise.
+rbm, som: BernoulliRBM.fit against scikit-learn's, SOM training against MiniSom's
+        (see _bench_classic).
 
 The machine's environment may set OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which force numpy's
 OpenBLAS onto a slower kernel. OpenBLAS reads them when numpy is first imported, and
@@ -1183,7 +1185,8 @@ def main(argv=None):
         prog="python -m cyneuron bench",
         description="Time cyneuron against numpy, PyTorch CPU and scikit-learn, in one run.")
     parser.add_argument("what", nargs="?", default="all",
-                        choices=("matmul", "mlp", "conv", "resnet", "rnn", "sklearn", "all"))
+                        choices=("matmul", "mlp", "conv", "resnet", "rnn", "sklearn", "rbm", "som",
+                                 "all"))
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for cyneuron, torch and (with threadpoolctl) numpy's BLAS")
     parser.add_argument("--quick", action="store_true",
@@ -1249,6 +1252,13 @@ def main(argv=None):
         bench_rnn(args, out)
     if args.what in ("sklearn", "all"):
         bench_sklearn(args, out)
+    if args.what in ("rbm", "som", "all"):
+        from . import _bench_classic
+
+        if args.what in ("rbm", "all"):
+            _bench_classic.bench_rbm(args, out)
+        if args.what in ("som", "all"):
+            _bench_classic.bench_som(args, out)
     out(f"\n({time.perf_counter() - t0:.1f} s)")
     return 0
 
