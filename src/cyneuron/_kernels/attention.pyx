@@ -20,7 +20,7 @@ differ in cost); each tile's result does not depend on which thread computed it.
 Backward, per (batch, head) and range of key tiles: D_i = dO_i · O_i, then for each key
 tile (outer) and query tile (inner) the tiles are recomputed: S, P = e^(S·scale - lse),
 dP = dO·Vᵀ, dS = P ∘ (dP - D) · scale; dV += Pᵀ·dO, dK += dSᵀ·Q, dQ += dS·K. When there
-are fewer (batch, head) pairs than twice the threads, the key tiles of a pair are split
+are fewer than 8 (batch, head) pairs, the key tiles of a pair are split
 into chunks whose dQ partials go to separate slices of a caller-provided buffer and are
 added in a fixed order afterwards, so the result is the same on any number of threads.
 
@@ -48,6 +48,11 @@ from cyneuron._kernels._openmp cimport cn_omp_max_threads
 from cyneuron._kernels.gemm cimport current_isa, dgemm_serial, sgemm_serial
 
 cnp.import_array()
+
+# The backward pass splits the key tiles of each (batch, head) when there are fewer
+# pairs than this (see backward's `chunks`).
+cdef enum:
+    SPLIT_ITEMS = 8
 
 
 cdef extern from *:
@@ -593,11 +598,13 @@ def backward(cnp.ndarray dout, cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.
         mptr = <const uint8_t *> cnp.PyArray_DATA(mask)
         msb, msh, msq, msk = mask.strides[0], mask.strides[1], mask.strides[2], mask.strides[3]
     cdef Py_ssize_t ktiles = (Tk + bk - 1) // bk
-    cdef int nt = cn_omp_max_threads()
     if chunks == 0:
+        # Few (batch, head) pairs: split their key tiles so that there are about
+        # SPLIT_ITEMS tasks. Chosen from the sizes only, never the thread count, so the
+        # result is the same on any number of threads.
         chunks = 1
-        if B * H < 2 * nt and <double> Tq * Tk * (d_k + d_v) * 4 > 1e6:
-            chunks = min(ktiles, (2 * nt + B * H - 1) // (B * H))
+        if B * H < SPLIT_ITEMS and <double> Tq * Tk * (d_k + d_v) * 4 > 1e6:
+            chunks = min(ktiles, (SPLIT_ITEMS + B * H - 1) // (B * H))
     chunks = min(chunks, ktiles)
     part = None
     if chunks > 1:
