@@ -272,3 +272,33 @@ def test_mlp_bench_reports_every_kind_on_a_tiny_run():
     train = results[0]
     assert train["rates"]["cyneuron"] > 0 and train["gflops"] > 0 and train["pct_peak"] > 0
     assert len(lines) == 3 and "samples/s" in lines[0] and " us" in lines[1]
+    assert "cyneuron-functional" in train["rates"]      # the graph twin, timed alongside
+
+
+# -- the ResNet-style CNN through the graph engine (issue 15) ---------------------------------
+def test_resnet_bench_networks_match():
+    """cyneuron's functional ResNet and the PyTorch one compute the same function: with
+    cyneuron's weights copied into the torch net, the same probabilities; each training
+    callable runs and returns a finite loss."""
+    from cyneuron import _bench_graph as graph
+
+    torch = pytest.importorskip("torch")
+    x, y = graph.resnet_data(n=4)
+    model = graph.make_cyneuron_resnet()
+    _, net, _, _ = graph.make_torch_resnet(1)
+    convs = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"]
+    torch_convs = [net.stem] + [c for block in net.blocks for c in block]
+    with torch.no_grad():
+        for layer, conv in zip(convs, torch_convs):
+            kernel, bias = layer.get_weights()
+            conv.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()))
+            conv.bias.copy_(torch.from_numpy(bias))
+        kernel, bias = model.layers[-1].get_weights()
+        net.head.weight.copy_(torch.from_numpy(kernel.T.copy()))
+        net.head.bias.copy_(torch.from_numpy(bias))
+        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+        expected = torch.softmax(net(xt), dim=1).numpy()
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-4, atol=1e-6)
+    fns, _ = graph.train_callables(1, x, y)
+    for fn in fns.values():
+        assert np.isfinite(float(fn()))

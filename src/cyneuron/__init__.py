@@ -15,7 +15,8 @@ from ._random import set_seed  # noqa: E402
 from . import (activations, callbacks, datasets, initializers, layers, losses,  # noqa: E402
                metrics, ops, optimizers, saving, schedules)
 from .callbacks import Callback, History  # noqa: E402
-from .models import Sequential  # noqa: E402
+from .layers.input_layer import Input  # noqa: E402
+from .models import Model, Sequential  # noqa: E402
 from .perceptron import Perceptron  # noqa: E402
 from .saving import load_model  # noqa: E402
 
@@ -30,7 +31,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Sequential", "Perceptron", "History", "Callback", "layers", "ops", "activations", "losses",
+    "Sequential", "Model", "Input", "Perceptron", "History", "Callback", "layers", "ops", "activations", "losses",
     "optimizers", "schedules", "initializers", "metrics", "callbacks", "datasets",
     "set_num_threads", "get_num_threads", "show_config", "get_isa", "set_seed", "__version__",
     "load_model", "saving",

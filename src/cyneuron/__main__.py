@@ -1,4 +1,4 @@
-"""Command line: python -m cyneuron demo [mlp|cnn] | bench [matmul|mlp|conv|rnn|sklearn|all] | info"""
+"""Command line: python -m cyneuron demo [mlp|cnn] | bench [matmul|mlp|conv|resnet|rnn|sklearn|all] | info"""
 import argparse
 import sys
 import time

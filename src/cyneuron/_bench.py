@@ -1154,7 +1154,7 @@ def main(argv=None):
         prog="python -m cyneuron bench",
         description="Time cyneuron against numpy, PyTorch CPU and scikit-learn, in one run.")
     parser.add_argument("what", nargs="?", default="all",
-                        choices=("matmul", "mlp", "conv", "rnn", "sklearn", "all"))
+                        choices=("matmul", "mlp", "conv", "resnet", "rnn", "sklearn", "all"))
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for cyneuron, torch and (with threadpoolctl) numpy's BLAS")
     parser.add_argument("--quick", action="store_true",
@@ -1206,6 +1206,10 @@ def main(argv=None):
         bench_mlp(args, out)
     if args.what in ("conv", "all"):
         bench_conv(args, out)
+    if args.what in ("resnet", "all"):
+        from ._bench_graph import bench_resnet
+
+        bench_resnet(args, out)
     if args.what in ("rnn", "all"):
         bench_rnn(args, out)
     if args.what in ("sklearn", "all"):

@@ -25,7 +25,9 @@ BATCH_SIZES = (32, 128, 512)
 N_SAMPLES = 20_000
 PREDICT_SAMPLES = 10_000
 LEARNING_RATE = 1e-3
-IMPLEMENTATIONS = ("cyneuron", "torch", "scikit-learn")
+IMPLEMENTATIONS = ("cyneuron", "cyneuron-functional", "torch", "scikit-learn")
+# cyneuron-functional: the same network as cn.Model(inputs, outputs) rather than
+# cn.Sequential, timed interleaved with it: the graph engine must cost nothing extra.
 
 
 def train_flops_per_sample(sizes):
@@ -53,6 +55,26 @@ def make_cyneuron(sizes, seed=0):
                   loss="sparse_categorical_crossentropy")
     model.build((sizes[0],))
     return model
+
+
+def make_cyneuron_functional(sizes, seed=0):
+    """make_cyneuron's network built with the functional API (cn.Input, cn.Model)."""
+    import cyneuron as cn
+    from cyneuron import layers
+
+    cn.set_seed(seed)
+    inputs = cn.Input((sizes[0],))
+    h = inputs
+    for units in sizes[1:-1]:
+        h = layers.Dense(units, activation="relu")(h)
+    model = cn.Model(inputs, layers.Dense(sizes[-1], activation="softmax")(h))
+    model.compile(optimizer=cn.optimizers.Adam(LEARNING_RATE),
+                  loss="sparse_categorical_crossentropy")
+    return model
+
+
+def _is_cyneuron(name):
+    return name.startswith("cyneuron")
 
 
 def make_torch(sizes, threads, seed=0):
@@ -83,6 +105,9 @@ def train_epoch_callables(sizes, batch_size, threads, x, y):
     model = make_cyneuron(sizes)
     fns["cyneuron"] = lambda: model.fit(x, y, epochs=1, batch_size=batch_size, shuffle=True,
                                         verbose=0)
+    graph = make_cyneuron_functional(sizes)
+    fns["cyneuron-functional"] = lambda: graph.fit(x, y, epochs=1, batch_size=batch_size,
+                                                   shuffle=True, verbose=0)
     try:
         torch, net, opt, loss_fn = make_torch(sizes, threads)
     except ImportError:
@@ -119,6 +144,8 @@ def predict_callables(sizes, threads, x):
     fns, missing = {}, {}
     model = make_cyneuron(sizes)
     fns["cyneuron"] = lambda: model.predict(x)
+    graph = make_cyneuron_functional(sizes)
+    fns["cyneuron-functional"] = lambda: graph.predict(x)
     try:
         torch, net, _, _ = make_torch(sizes, threads)
     except ImportError:
@@ -165,7 +192,7 @@ def bench(out, threads, peak32, repeats=5, stat="median", architectures=None, ba
             fns, missing = train_epoch_callables(sizes, b, threads, x, y)
             samples = time_blocks(fns, repeats=repeats, target_s=0.0)
             rate = summarize(samples, len(x), stat)
-            best_peer = max((v for k, v in rate.items() if k != "cyneuron"), default=None)
+            best_peer = max((v for k, v in rate.items() if not _is_cyneuron(k)), default=None)
             row = {"kind": "train", "arch": arch, "batch": b, "rates": rate, "missing": missing,
                    "spreads": _spreads(samples),
                    "gflops": rate["cyneuron"] * flops / 1e9,

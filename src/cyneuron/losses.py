@@ -45,9 +45,10 @@ def _check_fraction(value, name):
     return float(value)
 
 
-def check_sample_weight(sample_weight, n_samples, dtype):
+def check_sample_weight(sample_weight, n_samples, dtype, allow_nd=False):
     """`sample_weight` as a contiguous (n_samples,) array of `dtype` (a scalar or an
-    (n_samples, 1) array is accepted), or None."""
+    (n_samples, 1) array is accepted), or None. allow_nd: (n_samples, steps, ...) weights
+    (one per time step of a sequence output) pass too."""
     if sample_weight is None:
         return None
     scalar = np.ndim(sample_weight) == 0
@@ -56,6 +57,8 @@ def check_sample_weight(sample_weight, n_samples, dtype):
         return np.full(n_samples, w[0], dtype=dtype)
     if w.ndim == 2 and w.shape[1] == 1:
         w = w[:, 0]
+    if allow_nd and w.ndim > 1 and w.shape[0] == n_samples:
+        return np.ascontiguousarray(w)
     if w.shape != (n_samples,):
         raise ValueError(f"sample_weight must have shape ({n_samples},), one weight per sample; "
                          f"got {w.shape}")
@@ -79,17 +82,17 @@ class Loss:
         y_pred = check_array(y_pred, "y_pred", np.float64)
         if y_pred.ndim == 1:
             y_pred = y_pred.reshape(-1, 1)
-        if y_pred.ndim != 2:
-            raise ValueError(f"y_pred must be 2-D (n_samples, n_outputs); got shape {y_pred.shape}")
         targets = self.prepare_targets(y_true, y_pred.shape, y_pred.dtype, name="y_true")
-        weights = check_sample_weight(sample_weight, len(y_pred), y_pred.dtype)
-        losses = np.empty(len(y_pred), y_pred.dtype)
-        grad = self._grad_buffer(y_pred.shape, y_pred.dtype)
+        weights = check_sample_weight(sample_weight, len(y_pred), y_pred.dtype,
+                                      allow_nd=y_pred.ndim > 2)
+        yp, t, w, _ = self._rows(targets, y_pred, weights, None)
+        losses = np.empty(len(yp), y_pred.dtype)
+        grad = self._grad_buffer(yp.shape, y_pred.dtype)
         compute = self._compute_logits if getattr(self, "from_logits", False) else self._compute
-        total = compute(targets, y_pred, grad, 1.0, weights, losses)
+        total = compute(t, yp, grad, 1.0, w, losses)
         if self.reduction == "none":
-            return losses
-        return total if self.reduction == "sum" else total / len(y_pred)
+            return losses.reshape(y_pred.shape[:-1])
+        return total if self.reduction == "sum" else total / len(yp)
 
     # -- used by models ----------------------------------------------------------------
     def prepare_targets(self, y, output_shape, dtype, name="y"):
@@ -97,26 +100,65 @@ class Loss:
         `output_shape` and convert them once."""
         raise NotImplementedError
 
-    def value_and_grad(self, targets, y_pred, sample_weight=None):
+    def value_and_grad(self, targets, y_pred, sample_weight=None, mask=None):
         """(reduced loss, d loss / d y_pred) for prepared `targets`. The gradient array is
-        owned by the loss and overwritten by its next call."""
-        if getattr(self, "from_logits", False):
-            return self.value_and_grad_logits(targets, y_pred, sample_weight)
-        return self._reduced(self._compute, targets, y_pred, sample_weight)
+        owned by the loss and overwritten by its next call.
 
-    def value_and_grad_logits(self, targets, z, sample_weight=None):
+        Outputs of any rank (batch, ..., k): the loss of each position over the leading
+        axes is reduced as for samples (mean over all of them); sample_weight is per sample
+        (batch,) or per position (batch, ...). mask (batch, ...) of booleans: masked
+        positions count zero and the mean is over the unmasked ones (Keras)."""
+        if getattr(self, "from_logits", False):
+            return self.value_and_grad_logits(targets, y_pred, sample_weight, mask)
+        return self._reduced(self._compute, targets, y_pred, sample_weight, mask)
+
+    def value_and_grad_logits(self, targets, z, sample_weight=None, mask=None):
         """(reduced loss, d loss / d z) where z are the logits of the `fuses_with` output."""
         if self.fuses_with is None:
             raise NotImplementedError(f"{self.name} does not fuse with an output activation")
-        return self._reduced(self._compute_logits, targets, z, sample_weight)
+        return self._reduced(self._compute_logits, targets, z, sample_weight, mask)
 
-    def _reduced(self, compute, targets, y_pred, sample_weight):
+    @staticmethod
+    def _rows(targets, y_pred, weights, mask):
+        """Outputs of rank > 2 as rows (positions, k) (views), with the targets and the
+        weights (times the mask) per row; the divisor of a mean over the rows."""
+        rows = y_pred.size // y_pred.shape[-1] if y_pred.shape[-1] else 0
+        count = rows
+        if y_pred.ndim > 2:
+            lead = y_pred.shape[:-1]
+            y_pred = y_pred.reshape(rows, y_pred.shape[-1])
+            targets = targets.reshape((rows,) + targets.shape[len(lead):]) \
+                if targets.shape[:len(lead)] == lead else targets.reshape(rows, -1)
+            if weights is not None:
+                if weights.shape == lead:
+                    weights = weights.reshape(rows)
+                elif weights.ndim == 1:
+                    weights = np.repeat(weights, rows // len(weights))
+                else:
+                    raise ValueError(f"sample_weight has shape {weights.shape}; expected "
+                                     f"{lead[:1]} or {lead}")
+        if mask is not None:
+            m = np.asarray(mask).reshape(-1).astype(y_pred.dtype)
+            if m.size != rows:
+                raise ValueError(f"the mask has {m.size} entries for {rows} output positions")
+            weights = m if weights is None else weights * m
+            count = max(float(m.sum()), 1.0)
+        return y_pred, targets, weights, count
+
+    def _reduced(self, compute, targets, y_pred, sample_weight, mask=None):
         n = y_pred.shape[0]
-        weights = check_sample_weight(sample_weight, n, y_pred.dtype)
-        scale = 1.0 if self.reduction == "sum" else 1.0 / n
-        grad = self._grad_buffer(y_pred.shape, y_pred.dtype)
-        total = compute(targets, y_pred, grad, scale, weights, None)
-        return total * scale, grad
+        if y_pred.ndim <= 2 and mask is None:
+            weights = check_sample_weight(sample_weight, n, y_pred.dtype)
+            scale = 1.0 if self.reduction == "sum" else 1.0 / n
+            grad = self._grad_buffer(y_pred.shape, y_pred.dtype)
+            total = compute(targets, y_pred, grad, scale, weights, None)
+            return total * scale, grad
+        weights = check_sample_weight(sample_weight, n, y_pred.dtype, allow_nd=y_pred.ndim > 2)
+        yp, t, w, count = self._rows(targets, y_pred, weights, mask)
+        scale = 1.0 if self.reduction == "sum" else 1.0 / count
+        grad = self._grad_buffer(yp.shape, y_pred.dtype)
+        total = compute(t, yp, grad, scale, w, None)
+        return total * scale, grad.reshape(y_pred.shape)
 
     def _compute(self, targets, y_pred, grad, scale, sample_weight, losses):
         """Sum of the weighted per-sample losses; writes d(sum)/d(y_pred) * scale into grad
@@ -159,6 +201,14 @@ class _Elementwise(Loss):
         y = check_array(y, name, dtype)
         self._check_samples(y, output_shape, name)
         n_out = output_shape[-1]
+        if len(output_shape) > 2:
+            shape = tuple(output_shape)
+            if y.shape == shape[:-1] and n_out == 1:
+                y = y.reshape(shape)
+            if y.shape != shape:
+                raise ValueError(f"{name} must have shape {(y.shape[0],) + shape[1:]} to match "
+                                 f"the model outputs; got {y.shape}")
+            return y
         if y.ndim == 1 and n_out == 1:
             y = y.reshape(-1, 1)
         if y.ndim != 2 or y.shape[1] != n_out:
@@ -276,6 +326,12 @@ class BinaryCrossentropy(_Elementwise):
 def _check_class_targets(loss, y, output_shape, dtype, name):
     y = check_array(y, name, dtype)
     loss._check_samples(y, output_shape, name)
+    if len(output_shape) > 2:
+        if y.shape[1:] != tuple(output_shape[1:]):
+            raise ValueError(f"{name} must be one-hot or a distribution of shape "
+                             f"{(len(y),) + tuple(output_shape[1:])} for {loss.name}; got "
+                             f"{y.shape} (use sparse_categorical_crossentropy for integer labels)")
+        return y
     if y.ndim != 2 or y.shape[1] != output_shape[-1]:
         raise ValueError(f"{name} must be one-hot or a distribution, shape (n_samples, "
                          f"{output_shape[-1]}), for {loss.name}; got {y.shape} (use "
@@ -331,10 +387,16 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
     def prepare_targets(self, y, output_shape, dtype, name="y"):
         y = check_numeric(y, name)
         self._check_samples(y, output_shape, name)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]
-        if y.ndim != 1:
-            raise ValueError(f"{name} must be 1-D integer class labels for {self.name}; got shape {y.shape}")
+        lead = tuple(output_shape[1:-1])
+        if y.ndim == 2 + len(lead) and y.shape[-1] == 1:
+            y = y.reshape(y.shape[:-1])
+        if y.shape[1:] != lead:
+            if not lead:
+                raise ValueError(f"{name} must be 1-D integer class labels for {self.name}; got "
+                                 f"shape {y.shape}")
+            raise ValueError(f"{name} must hold integer class labels of shape "
+                             f"{(len(y),) + lead} for {self.name} (one per output position); "
+                             f"got shape {y.shape}")
         if y.size == 0:
             raise ValueError(f"{name} is empty")
         if y.dtype.kind == "f":

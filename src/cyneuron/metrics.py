@@ -40,8 +40,11 @@ class Metric:
     def reset_state(self):
         self.reset()
 
-    def update_state(self, y_true, y_pred):
-        self.update(y_true, y_pred)
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is None:
+            self.update(y_true, y_pred)
+        else:
+            self.update(y_true, y_pred, sample_weight=sample_weight)
 
     def get_config(self):
         return {"name": self.name}
@@ -102,6 +105,22 @@ def _same_shape(targets, y_pred):
     raise ValueError(f"y_true must have the shape of y_pred {y_pred.shape}; got {targets.shape}")
 
 
+def _weights(sample_weight, shape):
+    """Weights (float64) of the positions `shape` (a scalar per sample, or per position:
+    a padding mask of a sequence output is one), or None."""
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.shape == tuple(shape):
+        return w
+    if w.ndim == 1 and len(shape) >= 1 and w.shape[0] == shape[0]:
+        return np.broadcast_to(w.reshape((-1,) + (1,) * (len(shape) - 1)), shape)
+    if w.size == int(np.prod(shape)):
+        return w.reshape(shape)
+    raise ValueError(f"sample_weight of shape {w.shape} does not fit predictions of "
+                     f"positions {tuple(shape)}")
+
+
 def _check_threshold(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
@@ -113,9 +132,14 @@ def _check_threshold(value, name):
 class _MeanOfMatches(Metric):
     """A fraction of matches over samples (or elements)."""
 
-    def _add(self, matches):
-        self._total += float(np.count_nonzero(matches))
-        self._count += matches.size
+    def _add(self, matches, sample_weight=None):
+        w = _weights(sample_weight, matches.shape)
+        if w is None:
+            self._total += float(np.count_nonzero(matches))
+            self._count += matches.size
+        else:
+            self._total += float(np.sum(w * matches))
+            self._count += float(np.sum(w))
 
 
 class Accuracy(_MeanOfMatches):
@@ -124,13 +148,16 @@ class Accuracy(_MeanOfMatches):
 
     name = "accuracy"
 
-    def update(self, targets, y_pred):
+    def update(self, targets, y_pred, sample_weight=None):
         targets, y_pred = _as_arrays(targets, y_pred)
         if y_pred.ndim >= 2 and y_pred.shape[-1] > 1:
-            self._add(y_pred.argmax(axis=-1) == _labels(targets, y_pred))
+            self._add(y_pred.argmax(axis=-1) == _labels(targets, y_pred), sample_weight)
         else:
-            truth = _same_shape(targets, y_pred).reshape(-1) > 0.5
-            self._add((y_pred.reshape(-1) > 0.5) == truth)
+            truth = _same_shape(targets, y_pred) > 0.5
+            matches = (y_pred > 0.5) == truth
+            if sample_weight is not None and matches.ndim >= 2 and matches.shape[-1] == 1:
+                matches = matches[..., 0]
+            self._add(matches.reshape(-1) if sample_weight is None else matches, sample_weight)
 
 
 class BinaryAccuracy(_MeanOfMatches):
@@ -144,10 +171,16 @@ class BinaryAccuracy(_MeanOfMatches):
         self.threshold = float(threshold)
         super().__init__()
 
-    def update(self, targets, y_pred):
+    def update(self, targets, y_pred, sample_weight=None):
         targets, y_pred = _as_arrays(targets, y_pred)
         targets = _same_shape(targets, y_pred)
-        self._add((y_pred > self.threshold) == targets)
+        matches = (y_pred > self.threshold) == targets
+        if sample_weight is not None:
+            w = _weights(sample_weight, matches.shape[:-1] if matches.ndim > 1 else matches.shape)
+            matches = matches.mean(axis=-1) if matches.ndim > 1 else matches
+            self._add(matches, w)
+        else:
+            self._add(matches)
 
     def get_config(self):
         return {"name": self.name, "threshold": self.threshold}
@@ -159,9 +192,9 @@ class CategoricalAccuracy(_MeanOfMatches):
     name = "categorical_accuracy"
     needs_probabilities = False
 
-    def update(self, targets, y_pred):
+    def update(self, targets, y_pred, sample_weight=None):
         targets, y_pred = _as_arrays(targets, y_pred)
-        self._add(y_pred.argmax(axis=-1) == _labels(targets, y_pred))
+        self._add(y_pred.argmax(axis=-1) == _labels(targets, y_pred), sample_weight)
 
 
 class SparseCategoricalAccuracy(CategoricalAccuracy):
@@ -185,14 +218,14 @@ class TopKCategoricalAccuracy(_MeanOfMatches):
         self.k = int(k)
         super().__init__()
 
-    def update(self, targets, y_pred):
+    def update(self, targets, y_pred, sample_weight=None):
         targets, y_pred = _as_arrays(targets, y_pred)
         if y_pred.ndim < 2:
             raise ValueError(f"{self.name} needs y_pred of shape (n_samples, n_classes); "
                              f"got {y_pred.shape}")
         labels = _labels(targets, y_pred)
         true_score = np.take_along_axis(y_pred, labels[..., None], axis=-1)
-        self._add((y_pred > true_score).sum(axis=-1) < self.k)
+        self._add((y_pred > true_score).sum(axis=-1) < self.k, sample_weight)
 
     def get_config(self):
         return {"name": self.name, "k": self.k}
@@ -205,12 +238,18 @@ class SparseTopKCategoricalAccuracy(TopKCategoricalAccuracy):
 # --------------------------------------------------------------------------- regression
 
 class _MeanOfErrors(Metric):
-    def update(self, targets, y_pred):
+    def update(self, targets, y_pred, sample_weight=None):
         targets, y_pred = _as_arrays(targets, y_pred)
         targets = _same_shape(targets, y_pred)
         diff = y_pred.astype(np.float64) - targets
-        self._total += float(self._error(diff).sum())
-        self._count += diff.size
+        if sample_weight is None:
+            self._total += float(self._error(diff).sum())
+            self._count += diff.size
+            return
+        per = self._error(diff).mean(axis=-1) if diff.ndim > 1 else self._error(diff)
+        w = _weights(sample_weight, per.shape)
+        self._total += float(np.sum(w * per))
+        self._count += float(np.sum(w))
 
 
 class MeanSquaredError(_MeanOfErrors):
@@ -253,9 +292,13 @@ class _Confusion(Metric):
         self.false_positives = 0
         self.false_negatives = 0
 
-    def update(self, targets, y_pred):
+    def update(self, targets, y_pred, sample_weight=None):
         targets, y_pred = _as_arrays(targets, y_pred)
         targets = _same_shape(targets, y_pred)
+        if sample_weight is not None:     # positions of weight 0 (masked steps) drop out
+            keep = _weights(sample_weight, y_pred.shape[:-1] if y_pred.ndim > 1
+                            else y_pred.shape) > 0
+            targets, y_pred = targets[keep], y_pred[keep]
         if self.class_id is not None:
             if y_pred.ndim < 2 or self.class_id >= y_pred.shape[-1]:
                 raise ValueError(f"class_id={self.class_id} is not a column of y_pred "
@@ -308,9 +351,13 @@ class AUC(Metric):
         self._neg = np.empty(0)
         self._pairs = 0.0     # correctly ordered (positive, negative) pairs, ties as 1/2
 
-    def update(self, targets, y_pred):
+    def update(self, targets, y_pred, sample_weight=None):
         targets, y_pred = _as_arrays(targets, y_pred)
         targets = _same_shape(targets, y_pred)
+        if sample_weight is not None:     # positions of weight 0 (masked steps) drop out
+            keep = _weights(sample_weight, y_pred.shape[:-1] if y_pred.ndim > 1
+                            else y_pred.shape) > 0
+            targets, y_pred = targets[keep], y_pred[keep]
         scores = np.asarray(y_pred, np.float64).reshape(-1)
         if not np.isfinite(scores).all():
             raise ValueError("y_pred contains NaN or infinity")

@@ -92,8 +92,20 @@ class Optimizer:
         self._learning_rate = _check_learning_rate(value)
 
     # -- the step ----------------------------------------------------------------------------
-    def apply_gradients(self, params, grads):
-        """Update the flat `params` in place from the flat `grads` (same size and dtype)."""
+    def apply_gradients(self, params, grads=None):
+        """Update the flat `params` in place from the flat `grads` (same size and dtype).
+
+        `apply_gradients(model)`: one step on a model's flat buffers from its last
+        `backward` (custom training loops); frozen layers (trainable=False) are skipped."""
+        if grads is None and hasattr(params, "_params") and hasattr(params, "_trainable_segments"):
+            model = params
+            if not model.built:
+                raise RuntimeError("apply_gradients(model): the model is not built yet")
+            model._ensure_bound()
+            model._apply_optimizer(self, model._trainable_segments())
+            return
+        if grads is None:
+            raise TypeError("apply_gradients takes (params, grads) flat arrays, or a model")
         _check_flat(params, grads)
         self._build_slots(params)
         grad_scale = 1.0
@@ -104,6 +116,28 @@ class Optimizer:
         self._update(params, grads, self.learning_rate, dict(
             weight_decay=self.weight_decay, grad_scale=grad_scale,
             clipvalue=self.clipvalue or 0.0))
+        self.iterations += 1
+
+    def _apply_segments(self, params, grads, segments):
+        """One step over the (start, end) ranges of the flat buffers only (the rest is
+        frozen: neither updated nor decayed, its optimizer state untouched)."""
+        _check_flat(params, grads)
+        self._build_slots(params)
+        grad_scale = 1.0
+        if self.clipnorm is not None:
+            norm = math.sqrt(sum(_k.sum_of_squares(grads[a:b]) for a, b in segments))
+            if norm > self.clipnorm:
+                grad_scale = self.clipnorm / norm
+        common = dict(weight_decay=self.weight_decay, grad_scale=grad_scale,
+                      clipvalue=self.clipvalue or 0.0)
+        lr = self.learning_rate
+        slots = self.slots
+        try:
+            for a, b in segments:
+                self.slots = {k: v[a:b] for k, v in slots.items()}
+                self._update(params[a:b], grads[a:b], lr, common)
+        finally:
+            self.slots = slots
         self.iterations += 1
 
     def _build_slots(self, params):

@@ -42,7 +42,7 @@ _DTYPES = {"<f4": np.float32, "<f8": np.float64}
 
 # -- writing -------------------------------------------------------------------------------
 def save_model(model, filepath, include_optimizer=True):
-    """Write `model` (a cn.Sequential) to `filepath`; see the module docstring."""
+    """Write `model` (a cn.Sequential or cn.Model) to `filepath`; see the module docstring."""
     _save(model, filepath, kind="model", include_optimizer=include_optimizer)
 
 
@@ -78,7 +78,12 @@ def _save(model, filepath, kind, include_optimizer):
     if kind == "model" and model.loss is not None and model.optimizer is not None:
         compile_config = {"optimizer": model.optimizer.get_config(),
                           "loss": model.loss.get_config(),
-                          "metrics": [m.get_config() for m in model.metrics]}
+                          "metrics": [m.get_config() for m in model.metrics]} \
+            if len(model.outputs) <= 1 else {
+                "optimizer": model.optimizer.get_config(),
+                "loss": [None if loss is None else loss.get_config() for loss in model._losses],
+                "loss_weights": list(model._loss_weights),
+                "metrics": [[m.get_config() for m in ms] for ms in model._out_metrics]}
         slots = getattr(model.optimizer, "slots", {})
         if include_optimizer and model.built:
             optimizer_state = {"iterations": int(model.optimizer.iterations),
@@ -237,10 +242,19 @@ def _compile_from_config(model, config, custom_objects):
     if not isinstance(config, dict):
         raise ValueError(f"invalid compile settings {config!r}")
     optimizer = _from_registry(_optimizers, config.get("optimizer"), custom_objects, "optimizer")
-    loss = _from_registry(_losses, config.get("loss"), custom_objects, "loss")
     metrics = config.get("metrics") or []
     if not isinstance(metrics, list):
         raise ValueError(f"invalid metrics list {metrics!r}")
+    if isinstance(config.get("loss"), list):          # a model with several outputs
+        losses = [None if c is None else _from_registry(_losses, c, custom_objects, "loss")
+                  for c in config["loss"]]
+        if not all(isinstance(ms, list) for ms in metrics):
+            raise ValueError(f"invalid per-output metrics {metrics!r}")
+        model.compile(optimizer=optimizer, loss=losses, loss_weights=config.get("loss_weights"),
+                      metrics=[[_from_registry(_metrics, m, custom_objects, "metric") for m in ms]
+                               for ms in metrics])
+        return
+    loss = _from_registry(_losses, config.get("loss"), custom_objects, "loss")
     model.compile(optimizer=optimizer, loss=loss,
                   metrics=[_from_registry(_metrics, m, custom_objects, "metric") for m in metrics])
 
@@ -276,7 +290,7 @@ def load_model(filepath, custom_objects=None, compile=True):
     metrics or optimizers (by their `name`). A file that is truncated, corrupted, of
     another format or of a newer format version raises ValueError.
     """
-    from .models import Sequential
+    from .models import model_from_config
 
     with _Archive(filepath) as archive:
         header = archive.header
@@ -284,7 +298,7 @@ def load_model(filepath, custom_objects=None, compile=True):
             archive._fail("this file holds only weights (save_weights): build the model and "
                           "call model.load_weights(path)")
         try:
-            model = Sequential.from_config(header["model"], custom_objects=custom_objects)
+            model = model_from_config(header["model"], custom_objects=custom_objects)
         except ValueError as exc:
             archive._fail(f"cannot rebuild the model: {exc}")
         if model.built:

@@ -4,6 +4,8 @@ from .base import Layer, deserialize, serialize
 from .conv import Conv1D, Conv2D, Conv2DTranspose
 from .dense import Dense
 from .embedding import Embedding
+from .input_layer import Input, InputLayer
+from .merge import Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract
 from .normalization import BatchNormalization, LayerNormalization, Normalization
 from .pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D,
                       GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
@@ -21,4 +23,6 @@ __all__ = ["Layer", "Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Maxout"
            "GlobalAveragePooling1D", "GlobalAveragePooling2D", "Flatten", "Reshape",
            "ZeroPadding2D", "Cropping1D", "Cropping2D", "Permute", "RepeatVector",
            "UpSampling1D", "UpSampling2D", "Embedding", "RNN", "SimpleRNN", "LSTM", "GRU",
-           "Bidirectional", "TimeDistributed", "Wrapper", "serialize", "deserialize"]
+           "Bidirectional", "TimeDistributed", "Wrapper", "serialize", "deserialize",
+           "Input", "InputLayer", "Add", "Subtract", "Multiply", "Average", "Maximum",
+           "Minimum", "Concatenate", "Dot"]

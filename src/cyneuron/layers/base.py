@@ -18,6 +18,7 @@ saved model names its layers as {"class_name": ..., "config": layer.get_config()
 loading rebuilds them with `cls.from_config(config)` (by default `cls(**config)`): a
 new layer type plugs into saving by returning its constructor arguments from get_config.
 """
+import copy
 import itertools
 import re
 
@@ -42,6 +43,11 @@ def _snake_case(name):
 
 
 class Layer:
+    # False freezes the layer: a model's optimizer step leaves its weights alone (Keras).
+    trainable = True
+    # Inputs a layer takes when called in a graph: 1, or "many" (merge layers take a list).
+    _n_inputs = 1
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         private = (cls.__name__.startswith("_") or cls.__dict__.get("_abstract", False)
@@ -111,6 +117,30 @@ class Layer:
         self._bind(np.empty(size, self.dtype), np.zeros(size, self.dtype), 0)
 
     # -- running --------------------------------------------------------------
+    def __call__(self, inputs, training=False, **kwargs):
+        """On symbolic tensors (cn.Input and layers called on it): record a node of the
+        graph and return its symbolic output. On arrays: `forward(inputs, training)`."""
+        from . import input_layer
+
+        if input_layer.is_symbolic(inputs):
+            if kwargs:
+                raise TypeError(f"layer {self.name!r}: unexpected arguments "
+                                f"{sorted(kwargs)} when called on symbolic tensors")
+            return input_layer.call_symbolic(self, inputs)
+        return self.forward(inputs, training=training, **kwargs)
+
+    def _replica(self):
+        """A copy for a second call of this layer in a graph: the same weight arrays, its
+        own buffers and per-call state, and its own parameter gradients (the model adds
+        them into this layer's after the backward pass)."""
+        r = copy.copy(self)
+        for key, value in self.__dict__.items():
+            if key.startswith("_") and isinstance(value, dict):
+                r.__dict__[key] = {}        # buffers and shape-keyed caches
+        r._gradients = [np.zeros_like(g) for g in self._gradients]
+        r._replica_of = self
+        return r
+
     def forward(self, x, training=False):
         """Output for a batch `x`. The array returned is owned by the layer and is
         overwritten by its next forward call: copy it to keep it."""

@@ -49,6 +49,17 @@ class Wrapper(Layer):
         self._weight_names = [f"{s.name}/{n}" for s in subs for n in s._weight_names]
         self._trainable = [t for s in subs for t in s._trainable]
 
+    def _replica(self):
+        """Replicas of the wrapped layers (see Layer._replica), gathered as this copy's."""
+        r = super()._replica()
+        subs = {id(s): s._replica() for s in self._sublayers()}
+        for attr in ("layer", "forward_layer", "backward_layer"):
+            value = self.__dict__.get(attr)
+            if value is not None and id(value) in subs:
+                r.__dict__[attr] = subs[id(value)]
+        r._collect()
+        return r
+
     def _bind(self, params, grads, offset):
         for s in self._sublayers():
             offset = s._bind(params, grads, offset)
