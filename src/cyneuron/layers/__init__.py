@@ -1,5 +1,6 @@
 """Layers (Keras names and weight layouts)."""
 from .activation import ELU, Activation, LeakyReLU, Maxout, PReLU
+from .attention import MultiHeadAttention
 from .base import Layer, deserialize, serialize
 from .conv import Conv1D, Conv2D, Conv2DTranspose
 from .dense import Dense
@@ -25,4 +26,4 @@ __all__ = ["Layer", "Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Maxout"
            "UpSampling1D", "UpSampling2D", "Embedding", "RNN", "SimpleRNN", "LSTM", "GRU",
            "Bidirectional", "TimeDistributed", "Wrapper", "serialize", "deserialize",
            "Input", "InputLayer", "Add", "Subtract", "Multiply", "Average", "Maximum",
-           "Minimum", "Concatenate", "Dot"]
+           "Minimum", "Concatenate", "Dot", "MultiHeadAttention"]
