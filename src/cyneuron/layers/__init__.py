@@ -15,6 +15,8 @@ from .recurrent import GRU, LSTM, RNN, SimpleRNN
 from .regularization import Dropout
 from .reshaping import (Cropping1D, Cropping2D, Flatten, Permute, RepeatVector, Reshape,
                         UpSampling1D, UpSampling2D, ZeroPadding2D)
+from .transformer import (PositionalEncoding, TokenAndPositionEmbedding, TransformerDecoder,
+                          TransformerEncoder)
 from .wrappers import Bidirectional, TimeDistributed, Wrapper
 
 __all__ = ["Layer", "Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Maxout", "Dropout",
@@ -26,4 +28,6 @@ __all__ = ["Layer", "Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Maxout"
            "UpSampling1D", "UpSampling2D", "Embedding", "RNN", "SimpleRNN", "LSTM", "GRU",
            "Bidirectional", "TimeDistributed", "Wrapper", "serialize", "deserialize",
            "Input", "InputLayer", "Add", "Subtract", "Multiply", "Average", "Maximum",
-           "Minimum", "Concatenate", "Dot", "MultiHeadAttention"]
+           "Minimum", "Concatenate", "Dot", "MultiHeadAttention",
+           "TokenAndPositionEmbedding", "PositionalEncoding", "TransformerEncoder",
+           "TransformerDecoder"]
