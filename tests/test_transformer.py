@@ -157,3 +157,15 @@ def test_learns_to_reverse_sequences(restore_threads):
     model.fit(x_train, y_train, epochs=4, batch_size=64, verbose=0)
     exact = (model.predict(x_test).argmax(-1) == y_test).all(axis=1).mean()
     assert exact >= 0.95
+
+
+def test_bench_encoder_networks_match():
+    """The bench's cyneuron and PyTorch encoder classifiers have the same parameters."""
+    torch = pytest.importorskip("torch")
+    from cyneuron._bench_transformer import make_cyneuron_encoder, make_torch_encoder
+
+    model = make_cyneuron_encoder()
+    model.predict(np.zeros((1, 64, 128), np.float32))
+    _, net, _ = make_torch_encoder(1)
+    assert model.count_params() == sum(p.numel() for p in net.parameters())
+    assert torch.get_num_threads() == 1
