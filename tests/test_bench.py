@@ -216,7 +216,8 @@ def test_targets_not_measured_and_no_avx512():
 
 # --------------------------------------------------------------------------- the command line
 @pytest.mark.parametrize("argv", [["matmul", "--repeats", "0"], ["matmul", "--peak", "-1"],
-                                  ["matmul", "--target", "0"], ["nothing"]])
+                                  ["matmul", "--target", "0"], ["nothing"],
+                                  ["matmul", "--clock", "cpu"], ["matmul", "--clock", "sundial"]])
 def test_main_rejects_bad_options(argv, monkeypatch):
     for k in B.OPENBLAS_HANDICAP_VARS:
         monkeypatch.delenv(k, raising=False)  # never re-execute from a test
@@ -239,6 +240,23 @@ def test_time_blocks_interleaves_rounds_in_rotating_order():
     B.time_blocks(fns, repeats=3, target_s=1e-4, settle_s=0)
     runs = [name for i, name in enumerate(calls) if i == 0 or calls[i - 1] != name]
     assert "".join(runs) == "abc" + "bca" + "cab"
+
+
+def test_cpu_clock_leaves_out_sleeping(monkeypatch):
+    """--clock cpu: time a thread spends off the CPU does not count."""
+    import time
+
+    monkeypatch.setattr(B, "_clock", B._clock)      # restored after the test
+    B.set_clock("cpu")
+    samples = B.time_blocks({"sleeper": lambda: time.sleep(0.002)}, repeats=2, target_s=0.004,
+                            settle_s=0)
+    assert max(samples["sleeper"]) < 0.001
+    B.set_clock("wall")
+    samples = B.time_blocks({"sleeper": lambda: time.sleep(0.002)}, repeats=2, target_s=0.004,
+                            settle_s=0)
+    assert min(samples["sleeper"]) >= 0.002
+    with pytest.raises(ValueError, match="clock"):
+        B.set_clock("sundial")
 
 
 def test_spread_is_flagged_above_the_threshold():

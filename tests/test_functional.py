@@ -288,7 +288,8 @@ def _echo_data(n, steps, vocab, delay, seed):
     return ids, target
 
 
-def test_lstm_return_sequences_learns_delayed_echo():
+@pytest.mark.parametrize("head", ["dense", "time_distributed"])
+def test_lstm_return_sequences_learns_delayed_echo(head):
     """Per-step targets (batch, time) against (batch, time, classes) outputs: output at t
     is the input at t - 2."""
     vocab, steps, delay = 4, 8, 2
@@ -297,10 +298,12 @@ def test_lstm_return_sequences_learns_delayed_echo():
     cn.set_seed(2)
     inp = cn.Input((steps, vocab + 1))
     h = layers.LSTM(24, return_sequences=True)(inp)
-    out = layers.TimeDistributed(layers.Dense(vocab + 1, activation="softmax"))(h)
+    dense = layers.Dense(vocab + 1, activation="softmax")
+    out = (dense if head == "dense" else layers.TimeDistributed(dense))(h)
     model = cn.Model(inp, out)
     model.compile(optimizer=cn.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
+    assert model._fused_output() == (head == "dense")
     model.fit(x[:640], target[:640], epochs=20, batch_size=32, verbose=0)
     logs = model.evaluate(x[640:], target[640:])
     assert logs["accuracy"] > 0.95, logs
@@ -794,3 +797,65 @@ def test_autoencoder_with_a_shared_encoder_model():
     codes = model.predict([x, noisy])
     np.testing.assert_allclose(codes["agree"], encoder.predict(x) - encoder.predict(noisy),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_sequence_graph_with_nd_dense_fused_softmax_and_mask():
+    """(batch, time, k) outputs from Dense on 3-D inputs: the softmax + cross-entropy
+    fusion and the Dense -> Dense derivative fusion hold, the embedding's mask reaches
+    the loss, and float64 gradients match finite differences."""
+    inp = cn.Input((4, 3), dtype="float64")
+    h = layers.Dense(5, activation="tanh")(inp)
+    h = layers.Dense(5, activation="sigmoid")(h)
+    out = layers.Dense(3, activation="softmax")(layers.Add()([h, layers.Dense(5)(inp)]))
+    model = cn.Model(inp, out)
+    assert [s.fuse_prev for s in model._steps][:2] == [False, True]
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    assert model._fused_output()
+    check_graph_gradients(model, _x(3, 4, 3))
+    rng = np.random.default_rng(17)
+    x, labels = rng.standard_normal((6, 4, 3)), rng.integers(0, 3, (6, 4))
+    loss, grads = model.compute_gradients(x, labels)
+    probs = model.predict(x)
+    expected = -np.mean(np.log(np.take_along_axis(probs, labels[..., None], -1)))
+    np.testing.assert_allclose(loss, expected, rtol=1e-10)
+    # the same graph behind an Embedding(mask_zero=True): padded steps count zero
+    ids_in = cn.Input((4,))
+    emb = layers.Embedding(6, 3, mask_zero=True)(ids_in)
+    seq = layers.Dense(3, activation="softmax")(layers.Dense(5, activation="tanh")(emb))
+    masked = cn.Model(ids_in, seq)
+    masked.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    ids = rng.integers(1, 6, (6, 4))
+    ids[:, 2:] = 0
+    garbage = labels.copy()
+    garbage[:, 2:] = (garbage[:, 2:] + 1) % 3
+    assert masked.evaluate(ids, labels) == masked.evaluate(ids, garbage)
+
+
+def test_shared_dense_on_sequences_of_different_lengths():
+    a, b = cn.Input((5, 4), dtype="float64"), cn.Input((7, 4), dtype="float64")
+    shared = layers.Dense(3, activation="tanh")
+    pooled = [layers.GlobalAveragePooling1D()(shared(t)) for t in (a, b)]
+    model = cn.Model([a, b], layers.Dot(axes=1)(pooled))
+    check_graph_gradients(model, [_x(2, 5, 4), _x(2, 7, 4, seed=2)])
+    with pytest.raises(ValueError, match="built for inputs"):
+        shared(cn.Input((5, 6), dtype="float64"))
+
+
+def test_frozen_batch_normalization_runs_in_inference_mode():
+    rng = np.random.default_rng(18)
+    x = (3 + 2 * rng.standard_normal((64, 4))).astype(np.float64)
+    y = rng.standard_normal((64, 2))
+    inp = cn.Input((4,), dtype="float64")
+    bn = layers.BatchNormalization()
+    model = cn.Model(inp, layers.Dense(2)(bn(inp)))
+    bn.trainable = False
+    model.compile(optimizer=cn.optimizers.SGD(0.001), loss="mse")
+    before, dense_before = bn.get_weights(), model.layers[-1].get_weights()
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    for a, b in zip(before, bn.get_weights()):          # gamma, beta and the statistics
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(dense_before[0], model.layers[-1].get_weights()[0])
+    out = model(x, training=True)                       # the moving statistics, not the batch's
+    np.testing.assert_allclose(out, model.predict(x), rtol=1e-12)
+    model.backward(np.ones_like(out))
+    assert not np.any(model._grads[:8])                 # frozen: gamma and beta get no gradient

@@ -1653,7 +1653,8 @@ class Sequential(Model):
         t = inp
         for layer in self.layers:
             here = t.shape[1:]
-            if layer.built and layer.input_shape != here and not isinstance(layer, Model):
+            if layer.built and not isinstance(layer, Model) and \
+                    not layer._accepts_input_shape(here):
                 raise ValueError(f"layer {layer.name!r} was built for inputs {layer.input_shape}, "
                                  f"but receives {here} here")
             if isinstance(layer, Model):

@@ -88,6 +88,11 @@ class Layer:
         """Per-sample output shape for per-sample `input_shape`."""
         return tuple(input_shape)
 
+    def _accepts_input_shape(self, input_shape):
+        """Whether this built layer takes inputs of per-sample `input_shape` (checked when
+        it is called again in a graph); by default only the shape it was built for."""
+        return tuple(input_shape) == tuple(self.input_shape)
+
     def count_params(self):
         """Number of weights, trainable and non-trainable (as Keras counts them)."""
         return int(sum(w.size for w in self._weights))

@@ -45,6 +45,9 @@ class Dense(Layer):
     def compute_output_shape(self, input_shape):
         return tuple(int(d) for d in input_shape[:-1]) + (self.units,)
 
+    def _accepts_input_shape(self, input_shape):
+        return len(input_shape) >= 1 and int(input_shape[-1]) == self._weights[0].shape[0]
+
     def _check_input(self, x):
         if not self.built:
             return super()._check_input(x)

@@ -204,7 +204,7 @@ def call_symbolic(layer, inputs):
     if layer.built:
         if hasattr(layer, "_check_call_shapes"):
             layer._check_call_shapes(arg)
-        elif layer.input_shape != arg:
+        elif not layer._accepts_input_shape(arg):
             raise ValueError(f"layer {layer.name!r} ({kind}) was built for inputs of shape "
                              f"{(None,) + tuple(layer.input_shape)}; it is called on {shown}")
     else:

@@ -119,6 +119,9 @@ class BatchNormalization(Layer):
         return buf
 
     def _forward(self, x, training):
+        # As Keras: a frozen BatchNormalization (trainable=False) runs in inference mode,
+        # with its moving statistics, and leaves them unchanged (fine-tuning recipes).
+        training = training and self.trainable
         outer, c, inner = _block_view(x.shape, (self._axis,), self.name)
         x3 = x.reshape(outer, c, inner)
         gamma = self._weight("gamma") if self.scale else self._const("ones", 1)
