@@ -114,7 +114,7 @@ def char_lm(vocab, steps, dim=64, heads=4, blocks=2, ff=128):
         h = layers.MultiHeadAttention(heads, dim // heads)(h, h, use_causal_mask=True)
         x = layers.Add()([x, h])
         h = layers.LayerNormalization()(x)
-        h = layers.Dense(dim)(layers.Dense(ff, activation="gelu")(h))
+        h = layers.Dense(dim)(layers.Dense(ff, activation="relu")(h))
         x = layers.Add()([x, h])
     logits = layers.Dense(vocab)(layers.LayerNormalization()(x))
     return cn.Model(ids, logits)
