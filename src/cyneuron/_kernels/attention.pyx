@@ -400,7 +400,7 @@ def _check_mask(cnp.ndarray mask, tuple shape):
 
 def forward(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out, cnp.ndarray lse,
             mask, bint causal, double scale, double rate=0.0, uint64_t key=0,
-            Py_ssize_t bq=64, Py_ssize_t bk=128):
+            Py_ssize_t bq=128, Py_ssize_t bk=256):
     """out = softmax(q·kᵀ·scale, masked) · v (with dropout `rate`); lse[b, h, i] the
     log-sum-exp of query row i's scaled scores (+inf for a row that sees no key).
 
@@ -562,8 +562,8 @@ cdef void _bwd_item(int isa, Py_ssize_t Tq, Py_ssize_t Tk, Py_ssize_t dk, Py_ssi
 
 def backward(cnp.ndarray dout, cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out,
              cnp.ndarray lse, cnp.ndarray dq, cnp.ndarray dk, cnp.ndarray dv, mask,
-             bint causal, double scale, double rate=0.0, uint64_t key=0, Py_ssize_t bq=64,
-             Py_ssize_t bk=128, Py_ssize_t chunks=0):
+             bint causal, double scale, double rate=0.0, uint64_t key=0, Py_ssize_t bq=128,
+             Py_ssize_t bk=256, Py_ssize_t chunks=0):
     """dq, dk, dv of forward's output given its gradient dout (same layouts as forward;
     dq, dk, dv any strides with a contiguous last axis, fully overwritten). chunks: key
     tile ranges per (batch, head) (0: chosen from the thread count and sizes; the result
