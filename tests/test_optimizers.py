@@ -668,3 +668,22 @@ def test_reduce_lr_on_plateau_refuses_a_scheduled_rate():
 def test_reduce_lr_on_plateau_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         cn.callbacks.ReduceLROnPlateau(**kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_and_rmsprop_flush_subnormal_moments(dtype):
+    """A gradient that stays 0 lets the moments decay; below the smallest normal number
+    they become exactly 0 (a subnormal would take the slow microcode path every step)."""
+    tiny = np.finfo(dtype).tiny
+    p = np.ones(4, dtype)
+    g = np.zeros(4, dtype)
+    m = np.array([tiny * 1.05, -tiny * 1.05, 1.0, 0.0], dtype)
+    v = np.array([tiny * 1.0005, tiny * 4, 1.0, 0.0], dtype)
+    ok.adam_update(p, g, m, v, p[:0], 1e-3, 0.9, 0.999, 1e-7, 5, False)
+    assert m[0] == 0 and m[1] == 0 and m[2] == dtype(0.9)
+    assert v[0] == 0 and v[1] == dtype(tiny * 4 * 0.999) and v[2] == dtype(0.999)
+    assert not np.any((m != 0) & (np.abs(m) < tiny)) and not np.any((v != 0) & (v < tiny))
+    velocity = np.array([tiny * 1.05, 1.0], dtype)
+    q, h = np.ones(2, dtype), np.zeros(2, dtype)
+    ok.rmsprop_update(q, h, velocity, q[:0], q[:0], 1e-3, 0.9, 0.0, 1e-7, False)
+    assert velocity[0] == 0 and velocity[1] == dtype(0.9)

@@ -35,7 +35,21 @@ cdef extern from *:
        run at a third of the AVX2 rate). The copy matching the GEMM's instruction set runs
        (gemm.current_isa, which follows CYNEURON_ISA and set_isa, and is only ever a set
        this CPU has). No copy uses FMA (the AVX-512 one has contraction turned off), so
-       all give the same bits. */
+       all give the same bits.
+
+       The moments are flushed to zero once they fall below the smallest normal number:
+       a weight whose gradient stays 0 (a dead ReLU unit) has its first moment decay by
+       beta_1 every step, into the subnormal range, where each multiply takes a slow
+       microcode path (measured on Zen 5: Adam over a 669k-parameter MLP after 20 steps,
+       15k subnormal moments, 254 -> 182 us on one thread). What is flushed would move a
+       weight by less than learning_rate * 1e-38 / epsilon. The selects only vectorize
+       when comparisons may be assumed not to trap (GCC's default -ftrapping-math forbids
+       it), which changes no result. */
+    #include <float.h>
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC push_options
+    #pragma GCC optimize("no-trapping-math")
+    #endif
     #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
     #define CN_AVX2 __attribute__((target("avx2")))
     #if defined(__clang__)
@@ -45,7 +59,9 @@ cdef extern from *:
     #define CN_AVX512 __attribute__((target("avx512f,avx512vl"), optimize("fp-contract=off")))
     #endif
     #endif
-    #define CN_ADAM_LOOP(T, SQRT, AMSGRAD)                                             \
+    #define CN_TINY(T) ((T)(sizeof(T) == sizeof(float) ? FLT_MIN : DBL_MIN))
+    #define CN_FLUSH(x, TINY) ((x) < (TINY) && (x) > -(TINY) ? 0 : (x))
+    #define CN_ADAM_LOOP(T, SQRT, AMSGRAD, TINY)                                       \
         for (int64_t i = 0; i < n; i++) {                                             \
             T g = grads[i] * gs;                                                      \
             g = g < cv ? g : cv;                                                      \
@@ -54,6 +70,8 @@ cdef extern from *:
             w = w - wd * w;                                                           \
             T mi = m[i] + (g - m[i]) * b1;                                            \
             T vi = v[i] + (g * g - v[i]) * b2;                                        \
+            mi = CN_FLUSH(mi, TINY);                                                  \
+            vi = CN_FLUSH(vi, TINY);                                                  \
             m[i] = mi;                                                                \
             v[i] = vi;                                                                \
             if (AMSGRAD) {                                                            \
@@ -67,7 +85,8 @@ cdef extern from *:
     attr static void name(T *restrict params, const T *restrict grads, T *restrict m,  \
                           T *restrict v, T *restrict v_max, int64_t n, T alpha, T b1,  \
                           T b2, T eps, T wd, T gs, T cv) {                             \
-        if (v_max) { CN_ADAM_LOOP(T, SQRT, 1) } else { CN_ADAM_LOOP(T, SQRT, 0) }      \
+        if (v_max) { CN_ADAM_LOOP(T, SQRT, 1, CN_TINY(T)) }                            \
+        else { CN_ADAM_LOOP(T, SQRT, 0, CN_TINY(T)) }                                  \
     }
 
     CN_ADAM_FN(float, cn_adam_f32_generic, sqrtf, )
@@ -114,6 +133,7 @@ cdef extern from *:
         for (int64_t i = 0; i < n; i++) {                                             \
             CN_GRAD(T)                                                                \
             T vi = r * velocity[i] + (1 - r) * g * g;                                 \
+            vi = CN_FLUSH(vi, CN_TINY(T));                                            \
             velocity[i] = vi;                                                         \
             T denom = vi;                                                             \
             if (CENTERED) {                                                           \
@@ -192,6 +212,9 @@ cdef extern from *:
     CN_RMSPROP_DISPATCH(double, cn_rmsprop_f64)
     CN_ADAGRAD_DISPATCH(float, cn_adagrad_f32)
     CN_ADAGRAD_DISPATCH(double, cn_adagrad_f64)
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC pop_options
+    #endif
     """
     void cn_adam_f32(int isa, float *params, const float *grads, float *m, float *v,
                      float *v_max, int64_t n, float alpha, float b1, float b2, float eps,
