@@ -147,7 +147,8 @@ cdef extern from *:
     }
 
     CN_ATTN_LOOPS(generic, )
-    #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && defined(CN_HAVE_X86_KERNELS)
+    #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) \\
+        && defined(CN_HAVE_X86_KERNELS)
     #define CN_ATTN_HAVE_SIMD 1
     CN_ATTN_LOOPS(avx2, __attribute__((target("avx2,fma"))))
     CN_ATTN_LOOPS(avx512, __attribute__((target("avx512f"))))

@@ -212,10 +212,11 @@ class MultiHeadAttention(Layer):
                                    has_mask=bool(query.has_mask))[0]
 
     def _check_features(self, feats, shapes):
-        for name, f, want in zip(("query", "value", "key"), feats, self._features):
+        for name, f, want, shape in zip(("query", "value", "key"), feats, self._features,
+                                        shapes):
             if f is not None and f != want:
                 raise ValueError(f"layer {self.name!r} was built for {name} with {want} "
-                                 f"features; got {name} of shape {shapes[('query', 'value', 'key').index(name)]}")
+                                 f"features; got {name} of per-sample shape {tuple(shape)}")
 
     def _check_call_shapes(self, shapes):
         self._check_features([s[-1] if s is not None else None for s in shapes[:3]], shapes)
