@@ -170,3 +170,14 @@ def test_bench_encoder_networks_match():
     _, net, _ = make_torch_encoder(1)
     assert model.count_params() == sum(p.numel() for p in net.parameters())
     assert torch.get_num_threads() == 1
+
+
+def test_demo_transformer_runs(restore_threads, capsys):
+    """`python -m cyneuron demo transformer`, one epoch: it trains on the package's text
+    and prints a sample of characters from it."""
+    from cyneuron.__main__ import demo_transformer, package_text
+
+    cn.set_num_threads(1)
+    model, sample = demo_transformer(epochs=1, sample_length=20)
+    assert len(sample) == 20 and set(sample) <= set(package_text())
+    assert "sample" in capsys.readouterr().out

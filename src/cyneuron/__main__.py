@@ -120,7 +120,7 @@ def char_lm(vocab, steps, dim=64, heads=4, blocks=2, ff=128):
     return cn.Model(ids, logits)
 
 
-def demo_transformer(epochs=6, batch_size=32, steps=64, seed=0, sample_length=300,
+def demo_transformer(epochs=30, batch_size=32, steps=64, seed=0, sample_length=300,
                      temperature=0.6):
     """Train a causal character-level Transformer on the package's README; print a sample."""
     import cyneuron as cn
@@ -169,7 +169,7 @@ def main(argv=None):
     p_demo.add_argument("model", nargs="?", choices=("mlp", "cnn", "transformer"),
                         default="mlp")
     p_demo.add_argument("--epochs", type=int, default=None,
-                        help="default: 30 for the MLP, 10 for the CNN, 6 for the Transformer")
+                        help="default: 30 for the MLP, 10 for the CNN, 30 for the Transformer")
     p_demo.add_argument("--batch-size", type=int, default=32)
     sub.add_parser("bench", help="benchmarks against numpy / PyTorch / scikit-learn", add_help=False)
     sub.add_parser("info", help="version, SIMD path, OpenMP, threads")
@@ -179,7 +179,7 @@ def main(argv=None):
         return _bench.main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo" and args.model == "transformer":
-        demo_transformer(epochs=args.epochs or 6, batch_size=args.batch_size)
+        demo_transformer(epochs=args.epochs or 30, batch_size=args.batch_size)
     elif args.command == "demo" and args.model == "cnn":
         demo_cnn(epochs=args.epochs or 10, batch_size=args.batch_size)
     elif args.command == "demo":
