@@ -173,6 +173,12 @@ def test_same_bits_on_one_and_two_threads(restore_threads):
         assert np.array_equal(a, b)
 
 
+def test_simd_path_follows_the_gemm(isa):
+    assert _attn.simd_path() == isa
+    assert cn._config.kernel_isas()["attention row loops (float32 softmax exp, max, sums)"][0] \
+        == isa
+
+
 def test_ranks_and_strided_inputs():
     rng = np.random.default_rng(6)
     q, k, v = _data(rng, (3, 10, 4), 12, 5, np.float32)        # (batch, T, d)

@@ -181,7 +181,9 @@ cdef extern from *:
         CN_ATTN_CALL(isa, cn_attn_scale, x, n, a); }
     static inline float cn_attn_dot(int isa, const float *x, const float *y, Py_ssize_t n) {
         return CN_ATTN_CALL(isa, cn_attn_dot, x, y, n); }
+    static int cn_attn_have_simd(void) { return CN_ATTN_HAVE_SIMD; }
     """
+    int cn_attn_have_simd() noexcept nogil
     float cn_attn_expf(float x) noexcept nogil
     float cn_attn_rowmax(int isa, const float *s, Py_ssize_t n) noexcept nogil
     float cn_attn_expsum(int isa, float *s, Py_ssize_t n, float sc, float sh) noexcept nogil
@@ -190,6 +192,14 @@ cdef extern from *:
                        float sc) noexcept nogil
     void cn_attn_scale(int isa, float *x, Py_ssize_t n, float a) noexcept nogil
     float cn_attn_dot(int isa, const float *x, const float *y, Py_ssize_t n) noexcept nogil
+
+
+def simd_path():
+    """The instruction set of the float32 row loops in use: the GEMM's (CYNEURON_ISA and
+    set_isa included), "generic" where the vector copies are not built."""
+    if not cn_attn_have_simd():
+        return "generic"
+    return ("generic", "avx2", "avx512")[current_isa()]
 
 
 # ---------------------------------------------------------------------------------------
