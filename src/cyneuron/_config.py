@@ -1,5 +1,6 @@
 """Run-time configuration: instruction set, threads, and a report of both."""
 import os
+import threading
 import warnings
 
 from ._kernels import _openmp
@@ -46,15 +47,36 @@ def supported_isas():
     return _gemm.supported_isas()
 
 
+# OpenMP's thread count is a per-thread setting (omp_set_num_threads sets it for the
+# calling thread only): set_num_threads records it here, and every Python thread applies
+# the latest value before it runs a model (apply_num_threads), so it holds process-wide.
+_threads = {"n": None, "generation": 0}
+_applied = threading.local()
+
+
 def set_num_threads(n):
-    """Use `n` threads in every kernel (the OpenMP pool size; OMP_NUM_THREADS sets the default)."""
+    """Use `n` threads in every kernel (the OpenMP pool size; OMP_NUM_THREADS sets the
+    default), in every Python thread: a thread applies it when it next runs a model."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads: n must be a positive integer, got {n!r}")
     _openmp.set_num_threads(n)
+    _threads["n"] = n
+    _threads["generation"] += 1
+    _applied.generation = _threads["generation"]
+
+
+def apply_num_threads():
+    """Bring this thread's OpenMP thread count to the last set_num_threads (once per
+    thread and setting; a threadpoolctl limit set in the thread holds until then)."""
+    generation = _threads["generation"]
+    if generation and getattr(_applied, "generation", 0) != generation:
+        _openmp.set_num_threads(_threads["n"])
+        _applied.generation = generation
 
 
 def get_num_threads():
-    """Threads the kernels will use for large work."""
+    """Threads the kernels will use for large work (in this thread)."""
+    apply_num_threads()
     return _openmp.get_max_threads()
 
 

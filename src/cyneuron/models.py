@@ -20,9 +20,22 @@ must not share): the engine's per-slot lists `_vals` / `_masks`, its fan-out sum
 attributes its last forward left for backward (`_x`, `_y`, masks...). `model._replica()`
 returns a model sharing every weight array with fresh per-call state (replicas of every
 layer): a thread running inference on its own replica leaves the others' passes alone.
+
+Threads. predict / evaluate / model(x) run on the model itself when its per-call state
+is free (one uncontended lock: the single-threaded path), else on an idle replica from a
+small pool (made on first need, kept for reuse). Weights are guarded by a readers-writer
+lock: passes on replicas read under it, every writer (the optimizer step, set_weights,
+apply_gradients, a training forward pass that moves BatchNormalization statistics) holds
+it alone and also holds the model's own state, so a pass on the model itself needs no
+read lock. One thread trains at a time: fit / train_on_batch from a second thread raise
+RuntimeError. Ctrl-C during fit is deferred to the end of the current step (Keras 3:
+the KeyboardInterrupt then propagates; the model and model.history stay consistent).
 """
 import copy
 import numbers
+import os
+import signal
+import threading
 import warnings
 
 import numpy as np
@@ -41,6 +54,142 @@ from .layers.input_layer import Input, InputLayer, SymbolicTensor, connect, is_s
 
 DEFAULT_PREDICT_BATCH = 1024
 _BIND_EPOCH = [0]    # bumped whenever a model (re)binds layers into its flat buffers
+# Idle inference replicas a model keeps for concurrent callers (more are made when more
+# threads run at once, and dropped after use).
+MAX_IDLE_REPLICAS = max(8, os.cpu_count() or 1)
+_get_ident = threading.get_ident
+_THREAD_STATE = ("_own", "_train_guard", "_wlock", "_pool", "_pool_lock", "_build_lock")
+
+
+class _WeightsLock:
+    """Readers-writer lock on a model's weights. Readers (inference on replicas, saving,
+    get_weights) share it; a writer (optimizer step, set_weights) holds it alone. Writers
+    go first: once one waits, new readers wait, so a stream of predictions cannot starve
+    the trainer. Both kinds re-enter in the thread holding them (a writer may also read).
+    Uncontended, a pair of calls costs about a microsecond (no notify without sleepers)."""
+
+    __slots__ = ("_cond", "_readers", "_writer", "_depth", "_waiting", "_sleeping")
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = {}        # thread id -> depth
+        self._writer = None
+        self._depth = 0
+        self._waiting = 0         # writers waiting
+        self._sleeping = 0        # threads in cond.wait()
+
+    def _wait(self):
+        self._sleeping += 1
+        try:
+            self._cond.wait()
+        finally:
+            self._sleeping -= 1
+
+    def acquire_read(self):
+        me = _get_ident()
+        cond = self._cond
+        cond.acquire()
+        try:
+            if self._writer == me:
+                self._depth += 1
+                return
+            depth = self._readers.get(me)
+            if depth is None:
+                while self._writer is not None or self._waiting:
+                    self._wait()
+                depth = 0
+            self._readers[me] = depth + 1
+        finally:
+            cond.release()
+
+    def release_read(self):
+        me = _get_ident()
+        cond = self._cond
+        cond.acquire()
+        try:
+            if self._writer == me:
+                self._depth -= 1
+                return
+            depth = self._readers[me] - 1
+            if depth:
+                self._readers[me] = depth
+            else:
+                del self._readers[me]
+                if not self._readers and self._sleeping:
+                    cond.notify_all()
+        finally:
+            cond.release()
+
+    def acquire_write(self):
+        me = _get_ident()
+        cond = self._cond
+        cond.acquire()
+        try:
+            if self._writer == me:
+                self._depth += 1
+                return
+            if me in self._readers:
+                raise RuntimeError("a thread reading a model's weights cannot change them "
+                                   "(set_weights / a training step inside predict or save?)")
+            if self._writer is not None or self._readers:
+                self._waiting += 1
+                try:
+                    while self._writer is not None or self._readers:
+                        self._wait()
+                except BaseException:        # interrupted: readers held back may go on
+                    self._waiting -= 1
+                    if self._sleeping:
+                        cond.notify_all()
+                    raise
+                self._waiting -= 1
+            self._writer = me
+            self._depth = 1
+        finally:
+            cond.release()
+
+    def release_write(self):
+        cond = self._cond
+        cond.acquire()
+        try:
+            self._depth -= 1
+            if self._depth == 0:
+                self._writer = None
+                if self._sleeping:
+                    cond.notify_all()
+        finally:
+            cond.release()
+
+
+class _DeferredInterrupt:
+    """Ctrl-C (SIGINT) during fit: noted, and raised as KeyboardInterrupt at the end of
+    the current step, so no step is left half done. A second Ctrl-C raises at once.
+    Only in the main thread, and only over Python's default handler."""
+
+    __slots__ = ("hit", "_old")
+
+    def __init__(self):
+        self.hit = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            try:
+                self._old = signal.signal(signal.SIGINT, self._handler)
+            except (ValueError, OSError):      # an interpreter without signals
+                self._old = None
+        return self
+
+    def _handler(self, signum, frame):
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+        return False
 
 
 class _Step:
@@ -99,6 +248,20 @@ class Model(Layer):
         self._model_trainable = True
         self._epoch = -1
         self._fused_key = None
+        self._compile_serial = 0
+        self._init_threading()
+
+    def _init_threading(self):
+        """Locks and the replica pool (see the module docstring, "Threads")."""
+        self._own = threading.RLock()          # the model's own per-call state
+        self._train_guard = threading.RLock()  # held by the one thread training
+        self._wlock = _WeightsLock()           # the weights
+        self._build_lock = threading.RLock()
+        self._pool = []
+        self._pool_lock = threading.Lock()
+        self._trainer = None                   # the thread in fit / train_on_batch
+        self._train_depth = 0
+        self._awaiting_backward = False        # model(x, training=True) state kept for backward
 
     @staticmethod
     def _flatten_io(value, what):
@@ -276,6 +439,8 @@ class Model(Layer):
         self._weight_names = [f"{layer.name}/{n}" for layer in self._param_layers
                               for n in layer._weight_names]
         self._trainable = [t for layer in self._param_layers for t in layer._trainable]
+        # non-trainable weights (moving statistics) change in a training forward pass
+        self._stateful = not all(self._trainable)
         self._expected = [(w, w.__array_interface__["data"][0])
                           for w in self._trainable_views() if w.size]
         self._epoch = _BIND_EPOCH[0]
@@ -382,9 +547,12 @@ class Model(Layer):
         self._fused_key = None
 
     def _replica(self):
-        """A copy of this model for a second call in an outer graph: replicas of every
-        layer, its own plan; its gradients are added into this model's afterwards."""
-        r = copy.copy(self)
+        """A copy of this model for a second call in an outer graph (or for a concurrent
+        caller): replicas of every layer, its own plan; its gradients are added into this
+        model's afterwards. Made without pickling hooks, so nothing of the model (its
+        weights included) is written while another thread may be training it."""
+        r = object.__new__(type(self))
+        r.__dict__.update(self.__dict__)
         r._buffers = {}
         r._batch_buffers = {}
         r._replica_of = self
@@ -393,6 +561,83 @@ class Model(Layer):
         r._gradients = [g for layer in r._param_layers for g in layer._gradients]
         r._make_plan(substitute=mapping)
         return r
+
+    # -- threads ---------------------------------------------------------------------------------
+    def _take_runner(self):
+        """The model to run an inference pass on: the model itself when its per-call state
+        is free (single-threaded use costs one uncontended lock), else an idle replica
+        (the same weights, read under the weights' shared lock). Give it back with
+        _give_back."""
+        _config.apply_num_threads()
+        if self._own.acquire(False):
+            if not self._awaiting_backward:
+                return self
+            self._own.release()       # model(x, training=True) state waits for backward
+        with self._pool_lock:
+            r = self._pool.pop() if self._pool else None
+        if r is None or r._pool_stamp != self._compile_serial:
+            r = self._replica()
+            r._losses = copy.deepcopy(self._losses)         # they own buffers
+            r._out_metrics = copy.deepcopy(self._out_metrics)
+            r._pool_stamp = self._compile_serial
+        self._wlock.acquire_read()
+        return r
+
+    def _give_back(self, runner):
+        if runner is self:
+            self._own.release()
+            return
+        self._wlock.release_read()
+        with self._pool_lock:
+            if len(self._pool) < MAX_IDLE_REPLICAS:
+                self._pool.append(runner)
+
+    def _check_not_training_elsewhere(self, what):
+        trainer = self._trainer
+        if trainer is not None and trainer != threading.get_ident():
+            raise RuntimeError(f"{what}: model {self.name!r} is being trained (fit / "
+                               f"train_on_batch) in another thread; call it from that thread "
+                               f"(e.g. in a callback) or after training")
+
+    def _begin_training(self, what):
+        """Claim the model for one training thread (a second one gets a RuntimeError)
+        and its own per-call state; undo with _end_training."""
+        _config.apply_num_threads()
+        if not self._train_guard.acquire(False):
+            raise RuntimeError(f"{what}: model {self.name!r} is already being trained in "
+                               f"another thread; a model trains in one thread at a time "
+                               f"(predict / evaluate / model(x) may run alongside)")
+        try:
+            self._own.acquire()
+        except BaseException:
+            self._train_guard.release()
+            raise
+        if self._train_depth == 0:
+            self._trainer = threading.get_ident()
+            self._awaiting_backward = False
+        self._train_depth += 1
+
+    def _end_training(self):
+        self._train_depth -= 1
+        if self._train_depth == 0:
+            self._trainer = None
+        self._own.release()
+        self._train_guard.release()
+
+    def _begin_write(self, what):
+        """Exclusive access to the weights (and the model's own state) for a writer
+        outside the optimizer step of fit; undo with _end_write."""
+        self._check_not_training_elsewhere(what)
+        self._own.acquire()
+        try:
+            self._wlock.acquire_write()
+        except BaseException:
+            self._own.release()
+            raise
+
+    def _end_write(self):
+        self._wlock.release_write()
+        self._own.release()
 
     def _update_fusion(self):
         """Which outputs train on logits (softmax/sigmoid + cross-entropy), for the
@@ -667,14 +912,24 @@ class Model(Layer):
         self._grads[pos:] = 0
 
     def _apply_optimizer(self, optimizer, segments):
-        if segments is None:
-            optimizer.apply_gradients(self._params, self._grads)
-        else:
-            optimizer._apply_segments(self._params, self._grads, segments)
+        """optimizer.apply_gradients(model): a writer of the weights like any other."""
+        self._begin_write("apply_gradients")
+        try:
+            if segments is None:
+                optimizer.apply_gradients(self._params, self._grads)
+            else:
+                optimizer._apply_segments(self._params, self._grads, segments)
+        finally:
+            self._end_write()
 
     # -- weights -------------------------------------------------------------------------------
     def get_weights(self):
-        return [w for layer in self._param_layers for w in layer.get_weights()]
+        """Copies of all weights, one consistent set even while another thread trains."""
+        self._wlock.acquire_read()
+        try:
+            return [w for layer in self._param_layers for w in layer.get_weights()]
+        finally:
+            self._wlock.release_read()
 
     def set_weights(self, weights):
         self._require_built()
@@ -687,9 +942,13 @@ class Model(Layer):
             n = len(layer._weights)
             checked.append(layer._check_weights(weights[start:start + n]))
             start += n
-        for layer, layer_weights in zip(self._param_layers, checked):
-            for current, new in zip(layer._weights, layer_weights):
-                current[...] = new
+        self._begin_write("set_weights")
+        try:
+            for layer, layer_weights in zip(self._param_layers, checked):
+                for current, new in zip(layer._weights, layer_weights):
+                    current[...] = new
+        finally:
+            self._end_write()
 
     def _check_weights(self, weights):
         weights = list(weights)
@@ -718,7 +977,7 @@ class Model(Layer):
     def __getstate__(self):
         state = self.__dict__.copy()
         for key in ("_vals", "_masks", "_acc", "_batch_buffers", "_buffers", "_slot_of",
-                    "_steps", "_pairs", "_expected"):
+                    "_steps", "_pairs", "_expected") + _THREAD_STATE:
             state.pop(key, None)
         return state
 
@@ -727,6 +986,7 @@ class Model(Layer):
         (pickle stores views as separate copies)."""
         self.__dict__.update(state)
         self._buffers = {}
+        self._init_threading()
         if self.built:
             # joblib may hand back read-only memory maps: training needs writable arrays
             self._params = np.require(self._params, requirements=["C", "W"])
@@ -816,13 +1076,21 @@ class Model(Layer):
         file, atomically; `cn.load_model(filepath)` reads it back. No pickle is used."""
         from . import saving
 
-        saving.save_model(self, filepath, include_optimizer=include_optimizer)
+        self._wlock.acquire_read()      # one consistent set of weights and optimizer state
+        try:
+            saving.save_model(self, filepath, include_optimizer=include_optimizer)
+        finally:
+            self._wlock.release_read()
 
     def save_weights(self, filepath):
         """Write only the weights (get_weights() order) to a file, atomically."""
         from . import saving
 
-        saving.save_weights(self, filepath)
+        self._wlock.acquire_read()
+        try:
+            saving.save_weights(self, filepath)
+        finally:
+            self._wlock.release_read()
 
     def load_weights(self, filepath):
         """Read weights written by save_weights (or save) into this model (same architecture)."""
@@ -902,6 +1170,7 @@ class Model(Layer):
         self.metrics = out_metrics[0] if n == 1 else [m for ms in out_metrics for m in ms]
         self._compiled_segments = self._trainable_segments() if self.built else None
         self._fused_key = None
+        self._compile_serial += 1      # pooled inference replicas copy losses and metrics
 
     def _metric_names(self):
         if len(self.output_names) == 1:
@@ -954,7 +1223,9 @@ class Model(Layer):
                                  f"{arr.shape}")
             xs.append(arr)
         if not self.built:
-            self.build(xs[0].shape[1:])
+            with self._build_lock:       # two threads' first calls build it once
+                if not self.built:
+                    self.build(xs[0].shape[1:])
         for i, arr in enumerate(xs):
             expected = tuple(self.inputs[i].shape[1:])
             label = name if len(xs) == 1 else f"{name}[{self.input_names[i]!r}]"
@@ -1119,12 +1390,31 @@ class Model(Layer):
         return self._output_step(k).layer.activation.forward(z, out=z)
 
     def _train_step(self, x, targets, sample_weight=None):
+        """One step (the caller holds the model's own state). Passes on replicas in other
+        threads read the weights meanwhile: the optimizer update (and a forward pass that
+        moves non-trainable statistics) takes them exclusively."""
+        lock = self._wlock
+        if self._stateful:
+            lock.acquire_write()
+            try:
+                loss, out = self._forward_backward(x, targets, sample_weight)
+                self._optimizer_update()
+            finally:
+                lock.release_write()
+            return loss, out
         loss, out = self._forward_backward(x, targets, sample_weight)
+        lock.acquire_write()
+        try:
+            self._optimizer_update()
+        finally:
+            lock.release_write()
+        return loss, out
+
+    def _optimizer_update(self):
         if self._compiled_segments is None:
             self.optimizer.apply_gradients(self._params, self._grads)
         else:
             self.optimizer._apply_segments(self._params, self._grads, self._compiled_segments)
-        return loss, out
 
     def _update_metrics(self, targets, outs, start_logs=None):
         """Add a batch to every metric; returns their results (by log name)."""
@@ -1157,15 +1447,20 @@ class Model(Layer):
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         """One optimizer step on the batch (x, y). Returns the loss (and metrics)."""
         self._require_compiled()
-        if self._custom_train_step():
-            logs = self.train_step(_pack(x, y, sample_weight))
-            return logs if return_dict else _logs_result(logs)
-        x, targets = self._check_xy(x, y)
-        weights = self._sample_weights(y, len(self._wrap_in(x)[0]), sample_weight, class_weight)
-        loss, out = self._train_step(x, targets, weights)
-        logs = self._loss_logs(loss)
-        self._reset_metrics()
-        logs.update(self._update_metrics(targets, out))
+        self._begin_training("train_on_batch")
+        try:
+            if self._custom_train_step():
+                logs = self.train_step(_pack(x, y, sample_weight))
+                return logs if return_dict else _logs_result(logs)
+            x, targets = self._check_xy(x, y)
+            weights = self._sample_weights(y, len(self._wrap_in(x)[0]), sample_weight,
+                                           class_weight)
+            loss, out = self._train_step(x, targets, weights)
+            logs = self._loss_logs(loss)
+            self._reset_metrics()
+            logs.update(self._update_metrics(targets, out))
+        finally:
+            self._end_training()
         if return_dict:
             return logs
         return _logs_result(logs)
@@ -1174,15 +1469,21 @@ class Model(Layer):
         """(loss, grads) on the batch, grads in get_weights() order (zeros for the
         non-trainable weights); updates nothing, moving statistics included."""
         self._require_compiled()
-        x, targets = self._check_xy(x, y)
-        state = self.non_trainable_weights
-        saved = [w.copy() for w in state]
+        self._begin_training("compute_gradients")
         try:
-            loss, _ = self._forward_backward(x, targets)
+            x, targets = self._check_xy(x, y)
+            state = self.non_trainable_weights
+            saved = [w.copy() for w in state]
+            self._wlock.acquire_write()     # moving statistics change for a moment
+            try:
+                loss, _ = self._forward_backward(x, targets)
+            finally:
+                for w, value in zip(state, saved):
+                    w[...] = value
+                self._wlock.release_write()
+            return float(loss), self.get_gradients()
         finally:
-            for w, value in zip(state, saved):
-                w[...] = value
-        return float(loss), self.get_gradients()
+            self._end_training()
 
     # -- custom training loops --------------------------------------------------------------------
     def __call__(self, inputs, training=False, **kwargs):
@@ -1194,10 +1495,35 @@ class Model(Layer):
         if kwargs:
             raise TypeError(f"model {self.name!r}: unexpected arguments {sorted(kwargs)}")
         xs = self._check_x(inputs, "x")
-        self._ensure_bound()
-        outs = self._run_forward(xs, bool(training))
-        self._called_with = [x.shape for x in xs]
-        return self._structure_outputs([np.array(o) for o in outs])
+        if not training:
+            runner = self._take_runner()
+            try:
+                runner._ensure_bound()
+                outs = runner._run_forward(xs, False)
+                runner._called_with = [x.shape for x in xs]
+                return self._structure_outputs([np.array(o) for o in outs])
+            finally:
+                self._give_back(runner)
+        # a training pass: its state is kept for backward (other threads' inference uses
+        # replicas meanwhile); moving statistics change, so it writes
+        self._check_not_training_elsewhere("model(x, training=True)")
+        _config.apply_num_threads()
+        self._own.acquire()
+        try:
+            self._ensure_bound()
+            self._awaiting_backward = True
+            if self._stateful:
+                self._wlock.acquire_write()
+                try:
+                    outs = self._run_forward(xs, True)
+                finally:
+                    self._wlock.release_write()
+            else:
+                outs = self._run_forward(xs, True)
+            self._called_with = [x.shape for x in xs]
+            return self._structure_outputs([np.array(o) for o in outs])
+        finally:
+            self._own.release()
 
     def backward(self, grad_output):
         """After `y = model(x, training=True)`: back-propagates d(loss)/dy (an array, or a
@@ -1232,10 +1558,13 @@ class Model(Layer):
                 raise ValueError(f"{label} must have the shape of the output {expected}; got "
                                  f"{g.shape}")
             checked.append(g)
-        gin = self._run_backward(checked, want_inputs=True)
-        self._zero_frozen(self._trainable_segments())
-        gin = [np.zeros(shape, self.dtype) if g is None else np.array(g)
-               for g, shape in zip(gin, self._called_with)]
+        self._check_not_training_elsewhere("backward")
+        with self._own:
+            gin = self._run_backward(checked, want_inputs=True)
+            self._zero_frozen(self._trainable_segments())
+            gin = [np.zeros(shape, self.dtype) if g is None else np.array(g)
+                   for g, shape in zip(gin, self._called_with)]
+            self._awaiting_backward = False
         return gin[0] if len(gin) == 1 else gin
 
     def _custom_train_step(self):
@@ -1293,8 +1622,26 @@ class Model(Layer):
         it weigh 1) or "balanced" (n_samples / (n_classes * count)); multiplies sample_weight.
         validation_data: (x_val, y_val) or (x_val, y_val, sample_weight_val).
         initial_epoch: the epoch to start from (to resume a run; epochs is the last one).
+
+        Ctrl-C (KeyboardInterrupt) stops fit at the end of the current step, as Keras 3
+        does: the exception propagates (no on_train_end), the model holds the weights and
+        optimizer state of the last finished step (consistent, saveable) and
+        model.history the finished epochs. One thread trains a model at a time: fit from
+        a second thread while one runs raises RuntimeError; predict / evaluate / model(x)
+        from other threads run alongside on replicas and see one consistent set of weights.
         """
         self._require_compiled()
+        self._begin_training("fit")
+        try:
+            with _DeferredInterrupt() as interrupt:
+                return self._fit(interrupt, x, y, epochs, batch_size, shuffle, validation_data,
+                                 validation_split, verbose, callbacks, sample_weight,
+                                 class_weight, initial_epoch)
+        finally:
+            self._end_training()
+
+    def _fit(self, interrupt, x, y, epochs, batch_size, shuffle, validation_data,
+             validation_split, verbose, callbacks, sample_weight, class_weight, initial_epoch):
         check_positive(epochs, "epochs", integer=True)
         check_positive(batch_size, "batch_size", integer=True)
         if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) \
@@ -1362,54 +1709,64 @@ class Model(Layer):
         logs = {}
         no_weights = weights is None or all(w is None for w in weights)
         callbacks.call("on_train_begin", {})
-        for epoch in range(initial_epoch, epochs):
-            order = rng.permutation(n) if shuffle else np.arange(n)
-            self._reset_metrics()
-            callbacks.call("on_epoch_begin", epoch, {})
-            progress.epoch_begin(epoch)
-            loss_sum, seen, sums = 0.0, 0, {}
-            for step in range(steps):
-                callbacks.call("on_train_batch_begin", step, {})
-                idx = order[step * batch_size:(step + 1) * batch_size]
-                xb = [self._gather(a, idx, f"x{i}") for i, a in enumerate(xs)]
-                tb = [None if a is None else self._gather(a, idx, f"t{i}")
-                      for i, a in enumerate(ys)]
-                wb = None if no_weights else [None if a is None else self._gather(a, idx, f"w{i}")
-                                              for i, a in enumerate(weights)]
-                if custom:
-                    step_logs = self.train_step(_pack(
-                        self._unwrap_in(xb), self._unwrap_out(tb),
-                        None if wb is None else self._unwrap_out(wb)))
-                    step_logs = {k: float(v) for k, v in dict(step_logs).items()}
-                    for k, v in step_logs.items():
-                        sums[k] = sums.get(k, 0.0) + v * len(idx)
-                    seen += len(idx)
-                    logs = {k: v / seen for k, v in sums.items()}
-                else:
-                    loss, out = self._train_step(self._unwrap_in(xb), self._unwrap_out(tb),
-                                                 None if wb is None else self._unwrap_out(wb))
-                    loss_sum += float(loss) * len(idx)
-                    seen += len(idx)
-                    logs = {"loss": loss_sum / seen}
-                    if len(self.outputs) > 1:
-                        for name, value in zip(self.output_names, self._last_losses):
-                            if value is not None:
-                                key = f"{name}_loss"
-                                sums[key] = sums.get(key, 0.0) + float(value) * len(idx)
-                                logs[key] = sums[key] / seen
-                    logs.update(self._update_metrics(self._unwrap_out(tb), out))
-                progress.batch_end(step, logs)
-                callbacks.call("on_train_batch_end", step, logs)
+        try:
+            for epoch in range(initial_epoch, epochs):
+                order = rng.permutation(n) if shuffle else np.arange(n)
+                self._reset_metrics()
+                callbacks.call("on_epoch_begin", epoch, {})
+                progress.epoch_begin(epoch)
+                loss_sum, seen, sums = 0.0, 0, {}
+                for step in range(steps):
+                    callbacks.call("on_train_batch_begin", step, {})
+                    idx = order[step * batch_size:(step + 1) * batch_size]
+                    xb = [self._gather(a, idx, f"x{i}") for i, a in enumerate(xs)]
+                    tb = [None if a is None else self._gather(a, idx, f"t{i}")
+                          for i, a in enumerate(ys)]
+                    wb = None if no_weights else [
+                        None if a is None else self._gather(a, idx, f"w{i}")
+                        for i, a in enumerate(weights)]
+                    if custom:
+                        step_logs = self.train_step(_pack(
+                            self._unwrap_in(xb), self._unwrap_out(tb),
+                            None if wb is None else self._unwrap_out(wb)))
+                        step_logs = {k: float(v) for k, v in dict(step_logs).items()}
+                        for k, v in step_logs.items():
+                            sums[k] = sums.get(k, 0.0) + v * len(idx)
+                        seen += len(idx)
+                        logs = {k: v / seen for k, v in sums.items()}
+                    else:
+                        loss, out = self._train_step(self._unwrap_in(xb), self._unwrap_out(tb),
+                                                     None if wb is None else self._unwrap_out(wb))
+                        loss_sum += float(loss) * len(idx)
+                        seen += len(idx)
+                        logs = {"loss": loss_sum / seen}
+                        if len(self.outputs) > 1:
+                            for name, value in zip(self.output_names, self._last_losses):
+                                if value is not None:
+                                    key = f"{name}_loss"
+                                    sums[key] = sums.get(key, 0.0) + float(value) * len(idx)
+                                    logs[key] = sums[key] / seen
+                        logs.update(self._update_metrics(self._unwrap_out(tb), out))
+                    progress.batch_end(step, logs)
+                    callbacks.call("on_train_batch_end", step, logs)
+                    if interrupt.hit:
+                        raise KeyboardInterrupt(f"fit interrupted after step {step + 1} of "
+                                                f"epoch {epoch + 1}")
+                    if self.stop_training:
+                        break
+                if val is not None:
+                    logs.update(("val_" + k, v) for k, v in self._evaluate(*val[:2], batch_size,
+                                                                            val[2]).items())
+                callbacks.call("on_epoch_end", epoch, logs)
+                history.record(epoch, logs)
+                progress.epoch_end(logs)
+                if interrupt.hit:
+                    raise KeyboardInterrupt(f"fit interrupted after epoch {epoch + 1}")
                 if self.stop_training:
                     break
-            if val is not None:
-                logs.update(("val_" + k, v) for k, v in self._evaluate(*val[:2], batch_size,
-                                                                        val[2]).items())
-            callbacks.call("on_epoch_end", epoch, logs)
-            history.record(epoch, logs)
-            progress.epoch_end(logs)
-            if self.stop_training:
-                break
+        except BaseException:
+            progress.close()     # then the exception propagates (Keras 3: no on_train_end)
+            raise
         progress.close()
         callbacks.call("on_train_end", logs)
         return history
@@ -1513,30 +1870,40 @@ class Model(Layer):
         return logs
 
     def evaluate(self, x, y, batch_size=None, verbose=0, sample_weight=None):
-        """{'loss': ..., <metric>: ...} over (x, y); sample_weight weighs each sample's loss."""
+        """{'loss': ..., <metric>: ...} over (x, y); sample_weight weighs each sample's loss.
+        Safe to call from several threads at once (each call has its own metric state)."""
         self._require_compiled()
         batch_size = DEFAULT_PREDICT_BATCH if batch_size is None else \
             check_positive(batch_size, "batch_size", integer=True)
         x, targets = self._check_xy(x, y)
         weights = self._sample_weights(y, len(self._wrap_in(x)[0]), sample_weight, None)
-        logs = self._evaluate(x, targets, batch_size, weights)
+        runner = self._take_runner()
+        try:
+            logs = runner._evaluate(x, targets, batch_size, weights)
+        finally:
+            self._give_back(runner)
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         return logs
 
     def predict(self, x, batch_size=None):
         """Model outputs for x, as new arrays (float32 or the model dtype): an array, or a
-        list (a dict for dict outputs) for several outputs."""
+        list (a dict for dict outputs) for several outputs. Safe to call from several
+        threads at once (also while another thread trains: one consistent weight set)."""
         batch_size = DEFAULT_PREDICT_BATCH if batch_size is None else \
             check_positive(batch_size, "batch_size", integer=True)
         xs = self._check_x(x)
-        self._ensure_bound()
         n = len(xs[0])
         results = [np.empty((n,) + tuple(t.shape[1:]), self.dtype) for t in self.outputs]
-        for start in range(0, n, batch_size):
-            outs = self._run_forward([a[start:start + batch_size] for a in xs], False)
-            for r, h in zip(results, outs):
-                r[start:start + len(h)] = h
+        runner = self._take_runner()
+        try:
+            runner._ensure_bound()
+            for start in range(0, n, batch_size):
+                outs = runner._run_forward([a[start:start + batch_size] for a in xs], False)
+                for r, h in zip(results, outs):
+                    r[start:start + len(h)] = h
+        finally:
+            self._give_back(runner)
         return self._structure_outputs(results)
 
     def _structure_outputs(self, values):

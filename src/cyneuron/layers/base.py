@@ -139,7 +139,9 @@ class Layer:
         own buffers and per-call state, and its own parameter gradients (the model adds
         them into this layer's after the backward pass)."""
         r = copy.copy(self)
-        for key, value in self.__dict__.items():
+        # r's dict is a snapshot: another thread may be running (and adding attributes
+        # to) this layer while the replica is made
+        for key, value in list(r.__dict__.items()):
             if key.startswith("_") and isinstance(value, dict):
                 r.__dict__[key] = {}        # buffers and shape-keyed caches
         r._gradients = [np.zeros_like(g) for g in self._gradients]
