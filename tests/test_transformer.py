@@ -181,3 +181,22 @@ def test_demo_transformer_runs(restore_threads, capsys):
     model, sample = demo_transformer(epochs=1, sample_length=20)
     assert len(sample) == 20 and set(sample) <= set(package_text())
     assert "sample" in capsys.readouterr().out
+
+
+def test_predict_from_several_python_threads():
+    """Concurrent predict calls run on model replicas: the attention layers and blocks
+    replicate their sublayers and buffers, so the results match serial ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(7)
+    inp = cn.Input(shape=(12,), dtype="int32")
+    h = layers.TokenAndPositionEmbedding(20, 12, 16, mask_zero=True)(inp)
+    h = layers.TransformerEncoder(2, 32)(h)
+    a = layers.MultiHeadAttention(2, 8)(h, h, use_causal_mask=True)
+    model = cn.Model(inp, layers.Dense(5)(layers.Add()([h, a])))
+    batches = [rng.integers(0, 20, (6, 12)) for _ in range(8)]
+    want = [model.predict(b).copy() for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda b: model.predict(b).copy(), batches * 3))
+    for i, g in enumerate(got):
+        np.testing.assert_allclose(g, want[i % len(batches)], atol=1e-6)
