@@ -3,6 +3,15 @@
 Environment switches:
   CYNEURON_REQUIRE_OPENMP=1  fail the build when the compiler has no OpenMP (CI sets it)
   CYNEURON_DEBUG=1           bounds checks on in the Cython kernels, -O0 -g
+  CYNEURON_SANITIZE=address,undefined
+                             build csrc and the Cython extensions with
+                             -fsanitize=<list> -fno-omit-frame-pointer (-O1 -g) and the
+                             Cython checks on (boundscheck, wraparound, initializedcheck).
+                             Run with the sanitizer runtime preloaded, e.g.
+                             LD_PRELOAD=$(gcc -print-file-name=libasan.so)
+                             ASAN_OPTIONS=detect_leaks=0 (see README, "Sanitizer build").
+                             Build it in a separate copy of the tree: the generated .c
+                             files differ from the normal build's.
 """
 import glob
 import os
@@ -18,12 +27,22 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("CYNEURON_DEBUG") == "1"
+SANITIZERS = [s.strip() for s in os.environ.get("CYNEURON_SANITIZE", "").split(",") if s.strip()]
+_KNOWN_SANITIZERS = {"address", "undefined", "leak", "thread"}
+if set(SANITIZERS) - _KNOWN_SANITIZERS:
+    sys.exit(f"error: CYNEURON_SANITIZE={os.environ['CYNEURON_SANITIZE']!r}: unknown sanitizer(s) "
+             f"{sorted(set(SANITIZERS) - _KNOWN_SANITIZERS)}; known: {sorted(_KNOWN_SANITIZERS)}")
+SANITIZE_FLAGS = (["-fsanitize=" + ",".join(SANITIZERS), "-fno-omit-frame-pointer"]
+                  if SANITIZERS else [])
+CHECKED = DEBUG or bool(SANITIZERS)   # Cython's bounds / wraparound / initialized checks
 REQUIRE_OPENMP = os.environ.get("CYNEURON_REQUIRE_OPENMP") == "1"
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 # -fno-math-errno: sqrt and friends need not set errno, so loops using them vectorize
 # (results are unchanged; this is not -ffast-math).
 OPT_FLAGS = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-math-errno"]
+if SANITIZERS:
+    OPT_FLAGS = ["-O1", "-g"] + SANITIZE_FLAGS
 # Per instruction set C files; each is compiled with its own flags and only
 # reached after the runtime CPU check (csrc/cpu.c). Never -march=native.
 ISA_SOURCES = [("csrc/gemm_generic.c", [])]
@@ -35,7 +54,7 @@ if IS_X86_64:
 C_MACROS = [("CN_HAVE_X86_KERNELS", "1")] if IS_X86_64 else []
 
 KERNELS = ["_openmp", "gemm", "activations", "losses", "optim", "normalization", "conv", "arrays",
-           "pooling", "recurrent", "winograd", "attention"]
+           "pooling", "recurrent", "winograd", "attention", "rbm", "som"]
 
 
 def openmp_flag(compiler):
@@ -102,7 +121,7 @@ def kernel_extension(name):
         include_dirs=[np.get_include(), "csrc"],
         define_macros=C_MACROS + [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=list(OPT_FLAGS),
-        extra_link_args=[],
+        extra_link_args=list(SANITIZE_FLAGS),
         # The C core: a change to any of it relinks the extensions that use it.
         depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.c")),
     )
@@ -113,10 +132,10 @@ setup(
         [kernel_extension(name) for name in KERNELS],
         compiler_directives={
             "language_level": 3,
-            "boundscheck": DEBUG,
-            "wraparound": False,
+            "boundscheck": CHECKED,
+            "wraparound": bool(SANITIZERS),
             "cdivision": True,
-            "initializedcheck": DEBUG,
+            "initializedcheck": CHECKED,
         },
     ),
     cmdclass={"build_ext": BuildExt},

@@ -38,3 +38,25 @@ def isa(request):
         yield name
     finally:
         _gemm.set_isa(before)
+
+
+# -- hypothesis profiles (property-based tests, tests/test_properties_*.py) --------------
+# "ci" (the default, 100 examples a test) keeps the whole property suite well under two
+# minutes on two cores (about 17 s); HYPOTHESIS_PROFILE=long runs 2,000 a test, for
+# release checks (about 5 minutes); "dev" runs 10:
+#     HYPOTHESIS_PROFILE=long python -m pytest tests -k properties
+try:
+    import os as _os
+
+    from hypothesis import HealthCheck, settings
+except ImportError:      # hypothesis is a test extra; the property tests skip without it
+    pass
+else:
+    _relaxed = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+    settings.register_profile("ci", max_examples=100, deadline=None, print_blob=True,
+                              suppress_health_check=_relaxed)
+    settings.register_profile("long", max_examples=2000, deadline=None, print_blob=True,
+                              suppress_health_check=_relaxed)
+    settings.register_profile("dev", max_examples=10, deadline=None, print_blob=True,
+                              suppress_health_check=_relaxed)
+    settings.load_profile(_os.environ.get("HYPOTHESIS_PROFILE", "ci"))

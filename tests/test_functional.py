@@ -719,6 +719,21 @@ def test_model_replica_shares_weights_with_its_own_buffers():
         model.get_layer("nope")
 
 
+def test_replica_of_a_replica_runs_on_its_own_layers():
+    """A replica's replica (what a replica's predict makes when the model's own buffers
+    are busy) never runs the model's layers: it used to, racing the model's buffers."""
+    a, b = cn.Input((5,)), cn.Input((5,))
+    model = cn.Model([a, b], layers.Dense(3)(layers.Add()([layers.Dense(6)(a),
+                                                           layers.Dense(6)(b)])))
+    model.predict([np.ones((2, 5), np.float32)] * 2)
+    first = model._replica()
+    second = first._replica()
+    originals = {id(layer) for layer in model._param_layers}
+    for replica in (first, second):
+        assert not any(id(step.layer) in originals for step in replica._steps)
+        assert replica._replica_of is model
+
+
 def test_gradients_attention_built_from_merge_layers():
     """Self-attention from Dot, softmax and Dot: one input fans out to queries, keys and
     values, a residual Add closes the block."""

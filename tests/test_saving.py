@@ -95,6 +95,8 @@ LAYER_CASES = {
                          layers.Flatten(), layers.Dense(2)], (4, 5, 2)),
     "RepeatVector": (lambda: [layers.Dense(3), layers.RepeatVector(4), layers.Flatten(),
                               layers.Dense(2)], (6,)),
+    "RBF": (lambda: [layers.RBF(5, gamma=0.3, kernel="inverse_multiquadric"),
+                     layers.RBF(4, trainable_gamma=False), layers.Dense(2)], (6,)),
 }
 LAYER_CASES.update({
     "TransformerEncoder": (lambda: [layers.TransformerEncoder(2, 8, activation="gelu",

@@ -19,14 +19,21 @@ from .layers.input_layer import Input  # noqa: E402
 from .models import Model, Sequential  # noqa: E402
 from .perceptron import Perceptron  # noqa: E402
 from .saving import load_model  # noqa: E402
+from ._estimator_io import load as load_estimator  # noqa: E402
+
+
+_LAZY = {"BernoulliRBM": "rbm", "GaussianBernoulliRBM": "rbm", "DBN": "rbm",
+         "DBNClassifier": "rbm", "SOM": "som", "RBFClassifier": "rbf", "RBFRegressor": "rbf"}
 
 
 def __getattr__(name):
     """`cn.sklearn` is imported on first use (it imports scikit-learn)."""
-    if name == "sklearn":
-        import importlib
+    import importlib
 
-        return importlib.import_module(".sklearn", __name__)
+    if name in ("sklearn", "rbm", "som", "rbf"):
+        return importlib.import_module("." + name, __name__)
+    if name in _LAZY:   # the classic estimators import scikit-learn: load on first use
+        return getattr(importlib.import_module("." + _LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -34,5 +41,5 @@ __all__ = [
     "Sequential", "Model", "Input", "Perceptron", "History", "Callback", "layers", "ops", "activations", "losses",
     "optimizers", "schedules", "initializers", "metrics", "callbacks", "datasets",
     "set_num_threads", "get_num_threads", "show_config", "get_isa", "set_seed", "__version__",
-    "load_model", "saving",
+    "load_model", "saving", "load_estimator", *_LAZY,
 ]

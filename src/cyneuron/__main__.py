@@ -1,5 +1,5 @@
-"""Command line: python -m cyneuron demo [mlp|cnn|transformer] |
-bench [matmul|mlp|conv|resnet|rnn|transformer|sklearn|all] | info"""
+"""Command line: python -m cyneuron demo [mlp|cnn|som|dbn|transformer] |
+bench [matmul|mlp|conv|resnet|rnn|transformer|sklearn|rbm|som|all] | info"""
 import argparse
 import sys
 import time
@@ -160,14 +160,69 @@ def demo_transformer(epochs=30, batch_size=32, steps=64, seed=0, sample_length=3
     return model, "".join(out)
 
 
+def demo_som(output="som_digits.png", seed=0):
+    """A 20x20 SOM on the digits: errors, and the U-matrix with each digit at its winner."""
+    import time
+
+    import cyneuron as cn
+
+    (x_train, y_train), (x_test, y_test) = cn.datasets.load_digits()
+    x = np.concatenate([x_train, x_test]).astype(np.float64)
+    y = np.concatenate([y_train, y_test])
+    som = cn.SOM(20, 20, x.shape[1], sigma=3.0, learning_rate=0.5, random_state=seed)
+    som.pca_weights_init(x)
+    t0 = time.perf_counter()
+    som.train(x, 20 * len(x), random_order=True)
+    seconds = time.perf_counter() - t0
+    print(f"SOM 20x20 on the digits ({len(x)} samples, {20 * len(x):,} online iterations): "
+          f"{seconds:.2f} s; quantization error {som.quantization_error(x):.3f}, "
+          f"topographic error {som.topographic_error(x):.3f}")
+    # how well the map separates the classes: each node votes its majority label
+    votes = som.labels_map(x, y)
+    winners = som.winners(x)
+    majority = {pos: counts.most_common(1)[0][0] for pos, counts in votes.items()}
+    purity = np.mean([majority[(int(c) // som.n, int(c) % som.n)] == label
+                      for c, label in zip(winners, y)])
+    print(f"node-majority label purity {purity:.3f}")
+    try:
+        som.plot(x, y, filename=output)
+    except ImportError:
+        print("matplotlib is not installed: no U-matrix picture (pip install matplotlib)")
+    else:
+        print(f"U-matrix with the digits at their winning nodes written to {output}")
+    return som
+
+
+def demo_dbn(seed=0):
+    """A DBN classifier on the digits: RBM pre-training, then fine-tuning."""
+    import time
+
+    import cyneuron as cn
+
+    (x_train, y_train), (x_test, y_test) = cn.datasets.load_digits()
+    t0 = time.perf_counter()
+    clf = cn.DBNClassifier((256,), random_state=seed).fit(x_train, y_train)
+    seconds = time.perf_counter() - t0
+    rbm = clf.dbn_.rbms_[0]
+    print(f"DBN 64-256-10 on the digits: pre-training (PCD-1, {rbm.n_iter} epochs) and "
+          f"fine-tuning ({clf.epochs} epochs, Adam) in {seconds:.2f} s")
+    print(f"pseudo-likelihood of the pre-trained RBM on the test digits: "
+          f"{rbm.score_samples(x_test.astype(rbm.components_.dtype)).mean():.2f}")
+    accuracy = clf.score(x_test, y_test)
+    print(f"test accuracy {accuracy:.4f}")
+    return accuracy
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m cyneuron", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="train an MLP (or a CNN) on the digits data set, or "
-                                         "a character-level Transformer on the README")
-    p_demo.add_argument("model", nargs="?", choices=("mlp", "cnn", "transformer"),
+    p_demo = sub.add_parser("demo", help="train an MLP (or a CNN) on the digits data set, a "
+                                         "SOM or DBN on them, or a character-level "
+                                         "Transformer on the README")
+    p_demo.add_argument("model", nargs="?", choices=("mlp", "cnn", "som", "dbn", "transformer"),
                         default="mlp")
+    p_demo.add_argument("--output", default="som_digits.png", help="demo som: the PNG to write")
     p_demo.add_argument("--epochs", type=int, default=None,
                         help="default: 30 for the MLP, 10 for the CNN, 30 for the Transformer")
     p_demo.add_argument("--batch-size", type=int, default=32)
@@ -180,6 +235,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "demo" and args.model == "transformer":
         demo_transformer(epochs=args.epochs or 30, batch_size=args.batch_size)
+    elif args.command == "demo" and args.model == "som":
+        demo_som(output=args.output)
+    elif args.command == "demo" and args.model == "dbn":
+        demo_dbn()
     elif args.command == "demo" and args.model == "cnn":
         demo_cnn(epochs=args.epochs or 10, batch_size=args.batch_size)
     elif args.command == "demo":

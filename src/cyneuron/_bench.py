@@ -1,4 +1,5 @@
-"""`python -m cyneuron bench [matmul|mlp|conv|resnet|rnn|transformer|sklearn|all]`: cyneuron next to its references, same run.
+"""`python -m cyneuron bench [matmul|mlp|conv|resnet|rnn|transformer|sklearn|rbm|som|all]`:
+cyneuron next to its references, same run.
 
 matmul: cyneuron.ops.matmul against numpy's matmul (OpenBLAS) on the cases of issue 3's
         targets (squares n = 64 ... 2048, float64 squares, the 48 products of Dense layers,
@@ -27,6 +28,8 @@ transformer: the fused attention op (batch 8, 8 heads, head_dim 64, T = 128 / 51
         torch.nn.functional.scaled_dot_product_attention, and a 2-layer Transformer
         encoder classifier (training and inference) against nn.TransformerEncoder
         (see _bench_transformer).
+rbm, som: BernoulliRBM.fit against scikit-learn's, SOM training against MiniSom's
+        (see _bench_classic).
 
 The machine's environment may set OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which force numpy's
 OpenBLAS onto a slower kernel. OpenBLAS reads them when numpy is first imported, and
@@ -1189,7 +1192,7 @@ def main(argv=None):
         description="Time cyneuron against numpy, PyTorch CPU and scikit-learn, in one run.")
     parser.add_argument("what", nargs="?", default="all",
                         choices=("matmul", "mlp", "conv", "resnet", "rnn", "transformer",
-                                 "sklearn", "all"))
+                                 "sklearn", "rbm", "som", "all"))
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for cyneuron, torch and (with threadpoolctl) numpy's BLAS")
     parser.add_argument("--quick", action="store_true",
@@ -1259,6 +1262,13 @@ def main(argv=None):
         bench_transformer(args, out)
     if args.what in ("sklearn", "all"):
         bench_sklearn(args, out)
+    if args.what in ("rbm", "som", "all"):
+        from . import _bench_classic
+
+        if args.what in ("rbm", "all"):
+            _bench_classic.bench_rbm(args, out)
+        if args.what in ("som", "all"):
+            _bench_classic.bench_som(args, out)
     out(f"\n({time.perf_counter() - t0:.1f} s)")
     return 0
 

@@ -56,9 +56,18 @@ _applied = threading.local()
 
 def set_num_threads(n):
     """Use `n` threads in every kernel (the OpenMP pool size; OMP_NUM_THREADS sets the
-    default), in every Python thread: a thread applies it when it next runs a model."""
+    default), in every Python thread: a thread applies it when it next runs a model.
+
+    In a child made by os.fork() from a multi-threaded parent the kernels stay on one
+    thread (libgomp's pool does not survive fork); asking for more warns. Children made
+    with multiprocessing's "spawn" or "forkserver" start methods have no such limit."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads: n must be a positive integer, got {n!r}")
+    if n > 1 and _openmp.forked_single_thread():
+        warnings.warn(f"set_num_threads({n}) ignored: this process was forked from a "
+                      f"multi-threaded parent, where the OpenMP pool cannot be used; kernels "
+                      f"run on one thread (use the 'spawn' or 'forkserver' start method for "
+                      f"multi-threaded workers)", RuntimeWarning, stacklevel=2)
     _openmp.set_num_threads(n)
     _threads["n"] = n
     _threads["generation"] += 1
@@ -105,6 +114,7 @@ def config():
         "openmp": _openmp.openmp_enabled(),
         "openmp_runtime": openmp_runtime(),
         "num_threads": get_num_threads(),
+        "forked_single_thread": _openmp.forked_single_thread(),
         "cpu_count": os.cpu_count(),
         "gemm_blocks_float32": dict(zip(("MR", "NR", "MC", "KC", "NC"), _gemm.block_sizes("float32"))),
         "gemm_blocks_float64": dict(zip(("MR", "NR", "MC", "KC", "NC"), _gemm.block_sizes("float64"))),

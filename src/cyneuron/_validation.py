@@ -32,7 +32,7 @@ def check_numeric(x, name):
 def check_array(x, name, dtype, ndim=None, allow_empty=False, allow_nonfinite=False):
     """A C-contiguous array of `dtype`, checked for rank, emptiness and NaN/inf.
 
-    Integers and booleans are converted; non-contiguous input is copied.
+    Integers and booleans are converted; non-contiguous or misaligned input is copied.
     """
     x = check_numeric(x, name)
     if ndim is not None and x.ndim != ndim:
@@ -40,6 +40,8 @@ def check_array(x, name, dtype, ndim=None, allow_empty=False, allow_nonfinite=Fa
     if not allow_empty and x.size == 0:
         raise ValueError(f"{name} is empty (shape {x.shape}); at least one sample is needed")
     x = np.ascontiguousarray(x, dtype=dtype)
+    if not x.flags.aligned:          # the C kernels read items through typed pointers
+        x = x.copy()
     if not allow_nonfinite and x.dtype.kind == "f" and not all_finite(x):
         raise ValueError(f"{name} contains NaN or infinity")
     return x

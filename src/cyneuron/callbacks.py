@@ -1,16 +1,18 @@
 """Training progress output, the History that `fit` returns, and callbacks (Keras hooks).
 
-Callbacks (Keras names and semantics): EarlyStopping, ModelCheckpoint,
+Callbacks (Keras names and semantics): EarlyStopping, ModelCheckpoint, BackupAndRestore,
 LearningRateScheduler, ReduceLROnPlateau, CSVLogger, TerminateOnNaN, LambdaCallback.
 Progress: verbose=1 draws a per-batch bar (tqdm where installed, a plain one otherwise),
 verbose=2 one line per epoch.
 """
 import csv
 import inspect
+import json
 import math
 import numbers
 import os
 import sys
+import tempfile
 import time
 import warnings
 
@@ -588,3 +590,200 @@ class LambdaCallback(Callback):
                 if not callable(fn):
                     raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
                 setattr(self, name, fn)
+
+
+# ------------------------------------------------------------------------------------------
+def _layers_with_rng(model):
+    """(path, layer) of every layer, sublayers of wrappers included, in a fixed order."""
+    found = []
+
+    def visit(layer, path):
+        found.append((path, layer))
+        subs = layer._sublayers() if hasattr(layer, "_sublayers") else (
+            [layer.layer] if getattr(layer, "layer", None) is not None else [])
+        for j, sub in enumerate(subs):
+            visit(sub, f"{path}/{j}")
+
+    for i, layer in enumerate(getattr(model, "layers", [])):
+        visit(layer, str(i))
+    return found
+
+
+def _rng_states(model):
+    """The random state of a run: the library generator and each layer's own one."""
+    from ._random import get_rng
+
+    states = {"global": get_rng().bit_generator.state}
+    for path, layer in _layers_with_rng(model):
+        rng = getattr(layer, "_rng", None)
+        if rng is not None:
+            states["layer:" + path] = rng.bit_generator.state
+    return states
+
+
+def _set_rng_states(model, states):
+    from ._random import get_rng
+
+    get_rng().bit_generator.state = states["global"]   # in place: fit holds this generator
+    for path, layer in _layers_with_rng(model):
+        rng = getattr(layer, "_rng", None)
+        key = "layer:" + path
+        if rng is not None and key in states:
+            rng.bit_generator.state = states[key]
+
+
+def _write_json_atomic(path, obj):
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".state.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class BackupAndRestore(Callback):
+    """Back up the training state so that a run killed mid-training resumes where its
+    last backup left off (Keras 3 semantics).
+
+    At the end of every epoch (save_freq="epoch"), or every `save_freq` batches (an
+    int), the model's weights, its optimizer state (slots and iteration count), the
+    epoch reached and the random generators' states (cyneuron's generator, which
+    shuffles and draws dropout masks, and any layer's own seeded one) are written to
+    `backup_dir`. Fitting again with this callback restores all of it in
+    `on_train_begin` and continues from the next epoch: with save_freq="epoch" the
+    resumed run ends with exactly the weights of an uninterrupted one (float64, one
+    thread: bit-identical). With an int save_freq a resumed run restarts the epoch in
+    which the backup was made, from that backup's weights (as Keras does).
+    delete_checkpoint: remove the backup once training finishes (not when it is
+    interrupted: an exception or a killed process leaves it for the next run).
+
+    Each backup is written completely before a small state file (written atomically)
+    points to it, so a process killed while writing leaves the previous backup intact.
+
+    fit resumes from the epoch the callback sets as `model._initial_epoch` (Keras 3's
+    attribute); `BackupAndRestore.resume_epoch(backup_dir)` tells it, for a fit that
+    needs it passed as `initial_epoch`.
+    """
+
+    STATE = "state.json"
+
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+        super().__init__()
+        if not backup_dir:
+            raise ValueError("backup_dir is required (a folder for the backup)")
+        self.backup_dir = os.fspath(backup_dir)
+        if save_freq != "epoch" and save_freq is not False and (
+                isinstance(save_freq, bool) or not isinstance(save_freq, numbers.Integral)
+                or save_freq < 1):
+            raise ValueError(f"save_freq must be 'epoch', a positive integer (batches) or "
+                             f"False, got {save_freq!r}")
+        self.save_freq = save_freq
+        self.delete_checkpoint = bool(delete_checkpoint)
+        self._epoch = 0
+        self._batches = 0
+        self._rng_at_epoch_start = None
+        self.restored_epoch = None
+
+    # -- reading ------------------------------------------------------------------------
+    @classmethod
+    def _read_state(cls, backup_dir):
+        path = os.path.join(os.fspath(backup_dir), cls.STATE)
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path) as f:
+                state = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"the backup state {path!r} cannot be read: {exc}") from None
+        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int) \
+                or not isinstance(state.get("model_file"), str) \
+                or not isinstance(state.get("rng"), dict):
+            raise ValueError(f"the backup state {path!r} is not a BackupAndRestore state")
+        return state
+
+    @classmethod
+    def resume_epoch(cls, backup_dir):
+        """The epoch a run with a backup in `backup_dir` resumes from (0 without one)."""
+        state = cls._read_state(backup_dir)
+        return 0 if state is None else state["epoch"]
+
+    def on_train_begin(self, logs=None):
+        from . import saving
+
+        self._batches = 0
+        self.restored_epoch = None
+        state = self._read_state(self.backup_dir)
+        if state is None:
+            self._rng_at_epoch_start = _rng_states(self.model)
+            return
+        model_file = os.path.join(self.backup_dir, os.path.basename(state["model_file"]))
+        self.model.load_weights(model_file)
+        optimizer = getattr(self.model, "optimizer", None)
+        with saving._Archive(model_file) as archive:
+            opt_state = archive.header.get("optimizer_state")
+            if optimizer is not None and opt_state is not None:
+                saving._restore_optimizer(archive, self.model, opt_state)
+        if optimizer is not None and "learning_rate" in state \
+                and isinstance(getattr(optimizer, "_learning_rate", None), float):
+            optimizer.learning_rate = state["learning_rate"]
+        _set_rng_states(self.model, state["rng"])
+        self._rng_at_epoch_start = state["rng"]
+        self._epoch = state["epoch"]
+        self.restored_epoch = state["epoch"]
+        self.model._initial_epoch = state["epoch"]      # fit starts from here (Keras 3)
+
+    # -- writing ------------------------------------------------------------------------
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if isinstance(self.save_freq, int) and not isinstance(self.save_freq, bool):
+            self._batches += 1
+            if self._batches % self.save_freq == 0:
+                self._backup(self._epoch, self._rng_at_epoch_start)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._rng_at_epoch_start = _rng_states(self.model)     # before the next shuffle
+        if self.save_freq == "epoch":
+            self._backup(epoch + 1, self._rng_at_epoch_start)
+
+    def _backup(self, next_epoch, rng_states):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        previous = self._read_state(self.backup_dir)
+        name = f"backup-{next_epoch:06d}-{self._batches:09d}.cyn"
+        self.model.save(os.path.join(self.backup_dir, name))     # atomic
+        state = {"epoch": int(next_epoch), "model_file": name, "rng": rng_states}
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and isinstance(getattr(optimizer, "_learning_rate", None), float):
+            state["learning_rate"] = optimizer._learning_rate
+        _write_json_atomic(os.path.join(self.backup_dir, self.STATE), state)   # the commit
+        if previous is not None and previous["model_file"] != name:
+            try:
+                os.remove(os.path.join(self.backup_dir, os.path.basename(previous["model_file"])))
+            except OSError:
+                pass
+
+    def on_train_end(self, logs=None):
+        if self.model is not None and hasattr(self.model, "_initial_epoch"):
+            self.model._initial_epoch = None
+        if self.delete_checkpoint and os.path.isdir(self.backup_dir):
+            state_path = os.path.join(self.backup_dir, self.STATE)
+            state = self._read_state(self.backup_dir) if os.path.exists(state_path) else None
+            if state is not None:
+                try:
+                    os.remove(os.path.join(self.backup_dir, os.path.basename(state["model_file"])))
+                except OSError:
+                    pass
+                os.remove(state_path)
+            try:
+                os.rmdir(self.backup_dir)          # only if nothing else is in it
+            except OSError:
+                pass

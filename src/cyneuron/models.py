@@ -550,7 +550,12 @@ class Model(Layer):
         """A copy of this model for a second call in an outer graph (or for a concurrent
         caller): replicas of every layer, its own plan; its gradients are added into this
         model's afterwards. Made without pickling hooks, so nothing of the model (its
-        weights included) is written while another thread may be training it."""
+        weights included) is written while another thread may be training it. A replica
+        asked for a replica hands over to its model: the plan maps the graph's own layers
+        (node.layer) to the copies, which a replica's copies are not."""
+        origin = self.__dict__.get("_replica_of")
+        if origin is not None:
+            return origin._replica()
         r = object.__new__(type(self))
         r.__dict__.update(self.__dict__)
         r._buffers = {}

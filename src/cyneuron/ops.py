@@ -31,8 +31,8 @@ def _as_operand(x, name, dtype):
     if x.ndim != 2:
         raise ValueError(f"matmul: {name} must be 2-D; got an array of shape {x.shape}")
     x = x.astype(dtype, copy=False)
-    if any(s % x.itemsize for s in x.strides):
-        x = np.ascontiguousarray(x)
+    if any(s % x.itemsize for s in x.strides) or not x.flags.aligned:
+        x = np.array(x, order="C")      # an aligned, contiguous copy
     return x
 
 
@@ -41,7 +41,8 @@ def _operands(a, b):
     through (the common case costs a few attribute reads)."""
     if (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype is b.dtype
             and a.dtype in _FLOATS and a.ndim == 2 and b.ndim == 2
-            and not (a.strides[0] | a.strides[1] | b.strides[0] | b.strides[1]) % a.itemsize):
+            and not (a.strides[0] | a.strides[1] | b.strides[0] | b.strides[1]) % a.itemsize
+            and a.flags.aligned and b.flags.aligned):
         return a, b
     a = check_numeric(a, "a")
     b = check_numeric(b, "b")
@@ -103,12 +104,12 @@ def matmul(a, b, trans_a=False, trans_b=False, bias=None, activation=None, out=N
         bias = check_numeric(bias, "bias")
         if bias.shape != (n,):
             raise ValueError(f"matmul: bias must have shape ({n},); got {bias.shape}")
-        bias = np.ascontiguousarray(bias, dtype=dtype)
+        bias = np.require(bias, dtype=dtype, requirements=["C", "A"])
 
     result = _check_out(out, (m, n), dtype)
     # The kernel writes C while reading A and B: never let them overlap.
     target = result
-    if out is not None and (_overlap(out, a) or _overlap(out, b)):
+    if out is not None and (not out.flags.aligned or _overlap(out, a) or _overlap(out, b)):
         target = np.empty((m, n), dtype)
     if k == 0:
         target.fill(0)

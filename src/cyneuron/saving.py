@@ -21,15 +21,18 @@ Writes are atomic: the archive goes to a temporary file in the target's folder, 
 is renamed over the target only once complete; on any error it is removed.
 """
 import json
+import lzma
 import math
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
 from . import losses as _losses
 from . import metrics as _metrics
+from .layers import base as _layer_base
 from . import optimizers as _optimizers
 
 FORMAT = "cyneuron"
@@ -38,6 +41,10 @@ CONFIG_NAME = "cyneuron.json"
 MAX_CONFIG_BYTES = 64 << 20
 # dtypes a file may declare, and the native dtype each is loaded as
 _DTYPES = {"<f4": np.float32, "<f8": np.float64}
+# What zipfile may raise on a damaged archive or member (besides BadZipFile): a
+# corrupted deflate / lzma stream, an encrypted member, an unsupported method.
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError,
+               RuntimeError, zlib.error, lzma.LZMAError, ValueError, OverflowError)
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -139,11 +146,15 @@ class _Archive:
         self.filepath = os.fspath(filepath)
         if os.path.isdir(self.filepath):
             raise IsADirectoryError(f"{self.filepath!r} is a directory, not a cyneuron model file")
+        if not os.path.exists(self.filepath):
+            raise FileNotFoundError(f"no such model file: {self.filepath!r}")
         try:
             self.zf = zipfile.ZipFile(self.filepath, "r")
-        except zipfile.BadZipFile as exc:
+        except (FileNotFoundError, PermissionError):
+            raise
+        except _ZIP_ERRORS as exc:
             raise ValueError(f"{self.filepath!r} is not a cyneuron model file (not a zip "
-                             f"archive, or truncated: {exc})") from None
+                             f"archive, or truncated: {type(exc).__name__}: {exc})") from None
         try:
             self.header = self._read_header()
         except BaseException:
@@ -162,9 +173,11 @@ class _Archive:
         if info.file_size > limit or (expected_size is not None and info.file_size != expected_size):
             self._fail(f"member {name!r} holds {info.file_size} bytes; expected "
                        f"{'at most ' if expected_size is None else ''}{limit}")
+        if info.flag_bits & 0x1:
+            self._fail(f"member {name!r} is encrypted; cyneuron files never are")
         try:
-            return self.zf.read(name)
-        except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError) as exc:
+            return self.zf.read(info)
+        except _ZIP_ERRORS as exc:
             self._fail(f"the file is corrupted or truncated ({type(exc).__name__}: {exc})")
 
     def _read_header(self):
@@ -175,6 +188,8 @@ class _Archive:
             header = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             self._fail(f"the configuration is not valid JSON ({exc})")
+        except RecursionError:
+            self._fail("the configuration is nested too deeply to be a cyneuron header")
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             self._fail("not a cyneuron model file (wrong format tag)")
         version = header.get("format_version")
@@ -189,24 +204,34 @@ class _Archive:
             self._fail("the header lacks its kind, model or weights entries")
         return header
 
-    def array(self, entry):
-        """The array an entry {"path", "dtype", "shape"} describes, as a new native array."""
+    def _entry(self, entry):
+        """(dtype, shape, path) of an array entry {"path", "dtype", "shape"}, validated."""
         if not isinstance(entry, dict):
             self._fail(f"an array entry must be a dict, got {entry!r}")
         dtype, shape, path = entry.get("dtype"), entry.get("shape"), entry.get("path")
-        if dtype not in _DTYPES:
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
             self._fail(f"array {path!r} has dtype {dtype!r}; allowed: {sorted(_DTYPES)}")
         if not isinstance(shape, list) or not all(
                 isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             self._fail(f"array {path!r} has an invalid shape {shape!r}")
         if not isinstance(path, str):
             self._fail(f"an array entry has no path: {entry!r}")
+        return dtype, shape, path
+
+    def array(self, entry):
+        """The array an entry {"path", "dtype", "shape"} describes, as a new native array."""
+        dtype, shape, path = self._entry(entry)
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         data = self._member(path, expected_size=nbytes)
         return np.frombuffer(data, dtype=np.dtype(dtype)).astype(_DTYPES[dtype]).reshape(shape)
 
     def weights(self):
         return [self.array(entry) for entry in self.header["weights"]]
+
+    def declared_elements(self):
+        """Weight elements the header declares (each entry is checked against its member
+        when read): the most a model rebuilt from this file may allocate."""
+        return sum(math.prod(self._entry(entry)[1]) for entry in self.header["weights"])
 
     def close(self):
         self.zf.close()
@@ -298,9 +323,13 @@ def load_model(filepath, custom_objects=None, compile=True):
             archive._fail("this file holds only weights (save_weights): build the model and "
                           "call model.load_weights(path)")
         try:
-            model = model_from_config(header["model"], custom_objects=custom_objects)
+            with _layer_base.WeightBudget(archive.declared_elements()):
+                model = model_from_config(header["model"], custom_objects=custom_objects)
         except ValueError as exc:
             archive._fail(f"cannot rebuild the model: {exc}")
+        except (MemoryError, OverflowError) as exc:
+            archive._fail(f"cannot rebuild the model: its architecture does not fit in memory "
+                          f"({type(exc).__name__}: {exc})")
         if model.built:
             _set_weights(archive, model, archive.weights())
         elif header["weights"]:
@@ -331,5 +360,13 @@ def load_weights(model, filepath):
             input_shape = archive.header["model"].get("input_shape")
             if input_shape is None:
                 archive._fail("the file has no weights")
-            model.build(tuple(input_shape))
+            if not isinstance(input_shape, list) or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):
+                archive._fail(f"invalid input shape {input_shape!r}")
+            try:
+                with _layer_base.WeightBudget(archive.declared_elements()):
+                    model.build(tuple(input_shape))
+            except (MemoryError, OverflowError) as exc:
+                archive._fail(f"cannot build the model for input shape {input_shape}: "
+                              f"{type(exc).__name__}: {exc}")
         _set_weights(archive, model, archive.weights())

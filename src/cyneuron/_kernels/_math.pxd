@@ -1,6 +1,7 @@
 """Scalar math shared by the kernels: float32 calls the float libm functions."""
 from cython cimport floating
-from libc.math cimport erfc, erfcf, exp, expf, expm1, expm1f, log, log1p, log1pf, logf, tanh, tanhf
+from libc.math cimport (INFINITY, erfc, erfcf, exp, expf, expm1, expm1f, log, log1p, log1pf, logf,
+                        tanh, tanhf)
 
 
 cdef inline floating fexp(floating x) noexcept nogil:
@@ -55,7 +56,8 @@ cdef inline floating flog1p(floating x) noexcept nogil:
 
 
 cdef inline floating relu(floating x) noexcept nogil:
-    return x if x > 0 else 0
+    """max(x, 0); NaN stays NaN (x <= 0 is false for NaN)."""
+    return 0 if x <= 0 else x
 
 
 cdef inline floating leaky_relu(floating x, floating slope) noexcept nogil:
@@ -75,12 +77,17 @@ cdef inline floating softplus(floating x) noexcept nogil:
 
 
 cdef inline floating swish(floating x) noexcept nogil:
-    """x * sigmoid(x) (also called SiLU)."""
+    """x * sigmoid(x) (also called SiLU); 0 at -inf (its limit, not -inf * 0)."""
+    if x == -INFINITY:
+        return 0
     return x * sigmoid(x)
 
 
 cdef inline floating gelu(floating x) noexcept nogil:
-    """Exact GELU x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2: no cancellation for x << 0."""
+    """Exact GELU x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2: no cancellation for x << 0;
+    0 at -inf (its limit, not -inf * 0)."""
+    if x == -INFINITY:
+        return 0
     return x * ferfc(<floating>(-x * 0.70710678118654752440)) / 2
 
 

@@ -2,7 +2,20 @@
 
 Kernels ask omp_get_max_threads() at each call, so `cn.set_num_threads`,
 OMP_NUM_THREADS and threadpoolctl's `threadpool_limits` all take effect.
+
+Fork safety (csrc/cn_fork.h): a child made by os.fork() from a process with more than
+one thread (e.g. one whose OpenMP pool has run) runs every kernel on one thread, since
+libgomp's pool does not survive fork; `forked_single_thread()` tells whether this
+process is such a child.
 """
+
+cdef extern from "cn_fork.h" nogil:
+    int cn_fork_register()
+    int cn_fork_is_single()
+    int cn_fork_threads_at_fork()
+
+if cn_fork_register() != 0:
+    raise ImportError("cyneuron: pthread_atfork failed; cannot make forked children safe")
 
 
 def openmp_enabled():
@@ -15,4 +28,18 @@ def get_max_threads():
 
 
 def set_num_threads(int n):
+    """Set the pool size; in a forked child of a multi-threaded parent it stays 1."""
+    if cn_fork_is_single():
+        n = 1
     cn_omp_set_num_threads(n)
+
+
+def forked_single_thread():
+    """True in a child of os.fork() whose parent had more than one thread: the kernels
+    run on one thread there (libgomp's pool cannot be used after such a fork)."""
+    return bool(cn_fork_is_single())
+
+
+def threads_at_last_fork():
+    """Threads the parent had at the last fork() (read in the parent), -1 if unknown."""
+    return cn_fork_threads_at_fork()

@@ -10,6 +10,7 @@ kernels here too.
 """
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.math cimport INFINITY
 from cyneuron._kernels._math cimport (fexp, fexpm1, ferfc, flog, flog1p, ftanh, gelu,
                                       gelu_tanh, sigmoid, softplus)
 from cyneuron._kernels._openmp cimport threads_for
@@ -71,7 +72,7 @@ def relu_forward(const floating[::1] x, floating[::1] out):
     cdef int nt = threads_for(n * COST_CHEAP)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         v = x[i]
-        out[i] = v if v > 0 else 0
+        out[i] = 0 if v <= 0 else v      # NaN stays NaN
 
 
 def relu_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx):
@@ -133,7 +134,12 @@ cdef double GELU_CUBIC = 0.044715
 
 
 cdef inline floating _gelu_grad(floating x) noexcept nogil:
-    """Phi(x) + x phi(x); x*x only overflows where exp(-x*x/2) is 0 anyway."""
+    """Phi(x) + x phi(x); x*x only overflows where exp(-x*x/2) is 0 anyway; the limits
+    1 and 0 at +-inf (not inf * 0)."""
+    if x == INFINITY:
+        return 1
+    if x == -INFINITY:
+        return 0
     return (ferfc(<floating>(-x * SQRT1_2)) / 2
             + x * <floating>INV_SQRT_2PI * fexp(-(x * x) / 2))
 
@@ -159,7 +165,12 @@ cdef inline floating _gelu_tanh_grad(floating x) noexcept nogil:
 
 
 cdef inline floating _swish_grad(floating x) noexcept nogil:
-    """d/dx x sigmoid(x) = s (1 + x (1 - s)), with 1 - s = sigmoid(-x) computed directly."""
+    """d/dx x sigmoid(x) = s (1 + x (1 - s)), with 1 - s = sigmoid(-x) computed directly;
+    the limits 1 and 0 at +-inf (not inf * 0)."""
+    if x == INFINITY:
+        return 1
+    if x == -INFINITY:
+        return 0
     cdef floating e = fexp(-x if x > 0 else x)
     cdef floating p = 1 / (1 + e), q = e / (1 + e)
     if x >= 0:
@@ -181,6 +192,8 @@ cdef inline floating _mish(floating x) noexcept nogil:
     cdef floating e, n
     if x > _mish_cut(x):
         return x
+    if x == -INFINITY:
+        return 0                 # the limit (not -inf * 0)
     e = fexp(x)
     n = e * (e + 2)
     return x * n / (n + 2)
@@ -191,6 +204,8 @@ cdef inline floating _mish_grad(floating x) noexcept nogil:
     cdef floating e, n, d
     if x > _mish_cut(x):
         return 1
+    if x == -INFINITY:
+        return 0                 # the limit (not -inf * 0)
     e = fexp(x)
     n = e * (e + 2)
     d = n + 2
@@ -212,7 +227,7 @@ def binary_step_forward(const floating[::1] x, floating[::1] out):
     _check_len(n, out.shape[0], "out")
     cdef int nt = threads_for(n * COST_CHEAP)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
-        out[i] = 1 if x[i] >= 0 else 0
+        out[i] = 1 if x[i] >= 0 else (0 if x[i] < 0 else x[i])    # NaN stays NaN
 
 
 def binary_step_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx):
@@ -448,7 +463,7 @@ def swish_forward(const floating[::1] x, floating[::1] out):
     cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         v = x[i]
-        out[i] = v * sigmoid(v)
+        out[i] = 0 if v == -INFINITY else v * sigmoid(v)    # the limit at -inf, not -inf * 0
 
 
 def swish_backward(const floating[::1] x, const floating[::1] dy, floating[::1] dx):
@@ -486,7 +501,10 @@ def softsign_forward(const floating[::1] x, floating[::1] out):
     cdef int nt = threads_for(n * COST_CHEAP)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         v = x[i]
-        out[i] = v / (1 + (v if v >= 0 else -v))
+        if v == INFINITY or v == -INFINITY:
+            out[i] = 1 if v > 0 else -1      # the limits (not inf / inf)
+        else:
+            out[i] = v / (1 + (v if v >= 0 else -v))
 
 
 def softsign_backward(const floating[::1] x, const floating[::1] dy, floating[::1] dx):

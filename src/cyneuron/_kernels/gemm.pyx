@@ -828,6 +828,10 @@ cdef inline void _extent(cnp.ndarray x, char **lo, char **hi) noexcept:
 
 
 cdef bint _overlap(cnp.ndarray x, cnp.ndarray y) noexcept:
+    """Whether x and y may touch the same bytes (an empty array touches none: its
+    extent would otherwise reach one stride before its data pointer)."""
+    if cnp.PyArray_SIZE(x) == 0 or cnp.PyArray_SIZE(y) == 0:
+        return False
     cdef char *xl
     cdef char *xh
     cdef char *yl
@@ -845,6 +849,11 @@ cdef int _check_operand(cnp.ndarray x, str name, int type_num) except -1:
     if cnp.PyArray_STRIDE(x, 0) % cnp.PyArray_ITEMSIZE(x) or \
             cnp.PyArray_STRIDE(x, 1) % cnp.PyArray_ITEMSIZE(x):
         raise ValueError(f"gemm: the strides of {name} must be multiples of its item size")
+    if not cnp.PyArray_ISALIGNED(x):
+        # reading a float through a misaligned pointer is undefined behaviour in C (and
+        # lets the compiler's alignment assumptions fault): ops.matmul copies such input
+        raise ValueError(f"gemm: {name} is not aligned to its item size; pass an aligned "
+                         f"copy (np.require({name}, requirements='A'))")
     return 0
 
 
@@ -880,13 +889,14 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
                          f"c {(<object>c).shape}")
     if bias is not None:
         if cnp.PyArray_NDIM(bias) != 1 or cnp.PyArray_DIM(bias, 0) != g.N \
-                or cnp.PyArray_TYPE(bias) != type_num or not cnp.PyArray_IS_C_CONTIGUOUS(bias):
+                or cnp.PyArray_TYPE(bias) != type_num or not cnp.PyArray_IS_C_CONTIGUOUS(bias) \
+                or not cnp.PyArray_ISALIGNED(bias):
             raise ValueError(f"gemm: bias must be a contiguous ({g.N},) array of dtype "
                              f"{c.dtype.name}; got {(<object>bias).shape} {bias.dtype.name}")
     if b_sums is not None:
         if cnp.PyArray_NDIM(b_sums) != 1 or cnp.PyArray_DIM(b_sums, 0) != g.N \
                 or cnp.PyArray_TYPE(b_sums) != type_num or not cnp.PyArray_IS_C_CONTIGUOUS(b_sums) \
-                or not cnp.PyArray_ISWRITEABLE(b_sums):
+                or not cnp.PyArray_ISWRITEABLE(b_sums) or not cnp.PyArray_ISALIGNED(b_sums):
             raise ValueError(f"gemm: b_sums must be a writeable contiguous ({g.N},) array of "
                              f"dtype {c.dtype.name}; got {(<object>b_sums).shape} "
                              f"{b_sums.dtype.name}")
@@ -897,7 +907,7 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
     if act_out is not None:
         if cnp.PyArray_NDIM(act_out) != 2 or cnp.PyArray_DIM(act_out, 0) != g.M \
                 or cnp.PyArray_DIM(act_out, 1) != g.N or cnp.PyArray_TYPE(act_out) != type_num \
-                or not cnp.PyArray_IS_C_CONTIGUOUS(act_out):
+                or not cnp.PyArray_IS_C_CONTIGUOUS(act_out) or not cnp.PyArray_ISALIGNED(act_out):
             raise ValueError(f"gemm: act_out must be a contiguous {(<object>c).shape} array of "
                              f"dtype {c.dtype.name}; got {(<object>act_out).shape} "
                              f"{act_out.dtype.name}")

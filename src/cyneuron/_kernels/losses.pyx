@@ -69,16 +69,19 @@ cdef inline double log1pexp(double x) noexcept nogil:
     return x
 
 
+cdef inline double _times(double a, double z) noexcept nogil:
+    """a * z with 0 * inf = 0: an infinite logit whose target agrees costs nothing."""
+    return 0 if a == 0 else a * z
+
+
 cdef inline loss_grad _binary_ce_logits(double z, double t) noexcept nogil:
     """-(t log s(z) + (1 - t) log(1 - s(z))) = log(1 + e^z) - t z; d/dz = s(z) - t."""
     cdef loss_grad r
     cdef double e
     if z <= 0:
-        r.loss = log1pexp(z) - t * z
-    elif z <= 18:
-        r.loss = log1p(exp(-z)) + (1 - t) * z
-    else:
-        r.loss = exp(-z) + (1 - t) * z
+        r.loss = log1pexp(z) - _times(t, z)
+    else:   # log1p(e^-z), not e^-z beyond 18: that cut-off costs 1e7 ulps at z = 19
+        r.loss = log1p(exp(-z)) + _times(1 - t, z)
     if z > -37:
         e = exp(-z)
         r.grad = ((1 - t) - t * e) / (1 + e)
@@ -99,16 +102,19 @@ cdef inline loss_grad _element(int kind, double p, double t, double param) noexc
     elif kind == ABSOLUTE:
         d = p - t
         r.loss = fabs(d)
-        r.grad = 1 if d > 0 else (-1 if d < 0 else 0)
+        r.grad = 1 if d > 0 else (-1 if d < 0 else (0 if d == 0 else d))   # NaN stays NaN
     elif kind == HUBER:
         d = p - t
         a = fabs(d)
         if a <= param:
             r.loss = 0.5 * d * d
             r.grad = d
-        else:
+        elif a > param:
             r.loss = param * (a - 0.5 * param)
             r.grad = param if d > 0 else -param
+        else:                      # NaN: propagate it (it would read as -delta)
+            r.loss = d
+            r.grad = d
     elif kind == ARCTAN:
         d = p - t
         a = atan(d)
@@ -119,9 +125,12 @@ cdef inline loss_grad _element(int kind, double p, double t, double param) noexc
         if d > 0:
             r.loss = d
             r.grad = -t
-        else:
+        elif d <= 0:
             r.loss = 0
             r.grad = 0
+        else:                      # NaN: propagate it (it would read as a zero loss)
+            r.loss = d
+            r.grad = d
     elif kind == BINARY_CE:
         # p clipped to [eps, 1 - eps] as Keras does; the clip has zero gradient.
         q = p
@@ -305,6 +314,7 @@ def softmax_cross_entropy_sparse(const floating[:, ::1] z, const int64_t[::1] la
     cdef int nt = threads_for(n * c * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         w = sample_weight[i] if has_w else 1.0
+        lse = 0     # assigned here so that prange makes it private (it is written through &lse)
         inv = _row_softmax(z, i, grad, &lse)
         li = w * (lse - z[i, labels[i]])
         if has_l:
@@ -337,12 +347,14 @@ def softmax_cross_entropy_dense(const floating[:, ::1] z, const floating[:, ::1]
     cdef int nt = threads_for(n * c * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         w = sample_weight[i] if has_w else 1.0
+        lse = 0     # assigned here so that prange makes it private (it is written through &lse)
         inv = _row_softmax(z, i, grad, &lse)
         tsum = 0
         li = 0
         for j in range(c):
             tsum = tsum + t[i, j]
-            li = li + t[i, j] * (lse - z[i, j])
+            if t[i, j] != 0:       # 0 log 0 = 0: a masked (-inf) logit with target 0
+                li = li + t[i, j] * (lse - z[i, j])
         li = li * w
         if has_l:
             losses[i] = <floating>li

@@ -8,6 +8,7 @@ from .embedding import Embedding
 from .input_layer import Input, InputLayer
 from .merge import Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract
 from .normalization import BatchNormalization, LayerNormalization, Normalization
+from .rbf import RBF
 from .pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D,
                       GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
                       MaxPooling1D, MaxPooling2D)
@@ -28,6 +29,6 @@ __all__ = ["Layer", "Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Maxout"
            "UpSampling1D", "UpSampling2D", "Embedding", "RNN", "SimpleRNN", "LSTM", "GRU",
            "Bidirectional", "TimeDistributed", "Wrapper", "serialize", "deserialize",
            "Input", "InputLayer", "Add", "Subtract", "Multiply", "Average", "Maximum",
-           "Minimum", "Concatenate", "Dot", "MultiHeadAttention",
+           "Minimum", "Concatenate", "Dot", "RBF", "MultiHeadAttention",
            "TokenAndPositionEmbedding", "PositionalEncoding", "TransformerEncoder",
            "TransformerDecoder"]

@@ -42,6 +42,37 @@ def _snake_case(name):
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
+# The file reader (saving.py) builds a model from a file's architecture before it can
+# compare the weights: a stack of budgets, each the number of weight elements the file
+# declares, makes a forged architecture (e.g. a huge input shape before Flatten + Dense)
+# fail with ValueError before allocating, instead of exhausting memory.
+_weight_budget = []
+
+
+class WeightBudget:
+    """Context manager: add_weight may create at most `elements` elements in all."""
+
+    def __init__(self, elements):
+        self.left = int(elements)
+
+    def spend(self, shape, layer_name):
+        try:
+            size = int(np.prod([int(d) for d in shape], dtype=object))
+        except (TypeError, ValueError):
+            return      # the initializer raises its own error for a bad shape
+        if size > self.left:
+            raise ValueError(f"the weights do not fit the model: layer {layer_name!r} needs "
+                             f"a weight of shape {tuple(shape)}, more than the file declares")
+        self.left -= size
+
+    def __enter__(self):
+        _weight_budget.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _weight_budget.remove(self)
+
+
 class Layer:
     # False freezes the layer: a model's optimizer step leaves its weights alone (Keras).
     trainable = True
@@ -75,6 +106,8 @@ class Layer:
     def add_weight(self, name, shape, initializer, trainable=True):
         """Create a weight. trainable=False: state the layer updates itself, kept out of
         the optimizer's flat buffer (its gradient stays zero)."""
+        if _weight_budget:      # loading a file: never allocate more than it declares
+            _weight_budget[-1].spend(shape, self.name)
         value = initializer(shape, dtype=self.dtype)
         if not value.flags.c_contiguous:   # e.g. orthogonal's transpose (keeps 0-d as 0-d)
             value = value.copy(order="C")
