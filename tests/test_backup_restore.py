@@ -92,8 +92,6 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
     _killed_then_resumed(tmp_path, "explicit")
 
 
-@pytest.mark.xfail(strict=True, reason="fit does not yet start from model._initial_epoch "
-                                       "set in on_train_begin (the hook Keras 3's fit has)")
 def test_sigkill_then_resume_without_telling_fit(tmp_path):
     """Keras 3 behaviour: fit itself resumes from the epoch the callback restored."""
     _killed_then_resumed(tmp_path, "auto")

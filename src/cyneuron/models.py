@@ -1714,6 +1714,9 @@ class Model(Layer):
         logs = {}
         no_weights = weights is None or all(w is None for w in weights)
         callbacks.call("on_train_begin", {})
+        # callbacks.BackupAndRestore restores a backup in on_train_begin and says from which
+        # epoch to go on (as Keras 3's fit reads model._initial_epoch)
+        initial_epoch = self.__dict__.pop("_initial_epoch", None) or initial_epoch
         try:
             for epoch in range(initial_epoch, epochs):
                 order = rng.permutation(n) if shuffle else np.arange(n)
