@@ -1,4 +1,5 @@
-"""Command line: python -m cyneuron demo [mlp|cnn|som|dbn] | bench [matmul|mlp|conv|resnet|rnn|sklearn|rbm|som|all] | info"""
+"""Command line: python -m cyneuron demo [mlp|cnn|som|dbn|transformer] |
+bench [matmul|mlp|conv|resnet|rnn|transformer|sklearn|rbm|som|all] | info"""
 import argparse
 import sys
 import time
@@ -78,6 +79,87 @@ def demo_cnn(epochs=10, batch_size=32, seed=0):
     return result["accuracy"], throughput
 
 
+def package_text():
+    """The package's own README: from the installed distribution's metadata (the wheel's
+    long description), else the source tree's README.md, else the modules' docstrings."""
+    import importlib.metadata
+    import pathlib
+
+    try:
+        text = importlib.metadata.metadata("cyneuron").get_payload()
+        if text and len(text) > 2000:
+            return text
+    except (importlib.metadata.PackageNotFoundError, AttributeError):
+        pass
+    readme = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+    if readme.is_file():
+        return readme.read_text(encoding="utf-8")
+    import cyneuron
+    from cyneuron import layers, losses, models, ops, optimizers
+
+    return "\n\n".join(m.__doc__ or "" for m in (cyneuron, layers, losses, models, ops,
+                                                  optimizers))
+
+
+def char_lm(vocab, steps, dim=64, heads=4, blocks=2, ff=128):
+    """A causal character-level language model from the public layers: token + position
+    embeddings, then per block x + MHA(LN(x), causal), x + FF(LN(x)), and a softmax head."""
+    import cyneuron as cn
+    from cyneuron import layers
+
+    ids = cn.Input(shape=(steps,), dtype="int32")
+    x = layers.TokenAndPositionEmbedding(vocab, steps, dim)(ids)
+    for _ in range(blocks):
+        h = layers.LayerNormalization()(x)
+        h = layers.MultiHeadAttention(heads, dim // heads)(h, h, use_causal_mask=True)
+        x = layers.Add()([x, h])
+        h = layers.LayerNormalization()(x)
+        h = layers.Dense(dim)(layers.Dense(ff, activation="relu")(h))
+        x = layers.Add()([x, h])
+    logits = layers.Dense(vocab)(layers.LayerNormalization()(x))
+    return cn.Model(ids, logits)
+
+
+def demo_transformer(epochs=30, batch_size=32, steps=64, seed=0, sample_length=300,
+                     temperature=0.6):
+    """Train a causal character-level Transformer on the package's README; print a sample."""
+    import cyneuron as cn
+
+    text = package_text()
+    chars = sorted(set(text))
+    index = {c: i for i, c in enumerate(chars)}
+    data = np.array([index[c] for c in text], np.int64)
+    rng = np.random.default_rng(seed)
+    cn.set_seed(seed)
+    starts = np.arange(0, len(data) - steps - 1, steps // 2)
+    x = np.stack([data[s:s + steps] for s in starts])
+    y = np.stack([data[s + 1:s + steps + 1] for s in starts])
+    model = char_lm(len(chars), steps)
+    model.compile(optimizer=cn.optimizers.Adam(3e-3),
+                  loss=cn.losses.SparseCategoricalCrossentropy(from_logits=True))
+    print(f"cyneuron {cn.__version__} ({cn.get_isa()}, {cn.get_num_threads()} threads): "
+          f"causal character-level Transformer on the package's README ({len(text):,} "
+          f"characters, {len(chars)} distinct), {len(x)} windows of {steps}")
+    model.summary()
+    start = time.perf_counter()
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=2)
+    seconds = time.perf_counter() - start
+    window = list(data[:steps])
+    out = []
+    for _ in range(sample_length):
+        logits = model.predict(np.array([window[-steps:]]))[0, -1].astype(np.float64)
+        p = np.exp((logits - logits.max()) / temperature)
+        nxt = int(rng.choice(len(chars), p=p / p.sum()))
+        out.append(chars[nxt])
+        window.append(nxt)
+    prompt = "".join(chars[i] for i in data[:steps])
+    print(f"trained {epochs} epochs in {seconds:.1f} s "
+          f"({len(x) * epochs / seconds:,.0f} windows/s)")
+    print(f"\n--- prompt ---\n{prompt}\n--- sample (temperature {temperature}) ---\n"
+          f"{''.join(out)}")
+    return model, "".join(out)
+
+
 def demo_som(output="som_digits.png", seed=0):
     """A 20x20 SOM on the digits: errors, and the U-matrix with each digit at its winner."""
     import time
@@ -135,11 +217,14 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m cyneuron", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="train an MLP (or a CNN) on the digits data set")
-    p_demo.add_argument("model", nargs="?", choices=("mlp", "cnn", "som", "dbn"), default="mlp")
+    p_demo = sub.add_parser("demo", help="train an MLP (or a CNN) on the digits data set, a "
+                                         "SOM or DBN on them, or a character-level "
+                                         "Transformer on the README")
+    p_demo.add_argument("model", nargs="?", choices=("mlp", "cnn", "som", "dbn", "transformer"),
+                        default="mlp")
     p_demo.add_argument("--output", default="som_digits.png", help="demo som: the PNG to write")
     p_demo.add_argument("--epochs", type=int, default=None,
-                        help="default: 30 for the MLP, 10 for the CNN")
+                        help="default: 30 for the MLP, 10 for the CNN, 30 for the Transformer")
     p_demo.add_argument("--batch-size", type=int, default=32)
     sub.add_parser("bench", help="benchmarks against numpy / PyTorch / scikit-learn", add_help=False)
     sub.add_parser("info", help="version, SIMD path, OpenMP, threads")
@@ -148,7 +233,9 @@ def main(argv=None):
 
         return _bench.main(argv[1:])
     args = parser.parse_args(argv)
-    if args.command == "demo" and args.model == "som":
+    if args.command == "demo" and args.model == "transformer":
+        demo_transformer(epochs=args.epochs or 30, batch_size=args.batch_size)
+    elif args.command == "demo" and args.model == "som":
         demo_som(output=args.output)
     elif args.command == "demo" and args.model == "dbn":
         demo_dbn()

@@ -1,4 +1,5 @@
-"""`python -m cyneuron bench [matmul|mlp|conv|rnn|sklearn|rbm|som|all]`: cyneuron next to its references, same run.
+"""`python -m cyneuron bench [matmul|mlp|conv|resnet|rnn|transformer|sklearn|rbm|som|all]`:
+cyneuron next to its references, same run.
 
 matmul: cyneuron.ops.matmul against numpy's matmul (OpenBLAS) on the cases of issue 3's
         targets (squares n = 64 ... 2048, float64 squares, the 48 products of Dense layers,
@@ -22,6 +23,11 @@ rnn:    one training step of LSTM(128) -> Dense(10, softmax) on the last step (T
         32 features, batch 32, Adam, float32) and the same with GRU(128), in sequences/s,
         against PyTorch CPU (nn.LSTM / nn.GRU + nn.Linear, torch.optim.Adam); and inference
         on 256 sequences. Runs on 2 threads unless --threads says otherwise.
+transformer: the fused attention op (batch 8, 8 heads, head_dim 64, T = 128 / 512 / 2048,
+        forward and forward + backward, and its peak memory at T = 2048) against
+        torch.nn.functional.scaled_dot_product_attention, and a 2-layer Transformer
+        encoder classifier (training and inference) against nn.TransformerEncoder
+        (see _bench_transformer).
 rbm, som: BernoulliRBM.fit against scikit-learn's, SOM training against MiniSom's
         (see _bench_classic).
 
@@ -1185,8 +1191,8 @@ def main(argv=None):
         prog="python -m cyneuron bench",
         description="Time cyneuron against numpy, PyTorch CPU and scikit-learn, in one run.")
     parser.add_argument("what", nargs="?", default="all",
-                        choices=("matmul", "mlp", "conv", "resnet", "rnn", "sklearn", "rbm", "som",
-                                 "all"))
+                        choices=("matmul", "mlp", "conv", "resnet", "rnn", "transformer",
+                                 "sklearn", "rbm", "som", "all"))
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for cyneuron, torch and (with threadpoolctl) numpy's BLAS")
     parser.add_argument("--quick", action="store_true",
@@ -1250,6 +1256,10 @@ def main(argv=None):
         bench_resnet(args, out)
     if args.what in ("rnn", "all"):
         bench_rnn(args, out)
+    if args.what in ("transformer", "all"):
+        from ._bench_transformer import bench_transformer
+
+        bench_transformer(args, out)
     if args.what in ("sklearn", "all"):
         bench_sklearn(args, out)
     if args.what in ("rbm", "som", "all"):

@@ -125,6 +125,7 @@ def kernel_isas():
     """{kernel family: (instruction set it runs now, why)}: what `python -m cyneuron info`
     prints. Each family asks its own kernel module, so this follows CYNEURON_ISA and
     set_isa like the kernels do."""
+    from ._kernels import attention as _attention
     from ._kernels import optim as _optim
     from ._kernels import recurrent as _recurrent
 
@@ -150,6 +151,9 @@ def kernel_isas():
             gates + ("+fma" if gates == "avx2" else ""),
             "scalar C (the generic path is in use)" if gates == "generic" else
             "a vector copy per instruction set from one template, the GEMM's"),
+        "attention row loops (float32 softmax exp, max, sums)": (
+            _attention.simd_path(), "a copy per instruction set, the GEMM's; the tile "
+            "products run on the GEMM's micro-kernels"),
         "activations, losses, normalization, conv/pooling loops": (
             "baseline", "Cython loops built for baseline x86-64 (SSE2), auto-vectorized; "
             "the dense layers' activations run in the GEMM epilogue instead"),

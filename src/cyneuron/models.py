@@ -196,7 +196,7 @@ class _Step:
     """One node of the plan: its layer (or replica) and the slots it reads and writes."""
 
     __slots__ = ("layer", "ins", "outs", "many", "multi_out", "need_always", "reads_input",
-                 "fuse_prev", "prev", "logits", "mask_op", "mask_kw", "index")
+                 "fuse_prev", "prev", "logits", "mask_op", "mask_kw", "input_masks", "index")
 
 
 def _mask_and(masks):
@@ -518,8 +518,12 @@ class Model(Layer):
                 elif isinstance(layer, Model):
                     s.mask_op = "model"
                 elif any(t.has_mask for t in node.outputs):
-                    s.mask_op = "pass"
+                    # attention: the output's mask is the query's (the first input's)
+                    s.mask_op = "first" if getattr(layer, "_mask_from_first_input", False) \
+                        else "pass"
                 s.mask_kw = hasattr(layer, "_check_mask") or hasattr(layer, "forward_layer")
+            # layers that read the padding mask of each of their inputs (attention)
+            s.input_masks = self._has_masks and getattr(layer, "_input_masks", False)
             for o in s.outs:
                 producer[o] = len(steps)
             steps.append(s)
@@ -697,6 +701,8 @@ class Model(Layer):
             x = [vals[i] for i in s.ins] if s.many else vals[s.ins[0]]
             if logits and s.logits:
                 y = s.layer._forward_logits(x, training)
+            elif s.input_masks:
+                y = s.layer._forward(x, training, masks=[masks[i] for i in s.ins])
             elif s.mask_kw and masks is not None:
                 y = s.layer._forward(x, training, mask=masks[s.ins[0]])
             else:
@@ -717,6 +723,8 @@ class Model(Layer):
                 masks[o] = None
         elif op == "own":
             masks[s.outs[0]] = getattr(y, "_keras_mask", None)
+        elif op == "first":
+            masks[s.outs[0]] = masks[s.ins[0]]
         elif op == "model":
             inner = s.layer
             for o, io in zip(s.outs, inner._out_slots):

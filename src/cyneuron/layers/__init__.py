@@ -1,5 +1,6 @@
 """Layers (Keras names and weight layouts)."""
 from .activation import ELU, Activation, LeakyReLU, Maxout, PReLU
+from .attention import MultiHeadAttention
 from .base import Layer, deserialize, serialize
 from .conv import Conv1D, Conv2D, Conv2DTranspose
 from .dense import Dense
@@ -15,6 +16,8 @@ from .recurrent import GRU, LSTM, RNN, SimpleRNN
 from .regularization import Dropout
 from .reshaping import (Cropping1D, Cropping2D, Flatten, Permute, RepeatVector, Reshape,
                         UpSampling1D, UpSampling2D, ZeroPadding2D)
+from .transformer import (PositionalEncoding, TokenAndPositionEmbedding, TransformerDecoder,
+                          TransformerEncoder)
 from .wrappers import Bidirectional, TimeDistributed, Wrapper
 
 __all__ = ["Layer", "Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Maxout", "Dropout",
@@ -26,4 +29,6 @@ __all__ = ["Layer", "Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Maxout"
            "UpSampling1D", "UpSampling2D", "Embedding", "RNN", "SimpleRNN", "LSTM", "GRU",
            "Bidirectional", "TimeDistributed", "Wrapper", "serialize", "deserialize",
            "Input", "InputLayer", "Add", "Subtract", "Multiply", "Average", "Maximum",
-           "Minimum", "Concatenate", "Dot", "RBF"]
+           "Minimum", "Concatenate", "Dot", "RBF", "MultiHeadAttention",
+           "TokenAndPositionEmbedding", "PositionalEncoding", "TransformerEncoder",
+           "TransformerDecoder"]
