@@ -172,3 +172,35 @@ def test_forged_input_shape_cannot_exhaust_memory(tmp_path):
     with pytest.raises(ValueError, match="more than the file declares"):
         target.load_weights(bad)
     cn.load_model(path).predict(np.zeros((1, 5, 5, 1), np.float32))   # the real file loads
+
+
+def test_forged_weight_shapes_cannot_buy_a_huge_allocation(saved, tmp_path):
+    """CI fuzz finding: a header declaring a (2**32, 1) kernel with no member behind it
+    let a Dense(10**9) be rebuilt (12 GB): only weights the archive really holds count
+    toward what a rebuilt model may allocate."""
+    def forge(h):
+        h["model"]["layers"][1]["config"]["units"] = 10 ** 9
+        h["weights"][2]["shape"] = [2 ** 32, 1]
+        h["weights"][2]["path"] = "weights/not-there.bin"
+
+    bad = _edit_header(saved, tmp_path / "bad.cyn", forge)
+    with pytest.raises(ValueError, match="missing"):
+        cn.load_model(bad)
+
+
+def test_compressed_member_claiming_a_huge_size_is_not_believed(saved, tmp_path):
+    """A member whose declared size is beyond what its stored bytes can inflate to is
+    refused before anything is allocated for it."""
+    from cyneuron import saving
+
+    _write(tmp_path / "deflated.cyn", _members(saved), compression=zipfile.ZIP_DEFLATED)
+    assert [w.shape for w in cn.load_model(tmp_path / "deflated.cyn").get_weights()] == \
+        [w.shape for w in cn.load_model(saved).get_weights()]
+    with saving._Archive(tmp_path / "deflated.cyn") as archive:
+        entry = archive.header["weights"][0]
+        info = archive.zf.getinfo(entry["path"])
+        item = np.dtype(entry["dtype"]).itemsize
+        info.file_size = item * (info.compress_size * (saving._MAX_INFLATION + 1) // item + 1)
+        entry["shape"] = [info.file_size // item]
+        with pytest.raises(ValueError, match="stored bytes"):
+            archive.declared_elements()

@@ -43,6 +43,9 @@ MAX_CONFIG_BYTES = 64 << 20
 _DTYPES = {"<f4": np.float32, "<f8": np.float64}
 # What zipfile may raise on a damaged archive or member (besides BadZipFile): a
 # corrupted deflate / lzma stream, an encrypted member, an unsupported method.
+# Deflate cannot expand data more than ~1032 times (bzip2 and lzma more on contrived
+# input: those members are then held to the same bound, which real weights never reach).
+_MAX_INFLATION = 1100
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError,
                RuntimeError, zlib.error, lzma.LZMAError, ValueError, OverflowError)
 
@@ -164,7 +167,10 @@ class _Archive:
     def _fail(self, message):
         raise ValueError(f"{self.filepath!r}: {message}")
 
-    def _member(self, name, expected_size=None):
+    def _member_info(self, name, expected_size=None):
+        """The zip entry of member `name`, checked: present, of the expected size (or at
+        most MAX_CONFIG_BYTES), not encrypted, and not claiming more bytes than its stored
+        data can inflate to."""
         try:
             info = self.zf.getinfo(name)
         except KeyError:
@@ -175,6 +181,14 @@ class _Archive:
                        f"{'at most ' if expected_size is None else ''}{limit}")
         if info.flag_bits & 0x1:
             self._fail(f"member {name!r} is encrypted; cyneuron files never are")
+        ratio = 1 if info.compress_type == zipfile.ZIP_STORED else _MAX_INFLATION
+        if info.file_size > info.compress_size * ratio:
+            self._fail(f"member {name!r} claims {info.file_size} bytes from "
+                       f"{info.compress_size} stored bytes")
+        return info
+
+    def _member(self, name, expected_size=None):
+        info = self._member_info(name, expected_size)
         try:
             return self.zf.read(info)
         except _ZIP_ERRORS as exc:
@@ -229,9 +243,16 @@ class _Archive:
         return [self.array(entry) for entry in self.header["weights"]]
 
     def declared_elements(self):
-        """Weight elements the header declares (each entry is checked against its member
-        when read): the most a model rebuilt from this file may allocate."""
-        return sum(math.prod(self._entry(entry)[1]) for entry in self.header["weights"])
+        """Weight elements the header declares, each entry checked against its member
+        first (present, of the declared size, within what its stored bytes can inflate
+        to): the most a model rebuilt from this file may allocate, so a forged header
+        cannot buy a huge allocation with a small file."""
+        total = 0
+        for entry in self.header["weights"]:
+            dtype, shape, path = self._entry(entry)
+            self._member_info(path, math.prod(shape) * np.dtype(dtype).itemsize)
+            total += math.prod(shape)
+        return total
 
     def close(self):
         self.zf.close()
