@@ -207,13 +207,16 @@ def test_learns_five_digit_addition(restore_threads):
     encoder-decoder (2 + 2 pre-norm blocks, d_model 64) trained with fit (teacher forcing)
     and decoded greedily: >= 0.95 exact answers on held-out sums. The answer is written
     least significant digit first, so each carry depends on digits already written.
-    The suite's longest test (50-80 s on one thread of a shared Zen 5 core): it runs on
-    the widest SIMD path only (the kernels are checked on every path by their own tests;
-    .ci/run's reruns with a narrower path forced would spend minutes here)."""
-    from cyneuron import _config
+    The suite's longest test (50-80 s on one thread of a shared Zen 5 core).
 
-    if cn.get_isa() != _config.supported_isas()[-1]:
-        pytest.skip("a learning test: run on the widest SIMD path only")
+    KNOWN OPEN PROBLEM: it learns on the AVX-512 path (exact 1.0 from epoch 20) but not
+    on the AVX2 or generic paths (exact 0.004-0.008 after 20-45 epochs, session 4), while
+    every kernel agrees with its numpy reference on every path (attention included) and
+    the sequence-reversal test learns on all of them. Until that is understood, it runs
+    on the AVX-512 path only and is reported as an expected failure elsewhere."""
+    if cn.get_isa() != "avx512":
+        pytest.xfail("the addition model does not learn on the avx2 / generic paths yet "
+                     "(see the docstring)")
     cn.set_num_threads(1)
     cn.set_seed(0)
     rng = np.random.default_rng(0)
@@ -243,13 +246,25 @@ def test_learns_five_digit_addition(restore_threads):
     model = cn.Model([question, answer], logits)
     model.compile(optimizer=cn.optimizers.Adam(2e-3),
                   loss=cn.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit([x, shifted(y)], y, epochs=20, batch_size=64, verbose=0)
-    decoded = np.zeros((len(x_test), 6), np.int64)
-    prefix = np.zeros((len(x_test), 6), np.int64)
-    prefix[:, 0] = start
-    for t in range(6):                       # greedy decoding, one digit per pass
-        decoded[:, t] = model.predict([x_test, prefix])[:, t].argmax(-1)
-        if t < 5:
-            prefix[:, t + 1] = decoded[:, t]
-    exact = (decoded == y_test).all(axis=1).mean()
+
+    def exact_answers():
+        decoded = np.zeros((len(x_test), 6), np.int64)
+        prefix = np.zeros((len(x_test), 6), np.int64)
+        prefix[:, 0] = start
+        for t in range(6):                       # greedy decoding, one digit per pass
+            decoded[:, t] = model.predict([x_test, prefix])[:, t].argmax(-1)
+            if t < 5:
+                prefix[:, t + 1] = decoded[:, t]
+        return (decoded == y_test).all(axis=1).mean()
+
+    # The answers jump from near 0 to near 1 within a few epochs, at an epoch that moves
+    # with the rounding of the SIMD path (about 20 on AVX-512): train on in steps of 5
+    # epochs, up to 45, until they are right.
+    model.fit([x, shifted(y)], y, epochs=15, batch_size=64, verbose=0)
+    exact = 0.0
+    for _ in range(6):
+        model.fit([x, shifted(y)], y, epochs=5, batch_size=64, verbose=0)
+        exact = exact_answers()
+        if exact >= 0.95:
+            break
     assert exact >= 0.95, exact
