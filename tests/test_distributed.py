@@ -104,6 +104,17 @@ def test_two_ranks_half_batch_equal_one_rank_full_batch(fit_runs, opt):
 
 
 @needs_mpirun
+def test_metric_average_agrees_across_ranks(fit_runs):
+    """Each rank validated on its own shard; the logged val_loss is their mean."""
+    ranks, _ = fit_runs
+    local = [float(r["sgd_val_local"]) for r in ranks]
+    assert local[0] != local[1]
+    for r in ranks:
+        assert r["sgd_val_logged"].shape == (1,)
+        np.testing.assert_allclose(r["sgd_val_logged"][0], np.mean(local), rtol=1e-12)
+
+
+@needs_mpirun
 @pytest.mark.parametrize("case, n", [("uneven", 37), ("empty", 33)])
 def test_uneven_shards(fit_runs, case, n):
     """37 samples: shards of 19 and 18, the last step 3 + 2 samples; 33: shards of 17 and
@@ -237,6 +248,14 @@ def test_shard_bad_input():
 
 
 def test_distributed_optimizer_wraps_and_saves_as_the_inner(tmp_path):
+    model = worker.mlp(seed=3)
+    model.compile(optimizer=dist.DistributedOptimizer("adam"),
+                  loss="sparse_categorical_crossentropy")
+    model.optimizer.optimizer.apply_gradients(model._params, np.zeros_like(model._grads))
+    model.save(tmp_path / "m.cyn")
+    loaded = cn.load_model(tmp_path / "m.cyn")
+    assert type(loaded.optimizer) is cn.optimizers.Adam
+    assert loaded.optimizer.iterations == 1
     inner = cn.optimizers.Adam(0.01)
     opt = dist.DistributedOptimizer(inner)
     assert opt.name == "adam" and opt.learning_rate == 0.01
