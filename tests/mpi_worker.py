@@ -168,8 +168,15 @@ def run_nompi(out):
     model.fit(x, y, batch_size=8, verbose=0, distributed=True)
 
 
+def run_nompi_sklearn(out):
+    """MLPClassifier(distributed=True) without mpirun."""
+    from cyneuron.sklearn import MLPClassifier
+
+    MLPClassifier((4,), max_iter=1, distributed=True).fit(*data(32))
+
+
 if __name__ == "__main__":
     scenario, folder = sys.argv[1], sys.argv[2]
-    if scenario != "nompi":
+    if not scenario.startswith("nompi"):
         dist.init()
     globals()["run_" + scenario](folder)

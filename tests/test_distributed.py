@@ -193,8 +193,11 @@ def test_different_models_are_a_clear_error(tmp_path):
 
 
 @needs_mpirun
-def test_distributed_without_mpirun_is_a_clear_error(tmp_path):
-    proc, _ = launch("nompi", tmp_path, mpi=False)
+@pytest.mark.parametrize("scenario", ["nompi", "nompi_sklearn"])
+def test_distributed_without_mpirun_is_a_clear_error(tmp_path, scenario):
+    if scenario == "nompi_sklearn":
+        pytest.importorskip("sklearn")
+    proc, _ = launch(scenario, tmp_path, mpi=False)
     assert proc.returncode != 0
     assert "needs the script started by an MPI launcher" in proc.stderr, proc.stderr
 
@@ -235,6 +238,7 @@ def test_shard_is_strided_and_uneven():
     np.testing.assert_array_equal(np.sort(np.concatenate([p[1] for p in parts])), y)
     xs = dist.shard({"a": x, "b": [y, y]}, rank=2, size=3)
     np.testing.assert_array_equal(xs["b"][1], [2, 5, 8])
+    np.testing.assert_array_equal(dist.shard([[1], [2], [3]], rank=1, size=2), [[2]])
 
 
 def test_shard_bad_input():

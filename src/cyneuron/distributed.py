@@ -169,7 +169,8 @@ def _signature(model):
 def shard(x, y=None, *more, rank=None, size=None):
     """This rank's part of the samples: rows rank, rank + size, rank + 2 size, ...
 
-    Each of x, y (and further arrays; lists / dicts of arrays too) is split alike. The
+    Each of x, y (and further arrays; a list or dict of numpy arrays, for several
+    inputs or outputs, too; other sequences are read as one array) is split alike. The
     shards differ in size by at most one sample (the last ranks get the smaller ones).
     Strided, so that with shuffle=False step s of every rank (batch_size B) together
     covers samples s * size * B .. (s + 1) * size * B - 1: the batch one process with
@@ -186,8 +187,8 @@ def shard(x, y=None, *more, rank=None, size=None):
             return None
         if isinstance(a, dict):
             return {k: part(v, f"{name}[{k!r}]") for k, v in a.items()}
-        if isinstance(a, (list, tuple)):
-            return [part(v, f"{name}[{i}]") for i, v in enumerate(a)]
+        if isinstance(a, (list, tuple)) and a and all(isinstance(v, np.ndarray) for v in a):
+            return [part(v, f"{name}[{i}]") for i, v in enumerate(a)]    # several inputs
         a = np.asarray(a)
         if a.ndim == 0:
             raise ValueError(f"{name} must be an array of samples, got a scalar")
