@@ -39,7 +39,6 @@ _REQUIRED = {"data_format": ("channels_last", None), "groups": (1,), "reset_afte
              "rms_scaling": (False,), "attention_axes": (None, (1,)), "flash_attention": (None,
                                                                                       False),
              "sparse": (False,), "implementation": (1, 2), "use_gamma": (True,), "renorm": (False,)}
-_KERAS_ACTIVATIONS = {"gelu": "gelu_tanh"}        # Keras 3's gelu is the tanh form
 
 _KERAS_LAYERS = ("Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Dropout",
                  "BatchNormalization", "LayerNormalization", "Normalization", "Conv1D",
@@ -56,7 +55,7 @@ _KERAS_LAYERS = ("Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Dropout",
 def _activation(value):
     if isinstance(value, dict):      # a serialized function {"class_name": ..., "config": ...}
         value = value.get("config", value.get("class_name"))
-    return _KERAS_ACTIVATIONS.get(value, value)
+    return value
 
 
 def _keras_layer(spec):
@@ -148,8 +147,11 @@ def _build_functional(config):
             return [resolve(a) for a in arg]
         return arg
 
+    needed = _needed_layers(config)
     for spec in config["layers"]:
         name = spec.get("name") or spec["config"]["name"]
+        if name not in needed:
+            continue        # e.g. Keras's NotEqual computing a padding mask
         if spec["class_name"] == "InputLayer":
             shape, dtype = _keras_input_shape(spec)
             tensors[(name, 0, 0)] = Input(shape, dtype=_float_dtype(dtype), name=name)
@@ -174,6 +176,50 @@ def _build_functional(config):
     model = Model(ins[0] if len(ins) == 1 else ins, outs[0] if len(outs) == 1 else outs,
                   name=config.get("name"))
     return model, layers
+
+
+def _history(arg, out):
+    """Collect the layer names of the Keras tensors in a node argument."""
+    if isinstance(arg, dict) and arg.get("class_name") == "__keras_tensor__":
+        out.append(arg["config"]["keras_history"][0])
+    elif isinstance(arg, (list, tuple)):
+        for a in arg:
+            _history(a, out)
+
+
+def _needed_layers(config):
+    """Names of the layers the outputs depend on, masks aside (Keras records the
+    padding-mask computation of Embedding(mask_zero=True) as layers of its own)."""
+    specs = {(s.get("name") or s["config"]["name"]): s for s in config["layers"]}
+    outs = config["output_layers"]
+    stack = [outs] if outs and not isinstance(outs[0], (list, tuple)) else list(outs)
+    stack = [e[0] for e in stack]
+    needed = set()
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        for node in specs[name].get("inbound_nodes", []):
+            refs = []
+            _history(node.get("args", []), refs)
+            for key, value in (node.get("kwargs") or {}).items():
+                if key not in ("mask", "training"):
+                    _history(value, refs)
+            stack.extend(refs)
+    return needed
+
+
+def _snake(name):
+    """Keras's default layer name for a class: "Conv2DTranspose" -> "conv2d_transpose"."""
+    out = ""
+    for i, c in enumerate(name):
+        prev = name[i - 1] if i else ""
+        nxt = name[i + 1] if i + 1 < len(name) else ""
+        if c.isupper() and i and (prev.islower() or nxt.islower()):
+            out += "_"
+        out += c.lower()
+    return out
 
 
 # Where each layer keeps its variables in a .keras file's model.weights.h5, in
@@ -216,10 +262,17 @@ def _keras_file(path):
     weights = {}
     with h5py.File(io.BytesIO(weights_bytes), "r") as f:
         group = f["layers"] if "layers" in f else f
+        counts = {}
         for spec in config["config"]["layers"]:
-            name = spec.get("name") or spec["config"]["name"]
-            if name in group:
-                weights[name] = _h5_vars(group[name], spec["class_name"], spec["config"])
+            if spec["class_name"] == "InputLayer" and config.get("class_name") == "Sequential":
+                continue                # a Sequential saves only its layers proper
+            # the file names each layer by its class, counted: dense, dense_1, ...
+            base = _snake(spec["class_name"])
+            k = counts[base] = counts.get(base, -1) + 1
+            key = base if k == 0 else f"{base}_{k}"
+            if key in group:
+                name = spec.get("name") or spec["config"]["name"]
+                weights[name] = _h5_vars(group[key], spec["class_name"], spec["config"])
     return config, weights
 
 

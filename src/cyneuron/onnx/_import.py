@@ -30,7 +30,7 @@ SUPPORTED = set(_UNARY) | _SHAPE_OPS | {
     "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization", "LayerNormalization",
     "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Concat",
     "Identity", "Dropout", "Softmax", "LogSoftmax", "LeakyRelu", "Elu", "Selu",
-    "HardSigmoid", "Clip", "Gelu", "PRelu", "LSTM", "GRU", "RNN", "Cast"}
+    "HardSigmoid", "Clip", "Gelu", "PRelu", "LSTM", "GRU", "RNN", "Cast", "Erf"}
 
 
 class Val:
@@ -109,6 +109,10 @@ class Importer:
         for t in self.graph.initializer:
             self.vals[t.name] = onnx.numpy_helper.to_array(t)
         self.consumers = {}
+        for node in self.graph.node:      # constants first: patterns look ahead at them
+            if node.op_type == "Constant" and node.output and "value" in _attrs(onnx, node):
+                self.vals[node.output[0]] = onnx.numpy_helper.to_array(_attrs(onnx,
+                                                                              node)["value"])
         for node in self.graph.node:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
@@ -602,7 +606,51 @@ class Importer:
         self._binary(node, L.Multiply)
 
     def op_Div(self, node, a):
-        raise NotImplementedError("Div of tensors")
+        if not self._erf_gelu(node):
+            raise NotImplementedError("Div (only as part of GELU's erf form)")
+
+    def op_Erf(self, node, a):
+        raise NotImplementedError("Erf (only as part of GELU's erf form)")
+
+    def _only_user(self, name, op):
+        users = self.consumers.get(name, [])
+        if len(users) != 1 or users[0].op_type != op or self.used_as_output_name(name):
+            return None
+        return users[0]
+
+    def used_as_output_name(self, name):
+        return any(o.name == name for o in self.graph.output)
+
+    def _erf_gelu(self, div):
+        """x * 0.5 * (1 + erf(x / sqrt(2))) as PyTorch writes GELU below opset 20:
+        Div -> Erf -> Add 1 -> Mul x -> Mul 0.5."""
+        x = div.input[0]
+        k = self.vals.get(div.input[1])
+        if not isinstance(self.vals.get(x), Val) or not isinstance(k, np.ndarray) \
+                or k.size != 1 or not np.isclose(float(k), np.sqrt(2.0), rtol=1e-5):
+            return False
+        erf = self._only_user(div.output[0], "Erf")
+        add = erf and self._only_user(erf.output[0], "Add")
+        if not add or not self._is_const(add, erf.output[0], 1.0):
+            return False
+        m1 = self._only_user(add.output[0], "Mul")
+        if not m1:
+            return False
+        last = self._only_user(m1.output[0], "Mul")
+        if [n for n in m1.input if n != add.output[0]] != [x] or not last \
+                or not self._is_const(last, m1.output[0], 0.5):
+            return False
+        chain = [erf, add, m1, last]
+        for n in chain:
+            self.skip.add(id(n))
+        v = self.vals[x]
+        self.set(last, Val(L.Activation("gelu")(v.t), v.axes))
+        return True
+
+    def _is_const(self, node, name, value):
+        other = [n for n in node.input if n != name]
+        c = self.vals.get(other[0]) if len(other) == 1 else None
+        return isinstance(c, np.ndarray) and c.size == 1 and np.isclose(float(c), value)
 
     # recurrent
     def _recurrent(self, node, a, kind):
