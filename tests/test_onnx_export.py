@@ -29,26 +29,28 @@ def run_onnx(path_or_bytes, xs):
     return sess.run(None, feeds)
 
 
-def check_export(model, xs, tmp_path, opset=17, randomize=True, atol=ATOL, rtol=RTOL):
-    """Export, check and run; outputs equal predict's at two batch sizes."""
+def check_export(model, xs, tmp_path, opset=None, randomize=True, atol=ATOL, rtol=RTOL):
+    """Export (opsets 17 and 21 unless one is given), check and run; outputs equal
+    predict's at two batch sizes."""
     xs = xs if isinstance(xs, list) else [xs]
     if randomize:
         _randomize(model)
-    path = tmp_path / "model.onnx"
-    cn.onnx.export(model, path, opset=opset)
-    proto = onnx.load(str(path))
-    onnx.checker.check_model(proto, full_check=True)
-    assert proto.opset_import[0].version == opset
-    for n in (len(xs[0]), 1):
-        part = [x[:n] for x in xs]
-        ref = model.predict(part if len(part) > 1 else part[0])
-        refs = [ref[k] for k in model.output_names] if isinstance(ref, dict) else \
-            ref if isinstance(ref, list) else [ref]
-        got = run_onnx(str(path), part)
-        assert len(got) == len(refs)
-        for r, o in zip(refs, got):
-            assert o.shape == r.shape
-            np.testing.assert_allclose(o, r, rtol=rtol, atol=atol)
+    for version in (17, 21) if opset is None else (opset,):
+        path = tmp_path / f"model{version}.onnx"
+        cn.onnx.export(model, path, opset=version)
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto, full_check=True)
+        assert proto.opset_import[0].version == version
+        for n in (len(xs[0]), 1):
+            part = [x[:n] for x in xs]
+            ref = model.predict(part if len(part) > 1 else part[0])
+            refs = [ref[k] for k in model.output_names] if isinstance(ref, dict) else \
+                ref if isinstance(ref, list) else [ref]
+            got = run_onnx(str(path), part)
+            assert len(got) == len(refs)
+            for r, o in zip(refs, got):
+                assert o.shape == r.shape
+                np.testing.assert_allclose(o, r, rtol=rtol, atol=atol)
     return proto
 
 

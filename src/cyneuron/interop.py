@@ -30,7 +30,7 @@ from .models import Model, Sequential, _deserialize, _serialize
 # ---------------------------------------------------------------------------------------
 # Keras config keys that never change what a trained layer computes at inference.
 _IGNORED = {"trainable", "dtype", "name", "seed", "unroll", "stateful", "time_major",
-            "recurrent_dropout", "zero_output_for_mask", "sparse", "ragged", "optional",
+            "recurrent_dropout", "zero_output_for_mask", "ragged", "optional",
             "batch_shape", "batch_input_shape", "input_shape", "lora_rank", "lora_alpha",
             "quantization_config", "synchronized", "input_length", "autocast",
             "embeddings_initializer", "renorm_momentum", "renorm_clipping"}

@@ -13,9 +13,7 @@ import numpy as np
 from . import OPSETS, _require
 from .. import __version__
 from .. import layers as L
-from ..layers.conv import transpose_output_size  # noqa: F401  (documents the rule used)
 from ..layers._spatial import output_size
-from ..layers.input_layer import InputLayer
 from ..models import Model, _serialize
 from ..saving import _atomic_write
 
