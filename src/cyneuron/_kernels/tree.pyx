@@ -146,26 +146,62 @@ def schedule(const int64_t[:, :, ::1] children, int max_children):
             "kids": kids_a, "pos": pos_a, "roots": roots_a}
 
 
-# -- scalar helpers ----------------------------------------------------------------------------
-cdef inline floating _act(int code, floating x) noexcept nogil:
-    if code == A_TANH:
-        return _math.ftanh(x)
-    if code == A_SIGMOID:
-        return _math.sigmoid(x)
-    if code == A_RELU:
-        return x if x > 0 else 0
-    return x
+# -- scalar and row helpers ------------------------------------------------------------------
+cdef extern from "tree_act_f32.h" nogil:
+    void cn_tree_sigmoidf_inplace(float *x, Py_ssize_t n)
+    void cn_tree_tanhf_to(const float *x, float *y, Py_ssize_t n)
+    void cn_tree_use_isa(int isa)
 
 
-cdef inline floating _dact(int code, floating y) noexcept nogil:
-    """The activation's derivative from its output y."""
+cdef inline void _sigmoid_row(floating *x, Py_ssize_t n) noexcept nogil:
+    """x = sigmoid(x): float32 through the vectorized loops, float64 through libm."""
+    cdef Py_ssize_t j
+    if floating is float:
+        cn_tree_sigmoidf_inplace(x, n)
+    else:
+        for j in range(n):
+            x[j] = _math.sigmoid(x[j])
+
+
+cdef inline void _tanh_row(const floating *x, floating *y, Py_ssize_t n) noexcept nogil:
+    """y = tanh(x) (y may be x)."""
+    cdef Py_ssize_t j
+    if floating is float:
+        cn_tree_tanhf_to(x, y, n)
+    else:
+        for j in range(n):
+            y[j] = tanh(x[j])
+
+
+cdef inline void _act_row(int code, const floating *z, floating *h, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
     if code == A_TANH:
-        return 1 - y * y
-    if code == A_SIGMOID:
-        return y * (1 - y)
-    if code == A_RELU:
-        return 1 if y > 0 else 0
-    return 1
+        _tanh_row(z, h, n)
+    elif code == A_SIGMOID:
+        memcpy(h, z, n * sizeof(floating))
+        _sigmoid_row(h, n)
+    elif code == A_RELU:
+        for j in range(n):
+            h[j] = z[j] if z[j] > 0 else 0
+    else:
+        memcpy(h, z, n * sizeof(floating))
+
+
+cdef inline void _dact_row(int code, const floating *h, const floating *dh, floating *dz,
+                           Py_ssize_t n) noexcept nogil:
+    """dz = dh * act'(z), the derivative taken from the output h."""
+    cdef Py_ssize_t j
+    if code == A_TANH:
+        for j in range(n):
+            dz[j] = dh[j] * (1 - h[j] * h[j])
+    elif code == A_SIGMOID:
+        for j in range(n):
+            dz[j] = dh[j] * h[j] * (1 - h[j])
+    elif code == A_RELU:
+        for j in range(n):
+            dz[j] = dh[j] if h[j] > 0 else 0
+    else:
+        memcpy(dz, dh, n * sizeof(floating))
 
 
 cdef inline void _mm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating *A,
@@ -184,36 +220,52 @@ cdef _check(bint ok, str what):
         raise ValueError("tree kernel: " + what)
 
 
+cdef _check_shapes(int cell, Py_ssize_t P, Py_ssize_t G, Py_ssize_t H, Py_ssize_t E,
+                   const int64_t[::1] level_start, const int64_t[::1] edge_start,
+                   tuple u, tuple hc, tuple c, tuple tc, tuple fe):
+    cdef Py_ssize_t L = level_start.shape[0] - 1
+    _check(L >= 1 and edge_start.shape[0] == P + 1 and level_start[0] == 0
+           and level_start[L] == P and edge_start[P] == E, "schedule and buffers disagree")
+    _check(cell in (C_RNN, C_BINARY, C_CHILD_SUM), "unknown cell")
+    _check(G == (H if cell == C_RNN else 5 * H if cell == C_BINARY else 4 * H),
+           "z has the wrong width for the cell")
+    _check(hc == (P, H if cell == C_CHILD_SUM else 2 * H), "hc has the wrong shape")
+    _check(u == (hc[1], G), "u has the wrong shape")
+    if cell != C_RNN:
+        _check(c == (P, H) and tc == (P, H), "c / tanh(c) have the wrong shape")
+    if cell == C_CHILD_SUM:
+        _check(fe == (E, H), "the edge buffers have the wrong shape")
+
+
 # -- forward -----------------------------------------------------------------------------------
 def forward(int cell, int act, const int64_t[::1] level_start, const int64_t[::1] edge_start,
             const int64_t[::1] kids, floating[:, ::1] z, const floating[:, ::1] u,
-            floating[:, ::1] hc, floating[:, ::1] h, floating[:, ::1] c,
+            floating[:, ::1] hc, floating[:, ::1] h, floating[:, ::1] c, floating[:, ::1] tc,
             floating[:, ::1] hk, floating[:, ::1] fe):
-    """Bottom-up over the levels. z (P, G) holds W x + b on entry; the LSTM cells leave
+    """Bottom-up over the levels. z (P, G) holds x W + b on entry; the LSTM cells leave
     their activated gates in it. hc (P, 2H) (binary cells: the children's h side by
-    side) or (P, H) (child-sum: their sum); h, c (P, H) the states; child-sum also hk
-    (E, H) each edge's child h and fe (E, H) its forget gate. Unused buffers may be
-    (0, 0) arrays."""
+    side) or (P, H) (child-sum: their sum); h, c, tc (P, H) the states and tanh(c);
+    child-sum also hk (E, H) each edge's child h and fe (E, H) its forget gate. Unused
+    buffers may be (0, 0) arrays. The kids must be positions of lower levels (as
+    schedule makes them)."""
     cdef Py_ssize_t P = z.shape[0], G = z.shape[1], H = h.shape[1]
     cdef Py_ssize_t L = level_start.shape[0] - 1, E = kids.shape[0]
-    _check(edge_start.shape[0] == P + 1 and h.shape[0] == P and level_start[L] == P,
-           "schedule and buffers disagree")
-    _check(G == (H if cell == C_RNN else 5 * H if cell == C_BINARY else 4 * H),
-           "z has the wrong width for the cell")
-    _check(hc.shape[0] == P and hc.shape[1] == (H if cell == C_CHILD_SUM else 2 * H),
-           "hc has the wrong shape")
-    _check(u.shape[1] == G and u.shape[0] == hc.shape[1], "u has the wrong shape")
-    if cell != C_RNN:
-        _check(c.shape[0] == P and c.shape[1] == H, "c has the wrong shape")
+    _check(h.shape[0] == P, "h has the wrong shape")
+    _check_shapes(cell, P, G, H, E, level_start, edge_start, (u.shape[0], u.shape[1]),
+                  (hc.shape[0], hc.shape[1]), (c.shape[0], c.shape[1]),
+                  (tc.shape[0], tc.shape[1]), (fe.shape[0], fe.shape[1]))
     if cell == C_CHILD_SUM:
-        _check(hk.shape[0] == E and hk.shape[1] == H and fe.shape[0] == E and fe.shape[1] == H,
-               "hk / fe have the wrong shape")
-    cdef Py_ssize_t l, a, b, p, e, ea, eb, j, s, k
+        _check(hk.shape[0] == E and hk.shape[1] == H, "hk has the wrong shape")
+    _check_kids(level_start, edge_start, kids)
+    from cyneuron._kernels.gemm import get_isa
+    cn_tree_use_isa(("generic", "avx2", "avx512").index(get_isa()))
+    cdef Py_ssize_t l, a, b, p, e, ea, eb, j, s, k, W = hc.shape[1]
     cdef floating *zp
-    cdef floating *hp
     cdef floating *cp
     cdef floating *hcp
-    cdef floating gi, gu, go, acc
+    cdef floating *q
+    cdef const floating *ck
+    cdef const floating *hkp
     with nogil:
         for l in range(L):
             a, b = level_start[l], level_start[l + 1]
@@ -222,87 +274,116 @@ def forward(int cell, int act, const int64_t[::1] level_start, const int64_t[::1
                 # the children's states, then one GEMM for the level
                 for p in range(a, b):
                     hcp = &hc[p, 0]
-                    memset(hcp, 0, hc.shape[1] * sizeof(floating))
+                    memset(hcp, 0, W * sizeof(floating))
                     for e in range(edge_start[p], edge_start[p + 1]):
-                        k = kids[e]
+                        hkp = &h[kids[e], 0]
                         if cell == C_CHILD_SUM:
-                            memcpy(&hk[e, 0], &h[k, 0], H * sizeof(floating))
+                            memcpy(&hk[e, 0], hkp, H * sizeof(floating))
                             for j in range(H):
-                                hcp[j] += h[k, j]
+                                hcp[j] += hkp[j]
                         else:
-                            memcpy(hcp + (e - edge_start[p]) * H, &h[k, 0], H * sizeof(floating))
+                            memcpy(hcp + (e - edge_start[p]) * H, hkp, H * sizeof(floating))
                 if cell == C_CHILD_SUM:
                     _mm(b - a, H, H, &hc[a, 0], H, 1, &u[0, 0], G, 1, &z[a, 0], G, True)
                     _mm(b - a, 2 * H, H, &hc[a, 0], H, 1, &u[0, 2 * H], G, 1, &z[a, 2 * H], G,
                         True)
                     _mm(eb - ea, H, H, &hk[ea, 0], H, 1, &u[0, H], G, 1, &fe[ea, 0], H, False)
                 else:
-                    _mm(b - a, G, 2 * H, &hc[a, 0], 2 * H, 1, &u[0, 0], G, 1, &z[a, 0], G, True)
+                    _mm(b - a, G, W, &hc[a, 0], W, 1, &u[0, 0], G, 1, &z[a, 0], G, True)
             for p in range(a, b):
                 zp = &z[p, 0]
-                hp = &h[p, 0]
                 if cell == C_RNN:
-                    for j in range(H):
-                        hp[j] = _act(act, zp[j])
+                    _act_row(act, zp, &h[p, 0], H)
                     continue
                 cp = &c[p, 0]
-                if cell == C_BINARY:
+                if cell == C_BINARY:     # i, f0, f1 | u | o
+                    _sigmoid_row(zp, 3 * H)
+                    _tanh_row(zp + 3 * H, zp + 3 * H, H)
+                    _sigmoid_row(zp + 4 * H, H)
+                    q = zp + 3 * H
                     for j in range(H):
-                        gi = _math.sigmoid(zp[j])
-                        gu = _math.ftanh(zp[3 * H + j])
-                        go = _math.sigmoid(zp[4 * H + j])
-                        zp[j] = gi
-                        zp[H + j] = _math.sigmoid(zp[H + j])
-                        zp[2 * H + j] = _math.sigmoid(zp[2 * H + j])
-                        zp[3 * H + j] = gu
-                        zp[4 * H + j] = go
-                        cp[j] = gi * gu
+                        cp[j] = zp[j] * q[j]
                     for e in range(edge_start[p], edge_start[p + 1]):
-                        s = e - edge_start[p]
-                        k = kids[e]
+                        q = zp + (1 + e - edge_start[p]) * H
+                        ck = &c[kids[e], 0]
                         for j in range(H):
-                            cp[j] += zp[(1 + s) * H + j] * c[k, j]
-                else:
+                            cp[j] += q[j] * ck[j]
+                    q = zp + 4 * H
+                else:                    # i | f | u | o; one forget gate per edge
+                    _sigmoid_row(zp, H)
+                    _tanh_row(zp + 2 * H, zp + 2 * H, H)
+                    _sigmoid_row(zp + 3 * H, H)
+                    q = zp + 2 * H
                     for j in range(H):
-                        zp[j] = _math.sigmoid(zp[j])
-                        zp[2 * H + j] = _math.ftanh(zp[2 * H + j])
-                        zp[3 * H + j] = _math.sigmoid(zp[3 * H + j])
-                        cp[j] = zp[j] * zp[2 * H + j]
+                        cp[j] = zp[j] * q[j]
                     for e in range(edge_start[p], edge_start[p + 1]):
-                        k = kids[e]
+                        q = &fe[e, 0]
                         for j in range(H):
-                            fe[e, j] = _math.sigmoid(fe[e, j] + zp[H + j])
-                            cp[j] += fe[e, j] * c[k, j]
+                            q[j] += zp[H + j]
+                        _sigmoid_row(q, H)
+                        ck = &c[kids[e], 0]
+                        for j in range(H):
+                            cp[j] += q[j] * ck[j]
+                    q = zp + 3 * H
+                _tanh_row(cp, &tc[p, 0], H)
+                hcp = &h[p, 0]
+                ck = &tc[p, 0]
                 for j in range(H):
-                    hp[j] = zp[(4 if cell == C_BINARY else 3) * H + j] * _math.ftanh(cp[j])
+                    hcp[j] = q[j] * ck[j]
+
+
+cdef _check_kids(const int64_t[::1] level_start, const int64_t[::1] edge_start,
+                 const int64_t[::1] kids):
+    """Every edge of a level points below that level (what makes the passes safe)."""
+    cdef Py_ssize_t l, e, L = level_start.shape[0] - 1
+    for l in range(L):
+        for e in range(edge_start[level_start[l]], edge_start[level_start[l + 1]]):
+            if kids[e] < 0 or kids[e] >= level_start[l]:
+                raise ValueError("tree kernel: an edge does not point to a lower level")
+    for e in range(edge_start.shape[0] - 1):
+        if edge_start[e + 1] < edge_start[e]:
+            raise ValueError("tree kernel: edge_start must not decrease")
 
 
 # -- backward ----------------------------------------------------------------------------------
 def backward(int cell, int act, const int64_t[::1] level_start, const int64_t[::1] edge_start,
              const int64_t[::1] kids, const floating[:, ::1] z, const floating[:, ::1] u,
-             const floating[:, ::1] h, const floating[:, ::1] c, const floating[:, ::1] fe,
-             floating[:, ::1] dh, floating[:, ::1] dc, floating[:, ::1] dz,
-             floating[:, ::1] dhc, floating[:, ::1] dfe, floating[:, ::1] dhk):
-    """Top-down over the levels (backpropagation through structure). dh (P, H) holds the
-    gradients of the outputs on entry and receives those from the parents; dc (P, H)
-    zeros on entry (LSTM). Writes dz (P, G), the gradients of the pre-activations (for
-    child-sum, its forget columns hold the sum over the node's children of dfe, the
-    gradient of each edge's forget pre-activation); dhc (P, width of hc) and dhk (E, H)
-    are scratch."""
+             const floating[:, ::1] h, const floating[:, ::1] c, const floating[:, ::1] tc,
+             const floating[:, ::1] fe, floating[:, ::1] dh, floating[:, ::1] dc,
+             floating[:, ::1] dz, floating[:, ::1] dhc, floating[:, ::1] dfe,
+             floating[:, ::1] dhk):
+    """Top-down over the levels (backpropagation through structure), from forward's z,
+    h, c, tc, fe. dh (P, H) holds the gradients of the outputs on entry and receives
+    those from the parents; dc (P, H) zeros on entry (LSTM). Writes dz (P, G), the
+    gradients of the pre-activations (child-sum: its forget columns hold the sum over
+    the node's children of dfe (E, H), each edge's forget pre-activation gradient);
+    dhc (P, width of hc) and dhk (E, H) are scratch."""
     cdef Py_ssize_t P = z.shape[0], G = z.shape[1], H = h.shape[1]
     cdef Py_ssize_t L = level_start.shape[0] - 1, E = kids.shape[0]
     _check(dz.shape[0] == P and dz.shape[1] == G and dh.shape[0] == P and dh.shape[1] == H
-           and edge_start.shape[0] == P + 1 and level_start[L] == P, "buffers disagree")
-    _check(dhc.shape[0] == P and dhc.shape[1] == u.shape[0] and u.shape[1] == G,
-           "dhc / u have the wrong shape")
+           and h.shape[0] == P, "h / dh / dz have the wrong shape")
+    _check_shapes(cell, P, G, H, E, level_start, edge_start, (u.shape[0], u.shape[1]),
+                  (dhc.shape[0], dhc.shape[1]), (c.shape[0], c.shape[1]),
+                  (tc.shape[0], tc.shape[1]), (fe.shape[0], fe.shape[1]))
     if cell != C_RNN:
-        _check(c.shape[0] == P and dc.shape[0] == P and dc.shape[1] == H, "c / dc wrong")
+        _check(dc.shape[0] == P and dc.shape[1] == H, "dc has the wrong shape")
     if cell == C_CHILD_SUM:
-        _check(fe.shape[0] == E and dfe.shape[0] == E and dhk.shape[0] == E, "edge buffers")
-    cdef Py_ssize_t l, a, b, p, e, ea, eb, j, s, k, W = u.shape[0]
+        _check(dfe.shape[0] == E and dfe.shape[1] == H and dhk.shape[0] == E
+               and dhk.shape[1] == H, "dfe / dhk have the wrong shape")
+    _check_kids(level_start, edge_start, kids)
+    cdef Py_ssize_t l, a, b, p, e, ea, eb, j, k, W = u.shape[0]
+    cdef Py_ssize_t ou = 3 * H if cell == C_BINARY else 2 * H    # the u and o columns
+    cdef Py_ssize_t oo = 4 * H if cell == C_BINARY else 3 * H
     cdef const floating *zp
+    cdef const floating *tcp
+    cdef const floating *ck
+    cdef const floating *q
     cdef floating *dzp
-    cdef floating gi, gf, gu, go, tc, d, dcj
+    cdef floating *dcp
+    cdef floating *dhp
+    cdef floating *dck
+    cdef floating *r
+    cdef floating gf
     with nogil:
         for l in range(L - 1, -1, -1):
             a, b = level_start[l], level_start[l + 1]
@@ -310,40 +391,40 @@ def backward(int cell, int act, const int64_t[::1] level_start, const int64_t[::
             for p in range(a, b):
                 zp = &z[p, 0]
                 dzp = &dz[p, 0]
+                dhp = &dh[p, 0]
                 if cell == C_RNN:
-                    for j in range(H):
-                        dzp[j] = dh[p, j] * _dact(act, h[p, j])
+                    _dact_row(act, &h[p, 0], dhp, dzp, H)
                     continue
-                go = 0
+                dcp = &dc[p, 0]
+                tcp = &tc[p, 0]
                 for j in range(H):
-                    gi = zp[j]
-                    gu = zp[(3 if cell == C_BINARY else 2) * H + j]
-                    go = zp[(4 if cell == C_BINARY else 3) * H + j]
-                    tc = _math.ftanh(c[p, j])
-                    dcj = dc[p, j] + dh[p, j] * go * (1 - tc * tc)
-                    dc[p, j] = dcj
-                    dzp[j] = dcj * gu * gi * (1 - gi)
-                    dzp[(3 if cell == C_BINARY else 2) * H + j] = dcj * gi * (1 - gu * gu)
-                    dzp[(4 if cell == C_BINARY else 3) * H + j] = dh[p, j] * tc * go * (1 - go)
+                    dcp[j] += dhp[j] * zp[oo + j] * (1 - tcp[j] * tcp[j])
+                    dzp[j] = dcp[j] * zp[ou + j] * zp[j] * (1 - zp[j])
+                    dzp[ou + j] = dcp[j] * zp[j] * (1 - zp[ou + j] * zp[ou + j])
+                    dzp[oo + j] = dhp[j] * tcp[j] * zp[oo + j] * (1 - zp[oo + j])
                 if cell == C_BINARY:
                     memset(dzp + H, 0, 2 * H * sizeof(floating))
                     for e in range(edge_start[p], edge_start[p + 1]):
-                        s = e - edge_start[p]
+                        q = zp + (1 + e - edge_start[p]) * H
+                        r = dzp + (1 + e - edge_start[p]) * H
                         k = kids[e]
+                        ck = &c[k, 0]
+                        dck = &dc[k, 0]
                         for j in range(H):
-                            gf = zp[(1 + s) * H + j]
-                            dzp[(1 + s) * H + j] = dc[p, j] * c[k, j] * gf * (1 - gf)
-                            dc[k, j] += dc[p, j] * gf
+                            r[j] = dcp[j] * ck[j] * q[j] * (1 - q[j])
+                            dck[j] += dcp[j] * q[j]
                 else:
                     memset(dzp + H, 0, H * sizeof(floating))
                     for e in range(edge_start[p], edge_start[p + 1]):
+                        q = &fe[e, 0]
+                        r = &dfe[e, 0]
                         k = kids[e]
+                        ck = &c[k, 0]
+                        dck = &dc[k, 0]
                         for j in range(H):
-                            gf = fe[e, j]
-                            d = dc[p, j] * c[k, j] * gf * (1 - gf)
-                            dfe[e, j] = d
-                            dzp[H + j] += d
-                            dc[k, j] += dc[p, j] * gf
+                            r[j] = dcp[j] * ck[j] * q[j] * (1 - q[j])
+                            dzp[H + j] += r[j]
+                            dck[j] += dcp[j] * q[j]
             if l == 0:
                 break
             # the children's h gradients: one GEMM with U^T for the level, then scatter
@@ -354,17 +435,19 @@ def backward(int cell, int act, const int64_t[::1] level_start, const int64_t[::
                 _mm(eb - ea, H, H, &dfe[ea, 0], H, 1, &u[0, H], 1, G, &dhk[ea, 0], H, False)
                 for p in range(a, b):
                     for e in range(edge_start[p], edge_start[p + 1]):
-                        k = kids[e]
+                        dck = &dh[kids[e], 0]
+                        q = &dhc[p, 0]
+                        ck = &dhk[e, 0]
                         for j in range(H):
-                            dh[k, j] += dhc[p, j] + dhk[e, j]
+                            dck[j] += q[j] + ck[j]
             else:
                 _mm(b - a, W, G, &dz[a, 0], G, 1, &u[0, 0], 1, G, &dhc[a, 0], W, False)
                 for p in range(a, b):
                     for e in range(edge_start[p], edge_start[p + 1]):
-                        s = e - edge_start[p]
-                        k = kids[e]
+                        dck = &dh[kids[e], 0]
+                        q = &dhc[p, (e - edge_start[p]) * H]
                         for j in range(H):
-                            dh[k, j] += dhc[p, s * H + j]
+                            dck[j] += q[j]
 
 
 # -- rows in and out of the level order ----------------------------------------------------------

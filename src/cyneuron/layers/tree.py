@@ -168,12 +168,14 @@ class _TreeLayer(Layer):
         gemm(xg, self._weights[0], z, bias=self._weights[2])
         hc = self._buffer("hc", (p, r))
         h = self._buffer("h", (p, h_units))
-        c = self._buffer("c", (p, h_units) if self._cell != _k.CELL_RNN else (0, 0))
+        lstm = self._cell != _k.CELL_RNN
+        c = self._buffer("c", (p, h_units) if lstm else (0, 0))
+        tc = self._buffer("tc", (p, h_units) if lstm else (0, 0))
         hk = self._buffer("hk", (e, h_units) if child_sum else (0, 0))
         fe = self._buffer("fe", (e, h_units) if child_sum else (0, 0))
         _k.forward(self._cell, self._act_code(), sched["level_start"], sched["edge_start"],
-                   sched["kids"], z, self._weights[1], hc, h, c, hk, fe)
-        self._state = (sched, xg, z, hc, h, c, hk, fe, x.shape, children.shape)
+                   sched["kids"], z, self._weights[1], hc, h, c, tc, hk, fe)
+        self._state = (sched, xg, z, hc, h, c, tc, hk, fe, x.shape, children.shape)
         if self.return_nodes:
             out = self._buffer("out", (n * m, h_units))
             _k.scatter(h, pos, out)
@@ -186,7 +188,7 @@ class _TreeLayer(Layer):
         return y
 
     def _backward(self, grad_output, need_input_grad):
-        sched, xg, z, hc, h, c, hk, fe, x_shape, c_shape = self._state
+        sched, xg, z, hc, h, c, tc, hk, fe, x_shape, c_shape = self._state
         n, m, f = x_shape
         p, units = h.shape
         e = len(sched["kids"])
@@ -206,7 +208,8 @@ class _TreeLayer(Layer):
         dfe = self._buffer("dfe", (e, units) if child_sum else (0, 0))
         dhk = self._buffer("dhk", (e, units) if child_sum else (0, 0))
         _k.backward(self._cell, self._act_code(), sched["level_start"], sched["edge_start"],
-                    sched["kids"], z, self._weights[1], h, c, fe, dh, dc, dz, dhc, dfe, dhk)
+                    sched["kids"], z, self._weights[1], h, c, tc, fe, dh, dc, dz, dhc, dfe,
+                    dhk)
         dw, du, db = self._gradients
         gemm(xg.T, dz, dw, b_sums=db)
         first = int(sched["level_start"][1]) if len(sched["level_start"]) > 2 else p
