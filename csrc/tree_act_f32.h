@@ -57,12 +57,39 @@ static inline float cn_tree_tanhf(float x) {
 
 static inline float cn_tree_sigmoidf(float x) { return 1.0f / (1.0f + cn_tree_expf(-x)); }
 
+/* The loops, and the backward rows of the LSTM cells (restrict: they vectorize):
+   lstm_bwd: dc += dh o (1 - tc^2); the gate pre-activation gradients of i, u, o.
+   forget_bwd: one child's forget gate f: dzf = dc c_k f (1 - f), dc_k += dc f, and
+   (child-sum) acc += dzf. */
 #define CN_TREE_LOOPS(sfx, attr)                                                       \
     attr static void cn_tree_sigmoid_##sfx(float *x, ptrdiff_t n) {                    \
         for (ptrdiff_t j = 0; j < n; j++) x[j] = cn_tree_sigmoidf(x[j]);               \
     }                                                                                  \
     attr static void cn_tree_tanh_##sfx(const float *x, float *y, ptrdiff_t n) {       \
         for (ptrdiff_t j = 0; j < n; j++) y[j] = cn_tree_tanhf(x[j]);                  \
+    }                                                                                  \
+    attr static void cn_tree_lstm_bwd_##sfx(ptrdiff_t n, const float *restrict dh,     \
+            float *restrict dc, const float *restrict i, const float *restrict u,      \
+            const float *restrict o, const float *restrict tc, float *restrict dzi,    \
+            float *restrict dzu, float *restrict dzo) {                                \
+        for (ptrdiff_t j = 0; j < n; j++) {                                            \
+            float d = dc[j] + dh[j] * o[j] * (1.0f - tc[j] * tc[j]);                   \
+            dc[j] = d;                                                                 \
+            dzi[j] = d * u[j] * i[j] * (1.0f - i[j]);                                  \
+            dzu[j] = d * i[j] * (1.0f - u[j] * u[j]);                                  \
+            dzo[j] = dh[j] * tc[j] * o[j] * (1.0f - o[j]);                             \
+        }                                                                              \
+    }                                                                                  \
+    attr static void cn_tree_forget_bwd_##sfx(ptrdiff_t n, const float *restrict dc,   \
+            const float *restrict ck, const float *restrict f, float *restrict dzf,    \
+            float *restrict dck, float *restrict acc) {                                \
+        for (ptrdiff_t j = 0; j < n; j++) {                                            \
+            float r = dc[j] * ck[j] * f[j] * (1.0f - f[j]);                            \
+            dzf[j] = r;                                                                \
+            dck[j] += dc[j] * f[j];                                                    \
+        }                                                                              \
+        if (acc != NULL)                                                               \
+            for (ptrdiff_t j = 0; j < n; j++) acc[j] += dzf[j];                        \
     }
 
 CN_TREE_LOOPS(generic, )
@@ -94,6 +121,25 @@ static void cn_tree_tanhf_to(const float *x, float *y, ptrdiff_t n) {
     if (cn_tree_isa == 1) { cn_tree_tanh_avx2(x, y, n); return; }
 #endif
     cn_tree_tanh_generic(x, y, n);
+}
+
+static void cn_tree_lstm_bwd_row(ptrdiff_t n, const float *dh, float *dc, const float *i,
+                                 const float *u, const float *o, const float *tc, float *dzi,
+                                 float *dzu, float *dzo) {
+#if CN_TREE_SIMD
+    if (cn_tree_isa == 2) { cn_tree_lstm_bwd_avx512(n, dh, dc, i, u, o, tc, dzi, dzu, dzo); return; }
+    if (cn_tree_isa == 1) { cn_tree_lstm_bwd_avx2(n, dh, dc, i, u, o, tc, dzi, dzu, dzo); return; }
+#endif
+    cn_tree_lstm_bwd_generic(n, dh, dc, i, u, o, tc, dzi, dzu, dzo);
+}
+
+static void cn_tree_forget_bwd_row(ptrdiff_t n, const float *dc, const float *ck, const float *f,
+                                   float *dzf, float *dck, float *acc) {
+#if CN_TREE_SIMD
+    if (cn_tree_isa == 2) { cn_tree_forget_bwd_avx512(n, dc, ck, f, dzf, dck, acc); return; }
+    if (cn_tree_isa == 1) { cn_tree_forget_bwd_avx2(n, dc, ck, f, dzf, dck, acc); return; }
+#endif
+    cn_tree_forget_bwd_generic(n, dc, ck, f, dzf, dck, acc);
 }
 
 #if defined(__GNUC__) && !defined(__clang__)

@@ -397,3 +397,18 @@ def test_learns_sentiment_per_node():
     acc = accuracy_per_node(model, data[test], data.labels[test])
     print("sentiment node accuracy", acc)
     assert acc >= 0.9
+
+
+def test_bench_callables_run_and_the_torch_versions_agree():
+    """Each contender of `bench tree` trains a step; the two PyTorch versions (same seed,
+    same weights) compute the same loss, so the level-batched one is the same model."""
+    from cyneuron import _bench_tree as B
+
+    batches = B.tree_data(seed=1, batches=2, batch=3)
+    step = B.cyneuron_step(batches, 1)
+    first = step()
+    assert np.isfinite(first) and abs(first - np.log(B.CLASSES)) < 0.1
+    pytest.importorskip("torch")
+    level, per_node = B.torch_level_step(batches, 1), B.torch_per_node_step(batches, 1)
+    for _ in range(2):
+        assert level() == pytest.approx(per_node(), rel=1e-4)

@@ -143,7 +143,7 @@ def torch_per_node_step(batches, threads):
         loss = loss / count
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.item()
 
     return step
 
@@ -171,28 +171,30 @@ def torch_level_step(batches, threads):
                 raise ValueError("the level-batched torch version takes full binary trees")
             levels.append((a, b, torch.from_numpy(kids[e]), torch.from_numpy(kids[e + 1])))
         prepared.append((torch.from_numpy(data.tokens.reshape(-1)[s["src"]]),
-                         torch.from_numpy(labels.reshape(-1)[s["src"]]), int(starts[1]),
-                         levels))
+                         torch.from_numpy(labels.reshape(-1)[s["src"]]),
+                         np.diff(starts).tolist(), levels))
     state = {"i": 0}
 
     def step():
-        tokens, labels, n_leaves, levels = prepared[state["i"] % len(prepared)]
+        tokens, labels, sizes, levels = prepared[state["i"] % len(prepared)]
         state["i"] += 1
         opt.zero_grad()
-        zx = net.w(net.embed(tokens))                      # every node's input projection
-        zero = torch.zeros(n_leaves, UNITS)
-        h, c = net.cell(zx[:n_leaves], zero, zero)
+        # every node's input projection at once, split by level (one cat backward, not a
+        # zero-filled gradient per slice)
+        zx = net.w(net.embed(tokens)).split(sizes)
+        zero = torch.zeros(sizes[0], UNITS)
+        h, c = net.cell(zx[0], zero, zero)
         hs, cs = [h], [c]
-        for a, b, left, right in levels:
+        for level, (a, b, left, right) in enumerate(levels, 1):
             h_all, c_all = torch.cat(hs), torch.cat(cs)
-            z = zx[a:b] + net.u(torch.cat([h_all[left], h_all[right]], dim=1))
+            z = zx[level] + net.u(torch.cat([h_all[left], h_all[right]], dim=1))
             h, c = net.cell(z, c_all[left], c_all[right])
             hs.append(h)
             cs.append(c)
         loss = loss_fn(net.out(torch.cat(hs)), labels)
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.item()
 
     return step
 

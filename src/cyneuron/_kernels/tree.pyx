@@ -151,6 +151,11 @@ cdef extern from "tree_act_f32.h" nogil:
     void cn_tree_sigmoidf_inplace(float *x, Py_ssize_t n)
     void cn_tree_tanhf_to(const float *x, float *y, Py_ssize_t n)
     void cn_tree_use_isa(int isa)
+    void cn_tree_lstm_bwd_row(Py_ssize_t n, const float *dh, float *dc, const float *i,
+                              const float *u, const float *o, const float *tc, float *dzi,
+                              float *dzu, float *dzo)
+    void cn_tree_forget_bwd_row(Py_ssize_t n, const float *dc, const float *ck, const float *f,
+                                float *dzf, float *dck, float *acc)
 
 
 cdef inline void _sigmoid_row(floating *x, Py_ssize_t n) noexcept nogil:
@@ -347,13 +352,14 @@ cdef _check_kids(const int64_t[::1] level_start, const int64_t[::1] edge_start,
 
 # -- backward ----------------------------------------------------------------------------------
 def backward(int cell, int act, const int64_t[::1] level_start, const int64_t[::1] edge_start,
-             const int64_t[::1] kids, const floating[:, ::1] z, const floating[:, ::1] u,
+             const int64_t[::1] kids, const floating[:, ::1] z, const floating[:, ::1] ut,
              const floating[:, ::1] h, const floating[:, ::1] c, const floating[:, ::1] tc,
              const floating[:, ::1] fe, floating[:, ::1] dh, floating[:, ::1] dc,
              floating[:, ::1] dz, floating[:, ::1] dhc, floating[:, ::1] dfe,
              floating[:, ::1] dhk):
     """Top-down over the levels (backpropagation through structure), from forward's z,
-    h, c, tc, fe. dh (P, H) holds the gradients of the outputs on entry and receives
+    h, c, tc, fe; ut (G, W) is the recurrent kernel transposed (contiguous rows: the
+    GEMMs read it in place). dh (P, H) holds the gradients of the outputs on entry and receives
     those from the parents; dc (P, H) zeros on entry (LSTM). Writes dz (P, G), the
     gradients of the pre-activations (child-sum: its forget columns hold the sum over
     the node's children of dfe (E, H), each edge's forget pre-activation gradient);
@@ -362,7 +368,7 @@ def backward(int cell, int act, const int64_t[::1] level_start, const int64_t[::
     cdef Py_ssize_t L = level_start.shape[0] - 1, E = kids.shape[0]
     _check(dz.shape[0] == P and dz.shape[1] == G and dh.shape[0] == P and dh.shape[1] == H
            and h.shape[0] == P, "h / dh / dz have the wrong shape")
-    _check_shapes(cell, P, G, H, E, level_start, edge_start, (u.shape[0], u.shape[1]),
+    _check_shapes(cell, P, G, H, E, level_start, edge_start, (ut.shape[1], ut.shape[0]),
                   (dhc.shape[0], dhc.shape[1]), (c.shape[0], c.shape[1]),
                   (tc.shape[0], tc.shape[1]), (fe.shape[0], fe.shape[1]))
     if cell != C_RNN:
@@ -371,7 +377,7 @@ def backward(int cell, int act, const int64_t[::1] level_start, const int64_t[::
         _check(dfe.shape[0] == E and dfe.shape[1] == H and dhk.shape[0] == E
                and dhk.shape[1] == H, "dfe / dhk have the wrong shape")
     _check_kids(level_start, edge_start, kids)
-    cdef Py_ssize_t l, a, b, p, e, ea, eb, j, k, W = u.shape[0]
+    cdef Py_ssize_t l, a, b, p, e, ea, eb, j, k, W = ut.shape[1]
     cdef Py_ssize_t ou = 3 * H if cell == C_BINARY else 2 * H    # the u and o columns
     cdef Py_ssize_t oo = 4 * H if cell == C_BINARY else 3 * H
     cdef const floating *zp
@@ -397,42 +403,45 @@ def backward(int cell, int act, const int64_t[::1] level_start, const int64_t[::
                     continue
                 dcp = &dc[p, 0]
                 tcp = &tc[p, 0]
-                for j in range(H):
-                    dcp[j] += dhp[j] * zp[oo + j] * (1 - tcp[j] * tcp[j])
-                    dzp[j] = dcp[j] * zp[ou + j] * zp[j] * (1 - zp[j])
-                    dzp[ou + j] = dcp[j] * zp[j] * (1 - zp[ou + j] * zp[ou + j])
-                    dzp[oo + j] = dhp[j] * tcp[j] * zp[oo + j] * (1 - zp[oo + j])
-                if cell == C_BINARY:
-                    memset(dzp + H, 0, 2 * H * sizeof(floating))
-                    for e in range(edge_start[p], edge_start[p + 1]):
+                if floating is float:
+                    cn_tree_lstm_bwd_row(H, dhp, dcp, zp, zp + ou, zp + oo, tcp, dzp,
+                                         dzp + ou, dzp + oo)
+                else:
+                    for j in range(H):
+                        dcp[j] += dhp[j] * zp[oo + j] * (1 - tcp[j] * tcp[j])
+                        dzp[j] = dcp[j] * zp[ou + j] * zp[j] * (1 - zp[j])
+                        dzp[ou + j] = dcp[j] * zp[j] * (1 - zp[ou + j] * zp[ou + j])
+                        dzp[oo + j] = dhp[j] * tcp[j] * zp[oo + j] * (1 - zp[oo + j])
+                # forget gates: binary, one column block per child slot; child-sum, one
+                # row per edge (dfe), summed into the node's forget column block
+                memset(dzp + H, 0, (2 * H if cell == C_BINARY else H) * sizeof(floating))
+                for e in range(edge_start[p], edge_start[p + 1]):
+                    k = kids[e]
+                    if cell == C_BINARY:
                         q = zp + (1 + e - edge_start[p]) * H
                         r = dzp + (1 + e - edge_start[p]) * H
-                        k = kids[e]
-                        ck = &c[k, 0]
-                        dck = &dc[k, 0]
-                        for j in range(H):
-                            r[j] = dcp[j] * ck[j] * q[j] * (1 - q[j])
-                            dck[j] += dcp[j] * q[j]
-                else:
-                    memset(dzp + H, 0, H * sizeof(floating))
-                    for e in range(edge_start[p], edge_start[p + 1]):
+                    else:
                         q = &fe[e, 0]
                         r = &dfe[e, 0]
-                        k = kids[e]
+                    if floating is float:
+                        cn_tree_forget_bwd_row(H, dcp, &c[k, 0], q, r, &dc[k, 0],
+                                               dzp + H if cell == C_CHILD_SUM else NULL)
+                    else:
                         ck = &c[k, 0]
                         dck = &dc[k, 0]
                         for j in range(H):
                             r[j] = dcp[j] * ck[j] * q[j] * (1 - q[j])
-                            dzp[H + j] += r[j]
                             dck[j] += dcp[j] * q[j]
+                            if cell == C_CHILD_SUM:
+                                dzp[H + j] += r[j]
             if l == 0:
                 break
             # the children's h gradients: one GEMM with U^T for the level, then scatter
             if cell == C_CHILD_SUM:
-                _mm(b - a, H, H, &dz[a, 0], G, 1, &u[0, 0], 1, G, &dhc[a, 0], H, False)
-                _mm(b - a, H, 2 * H, &dz[a, 2 * H], G, 1, &u[0, 2 * H], 1, G, &dhc[a, 0], H,
+                _mm(b - a, H, H, &dz[a, 0], G, 1, &ut[0, 0], H, 1, &dhc[a, 0], H, False)
+                _mm(b - a, H, 2 * H, &dz[a, 2 * H], G, 1, &ut[2 * H, 0], H, 1, &dhc[a, 0], H,
                     True)
-                _mm(eb - ea, H, H, &dfe[ea, 0], H, 1, &u[0, H], 1, G, &dhk[ea, 0], H, False)
+                _mm(eb - ea, H, H, &dfe[ea, 0], H, 1, &ut[H, 0], H, 1, &dhk[ea, 0], H, False)
                 for p in range(a, b):
                     for e in range(edge_start[p], edge_start[p + 1]):
                         dck = &dh[kids[e], 0]
@@ -441,7 +450,7 @@ def backward(int cell, int act, const int64_t[::1] level_start, const int64_t[::
                         for j in range(H):
                             dck[j] += q[j] + ck[j]
             else:
-                _mm(b - a, W, G, &dz[a, 0], G, 1, &u[0, 0], 1, G, &dhc[a, 0], W, False)
+                _mm(b - a, W, G, &dz[a, 0], G, 1, &ut[0, 0], W, 1, &dhc[a, 0], W, False)
                 for p in range(a, b):
                     for e in range(edge_start[p], edge_start[p + 1]):
                         dck = &dh[kids[e], 0]

@@ -207,8 +207,10 @@ class _TreeLayer(Layer):
         dhc = self._buffer("dhc", (p, r))
         dfe = self._buffer("dfe", (e, units) if child_sum else (0, 0))
         dhk = self._buffer("dhk", (e, units) if child_sum else (0, 0))
+        ut = self._buffer("ut", (g, r))      # U^T, contiguous: read in place by the GEMMs
+        np.copyto(ut, self._weights[1].T)
         _k.backward(self._cell, self._act_code(), sched["level_start"], sched["edge_start"],
-                    sched["kids"], z, self._weights[1], h, c, tc, fe, dh, dc, dz, dhc, dfe,
+                    sched["kids"], z, ut, h, c, tc, fe, dh, dc, dz, dhc, dfe,
                     dhk)
         dw, du, db = self._gradients
         gemm(xg.T, dz, dw, b_sums=db)
