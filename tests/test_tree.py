@@ -294,10 +294,11 @@ def tree_model(vocab, max_nodes, max_kids, kind, units, classes, return_nodes, s
     return cn.Model([tokens, kids], out)
 
 
-def test_model_gradients_match_layer_and_save_load(tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_tree_model_trains_saves_and_masks_padding(kind, tmp_path):
     data = T.from_ptb(["(3 (2 good) (3 movie))", "(1 (1 bad) (2 (2 the) (2 plot)))",
                        "(2 the)"])
-    model = tree_model(len(data.vocab) + 1, data.max_nodes, 2, "binary", 6, 5, True, 0)
+    model = tree_model(len(data.vocab) + 1, data.max_nodes, 2, kind, 6, 5, True, 0)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(data.inputs, data.labels, epochs=2, batch_size=2, verbose=0)
     path = tmp_path / "tree.cyn"
