@@ -213,8 +213,25 @@ class _TreeLayer(Layer):
                     sched["kids"], z, ut, h, c, tc, fe, dh, dc, dz, dhc, dfe,
                     dhk)
         dw, du, db = self._gradients
-        gemm(xg.T, dz, dw, b_sums=db)
+        w = self._weights[0]
         first = int(sched["level_start"][1]) if len(sched["level_start"]) > 2 else p
+        # The leaves (rows [0, first)) have no forget gates: their columns of dz are zero,
+        # so the leaves' share of dW and dx skips them (LSTM cells).
+        blocks = self._leaf_gate_blocks() if first > 0 else None
+        if blocks is None:
+            gemm(xg.T, dz, dw, b_sums=db)
+        else:
+            if first < p:
+                gemm(xg[first:].T, dz[first:], dw, b_sums=db)
+            else:
+                dw.fill(0)
+                db.fill(0)
+            for a, b in blocks:
+                t = self._buffer(f"dw_leaves_{a}", (f, b - a))
+                tb = self._buffer(f"db_leaves_{a}", (b - a,))
+                gemm(xg[:first].T, dz[:first, a:b], t, b_sums=tb)
+                dw[:, a:b] += t
+                db[a:b] += tb
         if first < p:      # the rows with children (the leaves' hc is zero)
             gemm(hc[first:].T, dz[first:], du)
         else:
@@ -229,13 +246,24 @@ class _TreeLayer(Layer):
         if not need_input_grad:
             return None
         dxg = self._buffer("dxg", (p, f))
-        gemm(dz, self._weights[0].T, dxg)
+        if blocks is None:
+            gemm(dz, w.T, dxg)
+        else:
+            if first < p:
+                gemm(dz[first:], w.T, dxg[first:])
+            for i, (a, b) in enumerate(blocks):
+                gemm(dz[:first, a:b], w[:, a:b].T, dxg[:first], accumulate=i > 0)
         dx = self._buffer("dx", (n * m, f))
         _k.scatter(dxg, sched["pos"], dx)
         return [dx.reshape(n, m, f), None]    # children (indices) have no gradient
 
     def _act_code(self):
         return _k.TACT_TANH
+
+    def _leaf_gate_blocks(self):
+        """Column blocks of z a leaf uses (its gates other than the forget gates), or
+        None when every column is used."""
+        return None
 
     def get_config(self):
         return {"name": self.name, "units": self.units, "return_nodes": self.return_nodes,
@@ -293,6 +321,10 @@ class TreeLSTM(_TreeLayer):
     def _widths(self):
         u = self.units
         return (5 * u, 2 * u) if self.variant == "binary" else (4 * u, u)
+
+    def _leaf_gate_blocks(self):
+        u = self.units      # binary i | f0 f1 | u o; child-sum i | f | u o
+        return [(0, u), (3 * u, 5 * u)] if self.variant == "binary" else [(0, u), (2 * u, 4 * u)]
 
     def _bias_initializer(self):
         if not self.unit_forget_bias:
