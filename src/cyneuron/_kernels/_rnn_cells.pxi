@@ -55,6 +55,14 @@ cdef inline void _gru_bwd_default(Py_ssize_t n, const floating *z, const floatin
 
 
 
+cdef inline void _zero_gate_grads(floating *dg, Py_ssize_t ldg, int blocks, Py_ssize_t H,
+                                  Py_ssize_t j, Py_ssize_t n) noexcept nogil:
+    """A masked sample's gate gradients (unit j, sample n, each of the gate blocks): 0."""
+    cdef int q
+    for q in range(blocks):
+        dg[(q * H + j) * ldg + n] = 0
+
+
 # Layouts (unit-major: a step's values for one unit are the N samples side by side):
 #   xf (F, T*N)     the inputs, feature-major; step t is columns [t*N, (t+1)*N).
 #   gates (T, G, N) per step, the step GEMM's output (contiguous), then replaced by the
@@ -175,10 +183,7 @@ cdef void _lstm_bwd_chunk(const floating *g, const floating *c_prev, const float
             e = j * N + n
             dht = dh[e] + dy[j * ldy + n] if dy != NULL else dh[e]
             if keep != NULL and keep[n] == 0:
-                dg[j * ldg + n] = 0
-                dg[(H + j) * ldg + n] = 0
-                dg[(2 * H + j) * ldg + n] = 0
-                dg[(3 * H + j) * ldg + n] = 0
+                _zero_gate_grads(dg, ldg, 4, H, j, n)
                 dh[e] = dht
                 continue
             dcj = dc[e] + dht * g[3 * hn + e] * s[4 * hn + e]
@@ -294,12 +299,8 @@ cdef void _gru_bwd_chunk(const floating *g, const floating *rh, const floating *
             e = j * N + n
             dht = dh[e] + dy[j * ldy + n] if dy != NULL else dh[e]
             if keep != NULL and keep[n] == 0:
-                dgx[j * ldg + n] = 0
-                dgx[(H + j) * ldg + n] = 0
-                dgx[(2 * H + j) * ldg + n] = 0
-                dgr[j * ldg + n] = 0
-                dgr[(H + j) * ldg + n] = 0
-                dgr[(2 * H + j) * ldg + n] = 0
+                _zero_gate_grads(dgx, ldg, 3, H, j, n)
+                _zero_gate_grads(dgr, ldg, 3, H, j, n)
                 dh[e] = dht
                 continue
             dn = dht * (1 - g[e]) * s[2 * hn + e]
