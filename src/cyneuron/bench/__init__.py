@@ -27,6 +27,8 @@ transformer: the fused attention op (batch 8, 8 heads, head_dim 64, T = 128 / 51
         forward and forward + backward, and its peak memory at T = 2048) against
         torch.nn.functional.scaled_dot_product_attention, and a 2-layer Transformer
         encoder classifier (training and inference) against nn.TransformerEncoder.
+inference: predict of the MLP, LeNet CNN and LSTM classifier at batch 1 and 256 against
+        onnxruntime running the same models exported by cn.onnx.export.
 rbm, som: BernoulliRBM.fit against scikit-learn's, SOM training against MiniSom's.
 
 The machine's environment may set OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which force numpy's
@@ -51,7 +53,8 @@ from .harness import (_REEXEC_MARKER, CLOCKS, MIN_ROUNDS, _header, _limit_blas_t
                       _reexec_without_handicap, openblas_handicap, set_clock)
 
 # The groups in the order `all` runs them: one module of this package each.
-GROUPS = ("matmul", "mlp", "conv", "resnet", "rnn", "transformer", "sklearn", "rbm", "som")
+GROUPS = ("matmul", "mlp", "conv", "resnet", "rnn", "transformer", "sklearn", "inference", "rbm",
+          "som")
 
 
 def main(argv=None):
