@@ -23,6 +23,7 @@ import textwrap
 
 import numpy as np
 from Cython.Build import cythonize
+from Cython.Tempita import Template
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -55,6 +56,23 @@ C_MACROS = [("CN_HAVE_X86_KERNELS", "1")] if IS_X86_64 else []
 
 KERNELS = ["_openmp", "gemm", "activations", "losses", "optim", "normalization", "conv", "arrays",
            "pooling", "recurrent", "winograd", "attention", "rbm", "som", "tree"]
+
+
+def generate_from_templates(folder="src/cyneuron/_kernels"):
+    """Render every <name>.tp in the kernels folder to <name> (Tempita, shipped with Cython):
+    the per-variant kernels (activations, losses, the libm wrappers, the Winograd transforms)
+    are written once in a template and generated here, before cythonize reads them. The
+    generated files are build outputs (.gitignore); a file is rewritten only when its
+    template is newer, so that an unchanged template rebuilds nothing."""
+    for tp in sorted(glob.glob(os.path.join(folder, "*.tp"))):
+        out = tp[:-len(".tp")]
+        if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(tp):
+            continue
+        with open(tp) as f:
+            text = Template(f.read(), name=tp).substitute()
+        with open(out, "w") as f:
+            f.write(f"# Generated from {os.path.basename(tp)} by setup.py: edit the template.\n")
+            f.write(text)
 
 
 def openmp_flag(compiler):
@@ -127,6 +145,7 @@ def kernel_extension(name):
     )
 
 
+generate_from_templates()
 setup(
     ext_modules=cythonize(
         [kernel_extension(name) for name in KERNELS],

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import cyneuron as cn
-from cyneuron._bench import settle_threads
+from cyneuron.bench.harness import settle_threads
 
 N = 128 * 1024
 NAMES = ["sigmoid", "tanh", "gelu", "gelu_tanh", "swish", "elu", "exponential"]

@@ -13,14 +13,15 @@ both use SGD with momentum 0.9, and the benchmark's extra_info says "optimizer":
 Inference: softmax probabilities for the batch (torch under no_grad).
 Target: cyneuron >= 1.5x PyTorch samples/s for both, at 2 threads
 (OMP_NUM_THREADS=2 or cn.set_num_threads(2)).
-The callables are the ones `python -m cyneuron bench conv` times (cyneuron._bench).
+The callables are the ones `python -m cyneuron bench conv` times (cyneuron.bench.conv).
 """
 import numpy as np
 import pytest
 
 import cyneuron as cn
-from cyneuron._bench import (CONV_BATCH, conv_data, conv_optimizer_name, conv_predict_callables,
-                             conv_train_callables, settle_threads)
+from cyneuron.bench.conv import (CONV_BATCH, conv_data, conv_optimizer_name,
+                                  conv_predict_callables, conv_train_callables)
+from cyneuron.bench.harness import settle_threads
 
 TRAIN_GROUP = f"conv train step (batch {CONV_BATCH})"
 PREDICT_GROUP = f"conv inference (batch {CONV_BATCH})"

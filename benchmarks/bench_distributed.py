@@ -30,13 +30,14 @@ GLOBAL_BATCH = {"mlp": 256, "lenet": 64}
 
 def _model(name):
     import cyneuron as cn
-    from cyneuron import _bench, layers
+    from cyneuron import layers
+    from cyneuron.bench import conv
 
     if name == "lenet":
-        model = _bench.make_cyneuron_cnn(seed=0)
+        model = conv.make_cyneuron_cnn(seed=0)
         model.compile(optimizer=cn.optimizers.Adam(1e-3),
                       loss="sparse_categorical_crossentropy")
-        return model, _bench.CONV_INPUT
+        return model, conv.CONV_INPUT
     cn.set_seed(0)
     model = cn.Sequential([layers.Dense(512, activation="relu"),
                            layers.Dense(512, activation="relu"),

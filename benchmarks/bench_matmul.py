@@ -1,7 +1,7 @@
 """cyneuron.ops.matmul vs numpy matmul (OpenBLAS) on the cases of issue 3's targets: one group
 per case with both libraries; GFLOP/s and % of the measured FMA peak in extra_info.
 
-The cases are those of `python -m cyneuron bench matmul` (cyneuron._bench.matmul_cases):
+The cases are those of `python -m cyneuron bench matmul` (cyneuron.bench.matmul.matmul_cases):
 float32 squares n = 64 ... 2048 (64 and 128 without out=, call overhead included), float64
 squares 512 ... 2048, the 48 products of Dense layers (forward X @ W, dX = dY @ W^T,
 dW = X^T @ dY; cyneuron with the transpose flags, numpy on the transposed views) and float32
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import cyneuron as cn
-from cyneuron._bench import (both_on_threads, case_callables, gemm_flops, matmul_cases,
-                             matmul_error, measure_fma_peak, settle_threads)
+from cyneuron.bench.harness import both_on_threads, measure_fma_peak, settle_threads
+from cyneuron.bench.matmul import case_callables, gemm_flops, matmul_cases, matmul_error
 
 ALL_CASES = matmul_cases()
 CASES = [c for c in ALL_CASES if not c.threads]
@@ -66,7 +66,7 @@ def _run(benchmark, case, impl, threads):
     benchmark.extra_info.update(shape=[case.m, case.k, case.n], dtype=case.dtype,
                                 trans_a=case.trans_a, trans_b=case.trans_b, out=case.out,
                                 threads=threads, isa=cn.get_isa())
-    settle_threads()  # let the other library's spinning threads park (see _bench)
+    settle_threads()  # let the other library's spinning threads park (see cyneuron.bench.harness)
     benchmark(fns[impl])
     _record(benchmark, case, threads)
 

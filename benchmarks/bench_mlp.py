@@ -5,13 +5,13 @@ Adam (lr 1e-3), float32, shuffled batches: cyneuron `fit(epochs=1)`, the same ne
 optimizer in PyTorch (torch.set_num_threads = cyneuron's threads), scikit-learn's
 MLPClassifier(solver="adam", max_iter=1, warm_start=True) `fit`. extra_info: samples/s.
 Inference groups: one sample (latency) and 10,000 samples (throughput), softmax outputs.
-The callables are the ones `python -m cyneuron bench mlp` times (cyneuron._bench_mlp).
+The callables are the ones `python -m cyneuron bench mlp` times (cyneuron.bench.mlp).
 """
 import pytest
 
 import cyneuron as cn
-from cyneuron import _bench_mlp as mlp
-from cyneuron._bench import settle_threads
+from cyneuron.bench import mlp
+from cyneuron.bench.harness import settle_threads
 
 CASES = [(arch, b) for arch in mlp.ARCHITECTURES for b in mlp.BATCH_SIZES]
 

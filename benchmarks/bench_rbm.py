@@ -1,14 +1,14 @@
 """BernoulliRBM.fit: cyneuron against scikit-learn's BernoulliRBM, same settings, same group.
 
-Cases (cyneuron._bench_classic): the binarised digits with scikit-learn's defaults and
+Cases (cyneuron.bench.rbm): the binarised digits with scikit-learn's defaults and
 n_iter=20, and 6000 random binary vectors of 784 features (batch 100, n_iter=2).
 extra_info records samples/s and the pseudo-likelihood of the fitted model. The same
 callables are timed by `python -m cyneuron bench rbm`.
 """
 import pytest
 
-from cyneuron._bench import settle_threads
-from cyneuron._bench_classic import (RBM_DIGITS, RBM_WIDE, rbm_digits_data, rbm_fit_callables,
+from cyneuron.bench.harness import settle_threads
+from cyneuron.bench.rbm import (RBM_DIGITS, RBM_WIDE, rbm_digits_data, rbm_fit_callables,
                                      rbm_wide_data)
 
 pytest.importorskip("sklearn")

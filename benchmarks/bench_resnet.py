@@ -1,15 +1,15 @@
 """One training step and inference of a ResNet-style CNN (three residual blocks, 32
 channels, 28x28x1, batch 64, float32) built with the functional API: cyneuron vs PyTorch
 CPU (NCHW and channels_last), each group in the same run; samples/s in extra_info.
-The callables are the ones `python -m cyneuron bench resnet` times (cyneuron._bench_graph).
+The callables are the ones `python -m cyneuron bench resnet` times (cyneuron.bench.resnet).
 Target (issue 15): cyneuron >= 1.5x PyTorch's training samples/s.
 """
 import numpy as np
 import pytest
 
 import cyneuron as cn
-from cyneuron import _bench_graph as graph
-from cyneuron._bench import settle_threads
+from cyneuron.bench import resnet as graph
+from cyneuron.bench.harness import settle_threads
 
 TRAIN_GROUP = f"resnet train step (batch {graph.RESNET_BATCH})"
 PREDICT_GROUP = f"resnet inference (batch {graph.RESNET_BATCH})"

@@ -8,13 +8,14 @@ has Adam, otherwise SGD 0.01 with momentum 0.9, and the torch side uses the same
 torch: nn.LSTM / nn.GRU (batch_first) + nn.Linear on the last step, CrossEntropyLoss,
 zero_grad, backward, optimizer step, torch.set_num_threads(2).
 Inference: softmax probabilities for 256 sequences in one batch (torch under no_grad).
-The callables are the ones `python -m cyneuron bench rnn` times (cyneuron._bench).
+The callables are the ones `python -m cyneuron bench rnn` times (cyneuron.bench.rnn).
 """
 import numpy as np
 import pytest
 
 import cyneuron as cn
-from cyneuron._bench import (
+from cyneuron.bench.harness import settle_threads
+from cyneuron.bench.rnn import (
     RNN_BATCH,
     RNN_CELLS,
     RNN_PREDICT_SAMPLES,
@@ -23,7 +24,6 @@ from cyneuron._bench import (
     rnn_optimizer_label,
     rnn_predict_callables,
     rnn_train_callables,
-    settle_threads,
 )
 
 IMPLEMENTATIONS = ["cyneuron", "torch"]

@@ -4,12 +4,12 @@ Both fit scikit-learn's default network (one hidden layer of 100 ReLU units, ada
 for exactly SKLEARN_EPOCHS epochs from the same random_state on the same 75% split; cyneuron
 also in float32 (scikit-learn computes in float64). extra_info records samples/s and the
 test accuracy, and each benchmark checks that cyneuron reaches scikit-learn's accuracy.
-The callables are the ones `python -m cyneuron bench sklearn` times (cyneuron._bench).
+The callables are the ones `python -m cyneuron bench sklearn` times (cyneuron.bench.sklearn).
 """
 import pytest
 
-from cyneuron._bench import (SKLEARN_EPOCHS, settle_threads, sklearn_digits_data,
-                             sklearn_fit_callables)
+from cyneuron.bench.harness import settle_threads
+from cyneuron.bench.sklearn import SKLEARN_EPOCHS, sklearn_digits_data, sklearn_fit_callables
 
 pytest.importorskip("sklearn")
 

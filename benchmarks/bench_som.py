@@ -7,8 +7,8 @@ topographic errors of the trained map. `python -m cyneuron bench som` times the 
 """
 import pytest
 
-from cyneuron._bench import settle_threads
-from cyneuron._bench_classic import som_callables, som_data
+from cyneuron.bench.harness import settle_threads
+from cyneuron.bench.som import som_callables, som_data
 
 
 @pytest.fixture(scope="module")

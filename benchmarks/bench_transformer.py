@@ -8,14 +8,14 @@ run; GFLOP/s (and sequences/s) in extra_info.
 (b) A 2-layer encoder classifier (d_model 128, 4 heads, ff 512, T 64, batch 32, Adam):
     train step and inference on 256 sequences against nn.TransformerEncoder.
 The callables are the ones `python -m cyneuron bench transformer` times
-(cyneuron._bench_transformer). Threads: cn.get_num_threads() for both sides.
+(cyneuron.bench.transformer). Threads: cn.get_num_threads() for both sides.
 """
 import numpy as np
 import pytest
 
 import cyneuron as cn
-from cyneuron._bench import settle_threads
-from cyneuron._bench_transformer import (
+from cyneuron.bench.harness import settle_threads
+from cyneuron.bench.transformer import (
     ATT_LENGTHS,
     ENC_BATCH,
     ENC_PREDICT,

@@ -5,14 +5,14 @@ cross-entropy, Adam 1e-3; batches of 25 random binary trees of 20-40 leaves. One
 = one training step (the next of 8 fixed batches). Contenders: cyneuron (layers.TreeLSTM,
 level-batched kernels), PyTorch level-batched (one matmul per level, autograd) and
 PyTorch per-node (the tutorials' recursive cell). extra_info records trees/s. The
-callables are the ones `python -m cyneuron bench tree` times (cyneuron._bench_tree);
+callables are the ones `python -m cyneuron bench tree` times (cyneuron.bench.tree);
 on a busy machine prefer that command with `--threads 1 --clock cpu`.
 """
 import pytest
 
 import cyneuron as cn
-from cyneuron._bench import settle_threads
-from cyneuron._bench_tree import BATCH, IMPLEMENTATIONS, tree_callables
+from cyneuron.bench.harness import settle_threads
+from cyneuron.bench.tree import BATCH, IMPLEMENTATIONS, tree_callables
 
 THREADS = 1
 

@@ -14,7 +14,7 @@ import pytest
 
 import cyneuron as cn
 from cyneuron import layers
-from cyneuron._bench import settle_threads
+from cyneuron.bench.harness import settle_threads
 
 SHAPE = (64, 14, 14, 32)
 CASES = ["conv_transpose", "upsampling_nearest", "upsampling_bilinear"]

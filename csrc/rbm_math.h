@@ -5,11 +5,11 @@
  * attribute, and picked at run time from the GEMM's instruction set (current_isa(): the
  * CPU check and CYNEURON_ISA), so AVX code is only reached on a CPU that has it.
  *
- * exp: x clamped to [-708, 708] (float: [-87, 87]); k = round(x / ln 2) with the
- * 1.5 * 2^52 shifter (whose bits then hold k, so 2^k is built with integer adds and a
- * shift); r = x - k ln 2 (two-part ln 2); e^r by its Taylor polynomial to degree 13
- * (float: 7), |r| <= ln2 / 2. Measured: within 1.0 ulp (double) and 1.2 ulp (float) of
- * the correctly rounded exp over [-700, 700] and [-80, 80].
+ * exp, double: x clamped to [-708, 708]; k = round(x / ln 2) with the 1.5 * 2^52
+ * shifter (whose bits then hold k, so 2^k is built with integer adds and a shift);
+ * r = x - k ln 2 (two-part ln 2); e^r by its Taylor polynomial to degree 13,
+ * |r| <= ln2 / 2. Measured: within 1.0 ulp of the correctly rounded exp over
+ * [-700, 700]. float: cn_expf (cn_expf.h), the project's one float32 exp.
  *
  * Uniforms: draw i of stream s is u = splitmix64(s + (i + 1) * golden) >> 12 read as the
  * mantissa of a double in [1, 2), minus 1: 52 random bits in [0, 1).
@@ -18,6 +18,8 @@
 #define CN_RBM_MATH_H
 #include <stdint.h>
 #include <string.h>
+
+#include "cn_expf.h"   /* cn_expf: the float32 exp, shared with the recurrent and attention kernels */
 
 #define CN_RBM_GOLDEN 0x9E3779B97F4A7C15ULL
 
@@ -63,29 +65,6 @@ static inline double cn_rbm_exp_d(double x) {
     return p * scale;
 }
 
-static inline float cn_rbm_exp_s(float x) {
-    const float shifter = 12582912.0f;               /* 1.5 * 2^23 */
-    x = x < -87.0f ? -87.0f : (x > 87.0f ? 87.0f : x);
-    float t = x * 1.44269504088896341f + shifter;
-    float k = t - shifter;
-    float r = (x - k * 0.693145751953125f) - k * 1.428606765330187045e-06f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t tb, sb;
-    memcpy(&tb, &t, 4);
-    memcpy(&sb, &shifter, 4);
-    int32_t eb = (tb - sb + 127) << 23;
-    float scale;
-    memcpy(&scale, &eb, 4);
-    return p * scale;
-}
-
 /* Z[r, c] = sigmoid(Z[r, c] + bias[c]) for r < rows, c0 <= c < c1 (row stride ld). */
 #define CN_RBM_SIGMOID_DEF(NAME, T, EXP, ATTR)                                         \
     ATTR static void NAME(int64_t rows, int64_t ld, int64_t c0, int64_t c1, T *Z,        \
@@ -111,7 +90,7 @@ static inline float cn_rbm_exp_s(float x) {
 
 #define CN_RBM_ALL(SUFFIX, ATTR)                                                        \
     CN_RBM_SIGMOID_DEF(cn_rbm_sigmoid_d_##SUFFIX, double, cn_rbm_exp_d, ATTR)          \
-    CN_RBM_SIGMOID_DEF(cn_rbm_sigmoid_s_##SUFFIX, float, cn_rbm_exp_s, ATTR)           \
+    CN_RBM_SIGMOID_DEF(cn_rbm_sigmoid_s_##SUFFIX, float, cn_expf, ATTR)                 \
     CN_RBM_SAMPLE_DEF(cn_rbm_sample_d_##SUFFIX, double, ATTR)                          \
     CN_RBM_SAMPLE_DEF(cn_rbm_sample_s_##SUFFIX, float, ATTR)
 

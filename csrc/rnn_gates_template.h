@@ -1,6 +1,6 @@
 /* The float32 gate math of the recurrent layers for one vector instruction set,
- * included once per set by src/cyneuron/_kernels/recurrent.pyx (after its scalar
- * cn_expf / cn_tanhf / cn_sigmoidf, which handle the ragged ends) with these macros:
+ * included once per set by csrc/rnn_gates.h (after the scalar cn_expf / cn_tanhf /
+ * cn_sigmoidf of cn_expf.h, which handle the ragged ends) with these macros:
  *
  *   CN_SFX        name suffix (avx2, avx512)          CN_VW   lanes per vector
  *   CN_ATTR       the function attribute (target)     CN_V    the vector type

@@ -407,7 +407,7 @@ def test_learns_sentiment_per_node():
 def test_bench_callables_run_and_the_torch_versions_agree():
     """Each contender of `bench tree` trains a step; the two PyTorch versions (same seed,
     same weights) compute the same loss, so the level-batched one is the same model."""
-    from cyneuron import _bench_tree as B
+    from cyneuron.bench import tree as B
 
     batches = B.tree_data(seed=1, batches=2, batch=3)
     step = B.cyneuron_step(batches, 1)

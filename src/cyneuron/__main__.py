@@ -229,9 +229,9 @@ def main(argv=None):
     sub.add_parser("bench", help="benchmarks against numpy / PyTorch / scikit-learn", add_help=False)
     sub.add_parser("info", help="version, SIMD path, OpenMP, threads")
     if argv and argv[0] == "bench":
-        from cyneuron import _bench
+        from cyneuron.bench import main as bench_main
 
-        return _bench.main(argv[1:])
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo" and args.model == "transformer":
         demo_transformer(epochs=args.epochs or 30, batch_size=args.batch_size)

@@ -45,6 +45,7 @@ from . import _config
 from . import losses as _losses
 from . import metrics as _metrics
 from . import optimizers as _optimizers
+from . import saving
 from ._kernels.arrays import gather_rows
 from ._random import get_rng
 from ._validation import as_dtype, check_array, check_positive
@@ -1080,8 +1081,6 @@ class Model(Layer):
     def save(self, filepath, include_optimizer=True):
         """Write architecture, compile settings, weights (and the optimizer state) to one
         file, atomically; `cn.load_model(filepath)` reads it back. No pickle is used."""
-        from . import saving
-
         self._wlock.acquire_read()      # one consistent set of weights and optimizer state
         try:
             saving.save_model(self, filepath, include_optimizer=include_optimizer)
@@ -1090,8 +1089,6 @@ class Model(Layer):
 
     def save_weights(self, filepath):
         """Write only the weights (get_weights() order) to a file, atomically."""
-        from . import saving
-
         self._wlock.acquire_read()
         try:
             saving.save_weights(self, filepath)
@@ -1100,8 +1097,6 @@ class Model(Layer):
 
     def load_weights(self, filepath):
         """Read weights written by save_weights (or save) into this model (same architecture)."""
-        from . import saving
-
         saving.load_weights(self, filepath)
 
     # -- training set-up -----------------------------------------------------------------------
@@ -2224,3 +2219,6 @@ def class_weight_to_sample_weight(y, class_weight):
             raise ValueError(f"class_weight[{label}] must be a finite number >= 0, got {value!r}")
         weights[labels == int(label)] = float(value)
     return weights
+
+
+saving.register_model_builder(model_from_config)

@@ -328,6 +328,18 @@ def _restore_optimizer(archive, model, state):
     optimizer.slots = slots
 
 
+# How load_model rebuilds a model from its config: cyneuron.models registers its
+# model_from_config when imported, so that the dependency runs one way (models -> saving)
+# and saving never imports models.
+_model_builder = None
+
+
+def register_model_builder(build):
+    """Set the function that load_model rebuilds models with: build(config, custom_objects)."""
+    global _model_builder
+    _model_builder = build
+
+
 def load_model(filepath, custom_objects=None, compile=True):
     """The model saved by `model.save(filepath)`: same architecture and weights, compiled
     with the same optimizer (and its state), loss and metrics unless compile=False.
@@ -336,8 +348,9 @@ def load_model(filepath, custom_objects=None, compile=True):
     metrics or optimizers (by their `name`). A file that is truncated, corrupted, of
     another format or of a newer format version raises ValueError.
     """
-    from .models import model_from_config
-
+    if _model_builder is None:
+        raise RuntimeError("no model builder registered: import cyneuron (cyneuron.models "
+                           "registers it)")
     with _Archive(filepath) as archive:
         header = archive.header
         if header["kind"] != "model":
@@ -345,7 +358,7 @@ def load_model(filepath, custom_objects=None, compile=True):
                           "call model.load_weights(path)")
         try:
             with _layer_base.WeightBudget(archive.declared_elements()):
-                model = model_from_config(header["model"], custom_objects=custom_objects)
+                model = _model_builder(header["model"], custom_objects=custom_objects)
         except ValueError as exc:
             archive._fail(f"cannot rebuild the model: {exc}")
         except (MemoryError, OverflowError) as exc:

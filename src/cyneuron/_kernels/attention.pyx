@@ -66,30 +66,8 @@ cdef extern from *:
     #pragma GCC optimize("no-trapping-math")
     #endif
 
-    /* e^x, float32: Cody-Waite reduction, Cephes's degree-6 polynomial, 2^n in the
-       exponent bits; below -87 (and for -inf) exactly 0, so masked scores weigh nothing. */
-    static inline float cn_attn_expf(float x) {
-        float t, n, r, z, p, xc;
-        int32_t bits;
-        xc = x > 88.0f ? 88.0f : x;
-        xc = xc < -87.0f ? -87.0f : xc;
-        t = xc * 1.44269504088896341f + 12582912.0f;
-        n = t - 12582912.0f;
-        r = xc - n * 0.693359375f;
-        r = r + n * 2.12194440e-4f;
-        z = r * r;
-        p = 1.9875691500e-4f;
-        p = p * r + 1.3981999507e-3f;
-        p = p * r + 8.3334519073e-3f;
-        p = p * r + 4.1665795894e-2f;
-        p = p * r + 1.6666665459e-1f;
-        p = p * r + 5.0000001201e-1f;
-        p = p * z + r + 1.0f;
-        memcpy(&bits, &t, sizeof bits);
-        bits = (bits - 0x4B3FFF81) << 23;
-        memcpy(&t, &bits, sizeof t);
-        return x < -87.0f ? 0.0f : p * t;
-    }
+    /* cn_expf_flush: e^x, float32, exactly 0 below -87 (masked scores weigh nothing) */
+    #include "cn_expf.h"
 
     /* The row loops of a score tile, float32; one copy per instruction set. */
     #define CN_ATTN_LOOPS(sfx, attr)                                                   \\
@@ -113,18 +91,18 @@ cdef extern from *:
         for (int u = 0; u < 16; u++) acc[u] = 0.0f;                                    \\
         for (; j + 16 <= n; j += 16)                                                   \\
             for (int u = 0; u < 16; u++) {                                             \\
-                float e = cn_attn_expf(s[j + u] * scale - shift);                      \\
+                float e = cn_expf_flush(s[j + u] * scale - shift);                      \\
                 s[j + u] = e;                                                          \\
                 acc[u] += e;                                                           \\
             }                                                                          \\
-        for (; j < n; j++) { float e = cn_attn_expf(s[j] * scale - shift); s[j] = e; t += e; }\\
+        for (; j < n; j++) { float e = cn_expf_flush(s[j] * scale - shift); s[j] = e; t += e; }\\
         for (int u = 0; u < 16; u++) t += acc[u];                                      \\
         return t;                                                                      \\
     }                                                                                  \\
     /* backward: s[j] = P = e^(s[j] * scale - lse) */                                  \\
     attr static void cn_attn_exprow_##sfx(float *s, Py_ssize_t n, float scale,         \\
                                           float lse) {                                 \\
-        for (Py_ssize_t j = 0; j < n; j++) s[j] = cn_attn_expf(s[j] * scale - lse);    \\
+        for (Py_ssize_t j = 0; j < n; j++) s[j] = cn_expf_flush(s[j] * scale - lse);    \\
     }                                                                                  \\
     /* backward: dp[j] = P (dP - D) * scale */                                         \\
     attr static void cn_attn_dsrow_##sfx(const float *p, float *dp, Py_ssize_t n,      \\
@@ -184,7 +162,7 @@ cdef extern from *:
     static int cn_attn_have_simd(void) { return CN_ATTN_HAVE_SIMD; }
     """
     int cn_attn_have_simd() noexcept nogil
-    float cn_attn_expf(float x) noexcept nogil
+    float cn_expf_flush(float x) noexcept nogil
     float cn_attn_rowmax(int isa, const float *s, Py_ssize_t n) noexcept nogil
     float cn_attn_expsum(int isa, float *s, Py_ssize_t n, float sc, float sh) noexcept nogil
     void cn_attn_exprow(int isa, float *s, Py_ssize_t n, float sc, float l) noexcept nogil
@@ -359,7 +337,7 @@ cdef void _fwd_tile(int isa, Py_ssize_t nq, Py_ssize_t i0, Py_ssize_t Tk, Py_ssi
             rs = _expsum(isa, srow, nk, scale, mnew)
             if m[r] != -INFINITY and mnew != m[r]:
                 if floating is float:
-                    alpha = cn_attn_expf(m[r] - mnew)
+                    alpha = cn_expf_flush(m[r] - mnew)
                 else:
                     alpha = exp(m[r] - mnew)
                 l[r] = l[r] * alpha + rs

@@ -38,7 +38,7 @@ def random_tree(rng, leaves):
 
 def tree_data(seed=0, batches=BATCHES, batch=BATCH):
     """[(TreeBatch, labels)] for `batches` batches of `batch` trees (per-node labels 0..4)."""
-    from . import trees
+    from .. import trees
 
     rng = np.random.default_rng(seed)
     vocab = {i: i for i in range(1, VOCAB + 1)}
@@ -152,7 +152,7 @@ def torch_level_step(batches, threads):
     """Level by level: all nodes of one height across the batch at once."""
     import torch
 
-    from .trees import schedule
+    from ..trees import schedule
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -218,7 +218,7 @@ def bench_tree(args, out):
     """Print the table of trees/s (train steps) and the ratios."""
     import cyneuron as cn
 
-    from ._bench import _rate_table
+    from .harness import _rate_table
 
     threads = args.threads or cn.get_num_threads()
     batches = tree_data()
@@ -238,3 +238,6 @@ def bench_tree(args, out):
     out("  first-step loss (ln 5 = 1.609 expected): " + ", ".join(
         f"{k} {v:.4f}" for k, v in losses.items()))
     return rate
+
+
+run = bench_tree
