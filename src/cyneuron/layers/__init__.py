@@ -19,6 +19,8 @@ from .reshaping import (Cropping1D, Cropping2D, Flatten, Permute, RepeatVector, 
 from .transformer import (PositionalEncoding, TokenAndPositionEmbedding, TransformerDecoder,
                           TransformerEncoder)
 from .wrappers import Bidirectional, TimeDistributed, Wrapper
+from .noise import GaussianDropout, GaussianNoise
+from .variational import GaussianKL, Sampling
 
 __all__ = ["Layer", "Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Maxout", "Dropout",
            "BatchNormalization", "LayerNormalization", "Normalization", "Conv1D", "Conv2D",
@@ -31,4 +33,4 @@ __all__ = ["Layer", "Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Maxout"
            "Input", "InputLayer", "Add", "Subtract", "Multiply", "Average", "Maximum",
            "Minimum", "Concatenate", "Dot", "RBF", "MultiHeadAttention",
            "TokenAndPositionEmbedding", "PositionalEncoding", "TransformerEncoder",
-           "TransformerDecoder"]
+           "TransformerDecoder", "GaussianNoise", "GaussianDropout", "Sampling", "GaussianKL"]
