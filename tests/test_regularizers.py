@@ -89,6 +89,23 @@ def test_graph_regularizers_nested_and_conv_gradient_float64():
     _check_model_gradients(model, x, y)
 
 
+def test_wrapped_layers_keep_their_regularizers_gradient_float64():
+    rng = np.random.default_rng(6)
+    cn.set_seed(6)
+    inp = cn.Input((3, 4), dtype="float64")
+    h = layers.TimeDistributed(layers.Dense(3, kernel_regularizer=L2(0.3)))(inp)
+    h = layers.Bidirectional(layers.SimpleRNN(2, recurrent_regularizer=L1L2(0.1, 0.2),
+                                              bias_regularizer=L2(0.4)))(h)
+    model = cn.Model(inp, layers.Dense(1)(h))
+    model.compile(optimizer="sgd", loss="mse")
+    model.layers[2].set_weights([w + 0.1 * rng.standard_normal(w.shape)
+                                 for w in model.layers[2].get_weights()])
+    assert len(model._weight_regs) == 1 + 2 * 2
+    _check_model_gradients(model, rng.standard_normal((4, 3, 4)), rng.standard_normal((4, 1)))
+    again = cn.models.model_from_config(model.get_config())
+    assert len(again._weight_regs) == 5
+
+
 def test_custom_loop_backward_includes_the_penalties():
     rng = np.random.default_rng(3)
     cn.set_seed(3)
