@@ -147,7 +147,17 @@ def test_add_loss_checks_and_round_trip(tmp_path):
     vae.save(tmp_path / "vae.cyn")
     again = cn.load_model(tmp_path / "vae.cyn")
     assert len(again._loss_tensors) == 1
-    np.testing.assert_array_equal(again.get_weights()[0], vae.get_weights()[0])
+    for a, b in zip(again.get_weights(), vae.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    samplers = [[layer for layer in m.layers if isinstance(layer, layers.Sampling)][0]
+                for m in (vae, again)]
+    assert samplers[1].seed == 11
+    for s in samplers:
+        _fresh(s)
+    np.testing.assert_array_equal(again.predict(x), vae.predict(x))
+    for s in samplers:
+        _fresh(s)
+    assert again.evaluate(x, x)["loss"] == pytest.approx(vae.evaluate(x, x)["loss"], rel=1e-6)
     with pytest.raises(ValueError, match="functional model"):
         cn.Sequential([layers.Dense(1)]).add_loss(other)
 
