@@ -43,6 +43,8 @@ def test_construction_errors_are_clear():
     gan.compile()
     with pytest.raises(ValueError, match=r"per-sample shape \(2,\)"):
         gan.fit(np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match="takes no labels"):
+        gan.fit(np.zeros((4, 3), np.float32), np.zeros(4))
     cg = _mlp([4, 3], [8], 5)
     with pytest.raises(ValueError, match="discriminator's inputs"):
         cn.models.ConditionalGAN(cg, _mlp([5, 2], [8], 1), latent_dim=4, num_classes=3)

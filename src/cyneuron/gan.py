@@ -124,6 +124,8 @@ class GAN:
         self.d_optimizer, self.g_optimizer = d_opt, g_opt
         self.label_smoothing = float(label_smoothing)
         last = self.discriminator._output_step(0).layer
+        while hasattr(last, "_output_step"):          # a nested model: its own output layer
+            last = last._output_step(0).layer
         probs = getattr(getattr(last, "activation", None), "name", None) == "sigmoid"
         self.loss_fn = _losses.BinaryCrossentropy(from_logits=not probs)
         return self
@@ -165,6 +167,9 @@ class GAN:
 
     # -- fit -------------------------------------------------------------------------------
     def _check_data(self, x, y=None):
+        if y is not None:
+            raise ValueError("GAN.fit takes no labels y (for class-conditional generation use "
+                             "cn.models.ConditionalGAN)")
         shape = _output_shape(self.generator, "the generator")
         x = check_array(x, "x", self.dtype)
         if x.shape[1:] != shape:
@@ -296,7 +301,7 @@ class ConditionalGAN(GAN):
     def _check_data(self, x, y=None):
         if y is None:
             raise ValueError("ConditionalGAN.fit needs the class labels y")
-        (x,) = super()._check_data(x)
+        (x,) = GAN._check_data(self, x)
         labels = self.one_hot(y)
         if len(labels) != len(x):
             raise ValueError(f"x and y must have the same number of samples; got {len(x)} "
