@@ -74,6 +74,20 @@ def test_noise_layer_arguments_are_checked():
         layers.Sampling(seed=-2)
 
 
+def test_noise_layers_export_to_onnx_as_the_identity(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    cn.set_seed(6)
+    model = cn.Sequential([cn.Input((6,)), layers.GaussianNoise(0.3), layers.Dense(4),
+                           layers.GaussianDropout(0.2), layers.Dense(6, activation="sigmoid")])
+    x = np.random.default_rng(6).standard_normal((5, 6)).astype(np.float32)
+    path = tmp_path / "denoiser.onnx"
+    cn.onnx.export(model, str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, model.predict(x), rtol=1e-5, atol=1e-6)
+
+
 # -- VAE layers and add_loss -------------------------------------------------------------
 def test_sampling_and_kl_gradients_float64():
     rng = np.random.default_rng(2)
