@@ -107,6 +107,12 @@ LAYER_CASES.update({
                                     layers.Dense(2)], (5, 4)),
 })
 
+LAYER_CASES.update({
+    "GaussianNoise": (lambda: [layers.GaussianNoise(0.1, seed=2), layers.Dense(2)], (6,)),
+    "GaussianDropout": (lambda: [layers.Dense(5), layers.GaussianDropout(0.2), layers.Dense(2)],
+                        (6,)),
+})
+
 # layers whose round trip needs other inputs than LAYER_CASES' floats: own tests below
 OTHER_ROUND_TRIPS = {"Embedding": "test_round_trip_embedding",
                      **{name: "test_functional.py::test_save_load_round_trip_functional"
@@ -117,7 +123,9 @@ OTHER_ROUND_TRIPS = {"Embedding": "test_round_trip_embedding",
                      **{name: "test_transformer.py::test_padding_mask_flows_through_encoder_graph"
                         for name in ("TokenAndPositionEmbedding", "TransformerDecoder")},
                      **{name: "test_tree.py::test_tree_model_trains_saves_and_masks_padding"
-                        for name in ("TreeRNN", "TreeLSTM")}}
+                        for name in ("TreeRNN", "TreeLSTM")},
+                     **{name: "test_autoencoders.py::test_add_loss_checks_and_round_trip"
+                        for name in ("Sampling", "GaussianKL")}}
 
 
 def _data(n=32, shape=(6,), outputs=2, dtype=np.float32, seed=0):
@@ -182,11 +190,12 @@ def test_round_trip_every_layer(case, tmp_path):
     assert loaded.optimizer.iterations == model.optimizer.iterations
     for name, value in model.optimizer.slots.items():
         np.testing.assert_array_equal(loaded.optimizer.slots[name], value)
-    for layer in loaded.layers:   # dropout draws from its own seeded stream
-        if isinstance(layer, layers.Dropout):
+    noisy = (layers.Dropout, layers.GaussianNoise, layers.GaussianDropout)
+    for layer in loaded.layers:   # dropout / noise draw from their own seeded stream
+        if isinstance(layer, noisy):
             layer._rng = np.random.default_rng(99)
     for layer in model.layers:
-        if isinstance(layer, layers.Dropout):
+        if isinstance(layer, noisy):
             layer._rng = np.random.default_rng(99)
     for _ in range(2):
         assert loaded.train_on_batch(x, y) == model.train_on_batch(x, y)

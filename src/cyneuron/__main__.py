@@ -1,5 +1,5 @@
-"""Command line: python -m cyneuron demo [mlp|cnn|som|dbn|transformer] |
-bench [matmul|mlp|conv|resnet|rnn|transformer|sklearn|rbm|som|all] | info"""
+"""Command line: python -m cyneuron demo [mlp|cnn|som|dbn|transformer|autoencoder|gan] |
+bench [matmul|mlp|conv|resnet|rnn|transformer|sklearn|rbm|som|gan|all] | info"""
 import argparse
 import sys
 import time
@@ -220,9 +220,11 @@ def main(argv=None):
     p_demo = sub.add_parser("demo", help="train an MLP (or a CNN) on the digits data set, a "
                                          "SOM or DBN on them, or a character-level "
                                          "Transformer on the README")
-    p_demo.add_argument("model", nargs="?", choices=("mlp", "cnn", "som", "dbn", "transformer"),
-                        default="mlp")
-    p_demo.add_argument("--output", default="som_digits.png", help="demo som: the PNG to write")
+    p_demo.add_argument("model", nargs="?", choices=("mlp", "cnn", "som", "dbn", "transformer",
+                                                     "autoencoder", "gan"), default="mlp")
+    p_demo.add_argument("--output", default=None,
+                        help="demo som / autoencoder / gan: the PNG to write (default "
+                             "som_digits.png, autoencoder_digits.png, gan_digits.png)")
     p_demo.add_argument("--epochs", type=int, default=None,
                         help="default: 30 for the MLP, 10 for the CNN, 30 for the Transformer")
     p_demo.add_argument("--batch-size", type=int, default=32)
@@ -236,7 +238,15 @@ def main(argv=None):
     if args.command == "demo" and args.model == "transformer":
         demo_transformer(epochs=args.epochs or 30, batch_size=args.batch_size)
     elif args.command == "demo" and args.model == "som":
-        demo_som(output=args.output)
+        demo_som(output=args.output or "som_digits.png")
+    elif args.command == "demo" and args.model in ("autoencoder", "gan"):
+        from . import _demo_generative as generative
+
+        if args.model == "gan":
+            generative.demo_gan(output=args.output or "gan_digits.png", epochs=args.epochs or 60)
+        else:
+            generative.demo_autoencoder(output=args.output or "autoencoder_digits.png",
+                                        epochs=args.epochs or 30)
     elif args.command == "demo" and args.model == "dbn":
         demo_dbn()
     elif args.command == "demo" and args.model == "cnn":

@@ -244,6 +244,7 @@ class Model(Layer):
         self.metrics = []
         self.stop_training = False     # a callback sets it to end fit after the current epoch
         self._losses = []
+        self._loss_tensors = []        # add_loss: symbolic tensors whose batch mean is a loss
         self._loss_weights = []
         self._out_metrics = []
         self._compiled_segments = None
@@ -289,6 +290,7 @@ class Model(Layer):
                         f"got {type(value).__name__}")
 
     def _init_graph(self, inputs, outputs, dtype=None):
+        self._io = (inputs, outputs, dtype)      # add_loss rebuilds the graph from them
         in_struct, ins, in_names = self._flatten_io(inputs, "inputs")
         out_struct, outs, out_names = self._flatten_io(outputs, "outputs")
         for i, t in enumerate(ins):
@@ -312,7 +314,8 @@ class Model(Layer):
                                  f"{[t.name for t in ins]}")
             used_inputs.add(id(tensor))
 
-        for k, out in enumerate(outs):         # depth-first, post-order: a topological order
+        # depth-first, post-order: a topological order (add_loss tensors are roots too)
+        for k, out in enumerate(outs + self._loss_tensors):
             if isinstance(out.node.layer, InputLayer):
                 reach_input(out.node, k, out)
                 continue
@@ -445,6 +448,10 @@ class Model(Layer):
         self._stateful = not all(self._trainable)
         self._expected = [(w, w.__array_interface__["data"][0])
                           for w in self._trainable_views() if w.size]
+        # weight regularizers of every leaf layer (nested models' included): applied by the
+        # model whose step fills the gradients (the outermost one that trains)
+        self._weight_regs = [r for layer in self._all_layers()
+                             for r in layer._regularized_weights()]
         self._epoch = _BIND_EPOCH[0]
         self._make_plan()
         return offset
@@ -483,6 +490,16 @@ class Model(Layer):
                 consumers[self._slot_of[id(t)]] += 1
         for s in self._out_slots:
             consumers[s] += 1
+        # Extra loss terms seeded in the backward pass: activity regularizers on layer
+        # outputs and add_loss tensors. A seeded slot counts as one more consumer, so no
+        # fused path (which would hand back d/dz instead of d/dy) crosses it.
+        seeds = [(self._slot_of[id(node.outputs[0])], node.layer.activity_regularizer)
+                 for node in self._nodes
+                 if node.layer.activity_regularizer is not None and len(node.outputs) == 1]
+        seeds += [(self._slot_of[id(t)], None) for t in self._loss_tensors]
+        for slot, _ in seeds:
+            consumers[slot] += 1
+        self._seeds = seeds
         in_slots = set(self._in_slots)
         producer = {}
         used, steps, pairs = set(), [], []
@@ -532,9 +549,13 @@ class Model(Layer):
         self._steps = steps
         self._pairs = pairs
         self._consumers = consumers
+        self._nested_aux = [s.layer for s in steps
+                            if isinstance(s.layer, Model) and s.layer._has_aux]
+        self._has_aux = bool(seeds or self._nested_aux)
         # A one-path graph (every Sequential) runs through a tight loop over its layers.
         chain = (len(self._in_slots) == 1 and len(self._out_slots) == 1 and not pairs
-                 and not self._has_masks and steps and self._out_slots[0] == steps[-1].outs[0])
+                 and not self._has_masks and not self._has_aux and steps
+                 and self._out_slots[0] == steps[-1].outs[0])
         previous = self._in_slots[0] if self._in_slots else None
         for s in steps if chain else []:
             if s.many or s.multi_out or s.ins != (previous,) or consumers[s.outs[0]] != 1:
@@ -765,6 +786,9 @@ class Model(Layer):
         for slot, g in zip(self._out_slots, out_grads):
             if g is not None:
                 self._accumulate(grads, owned, slot, g)
+        if self._seeds:
+            for slot, g in self._seed_grads():
+                self._accumulate(grads, owned, slot, g)
         steps = self._steps
         for s in reversed(steps):
             if s.multi_out:
@@ -801,6 +825,79 @@ class Model(Layer):
         for p, r in self._pairs:
             np.add(p, r, out=p)
         return [grads[i] for i in self._in_slots] if want_inputs else None
+
+    # -- extra loss terms (regularizers, add_loss) ----------------------------------------------
+    def _seed_grads(self):
+        """(slot, gradient) of each activity regularizer / add_loss term of this graph, from
+        the values of the last forward pass (divided by the batch size)."""
+        out = []
+        for slot, reg in self._seeds:
+            v = self._vals[slot]
+            n = len(v)
+            if reg is None:
+                g = np.full(v.shape, 1.0 / n, v.dtype)
+            else:
+                g = reg.gradient(v)
+                g *= 1.0 / n
+            out.append((slot, g))
+        return out
+
+    def _aux_value(self):
+        """This graph's activity regularizer and add_loss terms (nested models' included)
+        for the last forward pass."""
+        total = 0.0
+        for slot, reg in self._seeds:
+            v = self._vals[slot]
+            total += (float(v.sum(dtype=np.float64)) if reg is None else reg(v)) / len(v)
+        for m in self._nested_aux:
+            total += m._aux_value()
+        return total
+
+    def _weight_penalty(self):
+        return sum(reg(w) for w, _, reg in self._weight_regs)
+
+    def _add_weight_reg_grads(self):
+        for w, g, reg in self._weight_regs:
+            reg.add_gradient(w, g)
+
+    def add_loss(self, loss):
+        """Add a loss term (Keras's add_loss): `loss` is a symbolic tensor of this model's
+        graph (any layer's output, e.g. layers.GaussianKL()([z_mean, z_log_var])); the term
+        is the batch mean of each sample's sum of its values. fit, train_on_batch,
+        evaluate, compute_loss and backward include it; its gradient flows back through
+        the layers that made it. The graph is rebuilt to reach the tensor (weights kept)."""
+        if not isinstance(loss, SymbolicTensor):
+            raise TypeError(f"add_loss takes a symbolic tensor of the model's graph (a layer's "
+                            f"output); got {type(loss).__name__}. Penalties on weights: "
+                            f"kernel_regularizer= etc.; on outputs: activity_regularizer=")
+        if not self.built or isinstance(self, Sequential):
+            raise ValueError("add_loss needs a functional model cn.Model(inputs, outputs) "
+                             "built from the tensor's graph")
+        if any(loss is t for t in self._loss_tensors):
+            return
+        self._loss_tensors.append(loss)
+        try:
+            self._init_graph(*self._io)
+        except ValueError:
+            self._loss_tensors.pop()
+            raise ValueError(f"add_loss: tensor {loss.name!r} is not computed from the inputs "
+                             f"of model {self.name!r}") from None
+        self._fused_key = None
+
+    @property
+    def losses(self):
+        """The extra loss terms of the last forward pass (activity regularizers, add_loss
+        tensors) and the current weight penalties, as floats (Keras's model.losses)."""
+        if not self.built:
+            return []
+        out = []
+        for slot, reg in self._seeds:
+            v = self._vals[slot]
+            if v is not None:
+                out.append((float(v.sum(dtype=np.float64)) if reg is None else reg(v)) / len(v))
+        out.extend(m._aux_value() for m in self._nested_aux)
+        out.extend(reg(w) for w, _, reg in self._weight_regs)
+        return out
 
     # As a layer inside another model.
     def _forward(self, x, training):
@@ -1025,12 +1122,15 @@ class Model(Layer):
         if len(set(names)) != len(names):
             raise ValueError(f"model {self.name!r} has two layers of one name; layer names must "
                              f"be unique to save the model")
-        return {"name": self.name, "dtype": self.dtype.name,
+        config = {"name": self.name, "dtype": self.dtype.name,
                 "layers": [_serialize(layer) for layer in self._param_layers],
                 "inputs": [layer.get_config() for layer in (t.node.layer for t in self.inputs)],
                 "input_structure": self._in_struct, "output_structure": self._out_struct,
                 "nodes": nodes, "outputs": [tensor_id[id(t)] for t in self.outputs],
                 "output_names": list(self.output_names)}
+        if self._loss_tensors:
+            config["added_losses"] = [tensor_id[id(t)] for t in self._loss_tensors]
+        return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -1072,6 +1172,8 @@ class Model(Layer):
             else:
                 outputs = outs
             model = cls(inputs, outputs, name=config.get("name"))
+            for i in config.get("added_losses") or []:
+                model.add_loss(tensor(i))
         except (KeyError, IndexError, TypeError) as exc:
             raise ValueError(f"invalid Model config: {type(exc).__name__}: {exc}") from None
         if names and config.get("output_structure") != "dict":
@@ -1336,7 +1438,13 @@ class Model(Layer):
             per_output.append(value)
             total = (value if lw == 1.0 else lw * value) if len(outs) == 1 else total + lw * value
         self._last_losses = per_output
+        if self._has_aux:
+            total = total + self._aux_value()
+        if self._weight_regs:
+            total = total + self._weight_penalty()
         self._run_backward(out_grads, logits=True)
+        if self._weight_regs:
+            self._add_weight_reg_grads()
         self._zero_frozen(self._compiled_segments)
         for k in range(len(outs)):
             if self._fused[k]:
@@ -1379,6 +1487,9 @@ class Model(Layer):
                 g = layers[i]._backward(g, i > 0)
             else:
                 g = layers[i]._backward(g, i > 0, into=into, grad_is_dz=g_is_dz)
+        if self._weight_regs:
+            loss = loss + self._weight_penalty()
+            self._add_weight_reg_grads()
         if self._compiled_segments is not None:
             self._zero_frozen(self._compiled_segments)
         return loss, out
@@ -1562,6 +1673,8 @@ class Model(Layer):
         self._check_not_training_elsewhere("backward")
         with self._own:
             gin = self._run_backward(checked, want_inputs=True)
+            if self._weight_regs:
+                self._add_weight_reg_grads()
             self._zero_frozen(self._trainable_segments())
             gin = [np.zeros(shape, self.dtype) if g is None else np.array(g)
                    for g, shape in zip(gin, self._called_with)]
@@ -1604,6 +1717,10 @@ class Model(Layer):
             value, g = loss.value_and_grad(t, pk, w)
             total += self._loss_weights[k] * value
             grads.append(g * self._loss_weights[k])
+        if self._has_aux:        # from the last forward pass, as backward adds their gradients
+            total += self._aux_value()
+        if self._weight_regs:
+            total += self._weight_penalty()
         return float(total), self._unwrap_out(grads)
 
     # -- loops -----------------------------------------------------------------------------------
@@ -1881,6 +1998,10 @@ class Model(Layer):
                 lw = self._loss_weights[k]
                 batch_total = (value if lw == 1.0 else lw * value) if len(outs) == 1 else \
                     batch_total + lw * value
+            if self._has_aux:
+                batch_total = batch_total + self._aux_value()
+            if self._weight_regs:
+                batch_total = batch_total + self._weight_penalty()
             total += float(batch_total) * m
             self._update_metrics(self._unwrap_out([None if t is None else
                                                    t[start:start + batch_size] for t in ts]),
@@ -2118,7 +2239,7 @@ class Sequential(Model):
         return (fuses is not None and _config.fusion_enabled()
                 and not getattr(loss, "from_logits", False)
                 and getattr(getattr(last, "activation", None), "name", None) == fuses
-                and hasattr(last, "_forward_logits"))
+                and hasattr(last, "_forward_logits") and last.activity_regularizer is None)
 
     def _require_built_graph(self):
         pass      # compile before build: the graph is made from the first data
@@ -2222,3 +2343,4 @@ def class_weight_to_sample_weight(y, class_weight):
 
 
 saving.register_model_builder(model_from_config)
+from .gan import GAN, ConditionalGAN  # noqa: E402,F401  (cn.models.GAN: built on the API above)

@@ -31,6 +31,7 @@ inference: predict of the MLP, LeNet CNN and LSTM classifier at batch 1 and 256 
         onnxruntime running the same models exported by cn.onnx.export.
 rbm, som: BernoulliRBM.fit against scikit-learn's, SOM training against MiniSom's.
 tree:   TreeLSTM training steps against two PyTorch CPU versions (per-node, level-batched).
+gan:    one DCGAN training step (both updates) against the same GAN in PyTorch CPU.
 
 The machine's environment may set OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which force numpy's
 OpenBLAS onto a slower kernel. OpenBLAS reads them when numpy is first imported, and
@@ -55,7 +56,7 @@ from .harness import (_REEXEC_MARKER, CLOCKS, MIN_ROUNDS, _header, _limit_blas_t
 
 # The groups in the order `all` runs them: one module of this package each.
 GROUPS = ("matmul", "mlp", "conv", "resnet", "rnn", "transformer", "sklearn", "inference", "rbm",
-          "som", "tree")
+          "som", "tree", "gan")
 
 
 def main(argv=None):

@@ -20,6 +20,8 @@ from .tree import TreeLSTM, TreeRNN
 from .transformer import (PositionalEncoding, TokenAndPositionEmbedding, TransformerDecoder,
                           TransformerEncoder)
 from .wrappers import Bidirectional, TimeDistributed, Wrapper
+from .noise import GaussianDropout, GaussianNoise
+from .variational import GaussianKL, Sampling
 
 __all__ = ["Layer", "Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Maxout", "Dropout",
            "BatchNormalization", "LayerNormalization", "Normalization", "Conv1D", "Conv2D",
@@ -32,4 +34,5 @@ __all__ = ["Layer", "Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Maxout"
            "Input", "InputLayer", "Add", "Subtract", "Multiply", "Average", "Maximum",
            "Minimum", "Concatenate", "Dot", "RBF", "MultiHeadAttention",
            "TokenAndPositionEmbedding", "PositionalEncoding", "TransformerEncoder",
-           "TransformerDecoder", "TreeRNN", "TreeLSTM"]
+           "TransformerDecoder", "TreeRNN", "TreeLSTM", "GaussianNoise", "GaussianDropout",
+           "Sampling", "GaussianKL"]

@@ -88,6 +88,7 @@ class PReLU(Layer):
     data, shared_axes=[1, 2] learns one slope per channel). alpha_initializer:
     Keras's default "zeros" (the layer starts as a ReLU).
     """
+    _regularizable = {"alpha": ("alpha",)}
 
     def __init__(self, alpha_initializer="zeros", shared_axes=None, name=None, dtype=None):
         super().__init__(name=name, dtype=dtype)
@@ -162,6 +163,7 @@ class Maxout(Layer):
     layer of units * pieces outputs: kernel (in_features, units * pieces), glorot_uniform,
     bias (units * pieces,), zeros; the pieces of unit u are columns u*pieces ... u*pieces+pieces-1.
     """
+    _regularizable = {"kernel": ("kernel",), "bias": ("bias",)}
 
     def __init__(self, units, pieces, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", name=None, dtype=None):

@@ -58,6 +58,8 @@ class MultiHeadAttention(Layer):
     kernel (d_k_in, H, d_k) and bias, value kernel (d_v_in, H, d_v) and bias, output
     kernel (H, d_v, d_out) and bias (d_out,).
     """
+    _regularizable = {"kernel": ("query_kernel", "key_kernel", "value_kernel", "output_kernel"),
+                      "bias": ("query_bias", "key_bias", "value_bias", "output_bias")}
 
     supports_masking = True
     _n_inputs = "many"

@@ -19,11 +19,13 @@ loading rebuilds them with `cls.from_config(config)` (by default `cls(**config)`
 new layer type plugs into saving by returning its constructor arguments from get_config.
 """
 import copy
+import functools
 import itertools
 import re
 
 import numpy as np
 
+from .. import regularizers as _regularizers
 from .._validation import as_dtype, check_numeric
 
 _name_counters = {}
@@ -73,11 +75,38 @@ class WeightBudget:
         _weight_budget.remove(self)
 
 
+def _with_regularizers(init):
+    """Wrap a layer's __init__ so that it also takes `activity_regularizer=` (every
+    layer) and `<stem>_regularizer=` for each stem of the class's `_regularizable`
+    (Keras's kernel_regularizer, bias_regularizer, ...), without each layer's
+    constructor spelling them out."""
+    @functools.wraps(init)
+    def __init__(self, *args, activity_regularizer=None, **kwargs):
+        chosen = {}
+        for stem in type(self)._regularizable:
+            value = kwargs.pop(f"{stem}_regularizer", None)
+            if value is not None:
+                chosen[stem] = value
+        init(self, *args, **kwargs)
+        if activity_regularizer is not None:
+            self.activity_regularizer = _regularizers.get(activity_regularizer)
+        if chosen:
+            self._weight_regularizers = {**self._weight_regularizers,
+                                         **{k: _regularizers.get(v) for k, v in chosen.items()}}
+    return __init__
+
+
 class Layer:
     # False freezes the layer: a model's optimizer step leaves its weights alone (Keras).
     trainable = True
     # Inputs a layer takes when called in a graph: 1, or "many" (merge layers take a list).
     _n_inputs = 1
+    # A penalty on the layer's output (cn.regularizers), added to the training loss.
+    activity_regularizer = None
+    # Weight regularizers a layer accepts: {stem: weight names}; `stem_regularizer=`
+    # applies to those weights (e.g. {"kernel": ("kernel",), "bias": ("bias",)}).
+    _regularizable = {}
+    _weight_regularizers = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -85,6 +114,27 @@ class Layer:
                    or cls.__module__.rsplit(".", 1)[-1].startswith("_"))
         if cls.__module__.startswith("cyneuron.") and not private:   # not abstract bases
             _LAYER_CLASSES[cls.__name__] = cls
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _with_regularizers(cls.__dict__["__init__"])
+
+    def _regularized_weights(self):
+        """(weight, gradient, regularizer) for each trainable weight with a regularizer."""
+        out = []
+        for stem, reg in self._weight_regularizers.items():
+            names = self._regularizable[stem]
+            for w, g, name, t in zip(self._weights, self._gradients, self._weight_names,
+                                     self._trainable):
+                if t and name in names:
+                    out.append((w, g, reg))
+        return out
+
+    def _regularizer_config(self):
+        """The regularizer arguments of get_config (only those set)."""
+        config = {f"{stem}_regularizer": _regularizers.serialize(reg)
+                  for stem, reg in self._weight_regularizers.items()}
+        if self.activity_regularizer is not None:
+            config["activity_regularizer"] = _regularizers.serialize(self.activity_regularizer)
+        return config
 
     def __init__(self, name=None, dtype=None):
         self.name = name if name is not None else _unique_name(_snake_case(type(self).__name__))
@@ -291,11 +341,17 @@ class Layer:
         return f"<{type(self).__name__} name={self.name!r} built={self.built}>"
 
 
+Layer.__init__ = _with_regularizers(Layer.__init__)   # layers without their own __init__
+
+
 def serialize(layer):
     """{"class_name": ..., "config": ...} for a layer (the form saved model files use)."""
     if not isinstance(layer, Layer):
         raise TypeError(f"expected a cyneuron Layer, got {type(layer).__name__}")
-    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+    config = layer.get_config()
+    if layer.activity_regularizer is not None or layer._weight_regularizers:
+        config = {**config, **layer._regularizer_config()}
+    return {"class_name": type(layer).__name__, "config": config}
 
 
 def get_class(class_name, custom_objects=None):

@@ -61,6 +61,7 @@ class _Plan:
 
 class _Conv(SpatialLayer):
     """Shared by Conv1D and Conv2D; `spatial_rank` says which."""
+    _regularizable = {"kernel": ("kernel",), "bias": ("bias",)}
 
     _paddings = ("valid", "same")
 
@@ -387,6 +388,7 @@ class Conv2DTranspose(SpatialLayer):
     onto the output (Conv2D's geometry with the roles of input and output swapped).
     Backward: im2col of dZ, dW = dcols^T x and dx = dcols W, both one GEMM.
     """
+    _regularizable = {"kernel": ("kernel",), "bias": ("bias",)}
 
     spatial_rank = 2
 

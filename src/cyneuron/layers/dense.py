@@ -23,6 +23,7 @@ class Dense(Layer):
     Input (batch, ..., in_features), output (batch, ..., units); a built layer takes any
     sizes of the middle axes (Keras checks only the last one).
     """
+    _regularizable = {"kernel": ("kernel",), "bias": ("bias",)}
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", name=None, dtype=None):

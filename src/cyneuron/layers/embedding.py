@@ -33,6 +33,7 @@ class Embedding(Layer):
     Anything else is refused with an error naming x. The ids get no gradient (backward
     returns zeros of the input's shape).
     """
+    _regularizable = {"embeddings": ("embeddings",)}
 
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform", mask_zero=False,
                  name=None, dtype=None):

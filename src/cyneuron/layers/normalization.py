@@ -74,6 +74,7 @@ class BatchNormalization(Layer):
     Weights (Keras order): gamma (if scale), beta (if center), moving_mean and
     moving_variance (non-trainable), each of shape (channels,).
     """
+    _regularizable = {"gamma": ("gamma",), "beta": ("beta",)}
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones",
@@ -187,6 +188,7 @@ class LayerNormalization(Layer):
     trailing axes): y = gamma * (x - mean) / sqrt(var + epsilon) + beta, the same in
     training and at inference. gamma (if scale) and beta (if center) have the shape of
     the normalized axes."""
+    _regularizable = {"gamma": ("gamma",), "beta": ("beta",)}
 
     def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones", name=None, dtype=None):

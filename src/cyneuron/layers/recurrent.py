@@ -64,6 +64,8 @@ class RNN(Layer):
     (0 = padding: the state is carried over). After `backward`, the gradients w.r.t. the
     initial states are in `initial_state_gradients` (when initial_state was given).
     """
+    _regularizable = {"kernel": ("kernel",), "recurrent": ("recurrent_kernel",),
+                      "bias": ("bias",)}
 
     _abstract = True   # a base class: SimpleRNN, LSTM and GRU are the layers
     _gate_count = 1

@@ -3,7 +3,7 @@ TimeDistributed (one layer applied to every time step)."""
 import numpy as np
 
 from .._validation import check_numeric
-from .base import Layer, deserialize
+from .base import Layer, deserialize, serialize
 from .recurrent import RNN
 
 
@@ -66,6 +66,10 @@ class Wrapper(Layer):
         self._collect()
         return offset
 
+    def _regularized_weights(self):
+        """The wrapped layers' weight regularizers (kernel_regularizer=... given to them)."""
+        return [r for s in self._sublayers() for r in s._regularized_weights()]
+
 
 class Bidirectional(Wrapper):
     """Runs a recurrent layer forwards and a copy of it backwards over the sequence and
@@ -92,6 +96,7 @@ class Bidirectional(Wrapper):
             kwargs["go_backwards"] = not layer.go_backwards
             backward_layer = type(layer)(**kwargs, name="backward_" + layer.name,
                                          dtype=layer.dtype)
+            backward_layer._weight_regularizers = dict(layer._weight_regularizers)
         elif not isinstance(backward_layer, RNN):
             raise TypeError(f"backward_layer must be a recurrent layer; got "
                             f"{type(backward_layer).__name__}")
@@ -247,10 +252,8 @@ class Bidirectional(Wrapper):
 
     def get_config(self):
         return {"name": self.name, "merge_mode": self.merge_mode,
-                "layer": {"class_name": type(self.forward_layer).__name__,
-                          "config": self.forward_layer.get_config()},
-                "backward_layer": {"class_name": type(self.backward_layer).__name__,
-                                   "config": self.backward_layer.get_config()}}
+                "layer": serialize(self.forward_layer),
+                "backward_layer": serialize(self.backward_layer)}
 
 
 class TimeDistributed(Wrapper):
@@ -294,5 +297,4 @@ class TimeDistributed(Wrapper):
         return dx.reshape(self._x_shape)
 
     def get_config(self):
-        return {"name": self.name, "layer": {"class_name": type(self.layer).__name__,
-                                             "config": self.layer.get_config()}}
+        return {"name": self.name, "layer": serialize(self.layer)}
