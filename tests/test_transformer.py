@@ -1,4 +1,6 @@
 """Transformer blocks: finite differences, masks, saving, bad input, and learning tasks."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -158,6 +160,26 @@ def test_learns_to_reverse_sequences(restore_threads):
     model.fit(x_train, y_train, epochs=4, batch_size=64, verbose=0)
     exact = (model.predict(x_test).argmax(-1) == y_test).all(axis=1).mean()
     assert exact >= 0.95
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_attention_memory_is_linear_in_length():
+    """The bench's peak-memory probe: forward + backward at B=8, H=8, T=1024, d=64 adds
+    about the output and the three gradients (4 x 16 MiB) to the peak, far below the
+    256 MiB that one T x T score matrix would take (it is never materialised)."""
+    from cyneuron._bench_transformer import attention_peak_memory
+
+    mib = attention_peak_memory("cyneuron", T=1024, backward=True)
+    assert mib is not None and 16 <= mib < 128, mib
+
+
+def test_bench_math_path_matches():
+    """The bench's materialising reference (PyTorch's math backend) computes the same op."""
+    pytest.importorskip("torch")
+    from cyneuron._bench_transformer import attention_callables
+
+    fns, _ = attention_callables(64, False, 1, math_path=True)
+    np.testing.assert_allclose(fns["torch-math"]().numpy(), fns["cyneuron"](), atol=2e-5)
 
 
 def test_bench_encoder_networks_match():
