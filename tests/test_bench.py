@@ -320,3 +320,20 @@ def test_resnet_bench_networks_match():
     fns, _ = graph.train_callables(1, x, y)
     for fn in fns.values():
         assert np.isfinite(float(fn()))
+
+
+def test_inference_bench_reports_every_model_and_batch(monkeypatch):
+    """`bench inference`: each model and batch size has a table row for cyneuron and for
+    onnxruntime (which ran the exported file and matched predict before being timed)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from cyneuron import _bench_onnx
+
+    lines = []
+    results = _bench_onnx.bench_inference(_args(repeats=1, target=1e-4), lines.append)
+    assert sorted(results) == sorted((label, b) for label, _, _ in _bench_onnx.models()
+                                     for b in _bench_onnx.BATCHES)
+    for rates in results.values():
+        assert set(rates) == {"cyneuron", "onnxruntime"}
+        assert all(r > 0 for r in rates.values())
+    assert sum("inference, batch" in line for line in lines) == 6

@@ -105,6 +105,8 @@ def test_kernel_families_report_the_isa_they_run(isa, capsys):
         assert epilogue == "generic" and gates == "generic"
     else:
         assert epilogue == "avx2" and gates == ("avx2+fma" if isa == "avx2" else isa)
+    vector = [v for k, v in families.items() if k.startswith("activations (float32")]
+    assert len(vector) == 1 and vector[0][0] == isa
     assert all(why for _, why in families.values())
     cn.show_config()
     printed = capsys.readouterr().out

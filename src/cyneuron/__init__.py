@@ -30,7 +30,7 @@ def __getattr__(name):
     """`cn.sklearn` is imported on first use (it imports scikit-learn)."""
     import importlib
 
-    if name in ("sklearn", "rbm", "som", "rbf"):
+    if name in ("sklearn", "rbm", "som", "rbf", "distributed", "onnx", "interop"):
         return importlib.import_module("." + name, __name__)
     if name in _LAZY:   # the classic estimators import scikit-learn: load on first use
         return getattr(importlib.import_module("." + _LAZY[name], __name__), name)

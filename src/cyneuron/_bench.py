@@ -28,6 +28,8 @@ transformer: the fused attention op (batch 8, 8 heads, head_dim 64, T = 128 / 51
         torch.nn.functional.scaled_dot_product_attention, and a 2-layer Transformer
         encoder classifier (training and inference) against nn.TransformerEncoder
         (see _bench_transformer).
+inference: predict of the MLP, LeNet CNN and LSTM classifier at batch 1 and 256 against
+        onnxruntime running the same models exported by cn.onnx.export (see _bench_onnx).
 rbm, som: BernoulliRBM.fit against scikit-learn's, SOM training against MiniSom's
         (see _bench_classic).
 
@@ -1192,7 +1194,7 @@ def main(argv=None):
         description="Time cyneuron against numpy, PyTorch CPU and scikit-learn, in one run.")
     parser.add_argument("what", nargs="?", default="all",
                         choices=("matmul", "mlp", "conv", "resnet", "rnn", "transformer",
-                                 "sklearn", "rbm", "som", "all"))
+                                 "sklearn", "rbm", "som", "inference", "all"))
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for cyneuron, torch and (with threadpoolctl) numpy's BLAS")
     parser.add_argument("--quick", action="store_true",
@@ -1262,6 +1264,10 @@ def main(argv=None):
         bench_transformer(args, out)
     if args.what in ("sklearn", "all"):
         bench_sklearn(args, out)
+    if args.what in ("inference", "all"):
+        from ._bench_onnx import bench_inference
+
+        bench_inference(args, out)
     if args.what in ("rbm", "som", "all"):
         from . import _bench_classic
 

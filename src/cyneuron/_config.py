@@ -136,6 +136,7 @@ def kernel_isas():
         why = f"chosen by {ISA_ENV} or set_isa (this CPU supports up to {widest})"
     epilogue = _gemm.epilogue_isa()
     gates = _recurrent._sync_isa()
+    vector = isa    # csrc/vmath.h has a copy for each of the GEMM's instruction sets
     return {
         "GEMM micro-kernels": (isa, why),
         "GEMM epilogue (bias, relu, leaky_relu, derivatives)": (
@@ -154,7 +155,12 @@ def kernel_isas():
         "attention row loops (float32 softmax exp, max, sums)": (
             _attention.simd_path(), "a copy per instruction set, the GEMM's; the tile "
             "products run on the GEMM's micro-kernels"),
-        "activations, losses, normalization, conv/pooling loops": (
+        "activations (float32 sigmoid, tanh, gelu, gelu_tanh, swish, elu, exponential, "
+        "softmax; also in the GEMM epilogue)": (
+            vector, "libm loops (the generic path is in use)" if vector == "generic" else
+            "a vector copy per instruction set from one template (csrc/vmath_template.h), "
+            "the GEMM's; float64 keeps libm"),
+        "other activations and derivatives, losses, normalization, conv/pooling loops": (
             "baseline", "Cython loops built for baseline x86-64 (SSE2), auto-vectorized; "
             "the dense layers' activations run in the GEMM epilogue instead"),
     }

@@ -2,6 +2,7 @@
 
 Callbacks (Keras names and semantics): EarlyStopping, ModelCheckpoint, BackupAndRestore,
 LearningRateScheduler, ReduceLROnPlateau, CSVLogger, TerminateOnNaN, LambdaCallback.
+MetricAverage averages epoch logs over MPI ranks (cyneuron.distributed).
 Progress: verbose=1 draws a per-batch bar (tqdm where installed, a plain one otherwise),
 verbose=2 one line per epoch.
 """
@@ -787,3 +788,14 @@ class BackupAndRestore(Callback):
                 os.rmdir(self.backup_dir)          # only if nothing else is in it
             except OSError:
                 pass
+
+
+class MetricAverage(Callback):
+    """Data-parallel training (cyneuron.distributed): at each epoch's end, replace the
+    loss, metrics and val_* in the logs by their mean over the MPI ranks, so that every
+    rank records, prints and decides on (EarlyStopping, ReduceLROnPlateau) the same
+    values. Put it first among the callbacks; fit(distributed=True) adds it."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        from . import distributed
+        distributed.average_logs(logs if logs is not None else {})

@@ -1613,7 +1613,7 @@ class Model(Layer):
     # -- loops -----------------------------------------------------------------------------------
     def fit(self, x, y=None, epochs=1, batch_size=32, shuffle=True, validation_data=None,
             validation_split=0.0, verbose=1, callbacks=None, sample_weight=None,
-            class_weight=None, initial_epoch=0):
+            class_weight=None, initial_epoch=0, distributed=False):
         """Train for `epochs` passes over (x, y) in mini-batches; returns a History.
 
         x / y: arrays, or lists / dicts (by input / output name) for several inputs or
@@ -1627,6 +1627,8 @@ class Model(Layer):
         it weigh 1) or "balanced" (n_samples / (n_classes * count)); multiplies sample_weight.
         validation_data: (x_val, y_val) or (x_val, y_val, sample_weight_val).
         initial_epoch: the epoch to start from (to resume a run; epochs is the last one).
+        distributed: True under mpirun: data-parallel training over MPI, (x, y) being this
+        rank's samples and batch_size per rank (see cyneuron.distributed.fit).
 
         Ctrl-C (KeyboardInterrupt) stops fit at the end of the current step, as Keras 3
         does: the exception propagates (no on_train_end), the model holds the weights and
@@ -1635,6 +1637,13 @@ class Model(Layer):
         a second thread while one runs raises RuntimeError; predict / evaluate / model(x)
         from other threads run alongside on replicas and see one consistent set of weights.
         """
+        if distributed:
+            from . import distributed as _distributed
+            return _distributed.fit(self, x, y, epochs=epochs, batch_size=batch_size,
+                                    shuffle=shuffle, validation_data=validation_data,
+                                    validation_split=validation_split, verbose=verbose,
+                                    callbacks=callbacks, sample_weight=sample_weight,
+                                    class_weight=class_weight, initial_epoch=initial_epoch)
         self._require_compiled()
         self._begin_training("fit")
         try:
@@ -1702,6 +1711,9 @@ class Model(Layer):
 
         n = len(xs[0])
         steps = (n + batch_size - 1) // batch_size
+        dist = self.__dict__.get("_distributed")    # set by cyneuron.distributed.fit
+        if dist is not None:
+            steps = dist.begin(self, n, batch_size)
         params = {"epochs": epochs, "steps": steps, "verbose": verbose}
         history = History()
         history.set_model(self)
@@ -1727,6 +1739,15 @@ class Model(Layer):
                 for step in range(steps):
                     callbacks.call("on_train_batch_begin", step, {})
                     idx = order[step * batch_size:(step + 1) * batch_size]
+                    if dist is not None:
+                        dist.step(step, len(idx))
+                        if not len(idx):        # this rank's samples are used up
+                            dist.empty_step(self)
+                            progress.batch_end(step, logs)
+                            callbacks.call("on_train_batch_end", step, logs)
+                            if self.stop_training:
+                                break
+                            continue
                     xb = [self._gather(a, idx, f"x{i}") for i, a in enumerate(xs)]
                     tb = [None if a is None else self._gather(a, idx, f"t{i}")
                           for i, a in enumerate(ys)]

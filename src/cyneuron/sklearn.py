@@ -19,6 +19,10 @@ Beyond scikit-learn:
   dtype       None (float32 input stays float32, anything else becomes float64, as in
               scikit-learn), "float32" (faster) or "float64".
   model_      the fitted cn.Sequential (save it with model_.save(path)).
+  distributed True under mpirun: data-parallel training over MPI (cyneuron.distributed).
+              Every rank calls fit with the whole data set; each step's batch is split
+              between the ranks and their gradients summed with one all-reduce, so the
+              fit follows the single-process one (same random_state) up to rounding.
 
 Not supported: solver="lbfgs" and sparse input (both raise a clear error).
 """
@@ -84,7 +88,7 @@ class _BaseMLP(BaseEstimator):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0,
-                 dtype=None):
+                 dtype=None, distributed=False):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -109,6 +113,7 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.dropout = dropout
         self.dtype = dtype
+        self.distributed = distributed
 
     # -- parameters ----------------------------------------------------------------------
     def _hidden_sizes(self):
@@ -180,7 +185,8 @@ class _BaseMLP(BaseEstimator):
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
-        for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
+        for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping",
+                     "distributed"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         sizes = self._hidden_sizes()
@@ -212,6 +218,16 @@ class _BaseMLP(BaseEstimator):
         targets = self._encode_targets(y)
         n_outputs = targets.shape[1] if targets.ndim == 2 else len(self.classes_)
         self._random_state = check_random_state(self.random_state)
+        self._dist = _DistributedSteps(self) if self.distributed else None
+        try:
+            self._fit_prepared(X, targets, sample_weight, incremental, first_pass, hidden,
+                               n_outputs)
+        finally:
+            self._dist = None
+        return self
+
+    def _fit_prepared(self, X, targets, sample_weight, incremental, first_pass, hidden,
+                      n_outputs):
         if first_pass:
             self._initialize(X.shape[1], hidden, n_outputs, X.dtype)
         elif n_outputs != self.n_outputs_:
@@ -315,6 +331,9 @@ class _BaseMLP(BaseEstimator):
                                               (n_samples,) + model.output_shape, model.dtype)
         sample_idx = np.arange(n_samples)
         trainer = _Trainer(self, model, X, prepared, sample_weight)
+        trainer.dist = dist = self._dist
+        if dist is not None:
+            dist.start(model)
         try:
             self.n_iter_ = 0   # epochs of this call (t_ counts samples over all calls)
             for _ in range(self.max_iter):
@@ -325,11 +344,13 @@ class _BaseMLP(BaseEstimator):
                 for start in range(0, n_samples, batch_size):
                     stop = min(start + batch_size, n_samples)
                     accumulated += trainer.step(start, stop) * (stop - start)
+                if dist is not None:
+                    accumulated = dist.total(accumulated)
                 self.n_iter_ += 1
                 self.loss_ = accumulated / n_samples
                 self.t_ += n_samples
                 self.loss_curve_.append(self.loss_)
-                if self.verbose:
+                if self.verbose and (dist is None or dist.root):
                     print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
                 self._update_no_improvement_count(early_stopping, X_val, y_val, sw_val)
                 if self.solver == "sgd" and self.learning_rate == "invscaling":
@@ -374,6 +395,8 @@ class _BaseMLP(BaseEstimator):
     def _update_no_improvement_count(self, early_stopping, X_val, y_val, sw_val):
         if early_stopping:
             score = self._score(X_val, y_val, sw_val)
+            if self._dist is not None:      # every rank decides on the same number
+                score = self._dist.mean(score)
             self.validation_scores_.append(score)
             if self.verbose:
                 print("Validation score: %f" % score)
@@ -472,6 +495,7 @@ class _Trainer:
         self.X, self.targets, self.weights = self.data
         self._shuffled = None
         self._constant = {}
+        self.dist = None
 
     def reorder(self, order):
         """Use the samples in `order` for the next epoch."""
@@ -487,8 +511,13 @@ class _Trainer:
     def step(self, start, stop):
         """One optimizer step on samples start:stop; returns scikit-learn's batch loss."""
         model = self.model
-        xb, tb = self.X[start:stop], self.targets[start:stop]
         n = stop - start
+        dist = self.dist
+        if dist is not None:           # this rank's part of the batch
+            lo, hi = dist.part(start, stop)
+            xb, tb = self.X[lo:hi], self.targets[lo:hi]
+        else:
+            xb, tb = self.X[start:stop], self.targets[start:stop]
         if self.weights is None:
             weight_sum = float(n)
             wb = None
@@ -503,13 +532,18 @@ class _Trainer:
                 raise ValueError("a batch has sample weights summing to 0; give more samples "
                                  "non-zero weight or use a larger batch_size")
             wb = (wb * (self.scale * n / weight_sum)).astype(model.dtype)
-        loss, _ = model._forward_backward(xb, tb, wb)
-        loss = float(loss) * self.report
+            if dist is not None:
+                wb = wb[lo - start:hi - start]
+        if dist is None:
+            loss, _ = model._forward_backward(xb, tb, wb)
+            loss = float(loss) * self.report
+        else:
+            loss = dist.forward_backward(model, xb, tb, wb, n) * self.report
         if self.alpha:
             factor = self.alpha / weight_sum
             penalty = sum(add_l2_gradient(k, g, factor)
                           for k, g in zip(self.kernels, self.kernel_grads))
-            loss += 0.5 * self.alpha * penalty / weight_sum
+            loss += 0.5 * self.alpha * penalty / weight_sum / (1 if dist is None else dist.size)
         model.optimizer.apply_gradients(model._params, model._grads)
         return loss
 
@@ -528,7 +562,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0,
-                 class_weight=None, dtype=None):
+                 class_weight=None, dtype=None, distributed=False):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
@@ -537,7 +571,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
-            dropout=dropout, dtype=dtype)
+            dropout=dropout, dtype=dtype, distributed=distributed)
         self.class_weight = class_weight
 
     _score_function = staticmethod(accuracy_score)
@@ -670,7 +704,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, dropout=0.0,
-                 dtype=None):
+                 dtype=None, distributed=False):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
@@ -679,7 +713,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
-            dropout=dropout, dtype=dtype)
+            dropout=dropout, dtype=dtype, distributed=distributed)
         self.loss = loss
 
     _score_function = staticmethod(r2_score)
@@ -740,3 +774,61 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _more_tags(self):  # scikit-learn < 1.6
         return {"multioutput": True}
+
+
+class _DistributedSteps:
+    """distributed=True: the ranks agree on the random state and the start weights, each
+    step's batch is split between them (rank r takes the r-th of `size` near-equal
+    parts), and the gradients are summed with one all-reduce, each part weighted by its
+    share of the batch, before the L2 term and the update. Losses are summed per epoch."""
+
+    def __init__(self, estimator):
+        from . import distributed
+
+        if not distributed.launched() and distributed._mpi().COMM_WORLD.Get_size() == 1:
+            raise RuntimeError(f"{type(estimator).__name__}(distributed=True) needs the script "
+                               f"started by an MPI launcher, e.g. `mpirun -n 2 python "
+                               f"train.py` (no MPI launcher environment found)")
+        distributed.init()
+        self.rank, self.size = distributed.rank(), distributed.size()
+        self.root = self.rank == 0
+        if not isinstance(estimator.random_state, numbers.Integral):
+            # None or a RandomState: the ranks would draw differently; take root's seed
+            seed = np.array([estimator._random_state.randint(np.iinfo(np.int32).max)],
+                            np.int64)
+            distributed.broadcast_(seed, 0, "the broadcast of the random seed")
+            estimator._random_state = np.random.RandomState(int(seed[0]))
+
+    @property
+    def d(self):
+        from . import distributed
+        return distributed
+
+    def start(self, model):
+        self.d.broadcast_weights(model, 0)
+
+    def part(self, start, stop):
+        q, rem = divmod(stop - start, self.size)
+        lo = start + self.rank * q + min(self.rank, rem)
+        return lo, lo + q + (self.rank < rem)
+
+    def forward_backward(self, model, xb, tb, wb, n):
+        """This rank's part of the batch loss; the summed gradient in model._grads."""
+        m = len(xb)
+        if m:
+            loss, _ = model._forward_backward(xb, tb, wb)
+            if m != n:
+                model._grads *= m / n
+        else:
+            loss = 0.0
+            model._grads[:] = 0
+        if self.size > 1:
+            self.d.allreduce_(model._grads, "the all-reduce of the gradients")
+        return float(loss) * m / n
+
+    def total(self, value):
+        buf = np.array([value], np.float64)
+        return float(self.d.allreduce_(buf, "the sum of the epoch loss")[0])
+
+    def mean(self, value):
+        return self.total(value) / self.size

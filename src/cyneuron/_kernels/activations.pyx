@@ -14,6 +14,18 @@ from libc.math cimport INFINITY
 from cyneuron._kernels._math cimport (fexp, fexpm1, ferfc, flog, flog1p, ftanh, gelu,
                                       gelu_tanh, sigmoid, softplus)
 from cyneuron._kernels._openmp cimport threads_for
+from cyneuron._kernels.gemm cimport current_isa
+
+
+cdef extern from "vmath.h" nogil:
+    # float32 vector copies (AVX2 + FMA, AVX-512F) of the transcendental activations
+    # (csrc/vmath_template.h); the generic path keeps the libm loops below.
+    enum:
+        CN_VM_SIGMOID, CN_VM_TANH, CN_VM_SWISH, CN_VM_GELU, CN_VM_GELU_TANH, CN_VM_EXP, CN_VM_ELU
+    int cn_vm_isa(int isa)
+    void cn_vm_map_f32(int isa, int fn, const float *x, float *y, Py_ssize_t n, float alpha,
+                       float scale)
+    float cn_vm_exp_sum_f32(int isa, const float *x, float *y, Py_ssize_t n, float m)
 
 
 cdef _check_len(Py_ssize_t n, Py_ssize_t other, str name):
@@ -28,12 +40,37 @@ cdef _check_rows(tuple shape, tuple other, str name):
 # Rough cost, in scalar operations, of one element: decides the thread count.
 cdef enum:
     COST_CHEAP = 1
+    COST_VECTOR = 2          # a transcendental function on the vector copies
     COST_TRANSCENDENTAL = 16
+    VM_CHUNK = 2048          # elements per task of the vector copies (a multiple of 16)
+
+
+cdef bint _vector_map(int fn, const float[::1] x, float[::1] out, float alpha=1,
+                      float scale=1) noexcept:
+    """out = fn(x) (float32) through the vector copy of the GEMM's instruction set, in
+    chunks of VM_CHUNK, so every element gets the same bits whatever the thread count;
+    False on the generic path (the caller runs its libm loop)."""
+    cdef int isa = cn_vm_isa(current_isa())
+    cdef Py_ssize_t n = x.shape[0], c, lo
+    if isa == 0:
+        return False
+    if n == 0:
+        return True
+    cdef int nt = threads_for(n * COST_VECTOR)
+    for c in prange((n + VM_CHUNK - 1) // VM_CHUNK, nogil=True, num_threads=nt,
+                    schedule="static"):
+        lo = c * VM_CHUNK
+        cn_vm_map_f32(isa, fn, &x[lo], &out[lo], min(<Py_ssize_t>VM_CHUNK, n - lo), alpha,
+                      scale)
+    return True
 
 
 def sigmoid_forward(const floating[::1] x, floating[::1] out):
     cdef Py_ssize_t i, n = x.shape[0]
     _check_len(n, out.shape[0], "out")
+    if floating is float:
+        if _vector_map(CN_VM_SIGMOID, x, out):
+            return
     cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         out[i] = sigmoid(x[i])
@@ -51,6 +88,9 @@ def sigmoid_backward(const floating[::1] y, const floating[::1] dy, floating[::1
 def tanh_forward(const floating[::1] x, floating[::1] out):
     cdef Py_ssize_t i, n = x.shape[0]
     _check_len(n, out.shape[0], "out")
+    if floating is float:
+        if _vector_map(CN_VM_TANH, x, out):
+            return
     cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         out[i] = ftanh(x[i])
@@ -94,16 +134,21 @@ def softmax_forward(const floating[:, ::1] x, floating[:, ::1] out):
     if c == 0:
         return
     cdef floating m, s
-    cdef int nt = threads_for(n * c * COST_TRANSCENDENTAL)
+    cdef int isa = cn_vm_isa(current_isa()) if floating is float else 0
+    cdef int nt = threads_for(n * c * (COST_VECTOR if isa else COST_TRANSCENDENTAL))
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         m = x[i, 0]
         for j in range(1, c):
             if x[i, j] > m:
                 m = x[i, j]
-        s = 0
-        for j in range(c):
-            out[i, j] = fexp(x[i, j] - m)
-            s = s + out[i, j]
+        if floating is float:
+            if isa:
+                s = cn_vm_exp_sum_f32(isa, &x[i, 0], &out[i, 0], c, m)
+        if floating is double or isa == 0:
+            s = 0
+            for j in range(c):
+                out[i, j] = fexp(x[i, j] - m)
+                s = s + out[i, j]
         for j in range(c):
             out[i, j] = out[i, j] / s
 
@@ -291,6 +336,9 @@ def elu_forward(const floating[::1] x, floating[::1] out, double alpha, double s
     """scale * (x if x > 0 else alpha * expm1(x)): ELU (scale 1) and SELU."""
     cdef Py_ssize_t i, n = x.shape[0]
     _check_len(n, out.shape[0], "out")
+    if floating is float:
+        if _vector_map(CN_VM_ELU, x, out, <float>alpha, <float>scale):
+            return
     cdef floating a = <floating>alpha, s = <floating>scale, v
     cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
@@ -379,6 +427,9 @@ def exponential_forward(const floating[::1] x, floating[::1] out):
     """e^x (Keras exponential); overflows to inf past log(max float), as exp does."""
     cdef Py_ssize_t i, n = x.shape[0]
     _check_len(n, out.shape[0], "out")
+    if floating is float:
+        if _vector_map(CN_VM_EXP, x, out):
+            return
     cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         out[i] = fexp(x[i])
@@ -424,6 +475,9 @@ def hard_swish_backward(const floating[::1] x, const floating[::1] dy, floating[
 def gelu_forward(const floating[::1] x, floating[::1] out):
     cdef Py_ssize_t i, n = x.shape[0]
     _check_len(n, out.shape[0], "out")
+    if floating is float:
+        if _vector_map(CN_VM_GELU, x, out):
+            return
     cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         out[i] = gelu(x[i])
@@ -441,6 +495,9 @@ def gelu_backward(const floating[::1] x, const floating[::1] dy, floating[::1] d
 def gelu_tanh_forward(const floating[::1] x, floating[::1] out):
     cdef Py_ssize_t i, n = x.shape[0]
     _check_len(n, out.shape[0], "out")
+    if floating is float:
+        if _vector_map(CN_VM_GELU_TANH, x, out):
+            return
     cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):
         out[i] = gelu_tanh(x[i])
@@ -459,6 +516,9 @@ def swish_forward(const floating[::1] x, floating[::1] out):
     """x sigmoid(x) (Swish with beta = 1, SiLU)."""
     cdef Py_ssize_t i, n = x.shape[0]
     _check_len(n, out.shape[0], "out")
+    if floating is float:
+        if _vector_map(CN_VM_SWISH, x, out):
+            return
     cdef floating v
     cdef int nt = threads_for(n * COST_TRANSCENDENTAL)
     for i in prange(n, nogil=True, num_threads=nt, schedule="static"):

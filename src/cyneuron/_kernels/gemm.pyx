@@ -328,12 +328,46 @@ cdef inline void _share(int64_t count, int t, int nt, int64_t *begin, int64_t *e
 
 
 # -- the epilogue ---------------------------------------------------------------------
+cdef extern from "vmath.h" nogil:
+    # float32 vector copies of the transcendental activations (as _kernels/activations)
+    enum:
+        CN_VM_SIGMOID, CN_VM_TANH, CN_VM_SWISH, CN_VM_GELU, CN_VM_GELU_TANH, CN_VM_ELU
+    int cn_vm_isa(int isa)
+    void cn_vm_map_f32(int isa, int fn, const float *x, float *y, int64_t n, float alpha,
+                       float scale)
+
+
+cdef inline int _vector_fn(int act) noexcept nogil:
+    """The vector math function for an epilogue activation, 0 if it has none."""
+    if act == EPI_SIGMOID:
+        return CN_VM_SIGMOID
+    if act == EPI_TANH:
+        return CN_VM_TANH
+    if act == EPI_GELU:
+        return CN_VM_GELU
+    if act == EPI_GELU_TANH:
+        return CN_VM_GELU_TANH
+    if act == EPI_SWISH:
+        return CN_VM_SWISH
+    if act == EPI_ELU:
+        return CN_VM_ELU
+    return 0
+
+
 cdef void _epilogue(floating *c, int64_t ldc, int m, int n, int act,
                     floating alpha) noexcept nogil:
     """C tile (m x n) = act(C), in place, for the activations the C loops leave out (the
-    bias, relu and leaky_relu: _cheap_bias_act)."""
-    cdef int i, j
+    bias, relu and leaky_relu: _cheap_bias_act). float32 on the AVX2 / AVX-512 paths:
+    the vector math of csrc/vmath.h; otherwise libm."""
+    cdef int i, j, fn, isa
     cdef floating *row
+    if floating is float:
+        isa = cn_vm_isa(_table.isa)
+        fn = _vector_fn(act)
+        if isa and fn:
+            for i in range(m):
+                cn_vm_map_f32(isa, fn, c + i * ldc, c + i * ldc, n, alpha, 1)
+            return
     for i in range(m):
         row = c + i * ldc
         if act == EPI_SIGMOID:
