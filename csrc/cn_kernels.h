@@ -48,6 +48,13 @@ typedef void (*cn_sgemv_t)(int64_t k, int64_t n, const float *x, int64_t incx,
 typedef void (*cn_dgemv_t)(int64_t k, int64_t n, const double *x, int64_t incx,
                            const double *b, int64_t b_rs, double *y, int beta);
 
+/* One-column product c[i * ldc] (+)= A[i, 0:k] . b[0:k] for i < m (beta: add to c),
+ * row i of A at a + i * a_rs and b contiguous. */
+typedef void (*cn_sdots_t)(int64_t k, const float *a, int64_t a_rs, const float *b,
+                           float *c, int64_t ldc, int64_t m, int beta);
+typedef void (*cn_ddots_t)(int64_t k, const double *a, int64_t a_rs, const double *b,
+                           double *c, int64_t ldc, int64_t m, int beta);
+
 /* Runs `iters` rounds of independent vector FMAs; returns the float32 flops done
  * (used to measure the machine's FMA peak). */
 typedef double (*cn_fma_loop_t)(int64_t iters);
@@ -64,6 +71,8 @@ typedef struct {
     cn_fma_loop_t fma_loop;
     cn_sgemv_t sgemv;
     cn_dgemv_t dgemv;
+    cn_sdots_t sdots;
+    cn_ddots_t ddots;
 } cn_kernel_table;
 
 extern const cn_kernel_table cn_table_generic;

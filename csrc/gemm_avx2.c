@@ -9,6 +9,7 @@
 #define PACK_A_NAME cn_spack_a_avx2
 #define PACK_B_NAME cn_spack_b_avx2
 #define GEMV_NAME cn_sgemv_avx2
+#define DOTS_NAME cn_sdots_avx2
 #define FMA_LOOP_NAME cn_fma_loop_avx2
 #define UKR_T float
 #define UKR_V __m256
@@ -31,6 +32,7 @@
 #define PACK_A_NAME cn_dpack_a_avx2
 #define PACK_B_NAME cn_dpack_b_avx2
 #define GEMV_NAME cn_dgemv_avx2
+#define DOTS_NAME cn_ddots_avx2
 #define UKR_T double
 #define UKR_V __m256d
 #define UKR_VL 4
@@ -48,4 +50,5 @@ const cn_kernel_table cn_table_avx2 = {
     cn_spack_a_avx2, cn_spack_b_t_avx2, cn_dpack_a_avx2, cn_dpack_b_avx2,
     cn_fma_loop_avx2,
     cn_sgemv_avx2, cn_dgemv_avx2,
+    cn_sdots_avx2, cn_ddots_avx2,
 };

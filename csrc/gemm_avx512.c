@@ -9,6 +9,7 @@
 #define PACK_A_NAME cn_spack_a_avx512
 #define PACK_B_NAME cn_spack_b_avx512
 #define GEMV_NAME cn_sgemv_avx512
+#define DOTS_NAME cn_sdots_avx512
 #define FMA_LOOP_NAME cn_fma_loop_avx512
 #define UKR_T float
 #define UKR_V __m512
@@ -31,6 +32,7 @@
 #define PACK_A_NAME cn_dpack_a_avx512
 #define PACK_B_NAME cn_dpack_b_avx512
 #define GEMV_NAME cn_dgemv_avx512
+#define DOTS_NAME cn_ddots_avx512
 #define UKR_T double
 #define UKR_V __m512d
 #define UKR_VL 8
@@ -48,4 +50,5 @@ const cn_kernel_table cn_table_avx512 = {
     cn_spack_a_avx512, cn_spack_b_t_avx512, cn_dpack_a_avx512, cn_dpack_b_avx512,
     cn_fma_loop_avx512,
     cn_sgemv_avx512, cn_dgemv_avx512,
+    cn_sdots_avx512, cn_ddots_avx512,
 };

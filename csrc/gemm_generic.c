@@ -8,6 +8,7 @@
 #define PACK_A_NAME cn_spack_a_generic
 #define PACK_B_NAME cn_spack_b_generic
 #define GEMV_NAME cn_sgemv_generic
+#define DOTS_NAME cn_sdots_generic
 #define FMA_LOOP_NAME cn_fma_loop_generic
 #define UKR_T float
 #define UKR_V float
@@ -23,6 +24,7 @@
 #undef PACK_A_NAME
 #undef PACK_B_NAME
 #undef GEMV_NAME
+#undef DOTS_NAME
 #undef FMA_LOOP_NAME
 #undef UKR_T
 #undef UKR_V
@@ -31,6 +33,7 @@
 #define PACK_A_NAME cn_dpack_a_generic
 #define PACK_B_NAME cn_dpack_b_generic
 #define GEMV_NAME cn_dgemv_generic
+#define DOTS_NAME cn_ddots_generic
 #define UKR_T double
 #define UKR_V double
 #include "gemm_ukr_template.h"
@@ -41,4 +44,5 @@ const cn_kernel_table cn_table_generic = {
     cn_spack_a_generic, cn_spack_b_generic, cn_dpack_a_generic, cn_dpack_b_generic,
     cn_fma_loop_generic,
     cn_sgemv_generic, cn_dgemv_generic,
+    cn_sdots_generic, cn_ddots_generic,
 };

@@ -2,7 +2,7 @@
  * once per ISA and dtype (see cn_kernels.h for the contract).
  *
  * The including file defines:
- *   UKR_NAME, PACK_A_NAME, PACK_B_NAME, GEMV_NAME   function names
+ *   UKR_NAME, PACK_A_NAME, PACK_B_NAME, GEMV_NAME, DOTS_NAME   function names
  *   UKR_T               scalar type (float or double)
  *   UKR_V               vector type, UKR_VL lanes
  *   UKR_MR, UKR_NV      rows of the block, vectors per row (NR = NV * VL)
@@ -159,6 +159,44 @@ void GEMV_NAME(int64_t k, int64_t n, const UKR_T *restrict x, int64_t incx,
             UKR_STORE(y + j, UKR_FMA(x0, UKR_LOAD(b0 + j), UKR_LOAD(y + j)));
         for (; j < n; ++j)
             y[j] += s0 * b0[j];
+    }
+}
+
+/* c[i * ldc] (+)= A[i, 0:k] . b[0:k] for i < m (beta: add to c): the one-column
+ * product (a Dense(1) layer, a recurrent step on one sample), where the micro-kernel
+ * would fill one of its NR columns. Rows of A (a + i * a_rs) and b are contiguous; four
+ * rows at a time share each load of b, and each row's vector sum is reduced once. */
+void DOTS_NAME(int64_t k, const UKR_T *restrict a, int64_t a_rs, const UKR_T *restrict b,
+               UKR_T *restrict c, int64_t ldc, int64_t m, int beta)
+{
+    int64_t i = 0, p, j;
+    for (; i < m; i += 4) {
+        int rows = m - i < 4 ? (int)(m - i) : 4;
+        const UKR_T *r[4];
+        for (int q = 0; q < 4; ++q)     /* missing rows repeat the last one (not stored) */
+            r[q] = a + (i + (q < rows ? q : rows - 1)) * a_rs;
+        UKR_V s0 = UKR_ZERO(), s1 = UKR_ZERO(), s2 = UKR_ZERO(), s3 = UKR_ZERO();
+        for (p = 0; p + UKR_VL <= k; p += UKR_VL) {
+            UKR_V bv = UKR_LOAD(b + p);
+            s0 = UKR_FMA(UKR_LOAD(r[0] + p), bv, s0);
+            s1 = UKR_FMA(UKR_LOAD(r[1] + p), bv, s1);
+            s2 = UKR_FMA(UKR_LOAD(r[2] + p), bv, s2);
+            s3 = UKR_FMA(UKR_LOAD(r[3] + p), bv, s3);
+        }
+        UKR_T lanes[4][UKR_VL], sum[4];
+        UKR_STORE(lanes[0], s0);
+        UKR_STORE(lanes[1], s1);
+        UKR_STORE(lanes[2], s2);
+        UKR_STORE(lanes[3], s3);
+        for (int q = 0; q < 4; ++q) {
+            sum[q] = 0;
+            for (j = 0; j < UKR_VL; ++j)
+                sum[q] += lanes[q][j];
+            for (j = p; j < k; ++j)
+                sum[q] += r[q][j] * b[j];
+        }
+        for (int q = 0; q < rows; ++q)
+            c[(i + q) * ldc] = (beta ? c[(i + q) * ldc] : (UKR_T)0) + sum[q];
     }
 }
 

@@ -3,6 +3,7 @@
 #undef PACK_A_NAME
 #undef PACK_B_NAME
 #undef GEMV_NAME
+#undef DOTS_NAME
 #undef FMA_LOOP_NAME
 #undef UKR_T
 #undef UKR_V

@@ -28,7 +28,9 @@ def _plan_shapes(dtype, isa=None):
     direct_m = _gemm.plan_limits()["direct_max_m"]
     big_k = kc + 3
     return [
-        ("direct-tiny", 1, 1, 1, False),
+        ("column-tiny", 1, 1, 1, False),                              # N = 1: dot products
+        ("column-rows", 4 * mr + 3, big_k, 1, False),
+        ("column-b-transposed", 2 * mr + 1, 2 * kc + 7, 1, True),
         ("direct-gemv-ragged", 1, 4 * 3 + 3, 3 * nr + 5, False),      # M = 1: the GEMV kernel
         ("direct-gemv-wide", 1, kc + 5, 4096 // np.dtype(dtype).itemsize + 3, False),
         ("direct-edges", mr + 1, big_k, 2 * nr + 3, False),
@@ -73,7 +75,7 @@ def test_single_row_gemv_with_strided_x_and_epilogue(isa, kernel_threads, dtype)
         x = rng.standard_normal((k, 3)).astype(dtype).T[1:2]      # stride 3 along K
         b = rng.standard_normal((k, n)).astype(dtype)
         bias = rng.standard_normal(n).astype(dtype)
-        assert _gemm.plan(x, b)["plan"] == "direct"
+        assert _gemm.plan(x, b)["plan"] == ("column" if n == 1 else "direct")
         c = np.empty((1, n), dtype)
         _gemm.gemm(x, b, c, bias, _gemm.EPILOGUES["relu"])
         expected = np.maximum(x.astype(np.float64) @ b + bias, 0)
@@ -83,6 +85,37 @@ def test_single_row_gemv_with_strided_x_and_epilogue(isa, kernel_threads, dtype)
         _gemm.gemm(x, b, c, accumulate=True)
         np.testing.assert_allclose(c, c0 + x.astype(np.float64) @ b, rtol=tol,
                                    atol=tol * np.sqrt(k))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_one_column_products(isa, kernel_threads, dtype):
+    """N = 1 (Dense(1), a step on one sample): A's rows dotted with B, or B streamed down
+    A's columns when A is column-major (dW of Dense(1)); B's column strided; the bias +
+    activation epilogue; accumulate; the serial entry."""
+    rng = np.random.default_rng(9)
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    for m, k in ((1, 1), (3, 5), (17, 33), (70, 300), (513, 1031)):
+        a_rows = rng.standard_normal((m, k)).astype(dtype)
+        a_cols = np.asfortranarray(a_rows)
+        b_col = rng.standard_normal((k, 1)).astype(dtype)
+        b_strided = np.repeat(b_col, 3, axis=1)[:, 1:2]          # stride 3 along K
+        bias = rng.standard_normal(1).astype(dtype)
+        expected = a_rows.astype(np.float64) @ b_col
+        for a in (a_rows, a_cols):
+            for b in (b_col, b_strided):
+                assert _gemm.plan(a, b)["plan"] == "column"
+                c = np.full((m, 1), np.nan, dtype)
+                _gemm.gemm(a, b, c)
+                np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * np.sqrt(k))
+                _gemm.gemm(a, b, c, bias, _gemm.EPILOGUES["tanh"])
+                np.testing.assert_allclose(c, np.tanh(expected + bias), rtol=tol, atol=tol)
+                c0 = rng.standard_normal((m, 1)).astype(dtype)
+                c = c0.copy()
+                _gemm.gemm(a, b, c, accumulate=True)
+                np.testing.assert_allclose(c, c0 + expected, rtol=tol, atol=tol * np.sqrt(k))
+                c = np.full((m, 1), np.nan, dtype)
+                _gemm._serial_for_tests(a, b, c)
+                np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * np.sqrt(k))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -566,3 +566,16 @@ def test_fit_with_noncontiguous_inputs_matches_contiguous():
     got = train(wide[::2, ::2], np.asfortranarray(onehot))
     for a, b in zip(ref, got):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_predict_takes_keras_verbose(capsys):
+    """predict(x, verbose=0) as Keras code writes it: quiet; verbose=1 prints one line."""
+    x, _ = _blobs(n=10)
+    model = _small_classifier()
+    quiet = model.predict(x, verbose=0)
+    assert capsys.readouterr().out == ""
+    np.testing.assert_array_equal(model.predict(x, verbose="auto"), quiet)
+    np.testing.assert_array_equal(model.predict(x, verbose=1), quiet)
+    assert "10/10 samples" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="verbose"):
+        model.predict(x, verbose=3)

@@ -36,6 +36,7 @@ import numbers
 import os
 import signal
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -1915,12 +1916,17 @@ class Model(Layer):
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         return logs
 
-    def predict(self, x, batch_size=None):
+    def predict(self, x, batch_size=None, verbose=0):
         """Model outputs for x, as new arrays (float32 or the model dtype): an array, or a
         list (a dict for dict outputs) for several outputs. Safe to call from several
-        threads at once (also while another thread trains: one consistent weight set)."""
+        threads at once (also while another thread trains: one consistent weight set).
+        verbose: 0 or "auto" (quiet, the default), 1 or 2: one line with the sample
+        count and the time taken (Keras's argument, so Keras code runs unchanged)."""
         batch_size = DEFAULT_PREDICT_BATCH if batch_size is None else \
             check_positive(batch_size, "batch_size", integer=True)
+        if verbose not in (0, 1, 2, "auto") or isinstance(verbose, float):
+            raise ValueError(f"verbose must be 0, 1, 2 or 'auto'; got {verbose!r}")
+        started = time.perf_counter() if verbose in (1, 2) else None
         xs = self._check_x(x)
         n = len(xs[0])
         results = [np.empty((n,) + tuple(t.shape[1:]), self.dtype) for t in self.outputs]
@@ -1933,6 +1939,8 @@ class Model(Layer):
                     r[start:start + len(h)] = h
         finally:
             self._give_back(runner)
+        if started is not None:
+            print(f"{n}/{n} samples - {time.perf_counter() - started:.3f}s")
         return self._structure_outputs(results)
 
     def _structure_outputs(self, values):

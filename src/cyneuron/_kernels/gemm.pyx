@@ -65,6 +65,10 @@ cdef extern from "cn_kernels.h" nogil:
                                 const float *b, int64_t b_rs, float *y, int beta) noexcept nogil
     ctypedef void (*cn_dgemv_t)(int64_t k, int64_t n, const double *x, int64_t incx,
                                 const double *b, int64_t b_rs, double *y, int beta) noexcept nogil
+    ctypedef void (*cn_sdots_t)(int64_t k, const float *a, int64_t a_rs, const float *b,
+                                float *c, int64_t ldc, int64_t m, int beta) noexcept nogil
+    ctypedef void (*cn_ddots_t)(int64_t k, const double *a, int64_t a_rs, const double *b,
+                                double *c, int64_t ldc, int64_t m, int beta) noexcept nogil
     ctypedef struct cn_kernel_table:
         int isa
         const char *name
@@ -81,6 +85,8 @@ cdef extern from "cn_kernels.h" nogil:
         cn_fma_loop_t fma_loop
         cn_sgemv_t sgemv
         cn_dgemv_t dgemv
+        cn_sdots_t sdots
+        cn_ddots_t ddots
     int CN_ISA_GENERIC, CN_ISA_AVX2, CN_ISA_AVX512, CN_ISA_COUNT
     int cn_cpu_supports(int isa)
     int cn_best_isa()
@@ -438,6 +444,7 @@ cdef struct Call:
     int64_t mc, nc, kc
     int split_rows       # 1: threads split C's rows; 0: its column slivers
     int direct           # 1: nothing packed (B's rows read in place); 0: B packed
+    int column           # 1: N = 1, rows of A dotted with B (or B streamed along A's columns)
     int pack_a           # packed plan: 1 packs A's blocks, 0 reads A in place
     void *b_pack         # shared packed B block (packed plan)
     void **a_pack        # one packed A block per thread (packed plan)
@@ -503,6 +510,46 @@ cdef inline void _gemv(int64_t k, int64_t n, const floating *x, int64_t incx,
         _table.sgemv(k, n, x, incx, b, b_rs, y, beta)
     else:
         _table.dgemv(k, n, x, incx, b, b_rs, y, beta)
+
+
+cdef inline void _dots(int64_t k, const floating *a, int64_t a_rs, const floating *b,
+                       floating *c, int64_t ldc, int64_t m, int beta) noexcept nogil:
+    if floating is float:
+        _table.sdots(k, a, a_rs, b, c, ldc, m, beta)
+    else:
+        _table.ddots(k, a, a_rs, b, c, ldc, m, beta)
+
+
+cdef inline void _one_column(int64_t M, int64_t K, const floating *A, int64_t rsa,
+                             int64_t csa, const floating *B, int64_t rsb, floating *C,
+                             int64_t ldc, int beta, floating *scratch) noexcept nogil:
+    """C[0:M, 0] (+)= A @ B[:, 0]: dot products along A's contiguous rows (B copied to
+    scratch when its column is strided), or, when A's columns are contiguous, B's values
+    streamed down them (the one-row kernel on C^T = B^T A^T; C contiguous, ldc 1)."""
+    cdef int64_t p
+    cdef const floating *b = B
+    if csa == 1:
+        if rsb != 1:
+            for p in range(K):
+                scratch[p] = B[p * rsb]
+            b = scratch
+        _dots(K, A, rsa, b, C, ldc, M, beta)
+    else:
+        _gemv(K, M, B, rsb, A, csa, C, beta)
+
+
+cdef void _run_column(const Call *g, floating dummy, int t, int nt) noexcept nogil:
+    """Thread t of nt: the one-column plan (N = 1), rows of C split in blocks of 16."""
+    cdef int64_t r0, r1
+    _share(_cdiv(g.M, 16), t, nt, &r0, &r1)
+    r0 *= 16
+    r1 = _min(g.M, r1 * 16)
+    if r1 <= r0:
+        return
+    _one_column(r1 - r0, g.K, <const floating *>g.A + r0 * g.rsa, g.rsa, g.csa,
+                <const floating *>g.B, g.rsb, <floating *>g.C + r0 * g.ldc, g.ldc,
+                g.accumulate, <floating *>g.edge[t] if g.edge != NULL else NULL)
+    _finish(g, dummy, r0, r1 - r0, 0, 1)
 
 
 cdef inline void _pack_a(int64_t m, int64_t k, const floating *src, int64_t rs, int64_t cs,
@@ -702,7 +749,9 @@ cdef void _column_sums(const Call *g, floating dummy, int t, int nt) noexcept no
 
 
 cdef void _run_part(Call *g, floating dummy, int t, int nt) noexcept nogil:
-    if g.direct:
+    if g.column:
+        _run_column(g, dummy, t, nt)
+    elif g.direct:
         _run_direct(g, dummy, t, nt)
     else:
         _run_packed(g, dummy, t, nt)
@@ -805,13 +854,24 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     g.direct = (g.csb == 1 and a_in_place
                 and (g.M <= g.mr or (g.M <= DIRECT_MAX_M and _rows_stay_cached(g.rsb * item, kc))))
     g.pack_a = not g.direct and not a_in_place
+    # One output column (Dense(1), a step on one sample): the micro-kernel would compute
+    # NR columns to keep one, so dot A's rows with B instead, or stream B down A's
+    # columns when those are contiguous (C's rows are then contiguous too: ldc = 1).
+    g.column = g.N == 1 and (g.csa == 1 or (g.rsa == 1 and g.ldc == 1))
+    if g.column:
+        g.direct = g.pack_a = 0
 
 
 cdef int _plan(Call *g, _Workspace ws, int nthreads, size_t item) except -1:
     """Choose the plan and size the workspace for it."""
     _choose(g, nthreads, item)
     cdef int64_t kc = g.kc
-    if g.direct:
+    if g.column:   # a_pack[t]: a contiguous copy of B's column when it is strided
+        ws.reserve(0, g.K * item if g.csa == 1 and g.rsb != 1 else 0, nthreads)
+        g.b_pack = NULL
+        g.a_pack = NULL
+        g.edge = ws.a_pack
+    elif g.direct:
         ws.reserve(0, kc * g.nr * item, nthreads)   # a_pack[t]: the ragged-edge buffer
         g.b_pack = NULL
         g.a_pack = NULL
@@ -828,20 +888,21 @@ cdef int _plan(Call *g, _Workspace ws, int nthreads, size_t item) except -1:
 def plan(a, b, int threads=1, isa=None):
     """How a @ b would run on `threads` threads with the blocking of instruction set
     `isa` (default: the path in use; any compiled ISA, runnable here or not):
-    {"plan": "direct" | "packed", "split": "rows" | "columns", "pack_a": bool}
-    (for tests and profiling)."""
+    {"plan": "direct" | "packed" | "column", "split": "rows" | "columns", "pack_a": bool}
+    (for tests and profiling; "column": N = 1, see _choose)."""
     cdef Call g
     cdef size_t item = a.itemsize
     cdef const cn_kernel_table *t = _layout(isa)
     g.M, g.K, g.N = a.shape[0], a.shape[1], b.shape[1]
     g.rsa, g.csa = a.strides[0] // item, a.strides[1] // item
     g.rsb, g.csb = b.strides[0] // item, b.strides[1] // item
+    g.ldc = g.N
     if item == 4:
         g.mr, g.nr = t.s_mr, t.s_nr
     else:
         g.mr, g.nr = t.d_mr, t.d_nr
     _choose(&g, max(1, threads), item)
-    return {"plan": "direct" if g.direct else "packed",
+    return {"plan": "column" if g.column else "direct" if g.direct else "packed",
             "split": "rows" if g.split_rows else "columns", "pack_a": bool(g.pack_a)}
 
 
@@ -1013,6 +1074,10 @@ cdef int _gemm_serial(int64_t M, int64_t N, int64_t K, const floating *A, int64_
         mr, nr = _table.d_mr, _table.d_nr
     if K < 1 or nr > SERIAL_MAX_NR:
         return -1
+    if N == 1 and (csa == 1 and (rsb == 1 or K <= SERIAL_KC * SERIAL_MAX_NR)
+                   or rsa == 1 and ldc == 1):     # one column: see _choose
+        _one_column(M, K, A, rsa, csa, B, rsb, C, ldc, accumulate, sliver)
+        return 0
     for pb in range(_cdiv(K, SERIAL_KC)):
         pc = pb * SERIAL_KC
         kc = _min(SERIAL_KC, K - pc)
