@@ -54,7 +54,7 @@ if IS_X86_64:
 C_MACROS = [("CN_HAVE_X86_KERNELS", "1")] if IS_X86_64 else []
 
 KERNELS = ["_openmp", "gemm", "activations", "losses", "optim", "normalization", "conv", "arrays",
-           "pooling", "recurrent", "winograd", "attention", "rbm", "som"]
+           "pooling", "recurrent", "winograd", "attention", "rbm", "som", "tree"]
 
 
 def openmp_flag(compiler):

@@ -30,20 +30,18 @@ CN_ATTR static inline CN_V CN_NAME(cn_vexp)(CN_V x) {
     p = V_FMADD(p, r, CN_PS(1.6666665459e-1f));
     p = V_FMADD(p, r, CN_PS(5.0000001201e-1f));
     p = V_ADD(V_FMADD(p, z, r), CN_PS(1.0f));
-    /* 2^n as 2^(n/2) * 2^(n - n/2): both factors normal for n in [-151, 129] */
-    CN_VI k = VI_SUB(V_TO_BITS(t), VI_SET1(0x4B400000));
-    CN_VI k1 = VI_SRAI(k, 1);
-    CN_VI k2 = VI_SUB(k, k1);
-    CN_V s1 = V_FROM_BITS(VI_SLLI(VI_ADD(k1, VI_SET1(127)), 23));
-    CN_V s2 = V_FROM_BITS(VI_SLLI(VI_ADD(k2, VI_SET1(127)), 23));
-    CN_V e = V_MUL(V_MUL(p, s1), s2);
+    CN_V e = V_SCALE(p, n, t);   /* p 2^n, gradually into the subnormals, inf past the top */
     return V_SELECT_LT(x, CN_PS(-104.0f), CN_PS(0.0f), e);
 }
 
-/* 1 / d for d >= 1 (or NaN, inf): estimate, then r + r (1 - d r). */
+/* 1 / d for d >= 1 (or NaN, inf): estimate, then Newton steps r + r (1 - d r): one after
+   AVX-512's 14-bit estimate, two after AVX's 12-bit one (one left 1 / 1 at 1 - 2^-24,
+   so a saturated sigmoid times 10^4 was 9999.999). */
 CN_ATTR static inline CN_V CN_NAME(cn_vrecip)(CN_V d) {
     CN_V r = V_RCP(d);
-    return V_FMADD(r, V_FNMADD(d, r, CN_PS(1.0f)), r);
+    for (int step = 0; step < V_RCP_NEWTON_STEPS; ++step)
+        r = V_FMADD(r, V_FNMADD(d, r, CN_PS(1.0f)), r);
+    return r;
 }
 
 /* 1 / (1 + e^-x) for x >= 0 and e^x / (1 + e^x) below: e never overflows. */
@@ -88,7 +86,7 @@ CN_ATTR static inline CN_V CN_NAME(cn_vexpm1_neg)(CN_V x) {
    where it underflows (and at -inf, its limit). */
 CN_ATTR static inline CN_V CN_NAME(cn_vgelu)(CN_V x) {
     CN_V z = V_MUL(V_ANDNOT(CN_PS(-0.0f), x), CN_PS(0.70710678118654752f));
-    CN_V t = V_DIV(CN_PS(1.0f), V_FMADD(z, CN_PS(0.5f), CN_PS(1.0f)));
+    CN_V t = CN_NAME(cn_vrecip)(V_FMADD(z, CN_PS(0.5f), CN_PS(1.0f)));
     CN_V p = V_FMADD(CN_PS(-1.087146242e-01f), t, CN_PS(7.825635586e-01f));
     p = V_FMADD(p, t, CN_PS(-2.315718064e+00f));
     p = V_FMADD(p, t, CN_PS(3.563482298e+00f));
@@ -112,7 +110,7 @@ CN_ATTR static inline CN_V CN_NAME(cn_vgelu)(CN_V x) {
 }
 
 /* One function on a vector; alpha and scale are ELU's. */
-CN_ATTR static inline CN_V CN_NAME(cn_vapply)(int fn, CN_V x, CN_V alpha, CN_V scale) {
+CN_ATTR static inline __attribute__((always_inline)) CN_V CN_NAME(cn_vapply)(int fn, CN_V x, CN_V alpha, CN_V scale) {
     CN_V u;
     switch (fn) {
     case CN_VM_SIGMOID:
@@ -137,23 +135,38 @@ CN_ATTR static inline CN_V CN_NAME(cn_vapply)(int fn, CN_V x, CN_V alpha, CN_V s
 }
 
 /* y[0:n] = fn(x[0:n]); y may be x. The ragged end goes through the vector code too
-   (copied into a padded vector), so every element gets the same bits wherever it sits. */
+   (copied into a padded vector), so every element gets the same bits wherever it sits.
+   One loop per function (the switch outside it, so each loop body is straight code). */
+#define CN_VM_LOOP(FN)                                                                  \
+    for (; i + CN_VW <= n; i += CN_VW)                                                  \
+        V_ST(y + i, CN_NAME(cn_vapply)(FN, V_LD(x + i), va, vs));                       \
+    if (i < n) {                                                                        \
+        float pad[CN_VW];                                                               \
+        int64_t r = n - i, j;                                                           \
+        for (j = 0; j < CN_VW; j++)                                                     \
+            pad[j] = j < r ? x[i + j] : 0.0f;                                           \
+        V_ST(pad, CN_NAME(cn_vapply)(FN, V_LD(pad), va, vs));                           \
+        for (j = 0; j < r; j++)                                                         \
+            y[i + j] = pad[j];                                                          \
+    }                                                                                   \
+    return;
+
 CN_ATTR static void CN_NAME(cn_vm_map)(int fn, const float *x, float *y, int64_t n,
                                        float alpha, float scale) {
     CN_V va = CN_PS(alpha), vs = CN_PS(scale);
     int64_t i = 0;
-    for (; i + CN_VW <= n; i += CN_VW)
-        V_ST(y + i, CN_NAME(cn_vapply)(fn, V_LD(x + i), va, vs));
-    if (i < n) {
-        float pad[CN_VW];
-        int64_t r = n - i, j;
-        for (j = 0; j < CN_VW; j++)
-            pad[j] = j < r ? x[i + j] : 0.0f;
-        V_ST(pad, CN_NAME(cn_vapply)(fn, V_LD(pad), va, vs));
-        for (j = 0; j < r; j++)
-            y[i + j] = pad[j];
+    switch (fn) {
+    case CN_VM_SIGMOID: CN_VM_LOOP(CN_VM_SIGMOID)
+    case CN_VM_TANH: CN_VM_LOOP(CN_VM_TANH)
+    case CN_VM_SWISH: CN_VM_LOOP(CN_VM_SWISH)
+    case CN_VM_GELU: CN_VM_LOOP(CN_VM_GELU)
+    case CN_VM_GELU_TANH: CN_VM_LOOP(CN_VM_GELU_TANH)
+    case CN_VM_EXP: CN_VM_LOOP(CN_VM_EXP)
+    case CN_VM_ELU: CN_VM_LOOP(CN_VM_ELU)
+    default: return;
     }
 }
+#undef CN_VM_LOOP
 
 /* y[0:n] = e^(x - m) for the row max m, and their sum (softmax's middle pass). */
 CN_ATTR static float CN_NAME(cn_vm_exp_sum)(const float *x, float *y, int64_t n, float m) {

@@ -13,7 +13,7 @@ _config._apply_isa_override()
 from ._config import get_isa, get_num_threads, set_num_threads, show_config  # noqa: E402
 from ._random import set_seed  # noqa: E402
 from . import (activations, callbacks, datasets, initializers, layers, losses,  # noqa: E402
-               metrics, ops, optimizers, saving, schedules)
+               metrics, ops, optimizers, saving, schedules, trees)
 from .callbacks import Callback, History  # noqa: E402
 from .layers.input_layer import Input  # noqa: E402
 from .models import Model, Sequential  # noqa: E402
@@ -41,5 +41,5 @@ __all__ = [
     "Sequential", "Model", "Input", "Perceptron", "History", "Callback", "layers", "ops", "activations", "losses",
     "optimizers", "schedules", "initializers", "metrics", "callbacks", "datasets",
     "set_num_threads", "get_num_threads", "show_config", "get_isa", "set_seed", "__version__",
-    "load_model", "saving", "load_estimator", *_LAZY,
+    "load_model", "saving", "trees", "load_estimator", *_LAZY,
 ]

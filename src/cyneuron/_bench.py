@@ -1194,7 +1194,7 @@ def main(argv=None):
         description="Time cyneuron against numpy, PyTorch CPU and scikit-learn, in one run.")
     parser.add_argument("what", nargs="?", default="all",
                         choices=("matmul", "mlp", "conv", "resnet", "rnn", "transformer",
-                                 "sklearn", "rbm", "som", "inference", "all"))
+                                 "sklearn", "rbm", "som", "inference", "tree", "all"))
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for cyneuron, torch and (with threadpoolctl) numpy's BLAS")
     parser.add_argument("--quick", action="store_true",
@@ -1275,6 +1275,10 @@ def main(argv=None):
             _bench_classic.bench_rbm(args, out)
         if args.what in ("som", "all"):
             _bench_classic.bench_som(args, out)
+    if args.what in ("tree", "all"):
+        from ._bench_tree import bench_tree
+
+        bench_tree(args, out)
     out(f"\n({time.perf_counter() - t0:.1f} s)")
     return 0
 

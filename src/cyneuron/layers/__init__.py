@@ -16,6 +16,7 @@ from .recurrent import GRU, LSTM, RNN, SimpleRNN
 from .regularization import Dropout
 from .reshaping import (Cropping1D, Cropping2D, Flatten, Permute, RepeatVector, Reshape,
                         UpSampling1D, UpSampling2D, ZeroPadding2D)
+from .tree import TreeLSTM, TreeRNN
 from .transformer import (PositionalEncoding, TokenAndPositionEmbedding, TransformerDecoder,
                           TransformerEncoder)
 from .wrappers import Bidirectional, TimeDistributed, Wrapper
@@ -31,4 +32,4 @@ __all__ = ["Layer", "Dense", "Activation", "LeakyReLU", "ELU", "PReLU", "Maxout"
            "Input", "InputLayer", "Add", "Subtract", "Multiply", "Average", "Maximum",
            "Minimum", "Concatenate", "Dot", "RBF", "MultiHeadAttention",
            "TokenAndPositionEmbedding", "PositionalEncoding", "TransformerEncoder",
-           "TransformerDecoder"]
+           "TransformerDecoder", "TreeRNN", "TreeLSTM"]
