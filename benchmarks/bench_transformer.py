@@ -3,8 +3,9 @@ run; GFLOP/s (and sequences/s) in extra_info.
 
 (a) The attention op, batch 8, 8 heads, head_dim 64, T = 128, 512, 2048, forward and
     forward + backward: cn.ops.scaled_dot_product_attention (+ _grad) against
-    torch.nn.functional.scaled_dot_product_attention. Peak memory at T = 2048 is measured
-    by `python -m cyneuron bench transformer` (a fresh process per side), not here.
+    torch.nn.functional.scaled_dot_product_attention. Peak memory (T = 512 to 2048,
+    against PyTorch's default and its materialising math backend) is measured by
+    `python -m cyneuron bench transformer` (a fresh process per side and T), not here.
 (b) A 2-layer encoder classifier (d_model 128, 4 heads, ff 512, T 64, batch 32, Adam):
     train step and inference on 256 sequences against nn.TransformerEncoder.
 The callables are the ones `python -m cyneuron bench transformer` times

@@ -164,17 +164,24 @@ def test_scikit_learn_semantics(binary_digits):
     assert p.components_.shape == (16, 64) and np.isfinite(p.components_).all()
 
 
-def test_pseudo_likelihood_against_scikit_learn(binary_digits):
-    """Same settings (n_iter=20, defaults otherwise, the same random_state), three seeds:
-    the mean pseudo-likelihood of cyneuron's model is at least scikit-learn's up to the
-    seed-to-seed noise of the estimate (the two use different random streams)."""
+def test_pseudo_likelihood_against_scikit_learn(binary_digits, restore_threads):
+    """The issue's criterion, binarised digits, n_iter=20, defaults otherwise: cyneuron's
+    pseudo-likelihood is at least scikit-learn's. Both run the same algorithm (PCD-1, the
+    same mini-batches, initial weights and learning-rate scaling) with different random
+    streams, so they are equal in expectation and any one seed's gap is sampling noise
+    (paired gaps of about +-1 between seeds): over 8 paired seeds the mean gap must not be
+    below zero by more than two standard errors of that mean. (Over 16 seeds, measured:
+    -15.36 +- 1.07 against -15.15 +- 1.04, mean gap -0.21 +- 0.19.)"""
+    cn.set_num_threads(1)
     X = binary_digits[0]
-    ours, theirs = [], []
-    for seed in range(3):
-        ours.append(BernoulliRBM(n_iter=20, random_state=seed).fit(X).score_samples(X).mean())
-        theirs.append(SkRBM(n_iter=20, random_state=seed).fit(X).score_samples(X).mean())
-    assert np.mean(ours) >= np.mean(theirs) - 1.0, (ours, theirs)
-    assert np.mean(ours) > -20
+    gaps = []
+    for seed in range(8):
+        ours = BernoulliRBM(n_iter=20, random_state=seed).fit(X).score_samples(X).mean()
+        theirs = SkRBM(n_iter=20, random_state=seed).fit(X).score_samples(X).mean()
+        assert -20 < ours < -10 and -20 < theirs < -10, (seed, ours, theirs)
+        gaps.append(ours - theirs)
+    mean, se = np.mean(gaps), np.std(gaps, ddof=1) / np.sqrt(len(gaps))
+    assert mean >= -2 * se, (gaps, mean, se)
 
 
 def test_save_load_round_trip(tmp_path, binary_digits):

@@ -8,9 +8,13 @@ classifier, cyneuron next to PyTorch CPU in the same run.
     requires_grad inputs). GFLOP/s count 4·B·H·T²·d per forward (two products) and 3.5x
     that for forward + backward (7 products: 2 forward, 5 backward, FlashAttention-2's
     count with its recomputation of Q·Kᵀ), for both sides alike.
-    Peak memory at T = 2048: the peak resident set size of a fresh process running the
-    op once (Linux: the peak is reset after the inputs are allocated), minus its size
-    just before, for each side.
+    Peak memory at T = 512, 1024, 2048: the peak resident set size of a fresh process
+    running the op once (Linux: the peak is reset after the inputs are allocated), minus
+    its size just before, for cyneuron, PyTorch's default CPU kernel (itself a flash
+    kernel, O(T)) and PyTorch's math path (torch.nn.attention.sdpa_kernel(
+    SDPBackend.MATH): softmax(Q·Kᵀ)·V with the T × T matrix materialised, the O(T²)
+    reference the fused kernel is meant to avoid); the table gives each one's growth
+    from T = 1024 to 2048 (2x for O(T), 4x for O(T²)).
 (b) A 2-layer encoder classifier: TransformerEncoder(4 heads, ff 512, relu, post-norm,
     dropout 0) x 2 on d_model 128, T 64, mean over time, Dense 10; batch 32, Adam 1e-3,
     sparse categorical cross-entropy. PyTorch: nn.TransformerEncoder of two
@@ -27,6 +31,8 @@ import numpy as np
 from .harness import _pick, _print_table, spread_cell, spread_note, time_blocks
 
 ATT_BATCH, ATT_HEADS, ATT_DIM = 8, 8, 64
+MEMORY_LENGTHS = (512, 1024, 2048)
+MEMORY_IMPLEMENTATIONS = ("cyneuron", "torch", "torch-math")
 ATT_LENGTHS = (128, 512, 2048)
 MEMORY_LENGTH = 2048
 ENC_D, ENC_HEADS, ENC_FF, ENC_T, ENC_LAYERS = 128, 4, 512, 64, 2
@@ -46,8 +52,9 @@ def attention_flops(T, backward=False, batch=ATT_BATCH, heads=ATT_HEADS, dim=ATT
     return fwd * 3.5 if backward else fwd
 
 
-def attention_callables(T, backward, threads):
-    """({'cyneuron': fn, 'torch': fn}, {name: why missing})."""
+def attention_callables(T, backward, threads, math_path=False):
+    """({'cyneuron': fn, 'torch': fn}, {name: why missing}); with math_path, 'torch-math'
+    too: PyTorch's math (materialising) backend, for the memory table."""
     import cyneuron as cn
 
     q, k, v, g = attention_data(T)
@@ -82,6 +89,13 @@ def attention_callables(T, backward, threads):
             with torch.no_grad():
                 return F.scaled_dot_product_attention(tq, tk, tv)
     fns["torch"] = run_torch
+    if math_path:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def run_torch_math():
+            with sdpa_kernel(SDPBackend.MATH):
+                return run_torch()
+        fns["torch-math"] = run_torch_math
     return fns, missing
 
 
@@ -89,7 +103,7 @@ _MEMORY_CHILD = r"""
 import json, sys
 impl, T, backward, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
 from cyneuron.bench.transformer import attention_callables
-fns, missing = attention_callables(T, backward, threads)
+fns, missing = attention_callables(T, backward, threads, math_path=True)
 if impl not in fns:
     print(json.dumps(None)); sys.exit(0)
 def status(key):
@@ -123,6 +137,26 @@ def attention_peak_memory(impl, T=MEMORY_LENGTH, backward=False, threads=1):
     if data is None:
         return None
     return max(0, data["peak_kib"] - data["before_kib"]) / 1024.0
+
+
+def memory_table(threads, lengths=MEMORY_LENGTHS):
+    """Rows of the attention op's peak memory (MiB) at each T, forward and forward +
+    backward, per implementation, with the growth from the second-longest T to the
+    longest (about 2x for O(T) memory, 4x for O(T²))."""
+    head = ["implementation"]
+    for backward in (False, True):
+        head += [f"{'fwd+bwd' if backward else 'fwd'} T={T}" for T in lengths]
+        head.append(f"{'fwd+bwd' if backward else 'fwd'} growth")
+    rows = [tuple(head)]
+    for name in MEMORY_IMPLEMENTATIONS:
+        row = [name]
+        for backward in (False, True):
+            mib = [attention_peak_memory(name, T, backward, threads) for T in lengths]
+            row += ["-" if m is None else f"{m:.1f}" for m in mib]
+            row.append(f"{mib[-1] / mib[-2]:.1f}x" if None not in mib[-2:] and mib[-2] > 0
+                       else "-")
+        rows.append(tuple(row))
+    return rows
 
 
 # -- the encoder classifier ------------------------------------------------------------------
@@ -261,15 +295,12 @@ def bench_transformer(args, out):
                 f"{threads} threads (cyneuron: cn.ops.scaled_dot_product_attention; torch: "
                 f"F.scaled_dot_product_attention)", fns, missing,
                 attention_flops(T, backward), args, out, peak)
-    rows = [("implementation", "forward MiB", "forward + backward MiB")]
-    for name in IMPLEMENTATIONS:
-        f = attention_peak_memory(name, MEMORY_LENGTH, False, threads)
-        b = attention_peak_memory(name, MEMORY_LENGTH, True, threads)
-        rows.append((name, "-" if f is None else f"{f:.1f}", "-" if b is None else f"{b:.1f}"))
-    out(f"\nAttention op peak memory at T={MEMORY_LENGTH} (peak RSS of a fresh process minus "
-        f"its size with the inputs allocated; inputs q, k, v, dO: "
-        f"{4 * ATT_BATCH * ATT_HEADS * MEMORY_LENGTH * ATT_DIM * 4 / 2**20:.0f} MiB)")
-    _print_table(rows, out)
+    out(f"\nAttention op peak memory, MiB (peak RSS of a fresh process minus its size with "
+        f"the inputs allocated; the output alone is "
+        f"{ATT_BATCH * ATT_HEADS * MEMORY_LENGTH * ATT_DIM * 4 / 2**20:.0f} MiB at "
+        f"T={MEMORY_LENGTH}; torch-math: PyTorch's materialising math backend; growth: "
+        f"T={MEMORY_LENGTHS[-2]} to {MEMORY_LENGTHS[-1]}, 2x for O(T), 4x for O(T^2))")
+    _print_table(memory_table(threads), out)
     x, y = encoder_data()
     net = (f"{ENC_LAYERS} x TransformerEncoder(d_model {ENC_D}, {ENC_HEADS} heads, ff {ENC_FF}) "
            f"+ mean + Dense {ENC_CLASSES}, T={ENC_T}")

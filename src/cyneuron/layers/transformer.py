@@ -133,6 +133,17 @@ class _Block(Layer):
     _input_masks = True
     _mask_from_first_input = True
 
+    def __init__(self, num_heads, intermediate_dim=None, dropout=0.0, activation="relu",
+                 norm_first=False, layer_norm_epsilon=1e-5, key_dim=None, ff_dim=None,
+                 name=None, dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        if intermediate_dim is None:
+            intermediate_dim = ff_dim
+        elif ff_dim is not None and ff_dim != intermediate_dim:
+            raise ValueError("give intermediate_dim or ff_dim, not two different values")
+        self._check_options(num_heads, intermediate_dim, dropout, activation, norm_first,
+                            layer_norm_epsilon, key_dim)
+
     def _sublayers(self):
         raise NotImplementedError
 
@@ -171,6 +182,25 @@ class _Block(Layer):
         np.add(a, b, out=out)
         return out
 
+    # The feed-forward sublayer, the same in both blocks: FF = Dense(intermediate_dim,
+    # activation), Dense(d_model), dropout; with its residual connection and layer norm,
+    # h + Drop(FF(LN(h))) (pre-norm) or LN(h + Drop(FF(h))) (post-norm).
+    _FFN_KEYS = ("_ff1", "_ff2", "_drop_ff", "_ln_ff")
+
+    def _make_ffn(self, d_model):
+        n = self.name
+        self._ff1 = Dense(self.intermediate_dim, activation=self.activation,
+                          name=f"{n}/intermediate_dense")
+        self._ff2 = Dense(d_model, name=f"{n}/output_dense")
+        self._drop_ff = Dropout(self.dropout, name=f"{n}/feedforward_dropout")
+        self._ln_ff = LayerNormalization(epsilon=self.layer_norm_epsilon,
+                                         name=f"{n}/feedforward_layer_norm")
+
+    def _build_ffn(self, shape):
+        for layer in (self._drop_ff, self._ln_ff):
+            self._build_sub(layer, shape)
+        self._build_sub(self._ff2, self._build_sub(self._ff1, shape))
+
     def _ffn(self, x, training):
         return self._drop_ff._forward(self._ff2._forward(self._ff1._forward(x, training),
                                                          training), training)
@@ -178,6 +208,23 @@ class _Block(Layer):
     def _ffn_backward(self, g):
         g = self._drop_ff._backward(g, True)
         return self._ff1._backward(self._ff2._backward(g, True), True)
+
+    def _ffn_residual(self, h, training):
+        """The block's output from h: the feed-forward sublayer with residual and norm."""
+        if self.norm_first:
+            return self._add("y", h, self._ffn(self._ln_ff._forward(h, training), training))
+        return self._ln_ff._forward(self._add("y", h, self._ffn(h, training)), training)
+
+    def _ffn_residual_backward(self, g):
+        """The gradient of _ffn_residual's input h, given that of its output."""
+        if not self.norm_first:
+            g = self._ln_ff._backward(g, True)
+        f = self._ffn_backward(g)
+        if self.norm_first:
+            f = self._ln_ff._backward(f, True)
+        gh = self._buffer("g_ffn", g.shape)
+        np.add(g, f, out=gh)
+        return gh
 
     def _check_options(self, num_heads, intermediate_dim, dropout, activation, norm_first,
                        layer_norm_epsilon, key_dim):
@@ -234,19 +281,8 @@ class TransformerEncoder(_Block):
     attention's (8), LN1's gamma and beta, FF1's kernel and bias, FF2's, LN2's.
     """
 
-    def __init__(self, num_heads, intermediate_dim=None, dropout=0.0, activation="relu",
-                 norm_first=False, layer_norm_epsilon=1e-5, key_dim=None, ff_dim=None,
-                 name=None, dtype=None):
-        super().__init__(name=name, dtype=dtype)
-        if intermediate_dim is None:
-            intermediate_dim = ff_dim
-        elif ff_dim is not None and ff_dim != intermediate_dim:
-            raise ValueError("give intermediate_dim or ff_dim, not two different values")
-        self._check_options(num_heads, intermediate_dim, dropout, activation, norm_first,
-                            layer_norm_epsilon, key_dim)
-
     def _sublayers(self):
-        return [self._mha, self._ln1, self._ff1, self._ff2, self._ln2]
+        return [self._mha, self._ln1, self._ff1, self._ff2, self._ln_ff]
 
     def _make(self, d_model):
         n = self.name
@@ -255,12 +291,7 @@ class TransformerEncoder(_Block):
         self._drop_att = Dropout(self.dropout, name=f"{n}/attention_dropout")
         self._ln1 = LayerNormalization(epsilon=self.layer_norm_epsilon,
                                        name=f"{n}/self_attention_layer_norm")
-        self._ff1 = Dense(self.intermediate_dim, activation=self.activation,
-                          name=f"{n}/intermediate_dense")
-        self._ff2 = Dense(d_model, name=f"{n}/output_dense")
-        self._drop_ff = Dropout(self.dropout, name=f"{n}/feedforward_dropout")
-        self._ln2 = LayerNormalization(epsilon=self.layer_norm_epsilon,
-                                       name=f"{n}/feedforward_layer_norm")
+        self._make_ffn(d_model)
 
     def build(self, input_shape):
         if len(input_shape) != 2:
@@ -270,14 +301,14 @@ class TransformerEncoder(_Block):
         self._make(shape[-1])
         self._mha.dtype = self.dtype
         self._mha.build([shape, shape])
-        for layer in (self._drop_att, self._ln1, self._drop_ff, self._ln2):
+        for layer in (self._drop_att, self._ln1):
             self._build_sub(layer, shape)
-        self._build_sub(self._ff2, self._build_sub(self._ff1, shape))
+        self._build_ffn(shape)
         self._collect()
         super().build(shape)
 
     def _replicate_sublayers(self):
-        for key in ("_mha", "_drop_att", "_ln1", "_ff1", "_ff2", "_drop_ff", "_ln2"):
+        for key in ("_mha", "_drop_att", "_ln1") + self._FFN_KEYS:
             setattr(self, key, getattr(self, key)._replica())
 
     def forward(self, x, training=False, padding_mask=None):
@@ -297,22 +328,18 @@ class TransformerEncoder(_Block):
             a = self._drop_att._forward(self._attend(self._mha, a, a, training, mask, mask,
                                                      False), training)
             h = self._add("h", x, a)
-            f = self._ffn(self._ln2._forward(h, training), training)
-            y = self._add("y", h, f)
         else:
             a = self._drop_att._forward(self._attend(self._mha, x, x, training, mask, mask,
                                                      False), training)
             h = self._ln1._forward(self._add("h", x, a), training)
-            f = self._ffn(h, training)
-            y = self._ln2._forward(self._add("y", h, f), training)
+        y = self._ffn_residual(h, training)
         self._last_output_shape = y.shape
         return y
 
     def _backward(self, grad_output, need_input_grad):
         g = grad_output
+        gh = self._ffn_residual_backward(g)
         if self.norm_first:
-            gh = self._buffer("gh", g.shape)
-            np.add(g, self._ln2._backward(self._ffn_backward(g), True), out=gh)
             ga = self._drop_att._backward(gh, True)
             dq, dv = self._mha._backward(ga, True)
             gx = self._buffer("gx", g.shape)
@@ -320,9 +347,6 @@ class TransformerEncoder(_Block):
             gx = self._ln1._backward(gx, True)
             np.add(gx, gh, out=self._buffer("gx2", g.shape))
             return self._buffers["gx2"]
-        g = self._ln2._backward(g, True)
-        gh = self._buffer("gh", g.shape)
-        np.add(g, self._ffn_backward(g), out=gh)
         gh = self._ln1._backward(gh, True)
         ga = self._drop_att._backward(gh, True)
         dq, dv = self._mha._backward(ga, True)
@@ -350,19 +374,9 @@ class TransformerDecoder(_Block):
 
     _n_inputs = 2
 
-    def __init__(self, num_heads, intermediate_dim=None, dropout=0.0, activation="relu",
-                 norm_first=False, layer_norm_epsilon=1e-5, key_dim=None, ff_dim=None,
-                 name=None, dtype=None):
-        super().__init__(name=name, dtype=dtype)
-        if intermediate_dim is None:
-            intermediate_dim = ff_dim
-        elif ff_dim is not None and ff_dim != intermediate_dim:
-            raise ValueError("give intermediate_dim or ff_dim, not two different values")
-        self._check_options(num_heads, intermediate_dim, dropout, activation, norm_first,
-                            layer_norm_epsilon, key_dim)
-
     def _sublayers(self):
-        return [self._self, self._ln1, self._cross, self._ln2, self._ff1, self._ff2, self._ln3]
+        return [self._self, self._ln1, self._cross, self._ln2, self._ff1, self._ff2,
+                self._ln_ff]
 
     def build(self, input_shape):
         shapes = list(input_shape)
@@ -384,18 +398,13 @@ class TransformerDecoder(_Block):
         self._drop2 = Dropout(self.dropout, name=f"{n}/cross_attention_dropout")
         self._ln2 = LayerNormalization(epsilon=self.layer_norm_epsilon,
                                        name=f"{n}/cross_attention_layer_norm")
-        self._ff1 = Dense(self.intermediate_dim, activation=self.activation,
-                          name=f"{n}/intermediate_dense")
-        self._ff2 = Dense(d_model, name=f"{n}/output_dense")
-        self._drop_ff = Dropout(self.dropout, name=f"{n}/feedforward_dropout")
-        self._ln3 = LayerNormalization(epsilon=self.layer_norm_epsilon,
-                                       name=f"{n}/feedforward_layer_norm")
+        self._make_ffn(d_model)
         for mha, shapes_ in ((self._self, [x_shape, x_shape]), (self._cross, [x_shape, e_shape])):
             mha.dtype = self.dtype
             mha.build(shapes_)
-        for layer in (self._drop1, self._ln1, self._drop2, self._ln2, self._drop_ff, self._ln3):
+        for layer in (self._drop1, self._ln1, self._drop2, self._ln2):
             self._build_sub(layer, x_shape)
-        self._build_sub(self._ff2, self._build_sub(self._ff1, x_shape))
+        self._build_ffn(x_shape)
         self._collect()
         self.input_shape = [x_shape, e_shape]
         self.built = True
@@ -409,8 +418,7 @@ class TransformerDecoder(_Block):
                              f"called on {shapes}")
 
     def _replicate_sublayers(self):
-        for key in ("_self", "_drop1", "_ln1", "_cross", "_drop2", "_ln2", "_ff1", "_ff2",
-                    "_drop_ff", "_ln3"):
+        for key in ("_self", "_drop1", "_ln1", "_cross", "_drop2", "_ln2") + self._FFN_KEYS:
             setattr(self, key, getattr(self, key)._replica())
 
     def __call__(self, inputs, training=False, **kwargs):
@@ -469,7 +477,6 @@ class TransformerDecoder(_Block):
             c = self._drop2._forward(self._attend(self._cross, c, e, training, xm, em, False),
                                      training)
             h2 = self._add("h2", h1, c)
-            y = self._add("y", h2, self._ffn(self._ln3._forward(h2, training), training))
         else:
             a = self._drop1._forward(self._attend(self._self, x, x, training, xm, xm, True),
                                      training)
@@ -477,15 +484,14 @@ class TransformerDecoder(_Block):
             c = self._drop2._forward(self._attend(self._cross, h1, e, training, xm, em,
                                                   False), training)
             h2 = self._ln2._forward(self._add("h2", h1, c), training)
-            y = self._ln3._forward(self._add("y", h2, self._ffn(h2, training)), training)
+        y = self._ffn_residual(h2, training)
         self._last_output_shape = y.shape
         return y
 
     def _backward(self, grad_output, need_input_grad):
         g = grad_output
+        g2 = self._ffn_residual_backward(g)
         if self.norm_first:
-            g2 = self._buffer("g2", g.shape)
-            np.add(g, self._ln3._backward(self._ffn_backward(g), True), out=g2)
             dq, de = self._cross._backward(self._drop2._backward(g2, True), True)
             g1 = self._buffer("g1", g.shape)
             np.add(g2, self._ln2._backward(dq, True), out=g1)
@@ -496,9 +502,6 @@ class TransformerDecoder(_Block):
             out = self._buffer("gx2", g.shape)
             np.add(gx, g1, out=out)
             return [out, de]
-        g = self._ln3._backward(g, True)
-        g2 = self._buffer("g2", g.shape)
-        np.add(g, self._ffn_backward(g), out=g2)
         g2 = self._ln2._backward(g2, True)
         dq, de = self._cross._backward(self._drop2._backward(g2, True), True)
         g1 = self._buffer("g1", g.shape)

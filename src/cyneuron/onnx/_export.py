@@ -585,6 +585,14 @@ def _ffn(g, block, x):
     return dense(g, block._ff2, dense(g, block._ff1, x))
 
 
+def _ffn_residual(g, block, h, shape):
+    """A block's feed-forward sublayer with its residual and layer norm, as
+    _Block._ffn_residual: h + FF(LN(h)) pre-norm, LN(h + FF(h)) post-norm."""
+    if block.norm_first:
+        return g.op("Add", [h, _ffn(g, block, layer_norm_of(g, block._ln_ff, h, shape))])
+    return layer_norm_of(g, block._ln_ff, g.op("Add", [h, _ffn(g, block, h)]), shape)
+
+
 def transformer_encoder(g, layer, xs, ctx):
     x, shape, mask = xs[0], ctx.in_shapes[0], ctx.masks[0]
 
@@ -594,11 +602,9 @@ def transformer_encoder(g, layer, xs, ctx):
 
     if layer.norm_first:
         h = g.op("Add", [x, att(layer_norm_of(g, layer._ln1, x, shape))])
-        y = g.op("Add", [h, _ffn(g, layer, layer_norm_of(g, layer._ln2, h, shape))])
     else:
         h = layer_norm_of(g, layer._ln1, g.op("Add", [x, att(x)]), shape)
-        y = layer_norm_of(g, layer._ln2, g.op("Add", [h, _ffn(g, layer, h)]), shape)
-    return [y], mask
+    return [_ffn_residual(g, layer, h, shape)], mask
 
 
 def transformer_decoder(g, layer, xs, ctx):
@@ -615,12 +621,10 @@ def transformer_decoder(g, layer, xs, ctx):
     if layer.norm_first:
         h1 = g.op("Add", [x, self_att(layer_norm_of(g, layer._ln1, x, xs_shape))])
         h2 = g.op("Add", [h1, cross_att(layer_norm_of(g, layer._ln2, h1, xs_shape))])
-        y = g.op("Add", [h2, _ffn(g, layer, layer_norm_of(g, layer._ln3, h2, xs_shape))])
     else:
         h1 = layer_norm_of(g, layer._ln1, g.op("Add", [x, self_att(x)]), xs_shape)
         h2 = layer_norm_of(g, layer._ln2, g.op("Add", [h1, cross_att(h1)]), xs_shape)
-        y = layer_norm_of(g, layer._ln3, g.op("Add", [h2, _ffn(g, layer, h2)]), xs_shape)
-    return [y], xm
+    return [_ffn_residual(g, layer, h2, xs_shape)], xm
 
 
 # Most specific classes first: the first isinstance match converts the layer.
