@@ -1,11 +1,10 @@
 /* float32 sigmoid and tanh over contiguous rows for the tree kernels
  * (src/cyneuron/_kernels/tree.pyx), one copy per instruction set.
  *
- * Branch-free scalar functions (Cephes's exp polynomial after a Cody-Waite reduction,
- * 2^n built in the exponent bits; tanh from its odd polynomial near 0, else from exp;
- * the clamps and the choice are selects), so the compiler vectorizes the loops over
- * them: the generic copy with the baseline flags, the others under a target attribute
- * and only called after the CPU check (cn_tree_use_isa follows the GEMM's path).
+ * The branch-free scalar functions of cn_expf.h (selects, no calls), so the compiler
+ * vectorizes the loops over them: the generic copy with the baseline flags, the others
+ * under a target attribute and only called after the CPU check (cn_tree_use_isa follows
+ * the GEMM's path).
  * Within a few ulp of libm; NaN stays NaN. */
 #ifndef CN_TREE_ACT_F32_H
 #define CN_TREE_ACT_F32_H
@@ -19,43 +18,7 @@
 #pragma GCC push_options
 #pragma GCC optimize("no-trapping-math")   /* selects become blends; no result changes */
 #endif
-
-static inline float cn_tree_expf(float x) {
-    float t, n, r, z, p;
-    int32_t bits;
-    x = x > 88.0f ? 88.0f : x;
-    x = x < -87.0f ? -87.0f : x;
-    t = x * 1.44269504088896341f + 12582912.0f;      /* 1.5 * 2^23: rounds to an integer */
-    n = t - 12582912.0f;
-    r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    z = r * r;
-    p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * z + r + 1.0f;
-    memcpy(&bits, &t, sizeof bits);
-    bits = (bits - 0x4B3FFF81) << 23;                 /* 2^n: n + 127 in the exponent */
-    memcpy(&t, &bits, sizeof t);
-    return p * t;
-}
-
-static inline float cn_tree_tanhf(float x) {
-    float ax = fabsf(x), z = x * x, s, b;
-    s = -5.70498872745e-3f;
-    s = s * z + 2.06390887954e-2f;
-    s = s * z - 5.37397155531e-2f;
-    s = s * z + 1.33314422036e-1f;
-    s = s * z - 3.33332819422e-1f;
-    s = s * z * ax + ax;
-    b = 1.0f - 2.0f / (cn_tree_expf(ax + ax) + 1.0f);
-    return copysignf(ax < 0.625f ? s : b, x);
-}
-
-static inline float cn_tree_sigmoidf(float x) { return 1.0f / (1.0f + cn_tree_expf(-x)); }
+#include "cn_expf.h"   /* the scalar exp, tanh and sigmoid (one definition), under the pragma */
 
 /* The loops, and the backward rows of the LSTM cells (restrict: they vectorize):
    lstm_bwd: dc += dh o (1 - tc^2); the gate pre-activation gradients of i, u, o.
@@ -63,10 +26,10 @@ static inline float cn_tree_sigmoidf(float x) { return 1.0f / (1.0f + cn_tree_ex
    (child-sum) acc += dzf. */
 #define CN_TREE_LOOPS(sfx, attr)                                                       \
     attr static void cn_tree_sigmoid_##sfx(float *x, ptrdiff_t n) {                    \
-        for (ptrdiff_t j = 0; j < n; j++) x[j] = cn_tree_sigmoidf(x[j]);               \
+        for (ptrdiff_t j = 0; j < n; j++) x[j] = cn_sigmoidf(x[j]);                    \
     }                                                                                  \
     attr static void cn_tree_tanh_##sfx(const float *x, float *y, ptrdiff_t n) {       \
-        for (ptrdiff_t j = 0; j < n; j++) y[j] = cn_tree_tanhf(x[j]);                  \
+        for (ptrdiff_t j = 0; j < n; j++) y[j] = cn_tanhf(x[j]);                       \
     }                                                                                  \
     attr static void cn_tree_lstm_bwd_##sfx(ptrdiff_t n, const float *restrict dh,     \
             float *restrict dc, const float *restrict i, const float *restrict u,      \
