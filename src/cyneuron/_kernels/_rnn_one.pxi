@@ -1,12 +1,13 @@
-# The LSTM inference loop for ONE sample (N = 1): each step's gates are a vector-matrix
-# product on the Keras weights as they are, g (4H) = bias + h_{t-1} @ kernel_rec + x_t @
-# kernel: the rows of kernel_rec (H, 4H) and kernel (F, 4H) are contiguous, so the
-# product streams them with vector FMAs along the 4H gate values (the GEMM's one-row
-# kernel) instead of 4H dot products of Kt values each; then the gate math runs once over
-# all H units (vectors across units, where the batched loop vectorizes across samples and
-# one sample leaves it scalar). No step_weights copy, no packed operand. One thread: a
-# step is ~80K multiply-adds, less than a barrier per step would save. Included by
-# recurrent.pyx.
+# The LSTM inference loop for ONE sample (N = 1). First the input products of all T steps
+# at once, xw (T, 4H) = bias + x @ kernel, one GEMM; then per step only the recurrent
+# product, a vector-matrix product on the Keras recurrent kernel as it is, g (4H) =
+# xw[t] + h_{t-1} @ kernel_rec: its rows are contiguous, so the one-row kernel streams
+# them with vector FMAs along the 4H gate values (the batched loop's 4H dot products of
+# H + F + 2 values each reduce every sum across lanes), and then the gate math runs once
+# over all H units (vectors across units, where the batched loop vectorizes across
+# samples and one sample leaves it scalar). No step_weights copy, no packed operand. One
+# thread: a step is ~65K multiply-adds, less than a barrier per step would save.
+# Included by recurrent.pyx.
 
 cdef inline void _rowvec(Py_ssize_t K, Py_ssize_t G, const floating *x, Py_ssize_t incx,
                          const floating *A, Py_ssize_t rsa, Py_ssize_t csa,
@@ -23,11 +24,22 @@ cdef void _lstm_one_loop(Py_ssize_t T, Py_ssize_t H, Py_ssize_t F, const floatin
                          const floating *R, Py_ssize_t r_rs, Py_ssize_t r_cs,
                          const floating *b, floating *gates, Py_ssize_t Tg, floating *h,
                          Py_ssize_t S, floating *c, Py_ssize_t Tc, floating *ac,
-                         Py_ssize_t Ta, floating *hv, const floating *zero,
+                         Py_ssize_t Ta, floating *hv, floating *xw, const floating *zero,
                          const unsigned char *mask, int act, int ract) noexcept nogil:
     """T steps of one sample. hv (2, H): h_{t-1} and h_t as contiguous vectors in turn
-    (hv[0] holds h_0); h (H, S) receives every kept state, c (Tc, H) as in lstm_forward."""
+    (hv[0] holds h_0); xw (T, 4H) scratch for the input products; h (H, S) receives
+    every kept state, c (Tc, H) as in lstm_forward."""
     cdef Py_ssize_t G = 4 * H, t, j
+    for t in range(T):
+        if b != NULL:
+            memcpy(xw + t * G, b, G * sizeof(floating))
+        else:
+            memset(xw + t * G, 0, G * sizeof(floating))
+    if F > 0:    # xw += x (T, F) @ kernel (F, 4H); x_t is column t of xf (F, T)
+        if floating is float:
+            sgemm_serial(T, G, F, xf, 1, ldx, W, w_rs, w_cs, xw, G, True)
+        else:
+            dgemm_serial(T, G, F, xf, 1, ldx, W, w_rs, w_cs, xw, G, True)
     cdef floating *g
     cdef floating *hp
     cdef floating *hn
@@ -41,12 +53,8 @@ cdef void _lstm_one_loop(Py_ssize_t T, Py_ssize_t H, Py_ssize_t F, const floatin
         cp = c + (t % Tc) * H
         cn = c + ((t + 1) % Tc) * H
         keep = mask + t if mask != NULL else NULL
-        if b != NULL:
-            memcpy(g, b, G * sizeof(floating))
-        else:
-            memset(g, 0, G * sizeof(floating))
+        memcpy(g, xw + t * G, G * sizeof(floating))
         _rowvec(H, G, hp, 1, R, r_rs, r_cs, g)
-        _rowvec(F, G, xf + t, ldx, W, w_rs, w_cs, g)
         if floating is float:
             if act == ACT_TANH and ract == ACT_SIGMOID:
                 cn_lstm_fwd_row(H, g, g + H, g + 2 * H, g + 3 * H, zero, zero, zero, zero,
@@ -95,6 +103,8 @@ def lstm_forward_one(const floating[:, ::1] xf, const floating[:, :] kernel,
     hv = np.empty((2, H), dtype)
     hv[0] = np.asarray(h)[:, 0, 0]
     zero = np.zeros(max(H, 1), dtype)
+    xw = np.empty((T, G), dtype)
+    cdef floating[:, ::1] xwv = xw
     cdef floating[:, ::1] hvv = hv
     cdef floating[::1] z = zero
     cdef Py_ssize_t item = sizeof(floating)
@@ -107,5 +117,5 @@ def lstm_forward_one(const floating[:, ::1] xf, const floating[:, :] kernel,
                        &kernel_rec[0, 0], kernel_rec.strides[0] // item,
                        kernel_rec.strides[1] // item, pb, &gates[0, 0, 0], gates.shape[0],
                        &h[0, 0, 0], h.shape[1], &c[0, 0, 0], c.shape[0], &act_c[0, 0, 0],
-                       act_c.shape[0], &hvv[0, 0], &z[0], pk, activation,
+                       act_c.shape[0], &hvv[0, 0], &xwv[0, 0], &z[0], pk, activation,
                        recurrent_activation)
