@@ -144,9 +144,9 @@ def _conv1d(seed=0):
     return model
 
 
-def _lstm(seed=0):
+def _lstm(seed=0, **kw):
     cn.set_seed(seed)
-    model = cn.Sequential([layers.LSTM(12), layers.Dense(4, activation="sigmoid")])
+    model = cn.Sequential([layers.LSTM(12, **kw), layers.Dense(4, activation="sigmoid")])
     model.build((5, 3))
     return model
 
@@ -165,6 +165,8 @@ MODELS = {
     "cnn-wide": _cnn_wide,
     "conv1d": _conv1d,
     "lstm": _lstm,
+    "lstm-backwards-relu-no-bias": lambda: _lstm(go_backwards=True, activation="relu",
+                                                 use_bias=False),
 }
 
 

@@ -21,12 +21,14 @@ import numpy as np
 from ._config import fusion_enabled
 from ._kernels import conv as _conv_k
 from ._kernels import pooling as _pool_k
+from ._kernels import recurrent as _rnn_k
 from ._kernels import winograd as _wino
 from ._kernels.arrays import all_finite
 from ._kernels.gemm import gemm
 from .layers.conv import _Conv
 from .layers.dense import Dense
 from .layers.pooling import _Pooling
+from .layers.recurrent import LSTM
 from .ops import epilogue_of
 
 _KEY = "lean_predict"
@@ -74,7 +76,10 @@ class _Program:
             i = 0
             while i < len(layers):
                 pool = layers[i + 1] if i + 1 < len(layers) else None
-                if _ConvOp.takes(layers[i]):
+                if _LSTMOp.takes(layers[i]):
+                    self.ops.append(_LSTMOp(layers[i]))
+                    i += 1
+                elif _ConvOp.takes(layers[i]):
                     pool = pool if _ConvOp.fuses(pool) else None
                     self.ops.append(_ConvOp(layers[i], pool))
                     i += 2 if pool is not None else 1
@@ -194,16 +199,28 @@ class _ConvOp:
         f = conv.filters
         depth = plan.window[0] * plan.window[1] * c
         per_sample = oh * ow * (f + (0 if plan.pointwise else depth)) * x.itemsize
+        shifted = (not winograd and self._thin(plan, c) and padding == (0, 0)
+                   and (out_hw[1] - 1) * strides[1] + window[1] <= ow)
         if winograd:    # the layer's chunks of the batch (_Conv._chunks), pooled one by one
             step = max(1, _Conv._chunks(n, tiles)[0])
         else:
             step = max(1, min(n, CHUNK_BYTES // per_sample))
-        y = self._buffer("y", (step,) + conv_shape, x.dtype)
+        if shifted:
+            a, kernel, wp = self._shifted_rows(x, plan)
+            hw = (oh, wp)         # the GEMM's rows run over the padded width
+            y = self._buffer("y_wide", (step * oh * wp, f), x.dtype)
+        else:
+            y = self._buffer("y", (step,) + conv_shape, x.dtype)
         out4 = out.reshape((n,) + out_hw + (f,))
         for n0 in range(0, n, step):
             m = min(step, n - n0)
             if winograd:
                 yc = conv._forward(x[n0:n0 + m], False)
+            elif shifted:
+                yc = y[:m * oh * wp]
+                gemm(a[n0 * oh * wp:(n0 + m) * oh * wp], kernel, yc,
+                     bias=conv._weights[1] if conv.use_bias else None,
+                     activation=conv._epilogue)
             else:
                 yc = y[:m]
                 self._conv(x[n0:n0 + m], yc, plan)
@@ -213,6 +230,44 @@ class _ConvOp:
             else:
                 _pool_k.avg_pool_forward(y4, out4[n0:n0 + m], window, strides, padding)
         return out
+
+    @staticmethod
+    def _thin(plan, c):
+        """Few input channels, stride and dilation 1: the shifted-rows form applies (a
+        patch matrix of only KH*KW*C <= 32 values a row, where im2col's per-pixel copies
+        cost as much as the GEMM)."""
+        return (not plan.pointwise and plan.strides == (1, 1) and plan.dilation == (1, 1)
+                and plan.window[0] * plan.window[1] * c <= 32)
+
+    def _shifted_rows(self, x, plan):
+        """(a, kernel, wp): the patch matrix as a strided view, no im2col. The input,
+        zero-padded to (HP, WP), is stored with its KH vertically shifted copies side by
+        side, s[n, oy, x, i, c] = padded[n, oy + i, x, c]; then the patch of output pixel
+        (oy, ox) is KW*KH*C consecutive values, s's row (n, oy, ox) onwards, so
+        a[r] = s.flat[r*KH*C : r*KH*C + KW*KH*C] over rows r = (n, oy, x) of the padded
+        width WP (x >= OW: columns the GEMM computes and the pooling never reads), and
+        the kernel is reordered to (KW, KH, C, F) to match."""
+        conv = self.conv
+        n, c, f = x.shape[0], x.shape[-1], conv.filters
+        (h, w), (oh, ow) = plan.in_hw, plan.out_hw
+        (kh, kw), (pt, pl) = plan.window, plan.padding
+        hp, wp = oh + kh - 1, ow + kw - 1
+        padded = self.buffers.get("padded")
+        if padded is None or padded.shape != (n, hp, wp, c):
+            padded = self.buffers["padded"] = np.zeros((n, hp, wp, c), x.dtype)
+        padded[:, pt:pt + h, pl:pl + w] = x.reshape(n, h, w, c)[:, :hp - pt, :wp - pl]
+        rows, width = n * oh * wp, kh * c
+        shifted = self._buffer("shifted", (rows + kw, width), x.dtype)
+        shifted[rows:] = 0       # the last rows' patches reach kw - 1 rows past the end
+        view = shifted[:rows].reshape(n, oh, wp, kh, c)
+        for i in range(kh):
+            view[:, :, :, i] = padded[:, i:i + oh]
+        item = x.itemsize
+        a = np.lib.stride_tricks.as_strided(shifted, shape=(rows, kw * width),
+                                            strides=(width * item, item), writeable=False)
+        kernel = np.ascontiguousarray(
+            conv._weights[0].reshape(kh, kw, c, f).transpose(1, 0, 2, 3)).reshape(-1, f)
+        return a, kernel, wp
 
     def _conv(self, x, y, plan):
         """y = act(conv(x) + bias): im2col into this op's buffer, one GEMM, the bias and
@@ -228,3 +283,40 @@ class _ConvOp:
             _conv_k.im2col(x.reshape(n, h, w, c), cols, *plan.args())
         gemm(cols, conv._weights[0].reshape(depth, f), y.reshape(rows, f),
              bias=conv._weights[1] if conv.use_bias else None, activation=conv._epilogue)
+
+
+class _LSTMOp:
+    """An LSTM returning its last state: one sample goes straight to the kernel's
+    one-sample loop (lstm_forward_one) on this op's rings, the input read in place
+    (x[0].T, reversed for go_backwards: no feature-major copy), no per-call layer state;
+    a batch runs the layer's _forward."""
+
+    @staticmethod
+    def takes(layer):
+        return type(layer) is LSTM and not layer.return_sequences and not layer.return_state
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.rings = None
+
+    def run(self, x, last):
+        layer = self.layer
+        if x.ndim != 3 or x.shape[0] != 1 or x.shape[1] == 0:
+            y = layer._forward(x, False)
+            return np.array(y, copy=True) if last else y
+        t, units = x.shape[1], layer.units
+        if self.rings is None or self.rings[0].dtype != x.dtype:
+            self.rings = (np.empty((1, 4 * units, 1), x.dtype),      # gates
+                          np.empty((units, 2, 1), x.dtype),          # h
+                          np.empty((2, units, 1), x.dtype),          # c
+                          np.empty((1, units, 1), x.dtype))          # act(c)
+        gates, h, c, act_c = self.rings
+        h[:, 0] = 0
+        c[0] = 0
+        seq = x[0, ::-1] if layer.go_backwards else x[0]
+        weights = layer._weights
+        _rnn_k.lstm_forward_one(seq.T, weights[0], weights[1], layer._input_bias(), gates, h,
+                                c, act_c, None, layer._act, layer._ract)
+        out = np.empty((1, units), x.dtype)
+        out[0] = h[:, t % 2, 0]
+        return out

@@ -20,7 +20,7 @@ cdef inline void _rowvec(Py_ssize_t K, Py_ssize_t G, const floating *x, Py_ssize
 
 
 cdef void _lstm_one_loop(Py_ssize_t T, Py_ssize_t H, Py_ssize_t F, const floating *xf,
-                         Py_ssize_t ldx, const floating *W, Py_ssize_t w_rs, Py_ssize_t w_cs,
+                         Py_ssize_t x_fs, Py_ssize_t x_ts, const floating *W, Py_ssize_t w_rs, Py_ssize_t w_cs,
                          const floating *R, Py_ssize_t r_rs, Py_ssize_t r_cs,
                          const floating *b, floating *gates, Py_ssize_t Tg, floating *h,
                          Py_ssize_t S, floating *c, Py_ssize_t Tc, floating *ac,
@@ -37,9 +37,9 @@ cdef void _lstm_one_loop(Py_ssize_t T, Py_ssize_t H, Py_ssize_t F, const floatin
             memset(xw + t * G, 0, G * sizeof(floating))
     if F > 0:    # xw += x (T, F) @ kernel (F, 4H); x_t is column t of xf (F, T)
         if floating is float:
-            sgemm_serial(T, G, F, xf, 1, ldx, W, w_rs, w_cs, xw, G, True)
+            sgemm_serial(T, G, F, xf, x_ts, x_fs, W, w_rs, w_cs, xw, G, True)
         else:
-            dgemm_serial(T, G, F, xf, 1, ldx, W, w_rs, w_cs, xw, G, True)
+            dgemm_serial(T, G, F, xf, x_ts, x_fs, W, w_rs, w_cs, xw, G, True)
     cdef floating *g
     cdef floating *hp
     cdef floating *hn
@@ -70,14 +70,15 @@ cdef void _lstm_one_loop(Py_ssize_t T, Py_ssize_t H, Py_ssize_t F, const floatin
             h[j * S + (t + 1) % S] = hn[j]
 
 
-def lstm_forward_one(const floating[:, ::1] xf, const floating[:, :] kernel,
+def lstm_forward_one(const floating[:, :] xf, const floating[:, :] kernel,
                      const floating[:, :] kernel_rec, const floating[::1] bias,
                      floating[:, :, ::1] gates, floating[:, :, ::1] h, floating[:, :, ::1] c,
                      floating[:, :, ::1] act_c, const unsigned char[:, ::1] mask=None,
                      int activation=ACT_TANH, int recurrent_activation=ACT_SIGMOID):
     """lstm_forward for one sample (N = 1) from the Keras weights, no step_weights:
-    kernel (F, 4H), kernel_rec (H, 4H) (any strides), bias (4H,) or None; xf, gates, h,
-    c, act_c and mask as in lstm_forward (rings or full buffers), with N = 1."""
+    kernel (F, 4H), kernel_rec (H, 4H), bias (4H,) or None; xf (F, T) any strides (the
+    sample x (T, F) as x.T, or x[::-1].T to run backwards); gates, h, c, act_c and mask
+    as in lstm_forward (rings or full buffers), with N = 1."""
     cdef Py_ssize_t H = h.shape[0], F = xf.shape[0], T = xf.shape[1], G = 4 * h.shape[0]
     _check_code(activation, "activation")
     _check_code(recurrent_activation, "recurrent_activation")
@@ -112,7 +113,8 @@ def lstm_forward_one(const floating[:, ::1] xf, const floating[:, :] kernel,
     cdef const floating *pw = &kernel[0, 0] if F > 0 else <const floating *>NULL
     cdef const unsigned char *pk = &mask[0, 0] if mask is not None else NULL
     with nogil:
-        _lstm_one_loop(T, H, F, &xf[0, 0] if F > 0 else <const floating *>NULL, T,
+        _lstm_one_loop(T, H, F, &xf[0, 0] if F > 0 and T > 0 else <const floating *>NULL,
+                       xf.strides[0] // item, xf.strides[1] // item,
                        pw, kernel.strides[0] // item, kernel.strides[1] // item,
                        &kernel_rec[0, 0], kernel_rec.strides[0] // item,
                        kernel_rec.strides[1] // item, pb, &gates[0, 0, 0], gates.shape[0],
