@@ -144,6 +144,9 @@ CHUNK_BYTES = 384 * 1024
 # at any batch size (measured: LeNet's 14x14x32 -> 64 at batch 1, one thread, 39 µs
 # against 61 µs; at batch 256 Winograd is 1.4x faster).
 WINOGRAD_MIN_TILES = 64
+# Samples from which thin convolutions use the shifted-rows patch view (_shifted_rows):
+# building it costs a few numpy calls, more than im2col saves on one sample.
+SHIFTED_MIN_BATCH = 4
 
 
 class _ConvOp:
@@ -199,7 +202,8 @@ class _ConvOp:
         f = conv.filters
         depth = plan.window[0] * plan.window[1] * c
         per_sample = oh * ow * (f + (0 if plan.pointwise else depth)) * x.itemsize
-        shifted = (not winograd and self._thin(plan, c) and padding == (0, 0)
+        shifted = (not winograd and n >= SHIFTED_MIN_BATCH and self._thin(plan, c)
+                   and padding == (0, 0)
                    and (out_hw[1] - 1) * strides[1] + window[1] <= ow)
         if winograd:    # the layer's chunks of the batch (_Conv._chunks), pooled one by one
             step = max(1, _Conv._chunks(n, tiles)[0])
