@@ -100,24 +100,24 @@ def lstm_forward_one(const floating[:, :] xf, const floating[:, :] kernel,
     if T == 0 or H == 0:
         return
     _sync_isa()
-    dtype = np.asarray(gates).dtype
-    hv = np.empty((2, H), dtype)
-    hv[0] = np.asarray(h)[:, 0, 0]
-    zero = np.zeros(max(H, 1), dtype)
-    xw = np.empty((T, G), dtype)
-    cdef floating[:, ::1] xwv = xw
-    cdef floating[:, ::1] hvv = hv
-    cdef floating[::1] z = zero
-    cdef Py_ssize_t item = sizeof(floating)
+    # scratch, one block: hv (2, H) | zero (H) | xw (T, 4H)
+    cdef floating *work = <floating *>calloc(3 * H + T * G, sizeof(floating))
+    if work == NULL:
+        raise MemoryError("lstm_forward_one: no memory for its scratch")
+    cdef Py_ssize_t item = sizeof(floating), j, S = h.shape[1]
     cdef const floating *pb = &bias[0] if bias is not None else NULL
     cdef const floating *pw = &kernel[0, 0] if F > 0 else <const floating *>NULL
     cdef const unsigned char *pk = &mask[0, 0] if mask is not None else NULL
+    cdef floating *ph = &h[0, 0, 0]
     with nogil:
-        _lstm_one_loop(T, H, F, &xf[0, 0] if F > 0 and T > 0 else <const floating *>NULL,
+        for j in range(H):
+            work[j] = ph[j * S]         # h_0
+        _lstm_one_loop(T, H, F, &xf[0, 0] if F > 0 else <const floating *>NULL,
                        xf.strides[0] // item, xf.strides[1] // item,
                        pw, kernel.strides[0] // item, kernel.strides[1] // item,
                        &kernel_rec[0, 0], kernel_rec.strides[0] // item,
                        kernel_rec.strides[1] // item, pb, &gates[0, 0, 0], gates.shape[0],
-                       &h[0, 0, 0], h.shape[1], &c[0, 0, 0], c.shape[0], &act_c[0, 0, 0],
-                       act_c.shape[0], &hvv[0, 0], &xwv[0, 0], &z[0], pk, activation,
+                       ph, S, &c[0, 0, 0], c.shape[0], &act_c[0, 0, 0],
+                       act_c.shape[0], work, work + 3 * H, work + 2 * H, pk, activation,
                        recurrent_activation)
+        free(work)

@@ -31,6 +31,7 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.math cimport tanh
 from libc.stdint cimport int64_t
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
 from cyneuron._kernels._openmp cimport (
