@@ -19,6 +19,7 @@ runner (a replica that copied the model's attributes) finds it.
 import numpy as np
 
 from ._config import fusion_enabled
+from .activations import _RowWise
 from ._kernels import conv as _conv_k
 from ._kernels import pooling as _pool_k
 from ._kernels import recurrent as _rnn_k
@@ -110,6 +111,9 @@ class _Op:
             # not element-wise (softmax): after the product, in place
             self.after = None if fused is not None or layer.activation.name == "linear" \
                 else layer.activation
+            # a row-wise one (softmax) straight to its kernel: out is 2-D and contiguous
+            self.rows = getattr(type(self.after), "_forward_kernel", None) \
+                if isinstance(self.after, _RowWise) else None
 
     def run(self, x, last):
         layer = self.layer
@@ -130,7 +134,9 @@ class _Op:
                 out += weights[1]
         else:
             gemm(x, weights[0], out, weights[1] if layer.use_bias else None, *self.epilogue)
-        if self.after is not None:
+        if self.rows is not None:
+            self.rows(out, out)
+        elif self.after is not None:
             self.after.forward(out, out=out)
         return out
 
