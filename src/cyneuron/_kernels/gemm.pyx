@@ -120,7 +120,7 @@ cdef enum:
     MC_TARGET = 72
     NC_TARGET = 4096
     # Below this many multiply-adds one thread is faster than waking the pool (AVX2;
-    # the AVX-512 kernels do twice the work in the same time: 2.5 times as many, see
+    # the AVX-512 kernels do twice the work in the same time: 8 times as many, see
     # _parallel_min_macs).
     GEMM_PARALLEL_MIN_MACS = 1 << 16
     # ... unless B is this large: then even a few rows (a single sample) are bound by
@@ -219,11 +219,27 @@ def block_sizes(str dtype, isa=None):
     return (mr, nr, (MC_TARGET // mr) * mr, KC_BLOCK, (NC_TARGET // nr) * nr)
 
 
+cdef int64_t _min_macs_for_tests = -1   # >= 0: overrides _parallel_min_macs (tests)
+
+
+def _set_parallel_min_macs_for_tests(int64_t macs=-1):
+    """Tests only: run every product of at least `macs` multiply-adds on the pool
+    (0: all of them, so small shapes exercise the thread splits too); -1 restores the
+    measured threshold."""
+    global _min_macs_for_tests
+    _min_macs_for_tests = macs
+
+
 cdef inline int64_t _parallel_min_macs() noexcept nogil:
     """Multiply-adds below which one thread is faster than two, for the kernels in use.
-    Measured on Zen 5 (min of 21 runs of 300 calls): AVX2 32x64x64 (131k) on 2 threads
-    0.81 of 1 thread's time; AVX-512 the same product 1.07-1.15, 32x128x64 (262k) 0.80-0.86."""
-    return GEMM_PARALLEL_MIN_MACS * 5 // 2 if _table.isa == CN_ISA_AVX512 else GEMM_PARALLEL_MIN_MACS
+    Measured on Zen 3 (AVX2): 32x64x64 (131k) on 2 threads 0.81 of 1 thread's time. On
+    Zen 5 VMs (AVX-512) two threads cost ~2 us more per call than the work they share
+    (an empty OpenMP region is 0.45 us of it), which moves from host to host: one session
+    measured 32x128x64 (262k) at 0.80-0.86 of one thread's time, the next at 1.3 and
+    32x192x64 (393k) at 1.1, 64x128x64 and 32x256x64 (524k) at 0.95-1.0; so 524k."""
+    if _min_macs_for_tests >= 0:
+        return _min_macs_for_tests
+    return GEMM_PARALLEL_MIN_MACS * 8 if _table.isa == CN_ISA_AVX512 else GEMM_PARALLEL_MIN_MACS
 
 
 def plan_limits():
@@ -400,11 +416,14 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     g.nc = (NC_TARGET // g.nr) * g.nr
     n_sl = _cdiv(_min(g.N, g.nc), g.nr)
     # Split whichever way leaves the fewest tiles on the busiest thread; on a tie, rows
-    # when a column split would have two threads writing the halves of one cache line in
-    # every row (false sharing: numpy's arrays start 16 bytes into a line; 32x128x64 on 2
-    # threads took 3.9-4.1 us into such a C, 3.0 us into a line-aligned one).
+    # when each thread would own a single sliver and a column split would have them
+    # writing the halves of one cache line in every row at the same moments (false
+    # sharing: numpy's arrays start 16 bytes into a line). Measured on 2 threads, C 16
+    # bytes off a line, columns / rows: 32x128x64 4.2 / 3.2 us, 64x128x64 5.7 / 4.4 us;
+    # with more slivers per thread the split lines cost little and rows (every thread
+    # reading all of B) cost more: 32x64x256 4.5 / 5.0 us, 64x64x128 4.1 / 5.1 us.
     cdef int64_t row_tiles = _cdiv(m_sl, nthreads) * n_sl, column_tiles = m_sl * _cdiv(n_sl, nthreads)
-    g.split_rows = row_tiles < column_tiles or (row_tiles == column_tiles
+    g.split_rows = row_tiles < column_tiles or (row_tiles == column_tiles and n_sl <= nthreads
                                                 and _rows_share_lines(g, item))
     # K in equal blocks of at most KC_BLOCK (784 = 3 x 262, not 384 + 384 + 16).
     g.kc = _cdiv(g.K, _cdiv(g.K, KC_BLOCK))
