@@ -120,7 +120,7 @@ cdef enum:
     MC_TARGET = 72
     NC_TARGET = 4096
     # Below this many multiply-adds one thread is faster than waking the pool (AVX2;
-    # the AVX-512 kernels do twice the work in the same time: 8 times as many, see
+    # the AVX-512 kernels do twice the work in the same time: 2.5 times as many, see
     # _parallel_min_macs).
     GEMM_PARALLEL_MIN_MACS = 1 << 16
     # ... unless B is this large: then even a few rows (a single sample) are bound by
@@ -232,14 +232,14 @@ def _set_parallel_min_macs_for_tests(int64_t macs=-1):
 
 cdef inline int64_t _parallel_min_macs() noexcept nogil:
     """Multiply-adds below which one thread is faster than two, for the kernels in use.
-    Measured on Zen 3 (AVX2): 32x64x64 (131k) on 2 threads 0.81 of 1 thread's time. On
-    Zen 5 VMs (AVX-512) two threads cost ~2 us more per call than the work they share
-    (an empty OpenMP region is 0.45 us of it), which moves from host to host: one session
-    measured 32x128x64 (262k) at 0.80-0.86 of one thread's time, the next at 1.3 and
-    32x192x64 (393k) at 1.1, 64x128x64 and 32x256x64 (524k) at 0.95-1.0; so 524k."""
+    Measured on Zen 3 (AVX2): 32x64x64 (131k) on 2 threads 0.81 of 1 thread's time. Zen 5
+    (AVX-512), the two thread counts interleaved in one process (best of 6 x 5000 calls):
+    32x64x64 (131k) 1.16, 32x128x64 / 64x64x64 / 128x32x64 (262k) 0.88-0.89, 64x128x64
+    (524k) 0.72. The fork and join of a region cost ~0.6 us of that (rdtsc inside it);
+    loops timed without interleaving drift by up to 40% on this shared VM."""
     if _min_macs_for_tests >= 0:
         return _min_macs_for_tests
-    return GEMM_PARALLEL_MIN_MACS * 8 if _table.isa == CN_ISA_AVX512 else GEMM_PARALLEL_MIN_MACS
+    return GEMM_PARALLEL_MIN_MACS * 5 // 2 if _table.isa == CN_ISA_AVX512 else GEMM_PARALLEL_MIN_MACS
 
 
 def plan_limits():
