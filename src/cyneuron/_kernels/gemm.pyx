@@ -246,7 +246,7 @@ def plan_limits():
     """{name: value} of the thresholds that pick threads and plans, for the path in use
     (for tests and docs)."""
     return {"parallel_min_macs": _parallel_min_macs(), "direct_max_m": DIRECT_MAX_M,
-            "max_threads": MAX_THREADS}
+            "max_threads": MAX_THREADS, "l2_sets": _l2_sets, "l2_ways": _l2_ways}
 
 
 def fma_peak_gflops(int threads=1, double seconds=0.1):
@@ -379,11 +379,52 @@ _free_workspaces = []
 
 
 cdef enum:
-    # An 8-way, 1024-set cache of 64-byte lines (a 512 KiB L2): the direct plan's B
-    # sliver (kc rows at B's row stride) must fit in the sets its rows map to.
-    CACHE_SETS = 1024
-    CACHE_WAYS = 8
     CACHE_LINE = 64
+
+
+cdef extern from *:
+    """
+    #include <unistd.h>
+    /* The L2 data cache's size and ways (0 where the C library cannot tell). */
+    static long cn_l2_size(void) {
+    #if defined(_SC_LEVEL2_CACHE_SIZE)
+        return sysconf(_SC_LEVEL2_CACHE_SIZE);
+    #else
+        return 0;
+    #endif
+    }
+    static long cn_l2_ways(void) {
+    #if defined(_SC_LEVEL2_CACHE_ASSOC)
+        return sysconf(_SC_LEVEL2_CACHE_ASSOC);
+    #else
+        return 0;
+    #endif
+    }
+    """
+    long cn_l2_size()
+    long cn_l2_ways()
+
+
+# The L2 the direct plan's B sliver (kc rows at B's row stride) must fit in: read from
+# the CPU at import (Zen 5: 1 MiB, 16 ways; the direct plan then takes 32x784x256 on 2
+# threads in 32 us instead of the packed plan's 46), else Zen 3's 512 KiB, 8 ways.
+cdef int64_t _l2_sets = 1024, _l2_ways = 8
+
+
+cdef void _read_l2():
+    global _l2_sets, _l2_ways
+    cdef long size = cn_l2_size(), ways = cn_l2_ways()
+    cdef long sets = size // (ways * CACHE_LINE) if size > 0 and ways > 0 else 0
+    if sets > 0 and sets & (sets - 1) == 0:   # a power of two, as set indexing needs
+        _l2_sets, _l2_ways = sets, ways
+
+
+_read_l2()
+
+
+def l2_cache():
+    """(sets, ways) of 64-byte lines the plan choice assumes for the L2 cache."""
+    return (_l2_sets, _l2_ways)
 
 
 cdef inline int64_t _gcd(int64_t a, int64_t b) noexcept nogil:
@@ -395,12 +436,12 @@ cdef inline int64_t _gcd(int64_t a, int64_t b) noexcept nogil:
 cdef bint _rows_stay_cached(int64_t stride_bytes, int64_t rows) noexcept nogil:
     """Whether `rows` rows at this stride (two lines each) fit in the cache sets
     they map to: strides of a large power of two all land in a few sets."""
-    cdef int64_t sets = CACHE_SETS
+    cdef int64_t sets = _l2_sets
     if stride_bytes < 0:
         stride_bytes = -stride_bytes
     if stride_bytes % CACHE_LINE == 0:
-        sets = CACHE_SETS // _gcd(stride_bytes // CACHE_LINE, CACHE_SETS)
-    return sets * CACHE_WAYS >= 2 * rows
+        sets = _l2_sets // _gcd(stride_bytes // CACHE_LINE, _l2_sets)
+    return sets * _l2_ways >= 2 * rows
 
 
 cdef bint _rows_share_lines(const Call *g, size_t item) noexcept nogil:
