@@ -26,6 +26,7 @@ from ._kernels import recurrent as _rnn_k
 from ._kernels import winograd as _wino
 from ._kernels.arrays import all_finite
 from ._kernels.gemm import gemm
+from ._memory import empty_aligned, zeros_aligned
 from .layers.conv import _Conv
 from .layers.dense import Dense
 from .layers.pooling import _Pooling
@@ -127,7 +128,7 @@ class _Op:
         else:
             out = self.out
             if out is None or out.shape[0] != n:
-                out = self.out = np.empty((n, units), layer.dtype)
+                out = self.out = empty_aligned((n, units), layer.dtype)
         if self.epilogue is None:
             gemm(x, weights[0], out)
             if layer.use_bias:
@@ -177,7 +178,7 @@ class _ConvOp:
     def _buffer(self, key, shape, dtype):
         buf = self.buffers.get(key)
         if buf is None or buf.shape != shape:
-            buf = self.buffers[key] = np.empty(shape, dtype)
+            buf = self.buffers[key] = empty_aligned(shape, dtype)
         return buf
 
     def run(self, x, last):
@@ -264,7 +265,7 @@ class _ConvOp:
         hp, wp = oh + kh - 1, ow + kw - 1
         padded = self.buffers.get("padded")
         if padded is None or padded.shape != (n, hp, wp, c):
-            padded = self.buffers["padded"] = np.zeros((n, hp, wp, c), x.dtype)
+            padded = self.buffers["padded"] = zeros_aligned((n, hp, wp, c), x.dtype)
         padded[:, pt:pt + h, pl:pl + w] = x.reshape(n, h, w, c)[:, :hp - pt, :wp - pl]
         rows, width = n * oh * wp, kh * c
         shifted = self._buffer("shifted", (rows + kw, width), x.dtype)
