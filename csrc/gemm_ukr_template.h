@@ -23,9 +23,10 @@
 #define GEMV_NV 8
 #endif
 
-/* The body of the micro-kernel for ROWS rows (a compile-time constant): rows past
- * m repeat row m - 1, so only the store looks at m. */
-#define UKR_BODY(ROWS)                                                                  \
+/* The body of the micro-kernel for ROWS rows and the first NVU of its NV vectors of
+ * columns (compile-time constants): rows past m repeat row m - 1, so only the store
+ * looks at m. */
+#define UKR_BODY(ROWS, NVU)                                                                  \
     const UKR_T *row[ROWS];                                                             \
     _Pragma("GCC unroll 16")                                                            \
     for (int i = 0; i < ROWS; ++i)                                                      \
@@ -34,34 +35,34 @@
         __builtin_prefetch(c + i * ldc, 1, 3);                                          \
         __builtin_prefetch(c + i * ldc + n - 1, 1, 3);                                  \
     }                                                                                   \
-    UKR_V acc[ROWS][UKR_NV];                                                            \
+    UKR_V acc[ROWS][NVU];                                                            \
     _Pragma("GCC unroll 16")                                                            \
     for (int i = 0; i < ROWS; ++i)                                                      \
         _Pragma("GCC unroll 8")                                                         \
-        for (int j = 0; j < UKR_NV; ++j)                                                \
+        for (int j = 0; j < NVU; ++j)                                                \
             acc[i][j] = UKR_ZERO();                                                     \
     int64_t off = 0;                                                                    \
     _Pragma("GCC unroll 4")                                                             \
     for (int64_t p = 0; p < k; ++p) {                                                   \
-        UKR_V bv[UKR_NV];                                                               \
+        UKR_V bv[NVU];                                                               \
         _Pragma("GCC unroll 8")                                                         \
-        for (int j = 0; j < UKR_NV; ++j)                                                \
+        for (int j = 0; j < NVU; ++j)                                                \
             bv[j] = UKR_LOAD(b + j * UKR_VL);                                           \
         _Pragma("GCC unroll 16")                                                        \
         for (int i = 0; i < ROWS; ++i) {                                                \
             UKR_V av = UKR_BCAST(row[i] + off);                                         \
             _Pragma("GCC unroll 8")                                                     \
-            for (int j = 0; j < UKR_NV; ++j)                                            \
+            for (int j = 0; j < NVU; ++j)                                            \
                 acc[i][j] = UKR_FMA(av, bv[j], acc[i][j]);                              \
         }                                                                               \
         off += a_cs;                                                                    \
         b += b_rs;                                                                      \
     }                                                                                   \
-    if (m == ROWS && n == UKR_NR) {                                                     \
+    if (m == ROWS && n == NVU * UKR_VL) {                                                     \
         _Pragma("GCC unroll 16")                                                        \
         for (int i = 0; i < ROWS; ++i)                                                  \
             _Pragma("GCC unroll 8")                                                     \
-            for (int j = 0; j < UKR_NV; ++j) {                                          \
+            for (int j = 0; j < NVU; ++j) {                                          \
                 UKR_T *dst = c + i * ldc + j * UKR_VL;                                  \
                 UKR_V v = beta ? UKR_ADD(UKR_LOAD(dst), acc[i][j]) : acc[i][j];         \
                 UKR_STORE(dst, v);                                                      \
@@ -72,7 +73,7 @@
     _Pragma("GCC unroll 16")                                                            \
     for (int i = 0; i < ROWS; ++i)                                                      \
         _Pragma("GCC unroll 8")                                                         \
-        for (int j = 0; j < UKR_NV; ++j)                                                \
+        for (int j = 0; j < NVU; ++j)                                                \
             UKR_STORE(tile + i * UKR_NR + j * UKR_VL, acc[i][j]);                       \
     for (int i = 0; i < m; ++i)                                                         \
         for (int j = 0; j < n; ++j)                                                     \
@@ -82,12 +83,24 @@ void UKR_NAME(int64_t k, const UKR_T *restrict a, int64_t a_rs, int64_t a_cs,
               const UKR_T *restrict b, int64_t b_rs,
               UKR_T *restrict c, int64_t ldc, int m, int n, int beta)
 {
+#if UKR_NV % 2 == 0
+    if (n <= UKR_NR / 2) {   /* a narrow sliver (Dense(10), a ragged edge): half the vectors */
+        if (m == 1) {
+            UKR_BODY(1, UKR_NV / 2)
+        } else if (m <= UKR_MR / 2) {
+            UKR_BODY(UKR_MR / 2, UKR_NV / 2)
+        } else {
+            UKR_BODY(UKR_MR, UKR_NV / 2)
+        }
+        return;
+    }
+#endif
     if (m == 1) {            /* one row (a single sample): no padding rows at all */
-        UKR_BODY(1)
+        UKR_BODY(1, UKR_NV)
     } else if (m <= UKR_MR / 2) {   /* a short last row sliver: half the work */
-        UKR_BODY(UKR_MR / 2)
+        UKR_BODY(UKR_MR / 2, UKR_NV)
     } else {
-        UKR_BODY(UKR_MR)
+        UKR_BODY(UKR_MR, UKR_NV)
     }
 }
 
