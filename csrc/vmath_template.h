@@ -1,5 +1,7 @@
 /* float32 vector math for one instruction set, included once per set by csrc/vmath.h
- * with the macros it defines there (CN_SFX, CN_VW lanes, CN_V, CN_ATTR, V_* operations).
+ * under the macro set of csrc/vmath_isa.h (CN_SFX, CN_VW lanes, CN_V, CN_ATTR, V_*).
+ * The one vector exp, sigmoid and tanh of the kernels: the activations, softmax, the
+ * GEMM epilogue and the recurrent gate rows (csrc/rnn_gates_template.h) call them.
  *
  * Accuracy is that of the scalar libm functions the generic path calls, to a few ulps
  * (tests/test_properties_kernels.py holds every path to 64 ulps plus the condition
@@ -9,11 +11,6 @@
  * exact GELU is t exp(-z^2 + P(t)), t = 1 / (1 + z / 2), with P of degree 10 fitted
  * here by least squares to erfc on z in [0, 12] (relative error 5e-8 in exact
  * arithmetic). No include guard: included once per instruction set. */
-
-#define CN_CAT_(a, b) a##_##b
-#define CN_CAT(a, b) CN_CAT_(a, b)
-#define CN_NAME(name) CN_CAT(name, CN_SFX)
-#define CN_PS(v) V_SET1(v)
 
 /* e^x; 0 below -104 (past the smallest subnormal), inf above ~88.72. NaN stays NaN
    (V_MIN / V_MAX return their second operand when it is NaN). */
@@ -194,8 +191,3 @@ CN_ATTR static float CN_NAME(cn_vm_exp_sum)(const float *x, float *y, int64_t n,
     }
     return total;
 }
-
-#undef CN_NAME
-#undef CN_CAT
-#undef CN_CAT_
-#undef CN_PS
