@@ -1,18 +1,8 @@
 """Models: one graph engine. `Model(inputs, outputs)` runs a graph of layers (the Keras
 functional API); `Sequential` is its linear case and runs on the same engine.
 
-At build the engine works out, once: the topological order of the nodes, a slot per
-tensor, which layers run a second time (a replica per extra call: the same weights, its
-own buffers, its gradients added into the layer's after the backward pass), the fused
-pairs (softmax / sigmoid output + cross-entropy on the logits; a Dense layer's
-input-gradient GEMM applying the previous Dense layer's activation derivative in its
-epilogue), and where gradients meet at a fan-out (summed into a buffer of the engine).
-
-All trainable parameters of the graph, nested models included, live in one flat buffer
-`_params` (and their gradients in `_grads`): each layer's trainable weights are views
-into it, a nested model's parameters a contiguous slice, so the optimizer step is one
-fused kernel over the whole model (the KANN design). Non-trainable weights (moving
-statistics) stay with their layers; get_weights() lists both, in layer order.
+The engine (its plan, the fused pairs, the one flat parameter buffer of the whole
+graph) is described in _graph.py.
 
 Per-call state (what one forward/backward pass writes, so what two concurrent passes
 must not share): the engine's per-slot lists `_vals` / `_masks`, its fan-out sums
@@ -21,15 +11,10 @@ attributes its last forward left for backward (`_x`, `_y`, masks...). `model._re
 returns a model sharing every weight array with fresh per-call state (replicas of every
 layer): a thread running inference on its own replica leaves the others' passes alone.
 
-Threads. predict / evaluate / model(x) run on the model itself when its per-call state
-is free (one uncontended lock: the single-threaded path), else on an idle replica from a
-small pool (made on first need, kept for reuse). Weights are guarded by a readers-writer
-lock: passes on replicas read under it, every writer (the optimizer step, set_weights,
-apply_gradients, a training forward pass that moves BatchNormalization statistics) holds
-it alone and also holds the model's own state, so a pass on the model itself needs no
-read lock. One thread trains at a time: fit / train_on_batch from a second thread raise
-RuntimeError. Ctrl-C during fit is deferred to the end of the current step (Keras 3:
-the KeyboardInterrupt then propagates; the model and model.history stay consistent).
+Threads (_threads.py): inference runs on the model or on an idle replica, weights are
+guarded by a readers-writer lock, one thread trains at a time. Ctrl-C during fit is
+deferred to the end of the current step (Keras 3: the KeyboardInterrupt then
+propagates; the model and model.history stay consistent).
 
 Where things are: _graph.py (construction, flat buffers, plan, forward / backward),
 _threads.py (locks, replica pool, deferred Ctrl-C), _training.py (compile, one step,

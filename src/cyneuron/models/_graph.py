@@ -11,7 +11,8 @@ epilogue), and where gradients meet at a fan-out (summed into a buffer of the en
 All trainable parameters of the graph, nested models included, live in one flat buffer
 `_params` (and their gradients in `_grads`): each layer's trainable weights are views
 into it, a nested model's parameters a contiguous slice, so the optimizer step is one
-fused kernel over the whole model (the KANN design).
+fused kernel over the whole model (the KANN design). Non-trainable weights (moving
+statistics) stay with their layers; get_weights() lists both, in layer order.
 """
 import warnings
 
