@@ -49,7 +49,7 @@ class LoopsMixin:
         from other threads run alongside on replicas and see one consistent set of weights.
         """
         if distributed:
-            from . import distributed as _distributed
+            from .. import distributed as _distributed
             return _distributed.fit(self, x, y, epochs=epochs, batch_size=batch_size,
                                     shuffle=shuffle, validation_data=validation_data,
                                     validation_split=validation_split, verbose=verbose,
