@@ -261,21 +261,33 @@ cdef inline uint64_t _splitmix64(uint64_t z) noexcept nogil:
     return z ^ (z >> 31)
 
 
-cdef inline void _dropout_row(floating *p, floating *dp, Py_ssize_t n, uint64_t key,
-                              uint64_t index0, uint64_t threshold,
-                              floating keep) noexcept nogil:
-    """p[j] *= z_j (and dp[j] *= z_j when dp is given), z_j the draw at index0 + j."""
+ctypedef struct _Drop:
+    bint on                     # rate > 0
+    uint64_t key                # the SplitMix64 stream
+    uint64_t threshold          # a draw (53 random bits) below it drops: probability rate
+    double keep                 # 1 / (1 - rate): the factor of a kept element
+
+
+cdef _Drop _dropout_of(double rate, uint64_t key) noexcept:
+    cdef _Drop dr
+    dr.on = rate > 0
+    dr.key = key
+    dr.threshold = <uint64_t> (rate * 9007199254740992.0)
+    dr.keep = 1.0 / (1.0 - rate)
+    return dr
+
+
+cdef inline void _dropout_row(floating *p, Py_ssize_t n, _Drop dr,
+                              uint64_t index0) noexcept nogil:
+    """p[j] *= z_j, z_j the draw at index0 + j."""
     cdef Py_ssize_t j
     cdef uint64_t gamma = <uint64_t> 0x9E3779B97F4A7C15ULL
+    cdef floating keep = <floating> dr.keep
     for j in range(n):
-        if (_splitmix64(key + (index0 + <uint64_t> j + 1) * gamma) >> 11) >= threshold:
+        if (_splitmix64(dr.key + (index0 + <uint64_t> j + 1) * gamma) >> 11) >= dr.threshold:
             p[j] = p[j] * keep
-            if dp != NULL:
-                dp[j] = dp[j] * keep
         else:
             p[j] = 0
-            if dp != NULL:
-                dp[j] = 0
 
 
 cdef inline void _mask_row(floating *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t j0,
@@ -305,9 +317,9 @@ cdef void _fwd_tile(int isa, Py_ssize_t nq, Py_ssize_t i0, Py_ssize_t Tk, Py_ssi
                     Py_ssize_t dv, const floating *Q, int64_t ldq, const floating *K,
                     int64_t ldk, const floating *V, int64_t ldv, floating *O, int64_t ldo,
                     floating *lse, const uint8_t *mbase, int64_t msq, int64_t msk,
-                    bint causal, floating scale, Py_ssize_t bk, uint64_t key,
-                    uint64_t drop0, Py_ssize_t Tq, uint64_t threshold, floating keep,
-                    bint dropout, floating *S, floating *m, floating *l) noexcept nogil:
+                    bint causal, floating scale, Py_ssize_t bk, _Drop dr,
+                    uint64_t drop0, Py_ssize_t Tq, floating *S, floating *m,
+                    floating *l) noexcept nogil:
     cdef Py_ssize_t r, j0, nk, jend, i
     cdef floating mt, mnew, alpha, rs
     cdef floating *srow
@@ -344,9 +356,8 @@ cdef void _fwd_tile(int isa, Py_ssize_t nq, Py_ssize_t i0, Py_ssize_t Tk, Py_ssi
             else:
                 l[r] = l[r] + rs
             m[r] = mnew
-            if dropout:
-                _dropout_row(srow, <floating *> NULL, nk, key,
-                             drop0 + <uint64_t> (i * Tk + j0), threshold, keep)
+            if dr.on:
+                _dropout_row(srow, nk, dr, drop0 + <uint64_t> (i * Tk + j0))
         # O += P · V_tile
         _mm(nq, dv, nk, S, bk, 1, V + j0 * ldv, ldv, 1, O, ldo, True)
         j0 += nk
@@ -398,11 +409,6 @@ cdef inline int _threads_for(double work, Py_ssize_t nitems) noexcept:
     """All threads for enough work (flops), one below; never more than the items."""
     cdef int nt = cn_omp_max_threads() if work >= 200000 else 1
     return <int> nitems if nt > nitems else nt
-
-
-cdef inline uint64_t _drop_threshold(double rate) noexcept:
-    """A draw (53 random bits) below this drops its element: probability `rate`."""
-    return <uint64_t> (rate * 9007199254740992.0)
 
 
 def _check(cnp.ndarray a, str name, int ndim, dtype):
@@ -472,9 +478,7 @@ cdef void _forward(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out,
     cdef floating *l
     cdef const uint8_t *mb
     cdef int isa = current_isa()
-    cdef bint dropout = rate > 0
-    cdef uint64_t threshold = _drop_threshold(rate)
-    cdef floating keep = <floating> (1.0 / (1.0 - rate))
+    cdef _Drop dr = _dropout_of(rate, key)
     cdef floating scale = scale_
     cdef int nt = _threads_for(<double> B * H * Tq * Tk * (dk + dv) * 2, nitems)
     with nogil, parallel(num_threads=nt):
@@ -493,8 +497,8 @@ cdef void _forward(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out,
             _fwd_tile(isa, nq, i0, Tk, dk, dv, qp + b * qsb + h * qsh + i0 * qst, qst,
                       kp + b * ksb + h * ksh, kst, vp + b * vsb + h * vsh, vst,
                       op + b * osb + h * osh + i0 * ost, ost, lp + bh * Tq + i0,
-                      mb, mk.sq, mk.sk, causal, scale, bk, key, <uint64_t> bh * Tq * Tk, Tq,
-                      threshold, keep, dropout, S, m, l)
+                      mb, mk.sq, mk.sk, causal, scale, bk, dr, <uint64_t> bh * Tq * Tk, Tq,
+                      S, m, l)
         free(S)
         free(m)
         free(l)
@@ -511,9 +515,8 @@ cdef void _bwd_item(int isa, Py_ssize_t Tq, Py_ssize_t Tk, Py_ssize_t dk, Py_ssi
                     floating *dQ, int64_t lddq, floating *dK, int64_t lddk,
                     floating *dV, int64_t lddv,
                     const uint8_t *mbase, int64_t msq, int64_t msk, bint causal,
-                    floating scale, Py_ssize_t bq, Py_ssize_t bk, uint64_t key,
-                    uint64_t drop0, uint64_t threshold, floating keep, bint dropout,
-                    floating *S, floating *dP, floating *D) noexcept nogil:
+                    floating scale, Py_ssize_t bq, Py_ssize_t bk, _Drop dr,
+                    uint64_t drop0, floating *S, floating *dP, floating *D) noexcept nogil:
     cdef Py_ssize_t i, j0, j1, nk, i0, nq, r, qstart
     cdef floating *srow
     cdef floating *dprow
@@ -545,14 +548,12 @@ cdef void _bwd_item(int isa, Py_ssize_t Tq, Py_ssize_t Tk, Py_ssize_t dk, Py_ssi
                     continue
                 _mask_row(srow, nk, i, j0, causal, mbase, i * msq, msk)
                 _exprow(isa, srow, nk, scale, lse[i])
-                if dropout:
+                if dr.on:
                     # dV takes the dropped P; dS the undropped P times the dropped dP
-                    _dropout_row(dprow, <floating *> NULL, nk, key,
-                                 drop0 + <uint64_t> (i * Tk + j0), threshold, keep)
+                    _dropout_row(dprow, nk, dr, drop0 + <uint64_t> (i * Tk + j0))
                 _dsrow(isa, srow, dprow, nk, D[i], scale)
-                if dropout:
-                    _dropout_row(srow, <floating *> NULL, nk, key,
-                                 drop0 + <uint64_t> (i * Tk + j0), threshold, keep)
+                if dr.on:
+                    _dropout_row(srow, nk, dr, drop0 + <uint64_t> (i * Tk + j0))
             # dV_j += Pᵀ · dO_i ; dK_j += dSᵀ · Q_i ; dQ_i += dS · K_j
             _mm(nk, dv, nq, S, 1, bk, dO + i0 * lddo, lddo, 1, dV + j0 * lddv, lddv, True)
             _mm(nk, dk, nq, dP, 1, bk, Q + i0 * ldq, ldq, 1, dK + j0 * lddk, lddk, True)
@@ -651,9 +652,7 @@ cdef void _backward(cnp.ndarray dout, cnp.ndarray q, cnp.ndarray k, cnp.ndarray 
     cdef int64_t lddq
     cdef const uint8_t *mb
     cdef int isa = current_isa()
-    cdef bint dropout = rate > 0
-    cdef uint64_t threshold = _drop_threshold(rate)
-    cdef floating keep = <floating> (1.0 / (1.0 - rate))
+    cdef _Drop dr = _dropout_of(rate, key)
     cdef floating scale = scale_
     cdef int nt = _threads_for(<double> B * H * Tq * Tk * (d_k + d_v) * 4, nitems)
     with nogil, parallel(num_threads=nt):
@@ -686,7 +685,7 @@ cdef void _backward(cnp.ndarray dout, cnp.ndarray q, cnp.ndarray k, cnp.ndarray 
                       gp + b * gsb + h * gsh, gst, lp + bh * Tq,
                       dqt, lddq, dkp + b * dksb + h * dksh, dkst,
                       dvp + b * dvsb + h * dvsh, dvst, mb, mk.sq, mk.sk, causal, scale, bq, bk,
-                      key, <uint64_t> bh * Tq * Tk, threshold, keep, dropout, S, dP, D)
+                      dr, <uint64_t> bh * Tq * Tk, S, dP, D)
         free(S)
         free(dP)
         free(D)
