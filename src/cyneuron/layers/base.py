@@ -26,6 +26,7 @@ import re
 import numpy as np
 
 from .. import regularizers as _regularizers
+from .._memory import empty_aligned
 from .._validation import as_dtype, check_numeric
 
 _name_counters = {}
@@ -273,7 +274,7 @@ class Layer:
         """A scratch array reused across calls while `shape` is unchanged."""
         buf = self._buffers.get(key)
         if buf is None or buf.shape != shape or buf.dtype != self.dtype:
-            buf = self._buffers[key] = np.empty(shape, self.dtype)
+            buf = self._buffers[key] = empty_aligned(shape, self.dtype)
         return buf
 
     # -- weights --------------------------------------------------------------
