@@ -7,8 +7,9 @@
  * are no calls, so loops over it vectorize; NaN stays NaN. Under GCC the selects only
  * become vector blends where comparisons may be assumed not to trap: the includer
  * compiles its loops with `#pragma GCC optimize("no-trapping-math")` (which changes no
- * result). The vector copies of the same polynomials, one per instruction set, are in
- * rnn_gates_template.h (cn_vexp, cn_vtanh, cn_vsigmoid). */
+ * result). The vector exp, tanh and sigmoid, one copy per instruction set, are
+ * vmath_template.h's (cn_vexp, cn_vtanh, cn_vsigmoid: the same polynomials, a wider
+ * exp range and a more accurate sigmoid below 0), which the recurrent rows also use. */
 #ifndef CN_EXPF_H
 #define CN_EXPF_H
 #include <math.h>

@@ -27,17 +27,18 @@
 
 /* cn_expf, cn_tanhf, cn_sigmoidf: the float32 polynomials, branch-free */
 #include "cn_expf.h"
+/* the vector exp, sigmoid and tanh per instruction set, and their loops */
+#include "vmath.h"
 
-/* The scalar loops (the generic copy; the vector copies below, whose fused
-   multiply-adds round differently, stay within an ulp or two of it and are only
+/* The scalar loops (the generic copy; the vector copies, vmath's cn_vm_map_f32, whose
+   fused multiply-adds round differently, stay within a few ulps of it and are only
    called after cn_rnn_use_isa checked the CPU). */
-#define CN_ACT_LOOPS(suffix, attr)                                               \
-    attr static void cn_tanhf_loop_##suffix(float *x, Py_ssize_t n) {           \
-        for (Py_ssize_t j = 0; j < n; j++) x[j] = cn_tanhf(x[j]);              \
-    }                                                                            \
-    attr static void cn_sigmoidf_loop_##suffix(float *x, Py_ssize_t n) {        \
-        for (Py_ssize_t j = 0; j < n; j++) x[j] = cn_sigmoidf(x[j]);           \
-    }
+static void cn_tanhf_loop_generic(float *x, Py_ssize_t n) {
+    for (Py_ssize_t j = 0; j < n; j++) x[j] = cn_tanhf(x[j]);
+}
+static void cn_sigmoidf_loop_generic(float *x, Py_ssize_t n) {
+    for (Py_ssize_t j = 0; j < n; j++) x[j] = cn_sigmoidf(x[j]);
+}
 /* One unit's row of a step (n samples) with the default activations (sigmoid gates,
    tanh candidate and state) in a single pass: every value is read and written once.
    p*: the input projection rows, b*: biases, g*: the recurrent products in, gate
@@ -75,7 +76,6 @@
         }                                                                            \
     }
 CN_FUSED_ROWS(generic, )
-CN_ACT_LOOPS(generic, )
 
 /* Inference GRU rows on one sliver of w samples (the packed operand's layout): m
    units' rows of z, r pre-activations (gz, gr), the candidate's recurrent product
@@ -97,88 +97,18 @@ static void cn_gru_ring_rows_generic(Py_ssize_t m, Py_ssize_t w, Py_ssize_t W,
         }
     }
 }
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define CN_RNN_HAVE_SIMD 1
-/* Vector copies of the float32 math, one per instruction set, from one template
-   (csrc/rnn_gates_template.h: the polynomials, the reciprocal + Newton step and the
-   two-pass rows are written once). Only called after cn_rnn_use_isa checked the CPU. */
-#include <immintrin.h>
-
-#define CN_SFX avx2
-#define CN_VW 8
-#define CN_V __m256
-#define CN_ATTR __attribute__((target("avx2,fma")))
-#define V_LD _mm256_loadu_ps
-#define V_ST _mm256_storeu_ps
-#define V_SET1 _mm256_set1_ps
-#define V_ADD _mm256_add_ps
-#define V_SUB _mm256_sub_ps
-#define V_MUL _mm256_mul_ps
-#define V_FMADD _mm256_fmadd_ps
-#define V_FNMADD _mm256_fnmadd_ps
-#define V_MIN _mm256_min_ps
-#define V_MAX _mm256_max_ps
-#define V_RCP _mm256_rcp_ps
-#define V_XOR _mm256_xor_ps
-#define V_AND _mm256_and_ps
-#define V_ANDNOT _mm256_andnot_ps
-#define V_OR _mm256_or_ps
-#define V_SELECT_LT(a, c, x, y) _mm256_blendv_ps((y), (x), _mm256_cmp_ps((a), (c), _CMP_LT_OQ))
-#define V_POW2N(t) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32( \
-    _mm256_castps_si256(t), _mm256_set1_epi32(0x4B3FFF81)), 23))
+#if CN_VM_HAVE_SIMD
+/* Vector copies of the rows, one per instruction set, from one template
+   (csrc/rnn_gates_template.h) under csrc/vmath_isa.h's macro set, on vmath's exp,
+   sigmoid and tanh. Only called after cn_rnn_use_isa checked the CPU. */
+#define CN_VM_ISA 1
+#include "vmath_isa.h"
 #include "rnn_gates_template.h"
-#undef CN_SFX
-#undef CN_VW
-#undef CN_V
-#undef CN_ATTR
-#undef V_LD
-#undef V_ST
-#undef V_SET1
-#undef V_ADD
-#undef V_SUB
-#undef V_MUL
-#undef V_FMADD
-#undef V_FNMADD
-#undef V_MIN
-#undef V_MAX
-#undef V_RCP
-#undef V_XOR
-#undef V_AND
-#undef V_ANDNOT
-#undef V_OR
-#undef V_SELECT_LT
-#undef V_POW2N
-
-/* AVX-512F only (bit operations through the integer forms, which need no DQ);
-   rcp14 is a finer estimate than AVX's rcp, so results differ from the AVX2 copy
-   by an ulp or so. */
-#define CN_SFX avx512
-#define CN_VW 16
-#define CN_V __m512
-#define CN_ATTR __attribute__((target("avx512f")))
-#define CN_BITS(op, a, b) _mm512_castsi512_ps(op(_mm512_castps_si512(a), _mm512_castps_si512(b)))
-#define V_LD _mm512_loadu_ps
-#define V_ST _mm512_storeu_ps
-#define V_SET1 _mm512_set1_ps
-#define V_ADD _mm512_add_ps
-#define V_SUB _mm512_sub_ps
-#define V_MUL _mm512_mul_ps
-#define V_FMADD _mm512_fmadd_ps
-#define V_FNMADD _mm512_fnmadd_ps
-#define V_MIN _mm512_min_ps
-#define V_MAX _mm512_max_ps
-#define V_RCP _mm512_rcp14_ps
-#define V_XOR(a, b) CN_BITS(_mm512_xor_si512, a, b)
-#define V_AND(a, b) CN_BITS(_mm512_and_si512, a, b)
-#define V_ANDNOT(a, b) CN_BITS(_mm512_andnot_si512, a, b)
-#define V_OR(a, b) CN_BITS(_mm512_or_si512, a, b)
-#define V_SELECT_LT(a, c, x, y) \
-    _mm512_mask_blend_ps(_mm512_cmp_ps_mask((a), (c), _CMP_LT_OQ), (y), (x))
-#define V_POW2N(t) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32( \
-    _mm512_castps_si512(t), _mm512_set1_epi32(0x4B3FFF81)), 23))
+#include "vmath_undef.h"
+#define CN_VM_ISA 2
+#include "vmath_isa.h"
 #include "rnn_gates_template.h"
-#else
-#define CN_RNN_HAVE_SIMD 0
+#include "vmath_undef.h"
 #endif
 
 /* The vector copy in use: 0 none (generic C), 1 AVX2 + FMA, 2 AVX-512. */
@@ -188,7 +118,7 @@ static int cn_rnn_isa = 0;
    if the CPU (and OS, which the GEMM's check covers) support it, else the widest
    below it that they do; returns the choice. */
 static int cn_rnn_use_isa(int isa) {
-#if CN_RNN_HAVE_SIMD
+#if CN_VM_HAVE_SIMD
     if (isa >= 2 && !__builtin_cpu_supports("avx512f")) isa = 1;
     if (isa >= 1 && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
         isa = 0;
@@ -287,7 +217,7 @@ attr static void cn_gru_bwd_def_##sfx(Py_ssize_t n, const T *CN_RESTRICT z,     
 }
 CN_BWD_DEFAULT_ROWS(float, f, )
 CN_BWD_DEFAULT_ROWS(double, d, )
-#if CN_RNN_HAVE_SIMD
+#if CN_VM_HAVE_SIMD
 CN_BWD_DEFAULT_ROWS(float, f_avx2, __attribute__((target("avx2,fma"))))
 CN_BWD_DEFAULT_ROWS(double, d_avx2, __attribute__((target("avx2,fma"))))
 CN_BWD_DEFAULT_ROWS(float, f_avx512, __attribute__((target("avx512f"))))
@@ -323,7 +253,7 @@ static void cn_gru_bwd_default_d(Py_ssize_t n, const double *z, const double *r,
 }
 
 /* The copy in use: name_avx512, name_avx2 or name_generic. */
-#if CN_RNN_HAVE_SIMD
+#if CN_VM_HAVE_SIMD
 #define CN_SIMD_PICK(name) (cn_rnn_isa == 2 ? name##_avx512 :                          \
                             cn_rnn_isa == 1 ? name##_avx2 : name##_generic)
 #else
@@ -331,11 +261,17 @@ static void cn_gru_bwd_default_d(Py_ssize_t n, const double *z, const double *r,
 #endif
 
 static void cn_tanhf_inplace(float *x, Py_ssize_t n) {
-    CN_SIMD_PICK(cn_tanhf_loop)(x, n);
+    if (cn_rnn_isa > 0)
+        cn_vm_map_f32(cn_rnn_isa, CN_VM_TANH, x, x, n, 0.0f, 1.0f);
+    else
+        cn_tanhf_loop_generic(x, n);
 }
 
 static void cn_sigmoidf_inplace(float *x, Py_ssize_t n) {
-    CN_SIMD_PICK(cn_sigmoidf_loop)(x, n);
+    if (cn_rnn_isa > 0)
+        cn_vm_map_f32(cn_rnn_isa, CN_VM_SIGMOID, x, x, n, 0.0f, 1.0f);
+    else
+        cn_sigmoidf_loop_generic(x, n);
 }
 
 static void cn_lstm_fwd_row(Py_ssize_t n, float *gi, float *gf, float *gc, float *go,

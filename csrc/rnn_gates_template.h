@@ -1,80 +1,12 @@
 /* The float32 gate math of the recurrent layers for one vector instruction set,
- * included once per set by csrc/rnn_gates.h (after the scalar cn_expf / cn_tanhf /
- * cn_sigmoidf of cn_expf.h, which handle the ragged ends) with these macros:
+ * included once per set by csrc/rnn_gates.h under the macro set of csrc/vmath_isa.h,
+ * after csrc/vmath.h (whose cn_vexp, cn_vsigmoid and cn_vtanh of the same set these
+ * rows call) and the scalar cn_expf / cn_tanhf / cn_sigmoidf of cn_expf.h (which handle
+ * the ragged ends).
  *
- *   CN_SFX        name suffix (avx2, avx512)          CN_VW   lanes per vector
- *   CN_ATTR       the function attribute (target)     CN_V    the vector type
- *   V_LD V_ST V_SET1 V_ADD V_SUB V_MUL V_FMADD V_FNMADD V_MIN V_MAX V_RCP
- *   V_XOR V_AND V_ANDNOT V_OR     bit operations on float vectors
- *   V_SELECT_LT(a, c, x, y)       a < c ? x : y, per lane
- *   V_POW2N(t)                    2^n from t = n + 1.5 * 2^23 (bits of the exponent)
- *
- * The same Cephes exp and tanh polynomials as the scalar code, the clamps as min/max
- * (whose NaN operand comes second, so NaN passes through), and the divisions as a
- * reciprocal estimate refined by one Newton step (within an ulp or two of a division).
  * The fused rows run in two passes over a row: the gates (independent chains), then
  * the cell state's tanh, so that the out-of-order core overlaps many elements instead
  * of waiting on one long chain. No include guard: included once per instruction set. */
-
-#define CN_CAT_(a, b) a##_##b
-#define CN_CAT(a, b) CN_CAT_(a, b)
-#define CN_NAME(name) CN_CAT(name, CN_SFX)
-#define CN_PS(v) V_SET1(v)
-
-CN_ATTR static inline CN_V CN_NAME(cn_vexp)(CN_V x) {
-    CN_V t, n, r, z, p;
-    x = V_MIN(CN_PS(88.0f), x);
-    x = V_MAX(CN_PS(-87.0f), x);
-    t = V_FMADD(x, CN_PS(1.44269504088896341f), CN_PS(12582912.0f));
-    n = V_SUB(t, CN_PS(12582912.0f));
-    r = V_FNMADD(n, CN_PS(0.693359375f), x);
-    r = V_FMADD(n, CN_PS(2.12194440e-4f), r);
-    z = V_MUL(r, r);
-    p = V_FMADD(CN_PS(1.9875691500e-4f), r, CN_PS(1.3981999507e-3f));
-    p = V_FMADD(p, r, CN_PS(8.3334519073e-3f));
-    p = V_FMADD(p, r, CN_PS(4.1665795894e-2f));
-    p = V_FMADD(p, r, CN_PS(1.6666665459e-1f));
-    p = V_FMADD(p, r, CN_PS(5.0000001201e-1f));
-    p = V_ADD(V_FMADD(p, z, r), CN_PS(1.0f));
-    return V_MUL(p, V_POW2N(t));
-}
-
-/* 1 / d for d >= 1 (or NaN): estimate, then r + r (1 - d r). */
-CN_ATTR static inline CN_V CN_NAME(cn_vrecip)(CN_V d) {
-    CN_V r = V_RCP(d);
-    return V_FMADD(r, V_FNMADD(d, r, CN_PS(1.0f)), r);
-}
-
-CN_ATTR static inline CN_V CN_NAME(cn_vsigmoid)(CN_V x) {
-    CN_V e = CN_NAME(cn_vexp)(V_XOR(x, CN_PS(-0.0f)));
-    return CN_NAME(cn_vrecip)(V_ADD(e, CN_PS(1.0f)));
-}
-
-CN_ATTR static inline CN_V CN_NAME(cn_vtanh)(CN_V x) {
-    CN_V sign = V_AND(x, CN_PS(-0.0f));
-    CN_V ax = V_ANDNOT(CN_PS(-0.0f), x);
-    CN_V z = V_MUL(x, x), s, b;
-    s = V_FMADD(CN_PS(-5.70498872745e-3f), z, CN_PS(2.06390887954e-2f));
-    s = V_FMADD(s, z, CN_PS(-5.37397155531e-2f));
-    s = V_FMADD(s, z, CN_PS(1.33314422036e-1f));
-    s = V_FMADD(s, z, CN_PS(-3.33332819422e-1f));
-    s = V_FMADD(V_MUL(s, z), ax, ax);
-    b = CN_NAME(cn_vrecip)(V_ADD(CN_NAME(cn_vexp)(V_ADD(ax, ax)), CN_PS(1.0f)));
-    b = V_FNMADD(CN_PS(2.0f), b, CN_PS(1.0f));
-    return V_OR(V_SELECT_LT(ax, CN_PS(0.625f), s, b), sign);
-}
-
-CN_ATTR static void CN_NAME(cn_tanhf_loop)(float *x, Py_ssize_t n) {
-    Py_ssize_t j = 0;
-    for (; j + CN_VW <= n; j += CN_VW) V_ST(x + j, CN_NAME(cn_vtanh)(V_LD(x + j)));
-    for (; j < n; j++) x[j] = cn_tanhf(x[j]);
-}
-
-CN_ATTR static void CN_NAME(cn_sigmoidf_loop)(float *x, Py_ssize_t n) {
-    Py_ssize_t j = 0;
-    for (; j + CN_VW <= n; j += CN_VW) V_ST(x + j, CN_NAME(cn_vsigmoid)(V_LD(x + j)));
-    for (; j < n; j++) x[j] = cn_sigmoidf(x[j]);
-}
 
 /* One unit's LSTM row (as CN_FUSED_ROWS in recurrent.pyx): the first pass leaves the
    cell state in c, the second its tanh in ac and h; the ragged end takes the scalar
@@ -201,8 +133,3 @@ CN_ATTR static void CN_NAME(cn_gru_fwd_row)(Py_ssize_t n, float *CN_RESTRICT gz,
         h[k] = hh + z * (hp[k] - hh);
     }
 }
-
-#undef CN_PS
-#undef CN_NAME
-#undef CN_CAT
-#undef CN_CAT_

@@ -5,7 +5,8 @@
  * and the caller runs its scalar loops (libm), so that path keeps its bits.
  *
  * Measured (Zen 5, one thread, 131,072 float32): sigmoid 989 us on the libm loop,
- * vector copies in the README's table. */
+ * vector copies in the README's table. The macro set of each copy is csrc/vmath_isa.h;
+ * csrc/rnn_gates.h instantiates its recurrent rows on the same functions. */
 #ifndef CN_VMATH_H
 #define CN_VMATH_H
 #include <stdint.h>
@@ -17,27 +18,6 @@ enum { CN_VM_SIGMOID = 1, CN_VM_TANH = 2, CN_VM_SWISH = 3, CN_VM_GELU = 4,
 #define CN_VM_HAVE_SIMD 1
 #include <immintrin.h>
 
-#define CN_SFX avx2
-#define CN_VW 8
-#define CN_V __m256
-#define CN_ATTR __attribute__((target("avx2,fma")))
-#define V_LD _mm256_loadu_ps
-#define V_ST _mm256_storeu_ps
-#define V_SET1 _mm256_set1_ps
-#define V_ADD _mm256_add_ps
-#define V_SUB _mm256_sub_ps
-#define V_MUL _mm256_mul_ps
-#define V_FMADD _mm256_fmadd_ps
-#define V_FNMADD _mm256_fnmadd_ps
-#define V_FMSUB _mm256_fmsub_ps
-#define V_MIN _mm256_min_ps
-#define V_MAX _mm256_max_ps
-#define V_RCP _mm256_rcp_ps
-#define V_RCP_NEWTON_STEPS 2
-#define V_AND _mm256_and_ps
-#define V_ANDNOT _mm256_andnot_ps
-#define V_OR _mm256_or_ps
-#define V_SELECT_LT(a, c, x, y) _mm256_blendv_ps((y), (x), _mm256_cmp_ps((a), (c), _CMP_LT_OQ))
 /* p 2^n (n also in t's low mantissa bits: t = n + 1.5 2^23) as p 2^(n/2) 2^(n - n/2): both
    factors normal for n in [-151, 129], so the result underflows and overflows like exp */
 __attribute__((target("avx2,fma"))) static inline __m256 cn_scale_avx2(__m256 p, __m256 t) {
@@ -48,7 +28,7 @@ __attribute__((target("avx2,fma"))) static inline __m256 cn_scale_avx2(__m256 p,
     __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k2, _mm256_set1_epi32(127)), 23));
     return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
 }
-#define V_SCALE(p, n, t) cn_scale_avx2((p), (t))
+
 /* 2 sqrt(2/pi) (x + 0.044715 x^3) in double, rounded once (as the scalar code does):
    GELU-tanh's tail e^v is as accurate as v, and float steps would cost 6e-6 at x = -10. */
 __attribute__((target("avx2,fma"))) static inline __m256 cn_gelu_tanh_arg_avx2(__m256 x) {
@@ -59,36 +39,7 @@ __attribute__((target("avx2,fma"))) static inline __m256 cn_gelu_tanh_arg_avx2(_
     hi = _mm256_mul_pd(k, _mm256_fmadd_pd(_mm256_mul_pd(c, hi), _mm256_mul_pd(hi, hi), hi));
     return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)), _mm256_cvtpd_ps(hi), 1);
 }
-#define V_GELU_TANH_ARG cn_gelu_tanh_arg_avx2
-#include "vmath_template.h"
-#include "vmath_undef.h"
 
-/* AVX-512F only: bit operations through the integer forms (no DQ needed). */
-#define CN_SFX avx512
-#define CN_VW 16
-#define CN_V __m512
-#define CN_ATTR __attribute__((target("avx512f")))
-#define CN_VM_BITS(op, a, b) \
-    _mm512_castsi512_ps(op(_mm512_castps_si512(a), _mm512_castps_si512(b)))
-#define V_LD _mm512_loadu_ps
-#define V_ST _mm512_storeu_ps
-#define V_SET1 _mm512_set1_ps
-#define V_ADD _mm512_add_ps
-#define V_SUB _mm512_sub_ps
-#define V_MUL _mm512_mul_ps
-#define V_FMADD _mm512_fmadd_ps
-#define V_FNMADD _mm512_fnmadd_ps
-#define V_FMSUB _mm512_fmsub_ps
-#define V_MIN _mm512_min_ps
-#define V_MAX _mm512_max_ps
-#define V_RCP _mm512_rcp14_ps
-#define V_RCP_NEWTON_STEPS 1
-#define V_AND(a, b) CN_VM_BITS(_mm512_and_si512, a, b)
-#define V_ANDNOT(a, b) CN_VM_BITS(_mm512_andnot_si512, a, b)
-#define V_OR(a, b) CN_VM_BITS(_mm512_or_si512, a, b)
-#define V_SELECT_LT(a, c, x, y) \
-    _mm512_mask_blend_ps(_mm512_cmp_ps_mask((a), (c), _CMP_LT_OQ), (y), (x))
-#define V_SCALE(p, n, t) _mm512_scalef_ps((p), (n))    /* p 2^n in one instruction */
 __attribute__((target("avx512f"))) static inline __m512 cn_gelu_tanh_arg_avx512(__m512 x) {
     const __m512d k = _mm512_set1_pd(2 * 0.79788456080286535588), c = _mm512_set1_pd(0.044715);
     __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(x));
@@ -98,10 +49,15 @@ __attribute__((target("avx512f"))) static inline __m512 cn_gelu_tanh_arg_avx512(
     return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(
         _mm512_cvtpd_ps(lo))), _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1));
 }
-#define V_GELU_TANH_ARG cn_gelu_tanh_arg_avx512
+
+#define CN_VM_ISA 1
+#include "vmath_isa.h"
 #include "vmath_template.h"
 #include "vmath_undef.h"
-#undef CN_VM_BITS
+#define CN_VM_ISA 2
+#include "vmath_isa.h"
+#include "vmath_template.h"
+#include "vmath_undef.h"
 #else
 #define CN_VM_HAVE_SIMD 0
 #endif

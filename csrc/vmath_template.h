@@ -1,5 +1,7 @@
 /* float32 vector math for one instruction set, included once per set by csrc/vmath.h
- * with the macros it defines there (CN_SFX, CN_VW lanes, CN_V, CN_ATTR, V_* operations).
+ * under the macro set of csrc/vmath_isa.h (CN_SFX, CN_VW lanes, CN_V, CN_ATTR, V_*).
+ * The one vector exp, sigmoid and tanh of the kernels: the activations, softmax, the
+ * GEMM epilogue and the recurrent gate rows (csrc/rnn_gates_template.h) call them.
  *
  * Accuracy is that of the scalar libm functions the generic path calls, to a few ulps
  * (tests/test_properties_kernels.py holds every path to 64 ulps plus the condition
@@ -10,13 +12,9 @@
  * here by least squares to erfc on z in [0, 12] (relative error 5e-8 in exact
  * arithmetic). No include guard: included once per instruction set. */
 
-#define CN_CAT_(a, b) a##_##b
-#define CN_CAT(a, b) CN_CAT_(a, b)
-#define CN_NAME(name) CN_CAT(name, CN_SFX)
-#define CN_PS(v) V_SET1(v)
-
-/* e^x; 0 below -104 (past the smallest subnormal), inf above ~88.72. NaN stays NaN
-   (V_MIN / V_MAX return their second operand when it is NaN). */
+/* e^x; 0 below -104 (past the smallest subnormal: e^-104 itself scales to 0, so the
+   clamp alone gives 0 there, checked on every float32 input for both copies), inf above
+   ~88.72. NaN stays NaN (V_MIN / V_MAX return their second operand when it is NaN). */
 CN_ATTR static inline CN_V CN_NAME(cn_vexp)(CN_V x) {
     CN_V c = V_MAX(CN_PS(-104.0f), V_MIN(CN_PS(89.0f), x));
     CN_V t = V_FMADD(c, CN_PS(1.44269504088896341f), CN_PS(12582912.0f));
@@ -30,8 +28,7 @@ CN_ATTR static inline CN_V CN_NAME(cn_vexp)(CN_V x) {
     p = V_FMADD(p, r, CN_PS(1.6666665459e-1f));
     p = V_FMADD(p, r, CN_PS(5.0000001201e-1f));
     p = V_ADD(V_FMADD(p, z, r), CN_PS(1.0f));
-    CN_V e = V_SCALE(p, n, t);   /* p 2^n, gradually into the subnormals, inf past the top */
-    return V_SELECT_LT(x, CN_PS(-104.0f), CN_PS(0.0f), e);
+    return V_SCALE(p, n, t);     /* p 2^n, gradually into the subnormals, inf past the top */
 }
 
 /* 1 / d for d >= 1 (or NaN, inf): estimate, then Newton steps r + r (1 - d r): one after
@@ -194,8 +191,3 @@ CN_ATTR static float CN_NAME(cn_vm_exp_sum)(const float *x, float *y, int64_t n,
     }
     return total;
 }
-
-#undef CN_NAME
-#undef CN_CAT
-#undef CN_CAT_
-#undef CN_PS

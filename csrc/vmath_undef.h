@@ -1,8 +1,14 @@
-/* Undefine the macros of one instruction set after csrc/vmath_template.h (csrc/vmath.h). */
+/* Undefine the macro set of csrc/vmath_isa.h after a template is instantiated. */
+#undef CN_VM_ISA
+#undef CN_CAT_
+#undef CN_CAT
+#undef CN_NAME
+#undef CN_PS
 #undef CN_SFX
 #undef CN_VW
 #undef CN_V
 #undef CN_ATTR
+#undef CN_VM_BITS
 #undef V_LD
 #undef V_ST
 #undef V_SET1

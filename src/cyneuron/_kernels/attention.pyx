@@ -261,28 +261,44 @@ cdef inline uint64_t _splitmix64(uint64_t z) noexcept nogil:
     return z ^ (z >> 31)
 
 
-cdef inline void _dropout_row(floating *p, floating *dp, Py_ssize_t n, uint64_t key,
-                              uint64_t index0, uint64_t threshold,
-                              floating keep) noexcept nogil:
-    """p[j] *= z_j (and dp[j] *= z_j when dp is given), z_j the draw at index0 + j."""
+ctypedef struct _Drop:
+    bint on                     # rate > 0
+    uint64_t key                # the SplitMix64 stream
+    uint64_t threshold          # a draw (53 random bits) below it drops: probability rate
+    double keep                 # 1 / (1 - rate): the factor of a kept element
+
+
+cdef _Drop _dropout_of(double rate, uint64_t key) noexcept:
+    cdef _Drop dr
+    dr.on = rate > 0
+    dr.key = key
+    dr.threshold = <uint64_t> (rate * 9007199254740992.0)
+    dr.keep = 1.0 / (1.0 - rate)
+    return dr
+
+
+cdef inline void _dropout_row(floating *p, Py_ssize_t n, _Drop dr,
+                              uint64_t index0) noexcept nogil:
+    """p[j] *= z_j, z_j the draw at index0 + j."""
     cdef Py_ssize_t j
     cdef uint64_t gamma = <uint64_t> 0x9E3779B97F4A7C15ULL
+    cdef floating keep = <floating> dr.keep
     for j in range(n):
-        if (_splitmix64(key + (index0 + <uint64_t> j + 1) * gamma) >> 11) >= threshold:
+        if (_splitmix64(dr.key + (index0 + <uint64_t> j + 1) * gamma) >> 11) >= dr.threshold:
             p[j] = p[j] * keep
-            if dp != NULL:
-                dp[j] = dp[j] * keep
         else:
             p[j] = 0
-            if dp != NULL:
-                dp[j] = 0
 
 
 cdef inline void _mask_row(floating *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t j0,
-                           bint causal, const uint8_t *mrow, int64_t msk) noexcept nogil:
-    """Scores of key j0 + c that query i may not see become -inf."""
+                           bint causal, const uint8_t *mbase, int64_t moff,
+                           int64_t msk) noexcept nogil:
+    """Scores of key j0 + c that query i may not see become -inf (its mask row, if any,
+    at mbase + moff)."""
     cdef Py_ssize_t c, c0
-    if mrow != NULL:
+    cdef const uint8_t *mrow
+    if mbase != NULL:
+        mrow = mbase + moff
         for c in range(n):
             if mrow[(j0 + c) * msk] == 0:
                 s[c] = -INFINITY
@@ -301,13 +317,12 @@ cdef void _fwd_tile(int isa, Py_ssize_t nq, Py_ssize_t i0, Py_ssize_t Tk, Py_ssi
                     Py_ssize_t dv, const floating *Q, int64_t ldq, const floating *K,
                     int64_t ldk, const floating *V, int64_t ldv, floating *O, int64_t ldo,
                     floating *lse, const uint8_t *mbase, int64_t msq, int64_t msk,
-                    bint causal, floating scale, Py_ssize_t bk, uint64_t key,
-                    uint64_t drop0, Py_ssize_t Tq, uint64_t threshold, floating keep,
-                    bint dropout, floating *S, floating *m, floating *l) noexcept nogil:
+                    bint causal, floating scale, Py_ssize_t bk, _Drop dr,
+                    uint64_t drop0, Py_ssize_t Tq, floating *S, floating *m,
+                    floating *l) noexcept nogil:
     cdef Py_ssize_t r, j0, nk, jend, i
     cdef floating mt, mnew, alpha, rs
     cdef floating *srow
-    cdef const uint8_t *mrow
     for r in range(nq):
         m[r] = -INFINITY
         l[r] = 0
@@ -323,11 +338,7 @@ cdef void _fwd_tile(int isa, Py_ssize_t nq, Py_ssize_t i0, Py_ssize_t Tk, Py_ssi
         for r in range(nq):
             i = i0 + r
             srow = S + r * bk
-            mrow = NULL
-            if mbase != NULL:
-                mrow = mbase + r * msq
-            if mrow != NULL or (causal and j0 + nk - 1 > i):
-                _mask_row(srow, nk, i, j0, causal, mrow, msk)
+            _mask_row(srow, nk, i, j0, causal, mbase, r * msq, msk)
             mt = _rowmax(isa, srow, nk)
             if mt == -INFINITY:
                 memset(srow, 0, nk * sizeof(floating))   # nothing to see in this tile
@@ -345,9 +356,8 @@ cdef void _fwd_tile(int isa, Py_ssize_t nq, Py_ssize_t i0, Py_ssize_t Tk, Py_ssi
             else:
                 l[r] = l[r] + rs
             m[r] = mnew
-            if dropout:
-                _dropout_row(srow, <floating *> NULL, nk, key,
-                             drop0 + <uint64_t> (i * Tk + j0), threshold, keep)
+            if dr.on:
+                _dropout_row(srow, nk, dr, drop0 + <uint64_t> (i * Tk + j0))
         # O += P · V_tile
         _mm(nq, dv, nk, S, bk, 1, V + j0 * ldv, ldv, 1, O, ldo, True)
         j0 += nk
@@ -370,6 +380,37 @@ cdef tuple _shp(object a):
     return tuple(a.shape)
 
 
+ctypedef struct _Mask:
+    const uint8_t *p            # NULL: no mask
+    int64_t sb, sh, sq, sk      # byte strides (0 on broadcast axes)
+
+
+cdef _Mask _mask_of(object mask, tuple shape) except *:
+    cdef _Mask mk
+    mk.p = NULL
+    mk.sb = mk.sh = mk.sq = mk.sk = 0
+    cdef cnp.ndarray m
+    if mask is not None:
+        m = mask
+        if m.ndim != 4 or m.dtype != np.uint8 or _shp(m) != shape:
+            raise ValueError(f"mask must be uint8 of shape {shape}")
+        mk.p = <const uint8_t *> cnp.PyArray_DATA(m)
+        mk.sb, mk.sh, mk.sq, mk.sk = m.strides[0], m.strides[1], m.strides[2], m.strides[3]
+    return mk
+
+
+def _float_dtype(cnp.ndarray q):
+    if q.dtype != np.float32 and q.dtype != np.float64:
+        raise TypeError(f"q must be float32 or float64; got {q.dtype}")
+    return q.dtype
+
+
+cdef inline int _threads_for(double work, Py_ssize_t nitems) noexcept:
+    """All threads for enough work (flops), one below; never more than the items."""
+    cdef int nt = cn_omp_max_threads() if work >= 200000 else 1
+    return <int> nitems if nt > nitems else nt
+
+
 def _check(cnp.ndarray a, str name, int ndim, dtype):
     if a.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D; got {a.ndim}-D")
@@ -382,11 +423,6 @@ def _check(cnp.ndarray a, str name, int ndim, dtype):
             raise ValueError(f"{name}: strides must be multiples of the item size")
 
 
-def _check_mask(cnp.ndarray mask, tuple shape):
-    if mask.ndim != 4 or mask.dtype != np.uint8 or _shp(mask) != shape:
-        raise ValueError(f"mask must be uint8 of shape {shape}")
-
-
 def forward(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out, cnp.ndarray lse,
             mask, bint causal, double scale, double rate=0.0, uint64_t key=0,
             Py_ssize_t bq=128, Py_ssize_t bk=256):
@@ -397,9 +433,7 @@ def forward(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out, cnp.nd
     float64, any strides, contiguous last axis; lse (B, H, Tq) C-contiguous; mask None
     or uint8 (B, H, Tq, Tk), any strides. bq, bk: the tile sizes.
     """
-    dtype = q.dtype
-    if dtype != np.float32 and dtype != np.float64:
-        raise TypeError(f"q must be float32 or float64; got {dtype}")
+    dtype = _float_dtype(q)
     for a, name in ((q, "q"), (k, "k"), (v, "v"), (out, "out")):
         _check(a, name, 4, dtype)
     _check(lse, "lse", 3, dtype)
@@ -416,23 +450,15 @@ def forward(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out, cnp.nd
         return
     if Tk == 0 or dk == 0:
         raise ValueError("forward: k must have at least one key and dk >= 1")
-    cdef const uint8_t *mptr = NULL
-    cdef int64_t msb = 0, msh = 0, msq = 0, msk = 0
-    if mask is not None:
-        _check_mask(mask, (B, H, Tq, Tk))
-        mptr = <const uint8_t *> cnp.PyArray_DATA(mask)
-        msb, msh, msq, msk = mask.strides[0], mask.strides[1], mask.strides[2], mask.strides[3]
+    cdef _Mask mk = _mask_of(mask, (B, H, Tq, Tk))
     if dtype == np.float32:
-        _forward[float](q, k, v, out, lse, mptr, msb, msh, msq, msk, causal, scale, rate, key,
-                        bq, bk)
+        _forward[float](q, k, v, out, lse, mk, causal, scale, rate, key, bq, bk)
     else:
-        _forward[double](q, k, v, out, lse, mptr, msb, msh, msq, msk, causal, scale, rate, key,
-                         bq, bk)
+        _forward[double](q, k, v, out, lse, mk, causal, scale, rate, key, bq, bk)
 
 
 cdef void _forward(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out,
-                   cnp.ndarray lse, const uint8_t *mptr, int64_t msb, int64_t msh,
-                   int64_t msq, int64_t msk, bint causal, floating scale_, double rate,
+                   cnp.ndarray lse, _Mask mk, bint causal, floating scale_, double rate,
                    uint64_t key, Py_ssize_t bq, Py_ssize_t bk):
     cdef Py_ssize_t B = q.shape[0], H = q.shape[1], Tq = q.shape[2], dk = q.shape[3]
     cdef Py_ssize_t Tk = k.shape[2], dv = v.shape[3]
@@ -452,14 +478,9 @@ cdef void _forward(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out,
     cdef floating *l
     cdef const uint8_t *mb
     cdef int isa = current_isa()
-    cdef bint dropout = rate > 0
-    cdef uint64_t threshold = <uint64_t> (rate * 9007199254740992.0)
-    cdef floating keep = <floating> (1.0 / (1.0 - rate))
+    cdef _Drop dr = _dropout_of(rate, key)
     cdef floating scale = scale_
-    cdef double work = <double> B * H * Tq * Tk * (dk + dv) * 2
-    cdef int nt = cn_omp_max_threads() if work >= 200000 else 1
-    if nt > nitems:
-        nt = <int> nitems
+    cdef int nt = _threads_for(<double> B * H * Tq * Tk * (dk + dv) * 2, nitems)
     with nogil, parallel(num_threads=nt):
         S = <floating *> malloc(bq * bk * sizeof(floating))
         m = <floating *> malloc(bq * sizeof(floating))
@@ -471,13 +492,13 @@ cdef void _forward(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.ndarray out,
             h = bh % H
             nq = min(bq, Tq - i0)
             mb = NULL
-            if mptr != NULL:
-                mb = mptr + b * msb + h * msh + i0 * msq
+            if mk.p != NULL:
+                mb = mk.p + b * mk.sb + h * mk.sh + i0 * mk.sq
             _fwd_tile(isa, nq, i0, Tk, dk, dv, qp + b * qsb + h * qsh + i0 * qst, qst,
                       kp + b * ksb + h * ksh, kst, vp + b * vsb + h * vsh, vst,
                       op + b * osb + h * osh + i0 * ost, ost, lp + bh * Tq + i0,
-                      mb, msq, msk, causal, scale, bk, key, <uint64_t> bh * Tq * Tk, Tq,
-                      threshold, keep, dropout, S, m, l)
+                      mb, mk.sq, mk.sk, causal, scale, bk, dr, <uint64_t> bh * Tq * Tk, Tq,
+                      S, m, l)
         free(S)
         free(m)
         free(l)
@@ -494,13 +515,11 @@ cdef void _bwd_item(int isa, Py_ssize_t Tq, Py_ssize_t Tk, Py_ssize_t dk, Py_ssi
                     floating *dQ, int64_t lddq, floating *dK, int64_t lddk,
                     floating *dV, int64_t lddv,
                     const uint8_t *mbase, int64_t msq, int64_t msk, bint causal,
-                    floating scale, Py_ssize_t bq, Py_ssize_t bk, uint64_t key,
-                    uint64_t drop0, uint64_t threshold, floating keep, bint dropout,
-                    floating *S, floating *dP, floating *D) noexcept nogil:
+                    floating scale, Py_ssize_t bq, Py_ssize_t bk, _Drop dr,
+                    uint64_t drop0, floating *S, floating *dP, floating *D) noexcept nogil:
     cdef Py_ssize_t i, j0, j1, nk, i0, nq, r, qstart
     cdef floating *srow
     cdef floating *dprow
-    cdef const uint8_t *mrow
     for i in range(Tq):
         D[i] = _dot(isa, dO + i * lddo, O + i * ldo, dv)
         memset(dQ + i * lddq, 0, dk * sizeof(floating))
@@ -527,20 +546,14 @@ cdef void _bwd_item(int isa, Py_ssize_t Tq, Py_ssize_t Tk, Py_ssize_t dk, Py_ssi
                     memset(srow, 0, nk * sizeof(floating))
                     memset(dprow, 0, nk * sizeof(floating))
                     continue
-                mrow = NULL
-                if mbase != NULL:
-                    mrow = mbase + i * msq
-                if mrow != NULL or (causal and j0 + nk - 1 > i):
-                    _mask_row(srow, nk, i, j0, causal, mrow, msk)
+                _mask_row(srow, nk, i, j0, causal, mbase, i * msq, msk)
                 _exprow(isa, srow, nk, scale, lse[i])
-                if dropout:
+                if dr.on:
                     # dV takes the dropped P; dS the undropped P times the dropped dP
-                    _dropout_row(dprow, <floating *> NULL, nk, key,
-                                 drop0 + <uint64_t> (i * Tk + j0), threshold, keep)
+                    _dropout_row(dprow, nk, dr, drop0 + <uint64_t> (i * Tk + j0))
                 _dsrow(isa, srow, dprow, nk, D[i], scale)
-                if dropout:
-                    _dropout_row(srow, <floating *> NULL, nk, key,
-                                 drop0 + <uint64_t> (i * Tk + j0), threshold, keep)
+                if dr.on:
+                    _dropout_row(srow, nk, dr, drop0 + <uint64_t> (i * Tk + j0))
             # dV_j += Pᵀ · dO_i ; dK_j += dSᵀ · Q_i ; dQ_i += dS · K_j
             _mm(nk, dv, nq, S, 1, bk, dO + i0 * lddo, lddo, 1, dV + j0 * lddv, lddv, True)
             _mm(nk, dk, nq, dP, 1, bk, Q + i0 * ldq, ldq, 1, dK + j0 * lddk, lddk, True)
@@ -557,9 +570,7 @@ def backward(cnp.ndarray dout, cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.
     dq, dk, dv any strides with a contiguous last axis, fully overwritten). chunks: key
     tile ranges per (batch, head) (0: chosen from the thread count and sizes; the result
     is the same for any value up to rounding)."""
-    dtype = q.dtype
-    if dtype != np.float32 and dtype != np.float64:
-        raise TypeError(f"q must be float32 or float64; got {dtype}")
+    dtype = _float_dtype(q)
     for a, name in ((q, "q"), (k, "k"), (v, "v"), (out, "out"), (dout, "dout"), (dq, "dq"),
                     (dk, "dk"), (dv, "dv")):
         _check(a, name, 4, dtype)
@@ -580,12 +591,7 @@ def backward(cnp.ndarray dout, cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.
         dv[...] = 0
         dq[...] = 0
         return
-    cdef const uint8_t *mptr = NULL
-    cdef int64_t msb = 0, msh = 0, msq = 0, msk = 0
-    if mask is not None:
-        _check_mask(mask, (B, H, Tq, Tk))
-        mptr = <const uint8_t *> cnp.PyArray_DATA(mask)
-        msb, msh, msq, msk = mask.strides[0], mask.strides[1], mask.strides[2], mask.strides[3]
+    cdef _Mask mk = _mask_of(mask, (B, H, Tq, Tk))
     cdef Py_ssize_t ktiles = (Tk + bk - 1) // bk
     if chunks == 0:
         # Few (batch, head) pairs: split their key tiles so that there are about
@@ -599,17 +605,16 @@ def backward(cnp.ndarray dout, cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, cnp.
     if chunks > 1:
         part = np.empty((B * H, chunks, Tq, d_k), dtype=dtype)
     if dtype == np.float32:
-        _backward[float](dout, q, k, v, out, lse, dq, dk, dv, part, mptr, msb, msh, msq, msk,
-                         causal, scale, rate, key, bq, bk, chunks)
+        _backward[float](dout, q, k, v, out, lse, dq, dk, dv, part, mk, causal, scale, rate,
+                         key, bq, bk, chunks)
     else:
-        _backward[double](dout, q, k, v, out, lse, dq, dk, dv, part, mptr, msb, msh, msq,
-                          msk, causal, scale, rate, key, bq, bk, chunks)
+        _backward[double](dout, q, k, v, out, lse, dq, dk, dv, part, mk, causal, scale, rate,
+                          key, bq, bk, chunks)
 
 
 cdef void _backward(cnp.ndarray dout, cnp.ndarray q, cnp.ndarray k, cnp.ndarray v,
                     cnp.ndarray out, cnp.ndarray lse, cnp.ndarray dq, cnp.ndarray dk,
-                    cnp.ndarray dv, object part, const uint8_t *mptr, int64_t msb,
-                    int64_t msh, int64_t msq, int64_t msk, bint causal, floating scale_,
+                    cnp.ndarray dv, object part, _Mask mk, bint causal, floating scale_,
                     double rate, uint64_t key, Py_ssize_t bq, Py_ssize_t bk,
                     Py_ssize_t chunks):
     cdef Py_ssize_t B = q.shape[0], H = q.shape[1], Tq = q.shape[2], d_k = q.shape[3]
@@ -647,14 +652,9 @@ cdef void _backward(cnp.ndarray dout, cnp.ndarray q, cnp.ndarray k, cnp.ndarray 
     cdef int64_t lddq
     cdef const uint8_t *mb
     cdef int isa = current_isa()
-    cdef bint dropout = rate > 0
-    cdef uint64_t threshold = <uint64_t> (rate * 9007199254740992.0)
-    cdef floating keep = <floating> (1.0 / (1.0 - rate))
+    cdef _Drop dr = _dropout_of(rate, key)
     cdef floating scale = scale_
-    cdef double work = <double> B * H * Tq * Tk * (d_k + d_v) * 4
-    cdef int nt = cn_omp_max_threads() if work >= 200000 else 1
-    if nt > nitems:
-        nt = <int> nitems
+    cdef int nt = _threads_for(<double> B * H * Tq * Tk * (d_k + d_v) * 4, nitems)
     with nogil, parallel(num_threads=nt):
         S = <floating *> malloc(bq * bk * sizeof(floating))
         dP = <floating *> malloc(bq * bk * sizeof(floating))
@@ -673,8 +673,8 @@ cdef void _backward(cnp.ndarray dout, cnp.ndarray q, cnp.ndarray k, cnp.ndarray 
                 dqt = dqp + b * dqsb + h * dqsh
                 lddq = dqst
             mb = NULL
-            if mptr != NULL:
-                mb = mptr + b * msb + h * msh
+            if mk.p != NULL:
+                mb = mk.p + b * mk.sb + h * mk.sh
             if kt0 >= kt1:
                 for i in range(Tq):
                     memset(dqt + i * lddq, 0, d_k * sizeof(floating))
@@ -684,8 +684,8 @@ cdef void _backward(cnp.ndarray dout, cnp.ndarray q, cnp.ndarray k, cnp.ndarray 
                       vp + b * vsb + h * vsh, vst, op + b * osb + h * osh, ost,
                       gp + b * gsb + h * gsh, gst, lp + bh * Tq,
                       dqt, lddq, dkp + b * dksb + h * dksh, dkst,
-                      dvp + b * dvsb + h * dvsh, dvst, mb, msq, msk, causal, scale, bq, bk,
-                      key, <uint64_t> bh * Tq * Tk, threshold, keep, dropout, S, dP, D)
+                      dvp + b * dvsb + h * dvsh, dvst, mb, mk.sq, mk.sk, causal, scale, bq, bk,
+                      dr, <uint64_t> bh * Tq * Tk, S, dP, D)
         free(S)
         free(dP)
         free(D)

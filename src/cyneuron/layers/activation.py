@@ -40,7 +40,7 @@ class Activation(Layer):
         dx = self._buffer("dx", grad_output.shape)
         return self.activation.backward(self._y, grad_output, out=dx, x=self._x)
 
-    # The fused loss path (models.py): the logits are this layer's input.
+    # The fused loss path (models/_graph.py): the logits are this layer's input.
     def _forward_logits(self, x, training=False):
         self._last_output_shape = x.shape
         return x
