@@ -175,17 +175,20 @@ cdef enum:
     ACT_RELU = 1
     ACT_SIGMOID = 2
     ACT_TANH = 3
+    ACT_LEAKY_RELU = 8
+    ACT_ELU = 9
     # Column sums run over this many row chunks whatever the thread count, and the
     # chunk partials (float64) are added in order: the same result on any thread count.
     MAX_CHUNKS = 64
 
 
 cdef void _act_grad_rows(const floating *y, const floating *dy, floating *dz, double *part,
-                         Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t F, int act) noexcept nogil:
+                         Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t F, int act,
+                         floating alpha) noexcept nogil:
     """Rows [r0, r1): dz = dy * act'(y) (written when dz != NULL) and part[f] = the sum
-    of those rows of dz (when part != NULL)."""
+    of those rows of dz (when part != NULL). alpha: leaky_relu's slope or elu's alpha."""
     cdef Py_ssize_t r, f
-    cdef floating g
+    cdef floating g, s
     cdef const floating *yr
     cdef const floating *gr
     cdef floating *zr
@@ -205,6 +208,15 @@ cdef void _act_grad_rows(const floating *y, const floating *dy, floating *dz, do
             for f in range(F):
                 g = gr[f]  # loaded unconditionally: the select below then vectorizes
                 zr[f] = g if yr[f] > 0 else 0
+        elif act == ACT_LEAKY_RELU:     # act'(z) = 1 for y > 0, else the slope
+            for f in range(F):
+                s = 1 if yr[f] > 0 else alpha
+                zr[f] = gr[f] * s
+        elif act == ACT_ELU:            # act'(z) = 1 for y > 0, else alpha e^z = y + alpha
+            for f in range(F):
+                g = yr[f] + alpha     # computed unconditionally: the select vectorizes
+                s = 1 if yr[f] > 0 else g
+                zr[f] = gr[f] * s
         elif act == ACT_SIGMOID:
             for f in range(F):
                 zr[f] = gr[f] * yr[f] * (1 - yr[f])
@@ -217,17 +229,22 @@ cdef void _act_grad_rows(const floating *y, const floating *dy, floating *dz, do
 
 
 def activation_bias_backward(const floating[:, ::1] y, const floating[:, ::1] dy,
-                             floating[:, ::1] dz, floating[::1] db, int activation):
+                             floating[:, ::1] dz, floating[::1] db, int activation,
+                             double alpha=0.0):
     """The backward pass of act(z + bias) for outputs y (M, F) and their gradient dy:
     dz = dy * act'(y) (not written for 'linear', where dz is dy; pass dz=None) and
     db = the column sums of dz (db=None: skipped). activation: EPILOGUES code of
-    linear, relu, sigmoid or tanh."""
+    linear, relu, sigmoid, tanh, leaky_relu (alpha: its slope, >= 0) or elu (alpha: its
+    alpha); both take the derivative from y as the GEMM epilogue's act_out does."""
     cdef Py_ssize_t M = y.shape[0], F = y.shape[1], t, f, k
     if dy.shape[0] != M or dy.shape[1] != F:
         raise ValueError(f"dy must have shape ({M}, {F}); got ({dy.shape[0]}, {dy.shape[1]})")
-    if not ACT_LINEAR <= activation <= ACT_TANH:
-        raise ValueError(f"activation code must be linear, relu, sigmoid or tanh (0-3); "
-                         f"got {activation}")
+    if not (ACT_LINEAR <= activation <= ACT_TANH or activation == ACT_LEAKY_RELU
+            or activation == ACT_ELU):
+        raise ValueError(f"activation code must be linear, relu, sigmoid, tanh, leaky_relu "
+                         f"or elu (0-3, 8, 9); got {activation}")
+    if activation == ACT_LEAKY_RELU and alpha < 0:
+        raise ValueError(f"alpha (leaky_relu's slope) must be >= 0; got {alpha}")
     if activation != ACT_LINEAR:
         if dz is None or dz.shape[0] != M or dz.shape[1] != F:
             raise ValueError(f"dz must be an array of shape ({M}, {F})")
@@ -249,7 +266,7 @@ def activation_bias_backward(const floating[:, ::1] y, const floating[:, ::1] dy
     try:
         for t in prange(k, nogil=True, num_threads=nt, schedule="static"):
             _act_grad_rows(&y[0, 0], &dy[0, 0], zp, part + t * F if part != NULL else NULL,
-                           t * M // k, (t + 1) * M // k, F, activation)
+                           t * M // k, (t + 1) * M // k, F, activation, <floating>alpha)
         if db is not None:
             for f in range(F):
                 s = 0

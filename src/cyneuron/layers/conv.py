@@ -28,8 +28,18 @@ from .._kernels.gemm import EPILOGUES, gemm
 from .._validation import check_positive
 from ._spatial import SpatialLayer, normalize_padding, normalize_tuple, output_size
 
-# Activations the GEMM epilogue applies exactly as cyneuron.activations does.
-_FUSED_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
+# Activations the GEMM epilogue applies exactly as cyneuron.activations does, and whose
+# derivative activation_bias_backward takes from the output (Winograd's output transform
+# applies the first four; leaky_relu and elu run after it there).
+_FUSED_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "leaky_relu", "elu")
+_WINOGRAD_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
+
+
+def _epilogue_alpha(activation):
+    """leaky_relu's slope or elu's alpha (0 for the others): the epilogue's parameter."""
+    return float(getattr(activation, "negative_slope", getattr(activation, "alpha", 0.0)))
+
+
 # Winograd pays for its transforms when both channel counts reach this (measured:
 # with fewer, the GEMMs in the transform domain are too thin).
 WINOGRAD_MIN_CHANNELS = 16
@@ -81,6 +91,7 @@ class _Conv(SpatialLayer):
         self.bias_initializer = initializers.get(bias_initializer)
         name = self.activation.name
         self._epilogue = EPILOGUES[name] if name in _FUSED_ACTIVATIONS else None
+        self._alpha = _epilogue_alpha(self.activation)
         self._plans = {}
         self._slices = {}
         self.algorithm = "auto"
@@ -171,7 +182,8 @@ class _Conv(SpatialLayer):
         kernel = self._weights[0].reshape(depth, f)
         bias = self._weights[1] if self.use_bias else None
         if self._epilogue is not None:
-            gemm(cols, kernel, y.reshape(rows, f), bias=bias, activation=self._epilogue)
+            gemm(cols, kernel, y.reshape(rows, f), bias=bias, activation=self._epilogue,
+                 alpha=self._alpha)
         else:
             gemm(cols, kernel, y.reshape(rows, f), bias=bias)
             y = self._activate(y)
@@ -203,7 +215,7 @@ class _Conv(SpatialLayer):
             _k.activation_bias_backward(y2, dz, None, db, self._epilogue)
         else:
             dz = self._buffer("dz", y2.shape)
-            _k.activation_bias_backward(y2, dy2, dz, db, self._epilogue)
+            _k.activation_bias_backward(y2, dy2, dz, db, self._epilogue, self._alpha)
         return dz
 
     def _backward(self, grad_output, need_input_grad):
@@ -264,14 +276,15 @@ class _Conv(SpatialLayer):
         m, ms = self._domain("M", step * th * tw, f)
         y = self._buffer("y", (n, oh, ow, f))
         bias = self._weights[1] if self.use_bias else None
-        code = self._epilogue if self._epilogue is not None else EPILOGUES["linear"]
+        fused = self.activation.name in _WINOGRAD_ACTIVATIONS
+        code = self._epilogue if fused else EPILOGUES["linear"]
         for n0, n1 in chunks:
             rows = (n1 - n0) * th * tw
             _wino.input_transform(x[n0:n1], v, pt, pl, th, tw)
             for a, b, out in zip(self._rows(vs, rows), us, self._rows(ms, rows)):
                 gemm(a, b, out)
             _wino.output_transform(m, y[n0:n1], bias, code)
-        if self._epilogue is None:
+        if not fused:
             y = self._activate(y)
         self._x, self._y, self._plan_used = x, y, plan
         self._last_output_shape = y.shape
@@ -428,6 +441,7 @@ class Conv2DTranspose(SpatialLayer):
         self.bias_initializer = initializers.get(bias_initializer)
         name = self.activation.name
         self._epilogue = EPILOGUES[name] if name in _FUSED_ACTIVATIONS else None
+        self._alpha = _epilogue_alpha(self.activation)
         self._plans = {}
 
     def _plan(self, input_shape):
@@ -508,7 +522,7 @@ class Conv2DTranspose(SpatialLayer):
         else:
             dz = self._buffer("dz", grad_output.shape)
             _k.activation_bias_backward(self._y.reshape(-1, f), grad_output.reshape(-1, f),
-                                        dz.reshape(-1, f), db, self._epilogue)
+                                        dz.reshape(-1, f), db, self._epilogue, self._alpha)
         depth = self.kernel_size[0] * self.kernel_size[1] * f
         dcols = self._buffer("dcols", (n * h * w, depth))
         _k.im2col(dz, dcols, *self._geometry(h, w, self._crop))
