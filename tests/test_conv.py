@@ -239,7 +239,9 @@ def test_conv2d_gradients(kernel_size, strides, padding, dilation, use_bias):
 
 
 @pytest.mark.parametrize("activation", ["linear", "relu", "sigmoid", "tanh", "softmax", "gelu",
-                                        "hard_swish", "relu6", "swish"])
+                                        "hard_swish", "relu6", "swish", "leaky_relu", "elu",
+                                        cn.activations.LeakyReLU(1.5), cn.activations.ELU(0.5)],
+                         ids=str)
 def test_conv2d_gradients_through_activation(activation):
     rng = np.random.default_rng(7)
     x = rng.normal(size=(2, 5, 5, 2))
@@ -366,6 +368,32 @@ def test_conv_kernels_check_their_buffers():
     with pytest.raises(ValueError, match="activation code"):
         _k.activation_bias_backward(np.zeros((4, 3)), np.zeros((4, 3)), np.zeros((4, 3)),
                                     None, EPILOGUES["gelu"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,alpha", [("leaky_relu", 0.2), ("leaky_relu", 0.0),
+                                        ("leaky_relu", 1.5), ("elu", 1.0), ("elu", 0.3)])
+@pytest.mark.parametrize("rows", [1, 7, 64, 1000])
+def test_activation_bias_backward_with_a_parameter(dtype, name, alpha, rows):
+    """leaky_relu and elu: the derivative from the output y, as the GEMM epilogue takes it."""
+    rng = np.random.default_rng(14)
+    z = rng.normal(size=(rows, 13)) * 3
+    z[0, :3] = 0.0
+    y = np.where(z > 0, z, alpha * z if name == "leaky_relu" else alpha * np.expm1(z))
+    y, dy = y.astype(dtype), rng.normal(size=z.shape).astype(dtype)
+    dz, db = np.empty_like(y), np.empty(13, dtype)
+    _k.activation_bias_backward(y, dy, dz, db, EPILOGUES[name], alpha)
+    below = alpha if name == "leaky_relu" else y + dtype(alpha)
+    want = dy * np.where(y > 0, dtype(1), below).astype(dtype)
+    np.testing.assert_allclose(dz, want, rtol=1e-6 if dtype == np.float32 else 1e-14)
+    np.testing.assert_allclose(db, want.astype(np.float64).sum(axis=0),
+                               rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+def test_activation_bias_backward_refuses_a_negative_slope():
+    with pytest.raises(ValueError, match="slope"):
+        _k.activation_bias_backward(np.zeros((4, 3)), np.zeros((4, 3)), np.zeros((4, 3)),
+                                    None, EPILOGUES["leaky_relu"], -0.1)
 
 
 @pytest.mark.parametrize("name", ["linear", "relu", "sigmoid", "tanh"])
@@ -625,7 +653,8 @@ def test_winograd_forward_matches_numpy(padding, hw, use_bias):
 
 
 @pytest.mark.parametrize("padding", ["same", "valid"])
-@pytest.mark.parametrize("activation", ["linear", "relu", "sigmoid", "tanh", "softmax"])
+@pytest.mark.parametrize("activation", ["linear", "relu", "sigmoid", "tanh", "softmax",
+                                        "leaky_relu", "elu"])
 def test_winograd_gradients(padding, activation):
     rng = np.random.default_rng(21)
     x = rng.normal(size=(2, 6, 7, 3))
@@ -735,3 +764,39 @@ def test_winograd_kernels_check_their_buffers():
     with pytest.raises(ValueError, match="Q must have shape"):
         _wino.output_grad_transform(np.zeros((2, 8, 8, 4)), np.zeros((36, 8, 5)))
     assert [_wino.tiles(s) for s in (1, 4, 5, 8, 14)] == [1, 1, 2, 2, 4]
+
+
+# ---------------------------------------------------------------------------------------
+# Scratch buffers across alternating batch sizes
+# ---------------------------------------------------------------------------------------
+def test_alternating_batch_sizes_reuse_buffers_and_stay_exact():
+    """A GAN's discriminator sees 2n then n samples each step: the layer keeps the arrays
+    of both shapes (no fresh megabytes per switch), and each result is what a fresh layer
+    computes, even when it is fed its own output of the other batch size."""
+    rng = np.random.default_rng(40)
+    layer = layers.Conv2D(3, 4, strides=2, padding="same", activation="leaky_relu",
+                          dtype="float64")
+    fresh = layers.Conv2D(3, 4, strides=2, padding="same", activation="leaky_relu",
+                          dtype="float64")
+    x4, x2 = rng.normal(size=(4, 8, 8, 3)), rng.normal(size=(2, 8, 8, 3))
+    layer.build(x4.shape[1:])
+    fresh.build(x4.shape[1:])
+    fresh.set_weights(layer.get_weights())
+    seen = {}
+    for x in (x4, x2, x4, x2):
+        y = layer.forward(x, training=True)
+        dy = rng.normal(size=y.shape)
+        dx = layer.backward(dy)
+        want_y = fresh.forward(x, training=True).copy()
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_array_equal(dx, fresh.backward(dy))
+        for a, b in zip(layer.get_gradients(), fresh.get_gradients()):
+            np.testing.assert_array_equal(a, b)
+        seen.setdefault(len(x), set()).add(id(layer._buffers["cols"]))
+    assert all(len(ids) == 1 for ids in seen.values())   # one array per batch size
+    # its own output of the other batch size as input: copied before being overwritten
+    same = layers.Conv2D(3, 3, padding="same", dtype="float64")
+    want = same.forward(same.forward(x4).copy()).copy()
+    a = same.forward(x4)          # a is the batch-4 output buffer ...
+    same.forward(x2)              # ... now the spare, which the next call swaps back in
+    np.testing.assert_array_equal(same.forward(a), want)

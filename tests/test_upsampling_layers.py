@@ -125,7 +125,9 @@ def test_conv_transpose_output_sizes_follow_keras(size, k, s, padding, op, expec
     assert layer.compute_output_shape((size, 3, 4))[0] == expected
 
 
-@pytest.mark.parametrize("activation", ["linear", "relu", "sigmoid", "tanh", "hard_swish", "elu"])
+@pytest.mark.parametrize("activation", ["linear", "relu", "sigmoid", "tanh", "hard_swish", "elu",
+                                        "leaky_relu", cn.activations.LeakyReLU(1.5),
+                                        cn.activations.ELU(0.5)], ids=str)
 @pytest.mark.parametrize("case", [TRANSPOSE_CASES[2], TRANSPOSE_CASES[5], TRANSPOSE_CASES[8]],
                          ids=str)
 def test_conv_transpose_finite_differences(case, activation):

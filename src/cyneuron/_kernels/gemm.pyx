@@ -101,7 +101,8 @@ cdef extern from *:
        for the baseline SSE2, where these loops run at half width or not vectorized at
        all. The AVX2 copy runs when the micro-kernels in use are AVX2 or wider; neither
        uses FMA, so both give the same bits as the Cython loops they stand in for.
-       leaky_relu is written as max(x, slope x) (min for a slope > 1) and its derivative
+       leaky_relu is written as max(x, slope x) (min for a slope > 1; a zero slope, where
+       0 * inf is NaN, keeps the plain form) and its derivative
        as a multiplication by a selected 1 or slope: the same bits as x > 0 ? x : slope x
        (NaN and signed zeros included), but GCC vectorizes these forms, not that one
        (it keeps a branch there, which mispredicts on random signs: 1.5 ns a value). */
@@ -117,16 +118,18 @@ cdef extern from *:
                 for (int j = 0; j < n; j++) row[j] = row[j] + bias[j];                  \
             if (act == CN_EPI_RELU)                                                     \
                 for (int j = 0; j < n; j++) row[j] = row[j] > 0 ? row[j] : 0;           \
-            else if (act == CN_EPI_LEAKY_RELU && alpha <= 1)                            \
+            else if (act == CN_EPI_LEAKY_RELU && alpha > 0 && alpha <= 1)               \
                 for (int j = 0; j < n; j++) {                                           \
                     T v = row[j], w = alpha * v;   /* = max(v, slope v) */              \
                     row[j] = v > w ? v : w;                                             \
                 }                                                                       \
-            else if (act == CN_EPI_LEAKY_RELU)                                          \
+            else if (act == CN_EPI_LEAKY_RELU && alpha > 1)                             \
                 for (int j = 0; j < n; j++) {                                           \
                     T v = row[j], w = alpha * v;   /* = min(v, slope v) */              \
                     row[j] = v < w ? v : w;                                             \
                 }                                                                       \
+            else if (act == CN_EPI_LEAKY_RELU)  /* slope 0: 0 * inf is NaN */          \
+                for (int j = 0; j < n; j++) row[j] = row[j] > 0 ? row[j] : alpha * row[j]; \
         }                                                                               \
     }                                                                                   \
     attr static void cn_act_grad_##sfx(T *c, int64_t ldc, int m, int n,                 \
