@@ -388,6 +388,29 @@ def test_custom_loop_step_equals_train_on_batch():
         np.testing.assert_array_equal(wa, wb)
 
 
+def test_backward_without_input_grads_fills_the_same_weight_gradients():
+    """model.backward(dy, input_grads=False): the same weight gradients, no dx (a
+    discriminator's step on data skips its first convolution's input gradient)."""
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((6, 8, 8, 2))
+    models = []
+    for _ in range(2):
+        cn.set_seed(3)
+        m = cn.Sequential([cn.Input((8, 8, 2)),
+                           layers.Conv2D(4, 4, strides=2, padding="same",
+                                         activation="leaky_relu"),
+                           layers.Flatten(), layers.Dense(1)], dtype="float64")
+        models.append(m)
+    dy = rng.standard_normal((6, 1))
+    grads = []
+    for m, flag in zip(models, (True, False)):
+        m(x, training=True)
+        dx = m.backward(dy, input_grads=flag)
+        assert (dx is None) == (not flag)
+        grads.append(m._grads.copy())
+    np.testing.assert_array_equal(grads[0], grads[1])
+
+
 def test_train_step_override_is_used_by_fit():
     calls = []
 

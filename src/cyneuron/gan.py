@@ -156,7 +156,7 @@ class GAN:
         d_loss, grad = self.bce(targets, d_out)
         if not math.isfinite(d_loss):        # fit stops on it (TerminateOnNaN)
             return {"d_loss": d_loss, "g_loss": float("nan")}
-        d.backward(grad)
+        d.backward(grad, input_grads=False)
         self.d_optimizer.apply_gradients(d)
         # generator: the non-saturating loss -log D(G(z)); D's input gradient flows into G
         fake = g(self.sample_latent(n), training=True)
@@ -325,7 +325,7 @@ class ConditionalGAN(GAN):
         d_loss, grad = self.bce(targets, d_out)
         if not math.isfinite(d_loss):        # fit stops on it (TerminateOnNaN)
             return {"d_loss": d_loss, "g_loss": float("nan")}
-        d.backward(grad)
+        d.backward(grad, input_grads=False)
         self.d_optimizer.apply_gradients(d)
         fake = g([self.sample_latent(n), labels], training=True)
         g_loss, grad = self.bce(1.0, d([fake, labels], training=True))

@@ -1637,10 +1637,11 @@ class Model(Layer):
         finally:
             self._own.release()
 
-    def backward(self, grad_output):
+    def backward(self, grad_output, input_grads=True):
         """After `y = model(x, training=True)`: back-propagates d(loss)/dy (an array, or a
         list / dict per output; None for no gradient), fills the flat gradient buffer
-        (frozen layers' ranges zeroed) and returns d(loss)/dx (a list for several inputs)."""
+        (frozen layers' ranges zeroed) and returns d(loss)/dx (a list for several inputs).
+        input_grads=False: d(loss)/dx is not computed (returns None), as for a step on data."""
         if not hasattr(self, "_called_with"):
             raise RuntimeError(f"model {self.name!r}: call model(x, training=True) before "
                                f"backward")
@@ -1672,10 +1673,13 @@ class Model(Layer):
             checked.append(g)
         self._check_not_training_elsewhere("backward")
         with self._own:
-            gin = self._run_backward(checked, want_inputs=True)
+            gin = self._run_backward(checked, want_inputs=bool(input_grads))
             if self._weight_regs:
                 self._add_weight_reg_grads()
             self._zero_frozen(self._trainable_segments())
+            if not input_grads:
+                self._awaiting_backward = False
+                return None
             gin = [np.zeros(shape, self.dtype) if g is None else np.array(g)
                    for g, shape in zip(gin, self._called_with)]
             self._awaiting_backward = False
