@@ -338,6 +338,69 @@ def test_col2im_is_the_adjoint_of_im2col(dtype, window, strides, dilation, paddi
     np.testing.assert_allclose(lhs, rhs, rtol=1e-4 if dtype == np.float32 else 1e-12)
 
 
+def _np_col2im(cols, shape, window, strides, dilation, padding, out_hw):
+    """numpy reference: scatter-add each patch value onto its input position."""
+    n, h, w, c = shape
+    dx = np.zeros(shape, np.float64)
+    rows = cols.reshape(n, out_hw[0], out_hw[1], window[0], window[1], c)
+    for oy, ox, i, j in itertools.product(range(out_hw[0]), range(out_hw[1]),
+                                          range(window[0]), range(window[1])):
+        iy = oy * strides[0] - padding[0] + i * dilation[0]
+        ix = ox * strides[1] - padding[1] + j * dilation[1]
+        if 0 <= iy < h and 0 <= ix < w:
+            dx[:, iy, ix, :] += rows[:, oy, ox, i, j, :]
+    return dx
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,hw,c,k,window,strides,dilation,padding", [
+    (2, (14, 14), 5, 7, (4, 4), (2, 2), (1, 1), (1, 1)),     # the GAN's geometry
+    (1, (7, 6), 3, 4, (3, 3), (1, 1), (1, 1), (1, 1)),       # batch 1
+    (3, (9, 5), 2, 33, (2, 3), (2, 1), (1, 2), (0, 2)),      # K past one micro-tile
+    (5, (5, 7), 4, 1, (1, 1), (2, 2), (1, 1), (0, 0)),       # K = 1
+    (4, (11, 8), 1, 6, (5, 2), (3, 2), (1, 1), (2, 0)),      # stride 3, one channel
+    (70, (3, 3), 2, 3, (3, 3), (1, 1), (1, 1), (1, 1)),      # many images per chunk
+    (2, (23, 17), 9, 10, (5, 5), (1, 3), (2, 1), (4, 2)),    # more rows than a chunk
+])
+def test_col2im_gemm_matches_numpy(kernel_threads, isa, dtype, n, hw, c, k, window, strides,
+                                   dilation, padding):
+    """col2im(a @ b) a few images at a time: the patch matrix never whole."""
+    h, w = hw
+    oh = (h + 2 * padding[0] - (window[0] - 1) * dilation[0] - 1) // strides[0] + 1
+    ow = (w + 2 * padding[1] - (window[1] - 1) * dilation[1] - 1) // strides[1] + 1
+    rng = np.random.default_rng(18)
+    a = rng.normal(size=(n * oh * ow, k)).astype(dtype)
+    b = rng.normal(size=(k, window[0] * window[1] * c)).astype(dtype)
+    dx = np.full((n, h, w, c), np.nan, dtype)     # overwritten, never accumulated into
+    _k.col2im_gemm(a, b, dx, window, strides, dilation, padding, (oh, ow))
+    want = _np_col2im(a.astype(np.float64) @ b.astype(np.float64), dx.shape, window,
+                      strides, dilation, padding, (oh, ow))
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(dx, want, rtol=tol, atol=tol * np.abs(want).max())
+    # the same bits as the two-pass path (one GEMM, then col2im)
+    cols = np.empty((n * oh * ow, b.shape[1]), dtype)
+    cn.ops.matmul(a, b, out=cols)
+    two_pass = np.empty_like(dx)
+    _k.col2im(cols, two_pass, window, strides, dilation, padding, (oh, ow))
+    np.testing.assert_allclose(dx, two_pass, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_col2im_gemm_checks_its_arguments():
+    dx = np.zeros((2, 5, 5, 3))
+    args = ((3, 3), (1, 1), (1, 1), (0, 0), (3, 3))
+    with pytest.raises(ValueError, match="a must have shape"):
+        _k.col2im_gemm(np.zeros((17, 4)), np.zeros((4, 27)), dx, *args)
+    with pytest.raises(ValueError, match="b \\(K, 27\\)"):
+        _k.col2im_gemm(np.zeros((18, 4)), np.zeros((4, 26)), dx, *args)
+    with pytest.raises(ValueError, match="b \\(K, 27\\)"):
+        _k.col2im_gemm(np.zeros((18, 4)), np.zeros((5, 27)), dx, *args)
+    with pytest.raises(ValueError, match="inner dimension"):
+        _k.col2im_gemm(np.zeros((18, 0)), np.zeros((0, 27)), dx, *args)
+    with pytest.raises(ValueError, match="strides must be positive"):
+        _k.col2im_gemm(np.zeros((18, 4)), np.zeros((4, 27)), dx, (3, 3), (0, 1), (1, 1),
+                       (0, 0), (3, 3))
+
+
 def test_im2col_rows_are_receptive_fields():
     x = np.arange(2 * 4 * 4 * 2, dtype=np.float64).reshape(2, 4, 4, 2)
     cols = np.empty((2 * 2 * 2, 3 * 3 * 2))

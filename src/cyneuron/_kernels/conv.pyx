@@ -18,11 +18,12 @@ compute the TensorFlow output sizes. im2col runs in parallel over output rows
 (n, oy); col2im over samples, so no two threads add into the same dx element.
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from cyneuron._kernels._openmp cimport threads_for
+from cyneuron._kernels.gemm cimport dgemm_serial, sgemm_serial
 
 
 cdef inline tuple _shape4(Py_ssize_t *shape):
@@ -120,10 +121,13 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols, tuple window,
 cdef void _col2im_sample(const floating *cols, floating *dx, const Geometry *g,
                          Py_ssize_t n) noexcept nogil:
     """dx[n] = sum over the patch rows of sample n of their values, scattered back."""
+    _col2im_image(cols + n * g.OH * g.OW * g.KH * g.KW * g.C, dx + n * g.H * g.W * g.C, g)
+
+
+cdef void _col2im_image(const floating *src, floating *dst, const Geometry *g) noexcept nogil:
+    """One image dst (H, W, C) = the OH*OW patch rows at src, scattered back."""
     cdef Py_ssize_t C = g.C, oy, ox, i, j, c, iy, ix, ix0
-    cdef floating *dst = dx + n * g.H * g.W * C
     cdef floating *p
-    cdef const floating *src = cols + n * g.OH * g.OW * g.KH * g.KW * C
     memset(dst, 0, g.H * g.W * C * sizeof(floating))
     for oy in range(g.OH):
         for ox in range(g.OW):
@@ -275,3 +279,73 @@ def activation_bias_backward(const floating[:, ::1] y, const floating[:, ::1] dy
                 db[f] = <floating>s
     finally:
         free(part)
+
+
+# ---------------------------------------------------------------------------------------
+# GEMM and patch matrix in one pass, a few images at a time
+# ---------------------------------------------------------------------------------------
+# The patch matrix of a whole batch is megabytes (64 x 14x14x32 images, 4x4 window:
+# 6 MiB): written by one pass and read back by the next, it goes through memory. These
+# kernels make it a few images at a time in a per-thread scratch block of about
+# CHUNK_ROWS patch rows that stays in cache between the GEMM (the serial entry of
+# cyneuron._kernels.gemm, on this thread) and the col2im after it. (The same for the
+# kernel gradient, im2col then dz^T cols a chunk at a time, measured no faster in a GAN
+# step than one GEMM over the forward pass's patch matrix: not done.)
+cdef enum:
+    CHUNK_ROWS = 256
+
+
+cdef inline int _gemm_serial(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating *A,
+                             Py_ssize_t rsa, Py_ssize_t csa, const floating *B,
+                             Py_ssize_t rsb, floating *C, Py_ssize_t ldc,
+                             bint accumulate) noexcept nogil:
+    if floating is float:
+        return sgemm_serial(M, N, K, A, rsa, csa, B, rsb, 1, C, ldc, accumulate)
+    else:
+        return dgemm_serial(M, N, K, A, rsa, csa, B, rsb, 1, C, ldc, accumulate)
+
+
+cdef Py_ssize_t _chunk_images(const Geometry *g) noexcept nogil:
+    cdef Py_ssize_t per = g.OH * g.OW
+    return max(1, min(g.N, CHUNK_ROWS // per if per < CHUNK_ROWS else 1))
+
+
+def col2im_gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, :, :, ::1] dx,
+                tuple window, tuple strides, tuple dilation, tuple padding,
+                tuple output_size):
+    """dx (N, H, W, C) = col2im(a @ b) without the whole patch matrix: a (N*OH*OW, K)
+    (a convolution's output gradient, or a transposed convolution's input), b
+    (K, KH*KW*C) (the kernel, transposed and contiguous). Conv2D's input gradient and
+    Conv2DTranspose's forward pass. dx is overwritten; parallel over chunks of images,
+    each image written by one thread (the same bits on any thread count)."""
+    cdef Geometry g = _geometry(_shape4(dx.shape), window, strides, dilation, padding,
+                                output_size[0], output_size[1])
+    cdef Py_ssize_t depth = g.KH * g.KW * g.C, K = a.shape[1]
+    if a.shape[0] != g.N * g.OH * g.OW or b.shape[0] != K or b.shape[1] != depth:
+        raise ValueError(f"a must have shape ({g.N * g.OH * g.OW}, K) and b (K, {depth}) for "
+                         f"{g.N} samples of {g.OH}x{g.OW} patches of {g.KH}x{g.KW}x{g.C}; "
+                         f"got a ({a.shape[0]}, {a.shape[1]}), b ({b.shape[0]}, {b.shape[1]})")
+    if g.N == 0:
+        return
+    if K < 1:
+        raise ValueError("a and b must have an inner dimension of at least 1")
+    cdef Py_ssize_t step = _chunk_images(&g), chunks = (g.N + step - 1) // step
+    cdef Py_ssize_t rows_per = g.OH * g.OW, block = step * rows_per * depth, t, n, n0, n1
+    cdef int nt = threads_for(<double> g.N * rows_per * depth * K)
+    nt = <int>min(<Py_ssize_t>nt, chunks)
+    cdef floating *scratch = <floating *>malloc(nt * block * sizeof(floating))
+    cdef floating *buf
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        for t in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+            buf = scratch + threadid() * block
+            n0 = t * step
+            n1 = min(g.N, n0 + step)
+            _gemm_serial((n1 - n0) * rows_per, depth, K, &a[n0 * rows_per, 0], K, 1,
+                         &b[0, 0], depth, buf, depth, False)
+            for n in range(n0, n1):
+                _col2im_image(buf + (n - n0) * rows_per * depth,
+                              &dx[0, 0, 0, 0] + n * g.H * g.W * g.C, &g)
+    finally:
+        free(scratch)

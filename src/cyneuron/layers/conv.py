@@ -21,6 +21,8 @@ other way round: its forward pass is Conv2D's input gradient (GEMM, then col2im)
 import numbers
 from dataclasses import dataclass
 
+import numpy as np
+
 from .. import activations, initializers
 from .._kernels import conv as _k
 from .._kernels import winograd as _wino
@@ -65,6 +67,14 @@ def _weight_grad(layer, cols, dz, out):
     out_t = layer._buffer("dkernel_t", (f, depth))
     gemm(dz.T, cols, out_t)
     out[...] = out_t.T
+
+
+def _contiguous_copy(layer, key, view):
+    """view copied into the layer's buffer `key` (the fused kernels take a contiguous
+    transposed kernel; a copy of the kernel costs little next to the convolution)."""
+    buf = layer._buffer(key, view.shape)
+    np.copyto(buf, view)
+    return buf
 
 
 @dataclass(frozen=True)
@@ -247,9 +257,8 @@ class _Conv(SpatialLayer):
         if plan.pointwise:
             gemm(dz, kernel_t, dx.reshape(rows, c))
             return dx
-        dcols = self._buffer("dcols", (rows, depth))
-        gemm(dz, kernel_t, dcols)
-        _k.col2im(dcols, dx.reshape((n,) + plan.in_hw + (c,)), *plan.args())
+        _k.col2im_gemm(dz, _contiguous_copy(self, "kernel_t", kernel_t),
+                       dx.reshape((n,) + plan.in_hw + (c,)), *plan.args())
         return dx
 
     # -- Winograd ------------------------------------------------------------------------
@@ -507,10 +516,9 @@ class Conv2DTranspose(SpatialLayer):
         (oh, ow), crop = self._plan(x.shape[1:])
         f = self.filters
         depth = self.kernel_size[0] * self.kernel_size[1] * f
-        cols = self._buffer("cols", (n * h * w, depth))
-        gemm(x.reshape(n * h * w, c), self._weights[0].reshape(depth, c).T, cols)
         y = self._buffer("y", (n, oh, ow, f))
-        _k.col2im(cols, y, *self._geometry(h, w, crop))
+        kernel_t = _contiguous_copy(self, "kernel_t", self._weights[0].reshape(depth, c).T)
+        _k.col2im_gemm(x.reshape(n * h * w, c), kernel_t, y, *self._geometry(h, w, crop))
         if self.use_bias:
             y += self._weights[1]
         if self.activation.name != "linear":
