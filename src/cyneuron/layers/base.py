@@ -99,6 +99,9 @@ def _with_regularizers(init):
 class Layer:
     # False freezes the layer: a model's optimizer step leaves its weights alone (Keras).
     trainable = True
+    # set by Model.backward(weight_grads=False) for its duration: layers that can skip
+    # their weight-gradient work do (their gradients are zeroed by the model)
+    _skip_weight_grads = False
     # Inputs a layer takes when called in a graph: 1, or "many" (merge layers take a list).
     _n_inputs = 1
     # A penalty on the layer's output (cn.regularizers), added to the training loss.

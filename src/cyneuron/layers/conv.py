@@ -226,7 +226,7 @@ class _Conv(SpatialLayer):
     def _activation_bias_backward(self, grad_output):
         """dZ = the gradient before the activation, as (rows, F); fills the bias gradient."""
         f = self.filters
-        db = self._gradients[1] if self.use_bias else None
+        db = self._gradients[1] if self.use_bias and not self._skip_weight_grads else None
         y2, dy2 = self._y.reshape(-1, f), grad_output.reshape(-1, f)
         if self._epilogue is None:  # an activation the fused kernel does not know
             dz = self.activation.backward(self._y, grad_output,
@@ -249,7 +249,8 @@ class _Conv(SpatialLayer):
         plan, x, cols = self._plan_used, self._x, self._cols
         n, c, f = x.shape[0], x.shape[-1], self.filters
         rows, depth = cols.shape
-        _weight_grad(self, cols, dz, self._gradients[0].reshape(depth, f))
+        if not self._skip_weight_grads:
+            _weight_grad(self, cols, dz, self._gradients[0].reshape(depth, f))
         if not need_input_grad:
             return None
         kernel_t = self._weights[0].reshape(depth, f).T
@@ -318,7 +319,32 @@ class _Conv(SpatialLayer):
         n, (h, w), c, f = x.shape[0], plan.in_hw, x.shape[-1], self.filters
         (oh, ow), (pt, pl) = plan.out_hw, plan.padding
         dz4 = dz.reshape(n, oh, ow, f)
-        # kernel gradient: G^T [sum over tiles of V^T (A dZ A^T)] G, V recomputed per chunk
+        if not self._skip_weight_grads:
+            self._winograd_kernel_grad(x, dz4)
+        if not need_input_grad:
+            return None
+        # input gradient: the correlation of dZ with the kernel turned by 180 degrees
+        th, tw = _wino.tiles(h), _wino.tiles(w)
+        step, chunks = self._chunks(n, th * tw)
+        q_rows = self._buffers["Q"].shape[1] - 1 if "Q" in self._buffers else -1
+        uf, ufs = self._domain("U_flipped", c, f, spare=0)
+        _wino.kernel_transform(self._weights[0], uf, True)
+        same_rows = step * th * tw == q_rows
+        vd, vds = self._domain("Q" if same_rows else "V_dz", step * th * tw, f)
+        md, mds = self._domain("M_dx", step * th * tw, c)
+        dx = self._buffer("dx", x.shape)
+        for n0, n1 in chunks:
+            rows = (n1 - n0) * th * tw
+            _wino.input_transform(dz4[n0:n1], vd, 2 - pt, 2 - pl, th, tw)
+            for a, b, out in zip(self._rows(vds, rows), ufs, self._rows(mds, rows)):
+                gemm(a, b.T, out)
+            _wino.output_transform(md, dx[n0:n1])
+        return dx
+
+    def _winograd_kernel_grad(self, x, dz4):
+        """G^T [sum over tiles of V^T (A dZ A^T)] G, V recomputed per chunk."""
+        plan, n, c, f = self._plan_used, x.shape[0], x.shape[-1], self.filters
+        (oh, ow), (pt, pl) = plan.out_hw, plan.padding
         th, tw = _wino.tiles(oh), _wino.tiles(ow)
         step, chunks = self._chunks(n, th * tw)
         v, vs = self._domain("V", step * th * tw, c)
@@ -331,24 +357,6 @@ class _Conv(SpatialLayer):
             for a, b, out in zip(self._rows(vs, rows), self._rows(qs, rows), dus):
                 gemm(a.T, b, out, accumulate=i > 0)
         _wino.kernel_grad_transform(du, self._gradients[0])
-        if not need_input_grad:
-            return None
-        # input gradient: the correlation of dZ with the kernel turned by 180 degrees
-        th, tw = _wino.tiles(h), _wino.tiles(w)
-        step, chunks = self._chunks(n, th * tw)
-        uf, ufs = self._domain("U_flipped", c, f, spare=0)
-        _wino.kernel_transform(self._weights[0], uf, True)
-        same_rows = step * th * tw == q.shape[1] - 1
-        vd, vds = self._domain("Q" if same_rows else "V_dz", step * th * tw, f)
-        md, mds = self._domain("M_dx", step * th * tw, c)
-        dx = self._buffer("dx", x.shape)
-        for n0, n1 in chunks:
-            rows = (n1 - n0) * th * tw
-            _wino.input_transform(dz4[n0:n1], vd, 2 - pt, 2 - pl, th, tw)
-            for a, b, out in zip(self._rows(vds, rows), ufs, self._rows(mds, rows)):
-                gemm(a, b.T, out)
-            _wino.output_transform(md, dx[n0:n1])
-        return dx
 
     def get_config(self):
         return {"name": self.name, "filters": self.filters, "kernel_size": self.kernel_size,
@@ -530,7 +538,7 @@ class Conv2DTranspose(SpatialLayer):
     def _backward(self, grad_output, need_input_grad):
         x, f = self._x, self.filters
         n, h, w, c = x.shape
-        db = self._gradients[1] if self.use_bias else None
+        db = self._gradients[1] if self.use_bias and not self._skip_weight_grads else None
         if self._epilogue is None:       # an activation the fused kernel does not know
             dz = self.activation.backward(self._y, grad_output,
                                           out=self._buffer("dz", grad_output.shape),
@@ -549,7 +557,8 @@ class Conv2DTranspose(SpatialLayer):
         dcols = self._buffer("dcols", (n * h * w, depth))
         _k.im2col(dz, dcols, *self._geometry(h, w, self._crop))
         x2 = x.reshape(n * h * w, c)
-        _weight_grad(self, dcols, x2, self._gradients[0].reshape(depth, c))
+        if not self._skip_weight_grads:
+            _weight_grad(self, dcols, x2, self._gradients[0].reshape(depth, c))
         if not need_input_grad:
             return None
         dx = self._buffer("dx", x.shape)
