@@ -352,8 +352,7 @@ def _np_col2im(cols, shape, window, strides, dilation, padding, out_hw):
     return dx
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n,hw,c,k,window,strides,dilation,padding", [
+COL2IM_GEMM_CASES = [
     (2, (14, 14), 5, 7, (4, 4), (2, 2), (1, 1), (1, 1)),     # the GAN's geometry
     (1, (7, 6), 3, 4, (3, 3), (1, 1), (1, 1), (1, 1)),       # batch 1
     (3, (9, 5), 2, 33, (2, 3), (2, 1), (1, 2), (0, 2)),      # K past one micro-tile
@@ -361,7 +360,11 @@ def _np_col2im(cols, shape, window, strides, dilation, padding, out_hw):
     (4, (11, 8), 1, 6, (5, 2), (3, 2), (1, 1), (2, 0)),      # stride 3, one channel
     (70, (3, 3), 2, 3, (3, 3), (1, 1), (1, 1), (1, 1)),      # many images per chunk
     (2, (23, 17), 9, 10, (5, 5), (1, 3), (2, 1), (4, 2)),    # more rows than a chunk
-])
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,hw,c,k,window,strides,dilation,padding", COL2IM_GEMM_CASES)
 def test_col2im_gemm_matches_numpy(kernel_threads, isa, dtype, n, hw, c, k, window, strides,
                                    dilation, padding):
     """col2im(a @ b) a few images at a time: the patch matrix never whole."""
@@ -383,6 +386,58 @@ def test_col2im_gemm_matches_numpy(kernel_threads, isa, dtype, n, hw, c, k, wind
     two_pass = np.empty_like(dx)
     _k.col2im(cols, two_pass, window, strides, dilation, padding, (oh, ow))
     np.testing.assert_allclose(dx, two_pass, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def _np_im2col(x, window, strides, dilation, padding, out_hw):
+    """numpy reference: row (n, oy, ox) = the receptive field in (i, j, c) order."""
+    n, h, w, c = x.shape
+    cols = np.zeros((n, out_hw[0], out_hw[1], window[0], window[1], c), np.float64)
+    for oy, ox, i, j in itertools.product(range(out_hw[0]), range(out_hw[1]),
+                                          range(window[0]), range(window[1])):
+        iy = oy * strides[0] - padding[0] + i * dilation[0]
+        ix = ox * strides[1] - padding[1] + j * dilation[1]
+        if 0 <= iy < h and 0 <= ix < w:
+            cols[:, oy, ox, i, j, :] = x[:, iy, ix, :]
+    return cols.reshape(n * out_hw[0] * out_hw[1], -1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,hw,c,k,window,strides,dilation,padding", COL2IM_GEMM_CASES)
+def test_im2col_gemm_tn_matches_numpy(kernel_threads, isa, dtype, n, hw, c, k, window,
+                                      strides, dilation, padding):
+    """a_t @ im2col(x), the patches made a few images at a time; the same bits on 1 and
+    2 threads (fixed partial-sum groups)."""
+    h, w = hw
+    oh = (h + 2 * padding[0] - (window[0] - 1) * dilation[0] - 1) // strides[0] + 1
+    ow = (w + 2 * padding[1] - (window[1] - 1) * dilation[1] - 1) // strides[1] + 1
+    rng = np.random.default_rng(19)
+    x = rng.normal(size=(n, h, w, c)).astype(dtype)
+    a_t = rng.normal(size=(k, n * oh * ow)).astype(dtype)
+    out = np.full((k, window[0] * window[1] * c), np.nan, dtype)
+    _k.im2col_gemm_tn(x, a_t, out, window, strides, dilation, padding, (oh, ow))
+    want = a_t.astype(np.float64) @ _np_im2col(x.astype(np.float64), window, strides,
+                                                dilation, padding, (oh, ow))
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.abs(want).max())
+    threads = cn.get_num_threads()
+    try:
+        cn.set_num_threads(3 - threads)
+        other = np.empty_like(out)
+        _k.im2col_gemm_tn(x, a_t, other, window, strides, dilation, padding, (oh, ow))
+    finally:
+        cn.set_num_threads(threads)
+    np.testing.assert_array_equal(out, other)
+
+
+def test_im2col_gemm_tn_checks_its_arguments():
+    x = np.zeros((2, 5, 5, 3))
+    args = ((3, 3), (1, 1), (1, 1), (0, 0), (3, 3))
+    with pytest.raises(ValueError, match="a_t must have shape"):
+        _k.im2col_gemm_tn(x, np.zeros((4, 17)), np.zeros((4, 27)), *args)
+    with pytest.raises(ValueError, match="out \\(K, 27\\)"):
+        _k.im2col_gemm_tn(x, np.zeros((4, 18)), np.zeros((5, 27)), *args)
+    out = np.full((0, 27), np.nan)
+    _k.im2col_gemm_tn(x, np.zeros((0, 18)), out, *args)
 
 
 def test_col2im_gemm_checks_its_arguments():

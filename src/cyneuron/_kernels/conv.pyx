@@ -288,11 +288,12 @@ def activation_bias_backward(const floating[:, ::1] y, const floating[:, ::1] dy
 # 6 MiB): written by one pass and read back by the next, it goes through memory. These
 # kernels make it a few images at a time in a per-thread scratch block of about
 # CHUNK_ROWS patch rows that stays in cache between the GEMM (the serial entry of
-# cyneuron._kernels.gemm, on this thread) and the col2im after it. (The same for the
-# kernel gradient, im2col then dz^T cols a chunk at a time, measured no faster in a GAN
-# step than one GEMM over the forward pass's patch matrix: not done.)
+# cyneuron._kernels.gemm, on this thread) and the im2col / col2im beside it.
 cdef enum:
     CHUNK_ROWS = 256
+    # kernel gradients sum their chunks in this many groups whatever the thread count,
+    # added in order at the end: the same bits on any thread count
+    GRAD_GROUPS = 2
 
 
 cdef inline int _gemm_serial(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating *A,
@@ -349,3 +350,61 @@ def col2im_gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, 
                               &dx[0, 0, 0, 0] + n * g.H * g.W * g.C, &g)
     finally:
         free(scratch)
+
+
+def im2col_gemm_tn(const floating[:, :, :, ::1] x, const floating[:, ::1] a_t,
+                   floating[:, ::1] out, tuple window, tuple strides, tuple dilation,
+                   tuple padding, tuple output_size):
+    """out (K, KH*KW*C) = a_t @ im2col(x) without the whole patch matrix: x (N, H, W, C),
+    a_t (K, N*OH*OW) (the output gradient, transposed and contiguous: out is then the
+    kernel gradient, transposed). The patches are made again a few images at a time,
+    in cache, instead of read back from memory. The chunks go to GRAD_GROUPS partial
+    sums added in order at the end: the same bits on any thread count."""
+    cdef Geometry g = _geometry(_shape4(x.shape), window, strides, dilation, padding,
+                                output_size[0], output_size[1])
+    cdef Py_ssize_t depth = g.KH * g.KW * g.C, K = a_t.shape[0], M = g.N * g.OH * g.OW
+    if a_t.shape[1] != M or out.shape[0] != K or out.shape[1] != depth:
+        raise ValueError(f"a_t must have shape (K, {M}) and out (K, {depth}) for {g.N} "
+                         f"samples of {g.OH}x{g.OW} patches of {g.KH}x{g.KW}x{g.C}; got "
+                         f"a_t ({a_t.shape[0]}, {a_t.shape[1]}), "
+                         f"out ({out.shape[0]}, {out.shape[1]})")
+    if g.N == 0 or K == 0:
+        out[:, :] = 0
+        return
+    cdef Py_ssize_t step = _chunk_images(&g), chunks = (g.N + step - 1) // step
+    cdef Py_ssize_t rows_per = g.OH * g.OW, block = step * rows_per * depth
+    cdef Py_ssize_t groups = min(<Py_ssize_t>GRAD_GROUPS, chunks), size = K * depth
+    cdef Py_ssize_t grp, c, c0, c1, n0, n1, r, i
+    cdef int nt = threads_for(<double> M * depth * K)
+    nt = <int>min(<Py_ssize_t>nt, groups)
+    cdef floating *scratch = <floating *>malloc(nt * block * sizeof(floating))
+    cdef floating *part = <floating *>malloc(groups * size * sizeof(floating))
+    cdef floating *buf
+    cdef floating *dst
+    cdef floating *res
+    if scratch == NULL or part == NULL:
+        free(scratch)
+        free(part)
+        raise MemoryError()
+    try:
+        for grp in prange(groups, nogil=True, num_threads=nt, schedule="static"):
+            buf = scratch + threadid() * block
+            dst = part + grp * size
+            c0 = grp * chunks // groups
+            c1 = (grp + 1) * chunks // groups
+            for c in range(c0, c1):
+                n0 = c * step
+                n1 = min(g.N, n0 + step)
+                for r in range(n0 * g.OH, n1 * g.OH):
+                    _im2col_row(&x[0, 0, 0, 0], buf - n0 * rows_per * depth, &g, r)
+                _gemm_serial(K, depth, (n1 - n0) * rows_per, &a_t[0, n0 * rows_per], M, 1,
+                             buf, depth, dst, depth, c > c0)
+        res = &out[0, 0]
+        for i in range(size):
+            res[i] = part[i]
+        for grp in range(1, groups):
+            for i in range(size):
+                res[i] = res[i] + part[grp * size + i]
+    finally:
+        free(scratch)
+        free(part)

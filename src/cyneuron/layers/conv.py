@@ -57,15 +57,16 @@ WINOGRAD_CHUNK_TILES = 256
 
 def _weight_grad(layer, cols, dz, out):
     """out (depth, F) = cols^T dz, the kernel gradient of an im2col convolution. With
-    more patch values than filters it is computed as (dz^T cols)^T: the GEMM then runs
-    along the wide depth axis (measured 20% faster for 6272 x 512 patches and 64 filters)
-    and the transposed copy of the small result costs little."""
+    more patch values than filters it is computed as (dz^T cols)^T, dz^T copied to a
+    contiguous array first: the GEMM then runs along the wide depth axis and reads its
+    A operand in place (measured 1.7x faster than cols^T dz for 6272 x 512 patches and
+    64 filters); the two transposed copies are small next to cols."""
     depth, f = out.shape
     if depth <= f:
         gemm(cols.T, dz, out)
         return
     out_t = layer._buffer("dkernel_t", (f, depth))
-    gemm(dz.T, cols, out_t)
+    gemm(_contiguous_copy(layer, "dz_t", dz.T), cols, out_t)
     out[...] = out_t.T
 
 
@@ -249,8 +250,15 @@ class _Conv(SpatialLayer):
         plan, x, cols = self._plan_used, self._x, self._cols
         n, c, f = x.shape[0], x.shape[-1], self.filters
         rows, depth = cols.shape
-        if not self._skip_weight_grads:
+        if self._skip_weight_grads:
+            pass
+        elif plan.pointwise or depth <= f:
             _weight_grad(self, cols, dz, self._gradients[0].reshape(depth, f))
+        else:   # (dz^T cols)^T, the patches made again a few images at a time in cache
+            out_t = self._buffer("dkernel_t", (f, depth))
+            _k.im2col_gemm_tn(x.reshape((n,) + plan.in_hw + (c,)),
+                              _contiguous_copy(self, "dz_t", dz.T), out_t, *plan.args())
+            self._gradients[0].reshape(depth, f)[...] = out_t.T
         if not need_input_grad:
             return None
         kernel_t = self._weights[0].reshape(depth, f).T
