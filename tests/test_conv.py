@@ -429,6 +429,34 @@ def test_im2col_gemm_tn_matches_numpy(kernel_threads, isa, dtype, n, hw, c, k, w
     np.testing.assert_array_equal(out, other)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,hw,c,k,window,strides,dilation,padding", COL2IM_GEMM_CASES)
+def test_im2col_gemm_matches_numpy(kernel_threads, isa, dtype, n, hw, c, k, window, strides,
+                                   dilation, padding):
+    """im2col(x) @ b, the patches made a few images at a time."""
+    h, w = hw
+    oh = (h + 2 * padding[0] - (window[0] - 1) * dilation[0] - 1) // strides[0] + 1
+    ow = (w + 2 * padding[1] - (window[1] - 1) * dilation[1] - 1) // strides[1] + 1
+    rng = np.random.default_rng(20)
+    x = rng.normal(size=(n, h, w, c)).astype(dtype)
+    b = rng.normal(size=(window[0] * window[1] * c, k)).astype(dtype)
+    out = np.full((n * oh * ow, k), np.nan, dtype)
+    _k.im2col_gemm(x, b, out, window, strides, dilation, padding, (oh, ow))
+    want = _np_im2col(x.astype(np.float64), window, strides, dilation, padding,
+                      (oh, ow)) @ b.astype(np.float64)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_im2col_gemm_checks_its_arguments():
+    x = np.zeros((2, 5, 5, 3))
+    args = ((3, 3), (1, 1), (1, 1), (0, 0), (3, 3))
+    with pytest.raises(ValueError, match="b must have shape"):
+        _k.im2col_gemm(x, np.zeros((26, 4)), np.zeros((18, 4)), *args)
+    with pytest.raises(ValueError, match="out \\(18, F\\)"):
+        _k.im2col_gemm(x, np.zeros((27, 4)), np.zeros((18, 5)), *args)
+
+
 def test_im2col_gemm_tn_checks_its_arguments():
     x = np.zeros((2, 5, 5, 3))
     args = ((3, 3), (1, 1), (1, 1), (0, 0), (3, 3))

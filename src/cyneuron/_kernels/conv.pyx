@@ -408,3 +408,41 @@ def im2col_gemm_tn(const floating[:, :, :, ::1] x, const floating[:, ::1] a_t,
     finally:
         free(scratch)
         free(part)
+
+
+def im2col_gemm(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
+                floating[:, ::1] out, tuple window, tuple strides, tuple dilation,
+                tuple padding, tuple output_size):
+    """out (N*OH*OW, F) = im2col(x) @ b without the whole patch matrix: x (N, H, W, C),
+    b (KH*KW*C, F) contiguous. Conv2DTranspose's input gradient (a convolution's forward
+    pass without its bias and activation). Parallel over chunks of images, each row of
+    out written by one thread (the same bits on any thread count)."""
+    cdef Geometry g = _geometry(_shape4(x.shape), window, strides, dilation, padding,
+                                output_size[0], output_size[1])
+    cdef Py_ssize_t depth = g.KH * g.KW * g.C, F = b.shape[1], M = g.N * g.OH * g.OW
+    if b.shape[0] != depth or out.shape[0] != M or out.shape[1] != F:
+        raise ValueError(f"b must have shape ({depth}, F) and out ({M}, F) for {g.N} "
+                         f"samples of {g.OH}x{g.OW} patches of {g.KH}x{g.KW}x{g.C}; got "
+                         f"b ({b.shape[0]}, {b.shape[1]}), "
+                         f"out ({out.shape[0]}, {out.shape[1]})")
+    if M == 0 or F == 0:
+        return
+    cdef Py_ssize_t step = _chunk_images(&g), chunks = (g.N + step - 1) // step
+    cdef Py_ssize_t rows_per = g.OH * g.OW, block = step * rows_per * depth, t, n0, n1, r
+    cdef int nt = threads_for(<double> M * depth * F)
+    nt = <int>min(<Py_ssize_t>nt, chunks)
+    cdef floating *scratch = <floating *>malloc(nt * block * sizeof(floating))
+    cdef floating *buf
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        for t in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+            buf = scratch + threadid() * block
+            n0 = t * step
+            n1 = min(g.N, n0 + step)
+            for r in range(n0 * g.OH, n1 * g.OH):
+                _im2col_row(&x[0, 0, 0, 0], buf - n0 * rows_per * depth, &g, r)
+            _gemm_serial((n1 - n0) * rows_per, F, depth, buf, depth, 1, &b[0, 0], F,
+                         &out[n0 * rows_per, 0], F, False)
+    finally:
+        free(scratch)

@@ -435,10 +435,11 @@ class Conv2DTranspose(SpatialLayer):
     (KH, KW, filters, C_in), glorot_uniform; bias (filters,), zeros. Input (N, H, W, C_in),
     output (N, OH, OW, filters).
 
-    Computed as Conv2D's input gradient: one GEMM cols = x (N*H*W, C_in) times the
-    kernel viewed as (KH*KW*filters, C_in) transposed, then col2im scatter-adds cols
-    onto the output (Conv2D's geometry with the roles of input and output swapped).
-    Backward: im2col of dZ, dW = dcols^T x and dx = dcols W, both one GEMM.
+    Computed as Conv2D's input gradient: cols = x (N*H*W, C_in) times the kernel viewed
+    as (KH*KW*filters, C_in) transposed, col2im scatter-adding cols onto the output
+    (Conv2D's geometry with the roles of input and output swapped), a few images at a
+    time (col2im_gemm). Backward: the patches dcols of dZ, dW = dcols^T x and
+    dx = dcols W, also a few images at a time (im2col_gemm_tn, im2col_gemm).
     """
     _regularizable = {"kernel": ("kernel",), "bias": ("bias",)}
 
@@ -562,15 +563,30 @@ class Conv2DTranspose(SpatialLayer):
             _k.activation_bias_backward(self._y.reshape(-1, f), grad_output.reshape(-1, f),
                                         dz.reshape(-1, f), db, self._epilogue, self._alpha)
         depth = self.kernel_size[0] * self.kernel_size[1] * f
-        dcols = self._buffer("dcols", (n * h * w, depth))
-        _k.im2col(dz, dcols, *self._geometry(h, w, self._crop))
+        geometry = self._geometry(h, w, self._crop)
+        dz4 = dz.reshape(n, *self._y.shape[1:3], f)
         x2 = x.reshape(n * h * w, c)
+        if depth <= c:   # thin patches (few filters): one patch matrix, two plain GEMMs
+            dcols = self._buffer("dcols", (n * h * w, depth))
+            _k.im2col(dz4, dcols, *geometry)
+            if not self._skip_weight_grads:
+                _weight_grad(self, dcols, x2, self._gradients[0].reshape(depth, c))
+            if not need_input_grad:
+                return None
+            dx = self._buffer("dx", x.shape)
+            gemm(dcols, self._weights[0].reshape(depth, c), dx.reshape(n * h * w, c))
+            return dx
+        # the patches of dZ (Conv2D's geometry), a few images at a time in cache:
+        # dW^T = x^T im2col(dZ), dx = im2col(dZ) W
         if not self._skip_weight_grads:
-            _weight_grad(self, dcols, x2, self._gradients[0].reshape(depth, c))
+            out_t = self._buffer("dkernel_t", (c, depth))
+            _k.im2col_gemm_tn(dz4, _contiguous_copy(self, "x_t", x2.T), out_t, *geometry)
+            self._gradients[0].reshape(depth, c)[...] = out_t.T
         if not need_input_grad:
             return None
         dx = self._buffer("dx", x.shape)
-        gemm(dcols, self._weights[0].reshape(depth, c), dx.reshape(n * h * w, c))
+        _k.im2col_gemm(dz4, self._weights[0].reshape(depth, c), dx.reshape(n * h * w, c),
+                       *geometry)
         return dx
 
     def get_config(self):
