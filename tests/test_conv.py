@@ -446,6 +446,16 @@ def test_im2col_gemm_matches_numpy(kernel_threads, isa, dtype, n, hw, c, k, wind
                       (oh, ow)) @ b.astype(np.float64)
     tol = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.abs(want).max())
+    # with the bias and activation the chunks apply in cache
+    bias = rng.normal(size=k).astype(dtype)
+    z = want + bias.astype(np.float64)
+    for name, alpha in [("relu", 0.0), ("leaky_relu", 0.2), ("leaky_relu", 1.5),
+                        ("leaky_relu", 0.0), ("linear", 0.0)]:
+        _k.im2col_gemm(x, b, out, window, strides, dilation, padding, (oh, ow), bias=bias,
+                       activation=EPILOGUES[name], alpha=alpha)
+        ref = z if name == "linear" else np.where(z > 0, z, alpha * z)
+        np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * np.abs(z).max(),
+                                   err_msg=f"{name} {alpha}")
 
 
 def test_im2col_gemm_checks_its_arguments():
@@ -455,6 +465,11 @@ def test_im2col_gemm_checks_its_arguments():
         _k.im2col_gemm(x, np.zeros((26, 4)), np.zeros((18, 4)), *args)
     with pytest.raises(ValueError, match="out \\(18, F\\)"):
         _k.im2col_gemm(x, np.zeros((27, 4)), np.zeros((18, 5)), *args)
+    with pytest.raises(ValueError, match="bias must have 4 values"):
+        _k.im2col_gemm(x, np.zeros((27, 4)), np.zeros((18, 4)), *args, bias=np.zeros(3))
+    with pytest.raises(ValueError, match="activation code"):
+        _k.im2col_gemm(x, np.zeros((27, 4)), np.zeros((18, 4)), *args,
+                       activation=EPILOGUES["sigmoid"])
 
 
 def test_im2col_gemm_tn_checks_its_arguments():
@@ -938,7 +953,7 @@ def test_alternating_batch_sizes_reuse_buffers_and_stay_exact():
         np.testing.assert_array_equal(dx, fresh.backward(dy))
         for a, b in zip(layer.get_gradients(), fresh.get_gradients()):
             np.testing.assert_array_equal(a, b)
-        seen.setdefault(len(x), set()).add(id(layer._buffers["cols"]))
+        seen.setdefault(len(x), set()).add(id(layer._buffers["y"]))
     assert all(len(ids) == 1 for ids in seen.values())   # one array per batch size
     # its own output of the other batch size as input: copied before being overwritten
     same = layers.Conv2D(3, 3, padding="same", dtype="float64")

@@ -412,11 +412,14 @@ def im2col_gemm_tn(const floating[:, :, :, ::1] x, const floating[:, ::1] a_t,
 
 def im2col_gemm(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
                 floating[:, ::1] out, tuple window, tuple strides, tuple dilation,
-                tuple padding, tuple output_size):
-    """out (N*OH*OW, F) = im2col(x) @ b without the whole patch matrix: x (N, H, W, C),
-    b (KH*KW*C, F) contiguous. Conv2DTranspose's input gradient (a convolution's forward
-    pass without its bias and activation). Parallel over chunks of images, each row of
-    out written by one thread (the same bits on any thread count)."""
+                tuple padding, tuple output_size, const floating[::1] bias=None,
+                int activation=ACT_LINEAR, double alpha=0.0):
+    """out (N*OH*OW, F) = act(im2col(x) @ b + bias) without the whole patch matrix:
+    x (N, H, W, C), b (KH*KW*C, F) contiguous; activation: EPILOGUES code of linear,
+    relu or leaky_relu (alpha: its slope), applied to each chunk's rows while they are
+    in cache. A convolution's forward pass, and Conv2DTranspose's input gradient.
+    Parallel over chunks of images, each row of out written by one thread (the same
+    bits on any thread count)."""
     cdef Geometry g = _geometry(_shape4(x.shape), window, strides, dilation, padding,
                                 output_size[0], output_size[1])
     cdef Py_ssize_t depth = g.KH * g.KW * g.C, F = b.shape[1], M = g.N * g.OH * g.OW
@@ -425,8 +428,14 @@ def im2col_gemm(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
                          f"samples of {g.OH}x{g.OW} patches of {g.KH}x{g.KW}x{g.C}; got "
                          f"b ({b.shape[0]}, {b.shape[1]}), "
                          f"out ({out.shape[0]}, {out.shape[1]})")
+    if bias is not None and bias.shape[0] != F:
+        raise ValueError(f"bias must have {F} values; got {bias.shape[0]}")
+    if activation != ACT_LINEAR and activation != ACT_RELU and activation != ACT_LEAKY_RELU:
+        raise ValueError(f"activation code must be linear, relu or leaky_relu (0, 1, 8); "
+                         f"got {activation}")
     if M == 0 or F == 0:
         return
+    cdef const floating *bp = &bias[0] if bias is not None else NULL
     cdef Py_ssize_t step = _chunk_images(&g), chunks = (g.N + step - 1) // step
     cdef Py_ssize_t rows_per = g.OH * g.OW, block = step * rows_per * depth, t, n0, n1, r
     cdef int nt = threads_for(<double> M * depth * F)
@@ -444,5 +453,41 @@ def im2col_gemm(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
                 _im2col_row(&x[0, 0, 0, 0], buf - n0 * rows_per * depth, &g, r)
             _gemm_serial((n1 - n0) * rows_per, F, depth, buf, depth, 1, &b[0, 0], F,
                          &out[n0 * rows_per, 0], F, False)
+            if bp != NULL or activation != ACT_LINEAR:
+                _bias_act_rows(&out[n0 * rows_per, 0], bp, (n1 - n0) * rows_per, F,
+                               activation, <floating>alpha)
     finally:
         free(scratch)
+
+
+cdef void _bias_act_rows(floating *y, const floating *bias, Py_ssize_t rows, Py_ssize_t F,
+                         int act, floating alpha) noexcept nogil:
+    """y = act(y + bias) on rows x F values: the GEMM epilogue's formulas (leaky_relu as
+    max(v, slope v), min for a slope > 1, the plain form for a zero slope: the same bits
+    as v > 0 ? v : slope v)."""
+    cdef Py_ssize_t r, f
+    cdef floating v, w
+    cdef floating *row
+    for r in range(rows):
+        row = y + r * F
+        if bias != NULL:
+            for f in range(F):
+                row[f] = row[f] + bias[f]
+        if act == ACT_RELU:
+            for f in range(F):
+                v = row[f]
+                row[f] = v if v > 0 else 0
+        elif act == ACT_LEAKY_RELU and alpha > 0 and alpha <= 1:
+            for f in range(F):
+                v = row[f]
+                w = alpha * v
+                row[f] = v if v > w else w
+        elif act == ACT_LEAKY_RELU and alpha > 1:
+            for f in range(F):
+                v = row[f]
+                w = alpha * v
+                row[f] = v if v < w else w
+        elif act == ACT_LEAKY_RELU:
+            for f in range(F):
+                v = row[f]
+                row[f] = v if v > 0 else alpha * v

@@ -35,6 +35,8 @@ from ._spatial import SpatialLayer, normalize_padding, normalize_tuple, output_s
 # applies the first four; leaky_relu and elu run after it there).
 _FUSED_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "leaky_relu", "elu")
 _WINOGRAD_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
+# Epilogues the chunked forward pass (im2col_gemm) applies itself.
+_CHUNKED_EPILOGUES = (EPILOGUES["linear"], EPILOGUES["relu"], EPILOGUES["leaky_relu"])
 
 
 def _epilogue_alpha(activation):
@@ -198,6 +200,8 @@ class _Conv(SpatialLayer):
         n, c, f = x.shape[0], x.shape[-1], self.filters
         (h, w), (oh, ow) = plan.in_hw, plan.out_hw
         rows, depth = n * oh * ow, plan.window[0] * plan.window[1] * c
+        if not plan.pointwise and depth > f and self._epilogue in _CHUNKED_EPILOGUES:
+            return self._forward_chunked(x, plan)
         if plan.pointwise:
             cols = x.reshape(rows, c)
         else:
@@ -213,6 +217,21 @@ class _Conv(SpatialLayer):
             gemm(cols, kernel, y.reshape(rows, f), bias=bias)
             y = self._activate(y)
         self._x, self._cols, self._y, self._plan_used = x, cols, y, plan
+        self._last_output_shape = y.shape
+        return y
+
+    def _forward_chunked(self, x, plan):
+        """im2col and GEMM a few images at a time in cache (im2col_gemm), bias and
+        activation on each chunk's rows; no patch matrix is kept: the backward pass
+        makes the patches again for the kernel gradient (depth > filters)."""
+        n, c, f = x.shape[0], x.shape[-1], self.filters
+        depth = plan.window[0] * plan.window[1] * c
+        y = self._buffer("y", (n,) + self.compute_output_shape(x.shape[1:]))
+        _k.im2col_gemm(x.reshape((n,) + plan.in_hw + (c,)), self._weights[0].reshape(depth, f),
+                       y.reshape(-1, f), *plan.args(),
+                       bias=self._weights[1] if self.use_bias else None,
+                       activation=self._epilogue, alpha=self._alpha)
+        self._x, self._cols, self._y, self._plan_used = x, None, y, plan
         self._last_output_shape = y.shape
         return y
 
@@ -249,7 +268,7 @@ class _Conv(SpatialLayer):
             return self._backward_winograd(dz, need_input_grad)
         plan, x, cols = self._plan_used, self._x, self._cols
         n, c, f = x.shape[0], x.shape[-1], self.filters
-        rows, depth = cols.shape
+        rows, depth = dz.shape[0], plan.window[0] * plan.window[1] * c
         if self._skip_weight_grads:
             pass
         elif plan.pointwise or depth <= f:
