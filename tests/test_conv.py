@@ -405,17 +405,17 @@ def _np_im2col(x, window, strides, dilation, padding, out_hw):
 @pytest.mark.parametrize("n,hw,c,k,window,strides,dilation,padding", COL2IM_GEMM_CASES)
 def test_im2col_gemm_tn_matches_numpy(kernel_threads, isa, dtype, n, hw, c, k, window,
                                       strides, dilation, padding):
-    """a_t @ im2col(x), the patches made a few images at a time; the same bits on 1 and
+    """a^T @ im2col(x), the patches made a few images at a time; the same bits on 1 and
     2 threads (fixed partial-sum groups)."""
     h, w = hw
     oh = (h + 2 * padding[0] - (window[0] - 1) * dilation[0] - 1) // strides[0] + 1
     ow = (w + 2 * padding[1] - (window[1] - 1) * dilation[1] - 1) // strides[1] + 1
     rng = np.random.default_rng(19)
     x = rng.normal(size=(n, h, w, c)).astype(dtype)
-    a_t = rng.normal(size=(k, n * oh * ow)).astype(dtype)
+    a = rng.normal(size=(n * oh * ow, k)).astype(dtype)
     out = np.full((k, window[0] * window[1] * c), np.nan, dtype)
-    _k.im2col_gemm_tn(x, a_t, out, window, strides, dilation, padding, (oh, ow))
-    want = a_t.astype(np.float64) @ _np_im2col(x.astype(np.float64), window, strides,
+    _k.im2col_gemm_tn(x, a, out, window, strides, dilation, padding, (oh, ow))
+    want = a.T.astype(np.float64) @ _np_im2col(x.astype(np.float64), window, strides,
                                                 dilation, padding, (oh, ow))
     tol = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.abs(want).max())
@@ -423,7 +423,7 @@ def test_im2col_gemm_tn_matches_numpy(kernel_threads, isa, dtype, n, hw, c, k, w
     try:
         cn.set_num_threads(3 - threads)
         other = np.empty_like(out)
-        _k.im2col_gemm_tn(x, a_t, other, window, strides, dilation, padding, (oh, ow))
+        _k.im2col_gemm_tn(x, a, other, window, strides, dilation, padding, (oh, ow))
     finally:
         cn.set_num_threads(threads)
     np.testing.assert_array_equal(out, other)
@@ -475,12 +475,12 @@ def test_im2col_gemm_checks_its_arguments():
 def test_im2col_gemm_tn_checks_its_arguments():
     x = np.zeros((2, 5, 5, 3))
     args = ((3, 3), (1, 1), (1, 1), (0, 0), (3, 3))
-    with pytest.raises(ValueError, match="a_t must have shape"):
-        _k.im2col_gemm_tn(x, np.zeros((4, 17)), np.zeros((4, 27)), *args)
+    with pytest.raises(ValueError, match="a must have shape"):
+        _k.im2col_gemm_tn(x, np.zeros((17, 4)), np.zeros((4, 27)), *args)
     with pytest.raises(ValueError, match="out \\(K, 27\\)"):
-        _k.im2col_gemm_tn(x, np.zeros((4, 18)), np.zeros((5, 27)), *args)
+        _k.im2col_gemm_tn(x, np.zeros((18, 4)), np.zeros((5, 27)), *args)
     out = np.full((0, 27), np.nan)
-    _k.im2col_gemm_tn(x, np.zeros((0, 18)), out, *args)
+    _k.im2col_gemm_tn(x, np.zeros((18, 0)), out, *args)
 
 
 def test_col2im_gemm_checks_its_arguments():

@@ -352,34 +352,36 @@ def col2im_gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, 
         free(scratch)
 
 
-def im2col_gemm_tn(const floating[:, :, :, ::1] x, const floating[:, ::1] a_t,
+def im2col_gemm_tn(const floating[:, :, :, ::1] x, const floating[:, ::1] a,
                    floating[:, ::1] out, tuple window, tuple strides, tuple dilation,
                    tuple padding, tuple output_size):
-    """out (K, KH*KW*C) = a_t @ im2col(x) without the whole patch matrix: x (N, H, W, C),
-    a_t (K, N*OH*OW) (the output gradient, transposed and contiguous: out is then the
-    kernel gradient, transposed). The patches are made again a few images at a time,
-    in cache, instead of read back from memory. The chunks go to GRAD_GROUPS partial
-    sums added in order at the end: the same bits on any thread count."""
+    """out (K, KH*KW*C) = a^T @ im2col(x) without the whole patch matrix: x (N, H, W, C),
+    a (N*OH*OW, K) (the output gradient: out is then the kernel gradient, transposed).
+    The patches are made again a few images at a time, in cache, instead of read back
+    from memory, and each chunk of a is transposed there too (the GEMM reads a
+    contiguous A fastest). The chunks go to GRAD_GROUPS partial sums added in order at
+    the end: the same bits on any thread count."""
     cdef Geometry g = _geometry(_shape4(x.shape), window, strides, dilation, padding,
                                 output_size[0], output_size[1])
-    cdef Py_ssize_t depth = g.KH * g.KW * g.C, K = a_t.shape[0], M = g.N * g.OH * g.OW
-    if a_t.shape[1] != M or out.shape[0] != K or out.shape[1] != depth:
-        raise ValueError(f"a_t must have shape (K, {M}) and out (K, {depth}) for {g.N} "
+    cdef Py_ssize_t depth = g.KH * g.KW * g.C, K = a.shape[1], M = g.N * g.OH * g.OW
+    if a.shape[0] != M or out.shape[0] != K or out.shape[1] != depth:
+        raise ValueError(f"a must have shape ({M}, K) and out (K, {depth}) for {g.N} "
                          f"samples of {g.OH}x{g.OW} patches of {g.KH}x{g.KW}x{g.C}; got "
-                         f"a_t ({a_t.shape[0]}, {a_t.shape[1]}), "
+                         f"a ({a.shape[0]}, {a.shape[1]}), "
                          f"out ({out.shape[0]}, {out.shape[1]})")
     if g.N == 0 or K == 0:
         out[:, :] = 0
         return
     cdef Py_ssize_t step = _chunk_images(&g), chunks = (g.N + step - 1) // step
-    cdef Py_ssize_t rows_per = g.OH * g.OW, block = step * rows_per * depth
+    cdef Py_ssize_t rows_per = g.OH * g.OW, block = step * rows_per * (depth + K)
     cdef Py_ssize_t groups = min(<Py_ssize_t>GRAD_GROUPS, chunks), size = K * depth
-    cdef Py_ssize_t grp, c, c0, c1, n0, n1, r, i
+    cdef Py_ssize_t grp, c, c0, c1, n0, n1, r, i, rows
     cdef int nt = threads_for(<double> M * depth * K)
     nt = <int>min(<Py_ssize_t>nt, groups)
     cdef floating *scratch = <floating *>malloc(nt * block * sizeof(floating))
     cdef floating *part = <floating *>malloc(groups * size * sizeof(floating))
     cdef floating *buf
+    cdef floating *at
     cdef floating *dst
     cdef floating *res
     if scratch == NULL or part == NULL:
@@ -389,16 +391,18 @@ def im2col_gemm_tn(const floating[:, :, :, ::1] x, const floating[:, ::1] a_t,
     try:
         for grp in prange(groups, nogil=True, num_threads=nt, schedule="static"):
             buf = scratch + threadid() * block
+            at = buf + step * rows_per * depth
             dst = part + grp * size
             c0 = grp * chunks // groups
             c1 = (grp + 1) * chunks // groups
             for c in range(c0, c1):
                 n0 = c * step
                 n1 = min(g.N, n0 + step)
+                rows = (n1 - n0) * rows_per
                 for r in range(n0 * g.OH, n1 * g.OH):
                     _im2col_row(&x[0, 0, 0, 0], buf - n0 * rows_per * depth, &g, r)
-                _gemm_serial(K, depth, (n1 - n0) * rows_per, &a_t[0, n0 * rows_per], M, 1,
-                             buf, depth, dst, depth, c > c0)
+                _transpose(&a[n0 * rows_per, 0], at, rows, K)
+                _gemm_serial(K, depth, rows, at, rows, 1, buf, depth, dst, depth, c > c0)
         res = &out[0, 0]
         for i in range(size):
             res[i] = part[i]
@@ -408,6 +412,19 @@ def im2col_gemm_tn(const floating[:, :, :, ::1] x, const floating[:, ::1] a_t,
     finally:
         free(scratch)
         free(part)
+
+
+cdef void _transpose(const floating *src, floating *dst, Py_ssize_t rows,
+                     Py_ssize_t cols) noexcept nogil:
+    """dst (cols, rows) = src (rows, cols)^T, in 8 x 8 blocks."""
+    cdef Py_ssize_t r0, c0, r, c, r1, c1
+    for r0 in range(0, rows, 8):
+        r1 = min(rows, r0 + 8)
+        for c0 in range(0, cols, 8):
+            c1 = min(cols, c0 + 8)
+            for r in range(r0, r1):
+                for c in range(c0, c1):
+                    dst[c * rows + r] = src[r * cols + c]
 
 
 def im2col_gemm(const floating[:, :, :, ::1] x, const floating[:, ::1] b,

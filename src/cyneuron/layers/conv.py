@@ -275,8 +275,7 @@ class _Conv(SpatialLayer):
             _weight_grad(self, cols, dz, self._gradients[0].reshape(depth, f))
         else:   # (dz^T cols)^T, the patches made again a few images at a time in cache
             out_t = self._buffer("dkernel_t", (f, depth))
-            _k.im2col_gemm_tn(x.reshape((n,) + plan.in_hw + (c,)),
-                              _contiguous_copy(self, "dz_t", dz.T), out_t, *plan.args())
+            _k.im2col_gemm_tn(x.reshape((n,) + plan.in_hw + (c,)), dz, out_t, *plan.args())
             self._gradients[0].reshape(depth, f)[...] = out_t.T
         if not need_input_grad:
             return None
@@ -599,7 +598,7 @@ class Conv2DTranspose(SpatialLayer):
         # dW^T = x^T im2col(dZ), dx = im2col(dZ) W
         if not self._skip_weight_grads:
             out_t = self._buffer("dkernel_t", (c, depth))
-            _k.im2col_gemm_tn(dz4, _contiguous_copy(self, "x_t", x2.T), out_t, *geometry)
+            _k.im2col_gemm_tn(dz4, x2, out_t, *geometry)
             self._gradients[0].reshape(depth, c)[...] = out_t.T
         if not need_input_grad:
             return None
