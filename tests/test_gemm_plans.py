@@ -254,6 +254,18 @@ def test_plans_split_and_pack_as_documented(isa_name, dtype):
     a, b = _case(rng, dtype, min(4, mr), 50, 10 * nr, False)
     assert _gemm.plan(a, b, threads=2, isa=isa_name) == \
         {"plan": "direct", "split": "columns", "pack_a": False}
+    # A tie (two row tiles, two column slivers): columns into a C that starts on a cache
+    # line, rows into one that does not (a column split would share a line in every row).
+    a, b = _case(rng, dtype, 2 * mr, 50, 2 * nr, False)
+    raw = np.empty(2 * mr * 2 * nr + 64, dtype)
+    first = (-raw.ctypes.data % 64) // raw.itemsize
+    on_line = raw[first:first + 2 * mr * 2 * nr].reshape(2 * mr, 2 * nr)
+    off_line = raw[first + 1:first + 1 + 2 * mr * 2 * nr].reshape(2 * mr, 2 * nr)
+    assert _gemm.plan(a, b, threads=2, isa=isa_name, c=on_line)["split"] == "columns"
+    assert _gemm.plan(a, b, threads=2, isa=isa_name, c=off_line)["split"] == "rows"
+    for c in (on_line, off_line):
+        _gemm.gemm(a, b, c)
+        assert_matmul_close(c, a, b, what=f"tie split {isa_name}")
     a, b = _case(rng, dtype, 300, 50, 40, False)
     strided = np.repeat(a, 2, axis=1)[:, ::2]
     assert _gemm.plan(strided[::2], b, threads=2, isa=isa_name)["pack_a"] is True

@@ -29,6 +29,11 @@ strided view are absorbed: no transposed copy is ever made. The epilogue adds a
 bias and applies an element-wise activation to each finished strip of C, a few
 NR slivers wide and a row block tall, while it is still in cache. The micro-kernel for this CPU is chosen once at import (cn_best_isa)
 and can be forced with CYNEURON_ISA (see cyneuron._config).
+
+Files: this one holds the blocking, the plan choice, the workspaces and the checked
+entry point; _gemm_plans.pxi the three plans and the parallel region, _gemm_epilogue.pxi
+the epilogue (csrc/gemm_epilogue.h its C loops), _gemm_serial.pxi the entry for kernels
+that run their own parallel region; the micro-kernels are in csrc/.
 """
 from cython cimport floating
 from cython.parallel cimport parallel
@@ -94,85 +99,7 @@ cdef extern from "cn_kernels.h" nogil:
     const cn_kernel_table *cn_kernel_layout(int isa)
 
 
-cdef extern from *:
-    """
-    /* The cheap epilogues (bias, relu, leaky_relu; the relu / leaky_relu / sigmoid / tanh
-       derivatives from the output) as C loops with an AVX2 copy: this extension is built
-       for the baseline SSE2, where these loops run at half width or not vectorized at
-       all. The AVX2 copy runs when the micro-kernels in use are AVX2 or wider; neither
-       uses FMA, so both give the same bits as the Cython loops they stand in for.
-       leaky_relu is written as max(x, slope x) (min for a slope > 1; a zero slope, where
-       0 * inf is NaN, keeps the plain form) and its derivative
-       as a multiplication by a selected 1 or slope: the same bits as x > 0 ? x : slope x
-       (NaN and signed zeros included), but GCC vectorizes these forms, not that one
-       (it keeps a branch there, which mispredicts on random signs: 1.5 ns a value). */
-    #include <stdint.h>
-    enum { CN_EPI_RELU = 1, CN_EPI_SIGMOID = 2, CN_EPI_TANH = 3, CN_EPI_LEAKY_RELU = 8 };
-
-    #define CN_EPI_FNS(T, sfx, attr)                                                     \
-    attr static void cn_bias_act_##sfx(T *c, int64_t ldc, int m, int n,                 \
-                                       const T *restrict bias, int act, T alpha) {      \
-        for (int i = 0; i < m; i++) {                                                   \
-            T *restrict row = c + i * ldc;                                              \
-            if (bias)                                                                   \
-                for (int j = 0; j < n; j++) row[j] = row[j] + bias[j];                  \
-            if (act == CN_EPI_RELU)                                                     \
-                for (int j = 0; j < n; j++) row[j] = row[j] > 0 ? row[j] : 0;           \
-            else if (act == CN_EPI_LEAKY_RELU && alpha > 0 && alpha <= 1)               \
-                for (int j = 0; j < n; j++) {                                           \
-                    T v = row[j], w = alpha * v;   /* = max(v, slope v) */              \
-                    row[j] = v > w ? v : w;                                             \
-                }                                                                       \
-            else if (act == CN_EPI_LEAKY_RELU && alpha > 1)                             \
-                for (int j = 0; j < n; j++) {                                           \
-                    T v = row[j], w = alpha * v;   /* = min(v, slope v) */              \
-                    row[j] = v < w ? v : w;                                             \
-                }                                                                       \
-            else if (act == CN_EPI_LEAKY_RELU)  /* slope 0: 0 * inf is NaN */          \
-                for (int j = 0; j < n; j++) row[j] = row[j] > 0 ? row[j] : alpha * row[j]; \
-        }                                                                               \
-    }                                                                                   \
-    attr static void cn_act_grad_##sfx(T *c, int64_t ldc, int m, int n,                 \
-                                       const T *y, int act, T alpha) {                  \
-        for (int i = 0; i < m; i++) {                                                   \
-            T *restrict row = c + i * ldc;                                              \
-            const T *restrict yr = y + i * ldc;                                         \
-            if (act == CN_EPI_RELU)                                                     \
-                for (int j = 0; j < n; j++) row[j] = yr[j] > 0 ? row[j] : 0;            \
-            else if (act == CN_EPI_LEAKY_RELU)                                          \
-                for (int j = 0; j < n; j++) {                                           \
-                    T s = yr[j] > 0 ? (T)1 : alpha;                                     \
-                    row[j] = row[j] * s;                                                \
-                }                                                                       \
-            else if (act == CN_EPI_SIGMOID)                                             \
-                for (int j = 0; j < n; j++) row[j] = row[j] * yr[j] * (1 - yr[j]);      \
-            else if (act == CN_EPI_TANH)                                                \
-                for (int j = 0; j < n; j++) row[j] = row[j] * (1 - yr[j] * yr[j]);      \
-        }                                                                               \
-    }
-
-    CN_EPI_FNS(float, f32_generic, )
-    CN_EPI_FNS(double, f64_generic, )
-    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-    CN_EPI_FNS(float, f32_avx2, __attribute__((target("avx2"))))
-    CN_EPI_FNS(double, f64_avx2, __attribute__((target("avx2"))))
-    #else
-    #define cn_bias_act_f32_avx2 cn_bias_act_f32_generic
-    #define cn_bias_act_f64_avx2 cn_bias_act_f64_generic
-    #define cn_act_grad_f32_avx2 cn_act_grad_f32_generic
-    #define cn_act_grad_f64_avx2 cn_act_grad_f64_generic
-    #endif
-
-    #define CN_EPI_DISPATCH(name, T)                                                    \
-    static void name(int avx2, T *c, int64_t ldc, int m, int n, const T *y, int act,     \
-                     T alpha) {                                                          \
-        (avx2 ? name##_avx2 : name##_generic)(c, ldc, m, n, y, act, alpha);              \
-    }
-    CN_EPI_DISPATCH(cn_bias_act_f32, float)
-    CN_EPI_DISPATCH(cn_bias_act_f64, double)
-    CN_EPI_DISPATCH(cn_act_grad_f32, float)
-    CN_EPI_DISPATCH(cn_act_grad_f64, double)
-    """
+cdef extern from "gemm_epilogue.h":
     int CN_EPI_RELU, CN_EPI_SIGMOID, CN_EPI_TANH, CN_EPI_LEAKY_RELU
     # c (m x n, row stride ldc) = act(c + bias) for linear / relu / leaky_relu
     void cn_bias_act_f32(int avx2, float *c, int64_t ldc, int m, int n, const float *bias,
@@ -205,7 +132,6 @@ cdef enum:
     # The direct plan (nothing packed) is used up to this many rows of C.
     DIRECT_MAX_M = 128
     MAX_THREADS = 64
-
 
 
 # Element-wise activations the epilogue can apply (cyneuron.activations names).
@@ -351,96 +277,6 @@ cdef inline void _share(int64_t count, int t, int nt, int64_t *begin, int64_t *e
     end[0] = begin[0] + q + (1 if t < r else 0)
 
 
-# -- the epilogue ---------------------------------------------------------------------
-cdef extern from "vmath.h" nogil:
-    # float32 vector copies of the transcendental activations (as _kernels/activations)
-    enum:
-        CN_VM_SIGMOID, CN_VM_TANH, CN_VM_SWISH, CN_VM_GELU, CN_VM_GELU_TANH, CN_VM_ELU
-    int cn_vm_isa(int isa)
-    void cn_vm_map_f32(int isa, int fn, const float *x, float *y, int64_t n, float alpha,
-                       float scale)
-
-
-cdef inline int _vector_fn(int act) noexcept nogil:
-    """The vector math function for an epilogue activation, 0 if it has none."""
-    if act == EPI_SIGMOID:
-        return CN_VM_SIGMOID
-    if act == EPI_TANH:
-        return CN_VM_TANH
-    if act == EPI_GELU:
-        return CN_VM_GELU
-    if act == EPI_GELU_TANH:
-        return CN_VM_GELU_TANH
-    if act == EPI_SWISH:
-        return CN_VM_SWISH
-    if act == EPI_ELU:
-        return CN_VM_ELU
-    return 0
-
-
-cdef void _epilogue(floating *c, int64_t ldc, int m, int n, int act,
-                    floating alpha) noexcept nogil:
-    """C tile (m x n) = act(C), in place, for the activations the C loops leave out (the
-    bias, relu and leaky_relu: _cheap_bias_act). float32 on the AVX2 / AVX-512 paths:
-    the vector math of csrc/vmath.h; otherwise libm."""
-    cdef int i, j, fn, isa
-    cdef floating *row
-    if floating is float:
-        isa = cn_vm_isa(_table.isa)
-        fn = _vector_fn(act)
-        if isa and fn:
-            for i in range(m):
-                cn_vm_map_f32(isa, fn, c + i * ldc, c + i * ldc, n, alpha, 1)
-            return
-    for i in range(m):
-        row = c + i * ldc
-        if act == EPI_SIGMOID:
-            for j in range(n):
-                row[j] = _math.sigmoid(row[j])
-        elif act == EPI_TANH:
-            for j in range(n):
-                row[j] = _math.ftanh(row[j])
-        elif act == EPI_GELU:
-            for j in range(n):
-                row[j] = _math.gelu(row[j])
-        elif act == EPI_GELU_TANH:
-            for j in range(n):
-                row[j] = _math.gelu_tanh(row[j])
-        elif act == EPI_SWISH:
-            for j in range(n):
-                row[j] = _math.swish(row[j])
-        elif act == EPI_SOFTPLUS:
-            for j in range(n):
-                row[j] = _math.softplus(row[j])
-        elif act == EPI_ELU:
-            for j in range(n):
-                row[j] = _math.elu(row[j], alpha)
-
-
-cdef void _epilogue_grad(floating *c, int64_t ldc, int m, int n, const floating *y,
-                         int act, floating alpha) noexcept nogil:
-    """C tile (m x n) *= act'(y), y the activation's forward output (row stride ldc), for
-    elu and softplus (relu, leaky_relu, sigmoid and tanh go to the C loops, _cheap_grad);
-    the formulas of cyneuron's activation kernels."""
-    cdef int i, j
-    cdef floating *row
-    cdef const floating *yr
-    for i in range(m):
-        row = c + i * ldc
-        yr = y + i * ldc
-        if act == EPI_ELU:
-            for j in range(n):
-                row[j] = row[j] if yr[j] > 0 else row[j] * (yr[j] + alpha)
-        elif act == EPI_SOFTPLUS:    # sigmoid(x) = 1 - e^-y
-            for j in range(n):
-                row[j] = -row[j] * _math.fexpm1(-yr[j])
-
-
-# Activations whose derivative the epilogue can take from their output (act_out).
-GRAD_EPILOGUES = frozenset((EPI_LINEAR, EPI_RELU, EPI_LEAKY_RELU, EPI_ELU, EPI_SIGMOID, EPI_TANH,
-                            EPI_SOFTPLUS))
-
-
 # -- one GEMM call --------------------------------------------------------------------
 cdef struct Call:
     # C[M, N] (+)= A[M, K] . B[K, N], then the epilogue; strides in elements.
@@ -480,309 +316,8 @@ cdef inline void _ukr(const Call *g, int64_t k, const floating *a, int64_t a_rs,
         _table.dgemm_ukr(k, a, a_rs, a_cs, b, b_rs, c, g.ldc, m, n, beta)
 
 
-cdef inline void _cheap_bias_act(floating *c, int64_t ldc, int m, int n, const floating *bias,
-                                 int act, floating alpha, bint avx2) noexcept nogil:
-    if floating is float:
-        cn_bias_act_f32(avx2, c, ldc, m, n, bias, act, alpha)
-    else:
-        cn_bias_act_f64(avx2, c, ldc, m, n, bias, act, alpha)
-
-
-cdef inline void _cheap_grad(floating *c, int64_t ldc, int m, int n, const floating *y,
-                             int act, floating alpha, bint avx2) noexcept nogil:
-    if floating is float:
-        cn_act_grad_f32(avx2, c, ldc, m, n, y, act, alpha)
-    else:
-        cn_act_grad_f64(avx2, c, ldc, m, n, y, act, alpha)
-
-
-cdef inline void _finish(const Call *g, floating dummy, int64_t row, int64_t m, int64_t col,
-                         int64_t n) noexcept nogil:
-    """The epilogue on a strip C[row:row+m, col:col+n] whose last k block just went in
-    (EPILOGUE_SLIVERS slivers wide, so still in cache; once per strip, not per tile)."""
-    cdef floating *c = <floating *>g.C + row * g.ldc + col
-    cdef bint avx2 = _table.isa != CN_ISA_GENERIC
-    cdef bint cheap
-    if g.act_out != NULL:
-        if g.act == EPI_RELU or g.act == EPI_LEAKY_RELU or g.act == EPI_SIGMOID \
-                or g.act == EPI_TANH:
-            _cheap_grad(c, g.ldc, <int>m, <int>n, <const floating *>g.act_out + row * g.ldc + col,
-                        g.act, <floating>g.alpha, avx2)
-        elif g.act != EPI_LINEAR:
-            _epilogue_grad(c, g.ldc, <int>m, <int>n,
-                           <const floating *>g.act_out + row * g.ldc + col, g.act,
-                           <floating>g.alpha)
-        return
-    cheap = g.act == EPI_RELU or g.act == EPI_LEAKY_RELU
-    if g.bias != NULL or cheap:      # the bias (and relu / leaky_relu) in the C loop
-        _cheap_bias_act(c, g.ldc, <int>m, <int>n,
-                        <const floating *>g.bias + col if g.bias != NULL else NULL,
-                        g.act if cheap else EPI_LINEAR, <floating>g.alpha, avx2)
-    if not cheap and g.act != EPI_LINEAR:
-        _epilogue(c, g.ldc, <int>m, <int>n, g.act, <floating>g.alpha)
-
-
-cdef inline void _gemv(int64_t k, int64_t n, const floating *x, int64_t incx,
-                       const floating *b, int64_t b_rs, floating *y, int beta) noexcept nogil:
-    if floating is float:
-        _table.sgemv(k, n, x, incx, b, b_rs, y, beta)
-    else:
-        _table.dgemv(k, n, x, incx, b, b_rs, y, beta)
-
-
-cdef inline void _dots(int64_t k, const floating *a, int64_t a_rs, const floating *b,
-                       floating *c, int64_t ldc, int64_t m, int beta) noexcept nogil:
-    if floating is float:
-        _table.sdots(k, a, a_rs, b, c, ldc, m, beta)
-    else:
-        _table.ddots(k, a, a_rs, b, c, ldc, m, beta)
-
-
-cdef inline void _one_column(int64_t M, int64_t K, const floating *A, int64_t rsa,
-                             int64_t csa, const floating *B, int64_t rsb, floating *C,
-                             int64_t ldc, int beta, floating *scratch) noexcept nogil:
-    """C[0:M, 0] (+)= A @ B[:, 0]: dot products along A's contiguous rows (B copied to
-    scratch when its column is strided), or, when A's columns are contiguous, B's values
-    streamed down them (the one-row kernel on C^T = B^T A^T; C contiguous, ldc 1)."""
-    cdef int64_t p
-    cdef const floating *b = B
-    if csa == 1:
-        if rsb != 1:
-            for p in range(K):
-                scratch[p] = B[p * rsb]
-            b = scratch
-        _dots(K, A, rsa, b, C, ldc, M, beta)
-    else:
-        _gemv(K, M, B, rsb, A, csa, C, beta)
-
-
-cdef void _run_column(const Call *g, floating dummy, int t, int nt) noexcept nogil:
-    """Thread t of nt: the one-column plan (N = 1), rows of C split in blocks of 16."""
-    cdef int64_t r0, r1
-    _share(_cdiv(g.M, 16), t, nt, &r0, &r1)
-    r0 *= 16
-    r1 = _min(g.M, r1 * 16)
-    if r1 <= r0:
-        return
-    _one_column(r1 - r0, g.K, <const floating *>g.A + r0 * g.rsa, g.rsa, g.csa,
-                <const floating *>g.B, g.rsb, <floating *>g.C + r0 * g.ldc, g.ldc,
-                g.accumulate, <floating *>g.edge[t] if g.edge != NULL else NULL)
-    _finish(g, dummy, r0, r1 - r0, 0, 1)
-
-
-cdef inline void _pack_a(int64_t m, int64_t k, const floating *src, int64_t rs, int64_t cs,
-                         floating *dst) noexcept nogil:
-    if floating is float:
-        _table.s_pack_a(m, k, src, rs, cs, dst)
-    else:
-        _table.d_pack_a(m, k, src, rs, cs, dst)
-
-
-cdef inline void _pack_b(int64_t n, int64_t k, const floating *src, int64_t rs, int64_t cs,
-                         floating *dst) noexcept nogil:
-    if floating is float:
-        _table.s_pack_b(n, k, src, rs, cs, dst)
-    else:
-        _table.d_pack_b(n, k, src, rs, cs, dst)
-
-
-cdef enum:
-    PACK_ROWS = 8   # rows of B copied per sweep across the block's slivers
-
-
-cdef void _pack_b_block(const Call *g, const floating *B, int64_t kc, int64_t nc, floating *bp,
-                        int t, int nt) noexcept nogil:
-    """Thread t's share of packing the kc x nc block of B into NR-column slivers (sliver s
-    at bp + s * NR * g.kc: a fixed place whatever this block's kc, so threads working on
-    different k blocks of their own slivers never overlap).
-
-    Row-contiguous B is swept a few full rows at a time (streaming reads) and the
-    threads split the rows; otherwise each thread packs whole slivers."""
-    cdef int nr = g.nr
-    cdef int64_t n_sl = _cdiv(nc, nr), s, q, p, p0, p1, rows
-    if g.csb == 1:
-        _share(_cdiv(kc, PACK_ROWS), t, nt, &p0, &p1)
-        for q in range(p0, p1):
-            p = q * PACK_ROWS
-            rows = _min(PACK_ROWS, kc - p)
-            for s in range(n_sl):
-                _pack_b(_min(nr, nc - s * nr), rows, B + p * g.rsb + s * nr, g.rsb, 1,
-                        bp + s * nr * g.kc + p * nr)
-    else:
-        s = t
-        while s < n_sl:
-            _pack_b(_min(nr, nc - s * nr), kc, B + s * nr * g.csb, g.rsb, g.csb, bp + s * nr * g.kc)
-            s += nt
-
-
-cdef void _pack_b_own(const Call *g, const floating *B, int64_t kc, int64_t nc, floating *bp,
-                     int64_t s0, int64_t s1) noexcept nogil:
-    """Pack slivers [s0, s1) of the kc x nc block of B, by one thread for itself (threads
-    that split C by columns use only their own slivers: no sharing, no barrier)."""
-    cdef int nr = g.nr
-    cdef int64_t s, q, p, rows
-    if g.csb == 1:
-        for q in range(_cdiv(kc, PACK_ROWS)):
-            p = q * PACK_ROWS
-            rows = _min(PACK_ROWS, kc - p)
-            for s in range(s0, s1):
-                _pack_b(_min(nr, nc - s * nr), rows, B + p * g.rsb + s * nr, g.rsb, 1,
-                        bp + s * nr * g.kc + p * nr)
-    else:
-        for s in range(s0, s1):
-            _pack_b(_min(nr, nc - s * nr), kc, B + s * nr * g.csb, g.rsb, g.csb, bp + s * nr * g.kc)
-
-
-cdef void _run_packed(const Call *g, floating dummy, int t, int nt) noexcept nogil:
-    """Thread t of nt: the packed plan (all threads call this together)."""
-    cdef const floating *A = <const floating *>g.A
-    cdef const floating *B = <const floating *>g.B
-    cdef floating *bp = <floating *>g.b_pack
-    cdef floating *ap = <floating *>g.a_pack[t]
-    cdef const floating *a_s
-    cdef int64_t a_rs, a_cs
-    cdef int mr = g.mr, nr = g.nr, beta, last
-    cdef int64_t jb, pb, jc, pc, ic, nc, kc, mcb, n_sl, m_sl, s, i, s0, s1, r0, r1, e0
-    for jb in range(_cdiv(g.N, g.nc)):
-        jc = jb * g.nc
-        nc = _min(g.nc, g.N - jc)
-        n_sl = _cdiv(nc, nr)
-        if g.split_rows:
-            _share(_cdiv(g.M, mr), t, nt, &r0, &r1)
-            r0 *= mr
-            r1 = _min(g.M, r1 * mr)
-            s0 = 0
-            s1 = n_sl
-        else:
-            r0 = 0
-            r1 = g.M
-            _share(n_sl, t, nt, &s0, &s1)
-            if jb > 0:   # the last block's shares differ: wait until every sliver is used
-                cn_omp_barrier()
-        for pb in range(_cdiv(g.K, g.kc)):
-            pc = pb * g.kc
-            kc = _min(g.kc, g.K - pc)
-            beta = pc > 0 or g.accumulate
-            last = pc + kc == g.K
-            if g.split_rows:   # every thread reads every sliver: pack them together
-                _pack_b_block(g, B + pc * g.rsb + jc * g.csb, kc, nc, bp, t, nt)
-                cn_omp_barrier()
-            else:
-                _pack_b_own(g, B + pc * g.rsb + jc * g.csb, kc, nc, bp, s0, s1)
-            ic = r0
-            while ic < r1:
-                mcb = _min(g.mc, r1 - ic)
-                m_sl = _cdiv(mcb, mr)
-                if g.pack_a:
-                    for i in range(m_sl):
-                        _pack_a(_min(mr, mcb - i * mr), kc, A + (ic + i * mr) * g.rsa + pc * g.csa,
-                                g.rsa, g.csa, ap + i * mr * kc)
-                for s in range(s0, s1):
-                    for i in range(m_sl):
-                        if g.pack_a:
-                            a_s = ap + i * mr * kc
-                            a_rs = 1
-                            a_cs = mr
-                        else:
-                            a_s = A + (ic + i * mr) * g.rsa + pc * g.csa
-                            a_rs = g.rsa
-                            a_cs = g.csa
-                        _ukr(g, kc, a_s, a_rs, a_cs, bp + s * nr * g.kc, nr,
-                             ic + i * mr, jc + s * nr,
-                             <int>_min(mr, mcb - i * mr), <int>_min(nr, nc - s * nr), beta)
-                    if last and ((s - s0) % EPILOGUE_SLIVERS == EPILOGUE_SLIVERS - 1 or s == s1 - 1):
-                        e0 = s - (s - s0) % EPILOGUE_SLIVERS
-                        _finish(g, dummy, ic, mcb, jc + e0 * nr, _min(nc, (s + 1) * nr) - e0 * nr)
-                ic += g.mc
-            if g.split_rows:   # the shared block is repacked next: wait for every reader
-                cn_omp_barrier()
-
-
-cdef void _run_direct(const Call *g, floating dummy, int t, int nt) noexcept nogil:
-    """Thread t of nt: the direct plan, A and B read in place (B rows contiguous)."""
-    cdef const floating *A = <const floating *>g.A
-    cdef const floating *B = <const floating *>g.B
-    cdef floating *edge = <floating *>g.edge[t]
-    cdef const floating *bs
-    cdef int mr = g.mr, nr = g.nr, n, beta, last
-    cdef int64_t pb, pc, kc, s, i, s0, s1, i0, i1, b_rs, e0
-    cdef int64_t n_sl = _cdiv(g.N, nr), m_sl = _cdiv(g.M, mr)
-    if g.split_rows:
-        _share(m_sl, t, nt, &i0, &i1)
-        s0 = 0
-        s1 = n_sl
-    else:
-        i0 = 0
-        i1 = m_sl
-        _share(n_sl, t, nt, &s0, &s1)
-    if g.M == 1:   # a single row: stream B's rows (the GEMV kernel), all of K at once
-        if i1 > i0 and s1 > s0:
-            _gemv(g.K, _min(g.N, s1 * nr) - s0 * nr, A, g.csa, B + s0 * nr, g.rsb,
-                  <floating *>g.C + s0 * nr, g.accumulate)
-            _finish(g, dummy, 0, 1, s0 * nr, _min(g.N, s1 * nr) - s0 * nr)
-        return
-    for pb in range(_cdiv(g.K, g.kc)):
-        pc = pb * g.kc
-        kc = _min(g.kc, g.K - pc)
-        beta = pc > 0 or g.accumulate
-        last = pc + kc == g.K
-        for s in range(s0, s1):
-            n = <int>_min(nr, g.N - s * nr)
-            if n == nr:
-                bs = B + pc * g.rsb + s * nr
-                b_rs = g.rsb
-            else:  # ragged last sliver: the kernel reads NR columns, so copy it padded
-                _pack_b(n, kc, B + pc * g.rsb + s * nr, g.rsb, 1, edge)
-                bs = edge
-                b_rs = nr
-            for i in range(i0, i1):
-                _ukr(g, kc, A + i * mr * g.rsa + pc * g.csa, g.rsa, g.csa, bs, b_rs,
-                     i * mr, s * nr, <int>_min(mr, g.M - i * mr), n, beta)
-            if last and i1 > i0 and ((s - s0) % EPILOGUE_SLIVERS == EPILOGUE_SLIVERS - 1
-                                     or s == s1 - 1):
-                e0 = s - (s - s0) % EPILOGUE_SLIVERS
-                _finish(g, dummy, i0 * mr, _min(g.M, i1 * mr) - i0 * mr, e0 * nr,
-                        _min(g.N, (s + 1) * nr) - e0 * nr)
-
-
-cdef void _column_sums(const Call *g, floating dummy, int t, int nt) noexcept nogil:
-    """Thread t's share of b_sums[j] = sum over k of B[k, j] (B is hot from the product)."""
-    cdef const floating *B = <const floating *>g.B
-    cdef floating *out = <floating *>g.b_sums
-    cdef const floating *row
-    cdef int64_t j0, j1, j, k
-    _share(_cdiv(g.N, g.nr), t, nt, &j0, &j1)
-    j0 *= g.nr
-    j1 = _min(g.N, j1 * g.nr)
-    for j in range(j0, j1):
-        out[j] = 0
-    for k in range(g.K):
-        row = B + k * g.rsb
-        if g.csb == 1:
-            for j in range(j0, j1):
-                out[j] += row[j]
-        else:
-            for j in range(j0, j1):
-                out[j] += row[j * g.csb]
-
-
-cdef void _run_part(Call *g, floating dummy, int t, int nt) noexcept nogil:
-    if g.column:
-        _run_column(g, dummy, t, nt)
-    elif g.direct:
-        _run_direct(g, dummy, t, nt)
-    else:
-        _run_packed(g, dummy, t, nt)
-    if g.b_sums != NULL:
-        _column_sums(g, dummy, t, nt)
-
-
-cdef void _run(Call *g, floating dummy, int nthreads) noexcept nogil:
-    if nthreads == 1:
-        _run_part(g, dummy, 0, 1)
-        return
-    with parallel(num_threads=nthreads):
-        _run_part(g, dummy, cn_omp_thread_num(), cn_omp_num_threads())
+include "_gemm_epilogue.pxi"
+include "_gemm_plans.pxi"
 
 
 # -- workspaces -----------------------------------------------------------------------
@@ -852,14 +387,25 @@ cdef bint _rows_stay_cached(int64_t stride_bytes, int64_t rows) noexcept nogil:
     return sets * CACHE_WAYS >= 2 * rows
 
 
+cdef bint _rows_share_lines(const Call *g, size_t item) noexcept nogil:
+    """Whether splitting C's columns at sliver boundaries splits cache lines in some
+    rows: C does not start on a line, or its rows are not a whole number of lines."""
+    return (<size_t>g.C) % CACHE_LINE != 0 or (g.ldc * item) % CACHE_LINE != 0
+
+
 cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     """Choose the plan, the split of C among threads and whether A is packed."""
     cdef int64_t m_sl = _cdiv(g.M, g.mr), n_sl
     g.mc = (MC_TARGET // g.mr) * g.mr
     g.nc = (NC_TARGET // g.nr) * g.nr
     n_sl = _cdiv(_min(g.N, g.nc), g.nr)
-    # Split whichever way leaves the fewest tiles on the busiest thread.
-    g.split_rows = _cdiv(m_sl, nthreads) * n_sl < m_sl * _cdiv(n_sl, nthreads)
+    # Split whichever way leaves the fewest tiles on the busiest thread; on a tie, rows
+    # when a column split would have two threads writing the halves of one cache line in
+    # every row (false sharing: numpy's arrays start 16 bytes into a line; 32x128x64 on 2
+    # threads took 3.9-4.1 us into such a C, 3.0 us into a line-aligned one).
+    cdef int64_t row_tiles = _cdiv(m_sl, nthreads) * n_sl, column_tiles = m_sl * _cdiv(n_sl, nthreads)
+    g.split_rows = row_tiles < column_tiles or (row_tiles == column_tiles
+                                                and _rows_share_lines(g, item))
     # K in equal blocks of at most KC_BLOCK (784 = 3 x 262, not 384 + 384 + 16).
     g.kc = _cdiv(g.K, _cdiv(g.K, KC_BLOCK))
     cdef int64_t kc = g.kc
@@ -903,9 +449,10 @@ cdef int _plan(Call *g, _Workspace ws, int nthreads, size_t item) except -1:
     return 0
 
 
-def plan(a, b, int threads=1, isa=None):
+def plan(a, b, int threads=1, isa=None, c=None):
     """How a @ b would run on `threads` threads with the blocking of instruction set
-    `isa` (default: the path in use; any compiled ISA, runnable here or not):
+    `isa` (default: the path in use; any compiled ISA, runnable here or not), into `c`
+    (default: a C-contiguous result starting on a cache line):
     {"plan": "direct" | "packed" | "column", "split": "rows" | "columns", "pack_a": bool}
     (for tests and profiling; "column": N = 1, see _choose)."""
     cdef Call g
@@ -915,6 +462,10 @@ def plan(a, b, int threads=1, isa=None):
     g.rsa, g.csa = a.strides[0] // item, a.strides[1] // item
     g.rsb, g.csb = b.strides[0] // item, b.strides[1] // item
     g.ldc = g.N
+    g.C = NULL
+    if c is not None:
+        g.C = <void *><size_t>c.ctypes.data
+        g.ldc = c.strides[0] // item
     if item == 4:
         g.mr, g.nr = t.s_mr, t.s_nr
     else:
@@ -1069,88 +620,4 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
         _free_workspaces.append(ws)
 
 
-# -- the serial entry for other kernels ---------------------------------------------
-cdef enum:
-    SERIAL_KC = 256       # K block of the serial entry; one KC x NR sliver lives on the stack
-    SERIAL_MAX_NR = 32    # the widest NR of any micro-kernel (AVX-512 float32)
-
-
-cdef int _gemm_serial(int64_t M, int64_t N, int64_t K, const floating *A, int64_t rsa,
-                      int64_t csa, const floating *B, int64_t rsb, int64_t csb, floating *C,
-                      int64_t ldc, bint accumulate) noexcept nogil:
-    """C (+)= A @ B on the calling thread: the direct plan, B's slivers read in place
-    when its rows are contiguous, else copied one at a time into a stack buffer.
-    Meant for callers that already run inside their own parallel region, each on its
-    own block of C (e.g. a recurrent step split by columns). Returns -1 for K < 1."""
-    cdef floating sliver[SERIAL_KC * SERIAL_MAX_NR]
-    cdef const floating *bs
-    cdef int mr, nr, n, beta
-    cdef int64_t pb, pc, kc, sb, s, ib, i, b_rs
-    if floating is float:
-        mr, nr = _table.s_mr, _table.s_nr
-    else:
-        mr, nr = _table.d_mr, _table.d_nr
-    if K < 1 or nr > SERIAL_MAX_NR:
-        return -1
-    if N == 1 and (csa == 1 and (rsb == 1 or K <= SERIAL_KC * SERIAL_MAX_NR)
-                   or rsa == 1 and ldc == 1):     # one column: see _choose
-        _one_column(M, K, A, rsa, csa, B, rsb, C, ldc, accumulate, sliver)
-        return 0
-    for pb in range(_cdiv(K, SERIAL_KC)):
-        pc = pb * SERIAL_KC
-        kc = _min(SERIAL_KC, K - pc)
-        beta = pc > 0 or accumulate
-        for sb in range(_cdiv(N, nr)):
-            s = sb * nr
-            n = <int>_min(nr, N - s)
-            if n == nr and csb == 1:
-                bs = B + pc * rsb + s
-                b_rs = rsb
-            else:
-                _pack_b(n, kc, B + pc * rsb + s * csb, rsb, csb, sliver)
-                bs = sliver
-                b_rs = nr
-            for ib in range(_cdiv(M, mr)):
-                i = ib * mr
-                if floating is float:
-                    _table.sgemm_ukr(kc, A + i * rsa + pc * csa, rsa, csa, bs, b_rs,
-                                     C + i * ldc + s, ldc, <int>_min(mr, M - i), n, beta)
-                else:
-                    _table.dgemm_ukr(kc, A + i * rsa + pc * csa, rsa, csa, bs, b_rs,
-                                     C + i * ldc + s, ldc, <int>_min(mr, M - i), n, beta)
-    return 0
-
-
-cdef int sgemm_serial(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
-                      const float *B, int64_t rsb, int64_t csb, float *C, int64_t ldc,
-                      bint accumulate) noexcept nogil:
-    """float32 C[M, N] (+)= A[M, K] @ B[K, N] on this thread; strides in elements."""
-    return _gemm_serial(M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, accumulate)
-
-
-cdef int dgemm_serial(int64_t M, int64_t N, int64_t K, const double *A, int64_t rsa, int64_t csa,
-                      const double *B, int64_t rsb, int64_t csb, double *C, int64_t ldc,
-                      bint accumulate) noexcept nogil:
-    """float64 C[M, N] (+)= A[M, K] @ B[K, N] on this thread; strides in elements."""
-    return _gemm_serial(M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, accumulate)
-
-
-def _serial_for_tests(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, bint accumulate=False):
-    """c (+)= a @ b through the serial entry (tests only; no checks beyond shapes)."""
-    if a.shape[1] != b.shape[0] or c.shape[0] != a.shape[0] or c.shape[1] != b.shape[1] \
-            or not c.flags.c_contiguous or not a.dtype == b.dtype == c.dtype:
-        raise ValueError("_serial_for_tests: shapes/dtypes do not agree")
-    cdef size_t item = c.itemsize
-    cdef int rc
-    if item == 4:
-        rc = sgemm_serial(a.shape[0], b.shape[1], a.shape[1], <float *>cnp.PyArray_DATA(a),
-                          a.strides[0] // 4, a.strides[1] // 4, <float *>cnp.PyArray_DATA(b),
-                          b.strides[0] // 4, b.strides[1] // 4, <float *>cnp.PyArray_DATA(c),
-                          c.shape[1], accumulate)
-    else:
-        rc = dgemm_serial(a.shape[0], b.shape[1], a.shape[1], <double *>cnp.PyArray_DATA(a),
-                          a.strides[0] // 8, a.strides[1] // 8, <double *>cnp.PyArray_DATA(b),
-                          b.strides[0] // 8, b.strides[1] // 8, <double *>cnp.PyArray_DATA(c),
-                          c.shape[1], accumulate)
-    if rc != 0:
-        raise ValueError("_serial_for_tests: K must be at least 1")
+include "_gemm_serial.pxi"

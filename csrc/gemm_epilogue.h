@@ -1,0 +1,81 @@
+/* GEMM epilogue loops in C (the cheap ones: no transcendental functions). Included by
+   _kernels/gemm.pyx; see its Cython epilogue for the rest. */
+#ifndef CN_GEMM_EPILOGUE_H
+#define CN_GEMM_EPILOGUE_H
+/* The cheap epilogues (bias, relu, leaky_relu; the relu / leaky_relu / sigmoid / tanh
+   derivatives from the output) as C loops with an AVX2 copy: this extension is built
+   for the baseline SSE2, where these loops run at half width or not vectorized at
+   all. The AVX2 copy runs when the micro-kernels in use are AVX2 or wider; neither
+   uses FMA, so both give the same bits as the Cython loops they stand in for.
+   leaky_relu is written as max(x, slope x) (min for a slope > 1; a zero slope, where
+   0 * inf is NaN, keeps the plain form) and its derivative as a multiplication by a
+   selected 1 or slope: the same bits as x > 0 ? x : slope x (NaN and signed zeros
+   included), but GCC vectorizes these forms, not that one (it keeps a branch there,
+   which mispredicts on random signs: 1.5 ns a value). */
+#include <stdint.h>
+enum { CN_EPI_RELU = 1, CN_EPI_SIGMOID = 2, CN_EPI_TANH = 3, CN_EPI_LEAKY_RELU = 8 };
+
+#define CN_EPI_FNS(T, sfx, attr)                                                     \
+attr static void cn_bias_act_##sfx(T *c, int64_t ldc, int m, int n,                 \
+                                   const T *restrict bias, int act, T alpha) {      \
+    for (int i = 0; i < m; i++) {                                                   \
+        T *restrict row = c + i * ldc;                                              \
+        if (bias)                                                                   \
+            for (int j = 0; j < n; j++) row[j] = row[j] + bias[j];                  \
+        if (act == CN_EPI_RELU)                                                     \
+            for (int j = 0; j < n; j++) row[j] = row[j] > 0 ? row[j] : 0;           \
+        else if (act == CN_EPI_LEAKY_RELU && alpha > 0 && alpha <= 1)               \
+            for (int j = 0; j < n; j++) {                                           \
+                T v = row[j], w = alpha * v;   /* = max(v, slope v) */              \
+                row[j] = v > w ? v : w;                                             \
+            }                                                                       \
+        else if (act == CN_EPI_LEAKY_RELU && alpha > 1)                             \
+            for (int j = 0; j < n; j++) {                                           \
+                T v = row[j], w = alpha * v;   /* = min(v, slope v) */              \
+                row[j] = v < w ? v : w;                                             \
+            }                                                                       \
+        else if (act == CN_EPI_LEAKY_RELU)  /* slope 0: 0 * inf is NaN */          \
+            for (int j = 0; j < n; j++) row[j] = row[j] > 0 ? row[j] : alpha * row[j]; \
+    }                                                                               \
+}                                                                                   \
+attr static void cn_act_grad_##sfx(T *c, int64_t ldc, int m, int n,                 \
+                                   const T *y, int act, T alpha) {                  \
+    for (int i = 0; i < m; i++) {                                                   \
+        T *restrict row = c + i * ldc;                                              \
+        const T *restrict yr = y + i * ldc;                                         \
+        if (act == CN_EPI_RELU)                                                     \
+            for (int j = 0; j < n; j++) row[j] = yr[j] > 0 ? row[j] : 0;            \
+        else if (act == CN_EPI_LEAKY_RELU)                                          \
+            for (int j = 0; j < n; j++) {                                           \
+                T s = yr[j] > 0 ? (T)1 : alpha;                                     \
+                row[j] = row[j] * s;                                                \
+            }                                                                       \
+        else if (act == CN_EPI_SIGMOID)                                             \
+            for (int j = 0; j < n; j++) row[j] = row[j] * yr[j] * (1 - yr[j]);      \
+        else if (act == CN_EPI_TANH)                                                \
+            for (int j = 0; j < n; j++) row[j] = row[j] * (1 - yr[j] * yr[j]);      \
+    }                                                                               \
+}
+
+CN_EPI_FNS(float, f32_generic, )
+CN_EPI_FNS(double, f64_generic, )
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+CN_EPI_FNS(float, f32_avx2, __attribute__((target("avx2"))))
+CN_EPI_FNS(double, f64_avx2, __attribute__((target("avx2"))))
+#else
+#define cn_bias_act_f32_avx2 cn_bias_act_f32_generic
+#define cn_bias_act_f64_avx2 cn_bias_act_f64_generic
+#define cn_act_grad_f32_avx2 cn_act_grad_f32_generic
+#define cn_act_grad_f64_avx2 cn_act_grad_f64_generic
+#endif
+
+#define CN_EPI_DISPATCH(name, T)                                                    \
+static void name(int avx2, T *c, int64_t ldc, int m, int n, const T *y, int act,     \
+                 T alpha) {                                                          \
+    (avx2 ? name##_avx2 : name##_generic)(c, ldc, m, n, y, act, alpha);              \
+}
+CN_EPI_DISPATCH(cn_bias_act_f32, float)
+CN_EPI_DISPATCH(cn_bias_act_f64, double)
+CN_EPI_DISPATCH(cn_act_grad_f32, float)
+CN_EPI_DISPATCH(cn_act_grad_f64, double)
+#endif

@@ -1,0 +1,86 @@
+# The serial entry for kernels that run their own parallel region (included by gemm.pyx).
+
+cdef enum:
+    SERIAL_KC = 256       # K block of the serial entry; one KC x NR sliver lives on the stack
+    SERIAL_MAX_NR = 32    # the widest NR of any micro-kernel (AVX-512 float32)
+
+
+cdef int _gemm_serial(int64_t M, int64_t N, int64_t K, const floating *A, int64_t rsa,
+                      int64_t csa, const floating *B, int64_t rsb, int64_t csb, floating *C,
+                      int64_t ldc, bint accumulate) noexcept nogil:
+    """C (+)= A @ B on the calling thread: the direct plan, B's slivers read in place
+    when its rows are contiguous, else copied one at a time into a stack buffer.
+    Meant for callers that already run inside their own parallel region, each on its
+    own block of C (e.g. a recurrent step split by columns). Returns -1 for K < 1."""
+    cdef floating sliver[SERIAL_KC * SERIAL_MAX_NR]
+    cdef const floating *bs
+    cdef int mr, nr, n, beta
+    cdef int64_t pb, pc, kc, sb, s, ib, i, b_rs
+    if floating is float:
+        mr, nr = _table.s_mr, _table.s_nr
+    else:
+        mr, nr = _table.d_mr, _table.d_nr
+    if K < 1 or nr > SERIAL_MAX_NR:
+        return -1
+    if N == 1 and (csa == 1 and (rsb == 1 or K <= SERIAL_KC * SERIAL_MAX_NR)
+                   or rsa == 1 and ldc == 1):     # one column: see _choose
+        _one_column(M, K, A, rsa, csa, B, rsb, C, ldc, accumulate, sliver)
+        return 0
+    for pb in range(_cdiv(K, SERIAL_KC)):
+        pc = pb * SERIAL_KC
+        kc = _min(SERIAL_KC, K - pc)
+        beta = pc > 0 or accumulate
+        for sb in range(_cdiv(N, nr)):
+            s = sb * nr
+            n = <int>_min(nr, N - s)
+            if n == nr and csb == 1:
+                bs = B + pc * rsb + s
+                b_rs = rsb
+            else:
+                _pack_b(n, kc, B + pc * rsb + s * csb, rsb, csb, sliver)
+                bs = sliver
+                b_rs = nr
+            for ib in range(_cdiv(M, mr)):
+                i = ib * mr
+                if floating is float:
+                    _table.sgemm_ukr(kc, A + i * rsa + pc * csa, rsa, csa, bs, b_rs,
+                                     C + i * ldc + s, ldc, <int>_min(mr, M - i), n, beta)
+                else:
+                    _table.dgemm_ukr(kc, A + i * rsa + pc * csa, rsa, csa, bs, b_rs,
+                                     C + i * ldc + s, ldc, <int>_min(mr, M - i), n, beta)
+    return 0
+
+
+cdef int sgemm_serial(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
+                      const float *B, int64_t rsb, int64_t csb, float *C, int64_t ldc,
+                      bint accumulate) noexcept nogil:
+    """float32 C[M, N] (+)= A[M, K] @ B[K, N] on this thread; strides in elements."""
+    return _gemm_serial(M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, accumulate)
+
+
+cdef int dgemm_serial(int64_t M, int64_t N, int64_t K, const double *A, int64_t rsa, int64_t csa,
+                      const double *B, int64_t rsb, int64_t csb, double *C, int64_t ldc,
+                      bint accumulate) noexcept nogil:
+    """float64 C[M, N] (+)= A[M, K] @ B[K, N] on this thread; strides in elements."""
+    return _gemm_serial(M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, accumulate)
+
+
+def _serial_for_tests(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, bint accumulate=False):
+    """c (+)= a @ b through the serial entry (tests only; no checks beyond shapes)."""
+    if a.shape[1] != b.shape[0] or c.shape[0] != a.shape[0] or c.shape[1] != b.shape[1] \
+            or not c.flags.c_contiguous or not a.dtype == b.dtype == c.dtype:
+        raise ValueError("_serial_for_tests: shapes/dtypes do not agree")
+    cdef size_t item = c.itemsize
+    cdef int rc
+    if item == 4:
+        rc = sgemm_serial(a.shape[0], b.shape[1], a.shape[1], <float *>cnp.PyArray_DATA(a),
+                          a.strides[0] // 4, a.strides[1] // 4, <float *>cnp.PyArray_DATA(b),
+                          b.strides[0] // 4, b.strides[1] // 4, <float *>cnp.PyArray_DATA(c),
+                          c.shape[1], accumulate)
+    else:
+        rc = dgemm_serial(a.shape[0], b.shape[1], a.shape[1], <double *>cnp.PyArray_DATA(a),
+                          a.strides[0] // 8, a.strides[1] // 8, <double *>cnp.PyArray_DATA(b),
+                          b.strides[0] // 8, b.strides[1] // 8, <double *>cnp.PyArray_DATA(c),
+                          c.shape[1], accumulate)
+    if rc != 0:
+        raise ValueError("_serial_for_tests: K must be at least 1")
