@@ -930,6 +930,37 @@ def test_winograd_kernels_check_their_buffers():
 # ---------------------------------------------------------------------------------------
 # Scratch buffers across alternating batch sizes
 # ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", ["linear", "relu", "leaky_relu", "sigmoid"])
+@pytest.mark.parametrize("kernel_size,strides,padding,dilation", GRAD_CASES_2D)
+def test_training_forward_matches_inference(kernel_threads, dtype, activation, kernel_size,
+                                            strides, padding, dilation):
+    """A training forward pass makes the patches a few images at a time (im2col_gemm,
+    where the patch depth exceeds the filters); inference makes one patch matrix. Both
+    give the numpy result, and the gradients after either agree."""
+    rng = np.random.default_rng(41)
+    x = rng.normal(size=(7, 9, 8, 3)).astype(dtype)
+    layer = layers.Conv2D(2, kernel_size, strides=strides, padding=padding,
+                          dilation_rate=dilation, activation=activation, dtype=dtype)
+    _set_random_weights(layer, rng, x)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    infer = layer.forward(x).copy()
+    dy = rng.normal(size=infer.shape).astype(dtype)
+    dx_infer = layer.backward(dy).copy()
+    g_infer = [g.copy() for g in layer.get_gradients()]
+    train = layer.forward(x, training=True)
+    np.testing.assert_allclose(train, infer, rtol=tol, atol=tol)
+    kernel, bias = (w.astype(np.float64) for w in layer.get_weights())
+    pair = (lambda v: (v, v) if isinstance(v, int) else tuple(v))
+    z = ref_conv2d(x.astype(np.float64), kernel, bias, pair(strides), padding, pair(dilation))
+    ref = np.where(z > 0, z, 0.2 * z) if activation == "leaky_relu" else \
+        _np_activation(activation, z)
+    np.testing.assert_allclose(train, ref, rtol=10 * tol, atol=10 * tol)
+    np.testing.assert_allclose(layer.backward(dy), dx_infer, rtol=tol, atol=tol)
+    for a, b in zip(layer.get_gradients(), g_infer):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1, np.abs(b).max()))
+
+
 def test_alternating_batch_sizes_reuse_buffers_and_stay_exact():
     """A GAN's discriminator sees 2n then n samples each step: the layer keeps the arrays
     of both shapes (no fresh megabytes per switch), and each result is what a fresh layer

@@ -16,6 +16,9 @@ Every read and write is bounds-checked against the array shapes (a position
 outside the input is padding), so any geometry is memory-safe; the layers
 compute the TensorFlow output sizes. im2col runs in parallel over output rows
 (n, oy); col2im over samples, so no two threads add into the same dx element.
+
+im2col_gemm, im2col_gemm_tn and col2im_gemm do a GEMM with the patch matrix a few
+images at a time, in cache, without the whole matrix (see their section below).
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
@@ -306,9 +309,14 @@ cdef inline int _gemm_serial(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const flo
         return dgemm_serial(M, N, K, A, rsa, csa, B, rsb, 1, C, ldc, accumulate)
 
 
-cdef Py_ssize_t _chunk_images(const Geometry *g) noexcept nogil:
+cdef Py_ssize_t _chunk_images(const Geometry *g, int threads) noexcept nogil:
+    """Images per chunk: about CHUNK_ROWS patch rows, and at least `threads` chunks
+    when there are that many images. (Where the chunks are summed together, in the
+    kernel gradient, the caller passes threads=1: the chunks, and so the bits, must not
+    depend on the thread count.)"""
     cdef Py_ssize_t per = g.OH * g.OW
-    return max(1, min(g.N, CHUNK_ROWS // per if per < CHUNK_ROWS else 1))
+    cdef Py_ssize_t step = max(1, min(g.N, CHUNK_ROWS // per if per < CHUNK_ROWS else 1))
+    return max(1, min(step, (g.N + threads - 1) // threads))
 
 
 def col2im_gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, :, :, ::1] dx,
@@ -321,8 +329,8 @@ def col2im_gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, 
     each image written by one thread (the same bits on any thread count)."""
     cdef Geometry g = _geometry(_shape4(dx.shape), window, strides, dilation, padding,
                                 output_size[0], output_size[1])
-    cdef Py_ssize_t depth = g.KH * g.KW * g.C, K = a.shape[1]
-    if a.shape[0] != g.N * g.OH * g.OW or b.shape[0] != K or b.shape[1] != depth:
+    cdef Py_ssize_t depth = g.KH * g.KW * g.C, K = a.shape[1], M = g.N * g.OH * g.OW
+    if a.shape[0] != M or b.shape[0] != K or b.shape[1] != depth:
         raise ValueError(f"a must have shape ({g.N * g.OH * g.OW}, K) and b (K, {depth}) for "
                          f"{g.N} samples of {g.OH}x{g.OW} patches of {g.KH}x{g.KW}x{g.C}; "
                          f"got a ({a.shape[0]}, {a.shape[1]}), b ({b.shape[0]}, {b.shape[1]})")
@@ -330,9 +338,9 @@ def col2im_gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, 
         return
     if K < 1:
         raise ValueError("a and b must have an inner dimension of at least 1")
-    cdef Py_ssize_t step = _chunk_images(&g), chunks = (g.N + step - 1) // step
+    cdef int nt = threads_for(<double> M * depth * K)
+    cdef Py_ssize_t step = _chunk_images(&g, nt), chunks = (g.N + step - 1) // step
     cdef Py_ssize_t rows_per = g.OH * g.OW, block = step * rows_per * depth, t, n, n0, n1
-    cdef int nt = threads_for(<double> g.N * rows_per * depth * K)
     nt = <int>min(<Py_ssize_t>nt, chunks)
     cdef floating *scratch = <floating *>malloc(nt * block * sizeof(floating))
     cdef floating *buf
@@ -372,7 +380,7 @@ def im2col_gemm_tn(const floating[:, :, :, ::1] x, const floating[:, ::1] a,
     if g.N == 0 or K == 0:
         out[:, :] = 0
         return
-    cdef Py_ssize_t step = _chunk_images(&g), chunks = (g.N + step - 1) // step
+    cdef Py_ssize_t step = _chunk_images(&g, 1), chunks = (g.N + step - 1) // step
     cdef Py_ssize_t rows_per = g.OH * g.OW, block = step * rows_per * (depth + K)
     cdef Py_ssize_t groups = min(<Py_ssize_t>GRAD_GROUPS, chunks), size = K * depth
     cdef Py_ssize_t grp, c, c0, c1, n0, n1, r, i, rows
@@ -453,9 +461,9 @@ def im2col_gemm(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
     if M == 0 or F == 0:
         return
     cdef const floating *bp = &bias[0] if bias is not None else NULL
-    cdef Py_ssize_t step = _chunk_images(&g), chunks = (g.N + step - 1) // step
-    cdef Py_ssize_t rows_per = g.OH * g.OW, block = step * rows_per * depth, t, n0, n1, r
     cdef int nt = threads_for(<double> M * depth * F)
+    cdef Py_ssize_t step = _chunk_images(&g, nt), chunks = (g.N + step - 1) // step
+    cdef Py_ssize_t rows_per = g.OH * g.OW, block = step * rows_per * depth, t, n0, n1, r
     nt = <int>min(<Py_ssize_t>nt, chunks)
     cdef floating *scratch = <floating *>malloc(nt * block * sizeof(floating))
     cdef floating *buf

@@ -7,6 +7,15 @@ with stride 1 needs no patch matrix: the input itself is (N*H*W, C).
 Backward: dW = cols^T dZ and dcols = dZ W^T (transposed views, no copies),
 db = the column sums of dZ, then col2im scatter-adds dcols onto dx.
 
+With more patch values than filters (KH*KW*C > F: a strided 4x4 convolution of 32
+channels has 512 per patch), the patch matrix is megabytes that one pass writes and the
+next reads back from memory. Then no whole patch matrix is made: im2col_gemm (training
+forward, bias and linear / relu / leaky_relu per chunk), im2col_gemm_tn (dW^T = dZ^T cols) and
+col2im_gemm (dx) make the patches a few images at a time in a per-thread block that
+stays in cache beside a serial GEMM (measured in a DCGAN step, one thread: the strided
+discriminator convolution 16.0 -> 8.5 ms forward + backward, together with the leaky_relu
+fusion and the skipped gradients below).
+
 Winograd F(4x4, 3x3) (cyneuron._kernels.winograd) for 3x3 stride-1 convolutions
 with enough channels: 36 GEMMs of (tiles, C) x (C, F) in the transform domain do
 the work of 144 multiplications per 4x4 output block and channel pair in 36, a
@@ -17,6 +26,9 @@ and the kernel gradient a sum of transform-domain products over the tiles.
 
 Conv1D runs the same kernels on (N, 1, L, C) views. Conv2DTranspose runs them the
 other way round: its forward pass is Conv2D's input gradient (GEMM, then col2im).
+
+Model.backward(weight_grads=False) (a GAN's generator step through the discriminator)
+sets `_skip_weight_grads`: these layers then skip their kernel and bias gradients.
 """
 import numbers
 from dataclasses import dataclass
@@ -200,7 +212,8 @@ class _Conv(SpatialLayer):
         n, c, f = x.shape[0], x.shape[-1], self.filters
         (h, w), (oh, ow) = plan.in_hw, plan.out_hw
         rows, depth = n * oh * ow, plan.window[0] * plan.window[1] * c
-        if not plan.pointwise and depth > f and self._epilogue in _CHUNKED_EPILOGUES:
+        if (training and not plan.pointwise and depth > f
+                and self._epilogue in _CHUNKED_EPILOGUES):
             return self._forward_chunked(x, plan)
         if plan.pointwise:
             cols = x.reshape(rows, c)
@@ -221,9 +234,10 @@ class _Conv(SpatialLayer):
         return y
 
     def _forward_chunked(self, x, plan):
-        """im2col and GEMM a few images at a time in cache (im2col_gemm), bias and
-        activation on each chunk's rows; no patch matrix is kept: the backward pass
-        makes the patches again for the kernel gradient (depth > filters)."""
+        """Training: im2col and GEMM a few images at a time in cache (im2col_gemm), bias
+        and activation on each chunk's rows; no patch matrix is kept: the backward pass
+        makes the patches again for the kernel gradient (depth > filters). Inference
+        keeps the one-GEMM path, parallel within the GEMM even for one image."""
         n, c, f = x.shape[0], x.shape[-1], self.filters
         depth = plan.window[0] * plan.window[1] * c
         y = self._buffer("y", (n,) + self.compute_output_shape(x.shape[1:]))
