@@ -19,9 +19,13 @@ def restore_threads():
 
 @pytest.fixture(params=[1, 2], ids=lambda n: f"threads{n}")
 def kernel_threads(request, restore_threads):
-    """Run the test with the kernels on 1 and on 2 threads."""
+    """Run the test with the kernels on 1 and on 2 threads (on 2, every GEMM goes to the
+    pool, however small: the splits are what the test is for, not the speed)."""
     cn.set_num_threads(request.param)
-    return request.param
+    if request.param > 1:
+        _gemm._set_parallel_min_macs_for_tests(0)
+    yield request.param
+    _gemm._set_parallel_min_macs_for_tests(-1)
 
 
 @pytest.fixture(params=ALL_ISAS)

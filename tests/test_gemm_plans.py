@@ -254,8 +254,8 @@ def test_plans_split_and_pack_as_documented(isa_name, dtype):
     a, b = _case(rng, dtype, min(4, mr), 50, 10 * nr, False)
     assert _gemm.plan(a, b, threads=2, isa=isa_name) == \
         {"plan": "direct", "split": "columns", "pack_a": False}
-    # A tie (two row tiles, two column slivers): columns into a C that starts on a cache
-    # line, rows into one that does not (a column split would share a line in every row).
+    # A tie, one sliver per thread (two row tiles, two column slivers): columns into a C
+    # that starts on a cache line, rows into one that does not (false sharing).
     a, b = _case(rng, dtype, 2 * mr, 50, 2 * nr, False)
     raw = np.empty(2 * mr * 2 * nr + 64, dtype)
     first = (-raw.ctypes.data % 64) // raw.itemsize

@@ -219,10 +219,26 @@ def block_sizes(str dtype, isa=None):
     return (mr, nr, (MC_TARGET // mr) * mr, KC_BLOCK, (NC_TARGET // nr) * nr)
 
 
+cdef int64_t _min_macs_for_tests = -1   # >= 0: overrides _parallel_min_macs (tests)
+
+
+def _set_parallel_min_macs_for_tests(int64_t macs=-1):
+    """Tests only: run every product of at least `macs` multiply-adds on the pool
+    (0: all of them, so small shapes exercise the thread splits too); -1 restores the
+    measured threshold."""
+    global _min_macs_for_tests
+    _min_macs_for_tests = macs
+
+
 cdef inline int64_t _parallel_min_macs() noexcept nogil:
     """Multiply-adds below which one thread is faster than two, for the kernels in use.
-    Measured on Zen 5 (min of 21 runs of 300 calls): AVX2 32x64x64 (131k) on 2 threads
-    0.81 of 1 thread's time; AVX-512 the same product 1.07-1.15, 32x128x64 (262k) 0.80-0.86."""
+    Measured on Zen 3 (AVX2): 32x64x64 (131k) on 2 threads 0.81 of 1 thread's time. Zen 5
+    (AVX-512), the two thread counts interleaved in one process (best of 6 x 5000 calls):
+    32x64x64 (131k) 1.16, 32x128x64 / 64x64x64 / 128x32x64 (262k) 0.88-0.89, 64x128x64
+    (524k) 0.72. The fork and join of a region cost ~0.6 us of that (rdtsc inside it);
+    loops timed without interleaving drift by up to 40% on this shared VM."""
+    if _min_macs_for_tests >= 0:
+        return _min_macs_for_tests
     return GEMM_PARALLEL_MIN_MACS * 5 // 2 if _table.isa == CN_ISA_AVX512 else GEMM_PARALLEL_MIN_MACS
 
 
@@ -230,7 +246,7 @@ def plan_limits():
     """{name: value} of the thresholds that pick threads and plans, for the path in use
     (for tests and docs)."""
     return {"parallel_min_macs": _parallel_min_macs(), "direct_max_m": DIRECT_MAX_M,
-            "max_threads": MAX_THREADS}
+            "max_threads": MAX_THREADS, "l2_sets": _l2_sets, "l2_ways": _l2_ways}
 
 
 def fma_peak_gflops(int threads=1, double seconds=0.1):
@@ -363,11 +379,52 @@ _free_workspaces = []
 
 
 cdef enum:
-    # An 8-way, 1024-set cache of 64-byte lines (a 512 KiB L2): the direct plan's B
-    # sliver (kc rows at B's row stride) must fit in the sets its rows map to.
-    CACHE_SETS = 1024
-    CACHE_WAYS = 8
     CACHE_LINE = 64
+
+
+cdef extern from *:
+    """
+    #include <unistd.h>
+    /* The L2 data cache's size and ways (0 where the C library cannot tell). */
+    static long cn_l2_size(void) {
+    #if defined(_SC_LEVEL2_CACHE_SIZE)
+        return sysconf(_SC_LEVEL2_CACHE_SIZE);
+    #else
+        return 0;
+    #endif
+    }
+    static long cn_l2_ways(void) {
+    #if defined(_SC_LEVEL2_CACHE_ASSOC)
+        return sysconf(_SC_LEVEL2_CACHE_ASSOC);
+    #else
+        return 0;
+    #endif
+    }
+    """
+    long cn_l2_size()
+    long cn_l2_ways()
+
+
+# The L2 the direct plan's B sliver (kc rows at B's row stride) must fit in: read from
+# the CPU at import (Zen 5: 1 MiB, 16 ways; the direct plan then takes 32x784x256 on 2
+# threads in 32 us instead of the packed plan's 46), else Zen 3's 512 KiB, 8 ways.
+cdef int64_t _l2_sets = 1024, _l2_ways = 8
+
+
+cdef void _read_l2():
+    global _l2_sets, _l2_ways
+    cdef long size = cn_l2_size(), ways = cn_l2_ways()
+    cdef long sets = size // (ways * CACHE_LINE) if size > 0 and ways > 0 else 0
+    if sets > 0 and sets & (sets - 1) == 0:   # a power of two, as set indexing needs
+        _l2_sets, _l2_ways = sets, ways
+
+
+_read_l2()
+
+
+def l2_cache():
+    """(sets, ways) of 64-byte lines the plan choice assumes for the L2 cache."""
+    return (_l2_sets, _l2_ways)
 
 
 cdef inline int64_t _gcd(int64_t a, int64_t b) noexcept nogil:
@@ -379,12 +436,12 @@ cdef inline int64_t _gcd(int64_t a, int64_t b) noexcept nogil:
 cdef bint _rows_stay_cached(int64_t stride_bytes, int64_t rows) noexcept nogil:
     """Whether `rows` rows at this stride (two lines each) fit in the cache sets
     they map to: strides of a large power of two all land in a few sets."""
-    cdef int64_t sets = CACHE_SETS
+    cdef int64_t sets = _l2_sets
     if stride_bytes < 0:
         stride_bytes = -stride_bytes
     if stride_bytes % CACHE_LINE == 0:
-        sets = CACHE_SETS // _gcd(stride_bytes // CACHE_LINE, CACHE_SETS)
-    return sets * CACHE_WAYS >= 2 * rows
+        sets = _l2_sets // _gcd(stride_bytes // CACHE_LINE, _l2_sets)
+    return sets * _l2_ways >= 2 * rows
 
 
 cdef bint _rows_share_lines(const Call *g, size_t item) noexcept nogil:
@@ -400,11 +457,14 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     g.nc = (NC_TARGET // g.nr) * g.nr
     n_sl = _cdiv(_min(g.N, g.nc), g.nr)
     # Split whichever way leaves the fewest tiles on the busiest thread; on a tie, rows
-    # when a column split would have two threads writing the halves of one cache line in
-    # every row (false sharing: numpy's arrays start 16 bytes into a line; 32x128x64 on 2
-    # threads took 3.9-4.1 us into such a C, 3.0 us into a line-aligned one).
+    # when each thread would own a single sliver and a column split would have them
+    # writing the halves of one cache line in every row at the same moments (false
+    # sharing: numpy's arrays start 16 bytes into a line). Measured on 2 threads, C 16
+    # bytes off a line, columns / rows: 32x128x64 4.2 / 3.2 us, 64x128x64 5.7 / 4.4 us;
+    # with more slivers per thread the split lines cost little and rows (every thread
+    # reading all of B) cost more: 32x64x256 4.5 / 5.0 us, 64x64x128 4.1 / 5.1 us.
     cdef int64_t row_tiles = _cdiv(m_sl, nthreads) * n_sl, column_tiles = m_sl * _cdiv(n_sl, nthreads)
-    g.split_rows = row_tiles < column_tiles or (row_tiles == column_tiles
+    g.split_rows = row_tiles < column_tiles or (row_tiles == column_tiles and n_sl <= nthreads
                                                 and _rows_share_lines(g, item))
     # K in equal blocks of at most KC_BLOCK (784 = 3 x 262, not 384 + 384 + 16).
     g.kc = _cdiv(g.K, _cdiv(g.K, KC_BLOCK))

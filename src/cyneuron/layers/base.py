@@ -26,6 +26,7 @@ import re
 import numpy as np
 
 from .. import regularizers as _regularizers
+from .._memory import empty_aligned
 from .._validation import as_dtype, check_numeric
 
 _name_counters = {}
@@ -290,7 +291,7 @@ class Layer:
             if buf is not None:
                 spares[key] = buf
             if spare is None or spare.shape != shape or spare.dtype != self.dtype:
-                spare = np.empty(shape, self.dtype)
+                spare = empty_aligned(shape, self.dtype)
             buf = self._buffers[key] = spare
         return buf
 
