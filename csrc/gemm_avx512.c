@@ -4,6 +4,7 @@
 
 #define UKR_MR 8
 #define UKR_NV 2
+#define GEMV_NV 16    /* 32 vector registers: 16 accumulators of the one-row kernel */
 
 #define UKR_NAME cn_sgemm_ukr_avx512
 #define PACK_A_NAME cn_spack_a_avx512

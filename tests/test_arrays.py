@@ -7,15 +7,19 @@ from cyneuron._kernels.arrays import all_finite, gather_rows
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(1,), (7,), (4097,), (3000, 33), (5, 4, 3)])
-def test_all_finite_matches_numpy(kernel_threads, dtype, shape):
+@pytest.mark.parametrize("shape", [(1,), (7,), (33,), (4097,), (3000, 33), (5, 4, 3)])
+def test_all_finite_matches_numpy(isa, kernel_threads, dtype, shape):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(dtype)
     assert all_finite(x)
     info = np.finfo(dtype)
     assert all_finite(np.array([info.max, -info.max, info.tiny, info.tiny / 4, -0.0], dtype))
     flat = x.reshape(-1)
-    for position in (0, flat.size // 2, flat.size - 1):
+    # first, middle, last; inside a 32-lane group, in the tail after the last full group,
+    # either side of a 4096-element block boundary
+    positions = {0, flat.size // 2, flat.size - 1, 5 % flat.size, (flat.size // 32) * 32 - 1,
+                 min(4095, flat.size - 1), min(4096, flat.size - 1)}
+    for position in sorted(p for p in positions if p >= 0):
         for bad in (np.nan, np.inf, -np.inf):
             y = flat.copy()
             y[position] = bad

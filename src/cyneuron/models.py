@@ -42,6 +42,7 @@ import warnings
 import numpy as np
 
 from . import _config
+from . import _inference
 from . import losses as _losses
 from . import metrics as _metrics
 from . import optimizers as _optimizers
@@ -2057,6 +2058,10 @@ class Model(Layer):
             check_positive(batch_size, "batch_size", integer=True)
         if verbose not in (0, 1, 2, "auto") or isinstance(verbose, float):
             raise ValueError(f"verbose must be 0, 1, 2 or 'auto'; got {verbose!r}")
+        if verbose in (0, "auto"):        # small plain calls: the lean path (_inference)
+            out = _inference.predict(self, x, batch_size)
+            if out is not None:
+                return out
         started = time.perf_counter() if verbose in (1, 2) else None
         xs = self._check_x(x)
         n = len(xs[0])

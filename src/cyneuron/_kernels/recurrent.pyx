@@ -21,7 +21,8 @@ unchanged (Keras's masking).
 Where things are: this file holds the activation codes and their scalar math, the
 argument checks, the layout kernels and the entry points; the cell math per cell type
 is in _rnn_cells.pxi, the shared sequence loops (forward, BPTT) in _rnn_sequence.pxi,
-the GRU inference loop in _rnn_inference.pxi (all three `include`d below, so one module),
+the GRU inference loop in _rnn_inference.pxi, the one-sample LSTM inference loop in
+_rnn_one.pxi (all four `include`d below, so one module),
 and the float32 C gate rows with their per-ISA copies in csrc/rnn_gates.h.
 """
 import numpy as np
@@ -30,6 +31,7 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.math cimport tanh
 from libc.stdint cimport int64_t
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
 from cyneuron._kernels._openmp cimport (
@@ -293,6 +295,7 @@ def batch_to_unit_major(const floating[:, :, ::1] y, floating[:, :, ::1] out):
 include "_rnn_cells.pxi"
 include "_rnn_sequence.pxi"
 include "_rnn_inference.pxi"
+include "_rnn_one.pxi"
 
 
 # -- entry points -------------------------------------------------------------------------

@@ -276,9 +276,11 @@ class RNN(Layer):
         f = xf.shape[0]
         units, width = self.units, self._gate_count * self.units
         # The A operand of every step's GEMM: [W_rec^T | b_rec | W^T | b] (see the kernels).
-        weights = self._buffer("step_weights", (width, units + f + 2))
-        _k.step_weights(self._weights[0], self._weights[1], self._input_bias(),
-                        self._recurrent_bias(), weights)
+        weights = None
+        if not self._one_sample(n, full):   # that loop reads the Keras weights as they are
+            weights = self._buffer("step_weights", (width, units + f + 2))
+            _k.step_weights(self._weights[0], self._weights[1], self._input_bias(),
+                            self._recurrent_bias(), weights)
         ring = "" if full else "_ring"
         spans = t + 1 if full or self.return_sequences else 2
         h = self._buffer("h" if spans == t + 1 else "h_ring", (units, spans, n))
@@ -357,6 +359,10 @@ class RNN(Layer):
         """Run the sequence kernel (the layouts are in cyneuron._kernels.recurrent); `full`:
         keep every step for backward, else rings."""
         raise NotImplementedError
+
+    def _one_sample(self, n, full):
+        """Whether _run_forward takes a one-sample loop that needs no step_weights."""
+        return False
 
     def _run_backward(self, dh, dy, state_grads):
         """BPTT; returns the gradients of the input and of the recurrent products."""
@@ -448,11 +454,20 @@ class LSTM(RNN):
         c = self._buffer("c" + ring, (t + 1 if full else 2, self.units, n))
         self._set_initial(c[0], initial_state, 1)
         act_c = self._buffer("act_c" + ring, (t if full else 1, self.units, n))
-        _k.lstm_forward(xf, weights, gates, h, c, act_c, self._mask, self._act, self._ract)
+        if self._one_sample(n, full):
+            _k.lstm_forward_one(xf, self._weights[0], self._weights[1], self._input_bias(),
+                                gates, h, c, act_c, self._mask, self._act, self._ract)
+        else:
+            _k.lstm_forward(xf, weights, gates, h, c, act_c, self._mask, self._act,
+                            self._ract)
         self._c, self._act_c = c, act_c
         last_c = self._buffer("state_c", (n, self.units))
         np.copyto(last_c, c[t % c.shape[0]].T)
         self.states = [None, last_c]
+
+    def _one_sample(self, n, full):
+        """One sample outside training: the vector-matrix loop of lstm_forward_one."""
+        return n == 1 and not full
 
     def _run_backward(self, dh, dy, state_grads):
         t, width, n = self._gates.shape

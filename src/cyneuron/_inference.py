@@ -1,0 +1,333 @@
+"""The lean path of Model.predict for small calls (one chunk of one input, one output).
+
+predict's general path costs ~5 µs of Python per call before any layer runs (argument
+parsing, the input conversion, per-chunk slicing and copying) and each Dense layer
+~1.5 µs more (its epilogue looked up, its buffer found, views and state for a backward
+pass that inference never takes). At batch 1 that is as long as the products
+themselves. Here a ready float array is checked with a few attribute tests and one
+finiteness pass, and the model runs a program made once per runner and input shape:
+Dense layers call the GEMM (bias and element-wise activation in its epilogue) into
+buffers the program owns, the last one into the returned array; other layers run their
+own _forward. Anything else (lists, dicts, other dtypes, several chunks, masks,
+several inputs or outputs, graphs that are not a chain of layers) returns None and takes the general path, which also raises
+its errors.
+
+Thread safety: the program lives in the runner that _take_runner hands out (the model
+itself or a replica, used by one thread at a time) and is rebuilt when a different
+runner (a replica that copied the model's attributes) finds it.
+"""
+import numpy as np
+
+from ._config import fusion_enabled
+from .activations import _RowWise
+from ._kernels import conv as _conv_k
+from ._kernels import pooling as _pool_k
+from ._kernels import recurrent as _rnn_k
+from ._kernels import winograd as _wino
+from ._kernels.arrays import all_finite
+from ._kernels.gemm import gemm
+from ._memory import empty_aligned, zeros_aligned
+from .layers.conv import _Conv
+from .layers.dense import Dense
+from .layers.pooling import _Pooling
+from .layers.recurrent import LSTM
+from .ops import epilogue_of
+
+_KEY = "lean_predict"
+
+
+def predict(model, x, batch_size):
+    """model.predict(x, batch_size) for a plain call, or None (take the general path)."""
+    if (type(x) is not np.ndarray or not model.built or model._out_struct != "single"
+            or len(model._in_slots) != 1 or model._has_masks or x.dtype != model.dtype
+            or x.ndim < 2 or not 0 < len(x) <= batch_size):
+        return None
+    flags = x.flags
+    if not (flags.c_contiguous and flags.aligned) or x.shape[1:] != model.inputs[0].shape[1:]:
+        return None
+    if not all_finite(x):
+        return None
+    runner = model._take_runner()
+    try:
+        runner._ensure_bound()
+        program = runner._buffers.get(_KEY)
+        if program is None or program.owner is not runner or program.shape != x.shape \
+                or program.steps is not runner._steps or program.fused != fusion_enabled():
+            program = runner._buffers[_KEY] = _Program(runner, x.shape)
+        return program.run(x) if program.chain else None
+    finally:
+        model._give_back(runner)
+
+
+class _Program:
+    """The steps of one runner for one input shape; run(x) returns a new output array."""
+
+    def __init__(self, runner, shape):
+        self.owner, self.shape, self.steps = runner, shape, runner._steps
+        self.fused = fusion_enabled()
+        self.ops = []
+        plain = all(not s.many and not s.multi_out and not s.input_masks
+                    for s in runner._steps)
+        slots = [s.ins[0] for s in runner._steps] if plain else []
+        chain = plain and len(runner._steps) > 0 and slots[0] == runner._in_slots[0] and all(
+            a.outs[0] == b for a, b in zip(runner._steps, slots[1:])) \
+            and runner._steps[-1].outs[0] == runner._out_slots[0]
+        self.chain = chain
+        if chain:
+            layers = [s.layer for s in runner._steps]
+            i = 0
+            while i < len(layers):
+                pool = layers[i + 1] if i + 1 < len(layers) else None
+                if _LSTMOp.takes(layers[i]):
+                    self.ops.append(_LSTMOp(layers[i]))
+                    i += 1
+                elif _ConvOp.takes(layers[i]):
+                    pool = pool if _ConvOp.fuses(pool) else None
+                    self.ops.append(_ConvOp(layers[i], pool))
+                    i += 2 if pool is not None else 1
+                else:
+                    self.ops.append(_Op(layers[i]))
+                    i += 1
+
+    def run(self, x):
+        h = x
+        last = len(self.ops) - 1
+        for i, op in enumerate(self.ops):
+            h = op.run(h, i == last)
+        return h
+
+
+class _Op:
+    """One layer of a chain: a direct GEMM for a plain Dense layer, else its _forward."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.activation = getattr(layer, "activation", None)
+        self.out = None
+        self.dense = (type(layer)._forward is Dense._forward and isinstance(layer, Dense)
+                      and not layer.activation.needs_input)
+        if self.dense:
+            fused = epilogue_of(layer.activation) if fusion_enabled() else None
+            self.epilogue = None if not fusion_enabled() else fused or (0, 0.0)
+            # not element-wise (softmax): after the product, in place
+            self.after = None if fused is not None or layer.activation.name == "linear" \
+                else layer.activation
+            # a row-wise one (softmax) straight to its kernel: out is 2-D and contiguous
+            self.rows = getattr(type(self.after), "_forward_kernel", None) \
+                if isinstance(self.after, _RowWise) else None
+
+    def run(self, x, last):
+        layer = self.layer
+        if not self.dense or layer.activation is not self.activation or x.ndim != 2:
+            y = layer._forward(x, False)
+            return np.array(y, copy=True) if last else y
+        weights = layer._weights
+        n, units = x.shape[0], weights[0].shape[1]
+        if last:
+            out = np.empty((n, units), layer.dtype)
+        else:
+            out = self.out
+            if out is None or out.shape[0] != n:
+                out = self.out = empty_aligned((n, units), layer.dtype)
+        if self.epilogue is None:
+            gemm(x, weights[0], out)
+            if layer.use_bias:
+                out += weights[1]
+        else:
+            gemm(x, weights[0], out, weights[1] if layer.use_bias else None, *self.epilogue)
+        if self.rows is not None:
+            self.rows(out, out)
+        elif self.after is not None:
+            self.after.forward(out, out=out)
+        return out
+
+
+# Bytes of patch matrix plus convolution output per chunk of samples when a pooling layer
+# follows: the chunk's output is pooled while it is still in the (1 MiB-class) L2 cache,
+# instead of written out whole and read back (25 MB for LeNet's first layer at batch 256).
+CHUNK_BYTES = 384 * 1024
+# Below this many Winograd tiles in the batch, im2col + one GEMM is faster than
+# Winograd's 36 transform-domain GEMMs and its kernel transform, which cost the same
+# at any batch size (measured: LeNet's 14x14x32 -> 64 at batch 1, one thread, 39 µs
+# against 61 µs; at batch 256 Winograd is 1.4x faster).
+WINOGRAD_MIN_TILES = 64
+# Samples from which thin convolutions use the shifted-rows patch view (_shifted_rows):
+# building it costs a few numpy calls, more than im2col saves on one sample.
+SHIFTED_MIN_BATCH = 4
+
+
+class _ConvOp:
+    """A Conv1D/Conv2D layer whose activation the GEMM epilogue applies, and the max or
+    average pooling layer right after it if any: im2col + one GEMM (or the layer's own
+    Winograd on large batches), then the pooling, chunk by chunk of samples."""
+
+    @staticmethod
+    def takes(layer):
+        return (isinstance(layer, _Conv) and type(layer)._forward is _Conv._forward
+                and layer._epilogue is not None and layer._algorithm != "winograd")
+
+    @staticmethod
+    def fuses(layer):
+        return (isinstance(layer, _Pooling) and type(layer)._forward is _Pooling._forward
+                and type(layer)._plan is _Pooling._plan)
+
+    def __init__(self, conv, pool):
+        self.conv, self.pool, self.activation = conv, pool, conv.activation
+        self.buffers = {}
+
+    def _buffer(self, key, shape, dtype):
+        buf = self.buffers.get(key)
+        if buf is None or buf.shape != shape:
+            buf = self.buffers[key] = empty_aligned(shape, dtype)
+        return buf
+
+    def run(self, x, last):
+        conv, pool = self.conv, self.pool
+        if conv.activation is not self.activation or conv._algorithm == "winograd":
+            y = conv._forward(x, False)         # changed since: the layer's own path
+            if pool is not None:
+                y = pool._forward(y, False)
+            return np.array(y, copy=True) if last else y
+        n, c = x.shape[0], x.shape[-1]
+        plan = conv._plan(x.shape[1:])
+        (oh, ow) = plan.out_hw
+        tiles = _wino.tiles(oh) * _wino.tiles(ow)
+        winograd = conv._use_winograd(c) and n * tiles >= WINOGRAD_MIN_TILES
+        if winograd and pool is None:
+            y = conv._forward(x, False)
+            return np.array(y, copy=True) if last else y
+        conv_shape = conv.compute_output_shape(x.shape[1:])
+        if pool is None:
+            out_shape = (n,) + conv_shape
+            out = np.empty(out_shape, x.dtype) if last else self._buffer("out", out_shape,
+                                                                         x.dtype)
+            self._conv(x, out, plan)
+            return out
+        hw, out_hw, window, strides, padding = pool._plan(conv_shape)
+        out_shape = (n,) + pool.compute_output_shape(conv_shape)
+        out = np.empty(out_shape, x.dtype) if last else self._buffer("out", out_shape, x.dtype)
+        f = conv.filters
+        depth = plan.window[0] * plan.window[1] * c
+        per_sample = oh * ow * (f + (0 if plan.pointwise else depth)) * x.itemsize
+        shifted = (not winograd and n >= SHIFTED_MIN_BATCH and self._thin(plan, c)
+                   and padding == (0, 0)
+                   and (out_hw[1] - 1) * strides[1] + window[1] <= ow)
+        if winograd:    # the layer's chunks of the batch (_Conv._chunks), pooled one by one
+            step = max(1, _Conv._chunks(n, tiles)[0])
+        else:
+            step = max(1, min(n, CHUNK_BYTES // per_sample))
+        if shifted:
+            a, kernel, wp = self._shifted_rows(x, plan)
+            hw = (oh, wp)         # the GEMM's rows run over the padded width
+            y = self._buffer("y_wide", (step * oh * wp, f), x.dtype)
+        else:
+            y = self._buffer("y", (step,) + conv_shape, x.dtype)
+        out4 = out.reshape((n,) + out_hw + (f,))
+        for n0 in range(0, n, step):
+            m = min(step, n - n0)
+            if winograd:
+                yc = conv._forward(x[n0:n0 + m], False)
+            elif shifted:
+                yc = y[:m * oh * wp]
+                gemm(a[n0 * oh * wp:(n0 + m) * oh * wp], kernel, yc,
+                     bias=conv._weights[1] if conv.use_bias else None,
+                     activation=conv._epilogue)
+            else:
+                yc = y[:m]
+                self._conv(x[n0:n0 + m], yc, plan)
+            y4 = yc.reshape((m,) + hw + (f,))
+            if pool._max:
+                _pool_k.max_pool_forward(y4, out4[n0:n0 + m], None, window, strides, padding)
+            else:
+                _pool_k.avg_pool_forward(y4, out4[n0:n0 + m], window, strides, padding)
+        return out
+
+    @staticmethod
+    def _thin(plan, c):
+        """Few input channels, stride and dilation 1: the shifted-rows form applies (a
+        patch matrix of only KH*KW*C <= 32 values a row, where im2col's per-pixel copies
+        cost as much as the GEMM)."""
+        return (not plan.pointwise and plan.strides == (1, 1) and plan.dilation == (1, 1)
+                and plan.window[0] * plan.window[1] * c <= 32)
+
+    def _shifted_rows(self, x, plan):
+        """(a, kernel, wp): the patch matrix as a strided view, no im2col. The input,
+        zero-padded to (HP, WP), is stored with its KH vertically shifted copies side by
+        side, s[n, oy, x, i, c] = padded[n, oy + i, x, c]; then the patch of output pixel
+        (oy, ox) is KW*KH*C consecutive values, s's row (n, oy, ox) onwards, so
+        a[r] = s.flat[r*KH*C : r*KH*C + KW*KH*C] over rows r = (n, oy, x) of the padded
+        width WP (x >= OW: columns the GEMM computes and the pooling never reads), and
+        the kernel is reordered to (KW, KH, C, F) to match."""
+        conv = self.conv
+        n, c, f = x.shape[0], x.shape[-1], conv.filters
+        (h, w), (oh, ow) = plan.in_hw, plan.out_hw
+        (kh, kw), (pt, pl) = plan.window, plan.padding
+        hp, wp = oh + kh - 1, ow + kw - 1
+        padded = self.buffers.get("padded")
+        if padded is None or padded.shape != (n, hp, wp, c):
+            padded = self.buffers["padded"] = zeros_aligned((n, hp, wp, c), x.dtype)
+        padded[:, pt:pt + h, pl:pl + w] = x.reshape(n, h, w, c)[:, :hp - pt, :wp - pl]
+        rows, width = n * oh * wp, kh * c
+        shifted = self._buffer("shifted", (rows + kw, width), x.dtype)
+        shifted[rows:] = 0       # the last rows' patches reach kw - 1 rows past the end
+        view = shifted[:rows].reshape(n, oh, wp, kh, c)
+        for i in range(kh):
+            view[:, :, :, i] = padded[:, i:i + oh]
+        item = x.itemsize
+        a = np.lib.stride_tricks.as_strided(shifted, shape=(rows, kw * width),
+                                            strides=(width * item, item), writeable=False)
+        kernel = np.ascontiguousarray(
+            conv._weights[0].reshape(kh, kw, c, f).transpose(1, 0, 2, 3)).reshape(-1, f)
+        return a, kernel, wp
+
+    def _conv(self, x, y, plan):
+        """y = act(conv(x) + bias): im2col into this op's buffer, one GEMM, the bias and
+        the activation in its epilogue."""
+        conv = self.conv
+        n, c, f = x.shape[0], x.shape[-1], conv.filters
+        (h, w), (oh, ow) = plan.in_hw, plan.out_hw
+        rows, depth = n * oh * ow, plan.window[0] * plan.window[1] * c
+        if plan.pointwise:
+            cols = x.reshape(rows, c)
+        else:
+            cols = self._buffer("cols", (rows, depth), x.dtype)
+            _conv_k.im2col(x.reshape(n, h, w, c), cols, *plan.args())
+        gemm(cols, conv._weights[0].reshape(depth, f), y.reshape(rows, f),
+             bias=conv._weights[1] if conv.use_bias else None, activation=conv._epilogue)
+
+
+class _LSTMOp:
+    """An LSTM returning its last state: one sample goes straight to the kernel's
+    one-sample loop (lstm_forward_one) on this op's rings, the input read in place
+    (x[0].T, reversed for go_backwards: no feature-major copy), no per-call layer state;
+    a batch runs the layer's _forward."""
+
+    @staticmethod
+    def takes(layer):
+        return type(layer) is LSTM and not layer.return_sequences and not layer.return_state
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.rings = None
+
+    def run(self, x, last):
+        layer = self.layer
+        if x.ndim != 3 or x.shape[0] != 1 or x.shape[1] == 0:
+            y = layer._forward(x, False)
+            return np.array(y, copy=True) if last else y
+        t, units = x.shape[1], layer.units
+        if self.rings is None or self.rings[0].dtype != x.dtype:
+            self.rings = (np.empty((1, 4 * units, 1), x.dtype),      # gates
+                          np.empty((units, 2, 1), x.dtype),          # h
+                          np.empty((2, units, 1), x.dtype),          # c
+                          np.empty((1, units, 1), x.dtype))          # act(c)
+        gates, h, c, act_c = self.rings
+        h[:, 0] = 0
+        c[0] = 0
+        seq = x[0, ::-1] if layer.go_backwards else x[0]
+        weights = layer._weights
+        _rnn_k.lstm_forward_one(seq.T, weights[0], weights[1], layer._input_bias(), gates, h,
+                                c, act_c, None, layer._act, layer._ract)
+        out = np.empty((1, units), x.dtype)
+        out[0] = h[:, t % 2, 0]
+        return out

@@ -1,0 +1,278 @@
+"""The inference fast paths of issue 20: the one-sample LSTM loop (lstm_forward_one) and
+predict's lean path (cyneuron._inference), against numpy references and against the
+general paths, on every SIMD path, at 1 and 2 threads, and from several threads at once."""
+import threading
+
+import numpy as np
+import pytest
+
+import cyneuron as cn
+from cyneuron import _inference, layers
+from cyneuron._kernels import pooling as P
+from cyneuron._kernels import recurrent as K
+
+from test_recurrent import _padding_mask, reference_run
+
+
+# -- the one-sample LSTM loop ---------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_one_sample_lstm_matches_reference_and_training_run(isa, kernel_threads, dtype):
+    """One sample outside training takes lstm_forward_one: outputs and states equal a
+    training run's (the batched loop) and the float64 reference, with default and other
+    activations, no bias, a mask, an initial state, go_backwards, return_sequences and
+    61 units (not a multiple of any vector width); saturated pre-activations."""
+    rng = np.random.default_rng(120)
+    units, t, f = 61, 7, 11
+    x = rng.normal(scale=2.0, size=(1, t, f)).astype(dtype)
+    mask = np.array([[True, False, True, True, True, False, True]])
+    state = [rng.normal(size=(1, units)).astype(dtype) for _ in range(2)]
+    tol = {"rtol": 2e-5, "atol": 2e-5} if dtype == "float32" else {"rtol": 1e-12,
+                                                                    "atol": 1e-13}
+    for kw in ({}, {"activation": "relu", "recurrent_activation": "hard_sigmoid"},
+               {"use_bias": False}):
+        for seqs, back, m, s in ((False, False, None, None), (True, True, None, state),
+                                 (True, False, mask, state), (False, True, mask, None)):
+            layer = layers.LSTM(units, return_sequences=seqs, go_backwards=back,
+                                return_state=True, dtype=dtype, **kw)
+            layer.build((t, f))
+            ws = [w.copy() for w in layer.get_weights()]
+            scale = 0.3 if kw.get("activation") == "relu" else 1.0   # relu: no blow-up
+            ws = [rng.normal(scale=scale, size=w.shape).astype(dtype) for w in ws]
+            layer.set_weights(ws)
+            outs = [[o.copy() for o in layer.forward(x, training=training,
+                                                     initial_state=s, mask=m)]
+                    for training in (True, False)]
+            names = ("activation", "recurrent_activation")
+            ref, ref_states = reference_run(
+                "LSTM", x.astype(np.float64), [w.astype(np.float64) for w in ws], units,
+                go_backwards=back, initial_state=s, mask=m,
+                use_bias=kw.get("use_bias", True), **{k: kw[k] for k in names if k in kw})
+            expected = [ref if seqs else ref[:, -1]] + ref_states
+            label = f"{kw} seqs={seqs} back={back} mask={m is not None} on {isa}"
+            for a, b, r in zip(*outs, expected):
+                np.testing.assert_allclose(b, a, **tol, err_msg=label)
+                np.testing.assert_allclose(b, r, rtol=1e-4 if dtype == "float32" else 1e-10,
+                                           atol=2e-5 if dtype == "float32" else 1e-11,
+                                           err_msg=label)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lstm_forward_one_reads_strided_weights_and_checks_buffers(isa, dtype):
+    """The kernel against lstm_forward on the step_weights operand, with a kernel and a
+    recurrent kernel in Fortran order and as strided views, rings and full buffers."""
+    rng = np.random.default_rng(121)
+    H, F, T = 19, 5, 6
+    kernel = rng.normal(size=(F, 4 * H)).astype(dtype)
+    rec = rng.normal(size=(H, 4 * H)).astype(dtype)
+    bias = rng.normal(size=4 * H).astype(dtype)
+    xf = rng.normal(size=(F, T)).astype(dtype)
+    weights = np.empty((4 * H, H + F + 2), dtype)
+    K.step_weights(kernel, rec, bias, None, weights)
+
+    def buffers(full):
+        return dict(gates=np.zeros((T if full else 1, 4 * H, 1), dtype),
+                    h=np.zeros((H, T + 1 if full else 2, 1), dtype),
+                    c=np.zeros((T + 1 if full else 2, H, 1), dtype),
+                    act_c=np.zeros((T if full else 1, H, 1), dtype))
+
+    want = buffers(True)
+    K.lstm_forward(xf, weights, **want)
+    wide = np.zeros((H, 8 * H), dtype)
+    wide[:, ::2] = rec
+    for k, r in ((kernel, rec), (np.asfortranarray(kernel), np.asfortranarray(rec)),
+                 (kernel, wide[:, ::2])):
+        for full in (True, False):
+            got = buffers(full)
+            K.lstm_forward_one(xf, k, r, bias, **got)
+            if full:
+                for name in want:
+                    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+            else:
+                np.testing.assert_allclose(got["h"][:, T % 2], want["h"][:, T], rtol=1e-5,
+                                           atol=1e-6)
+                np.testing.assert_allclose(got["c"][T % 2], want["c"][T], rtol=1e-5,
+                                           atol=1e-6)
+    with pytest.raises(ValueError, match="one sample"):
+        bad = buffers(False)
+        bad["h"] = np.zeros((H, 2, 2), dtype)
+        K.lstm_forward_one(xf, kernel, rec, bias, **bad)
+    with pytest.raises(ValueError, match="kernel_rec"):
+        K.lstm_forward_one(xf, kernel, rec[:, :-1], bias, **buffers(False))
+    with pytest.raises(ValueError, match="bias"):
+        K.lstm_forward_one(xf, kernel, rec, bias[:-1], **buffers(False))
+
+
+# -- predict's lean path --------------------------------------------------------------------
+def _mlp(dtype, activations=("relu", "tanh", "softmax"), use_bias=True, seed=0):
+    cn.set_seed(seed)
+    model = cn.Sequential([layers.Dense(u, activation=a, use_bias=use_bias)
+                           for u, a in zip((37, 16, 5), activations)], dtype=dtype)
+    model.build((23,))
+    return model
+
+
+def _cnn(seed=0):
+    cn.set_seed(seed)
+    model = cn.Sequential([
+        layers.Conv2D(4, 3, padding="same", activation="relu"), layers.MaxPooling2D(2),
+        layers.Flatten(), layers.Dropout(0.5), layers.Dense(9, activation="relu"),
+        layers.Dense(3, activation="softmax")])
+    model.build((9, 9, 2))
+    return model
+
+
+def _cnn_wide(seed=0):
+    """Winograd-sized channels (its chunks of the batch, each pooled), average pooling,
+    a pointwise convolution, no bias, an activation the epilogue does not apply."""
+    cn.set_seed(seed)
+    model = cn.Sequential([
+        layers.Conv2D(16, 3, padding="same", activation="relu"), layers.MaxPooling2D(2),
+        layers.Conv2D(16, 3, padding="same", activation="tanh"),
+        layers.AveragePooling2D(2, padding="same"),
+        layers.Conv2D(8, 1, use_bias=False, activation="linear"),
+        layers.Conv2D(5, 2, activation="gelu"), layers.GlobalAveragePooling2D(),
+        layers.Dense(3)])
+    model.build((14, 14, 16))
+    return model
+
+
+def _conv1d(seed=0):
+    cn.set_seed(seed)
+    model = cn.Sequential([layers.Conv1D(6, 3, activation="sigmoid"), layers.MaxPooling1D(2),
+                           layers.Conv1D(4, 2, strides=2), layers.Flatten(), layers.Dense(2)])
+    model.build((17, 3))
+    return model
+
+
+def _lstm(seed=0, **kw):
+    cn.set_seed(seed)
+    model = cn.Sequential([layers.LSTM(12, **kw), layers.Dense(4, activation="sigmoid")])
+    model.build((5, 3))
+    return model
+
+
+def _general(model, x):
+    """predict's general path: a list input is not taken by the lean path."""
+    return model.predict([x], batch_size=len(x))
+
+
+MODELS = {
+    "mlp32": lambda: _mlp("float32"),
+    "mlp64": lambda: _mlp("float64"),
+    "mlp-no-bias-linear-gelu": lambda: _mlp("float32", ("linear", "gelu", "linear"), False),
+    "mlp-elu-swish-leaky": lambda: _mlp("float32", ("elu", "swish", "leaky_relu")),
+    "cnn": _cnn,
+    "cnn-wide": _cnn_wide,
+    "conv1d": _conv1d,
+    "lstm": _lstm,
+    "lstm-backwards-relu-no-bias": lambda: _lstm(go_backwards=True, activation="relu",
+                                                 use_bias=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_lean_predict_equals_the_general_path_and_numpy(name, isa, kernel_threads):
+    model = MODELS[name]()
+    rng = np.random.default_rng(122)
+    shape = model.inputs[0].shape[1:]
+    for n in (1, 3, 17, 40):
+        x = rng.normal(size=(n,) + tuple(shape)).astype(model.dtype)
+        lean = _inference.predict(model, x, n)
+        assert lean is not None, "the lean path should take a plain array"
+        np.testing.assert_allclose(lean, _general(model, x), rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(model.predict(x, batch_size=n), lean)
+        if name.startswith("mlp"):      # numpy, layer by layer
+            h = x.astype(np.float64)
+            for layer in model.layers:
+                w = [v.astype(np.float64) for v in layer.get_weights()]
+                h = h @ w[0] + (w[1] if layer.use_bias else 0)
+                h = layer.activation.forward(h)
+            tol = 1e-5 if model.dtype == np.float32 else 1e-12
+            np.testing.assert_allclose(lean, h, rtol=tol, atol=tol)
+
+
+def test_lean_predict_returns_new_arrays_and_follows_changes():
+    model = _mlp("float32")
+    x = np.random.default_rng(123).normal(size=(2, 23)).astype(np.float32)
+    a = model.predict(x)
+    b = model.predict(x)
+    assert a is not b and not np.shares_memory(a, b)
+    np.testing.assert_array_equal(a, b)
+    a[:] = 0        # the caller owns the result
+    np.testing.assert_array_equal(model.predict(x), b)
+    # new weights, a new activation, another batch size: the program follows
+    model.layers[0].set_weights([w * 2 for w in model.layers[0].get_weights()])
+    np.testing.assert_allclose(model.predict(x), _general(model, x), rtol=1e-6)
+    model.layers[1].activation = cn.activations.get("sigmoid")
+    np.testing.assert_allclose(model.predict(x), _general(model, x), rtol=1e-6)
+    np.testing.assert_allclose(model.predict(x[:1]), _general(model, x[:1]), rtol=1e-6)
+
+
+def test_lean_predict_leaves_other_inputs_to_the_general_path():
+    model = _mlp("float32")
+    x = np.random.default_rng(124).normal(size=(4, 23))
+    assert _inference.predict(model, x, 4) is None                       # float64 input
+    assert _inference.predict(model, x.astype(np.float32)[:, ::2], 4) is None   # strided
+    assert _inference.predict(model, x.astype(np.float32), 3) is None    # several chunks
+    bad = x.astype(np.float32)
+    bad[1, 2] = np.nan
+    assert _inference.predict(model, bad, 4) is None
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        model.predict(bad)
+    with pytest.raises(ValueError, match="per-sample shape"):
+        model.predict(np.zeros((2, 22), np.float32))
+    np.testing.assert_allclose(model.predict(x), _general(model, x.astype(np.float32)),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("make", [_mlp.__name__, "cnn", "lstm"])
+def test_lean_predict_from_many_threads_gives_the_serial_results(make, restore_threads):
+    """Eight threads, each its own batch size, predict on one model at once (runners: the
+    model and its replicas, each with its own programs and buffers)."""
+    model = {"_mlp": lambda: _mlp("float32"), "cnn": _cnn, "lstm": _lstm}[make]()
+    cn.set_num_threads(1)
+    rng = np.random.default_rng(125)
+    shape = tuple(model.inputs[0].shape[1:])
+    xs = [rng.normal(size=(1 + i % 4,) + shape).astype(np.float32) for i in range(8)]
+    expected = [model.predict(x) for x in xs]
+    barrier = threading.Barrier(len(xs))
+    got, errors = [None] * len(xs), []
+
+    def run(i):
+        try:
+            barrier.wait(60)
+            got[i] = [model.predict(xs[i]) for _ in range(30)]
+        except BaseException as exc:     # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+        assert not t.is_alive()
+    assert not errors, errors[0]
+    for e, g in zip(expected, got):
+        for one in g:
+            np.testing.assert_array_equal(one, e)
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8, 5), (2, 9, 7, 33), (1, 2, 2, 1), (4, 5, 12, 64)])
+def test_two_by_two_max_pool_matches_the_general_loop_and_numpy(shape, kernel_threads):
+    """The inference loop of 2x2 / stride 2 max pooling (no indices) against the general
+    loop (with indices) and numpy, odd sizes (the last row / column left out), NaN and
+    infinities (a NaN never wins, as in the general loop)."""
+    rng = np.random.default_rng(126)
+    x = rng.normal(size=shape).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[rng.integers(0, flat.size, size=max(1, flat.size // 50))] = np.nan
+    flat[rng.integers(0, flat.size, size=max(1, flat.size // 50))] = -np.inf
+    n, h, w, c = shape
+    oh, ow = h // 2, w // 2
+    fast, general = (np.empty((n, oh, ow, c), np.float32) for _ in range(2))
+    P.max_pool_forward(x, fast, None, (2, 2), (2, 2), (0, 0))
+    P.max_pool_forward(x, general, np.empty(general.shape, np.int32), (2, 2), (2, 2), (0, 0))
+    np.testing.assert_array_equal(fast, general)
+    windows = x[:, :2 * oh, :2 * ow].reshape(n, oh, 2, ow, 2, c)
+    ref = np.where(np.isnan(windows), -np.inf, windows).max(axis=(2, 4))
+    np.testing.assert_array_equal(fast, ref)
