@@ -388,6 +388,58 @@ def test_custom_loop_step_equals_train_on_batch():
         np.testing.assert_array_equal(wa, wb)
 
 
+def test_backward_without_input_grads_fills_the_same_weight_gradients():
+    """model.backward(dy, input_grads=False): the same weight gradients, no dx (a
+    discriminator's step on data skips its first convolution's input gradient)."""
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((6, 8, 8, 2))
+    models = []
+    for _ in range(2):
+        cn.set_seed(3)
+        m = cn.Sequential([cn.Input((8, 8, 2)),
+                           layers.Conv2D(4, 4, strides=2, padding="same",
+                                         activation="leaky_relu"),
+                           layers.Flatten(), layers.Dense(1)], dtype="float64")
+        models.append(m)
+    dy = rng.standard_normal((6, 1))
+    grads = []
+    for m, flag in zip(models, (True, False)):
+        m(x, training=True)
+        dx = m.backward(dy, input_grads=flag)
+        assert (dx is None) == (not flag)
+        grads.append(m._grads.copy())
+    np.testing.assert_array_equal(grads[0], grads[1])
+
+
+def test_backward_without_weight_grads_gives_the_same_input_gradient():
+    """model.backward(dy, weight_grads=False): the same d loss / d x, a zeroed gradient
+    buffer (convolutions skip their kernel and bias gradients; the others are zeroed),
+    and the next full backward is complete again."""
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((3, 8, 8, 2))
+    cn.set_seed(4)
+    m = cn.Sequential([cn.Input((8, 8, 2)),
+                       layers.Conv2D(16, 3, padding="same", activation="relu"),   # Winograd
+                       layers.Conv2D(16, 3, padding="same", activation="elu"),
+                       layers.Conv2DTranspose(3, 4, strides=2, padding="same",
+                                              activation="leaky_relu"),
+                       layers.Conv2D(2, 4, strides=2, padding="same", activation="tanh",
+                                     kernel_regularizer=cn.regularizers.L2(0.1)),
+                       layers.Flatten(), layers.Dense(1)], dtype="float64")
+    dy = rng.standard_normal((3, 1))
+    m(x, training=True)
+    full = m.backward(dy)
+    grads = m._grads.copy()
+    assert np.any(grads)
+    m(x, training=True)
+    np.testing.assert_array_equal(m.backward(dy, weight_grads=False), full)
+    assert not np.any(m._grads)
+    assert not any(layer._skip_weight_grads for layer in m.layers)
+    m(x, training=True)
+    np.testing.assert_array_equal(m.backward(dy), full)
+    np.testing.assert_array_equal(m._grads, grads)
+
+
 def test_train_step_override_is_used_by_fit():
     calls = []
 

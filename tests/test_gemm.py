@@ -376,6 +376,29 @@ def test_bias_and_activation_epilogue(isa, dtype, with_bias, activation):
             np.testing.assert_allclose(got.sum(axis=1), 1, atol=1e3 * np.finfo(dtype).eps)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.2, 1.0, 1.5])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_leaky_relu_epilogue_and_derivative_bits(isa, dtype, alpha):
+    """The leaky_relu epilogue (forward, and derivative from the output with act_out) is
+    exactly x > 0 ? x : slope * x, NaN included, for any slope (max / min forms)."""
+    rng = np.random.default_rng(31)
+    m, n = 37, 45       # edges of every micro-tile shape
+    v = (rng.standard_normal((1, n)) * 10).astype(dtype)
+    v[0, :4] = [0.0, np.nan, np.inf, -np.inf]
+    a = np.ones((m, 1), dtype)              # c = a @ v: each row of c is v, exactly
+    c = np.empty((m, n), dtype)
+    _gemm.gemm(a, v, c, activation=_gemm.EPILOGUES["leaky_relu"], alpha=alpha)
+    with np.errstate(invalid="ignore"):
+        want = np.where(v > 0, v, dtype(alpha) * v)
+    np.testing.assert_array_equal(c, np.broadcast_to(want, (m, n)))
+    y = (rng.standard_normal((m, n)) * 3).astype(dtype)
+    y[0, :2] = [0.0, np.nan]
+    _gemm.gemm(a, v, c, activation=_gemm.EPILOGUES["leaky_relu"], alpha=alpha, act_out=y)
+    with np.errstate(invalid="ignore"):
+        want = np.where(y > 0, v, v * dtype(alpha))
+    np.testing.assert_array_equal(c, want)
+
+
 def test_activation_instance_and_case():
     rng = np.random.default_rng(9)
     a, b = rng.standard_normal((4, 5)), rng.standard_normal((5, 3))

@@ -125,9 +125,11 @@ def test_conv_transpose_output_sizes_follow_keras(size, k, s, padding, op, expec
     assert layer.compute_output_shape((size, 3, 4))[0] == expected
 
 
-@pytest.mark.parametrize("activation", ["linear", "relu", "sigmoid", "tanh", "hard_swish", "elu"])
-@pytest.mark.parametrize("case", [TRANSPOSE_CASES[2], TRANSPOSE_CASES[5], TRANSPOSE_CASES[8]],
-                         ids=str)
+@pytest.mark.parametrize("activation", ["linear", "relu", "sigmoid", "tanh", "hard_swish", "elu",
+                                        "leaky_relu", cn.activations.LeakyReLU(1.5),
+                                        cn.activations.ELU(0.5)], ids=str)
+@pytest.mark.parametrize("case", [TRANSPOSE_CASES[2], TRANSPOSE_CASES[5], TRANSPOSE_CASES[8],
+                                  TRANSPOSE_CASES[7]], ids=str)   # the last: thin patches
 def test_conv_transpose_finite_differences(case, activation):
     rng = np.random.default_rng(2)
     x = rng.normal(size=(2, 3, 3, 2))

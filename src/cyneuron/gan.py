@@ -11,6 +11,9 @@ loop would: a discriminator update on real and generated samples, then a generat
 update with the non-saturating loss -log D(G(z)) (Goodfellow et al. 2014), through
 `model(x, training=True)`, `model.backward(d_out)` and `optimizer.apply_gradients(model)`;
 the generator's gradient is the discriminator's input gradient handed to the generator.
+The steps skip what no one reads: the input gradients of the discriminator's step and
+of the generator (`backward(..., input_grads=False)`) and the discriminator's weight
+gradients in the generator's step (`weight_grads=False`).
 The two models keep their own optimizers (and optimizer state).
 
 The discriminator returns one value per sample: a logit (a linear output, recommended),
@@ -156,12 +159,12 @@ class GAN:
         d_loss, grad = self.bce(targets, d_out)
         if not math.isfinite(d_loss):        # fit stops on it (TerminateOnNaN)
             return {"d_loss": d_loss, "g_loss": float("nan")}
-        d.backward(grad)
+        d.backward(grad, input_grads=False)
         self.d_optimizer.apply_gradients(d)
         # generator: the non-saturating loss -log D(G(z)); D's input gradient flows into G
         fake = g(self.sample_latent(n), training=True)
         g_loss, grad = self.bce(1.0, d(fake, training=True))
-        g.backward(d.backward(grad))
+        g.backward(d.backward(grad, weight_grads=False), input_grads=False)
         self.g_optimizer.apply_gradients(g)
         return {"d_loss": d_loss, "g_loss": g_loss}
 
@@ -325,11 +328,11 @@ class ConditionalGAN(GAN):
         d_loss, grad = self.bce(targets, d_out)
         if not math.isfinite(d_loss):        # fit stops on it (TerminateOnNaN)
             return {"d_loss": d_loss, "g_loss": float("nan")}
-        d.backward(grad)
+        d.backward(grad, input_grads=False)
         self.d_optimizer.apply_gradients(d)
         fake = g([self.sample_latent(n), labels], training=True)
         g_loss, grad = self.bce(1.0, d([fake, labels], training=True))
-        g.backward(d.backward(grad)[0])
+        g.backward(d.backward(grad, weight_grads=False)[0], input_grads=False)
         self.g_optimizer.apply_gradients(g)
         return {"d_loss": d_loss, "g_loss": g_loss}
 

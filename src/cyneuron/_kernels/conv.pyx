@@ -16,13 +16,17 @@ Every read and write is bounds-checked against the array shapes (a position
 outside the input is padding), so any geometry is memory-safe; the layers
 compute the TensorFlow output sizes. im2col runs in parallel over output rows
 (n, oy); col2im over samples, so no two threads add into the same dx element.
+
+im2col_gemm, im2col_gemm_tn and col2im_gemm do a GEMM with the patch matrix a few
+images at a time, in cache, without the whole matrix (see their section below).
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from cyneuron._kernels._openmp cimport threads_for
+from cyneuron._kernels.gemm cimport dgemm_serial, sgemm_serial
 
 
 cdef inline tuple _shape4(Py_ssize_t *shape):
@@ -120,10 +124,13 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols, tuple window,
 cdef void _col2im_sample(const floating *cols, floating *dx, const Geometry *g,
                          Py_ssize_t n) noexcept nogil:
     """dx[n] = sum over the patch rows of sample n of their values, scattered back."""
+    _col2im_image(cols + n * g.OH * g.OW * g.KH * g.KW * g.C, dx + n * g.H * g.W * g.C, g)
+
+
+cdef void _col2im_image(const floating *src, floating *dst, const Geometry *g) noexcept nogil:
+    """One image dst (H, W, C) = the OH*OW patch rows at src, scattered back."""
     cdef Py_ssize_t C = g.C, oy, ox, i, j, c, iy, ix, ix0
-    cdef floating *dst = dx + n * g.H * g.W * C
     cdef floating *p
-    cdef const floating *src = cols + n * g.OH * g.OW * g.KH * g.KW * C
     memset(dst, 0, g.H * g.W * C * sizeof(floating))
     for oy in range(g.OH):
         for ox in range(g.OW):
@@ -175,17 +182,20 @@ cdef enum:
     ACT_RELU = 1
     ACT_SIGMOID = 2
     ACT_TANH = 3
+    ACT_LEAKY_RELU = 8
+    ACT_ELU = 9
     # Column sums run over this many row chunks whatever the thread count, and the
     # chunk partials (float64) are added in order: the same result on any thread count.
     MAX_CHUNKS = 64
 
 
 cdef void _act_grad_rows(const floating *y, const floating *dy, floating *dz, double *part,
-                         Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t F, int act) noexcept nogil:
+                         Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t F, int act,
+                         floating alpha) noexcept nogil:
     """Rows [r0, r1): dz = dy * act'(y) (written when dz != NULL) and part[f] = the sum
-    of those rows of dz (when part != NULL)."""
+    of those rows of dz (when part != NULL). alpha: leaky_relu's slope or elu's alpha."""
     cdef Py_ssize_t r, f
-    cdef floating g
+    cdef floating g, s
     cdef const floating *yr
     cdef const floating *gr
     cdef floating *zr
@@ -205,6 +215,15 @@ cdef void _act_grad_rows(const floating *y, const floating *dy, floating *dz, do
             for f in range(F):
                 g = gr[f]  # loaded unconditionally: the select below then vectorizes
                 zr[f] = g if yr[f] > 0 else 0
+        elif act == ACT_LEAKY_RELU:     # act'(z) = 1 for y > 0, else the slope
+            for f in range(F):
+                s = 1 if yr[f] > 0 else alpha
+                zr[f] = gr[f] * s
+        elif act == ACT_ELU:            # act'(z) = 1 for y > 0, else alpha e^z = y + alpha
+            for f in range(F):
+                g = yr[f] + alpha     # computed unconditionally: the select vectorizes
+                s = 1 if yr[f] > 0 else g
+                zr[f] = gr[f] * s
         elif act == ACT_SIGMOID:
             for f in range(F):
                 zr[f] = gr[f] * yr[f] * (1 - yr[f])
@@ -217,17 +236,22 @@ cdef void _act_grad_rows(const floating *y, const floating *dy, floating *dz, do
 
 
 def activation_bias_backward(const floating[:, ::1] y, const floating[:, ::1] dy,
-                             floating[:, ::1] dz, floating[::1] db, int activation):
+                             floating[:, ::1] dz, floating[::1] db, int activation,
+                             double alpha=0.0):
     """The backward pass of act(z + bias) for outputs y (M, F) and their gradient dy:
     dz = dy * act'(y) (not written for 'linear', where dz is dy; pass dz=None) and
     db = the column sums of dz (db=None: skipped). activation: EPILOGUES code of
-    linear, relu, sigmoid or tanh."""
+    linear, relu, sigmoid, tanh, leaky_relu (alpha: its slope, >= 0) or elu (alpha: its
+    alpha); both take the derivative from y as the GEMM epilogue's act_out does."""
     cdef Py_ssize_t M = y.shape[0], F = y.shape[1], t, f, k
     if dy.shape[0] != M or dy.shape[1] != F:
         raise ValueError(f"dy must have shape ({M}, {F}); got ({dy.shape[0]}, {dy.shape[1]})")
-    if not ACT_LINEAR <= activation <= ACT_TANH:
-        raise ValueError(f"activation code must be linear, relu, sigmoid or tanh (0-3); "
-                         f"got {activation}")
+    if not (ACT_LINEAR <= activation <= ACT_TANH or activation == ACT_LEAKY_RELU
+            or activation == ACT_ELU):
+        raise ValueError(f"activation code must be linear, relu, sigmoid, tanh, leaky_relu "
+                         f"or elu (0-3, 8, 9); got {activation}")
+    if activation == ACT_LEAKY_RELU and alpha < 0:
+        raise ValueError(f"alpha (leaky_relu's slope) must be >= 0; got {alpha}")
     if activation != ACT_LINEAR:
         if dz is None or dz.shape[0] != M or dz.shape[1] != F:
             raise ValueError(f"dz must be an array of shape ({M}, {F})")
@@ -249,7 +273,7 @@ def activation_bias_backward(const floating[:, ::1] y, const floating[:, ::1] dy
     try:
         for t in prange(k, nogil=True, num_threads=nt, schedule="static"):
             _act_grad_rows(&y[0, 0], &dy[0, 0], zp, part + t * F if part != NULL else NULL,
-                           t * M // k, (t + 1) * M // k, F, activation)
+                           t * M // k, (t + 1) * M // k, F, activation, <floating>alpha)
         if db is not None:
             for f in range(F):
                 s = 0
@@ -258,3 +282,237 @@ def activation_bias_backward(const floating[:, ::1] y, const floating[:, ::1] dy
                 db[f] = <floating>s
     finally:
         free(part)
+
+
+# ---------------------------------------------------------------------------------------
+# GEMM and patch matrix in one pass, a few images at a time
+# ---------------------------------------------------------------------------------------
+# The patch matrix of a whole batch is megabytes (64 x 14x14x32 images, 4x4 window:
+# 6 MiB): written by one pass and read back by the next, it goes through memory. These
+# kernels make it a few images at a time in a per-thread scratch block of about
+# CHUNK_ROWS patch rows that stays in cache between the GEMM (the serial entry of
+# cyneuron._kernels.gemm, on this thread) and the im2col / col2im beside it.
+cdef enum:
+    CHUNK_ROWS = 256
+    # kernel gradients sum their chunks in this many groups whatever the thread count,
+    # added in order at the end: the same bits on any thread count
+    GRAD_GROUPS = 2
+
+
+cdef inline int _gemm_serial(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating *A,
+                             Py_ssize_t rsa, Py_ssize_t csa, const floating *B,
+                             Py_ssize_t rsb, floating *C, Py_ssize_t ldc,
+                             bint accumulate) noexcept nogil:
+    if floating is float:
+        return sgemm_serial(M, N, K, A, rsa, csa, B, rsb, 1, C, ldc, accumulate)
+    else:
+        return dgemm_serial(M, N, K, A, rsa, csa, B, rsb, 1, C, ldc, accumulate)
+
+
+cdef Py_ssize_t _chunk_images(const Geometry *g, int threads) noexcept nogil:
+    """Images per chunk: about CHUNK_ROWS patch rows, and at least `threads` chunks
+    when there are that many images. (Where the chunks are summed together, in the
+    kernel gradient, the caller passes threads=1: the chunks, and so the bits, must not
+    depend on the thread count.)"""
+    cdef Py_ssize_t per = g.OH * g.OW
+    cdef Py_ssize_t step = max(1, min(g.N, CHUNK_ROWS // per if per < CHUNK_ROWS else 1))
+    return max(1, min(step, (g.N + threads - 1) // threads))
+
+
+def col2im_gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, :, :, ::1] dx,
+                tuple window, tuple strides, tuple dilation, tuple padding,
+                tuple output_size):
+    """dx (N, H, W, C) = col2im(a @ b) without the whole patch matrix: a (N*OH*OW, K)
+    (a convolution's output gradient, or a transposed convolution's input), b
+    (K, KH*KW*C) (the kernel, transposed and contiguous). Conv2D's input gradient and
+    Conv2DTranspose's forward pass. dx is overwritten; parallel over chunks of images,
+    each image written by one thread (the same bits on any thread count)."""
+    cdef Geometry g = _geometry(_shape4(dx.shape), window, strides, dilation, padding,
+                                output_size[0], output_size[1])
+    cdef Py_ssize_t depth = g.KH * g.KW * g.C, K = a.shape[1], M = g.N * g.OH * g.OW
+    if a.shape[0] != M or b.shape[0] != K or b.shape[1] != depth:
+        raise ValueError(f"a must have shape ({g.N * g.OH * g.OW}, K) and b (K, {depth}) for "
+                         f"{g.N} samples of {g.OH}x{g.OW} patches of {g.KH}x{g.KW}x{g.C}; "
+                         f"got a ({a.shape[0]}, {a.shape[1]}), b ({b.shape[0]}, {b.shape[1]})")
+    if g.N == 0:
+        return
+    if K < 1:
+        raise ValueError("a and b must have an inner dimension of at least 1")
+    cdef int nt = threads_for(<double> M * depth * K)
+    cdef Py_ssize_t step = _chunk_images(&g, nt), chunks = (g.N + step - 1) // step
+    cdef Py_ssize_t rows_per = g.OH * g.OW, block = step * rows_per * depth, t, n, n0, n1
+    nt = <int>min(<Py_ssize_t>nt, chunks)
+    cdef floating *scratch = <floating *>malloc(nt * block * sizeof(floating))
+    cdef floating *buf
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        for t in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+            buf = scratch + threadid() * block
+            n0 = t * step
+            n1 = min(g.N, n0 + step)
+            _gemm_serial((n1 - n0) * rows_per, depth, K, &a[n0 * rows_per, 0], K, 1,
+                         &b[0, 0], depth, buf, depth, False)
+            for n in range(n0, n1):
+                _col2im_image(buf + (n - n0) * rows_per * depth,
+                              &dx[0, 0, 0, 0] + n * g.H * g.W * g.C, &g)
+    finally:
+        free(scratch)
+
+
+def im2col_gemm_tn(const floating[:, :, :, ::1] x, const floating[:, ::1] a,
+                   floating[:, ::1] out, tuple window, tuple strides, tuple dilation,
+                   tuple padding, tuple output_size):
+    """out (K, KH*KW*C) = a^T @ im2col(x) without the whole patch matrix: x (N, H, W, C),
+    a (N*OH*OW, K) (the output gradient: out is then the kernel gradient, transposed).
+    The patches are made again a few images at a time, in cache, instead of read back
+    from memory, and each chunk of a is transposed there too (the GEMM reads a
+    contiguous A fastest). The chunks go to GRAD_GROUPS partial sums added in order at
+    the end: the same bits on any thread count."""
+    cdef Geometry g = _geometry(_shape4(x.shape), window, strides, dilation, padding,
+                                output_size[0], output_size[1])
+    cdef Py_ssize_t depth = g.KH * g.KW * g.C, K = a.shape[1], M = g.N * g.OH * g.OW
+    if a.shape[0] != M or out.shape[0] != K or out.shape[1] != depth:
+        raise ValueError(f"a must have shape ({M}, K) and out (K, {depth}) for {g.N} "
+                         f"samples of {g.OH}x{g.OW} patches of {g.KH}x{g.KW}x{g.C}; got "
+                         f"a ({a.shape[0]}, {a.shape[1]}), "
+                         f"out ({out.shape[0]}, {out.shape[1]})")
+    if g.N == 0 or K == 0:
+        out[:, :] = 0
+        return
+    cdef Py_ssize_t step = _chunk_images(&g, 1), chunks = (g.N + step - 1) // step
+    cdef Py_ssize_t rows_per = g.OH * g.OW, block = step * rows_per * (depth + K)
+    cdef Py_ssize_t groups = min(<Py_ssize_t>GRAD_GROUPS, chunks), size = K * depth
+    cdef Py_ssize_t grp, c, c0, c1, n0, n1, r, i, rows
+    cdef int nt = threads_for(<double> M * depth * K)
+    nt = <int>min(<Py_ssize_t>nt, groups)
+    cdef floating *scratch = <floating *>malloc(nt * block * sizeof(floating))
+    cdef floating *part = <floating *>malloc(groups * size * sizeof(floating))
+    cdef floating *buf
+    cdef floating *at
+    cdef floating *dst
+    cdef floating *res
+    if scratch == NULL or part == NULL:
+        free(scratch)
+        free(part)
+        raise MemoryError()
+    try:
+        for grp in prange(groups, nogil=True, num_threads=nt, schedule="static"):
+            buf = scratch + threadid() * block
+            at = buf + step * rows_per * depth
+            dst = part + grp * size
+            c0 = grp * chunks // groups
+            c1 = (grp + 1) * chunks // groups
+            for c in range(c0, c1):
+                n0 = c * step
+                n1 = min(g.N, n0 + step)
+                rows = (n1 - n0) * rows_per
+                for r in range(n0 * g.OH, n1 * g.OH):
+                    _im2col_row(&x[0, 0, 0, 0], buf - n0 * rows_per * depth, &g, r)
+                _transpose(&a[n0 * rows_per, 0], at, rows, K)
+                _gemm_serial(K, depth, rows, at, rows, 1, buf, depth, dst, depth, c > c0)
+        res = &out[0, 0]
+        for i in range(size):
+            res[i] = part[i]
+        for grp in range(1, groups):
+            for i in range(size):
+                res[i] = res[i] + part[grp * size + i]
+    finally:
+        free(scratch)
+        free(part)
+
+
+cdef void _transpose(const floating *src, floating *dst, Py_ssize_t rows,
+                     Py_ssize_t cols) noexcept nogil:
+    """dst (cols, rows) = src (rows, cols)^T, in 8 x 8 blocks."""
+    cdef Py_ssize_t r0, c0, r, c, r1, c1
+    for r0 in range(0, rows, 8):
+        r1 = min(rows, r0 + 8)
+        for c0 in range(0, cols, 8):
+            c1 = min(cols, c0 + 8)
+            for r in range(r0, r1):
+                for c in range(c0, c1):
+                    dst[c * rows + r] = src[r * cols + c]
+
+
+def im2col_gemm(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
+                floating[:, ::1] out, tuple window, tuple strides, tuple dilation,
+                tuple padding, tuple output_size, const floating[::1] bias=None,
+                int activation=ACT_LINEAR, double alpha=0.0):
+    """out (N*OH*OW, F) = act(im2col(x) @ b + bias) without the whole patch matrix:
+    x (N, H, W, C), b (KH*KW*C, F) contiguous; activation: EPILOGUES code of linear,
+    relu or leaky_relu (alpha: its slope), applied to each chunk's rows while they are
+    in cache. A convolution's forward pass, and Conv2DTranspose's input gradient.
+    Parallel over chunks of images, each row of out written by one thread (the same
+    bits on any thread count)."""
+    cdef Geometry g = _geometry(_shape4(x.shape), window, strides, dilation, padding,
+                                output_size[0], output_size[1])
+    cdef Py_ssize_t depth = g.KH * g.KW * g.C, F = b.shape[1], M = g.N * g.OH * g.OW
+    if b.shape[0] != depth or out.shape[0] != M or out.shape[1] != F:
+        raise ValueError(f"b must have shape ({depth}, F) and out ({M}, F) for {g.N} "
+                         f"samples of {g.OH}x{g.OW} patches of {g.KH}x{g.KW}x{g.C}; got "
+                         f"b ({b.shape[0]}, {b.shape[1]}), "
+                         f"out ({out.shape[0]}, {out.shape[1]})")
+    if bias is not None and bias.shape[0] != F:
+        raise ValueError(f"bias must have {F} values; got {bias.shape[0]}")
+    if activation != ACT_LINEAR and activation != ACT_RELU and activation != ACT_LEAKY_RELU:
+        raise ValueError(f"activation code must be linear, relu or leaky_relu (0, 1, 8); "
+                         f"got {activation}")
+    if M == 0 or F == 0:
+        return
+    cdef const floating *bp = &bias[0] if bias is not None else NULL
+    cdef int nt = threads_for(<double> M * depth * F)
+    cdef Py_ssize_t step = _chunk_images(&g, nt), chunks = (g.N + step - 1) // step
+    cdef Py_ssize_t rows_per = g.OH * g.OW, block = step * rows_per * depth, t, n0, n1, r
+    nt = <int>min(<Py_ssize_t>nt, chunks)
+    cdef floating *scratch = <floating *>malloc(nt * block * sizeof(floating))
+    cdef floating *buf
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        for t in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+            buf = scratch + threadid() * block
+            n0 = t * step
+            n1 = min(g.N, n0 + step)
+            for r in range(n0 * g.OH, n1 * g.OH):
+                _im2col_row(&x[0, 0, 0, 0], buf - n0 * rows_per * depth, &g, r)
+            _gemm_serial((n1 - n0) * rows_per, F, depth, buf, depth, 1, &b[0, 0], F,
+                         &out[n0 * rows_per, 0], F, False)
+            if bp != NULL or activation != ACT_LINEAR:
+                _bias_act_rows(&out[n0 * rows_per, 0], bp, (n1 - n0) * rows_per, F,
+                               activation, <floating>alpha)
+    finally:
+        free(scratch)
+
+
+cdef void _bias_act_rows(floating *y, const floating *bias, Py_ssize_t rows, Py_ssize_t F,
+                         int act, floating alpha) noexcept nogil:
+    """y = act(y + bias) on rows x F values: the GEMM epilogue's formulas (leaky_relu as
+    max(v, slope v), min for a slope > 1, the plain form for a zero slope: the same bits
+    as v > 0 ? v : slope v)."""
+    cdef Py_ssize_t r, f
+    cdef floating v, w
+    cdef floating *row
+    for r in range(rows):
+        row = y + r * F
+        if bias != NULL:
+            for f in range(F):
+                row[f] = row[f] + bias[f]
+        if act == ACT_RELU:
+            for f in range(F):
+                v = row[f]
+                row[f] = v if v > 0 else 0
+        elif act == ACT_LEAKY_RELU and alpha > 0 and alpha <= 1:
+            for f in range(F):
+                v = row[f]
+                w = alpha * v
+                row[f] = v if v > w else w
+        elif act == ACT_LEAKY_RELU and alpha > 1:
+            for f in range(F):
+                v = row[f]
+                w = alpha * v
+                row[f] = v if v < w else w
+        elif act == ACT_LEAKY_RELU:
+            for f in range(F):
+                v = row[f]
+                row[f] = v if v > 0 else alpha * v

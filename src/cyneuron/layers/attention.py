@@ -259,7 +259,7 @@ class MultiHeadAttention(Layer):
         xs = [np.ascontiguousarray(q, dtype=self.dtype), np.ascontiguousarray(v, dtype=self.dtype)]
         if k is not None:
             xs.append(np.ascontiguousarray(k, dtype=self.dtype))
-        xs = [x.copy() if any(np.shares_memory(x, b) for b in self._buffers.values()) else x
+        xs = [x.copy() if self._shares_buffer(x) else x
               for x in xs]
         self._layout = ("query", "value") + (("key",) if k is not None else ())
         self._causal = bool(use_causal_mask)

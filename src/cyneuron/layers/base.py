@@ -100,6 +100,9 @@ def _with_regularizers(init):
 class Layer:
     # False freezes the layer: a model's optimizer step leaves its weights alone (Keras).
     trainable = True
+    # set by Model.backward(weight_grads=False) for its duration: layers that can skip
+    # their weight-gradient work do (their gradients are zeroed by the model)
+    _skip_weight_grads = False
     # Inputs a layer takes when called in a graph: 1, or "many" (merge layers take a list).
     _n_inputs = 1
     # A penalty on the layer's output (cn.regularizers), added to the training loss.
@@ -236,7 +239,7 @@ class Layer:
         """Output for a batch `x`. The array returned is owned by the layer and is
         overwritten by its next forward call: copy it to keep it."""
         x = self._check_input(x)
-        if any(np.shares_memory(x, buf) for buf in self._buffers.values()):
+        if self._shares_buffer(x):
             x = x.copy()  # fed its own output: the buffer is about to be overwritten
         return self._forward(x, training)
 
@@ -270,11 +273,26 @@ class Layer:
                              f"(batch, {', '.join(map(str, self.input_shape))}); got {x.shape}")
         return np.ascontiguousarray(x, dtype=self.dtype)
 
+    def _shares_buffer(self, x):
+        """True when x shares memory with one of this layer's scratch arrays."""
+        spares = self.__dict__.get("_spare_buffers", {})
+        return any(np.shares_memory(x, buf) for bufs in (self._buffers, spares)
+                   for buf in bufs.values())
+
     def _buffer(self, key, shape):
-        """A scratch array reused across calls while `shape` is unchanged."""
+        """A scratch array reused across calls while `shape` is unchanged. The array of
+        the shape before is kept too and comes back when that shape does: batch sizes
+        often alternate (a GAN's discriminator sees 2n then n samples each step), and a
+        fresh array of megabytes costs its page faults on every switch."""
         buf = self._buffers.get(key)
         if buf is None or buf.shape != shape or buf.dtype != self.dtype:
-            buf = self._buffers[key] = empty_aligned(shape, self.dtype)
+            spares = self.__dict__.setdefault("_spare_buffers", {})
+            spare = spares.get(key)
+            if buf is not None:
+                spares[key] = buf
+            if spare is None or spare.shape != shape or spare.dtype != self.dtype:
+                spare = empty_aligned(shape, self.dtype)
+            buf = self._buffers[key] = spare
         return buf
 
     # -- weights --------------------------------------------------------------
@@ -330,6 +348,7 @@ class Layer:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_buffers"] = {}   # scratch arrays: rebuilt on the next call
+        state.pop("_spare_buffers", None)
         return state
 
     def __setstate__(self, state):

@@ -81,7 +81,7 @@ class _Merge(Layer):
         else:
             self._check_call_shapes(shapes)
         xs = [np.ascontiguousarray(x, dtype=self.dtype) for x in xs]
-        xs = [x.copy() if any(np.shares_memory(x, b) for b in self._buffers.values()) else x
+        xs = [x.copy() if self._shares_buffer(x) else x
               for x in xs]
         return self._forward(xs, training)
 

@@ -201,7 +201,7 @@ class RNN(Layer):
         if mask is None:
             mask = getattr(x, "_keras_mask", None)
         x = self._check_input(x)
-        if any(np.shares_memory(x, buf) for buf in self._buffers.values()):
+        if self._shares_buffer(x):
             x = x.copy()
         initial_state = self._check_initial_state(initial_state, x.shape[0])
         mask = self._check_mask(mask, x.shape[0], x.shape[1])

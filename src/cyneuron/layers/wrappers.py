@@ -148,7 +148,7 @@ class Bidirectional(Wrapper):
         if mask is None:
             mask = getattr(x, "_keras_mask", None)
         x = self._check_input(x)
-        if any(np.shares_memory(x, buf) for buf in self._buffers.values()):
+        if self._shares_buffer(x):
             x = x.copy()
         mask = self.forward_layer._check_mask(mask, x.shape[0], x.shape[1])
         if initial_state is not None:

@@ -454,10 +454,13 @@ class TrainingMixin:
         finally:
             self._own.release()
 
-    def backward(self, grad_output):
+    def backward(self, grad_output, input_grads=True, weight_grads=True):
         """After `y = model(x, training=True)`: back-propagates d(loss)/dy (an array, or a
         list / dict per output; None for no gradient), fills the flat gradient buffer
-        (frozen layers' ranges zeroed) and returns d(loss)/dx (a list for several inputs)."""
+        (frozen layers' ranges zeroed) and returns d(loss)/dx (a list for several inputs).
+        input_grads=False: d(loss)/dx is not computed (returns None), as for a step on data.
+        weight_grads=False: the gradient buffer is zeroed and layers that can skip their
+        weight gradients do (convolutions), as for a GAN's generator step through D."""
         if not hasattr(self, "_called_with"):
             raise RuntimeError(f"model {self.name!r}: call model(x, training=True) before "
                                f"backward")
@@ -489,10 +492,22 @@ class TrainingMixin:
             checked.append(g)
         self._check_not_training_elsewhere("backward")
         with self._own:
-            gin = self._run_backward(checked, want_inputs=True)
-            if self._weight_regs:
+            skip = [] if weight_grads else self._param_layers
+            for layer in skip:
+                layer._skip_weight_grads = True
+            try:
+                gin = self._run_backward(checked, want_inputs=bool(input_grads))
+            finally:
+                for layer in skip:
+                    del layer._skip_weight_grads
+            if not weight_grads:
+                self._grads.fill(0)
+            elif self._weight_regs:
                 self._add_weight_reg_grads()
             self._zero_frozen(self._trainable_segments())
+            if not input_grads:
+                self._awaiting_backward = False
+                return None
             gin = [np.zeros(shape, self.dtype) if g is None else np.array(g)
                    for g, shape in zip(gin, self._called_with)]
             self._awaiting_backward = False
