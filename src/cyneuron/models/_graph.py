@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 
 from .. import _config
+from .._memory import empty_aligned, zeros_aligned
 from .._validation import as_dtype
 from ..layers.base import Layer
 from ..layers.input_layer import InputLayer, SymbolicTensor
@@ -228,7 +229,8 @@ class GraphEngine(Layer):
         become views into it (their values are copied in)."""
         size = self._count_trainable()
         _BIND_EPOCH[0] += 1
-        self._bind(np.empty(size, self.dtype), np.zeros(size, self.dtype), 0)
+        # on a cache line: the GEMMs write layers' gradients into it from two threads
+        self._bind(empty_aligned(size, self.dtype), zeros_aligned(size, self.dtype), 0)
 
     def _bind(self, params, grads, offset):
         start = offset
