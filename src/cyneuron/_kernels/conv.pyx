@@ -319,6 +319,25 @@ cdef Py_ssize_t _chunk_images(const Geometry *g, int threads) noexcept nogil:
     return max(1, min(step, (g.N + threads - 1) // threads))
 
 
+cdef struct Chunks:
+    Py_ssize_t step      # images per chunk
+    Py_ssize_t count     # chunks
+    Py_ssize_t rows      # patch rows per image (OH * OW)
+    Py_ssize_t block     # scratch elements per thread: one chunk's patch matrix
+    int threads          # no more threads than chunks
+
+
+cdef Chunks _chunks(const Geometry *g, int threads, Py_ssize_t depth) noexcept nogil:
+    """How the chunked kernels (col2im_gemm, im2col_gemm) cut the batch."""
+    cdef Chunks c
+    c.step = _chunk_images(g, threads)
+    c.count = (g.N + c.step - 1) // c.step
+    c.rows = g.OH * g.OW
+    c.block = c.step * c.rows * depth
+    c.threads = <int>min(<Py_ssize_t>threads, c.count)
+    return c
+
+
 def col2im_gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, :, :, ::1] dx,
                 tuple window, tuple strides, tuple dilation, tuple padding,
                 tuple output_size):
@@ -338,16 +357,14 @@ def col2im_gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, 
         return
     if K < 1:
         raise ValueError("a and b must have an inner dimension of at least 1")
-    cdef int nt = threads_for(<double> M * depth * K)
-    cdef Py_ssize_t step = _chunk_images(&g, nt), chunks = (g.N + step - 1) // step
-    cdef Py_ssize_t rows_per = g.OH * g.OW, block = step * rows_per * depth, t, n, n0, n1
-    nt = <int>min(<Py_ssize_t>nt, chunks)
-    cdef floating *scratch = <floating *>malloc(nt * block * sizeof(floating))
+    cdef Chunks ch = _chunks(&g, threads_for(<double> M * depth * K), depth)
+    cdef Py_ssize_t step = ch.step, rows_per = ch.rows, block = ch.block, t, n, n0, n1
+    cdef floating *scratch = <floating *>malloc(ch.threads * block * sizeof(floating))
     cdef floating *buf
     if scratch == NULL:
         raise MemoryError()
     try:
-        for t in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+        for t in prange(ch.count, nogil=True, num_threads=ch.threads, schedule="static"):
             buf = scratch + threadid() * block
             n0 = t * step
             n1 = min(g.N, n0 + step)
@@ -461,16 +478,14 @@ def im2col_gemm(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
     if M == 0 or F == 0:
         return
     cdef const floating *bp = &bias[0] if bias is not None else NULL
-    cdef int nt = threads_for(<double> M * depth * F)
-    cdef Py_ssize_t step = _chunk_images(&g, nt), chunks = (g.N + step - 1) // step
-    cdef Py_ssize_t rows_per = g.OH * g.OW, block = step * rows_per * depth, t, n0, n1, r
-    nt = <int>min(<Py_ssize_t>nt, chunks)
-    cdef floating *scratch = <floating *>malloc(nt * block * sizeof(floating))
+    cdef Chunks ch = _chunks(&g, threads_for(<double> M * depth * F), depth)
+    cdef Py_ssize_t step = ch.step, rows_per = ch.rows, block = ch.block, t, n0, n1, r
+    cdef floating *scratch = <floating *>malloc(ch.threads * block * sizeof(floating))
     cdef floating *buf
     if scratch == NULL:
         raise MemoryError()
     try:
-        for t in prange(chunks, nogil=True, num_threads=nt, schedule="static"):
+        for t in prange(ch.count, nogil=True, num_threads=ch.threads, schedule="static"):
             buf = scratch + threadid() * block
             n0 = t * step
             n1 = min(g.N, n0 + step)
