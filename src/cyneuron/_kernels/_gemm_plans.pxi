@@ -257,8 +257,13 @@ cdef void _run_part(Call *g, floating dummy, int t, int nt) noexcept nogil:
 
 
 cdef void _run(Call *g, floating dummy, int nthreads) noexcept nogil:
+    cdef int t, master_cpu
     if nthreads == 1:
         _run_part(g, dummy, 0, 1)
         return
+    master_cpu = cn_current_cpu()
     with parallel(num_threads=nthreads):
-        _run_part(g, dummy, cn_omp_thread_num(), cn_omp_num_threads())
+        t = cn_omp_thread_num()
+        if t > 0:      # a worker woken onto the master's CPU moves off it (cn_omp.h)
+            cn_leave_cpu(master_cpu)
+        _run_part(g, dummy, t, cn_omp_num_threads())

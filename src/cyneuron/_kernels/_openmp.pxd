@@ -6,6 +6,10 @@ cdef extern from "cn_omp.h" nogil:
     int cn_omp_num_threads()
     void cn_omp_barrier()
     double cn_omp_wtime()
+    # the CPU this thread runs on (-1 where unknown); move this thread off `cpu` if it
+    # is on it (see csrc/cn_omp.h: workers stacked on the master's CPU in a VM)
+    int cn_current_cpu()
+    void cn_leave_cpu(int cpu)
 
 # Work below this many scalar operations runs on one thread: waking the pool
 # costs microseconds, more than the work itself.

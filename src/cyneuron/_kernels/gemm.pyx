@@ -44,7 +44,8 @@ cimport numpy as cnp
 import numpy as np
 
 from cyneuron._kernels._openmp cimport (
-    cn_omp_barrier, cn_omp_max_threads, cn_omp_num_threads, cn_omp_thread_num, cn_omp_wtime)
+    cn_current_cpu, cn_leave_cpu, cn_omp_barrier, cn_omp_max_threads, cn_omp_num_threads,
+    cn_omp_thread_num, cn_omp_wtime)
 from cyneuron._kernels cimport _math
 
 
