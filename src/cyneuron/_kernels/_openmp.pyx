@@ -43,3 +43,11 @@ def forked_single_thread():
 def threads_at_last_fork():
     """Threads the parent had at the last fork() (read in the parent), -1 if unknown."""
     return cn_fork_threads_at_fork()
+
+
+def _leave_current_cpu_for_tests():
+    """(cpu before, cpu after) of this thread around cn_leave_cpu(its own CPU): the move
+    a worker makes when it finds itself on the master's CPU (tests only)."""
+    cdef int before = cn_current_cpu()
+    cn_leave_cpu(before)
+    return before, cn_current_cpu()
