@@ -25,31 +25,22 @@ cdef extern from *:
        inf): the flags are OR-ed in independent lanes, which compilers vectorize into
        compare + or (a running count needs widening adds and ran at a third of the
        speed); an AVX2 copy for the AVX2 / AVX-512 paths (this file is built for SSE2). */
-    #define CN_NONFINITE_FNS(sfx, attr)                                                  \
-    attr static uint32_t cn_f32_nonfinite_##sfx(const uint32_t *x, int64_t n) {         \
-        uint32_t acc[32] = {0}, any = 0;                                                \
+    #define CN_NONFINITE_FN(name, attr, T, EXP, LANES)                                   \
+    attr static uint32_t name(const T *x, int64_t n) {                                  \
+        T acc[LANES] = {0}, any = 0;                                                    \
         int64_t i = 0;                                                                  \
-        for (; i + 32 <= n; i += 32)                                                    \
-            for (int j = 0; j < 32; j++)                                                \
-                acc[j] |= (x[i + j] & 0x7F800000u) == 0x7F800000u;                      \
+        for (; i + LANES <= n; i += LANES)                                              \
+            for (int j = 0; j < LANES; j++)                                             \
+                acc[j] |= (x[i + j] & EXP) == EXP;                                      \
         for (; i < n; i++)                                                              \
-            any |= (x[i] & 0x7F800000u) == 0x7F800000u;                                 \
-        for (int j = 0; j < 32; j++)                                                    \
-            any |= acc[j];                                                              \
-        return any;                                                                     \
-    }                                                                                   \
-    attr static uint32_t cn_f64_nonfinite_##sfx(const uint64_t *x, int64_t n) {         \
-        uint64_t acc[16] = {0}, any = 0;                                                \
-        int64_t i = 0;                                                                  \
-        for (; i + 16 <= n; i += 16)                                                    \
-            for (int j = 0; j < 16; j++)                                                \
-                acc[j] |= (x[i + j] & 0x7FF0000000000000u) == 0x7FF0000000000000u;      \
-        for (; i < n; i++)                                                              \
-            any |= (x[i] & 0x7FF0000000000000u) == 0x7FF0000000000000u;                 \
-        for (int j = 0; j < 16; j++)                                                    \
+            any |= (x[i] & EXP) == EXP;                                                 \
+        for (int j = 0; j < LANES; j++)                                                 \
             any |= acc[j];                                                              \
         return any != 0;                                                                \
     }
+    #define CN_NONFINITE_FNS(sfx, attr)                                                  \
+    CN_NONFINITE_FN(cn_f32_nonfinite_##sfx, attr, uint32_t, 0x7F800000u, 32)            \
+    CN_NONFINITE_FN(cn_f64_nonfinite_##sfx, attr, uint64_t, 0x7FF0000000000000u, 16)
     CN_NONFINITE_FNS(generic, )
     #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
     CN_NONFINITE_FNS(avx2, __attribute__((target("avx2"))))
