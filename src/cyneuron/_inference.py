@@ -151,9 +151,6 @@ CHUNK_BYTES = 384 * 1024
 # at any batch size (measured: LeNet's 14x14x32 -> 64 at batch 1, one thread, 39 µs
 # against 61 µs; at batch 256 Winograd is 1.4x faster).
 WINOGRAD_MIN_TILES = 64
-# Samples from which thin convolutions use the shifted-rows patch view (_shifted_rows):
-# building it costs a few numpy calls, more than im2col saves on one sample.
-SHIFTED_MIN_BATCH = 4
 
 
 class _ConvOp:
@@ -174,6 +171,7 @@ class _ConvOp:
     def __init__(self, conv, pool):
         self.conv, self.pool, self.activation = conv, pool, conv.activation
         self.buffers = {}
+        self.setups = {}        # input shape -> _ConvSetup
 
     def _buffer(self, key, shape, dtype):
         buf = self.buffers.get(key)
@@ -188,58 +186,46 @@ class _ConvOp:
             if pool is not None:
                 y = pool._forward(y, False)
             return np.array(y, copy=True) if last else y
-        n, c = x.shape[0], x.shape[-1]
-        plan = conv._plan(x.shape[1:])
-        (oh, ow) = plan.out_hw
-        tiles = _wino.tiles(oh) * _wino.tiles(ow)
-        winograd = conv._use_winograd(c) and n * tiles >= WINOGRAD_MIN_TILES
-        if winograd and pool is None:
+        setup = self.setups.get((x.shape, x.dtype))
+        if setup is None or setup.algorithm != conv._algorithm:
+            setup = self.setups[x.shape, x.dtype] = _ConvSetup(conv, pool, x.shape,
+                                                              x.itemsize)
+        n, plan = x.shape[0], setup.plan
+        if setup.winograd and pool is None:
             y = conv._forward(x, False)
             return np.array(y, copy=True) if last else y
-        conv_shape = conv.compute_output_shape(x.shape[1:])
+        out = np.empty(setup.out_shape, x.dtype) if last else \
+            self._buffer("out", setup.out_shape, x.dtype)
         if pool is None:
-            out_shape = (n,) + conv_shape
-            out = np.empty(out_shape, x.dtype) if last else self._buffer("out", out_shape,
-                                                                         x.dtype)
             self._conv(x, out, plan)
             return out
-        hw, out_hw, window, strides, padding = pool._plan(conv_shape)
-        out_shape = (n,) + pool.compute_output_shape(conv_shape)
-        out = np.empty(out_shape, x.dtype) if last else self._buffer("out", out_shape, x.dtype)
-        f = conv.filters
-        depth = plan.window[0] * plan.window[1] * c
-        per_sample = oh * ow * (f + (0 if plan.pointwise else depth)) * x.itemsize
-        shifted = (not winograd and n >= SHIFTED_MIN_BATCH and self._thin(plan, c)
-                   and padding == (0, 0)
-                   and (out_hw[1] - 1) * strides[1] + window[1] <= ow)
-        if winograd:    # the layer's chunks of the batch (_Conv._chunks), pooled one by one
-            step = max(1, _Conv._chunks(n, tiles)[0])
-        else:
-            step = max(1, min(n, CHUNK_BYTES // per_sample))
-        if shifted:
-            a, kernel, wp = self._shifted_rows(x, plan)
-            hw = (oh, wp)         # the GEMM's rows run over the padded width
+        f, step, hw = conv.filters, setup.step, setup.hw
+        _, _, window, strides, padding = setup.pool_plan
+        if setup.shifted:
+            a, kernel = self._shifted_rows(x, plan)
+            oh, wp = hw
             y = self._buffer("y_wide", (step * oh * wp, f), x.dtype)
         else:
-            y = self._buffer("y", (step,) + conv_shape, x.dtype)
-        out4 = out.reshape((n,) + out_hw + (f,))
+            y = self._buffer("y", (step,) + setup.conv_shape, x.dtype)
+        out4 = out.reshape(setup.out4_shape)
+        pooling = _pool_k.max_pool_forward if pool._max else _pool_k.avg_pool_forward
+        bias = conv._weights[1] if conv.use_bias else None
         for n0 in range(0, n, step):
             m = min(step, n - n0)
-            if winograd:
+            if setup.winograd:
                 yc = conv._forward(x[n0:n0 + m], False)
-            elif shifted:
+            elif setup.shifted:
                 yc = y[:m * oh * wp]
-                gemm(a[n0 * oh * wp:(n0 + m) * oh * wp], kernel, yc,
-                     bias=conv._weights[1] if conv.use_bias else None,
+                gemm(a[n0 * oh * wp:(n0 + m) * oh * wp], kernel, yc, bias=bias,
                      activation=conv._epilogue)
             else:
                 yc = y[:m]
                 self._conv(x[n0:n0 + m], yc, plan)
             y4 = yc.reshape((m,) + hw + (f,))
             if pool._max:
-                _pool_k.max_pool_forward(y4, out4[n0:n0 + m], None, window, strides, padding)
+                pooling(y4, out4[n0:n0 + m], None, window, strides, padding)
             else:
-                _pool_k.avg_pool_forward(y4, out4[n0:n0 + m], window, strides, padding)
+                pooling(y4, out4[n0:n0 + m], window, strides, padding)
         return out
 
     @staticmethod
@@ -251,34 +237,42 @@ class _ConvOp:
                 and plan.window[0] * plan.window[1] * c <= 32)
 
     def _shifted_rows(self, x, plan):
-        """(a, kernel, wp): the patch matrix as a strided view, no im2col. The input,
+        """(a, kernel): the patch matrix as a strided view, no im2col. The input,
         zero-padded to (HP, WP), is stored with its KH vertically shifted copies side by
         side, s[n, oy, x, i, c] = padded[n, oy + i, x, c]; then the patch of output pixel
         (oy, ox) is KW*KH*C consecutive values, s's row (n, oy, ox) onwards, so
         a[r] = s.flat[r*KH*C : r*KH*C + KW*KH*C] over rows r = (n, oy, x) of the padded
         width WP (x >= OW: columns the GEMM computes and the pooling never reads), and
-        the kernel is reordered to (KW, KH, C, F) to match."""
+        the kernel is reordered to (KW, KH, C, F) to match. The buffers and the view are
+        made once per input shape; each call fills them (the kernel too: the weights
+        may have changed since)."""
         conv = self.conv
         n, c, f = x.shape[0], x.shape[-1], conv.filters
         (h, w), (oh, ow) = plan.in_hw, plan.out_hw
         (kh, kw), (pt, pl) = plan.window, plan.padding
         hp, wp = oh + kh - 1, ow + kw - 1
-        padded = self.buffers.get("padded")
-        if padded is None or padded.shape != (n, hp, wp, c):
-            padded = self.buffers["padded"] = zeros_aligned((n, hp, wp, c), x.dtype)
-        padded[:, pt:pt + h, pl:pl + w] = x.reshape(n, h, w, c)[:, :hp - pt, :wp - pl]
-        rows, width = n * oh * wp, kh * c
-        shifted = self._buffer("shifted", (rows + kw, width), x.dtype)
-        shifted[rows:] = 0       # the last rows' patches reach kw - 1 rows past the end
-        view = shifted[:rows].reshape(n, oh, wp, kh, c)
-        for i in range(kh):
-            view[:, :, :, i] = padded[:, i:i + oh]
-        item = x.itemsize
-        a = np.lib.stride_tricks.as_strided(shifted, shape=(rows, kw * width),
-                                            strides=(width * item, item), writeable=False)
-        kernel = np.ascontiguousarray(
-            conv._weights[0].reshape(kh, kw, c, f).transpose(1, 0, 2, 3)).reshape(-1, f)
-        return a, kernel, wp
+        views = self.buffers.get("shifted_views")
+        if views is None or views[0].shape != (n, hp, wp, c) or views[0].dtype != x.dtype:
+            padded = zeros_aligned((n, hp, wp, c), x.dtype)
+            rows, width = n * oh * wp, kh * c
+            shifted = zeros_aligned((rows + kw, width), x.dtype)   # kw - 1 rows past the
+            view = shifted[:rows].reshape(n, oh, wp, kh, c)       # end stay zero
+            item = x.itemsize
+            a = np.lib.stride_tricks.as_strided(shifted, shape=(rows, kw * width),
+                                                strides=(width * item, item),
+                                                writeable=False)
+            kernel = empty_aligned((kw, kh, c, f), x.dtype)
+            views = self.buffers["shifted_views"] = (
+                padded, padded[:, pt:pt + h, pl:pl + w], x.shape[:1] + (h, w, c),
+                (slice(None), slice(None, hp - pt), slice(None, wp - pl)),
+                [(view[:, :, :, i], padded[:, i:i + oh]) for i in range(kh)],
+                a, kernel, kernel.reshape(-1, f))
+        _, inside, shape4, crop, copies, a, kernel, kernel2 = views
+        inside[...] = x.reshape(shape4)[crop]
+        for dst, src in copies:
+            dst[...] = src
+        kernel[...] = conv._weights[0].reshape(kh, kw, c, f).transpose(1, 0, 2, 3)
+        return a, kernel2
 
     def _conv(self, x, y, plan):
         """y = act(conv(x) + bias): im2col into this op's buffer, one GEMM, the bias and
@@ -294,6 +288,40 @@ class _ConvOp:
             _conv_k.im2col(x.reshape(n, h, w, c), cols, *plan.args())
         gemm(cols, conv._weights[0].reshape(depth, f), y.reshape(rows, f),
              bias=conv._weights[1] if conv.use_bias else None, activation=conv._epilogue)
+
+
+class _ConvSetup:
+    """What _ConvOp.run decides once per input shape: the geometry, Winograd or not,
+    the pooling's plan, the chunk of samples and the shifted-rows form."""
+
+    def __init__(self, conv, pool, shape, itemsize):
+        n, c = shape[0], shape[-1]
+        self.algorithm = conv._algorithm
+        plan = self.plan = conv._plan(shape[1:])
+        (oh, ow) = plan.out_hw
+        tiles = _wino.tiles(oh) * _wino.tiles(ow)
+        self.winograd = conv._use_winograd(c) and n * tiles >= WINOGRAD_MIN_TILES
+        conv_shape = self.conv_shape = conv.compute_output_shape(shape[1:])
+        if pool is None:
+            self.out_shape = (n,) + conv_shape
+            return
+        self.pool_plan = pool._plan(conv_shape)
+        _, out_hw, window, strides, padding = self.pool_plan
+        self.out_shape = (n,) + pool.compute_output_shape(conv_shape)
+        f = conv.filters
+        self.out4_shape = (n,) + out_hw + (f,)
+        depth = plan.window[0] * plan.window[1] * c
+        per_sample = oh * ow * (f + (0 if plan.pointwise else depth)) * itemsize
+        self.shifted = (not self.winograd and _ConvOp._thin(plan, c) and padding == (0, 0)
+                        and (out_hw[1] - 1) * strides[1] + window[1] <= ow)
+        self.hw = self.pool_plan[0]
+        if self.winograd:     # the layer's chunks of the batch (_Conv._chunks), pooled one by one
+            self.step = max(1, _Conv._chunks(n, tiles)[0])
+        else:
+            self.step = max(1, min(n, CHUNK_BYTES // per_sample))
+        if self.shifted:
+            kh, kw = plan.window
+            self.hw = (oh, ow + kw - 1)     # the GEMM's rows run over the padded width
 
 
 class _LSTMOp:
