@@ -112,6 +112,12 @@ cdef void _pack_b_own(const Call *g, const floating *B, int64_t kc, int64_t nc, 
             _pack_b(_min(nr, nc - s * nr), kc, B + s * nr * g.csb, g.rsb, g.csb, bp + s * nr * g.kc)
 
 
+cdef inline int64_t _packed_block(const Call *g) noexcept nogil:
+    """Elements of one (NC, KC) block of a B packed beforehand (_gemm_prepacked.pxi):
+    its slivers at the places the packed plan's workspace gives them."""
+    return _cdiv(_min(g.N, g.nc), g.nr) * g.nr * g.kc
+
+
 cdef void _run_packed(const Call *g, floating dummy, int t, int nt) noexcept nogil:
     """Thread t of nt: the packed plan (all threads call this together)."""
     cdef const floating *A = <const floating *>g.A
@@ -136,14 +142,16 @@ cdef void _run_packed(const Call *g, floating dummy, int t, int nt) noexcept nog
             r0 = 0
             r1 = g.M
             _share(n_sl, t, nt, &s0, &s1)
-            if jb > 0:   # the last block's shares differ: wait until every sliver is used
-                cn_omp_barrier()
+            if jb > 0 and g.b_ready == NULL:   # the last block's shares differ: wait
+                cn_omp_barrier()                # until every sliver is used
         for pb in range(_cdiv(g.K, g.kc)):
             pc = pb * g.kc
             kc = _min(g.kc, g.K - pc)
             beta = pc > 0 or g.accumulate
             last = pc + kc == g.K
-            if g.split_rows:   # every thread reads every sliver: pack them together
+            if g.b_ready != NULL:   # packed beforehand: block (jb, pb), nothing to share
+                bp = <floating *>g.b_ready + (jb * _cdiv(g.K, g.kc) + pb) * _packed_block(g)
+            elif g.split_rows:   # every thread reads every sliver: pack them together
                 _pack_b_block(g, B + pc * g.rsb + jc * g.csb, kc, nc, bp, t, nt)
                 cn_omp_barrier()
             else:
@@ -173,8 +181,8 @@ cdef void _run_packed(const Call *g, floating dummy, int t, int nt) noexcept nog
                         e0 = s - (s - s0) % EPILOGUE_SLIVERS
                         _finish(g, dummy, ic, mcb, jc + e0 * nr, _min(nc, (s + 1) * nr) - e0 * nr)
                 ic += g.mc
-            if g.split_rows:   # the shared block is repacked next: wait for every reader
-                cn_omp_barrier()
+            if g.split_rows and g.b_ready == NULL:   # the shared block is repacked next:
+                cn_omp_barrier()                      # wait for every reader
 
 
 cdef void _run_direct(const Call *g, floating dummy, int t, int nt) noexcept nogil:

@@ -320,6 +320,7 @@ cdef struct Call:
     void *b_pack         # shared packed B block (packed plan)
     void **a_pack        # one packed A block per thread (packed plan)
     void **edge          # one KC x NR buffer per thread (direct plan)
+    const void *b_ready  # NULL, or all of B packed beforehand (packed plan; PackedB)
 
 
 cdef inline void _ukr(const Call *g, int64_t k, const floating *a, int64_t a_rs, int64_t a_cs,
@@ -502,7 +503,7 @@ cdef int _plan(Call *g, _Workspace ws, int nthreads, size_t item) except -1:
         g.a_pack = NULL
         g.edge = ws.a_pack
     else:
-        ws.reserve(_cdiv(_min(g.N, g.nc), g.nr) * g.nr * kc * item,
+        ws.reserve(_cdiv(_min(g.N, g.nc), g.nr) * g.nr * kc * item if g.b_ready == NULL else 0,
                    _min(g.mc, _cdiv(g.M, g.mr) * g.mr) * kc * item if g.pack_a else 0, nthreads)
         g.b_pack = ws.b_pack
         g.a_pack = ws.a_pack
@@ -662,6 +663,7 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
     g.act, g.alpha, g.accumulate = activation, alpha, accumulate
     g.b_sums = cnp.PyArray_DATA(b_sums) if b_sums is not None else NULL
     g.act_out = cnp.PyArray_DATA(act_out) if act_out is not None else NULL
+    g.b_ready = NULL
     if type_num == cnp.NPY_FLOAT:
         g.mr, g.nr = _table.s_mr, _table.s_nr
     else:
@@ -682,3 +684,4 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
 
 
 include "_gemm_serial.pxi"
+include "_gemm_prepacked.pxi"
