@@ -25,13 +25,14 @@ from ._kernels import pooling as _pool_k
 from ._kernels import recurrent as _rnn_k
 from ._kernels import winograd as _wino
 from ._kernels.arrays import all_finite
-from ._kernels.gemm import gemm
+from ._kernels.gemm import gemm, gemm_prepacked, pack_b, plan_limits
 from ._memory import empty_aligned, zeros_aligned
 from .layers.conv import _Conv
 from .layers.dense import Dense
 from .layers.pooling import _Pooling
 from .layers.recurrent import LSTM
 from .ops import epilogue_of
+from ._versions import weights_version
 
 _KEY = "lean_predict"
 
@@ -104,6 +105,7 @@ class _Op:
         self.layer = layer
         self.activation = getattr(layer, "activation", None)
         self.out = None
+        self.packed = self.packed_version = None
         self.dense = (type(layer)._forward is Dense._forward and isinstance(layer, Dense)
                       and not layer.activation.needs_input)
         if self.dense:
@@ -129,17 +131,40 @@ class _Op:
             out = self.out
             if out is None or out.shape[0] != n:
                 out = self.out = empty_aligned((n, units), layer.dtype)
+        kernel = weights[0]
+        if n > PREPACK_MIN_ROWS and kernel.nbytes >= PREPACK_MIN_BYTES:
+            kernel = self._packed(kernel)
+            product = gemm_prepacked
+        else:
+            product = gemm
         if self.epilogue is None:
-            gemm(x, weights[0], out)
+            product(x, kernel, out)
             if layer.use_bias:
                 out += weights[1]
         else:
-            gemm(x, weights[0], out, weights[1] if layer.use_bias else None, *self.epilogue)
+            product(x, kernel, out, weights[1] if layer.use_bias else None, *self.epilogue)
         if self.rows is not None:
             self.rows(out, out)
         elif self.after is not None:
             self.after.forward(out, out=out)
         return out
+
+    def _packed(self, kernel):
+        """The kernel packed for the GEMM's packed plan (gemm.pack_b), made again when
+        any weights were written since (cyneuron._versions) or the kernel is another
+        array: a batch-256 784x256 layer then skips 15 of its 410 us."""
+        version = weights_version()     # read first: a write while packing shows next time
+        packed = self.packed
+        if packed is None or packed.b is not kernel or self.packed_version != version:
+            packed = self.packed = pack_b(kernel)
+            self.packed_version = version
+        return packed
+
+
+# Rows (samples) above which the GEMM packs B (the direct plan's limit), and the kernel
+# size from which a Dense layer's kernel is kept packed between calls (_Op._packed).
+PREPACK_MIN_ROWS = plan_limits()["direct_max_m"]
+PREPACK_MIN_BYTES = 64 * 1024
 
 
 # Bytes of patch matrix plus convolution output per chunk of samples when a pooling layer
