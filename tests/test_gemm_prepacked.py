@@ -91,15 +91,26 @@ def test_prepacked_bad_input():
 ROWS = _inference.PREPACK_MIN_ROWS + 7        # batches that take the packed plan
 
 
-def _model(seed=0):
-    """Two Dense kernels large enough to be kept packed, one too small."""
+def _model(seed=0, kind="mlp"):
+    """Two kernels large enough to be kept packed (Dense, or a convolution and a Dense),
+    one too small; 3 outputs."""
     cn.set_seed(seed)
-    model = cn.Sequential([layers.Dense(160, activation="relu"),
-                           layers.Dense(120, activation="tanh"), layers.Dense(3)])
-    model.build((110,))
+    if kind == "mlp":
+        model = cn.Sequential([layers.Dense(160, activation="relu"),
+                               layers.Dense(120, activation="tanh"), layers.Dense(3)])
+        model.build(SHAPES[kind])
+    else:       # 3x3x32x64: 72 KiB; 15 x 15 x n rows
+        model = cn.Sequential([layers.Conv2D(64, 3, activation="relu"),
+                               layers.MaxPooling2D(2), layers.Flatten(),
+                               layers.Dense(400, activation="relu"), layers.Dense(3)])
+        model.build(SHAPES[kind])
+        model.layers[0].algorithm = "im2col"     # Winograd packs nothing beforehand
     assert model.layers[0].kernel.nbytes >= _inference.PREPACK_MIN_BYTES
     model.compile(optimizer=cn.optimizers.SGD(0.05), loss="mse")
     return model
+
+
+SHAPES = {"mlp": (110,), "cnn": (17, 17, 32)}
 
 
 def _fresh(model, x):
@@ -109,13 +120,15 @@ def _fresh(model, x):
 
 def _packed_ops(model):
     program = model._buffers[_inference._KEY]
-    return [op for op in program.ops if getattr(op, "packed", None) is not None]
+    return [op for op in program.ops if getattr(op, "packed", None) is not None
+            and op.packed.value is not None]
 
 
-def test_predict_never_uses_a_stale_packed_kernel(tmp_path, isa, kernel_threads):
-    model = _model()
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_predict_never_uses_a_stale_packed_kernel(tmp_path, isa, kernel_threads, kind):
+    model = _model(kind=kind)
     rng = np.random.default_rng(132)
-    x = rng.normal(size=(ROWS, 110)).astype(np.float32)
+    x = rng.normal(size=(ROWS,) + SHAPES[kind]).astype(np.float32)
     y = rng.normal(size=(ROWS, 3)).astype(np.float32)
 
     def check(what):
@@ -125,6 +138,7 @@ def test_predict_never_uses_a_stale_packed_kernel(tmp_path, isa, kernel_threads)
 
     before = check("first call")
     assert len(_packed_ops(model)) == 2, "the two large kernels should be kept packed"
+    
     np.testing.assert_array_equal(model.predict(x, batch_size=ROWS), before)
     model.save_weights(tmp_path / "w.cnw")
     changes = {

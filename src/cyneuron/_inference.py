@@ -105,7 +105,7 @@ class _Op:
         self.layer = layer
         self.activation = getattr(layer, "activation", None)
         self.out = None
-        self.packed = self.packed_version = None
+        self.packed = _Cached(pack_b)
         self.dense = (type(layer)._forward is Dense._forward and isinstance(layer, Dense)
                       and not layer.activation.needs_input)
         if self.dense:
@@ -133,7 +133,7 @@ class _Op:
                 out = self.out = empty_aligned((n, units), layer.dtype)
         kernel = weights[0]
         if n > PREPACK_MIN_ROWS and kernel.nbytes >= PREPACK_MIN_BYTES:
-            kernel = self._packed(kernel)
+            kernel = self.packed.get(kernel)
             product = gemm_prepacked
         else:
             product = gemm
@@ -149,16 +149,24 @@ class _Op:
             self.after.forward(out, out=out)
         return out
 
-    def _packed(self, kernel):
-        """The kernel packed for the GEMM's packed plan (gemm.pack_b), made again when
-        any weights were written since (cyneuron._versions) or the kernel is another
-        array: a batch-256 784x256 layer then skips 15 of its 410 us."""
-        version = weights_version()     # read first: a write while packing shows next time
-        packed = self.packed
-        if packed is None or packed.b is not kernel or self.packed_version != version:
-            packed = self.packed = pack_b(kernel)
-            self.packed_version = version
-        return packed
+
+class _Cached:
+    """make(w) for a weight array w, kept until any weights are written (the count of
+    cyneuron._versions moves) or w is another array: the Dense and convolution kernels
+    packed for the GEMM's packed plan (a batch-256 784x256 layer then skips 15 of its
+    410 us), a thin convolution's reordered kernel."""
+
+    def __init__(self, make):
+        self.make = make
+        self.source = self.version = self.value = None
+
+    def get(self, w, *args):
+        """make(w, *args), made again if needed (args: the same on every call)."""
+        version = weights_version()     # read first: a write while making shows next time
+        if self.source is not w or self.version != version:
+            self.value = self.make(w, *args)
+            self.source, self.version = w, version
+        return self.value
 
 
 # Rows (samples) above which the GEMM packs B (the direct plan's limit), and the kernel
@@ -197,6 +205,8 @@ class _ConvOp:
         self.conv, self.pool, self.activation = conv, pool, conv.activation
         self.buffers = {}
         self.setups = {}        # input shape -> _ConvSetup
+        self.packed = _Cached(lambda w: pack_b(w.reshape(-1, w.shape[-1])))
+        self.reordered = _Cached(_reorder_kernel)
 
     def _buffer(self, key, shape, dtype):
         buf = self.buffers.get(key)
@@ -268,9 +278,9 @@ class _ConvOp:
         (oy, ox) is KW*KH*C consecutive values, s's row (n, oy, ox) onwards, so
         a[r] = s.flat[r*KH*C : r*KH*C + KW*KH*C] over rows r = (n, oy, x) of the padded
         width WP (x >= OW: columns the GEMM computes and the pooling never reads), and
-        the kernel is reordered to (KW, KH, C, F) to match. The buffers and the view are
-        made once per input shape; each call fills them (the kernel too: the weights
-        may have changed since)."""
+        the kernel is reordered to (KW, KH, C, F) to match (_reorder_kernel, kept until
+        weights are written). The buffers and the view are made once per input shape;
+        each call fills them."""
         conv = self.conv
         n, c, f = x.shape[0], x.shape[-1], conv.filters
         (h, w), (oh, ow) = plan.in_hw, plan.out_hw
@@ -286,18 +296,15 @@ class _ConvOp:
             a = np.lib.stride_tricks.as_strided(shifted, shape=(rows, kw * width),
                                                 strides=(width * item, item),
                                                 writeable=False)
-            kernel = empty_aligned((kw, kh, c, f), x.dtype)
             views = self.buffers["shifted_views"] = (
                 padded, padded[:, pt:pt + h, pl:pl + w], x.shape[:1] + (h, w, c),
                 (slice(None), slice(None, hp - pt), slice(None, wp - pl)),
-                [(view[:, :, :, i], padded[:, i:i + oh]) for i in range(kh)],
-                a, kernel, kernel.reshape(-1, f))
-        _, inside, shape4, crop, copies, a, kernel, kernel2 = views
+                [(view[:, :, :, i], padded[:, i:i + oh]) for i in range(kh)], a)
+        _, inside, shape4, crop, copies, a = views
         inside[...] = x.reshape(shape4)[crop]
         for dst, src in copies:
             dst[...] = src
-        kernel[...] = conv._weights[0].reshape(kh, kw, c, f).transpose(1, 0, 2, 3)
-        return a, kernel2
+        return a, self.reordered.get(conv._weights[0], plan.window)
 
     def _conv(self, x, y, plan):
         """y = act(conv(x) + bias): im2col into this op's buffer, one GEMM, the bias and
@@ -311,8 +318,23 @@ class _ConvOp:
         else:
             cols = self._buffer("cols", (rows, depth), x.dtype)
             _conv_k.im2col(x.reshape(n, h, w, c), cols, *plan.args())
-        gemm(cols, conv._weights[0].reshape(depth, f), y.reshape(rows, f),
-             bias=conv._weights[1] if conv.use_bias else None, activation=conv._epilogue)
+        kernel = conv._weights[0]
+        bias = conv._weights[1] if conv.use_bias else None
+        if rows > PREPACK_MIN_ROWS and kernel.nbytes >= PREPACK_MIN_BYTES:
+            gemm_prepacked(cols, self.packed.get(kernel), y.reshape(rows, f), bias,
+                           conv._epilogue)
+        else:
+            gemm(cols, kernel.reshape(depth, f), y.reshape(rows, f), bias=bias,
+                 activation=conv._epilogue)
+
+
+def _reorder_kernel(w, window):
+    """A convolution's kernel (KH, KW, C, F) (KH = 1 for Conv1D) as the (KW*KH*C, F)
+    matrix of the shifted-rows patches (_ConvOp._shifted_rows)."""
+    (kh, kw), c, f = window, w.shape[-2], w.shape[-1]
+    out = empty_aligned((kw, kh, c, f), w.dtype)
+    out[...] = w.reshape(kh, kw, c, f).transpose(1, 0, 2, 3)
+    return out.reshape(-1, f)
 
 
 class _ConvSetup:
