@@ -52,3 +52,21 @@ def test_one_and_two_threads_agree(restore_threads):
     for a, b in zip(w1, w2):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(p1, p2, rtol=1e-4, atol=1e-5)
+
+
+def test_cache_line_round_trip(restore_threads):
+    """The probe of how far apart the pool's threads are: a positive time on 2 threads
+    (None where they cannot run on two CPUs), None on one, a clear error for bad input;
+    `cn.show_config` reports it."""
+    from cyneuron._kernels import _openmp
+
+    cn.set_num_threads(1)
+    assert _openmp.cache_line_round_trip_ns() is None
+    cn.set_num_threads(2)
+    ns = _openmp.cache_line_round_trip_ns(trips=500)
+    if (os.cpu_count() or 1) >= 2:
+        assert ns is None or 0 < ns < 1e6
+    for bad in ({"trips": 0}, {"tries": 0}):
+        with pytest.raises(ValueError, match="trips and tries"):
+            _openmp.cache_line_round_trip_ns(**bad)
+    assert "thread_round_trip_ns" in _config.config()

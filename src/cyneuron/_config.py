@@ -103,6 +103,10 @@ def openmp_runtime():
     return None
 
 
+def _round(ns):
+    return None if ns is None else round(ns)
+
+
 def config():
     """The build and run-time configuration, as a dict."""
     from . import __version__
@@ -116,6 +120,8 @@ def config():
         "num_threads": get_num_threads(),
         "forked_single_thread": _openmp.forked_single_thread(),
         "cpu_count": os.cpu_count(),
+        # ~100 ns: the pool's first two threads share an L3; 3-4x that: they do not
+        "thread_round_trip_ns": _round(_openmp.cache_line_round_trip_ns()),
         "gemm_blocks_float32": dict(zip(("MR", "NR", "MC", "KC", "NC"), _gemm.block_sizes("float32"))),
         "gemm_blocks_float64": dict(zip(("MR", "NR", "MC", "KC", "NC"), _gemm.block_sizes("float64"))),
     }
