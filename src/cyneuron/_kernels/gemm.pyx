@@ -457,16 +457,6 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     g.mc = (MC_TARGET // g.mr) * g.mr
     g.nc = (NC_TARGET // g.nr) * g.nr
     n_sl = _cdiv(_min(g.N, g.nc), g.nr)
-    # Split whichever way leaves the fewest tiles on the busiest thread; on a tie, rows
-    # when each thread would own a single sliver and a column split would have them
-    # writing the halves of one cache line in every row at the same moments (false
-    # sharing: numpy's arrays start 16 bytes into a line). Measured on 2 threads, C 16
-    # bytes off a line, columns / rows: 32x128x64 4.2 / 3.2 us, 64x128x64 5.7 / 4.4 us;
-    # with more slivers per thread the split lines cost little and rows (every thread
-    # reading all of B) cost more: 32x64x256 4.5 / 5.0 us, 64x64x128 4.1 / 5.1 us.
-    cdef int64_t row_tiles = _cdiv(m_sl, nthreads) * n_sl, column_tiles = m_sl * _cdiv(n_sl, nthreads)
-    g.split_rows = row_tiles < column_tiles or (row_tiles == column_tiles and n_sl <= nthreads
-                                                and _rows_share_lines(g, item))
     # K in equal blocks of at most KC_BLOCK (784 = 3 x 262, not 384 + 384 + 16).
     g.kc = _cdiv(g.K, _cdiv(g.K, KC_BLOCK))
     cdef int64_t kc = g.kc
@@ -485,6 +475,22 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     g.column = g.N == 1 and (g.csa == 1 or (g.rsa == 1 and g.ldc == 1))
     if g.column:
         g.direct = g.pack_a = 0
+    # Split whichever way leaves the fewest tiles on the busiest thread; on a tie, rows
+    # when each thread would own a single sliver and a column split would have them
+    # writing the halves of one cache line in every row at the same moments (false
+    # sharing: numpy's arrays start 16 bytes into a line). Measured on 2 threads, C 16
+    # bytes off a line, columns / rows: 32x128x64 4.2 / 3.2 us, 64x128x64 5.7 / 4.4 us;
+    # with more slivers per thread the split lines cost little and rows (every thread
+    # reading all of B) cost more: 32x64x256 4.5 / 5.0 us, 64x64x128 4.1 / 5.1 us.
+    # On the packed plan a row split also has each thread read the slivers the others
+    # packed, moving them between cores on every call: counted as one tile's work per
+    # sliver that crosses (2 threads, interleaved in one process, B transposed: 32x256x784
+    # rows 44.0 / columns 35.9 us, 64x256x784 66.7 / 63.0 us; one thread 72 / 122 us).
+    cdef int64_t row_tiles = _cdiv(m_sl, nthreads) * n_sl, column_tiles = m_sl * _cdiv(n_sl, nthreads)
+    if not g.direct and not g.column:
+        row_tiles += n_sl - _cdiv(n_sl, nthreads)
+    g.split_rows = row_tiles < column_tiles or (row_tiles == column_tiles and n_sl <= nthreads
+                                                and _rows_share_lines(g, item))
 
 
 cdef int _plan(Call *g, _Workspace ws, int nthreads, size_t item) except -1:
