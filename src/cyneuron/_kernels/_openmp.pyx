@@ -9,6 +9,8 @@ libgomp's pool does not survive fork; `forked_single_thread()` tells whether thi
 process is such a child.
 """
 
+import os
+
 cdef extern from "cn_fork.h" nogil:
     int cn_fork_register()
     int cn_fork_is_single()
@@ -56,6 +58,13 @@ def _leave_current_cpu_for_tests():
     return before, cn_current_cpu()
 
 
+def _usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def cache_line_round_trip_ns(long trips=2000, int tries=3):
     """Nanoseconds for one cache line to go from the pool's thread 0 to thread 1 and back
     (the best of `tries`), or None when the pool cannot run two threads on two CPUs.
@@ -67,7 +76,7 @@ def cache_line_round_trip_ns(long trips=2000, int tries=3):
         raise ValueError(f"trips and tries must be >= 1, got {trips} and {tries}")
     cdef double best = -1, ns
     cdef int i
-    if cn_fork_is_single() or cn_omp_max_threads() < 2:
+    if cn_fork_is_single() or cn_omp_max_threads() < 2 or _usable_cpus() < 2:
         return None
     for i in range(tries):
         with nogil:

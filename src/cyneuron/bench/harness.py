@@ -155,10 +155,11 @@ FAR_ROUND_TRIP_NS = 250
 
 
 def probe_round_trip():
-    """Measure and record the pool's cache-line round trip now (None on one thread)."""
-    from .._kernels import _openmp
+    """Measure and record the pool's cache-line round trip now (None on one thread); the
+    library's one-thread threshold follows it, as it does at each training epoch."""
+    from .. import _config
 
-    ns = _openmp.cache_line_round_trip_ns(trips=1000, tries=2)
+    ns = _config.probe_thread_distance()   # also sets the GEMM's one-thread threshold
     if ns is not None:
         round_trips.append(ns)
     return ns
