@@ -291,6 +291,10 @@ def test_round_trip_is_recorded_and_far_rows_are_marked(restore_threads):
     finally:
         harness.round_trips[:] = saved
     assert "90-410 ns" in lines[0] and "(!)" in lines[1]
+    from cyneuron.bench import matmul
+
+    assert matmul._far_mark({"round_trip_ns": 400.0}) == " far"
+    assert matmul._far_mark({"round_trip_ns": 90.0}) == matmul._far_mark({}) == ""
 
 
 # -- the end-to-end MLP comparison (issue 8) -------------------------------------------------

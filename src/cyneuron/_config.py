@@ -80,7 +80,7 @@ def probe_thread_distance():
     one thread) and let the GEMM's one-thread threshold follow it. A VM's vCPUs can move
     between cores that share an L3 and cores that do not while it runs, so set_num_threads,
     each training epoch and each benchmark round measure again (~0.1-0.4 ms)."""
-    ns = _openmp.cache_line_round_trip_ns(trips=500, tries=1)
+    ns = _openmp.cache_line_round_trip_ns(trips=300, tries=1)
     _gemm.set_thread_distance(ns)
     return ns
 
