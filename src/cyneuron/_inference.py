@@ -12,6 +12,10 @@ own _forward. Anything else (lists, dicts, other dtypes, several chunks, masks,
 several inputs or outputs, graphs that are not a chain of layers) returns None and takes the general path, which also raises
 its errors.
 
+Large Dense and convolution kernels are kept packed for the GEMM between calls
+(gemm.pack_b, _Cached) and packed again after any weights write that
+cyneuron._versions counts (optimizer steps, set_weights, load_weights, ...).
+
 Thread safety: the program lives in the runner that _take_runner hands out (the model
 itself or a replica, used by one thread at a time) and is rebuilt when a different
 runner (a replica that copied the model's attributes) finds it.
@@ -27,12 +31,12 @@ from ._kernels import winograd as _wino
 from ._kernels.arrays import all_finite
 from ._kernels.gemm import gemm, gemm_prepacked, pack_b, plan_limits
 from ._memory import empty_aligned, zeros_aligned
+from ._versions import weights_version
 from .layers.conv import _Conv
 from .layers.dense import Dense
 from .layers.pooling import _Pooling
 from .layers.recurrent import LSTM
 from .ops import epilogue_of
-from ._versions import weights_version
 
 _KEY = "lean_predict"
 
@@ -169,8 +173,8 @@ class _Cached:
         return self.value
 
 
-# Rows (samples) above which the GEMM packs B (the direct plan's limit), and the kernel
-# size from which a Dense layer's kernel is kept packed between calls (_Op._packed).
+# Rows above which the GEMM packs B (the direct plan's limit), and the size from which a
+# Dense or convolution kernel is kept packed between calls (_Cached) for such products.
 PREPACK_MIN_ROWS = plan_limits()["direct_max_m"]
 PREPACK_MIN_BYTES = 64 * 1024
 
