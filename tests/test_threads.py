@@ -84,6 +84,7 @@ def test_thread_distance_scales_the_one_thread_threshold(restore_threads):
         assert _gemm.set_thread_distance(None) == near
         far = _gemm.set_thread_distance(385.0)
         assert far == near * 350 // 100 and _gemm.plan_limits()["parallel_min_macs"] == far
+        assert _gemm.plan_limits()["parallel_min_b_bytes"] == (1 << 18) * 350 // 100
         assert _gemm.set_thread_distance(5000.0) == near * 4
         for bad in (0, -3.0, float("nan")):
             with pytest.raises(ValueError, match="round_trip_ns"):

@@ -126,6 +126,8 @@ cdef enum:
     GEMM_PARALLEL_MIN_MACS = 1 << 16
     # ... unless B is this large: then even a few rows (a single sample) are bound by
     # reading B, and splitting its columns lets each core keep its part in its own L2.
+    # Scaled by the threads' distance too (set_thread_distance): one sample through
+    # 784x256 on 2 threads 0.81 of one thread's time near, 1.12 far; 3136x128 0.73 both.
     PARALLEL_MIN_B_BYTES = 1 << 18
     # The epilogue runs on strips this many slivers wide (rows long enough to
     # vectorize, few enough that the strip is still in L1/L2).
@@ -274,7 +276,9 @@ cdef inline int64_t _parallel_min_macs() noexcept nogil:
 def plan_limits():
     """{name: value} of the thresholds that pick threads and plans, for the path in use
     (for tests and docs)."""
-    return {"parallel_min_macs": _parallel_min_macs(), "direct_max_m": DIRECT_MAX_M,
+    return {"parallel_min_macs": _parallel_min_macs(),
+            "parallel_min_b_bytes": PARALLEL_MIN_B_BYTES * _distance_percent // 100,
+            "direct_max_m": DIRECT_MAX_M,
             "max_threads": MAX_THREADS, "l2_sets": _l2_sets, "l2_ways": _l2_ways}
 
 
@@ -701,7 +705,8 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
     else:
         g.mr, g.nr = _table.d_mr, _table.d_nr
     cdef int nthreads = 1
-    if g.M * g.N * g.K >= _parallel_min_macs() or g.K * g.N * item >= PARALLEL_MIN_B_BYTES:
+    if (g.M * g.N * g.K >= _parallel_min_macs()
+            or g.K * g.N * item >= PARALLEL_MIN_B_BYTES * _distance_percent // 100):
         nthreads = min(cn_omp_max_threads(), MAX_THREADS)
     cdef _Workspace ws = _free_workspaces.pop() if _free_workspaces else _Workspace()
     try:
