@@ -45,7 +45,8 @@ import numpy as np
 
 from cyneuron._kernels._openmp cimport (
     cn_current_cpu, cn_leave_cpu, cn_omp_barrier, cn_omp_max_threads, cn_omp_num_threads,
-    cn_omp_thread_num, cn_omp_wtime)
+    cn_omp_thread_num, cn_omp_wtime, distance_percent)
+from cyneuron._kernels._openmp import set_distance
 from cyneuron._kernels cimport _math
 
 
@@ -233,27 +234,12 @@ def _set_parallel_min_macs_for_tests(int64_t macs=-1):
     _min_macs_for_tests = macs
 
 
-# How far apart the pool's threads are, as a multiple (in percent) of the ~110 ns
-# cache-line round trip of cores that share an L3, where the threshold below was measured:
-# set by set_thread_distance from a probe (cyneuron._config.probe_thread_distance).
-cdef int _distance_percent = 100
-cdef enum:
-    NEAR_ROUND_TRIP_NS = 110
-    MAX_DISTANCE_PERCENT = 400
-
-
 def set_thread_distance(round_trip_ns):
-    """Scale the one-thread threshold by the pool's measured cache-line round trip (ns;
-    None leaves it as it is): a region's fork, join and hand-over of C cost that many
-    round trips, so when the CPUs share no L3 (3-4x the near case) small products stay on
-    one thread longer. Returns the threshold in use."""
-    global _distance_percent
-    if round_trip_ns is not None:
-        if not round_trip_ns > 0:
-            raise ValueError(f"round_trip_ns must be a positive number of nanoseconds or None, "
-                             f"got {round_trip_ns!r}")
-        _distance_percent = <int>min(MAX_DISTANCE_PERCENT,
-                                     max(100, 100 * round_trip_ns / NEAR_ROUND_TRIP_NS))
+    """Scale the one-thread thresholds by the pool's measured cache-line round trip (ns;
+    None leaves them as they are; see _openmp.set_distance): a region's fork, join and
+    hand-over of C cost that many round trips, so when the CPUs share no L3 (3-4x the near
+    case) small products stay on one thread longer. Returns the GEMM threshold in use."""
+    set_distance(round_trip_ns)
     return _parallel_min_macs()
 
 
@@ -270,14 +256,14 @@ cdef inline int64_t _parallel_min_macs() noexcept nogil:
         return _min_macs_for_tests
     cdef int64_t near = (GEMM_PARALLEL_MIN_MACS * 5 // 2 if _table.isa == CN_ISA_AVX512
                          else GEMM_PARALLEL_MIN_MACS)
-    return near * _distance_percent // 100
+    return near * distance_percent() // 100
 
 
 def plan_limits():
     """{name: value} of the thresholds that pick threads and plans, for the path in use
     (for tests and docs)."""
     return {"parallel_min_macs": _parallel_min_macs(),
-            "parallel_min_b_bytes": PARALLEL_MIN_B_BYTES * _distance_percent // 100,
+            "parallel_min_b_bytes": PARALLEL_MIN_B_BYTES * distance_percent() // 100,
             "direct_max_m": DIRECT_MAX_M,
             "max_threads": MAX_THREADS, "l2_sets": _l2_sets, "l2_ways": _l2_ways}
 
@@ -706,7 +692,7 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
         g.mr, g.nr = _table.d_mr, _table.d_nr
     cdef int nthreads = 1
     if (g.M * g.N * g.K >= _parallel_min_macs()
-            or g.K * g.N * item >= PARALLEL_MIN_B_BYTES * _distance_percent // 100):
+            or g.K * g.N * item >= PARALLEL_MIN_B_BYTES * distance_percent() // 100):
         nthreads = min(cn_omp_max_threads(), MAX_THREADS)
     cdef _Workspace ws = _free_workspaces.pop() if _free_workspaces else _Workspace()
     try:
