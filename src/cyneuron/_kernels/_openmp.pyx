@@ -58,6 +58,32 @@ def _leave_current_cpu_for_tests():
     return before, cn_current_cpu()
 
 
+# How far apart the pool's threads are, as a multiple (in percent) of the ~110 ns
+# cache-line round trip of cores that share an L3, where the one-thread thresholds were
+# measured (the GEMM's, threads_for's): parallel regions cost that much more.
+cdef int _distance_percent = 100
+cdef enum:
+    NEAR_ROUND_TRIP_NS = 110
+    MAX_DISTANCE_PERCENT = 400
+
+
+cdef int distance_percent() noexcept nogil:
+    return _distance_percent
+
+
+def set_distance(round_trip_ns):
+    """Scale the one-thread thresholds by a measured round trip (ns; None: unchanged), to
+    between 1x and 4x; returns the scale in percent."""
+    global _distance_percent
+    if round_trip_ns is not None:
+        if not round_trip_ns > 0:
+            raise ValueError(f"round_trip_ns must be a positive number of nanoseconds or None, "
+                             f"got {round_trip_ns!r}")
+        _distance_percent = <int>min(MAX_DISTANCE_PERCENT,
+                                     max(100, 100 * round_trip_ns / NEAR_ROUND_TRIP_NS))
+    return _distance_percent
+
+
 def _usable_cpus():
     try:
         return len(os.sched_getaffinity(0))

@@ -45,7 +45,8 @@ import numpy as np
 
 from cyneuron._kernels._openmp cimport (
     cn_current_cpu, cn_leave_cpu, cn_omp_barrier, cn_omp_max_threads, cn_omp_num_threads,
-    cn_omp_thread_num, cn_omp_wtime)
+    cn_omp_thread_num, cn_omp_wtime, distance_percent)
+from cyneuron._kernels._openmp import set_distance
 from cyneuron._kernels cimport _math
 
 
@@ -126,6 +127,8 @@ cdef enum:
     GEMM_PARALLEL_MIN_MACS = 1 << 16
     # ... unless B is this large: then even a few rows (a single sample) are bound by
     # reading B, and splitting its columns lets each core keep its part in its own L2.
+    # Scaled by the threads' distance too (set_thread_distance): one sample through
+    # 784x256 on 2 threads 0.81 of one thread's time near, 1.12 far; 3136x128 0.73 both.
     PARALLEL_MIN_B_BYTES = 1 << 18
     # The epilogue runs on strips this many slivers wide (rows long enough to
     # vectorize, few enough that the strip is still in L1/L2).
@@ -231,27 +234,12 @@ def _set_parallel_min_macs_for_tests(int64_t macs=-1):
     _min_macs_for_tests = macs
 
 
-# How far apart the pool's threads are, as a multiple (in percent) of the ~110 ns
-# cache-line round trip of cores that share an L3, where the threshold below was measured:
-# set by set_thread_distance from a probe (cyneuron._config.probe_thread_distance).
-cdef int _distance_percent = 100
-cdef enum:
-    NEAR_ROUND_TRIP_NS = 110
-    MAX_DISTANCE_PERCENT = 400
-
-
 def set_thread_distance(round_trip_ns):
-    """Scale the one-thread threshold by the pool's measured cache-line round trip (ns;
-    None leaves it as it is): a region's fork, join and hand-over of C cost that many
-    round trips, so when the CPUs share no L3 (3-4x the near case) small products stay on
-    one thread longer. Returns the threshold in use."""
-    global _distance_percent
-    if round_trip_ns is not None:
-        if not round_trip_ns > 0:
-            raise ValueError(f"round_trip_ns must be a positive number of nanoseconds or None, "
-                             f"got {round_trip_ns!r}")
-        _distance_percent = <int>min(MAX_DISTANCE_PERCENT,
-                                     max(100, 100 * round_trip_ns / NEAR_ROUND_TRIP_NS))
+    """Scale the one-thread thresholds by the pool's measured cache-line round trip (ns;
+    None leaves them as they are; see _openmp.set_distance): a region's fork, join and
+    hand-over of C cost that many round trips, so when the CPUs share no L3 (3-4x the near
+    case) small products stay on one thread longer. Returns the GEMM threshold in use."""
+    set_distance(round_trip_ns)
     return _parallel_min_macs()
 
 
@@ -268,13 +256,15 @@ cdef inline int64_t _parallel_min_macs() noexcept nogil:
         return _min_macs_for_tests
     cdef int64_t near = (GEMM_PARALLEL_MIN_MACS * 5 // 2 if _table.isa == CN_ISA_AVX512
                          else GEMM_PARALLEL_MIN_MACS)
-    return near * _distance_percent // 100
+    return near * distance_percent() // 100
 
 
 def plan_limits():
     """{name: value} of the thresholds that pick threads and plans, for the path in use
     (for tests and docs)."""
-    return {"parallel_min_macs": _parallel_min_macs(), "direct_max_m": DIRECT_MAX_M,
+    return {"parallel_min_macs": _parallel_min_macs(),
+            "parallel_min_b_bytes": PARALLEL_MIN_B_BYTES * distance_percent() // 100,
+            "direct_max_m": DIRECT_MAX_M,
             "max_threads": MAX_THREADS, "l2_sets": _l2_sets, "l2_ways": _l2_ways}
 
 
@@ -617,6 +607,20 @@ cdef int _check_operand(cnp.ndarray x, str name, int type_num) except -1:
     return 0
 
 
+def product(cnp.ndarray a not None, cnp.ndarray b not None):
+    """a @ b into a new C-contiguous array of a's dtype (gemm's rules otherwise). The
+    array is made here, in C: for small products the ~0.3 us that np.empty costs from
+    Python is a tenth of the call (64^3 on 2 threads: 2.53 -> 2.2 us)."""
+    if cnp.PyArray_NDIM(a) != 2 or cnp.PyArray_NDIM(b) != 2:
+        raise ValueError(f"product: a and b must be 2-D; got {a.ndim}-D and {b.ndim}-D")
+    cdef cnp.npy_intp dims[2]
+    dims[0] = cnp.PyArray_DIM(a, 0)
+    dims[1] = cnp.PyArray_DIM(b, 1)
+    cdef cnp.ndarray c = cnp.PyArray_EMPTY(2, dims, cnp.PyArray_TYPE(a), 0)
+    gemm(a, b, c)
+    return c
+
+
 def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
          cnp.ndarray bias=None, int activation=EPI_LINEAR, double alpha=0.0,
          bint accumulate=False, cnp.ndarray b_sums=None, cnp.ndarray act_out=None):
@@ -703,7 +707,8 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
     else:
         g.mr, g.nr = _table.d_mr, _table.d_nr
     cdef int nthreads = 1
-    if g.M * g.N * g.K >= _parallel_min_macs() or g.K * g.N * item >= PARALLEL_MIN_B_BYTES:
+    if (g.M * g.N * g.K >= _parallel_min_macs()
+            or g.K * g.N * item >= PARALLEL_MIN_B_BYTES * distance_percent() // 100):
         nthreads = min(cn_omp_max_threads(), MAX_THREADS)
     cdef _Workspace ws = _free_workspaces.pop() if _free_workspaces else _Workspace()
     try:
