@@ -12,9 +12,9 @@ own _forward. Anything else (lists, dicts, other dtypes, several chunks, masks,
 several inputs or outputs, graphs that are not a chain of layers) returns None and takes the general path, which also raises
 its errors.
 
-Large Dense and convolution kernels are kept packed for the GEMM between calls
-(gemm.pack_b, _Cached) and packed again after any weights write that
-cyneuron._versions counts (optimizer steps, set_weights, load_weights, ...).
+Nothing derived from the weights is kept between calls (a packed or reordered copy of a
+kernel): weight arrays are plain numpy arrays that user code may write in place
+(`layer.kernel[...] = v`), and a copy made before such a write would be silently stale.
 
 Thread safety: the program lives in the runner that _take_runner hands out (the model
 itself or a replica, used by one thread at a time) and is rebuilt when a different
@@ -29,9 +29,8 @@ from ._kernels import pooling as _pool_k
 from ._kernels import recurrent as _rnn_k
 from ._kernels import winograd as _wino
 from ._kernels.arrays import all_finite
-from ._kernels.gemm import gemm, gemm_prepacked, pack_b, plan_limits
+from ._kernels.gemm import gemm
 from ._memory import empty_aligned, zeros_aligned
-from ._versions import weights_version
 from .layers.conv import _Conv
 from .layers.dense import Dense
 from .layers.pooling import _Pooling
@@ -109,7 +108,6 @@ class _Op:
         self.layer = layer
         self.activation = getattr(layer, "activation", None)
         self.out = None
-        self.packed = _Cached(pack_b)
         self.dense = (type(layer)._forward is Dense._forward and isinstance(layer, Dense)
                       and not layer.activation.needs_input)
         if self.dense:
@@ -135,48 +133,17 @@ class _Op:
             out = self.out
             if out is None or out.shape[0] != n:
                 out = self.out = empty_aligned((n, units), layer.dtype)
-        kernel = weights[0]
-        if n > PREPACK_MIN_ROWS and kernel.nbytes >= PREPACK_MIN_BYTES:
-            kernel = self.packed.get(kernel)
-            product = gemm_prepacked
-        else:
-            product = gemm
         if self.epilogue is None:
-            product(x, kernel, out)
+            gemm(x, weights[0], out)
             if layer.use_bias:
                 out += weights[1]
         else:
-            product(x, kernel, out, weights[1] if layer.use_bias else None, *self.epilogue)
+            gemm(x, weights[0], out, weights[1] if layer.use_bias else None, *self.epilogue)
         if self.rows is not None:
             self.rows(out, out)
         elif self.after is not None:
             self.after.forward(out, out=out)
         return out
-
-
-class _Cached:
-    """make(w) for a weight array w, kept until any weights are written (the count of
-    cyneuron._versions moves) or w is another array: the Dense and convolution kernels
-    packed for the GEMM's packed plan (a batch-256 784x256 layer then skips 15 of its
-    410 us), a thin convolution's reordered kernel."""
-
-    def __init__(self, make):
-        self.make = make
-        self.source = self.version = self.value = None
-
-    def get(self, w, *args):
-        """make(w, *args), made again if needed (args: the same on every call)."""
-        version = weights_version()     # read first: a write while making shows next time
-        if self.source is not w or self.version != version:
-            self.value = self.make(w, *args)
-            self.source, self.version = w, version
-        return self.value
-
-
-# Rows above which the GEMM packs B (the direct plan's limit), and the size from which a
-# Dense or convolution kernel is kept packed between calls (_Cached) for such products.
-PREPACK_MIN_ROWS = plan_limits()["direct_max_m"]
-PREPACK_MIN_BYTES = 64 * 1024
 
 
 # Bytes of patch matrix plus convolution output per chunk of samples when a pooling layer
@@ -209,8 +176,6 @@ class _ConvOp:
         self.conv, self.pool, self.activation = conv, pool, conv.activation
         self.buffers = {}
         self.setups = {}        # input shape -> _ConvSetup
-        self.packed = _Cached(lambda w: pack_b(w.reshape(-1, w.shape[-1])))
-        self.reordered = _Cached(_reorder_kernel)
 
     def _buffer(self, key, shape, dtype):
         buf = self.buffers.get(key)
@@ -282,9 +247,9 @@ class _ConvOp:
         (oy, ox) is KW*KH*C consecutive values, s's row (n, oy, ox) onwards, so
         a[r] = s.flat[r*KH*C : r*KH*C + KW*KH*C] over rows r = (n, oy, x) of the padded
         width WP (x >= OW: columns the GEMM computes and the pooling never reads), and
-        the kernel is reordered to (KW, KH, C, F) to match (_reorder_kernel, kept until
-        weights are written). The buffers and the view are made once per input shape;
-        each call fills them."""
+        the kernel is reordered to (KW, KH, C, F) to match (_reorder_kernel, a few hundred
+        values, each call). The buffers and the view are made once per input shape; each
+        call fills them."""
         conv = self.conv
         n, c, f = x.shape[0], x.shape[-1], conv.filters
         (h, w), (oh, ow) = plan.in_hw, plan.out_hw
@@ -308,7 +273,7 @@ class _ConvOp:
         inside[...] = x.reshape(shape4)[crop]
         for dst, src in copies:
             dst[...] = src
-        return a, self.reordered.get(conv._weights[0], plan.window)
+        return a, _reorder_kernel(conv._weights[0], plan.window)
 
     def _conv(self, x, y, plan):
         """y = act(conv(x) + bias): im2col into this op's buffer, one GEMM, the bias and
@@ -324,12 +289,8 @@ class _ConvOp:
             _conv_k.im2col(x.reshape(n, h, w, c), cols, *plan.args())
         kernel = conv._weights[0]
         bias = conv._weights[1] if conv.use_bias else None
-        if rows > PREPACK_MIN_ROWS and kernel.nbytes >= PREPACK_MIN_BYTES:
-            gemm_prepacked(cols, self.packed.get(kernel), y.reshape(rows, f), bias,
-                           conv._epilogue)
-        else:
-            gemm(cols, kernel.reshape(depth, f), y.reshape(rows, f), bias=bias,
-                 activation=conv._epilogue)
+        gemm(cols, kernel.reshape(depth, f), y.reshape(rows, f), bias=bias,
+             activation=conv._epilogue)
 
 
 def _reorder_kernel(w, window):

@@ -20,7 +20,6 @@ import numpy as np
 from . import schedules
 from ._kernels import optim as _k
 from ._registry import Registry
-from ._versions import weights_written
 from .schedules import LearningRateSchedule
 
 
@@ -117,7 +116,6 @@ class Optimizer:
         self._update(params, grads, self.learning_rate, dict(
             weight_decay=self.weight_decay, grad_scale=grad_scale,
             clipvalue=self.clipvalue or 0.0))
-        weights_written()
         self.iterations += 1
 
     def _apply_segments(self, params, grads, segments):
@@ -140,7 +138,6 @@ class Optimizer:
                 self._update(params[a:b], grads[a:b], lr, common)
         finally:
             self.slots = slots
-            weights_written()
         self.iterations += 1
 
     def _build_slots(self, params):

@@ -43,7 +43,6 @@ from . import activations as _activations
 from . import layers as _layers
 from . import optimizers as _optimizers
 from ._kernels.optim import add_l2_gradient
-from ._versions import weights_written
 from .models import Sequential, class_weight_to_sample_weight
 
 try:
@@ -275,7 +274,6 @@ class _BaseMLP(BaseEstimator):
             bound = np.sqrt(factor / (fan_in + fan_out))
             layer.kernel[...] = rs.uniform(-bound, bound, (fan_in, fan_out))
             layer.bias[...] = rs.uniform(-bound, bound, fan_out)
-        weights_written()
         for layer in stack:      # each dropout layer gets its own stream from random_state
             if isinstance(layer, _layers.Dropout):
                 layer.seed = int(rs.randint(np.iinfo(np.int32).max))

@@ -1,8 +1,8 @@
-# B packed once, used by many calls (included by gemm.pyx): a model's weights at
-# inference, where packing them again on every call costs ~4% of a batch-256 MLP layer
-# (784x256: 15 of 410 us on one Zen 5 core). The caller owns the question of whether B
-# changed since it was packed (cyneuron._inference keys its copies on the weights'
-# version, cyneuron._versions).
+# B packed once, used by many calls (included by gemm.pyx): weights the caller knows are
+# fixed (a deployed model's), where packing them again on every call costs ~4% of a
+# batch-256 MLP layer (784x256: 15 of 410 us on one Zen 5 core). The caller owns the
+# question of whether B changed since it was packed: a PackedB is a copy, and writes to B
+# afterwards are not seen. predict does not use it (user code may write weights in place).
 
 
 cdef class PackedB:

@@ -28,7 +28,6 @@ import numpy as np
 from .. import regularizers as _regularizers
 from .._memory import empty_aligned
 from .._validation import as_dtype, check_numeric
-from .._versions import weights_written
 
 _name_counters = {}
 _LAYER_CLASSES = {}   # class name -> Layer subclass, for deserialization
@@ -303,11 +302,8 @@ class Layer:
 
     def set_weights(self, weights):
         """Copy `weights` (get_weights() order and shapes) in; nothing changes if any is wrong."""
-        try:
-            for current, new in zip(self._weights, self._check_weights(weights)):
-                current[...] = new
-        finally:
-            weights_written()
+        for current, new in zip(self._weights, self._check_weights(weights)):
+            current[...] = new
 
     def _check_weights(self, weights):
         weights = list(weights)

@@ -14,7 +14,6 @@ import numpy as np
 from .. import initializers
 from .._kernels.gemm import gemm
 from .._validation import check_numeric, check_positive
-from .._versions import weights_written
 from .base import Layer
 
 KERNELS = ("gaussian", "multiquadric", "inverse_multiquadric")
@@ -125,7 +124,6 @@ class RBF(Layer):
         centers, spread = kmeans_centers(x, self.units, random_state)
         self._weights[0][...] = centers
         self._weights[1][...] = 1.0 / (2.0 * spread) if spread > 0 else 1.0
-        weights_written()
         return self
 
     def _forward(self, x, training):

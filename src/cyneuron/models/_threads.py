@@ -17,7 +17,6 @@ import signal
 import threading
 
 from .. import _config
-from .._versions import weights_written
 
 # Idle inference replicas a model keeps for concurrent callers (more are made when more
 # threads run at once, and dropped after use).
@@ -113,8 +112,7 @@ class _WeightsLock:
             cond.release()
 
     def release_write(self):
-        weights_written()          # after every exclusive write (copies made from the
-        cond = self._cond          # weights pack again: cyneuron._versions)
+        cond = self._cond
         cond.acquire()
         try:
             self._depth -= 1
