@@ -27,20 +27,20 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "cn_isa_copies.h"   /* CN_TARGET_AVX2 */
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC optimize("no-trapping-math")
 #endif
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define CN_OPT_AVX2 __attribute__((target("avx2")))
 #if defined(__clang__)
 #define CN_OPT_AVX512 __attribute__((target("avx512f,avx512vl")))
 #pragma clang fp contract(off)
 #else
 #define CN_OPT_AVX512 __attribute__((target("avx512f,avx512vl"), optimize("fp-contract=off")))
 #endif
-#else   /* no x86 copies: the three rows of the table are the same baseline code */
-#define CN_OPT_AVX2
+#else   /* no x86 copies: the three columns of the table are the same baseline code */
 #define CN_OPT_AVX512
 #endif
 
@@ -141,8 +141,8 @@ enum { CN_OPT_NH = 7 };   /* h: four hyperparameters, then wd, gs, cv */
 #define CN_OPT_COPIES(FN, name)                                                        \
     FN(float, name##_f32_generic, sqrtf, )                                             \
     FN(double, name##_f64_generic, sqrt, )                                             \
-    FN(float, name##_f32_avx2, sqrtf, CN_OPT_AVX2)                                     \
-    FN(double, name##_f64_avx2, sqrt, CN_OPT_AVX2)                                     \
+    FN(float, name##_f32_avx2, sqrtf, CN_TARGET_AVX2)                                  \
+    FN(double, name##_f64_avx2, sqrt, CN_TARGET_AVX2)                                  \
     FN(float, name##_f32_avx512, sqrtf, CN_OPT_AVX512)                                 \
     FN(double, name##_f64_avx512, sqrt, CN_OPT_AVX512)
 
