@@ -270,6 +270,33 @@ def test_spread_is_flagged_above_the_threshold():
     assert len(lines) == 1 and "another process" in lines[0]
 
 
+def test_round_trip_is_recorded_and_far_rows_are_marked(restore_threads):
+    """Each timed round records the pool's cache-line round trip (on 2+ threads); a row
+    timed while it was above FAR_ROUND_TRIP_NS is marked, and the run ends with a note."""
+    from cyneuron.bench import harness
+
+    cn.set_num_threads(2)
+    mark = len(harness.round_trips)
+    B.time_blocks({"a": lambda: None}, repeats=2, target_s=1e-4, settle_s=0)
+    recorded = harness.round_trips[mark:]
+    assert len(recorded) <= 2 and all(ns > 0 and math.isfinite(ns) for ns in recorded)
+    assert harness.round_trip_cell(None) == "" and harness.round_trip_cell(80.0) == ""
+    assert "(!)" in harness.round_trip_cell(400.0) and "400 ns" in harness.round_trip_cell(400.0)
+    lines = []
+    saved = harness.round_trips[:]
+    try:
+        harness.round_trips[:] = [90.0, 410.0]
+        assert harness.worst_round_trip(0) == 410.0 and harness.worst_round_trip(2) is None
+        harness.round_trip_note(lines.append)
+    finally:
+        harness.round_trips[:] = saved
+    assert "90-410 ns" in lines[0] and "(!)" in lines[1]
+    from cyneuron.bench import matmul
+
+    assert matmul._far_mark({"round_trip_ns": 400.0}) == " far"
+    assert matmul._far_mark({"round_trip_ns": 90.0}) == matmul._far_mark({}) == ""
+
+
 # -- the end-to-end MLP comparison (issue 8) -------------------------------------------------
 def test_mlp_train_flops_count_every_product():
     from cyneuron import _bench_mlp

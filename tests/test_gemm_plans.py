@@ -242,7 +242,8 @@ def test_plan_rule_for_every_compiled_blocking(isa_name, dtype):
 @pytest.mark.parametrize("isa_name", _gemm.compiled_isas())
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_plans_split_and_pack_as_documented(isa_name, dtype):
-    """Two threads split whichever way leaves fewer micro-tiles on the busier thread;
+    """Two threads split whichever way leaves fewer micro-tiles on the busier thread
+    (on the packed plan, counting a sliver packed by the other thread as a tile);
     a view whose column stride aliases the cache sets has A packed."""
     mr, nr = _gemm.block_sizes(np.dtype(dtype).name, isa_name)[:2]
     rng = np.random.default_rng(9)
@@ -266,6 +267,14 @@ def test_plans_split_and_pack_as_documented(isa_name, dtype):
     for c in (on_line, off_line):
         _gemm.gemm(a, b, c)
         assert_matmul_close(c, a, b, what=f"tie split {isa_name}")
+    # Packed B, four row tiles, 25 slivers: by tiles alone rows win (2 x 25 = 50 against
+    # 4 x 13 = 52), but a row split moves the 12 slivers the other thread packed: columns.
+    a, b = _case(rng, dtype, 4 * mr, 64, 25 * nr, True)
+    assert _gemm.plan(a, b, threads=2, isa=isa_name) == \
+        {"plan": "packed", "split": "columns", "pack_a": False}
+    # ... while with many row tiles the rows still win (32 x 25 + 12 < 64 x 13).
+    a, b = _case(rng, dtype, 64 * mr, 64, 25 * nr, True)
+    assert _gemm.plan(a, b, threads=2, isa=isa_name)["split"] == "rows"
     a, b = _case(rng, dtype, 300, 50, 40, False)
     strided = np.repeat(a, 2, axis=1)[:, ::2]
     assert _gemm.plan(strided[::2], b, threads=2, isa=isa_name)["pack_a"] is True

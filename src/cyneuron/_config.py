@@ -72,6 +72,17 @@ def set_num_threads(n):
     _threads["n"] = n
     _threads["generation"] += 1
     _applied.generation = _threads["generation"]
+    probe_thread_distance()
+
+
+def probe_thread_distance():
+    """Measure how far apart the pool's threads are (a cache-line round trip, ns; None on
+    one thread) and let the GEMM's one-thread threshold follow it. A VM's vCPUs can move
+    between cores that share an L3 and cores that do not while it runs, so set_num_threads,
+    each training epoch and each benchmark round measure again (~0.1-0.4 ms)."""
+    ns = _openmp.cache_line_round_trip_ns(trips=300, tries=1)
+    _gemm.set_thread_distance(ns)
+    return ns
 
 
 def apply_num_threads():
@@ -103,6 +114,10 @@ def openmp_runtime():
     return None
 
 
+def _round(ns):
+    return None if ns is None else round(ns)
+
+
 def config():
     """The build and run-time configuration, as a dict."""
     from . import __version__
@@ -116,6 +131,8 @@ def config():
         "num_threads": get_num_threads(),
         "forked_single_thread": _openmp.forked_single_thread(),
         "cpu_count": os.cpu_count(),
+        # ~100 ns: the pool's first two threads share an L3; 3-4x that: they do not
+        "thread_round_trip_ns": _round(_openmp.cache_line_round_trip_ns()),
         "gemm_blocks_float32": dict(zip(("MR", "NR", "MC", "KC", "NC"), _gemm.block_sizes("float32"))),
         "gemm_blocks_float64": dict(zip(("MR", "NR", "MC", "KC", "NC"), _gemm.block_sizes("float64"))),
     }

@@ -11,13 +11,17 @@ cdef extern from "cn_omp.h" nogil:
     int cn_current_cpu()
     void cn_leave_cpu(int cpu)
 
+# How far apart the pool's threads are, in percent of the near case (cores sharing an
+# L3, where the thresholds were measured): set_distance in _openmp.pyx.
+cdef int distance_percent() noexcept nogil
+
 # Work below this many scalar operations runs on one thread: waking the pool
-# costs microseconds, more than the work itself.
+# costs microseconds, more than the work itself (and 3-4x more when the threads are far).
 cdef enum:
     PARALLEL_MIN_WORK = 32768
 
 cdef inline int threads_for(double work) noexcept nogil:
     """Threads to use for a loop of about `work` scalar operations."""
-    if work < PARALLEL_MIN_WORK:
+    if work * 100 < <double>PARALLEL_MIN_WORK * distance_percent():
         return 1
     return cn_omp_max_threads()

@@ -45,7 +45,8 @@ import numpy as np
 
 from cyneuron._kernels._openmp cimport (
     cn_current_cpu, cn_leave_cpu, cn_omp_barrier, cn_omp_max_threads, cn_omp_num_threads,
-    cn_omp_thread_num, cn_omp_wtime)
+    cn_omp_thread_num, cn_omp_wtime, distance_percent)
+from cyneuron._kernels._openmp import set_distance
 from cyneuron._kernels cimport _math
 
 
@@ -126,6 +127,8 @@ cdef enum:
     GEMM_PARALLEL_MIN_MACS = 1 << 16
     # ... unless B is this large: then even a few rows (a single sample) are bound by
     # reading B, and splitting its columns lets each core keep its part in its own L2.
+    # Scaled by the threads' distance too (set_thread_distance): one sample through
+    # 784x256 on 2 threads 0.81 of one thread's time near, 1.12 far; 3136x128 0.73 both.
     PARALLEL_MIN_B_BYTES = 1 << 18
     # The epilogue runs on strips this many slivers wide (rows long enough to
     # vectorize, few enough that the strip is still in L1/L2).
@@ -231,22 +234,37 @@ def _set_parallel_min_macs_for_tests(int64_t macs=-1):
     _min_macs_for_tests = macs
 
 
+def set_thread_distance(round_trip_ns):
+    """Scale the one-thread thresholds by the pool's measured cache-line round trip (ns;
+    None leaves them as they are; see _openmp.set_distance): a region's fork, join and
+    hand-over of C cost that many round trips, so when the CPUs share no L3 (3-4x the near
+    case) small products stay on one thread longer. Returns the GEMM threshold in use."""
+    set_distance(round_trip_ns)
+    return _parallel_min_macs()
+
+
 cdef inline int64_t _parallel_min_macs() noexcept nogil:
     """Multiply-adds below which one thread is faster than two, for the kernels in use.
     Measured on Zen 3 (AVX2): 32x64x64 (131k) on 2 threads 0.81 of 1 thread's time. Zen 5
     (AVX-512), the two thread counts interleaved in one process (best of 6 x 5000 calls):
     32x64x64 (131k) 1.16, 32x128x64 / 64x64x64 / 128x32x64 (262k) 0.88-0.89, 64x128x64
     (524k) 0.72. The fork and join of a region cost ~0.6 us of that (rdtsc inside it);
-    loops timed without interleaving drift by up to 40% on this shared VM."""
+    loops timed without interleaving drift by up to 40% on this shared VM. With the two
+    vCPUs in different L3 domains (round trip ~390 ns instead of ~110) the same VM gave
+    262k 1.31, 524k 1.06, 1M 0.75: the threshold scales with the round trip."""
     if _min_macs_for_tests >= 0:
         return _min_macs_for_tests
-    return GEMM_PARALLEL_MIN_MACS * 5 // 2 if _table.isa == CN_ISA_AVX512 else GEMM_PARALLEL_MIN_MACS
+    cdef int64_t near = (GEMM_PARALLEL_MIN_MACS * 5 // 2 if _table.isa == CN_ISA_AVX512
+                         else GEMM_PARALLEL_MIN_MACS)
+    return near * distance_percent() // 100
 
 
 def plan_limits():
     """{name: value} of the thresholds that pick threads and plans, for the path in use
     (for tests and docs)."""
-    return {"parallel_min_macs": _parallel_min_macs(), "direct_max_m": DIRECT_MAX_M,
+    return {"parallel_min_macs": _parallel_min_macs(),
+            "parallel_min_b_bytes": PARALLEL_MIN_B_BYTES * distance_percent() // 100,
+            "direct_max_m": DIRECT_MAX_M,
             "max_threads": MAX_THREADS, "l2_sets": _l2_sets, "l2_ways": _l2_ways}
 
 
@@ -457,16 +475,6 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     g.mc = (MC_TARGET // g.mr) * g.mr
     g.nc = (NC_TARGET // g.nr) * g.nr
     n_sl = _cdiv(_min(g.N, g.nc), g.nr)
-    # Split whichever way leaves the fewest tiles on the busiest thread; on a tie, rows
-    # when each thread would own a single sliver and a column split would have them
-    # writing the halves of one cache line in every row at the same moments (false
-    # sharing: numpy's arrays start 16 bytes into a line). Measured on 2 threads, C 16
-    # bytes off a line, columns / rows: 32x128x64 4.2 / 3.2 us, 64x128x64 5.7 / 4.4 us;
-    # with more slivers per thread the split lines cost little and rows (every thread
-    # reading all of B) cost more: 32x64x256 4.5 / 5.0 us, 64x64x128 4.1 / 5.1 us.
-    cdef int64_t row_tiles = _cdiv(m_sl, nthreads) * n_sl, column_tiles = m_sl * _cdiv(n_sl, nthreads)
-    g.split_rows = row_tiles < column_tiles or (row_tiles == column_tiles and n_sl <= nthreads
-                                                and _rows_share_lines(g, item))
     # K in equal blocks of at most KC_BLOCK (784 = 3 x 262, not 384 + 384 + 16).
     g.kc = _cdiv(g.K, _cdiv(g.K, KC_BLOCK))
     cdef int64_t kc = g.kc
@@ -485,6 +493,22 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     g.column = g.N == 1 and (g.csa == 1 or (g.rsa == 1 and g.ldc == 1))
     if g.column:
         g.direct = g.pack_a = 0
+    # Split whichever way leaves the fewest tiles on the busiest thread; on a tie, rows
+    # when each thread would own a single sliver and a column split would have them
+    # writing the halves of one cache line in every row at the same moments (false
+    # sharing: numpy's arrays start 16 bytes into a line). Measured on 2 threads, C 16
+    # bytes off a line, columns / rows: 32x128x64 4.2 / 3.2 us, 64x128x64 5.7 / 4.4 us;
+    # with more slivers per thread the split lines cost little and rows (every thread
+    # reading all of B) cost more: 32x64x256 4.5 / 5.0 us, 64x64x128 4.1 / 5.1 us.
+    # On the packed plan a row split also has each thread read the slivers the others
+    # packed, moving them between cores on every call: counted as one tile's work per
+    # sliver that crosses (2 threads, interleaved in one process, B transposed: 32x256x784
+    # rows 44.0 / columns 35.9 us, 64x256x784 66.7 / 63.0 us; one thread 72 / 122 us).
+    cdef int64_t row_tiles = _cdiv(m_sl, nthreads) * n_sl, column_tiles = m_sl * _cdiv(n_sl, nthreads)
+    if not g.direct and not g.column:
+        row_tiles += n_sl - _cdiv(n_sl, nthreads)
+    g.split_rows = row_tiles < column_tiles or (row_tiles == column_tiles and n_sl <= nthreads
+                                                and _rows_share_lines(g, item))
 
 
 cdef int _plan(Call *g, _Workspace ws, int nthreads, size_t item) except -1:
@@ -667,7 +691,8 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
     else:
         g.mr, g.nr = _table.d_mr, _table.d_nr
     cdef int nthreads = 1
-    if g.M * g.N * g.K >= _parallel_min_macs() or g.K * g.N * item >= PARALLEL_MIN_B_BYTES:
+    if (g.M * g.N * g.K >= _parallel_min_macs()
+            or g.K * g.N * item >= PARALLEL_MIN_B_BYTES * distance_percent() // 100):
         nthreads = min(cn_omp_max_threads(), MAX_THREADS)
     cdef _Workspace ws = _free_workspaces.pop() if _free_workspaces else _Workspace()
     try:

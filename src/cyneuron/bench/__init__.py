@@ -52,7 +52,7 @@ import sys
 import time
 
 from .harness import (_REEXEC_MARKER, CLOCKS, MIN_ROUNDS, _header, _limit_blas_threads,
-                      _reexec_without_handicap, openblas_handicap, set_clock)
+                      _reexec_without_handicap, openblas_handicap, round_trip_note, set_clock)
 
 # The groups in the order `all` runs them: one module of this package each.
 GROUPS = ("matmul", "mlp", "conv", "resnet", "rnn", "transformer", "sklearn", "inference", "rbm",
@@ -120,5 +120,6 @@ def main(argv=None):
         out("  note:       threadpoolctl is not installed: numpy's BLAS threads are not limited")
     for group in GROUPS if args.what == "all" else (args.what,):
         importlib.import_module(f"{__name__}.{group}").run(args, out)
+    round_trip_note(out)
     out(f"\n({time.perf_counter() - t0:.1f} s)")
     return 0

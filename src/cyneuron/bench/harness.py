@@ -146,6 +146,36 @@ def _calibrate(fn, target_s):
 MIN_ROUNDS = 5
 SPREAD_WARN = 0.15   # (max - min) / median of the rounds above this: the machine was busy
 
+# The pool's cache-line round trip (ns) measured before each timed round of this run. A
+# VM's vCPUs can move between cores that share an L3 (~100 ns) and cores that do not
+# (3-4x that) while it runs, and 2-thread speed on small work follows, in every library
+# (csrc/cn_round_trip.h): rows timed above FAR_ROUND_TRIP_NS are marked.
+round_trips = []
+FAR_ROUND_TRIP_NS = 250
+
+
+def probe_round_trip():
+    """Measure and record the pool's cache-line round trip now (None on one thread); the
+    library's one-thread threshold follows it, as it does at each training epoch."""
+    from .. import _config
+
+    ns = _config.probe_thread_distance()   # also sets the GEMM's one-thread threshold
+    if ns is not None:
+        round_trips.append(ns)
+    return ns
+
+
+def worst_round_trip(since):
+    """The longest round trip recorded since index `since` of round_trips (None if none)."""
+    return max(round_trips[since:], default=None)
+
+
+def round_trip_cell(ns):
+    """' [CPUs far apart: 400 ns round trip (!)]' for a row timed while they were, else ''."""
+    if ns is None or ns <= FAR_ROUND_TRIP_NS:
+        return ""
+    return f" [CPUs far apart: {ns:.0f} ns cache-line round trip (!)]"
+
 
 def time_blocks(fns, repeats=8, target_s=0.04, settle_s=SETTLE_S):
     """Seconds per call of each function in `fns` (a dict): one sample per round each.
@@ -160,6 +190,7 @@ def time_blocks(fns, repeats=8, target_s=0.04, settle_s=SETTLE_S):
     loops = {}
     samples = {name: [] for name in names}
     for r in range(repeats):
+        probe_round_trip()
         for name in names[r % len(names):] + names[:r % len(names)]:
             fn = fns[name]
             if len(names) > 1 or r == 0:
@@ -201,6 +232,19 @@ def spread_note(all_samples, out):
     if worst > SPREAD_WARN:
         out(f"  (!) rounds spread up to {100 * worst:.0f}% (> {100 * SPREAD_WARN:.0f}%): "
             "another process was probably using a core; rerun on an idle machine")
+
+
+def round_trip_note(out):
+    """The range of the pool's cache-line round trip over the run, and a warning when the
+    CPUs were far apart for some rounds."""
+    if not round_trips:
+        return
+    low, high = min(round_trips), max(round_trips)
+    out(f"  CPU-to-CPU cache-line round trip during the run: {low:.0f}-{high:.0f} ns")
+    if high > FAR_ROUND_TRIP_NS:
+        out(f"  (!) some rounds ran while the CPUs were far apart (> {FAR_ROUND_TRIP_NS} ns: "
+            "not sharing an L3): 2-thread figures of small work drop for every library then; "
+            "rows marked so are not comparable with the others")
 
 
 @contextlib.contextmanager
@@ -365,6 +409,10 @@ def _header(args, out):
     out(f"  CPU:        {_cpu_model()} ({os.cpu_count()} logical CPUs"
         + (f", {_cpu_mhz():.0f} MHz nominal)" if _cpu_mhz() else ")"))
     out(f"  SIMD path:  {isa}    threads: {threads}")
+    if threads > 1:
+        ns = probe_round_trip()
+        out(f"  round trip: {'?' if ns is None else f'{ns:.0f} ns'} (one cache line between the "
+            f"pool's first two threads; > {FAR_ROUND_TRIP_NS} ns: the CPUs share no L3)")
     if _clock is CLOCKS["cpu"]:
         out("  clock:      this thread's CPU time (--clock cpu): waits for a busy core are "
             "left out")

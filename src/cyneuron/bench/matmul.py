@@ -8,9 +8,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .harness import (SETTLE_S, _pick, _print_table, both_on_threads, matmul_peak,
-                      print_peak, spread, spread_cell, spread_note,
-                      time_blocks)
+from .harness import (FAR_ROUND_TRIP_NS, SETTLE_S, _pick, _print_table, both_on_threads,
+                      matmul_peak, print_peak, round_trips, spread, spread_cell, spread_note,
+                      time_blocks, worst_round_trip)
 
 
 # -- matmul ----------------------------------------------------------------------------------
@@ -157,6 +157,7 @@ def measure_matmul_case(case, peak, repeats=8, target_s=0.04, stat="median", set
     % of the peak for its dtype and threads, check)."""
     fns = case_callables(case)
     err, ok = matmul_error(fns["cyneuron"](), fns["numpy"]())
+    mark = len(round_trips)
     samples = time_blocks(fns, repeats=repeats, target_s=target_s, settle_s=settle_s)
     flops = gemm_flops(case.m, case.k, case.n)
     g_cn = flops / _pick(samples["cyneuron"], stat) / 1e9
@@ -164,7 +165,7 @@ def measure_matmul_case(case, peak, repeats=8, target_s=0.04, stat="median", set
     p = peak.gflops(case.dtype, case.threads)
     return {"case": case, "cyneuron_gflops": g_cn, "numpy_gflops": g_np, "ratio": g_cn / g_np,
             "pct_peak": 100 * g_cn / p if p else None, "error": err, "ok": ok,
-            "samples": samples}
+            "samples": samples, "round_trip_ns": worst_round_trip(mark)}
 
 
 def run_matmul_cases(cases, peak, repeats=8, target_s=0.04, stat="median", settle_s=SETTLE_S,
@@ -290,7 +291,7 @@ def matmul_targets(results, peak):
 
 # -- the report --
 MATMUL_HEADER = ("case", "GEMM MxKxN", "dtype", "cyneuron GFLOP/s", "numpy GFLOP/s", "ratio",
-                 "cn % peak", "spread cn / np", "check")
+                 "cn % peak", "spread cn / np", "check (far: CPUs apart)")
 
 
 def _matmul_row(r):
@@ -299,7 +300,13 @@ def _matmul_row(r):
             f"{r['numpy_gflops']:.1f}", f"{r['ratio']:.2f}x",
             "?" if r["pct_peak"] is None else f"{r['pct_peak']:.0f}%",
             " / ".join(spread_cell(r["samples"][k]) for k in ("cyneuron", "numpy")),
-            "ok" if r["ok"] else f"ERR {r['error']:.1e}")
+            ("ok" if r["ok"] else f"ERR {r['error']:.1e}") + _far_mark(r))
+
+
+def _far_mark(r):
+    """' far' on a row timed while the CPUs shared no L3 (see harness.round_trips)."""
+    ns = r.get("round_trip_ns")
+    return " far" if ns is not None and ns > FAR_ROUND_TRIP_NS else ""
 
 
 def print_matmul_report(results, skipped, targets, peak, args, out):

@@ -18,7 +18,8 @@ import warnings
 
 import numpy as np
 
-from .harness import MIN_ROUNDS, SPREAD_WARN, _pick, matmul_peak, spread, time_blocks
+from .harness import (MIN_ROUNDS, SPREAD_WARN, _pick, matmul_peak, round_trip_cell, round_trips,
+                      spread, time_blocks, worst_round_trip)
 
 ARCHITECTURES = {"784-256-128-10": (784, 256, 128, 10), "784-512-512-10": (784, 512, 512, 10)}
 BATCH_SIZES = (32, 128, 512)
@@ -190,11 +191,12 @@ def bench(out, threads, peak32, repeats=5, stat="median", architectures=None, ba
         flops = train_flops_per_sample(sizes)
         for b in batch_sizes or BATCH_SIZES:
             fns, missing = train_epoch_callables(sizes, b, threads, x, y)
+            mark = len(round_trips)
             samples = time_blocks(fns, repeats=repeats, target_s=0.0)
             rate = summarize(samples, len(x), stat)
             best_peer = max((v for k, v in rate.items() if not _is_cyneuron(k)), default=None)
             row = {"kind": "train", "arch": arch, "batch": b, "rates": rate, "missing": missing,
-                   "spreads": _spreads(samples),
+                   "spreads": _spreads(samples), "round_trip_ns": worst_round_trip(mark),
                    "gflops": rate["cyneuron"] * flops / 1e9,
                    "vs_best_peer": rate["cyneuron"] / best_peer if best_peer else None}
             row["pct_peak"] = 100 * row["gflops"] / peak32 if peak32 else None
@@ -234,7 +236,8 @@ def _train_line(row):
     peak = f", {row['pct_peak']:.0f}% of peak" if row["pct_peak"] else ""
     return (f"  train {row['arch']} batch {row['batch']:>3}: cyneuron {r['cyneuron']:,.0f} "
             f"samples/s ({row['gflops']:.0f} GFLOP/s{peak}); "
-            + _others(r, " samples/s", lambda v: f"{v:,.0f}") + _spread_text(row))
+            + _others(r, " samples/s", lambda v: f"{v:,.0f}") + _spread_text(row)
+            + round_trip_cell(row["round_trip_ns"]))
 
 
 def _latency_line(row):

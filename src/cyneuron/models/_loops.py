@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from .. import _inference
+from .. import _config, _inference
 from .. import losses as _losses
 from .._kernels.arrays import gather_rows
 from .._random import get_rng
@@ -144,6 +144,7 @@ class LoopsMixin:
         try:
             for epoch in range(initial_epoch, epochs):
                 order = rng.permutation(n) if shuffle else np.arange(n)
+                _config.probe_thread_distance()   # the vCPUs may have moved since
                 self._reset_metrics()
                 callbacks.call("on_epoch_begin", epoch, {})
                 progress.epoch_begin(epoch)
