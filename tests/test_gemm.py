@@ -312,6 +312,23 @@ def test_result_dtype_of_floats(da, db, expected):
     assert_matmul_close(got, a, b, dtype=expected)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_product_makes_a_fresh_result(kernel_threads, dtype):
+    """gemm.product (cn.ops.matmul without out=): a new C-contiguous array of a's dtype,
+    from any strided views; mixed dtypes and wrong ranks are refused as gemm does."""
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((37, 64)).astype(dtype)
+    b = rng.standard_normal((29, 64)).astype(dtype)
+    got = _gemm.product(a, b.T)
+    assert got.dtype == dtype and got.flags.c_contiguous and got.shape == (37, 29)
+    assert_matmul_close(got, a, b.T, dtype=dtype)
+    assert _gemm.product(a, b.T) is not got
+    with pytest.raises(TypeError):
+        _gemm.product(a, b.T.astype(np.float32 if dtype == np.float64 else np.float64))
+    with pytest.raises(ValueError, match="2-D"):
+        _gemm.product(a[0], b.T)
+
+
 @pytest.mark.parametrize("int_dtype", [np.int8, np.uint8, np.int16, np.int32, np.int64, np.uint64])
 def test_integer_inputs_are_converted_to_float64(int_dtype):
     """Docstring: 'float32 when both inputs are float32, float64 otherwise (integers are converted)'."""
