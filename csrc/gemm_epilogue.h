@@ -13,6 +13,9 @@
    included), but GCC vectorizes these forms, not that one (it keeps a branch there,
    which mispredicts on random signs: 1.5 ns a value). */
 #include <stdint.h>
+
+#include "cn_isa_copies.h"
+
 enum { CN_EPI_RELU = 1, CN_EPI_SIGMOID = 2, CN_EPI_TANH = 3, CN_EPI_LEAKY_RELU = 8 };
 
 #define CN_EPI_FNS(T, sfx, attr)                                                     \
@@ -57,22 +60,13 @@ attr static void cn_act_grad_##sfx(T *c, int64_t ldc, int m, int n,             
     }                                                                               \
 }
 
-CN_EPI_FNS(float, f32_generic, )
-CN_EPI_FNS(double, f64_generic, )
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-CN_EPI_FNS(float, f32_avx2, __attribute__((target("avx2"))))
-CN_EPI_FNS(double, f64_avx2, __attribute__((target("avx2"))))
-#else
-#define cn_bias_act_f32_avx2 cn_bias_act_f32_generic
-#define cn_bias_act_f64_avx2 cn_bias_act_f64_generic
-#define cn_act_grad_f32_avx2 cn_act_grad_f32_generic
-#define cn_act_grad_f64_avx2 cn_act_grad_f64_generic
-#endif
+#define CN_EPI_COPY(sfx, attr) CN_EPI_FNS(float, f32_##sfx, attr) CN_EPI_FNS(double, f64_##sfx, attr)
+CN_BASELINE_AND_AVX2(CN_EPI_COPY)
 
 #define CN_EPI_DISPATCH(name, T)                                                    \
 static void name(int avx2, T *c, int64_t ldc, int m, int n, const T *y, int act,     \
                  T alpha) {                                                          \
-    (avx2 ? name##_avx2 : name##_generic)(c, ldc, m, n, y, act, alpha);              \
+    CN_PICK_AVX2(name, avx2)(c, ldc, m, n, y, act, alpha);                           \
 }
 CN_EPI_DISPATCH(cn_bias_act_f32, float)
 CN_EPI_DISPATCH(cn_bias_act_f64, double)

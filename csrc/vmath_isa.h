@@ -12,6 +12,7 @@
  *   V_SELECT_LT(a, c, x, y)       a < c ? x : y, per lane
  *   V_RCP_NEWTON_STEPS            Newton steps after V_RCP's estimate
  *   V_SCALE(p, n, t)              p 2^n (n also given as t = n + 1.5 2^23)
+ *   V_SCALE_NEG, V_SCALE_POS      the same for n in [-151, 0], in [0, 127]
  *   V_GELU_TANH_ARG(x)            2 sqrt(2/pi) (x + 0.044715 x^3), rounded once
  * No include guard: included once per instruction set and template. */
 
@@ -43,6 +44,8 @@
 #define V_OR _mm256_or_ps
 #define V_SELECT_LT(a, c, x, y) _mm256_blendv_ps((y), (x), _mm256_cmp_ps((a), (c), _CMP_LT_OQ))
 #define V_SCALE(p, n, t) cn_scale_avx2((p), (t))
+#define V_SCALE_NEG(p, n, t) cn_scale_neg_avx2((p), (t))
+#define V_SCALE_POS(p, n, t) cn_scale_pos_avx2((p), (t))
 #define V_GELU_TANH_ARG cn_gelu_tanh_arg_avx2
 
 #elif CN_VM_ISA == 2      /* AVX-512F only: bit operations through the integer forms (no DQ) */
@@ -71,6 +74,8 @@
 #define V_SELECT_LT(a, c, x, y) \
     _mm512_mask_blend_ps(_mm512_cmp_ps_mask((a), (c), _CMP_LT_OQ), (y), (x))
 #define V_SCALE(p, n, t) _mm512_scalef_ps((p), (n))    /* p 2^n in one instruction */
+#define V_SCALE_NEG V_SCALE
+#define V_SCALE_POS V_SCALE
 #define V_GELU_TANH_ARG cn_gelu_tanh_arg_avx512
 
 #else

@@ -12,11 +12,9 @@
  * here by least squares to erfc on z in [0, 12] (relative error 5e-8 in exact
  * arithmetic). No include guard: included once per instruction set. */
 
-/* e^x; 0 below -104 (past the smallest subnormal: e^-104 itself scales to 0, so the
-   clamp alone gives 0 there, checked on every float32 input for both copies), inf above
-   ~88.72. NaN stays NaN (V_MIN / V_MAX return their second operand when it is NaN). */
-CN_ATTR static inline CN_V CN_NAME(cn_vexp)(CN_V x) {
-    CN_V c = V_MAX(CN_PS(-104.0f), V_MIN(CN_PS(89.0f), x));
+/* e^x = p 2^n for x already clamped: returns p, with n and t = n + 1.5 2^23 (Cephes:
+   n = round(x / ln 2), r = x - n ln 2 in two parts, p = e^r by a polynomial). */
+CN_ATTR static inline CN_V CN_NAME(cn_vexp_parts)(CN_V c, CN_V *n_out, CN_V *t_out) {
     CN_V t = V_FMADD(c, CN_PS(1.44269504088896341f), CN_PS(12582912.0f));
     CN_V n = V_SUB(t, CN_PS(12582912.0f));
     CN_V r = V_FNMADD(n, CN_PS(0.693359375f), c);
@@ -27,8 +25,29 @@ CN_ATTR static inline CN_V CN_NAME(cn_vexp)(CN_V x) {
     p = V_FMADD(p, r, CN_PS(4.1665795894e-2f));
     p = V_FMADD(p, r, CN_PS(1.6666665459e-1f));
     p = V_FMADD(p, r, CN_PS(5.0000001201e-1f));
-    p = V_ADD(V_FMADD(p, z, r), CN_PS(1.0f));
+    *n_out = n;
+    *t_out = t;
+    return V_ADD(V_FMADD(p, z, r), CN_PS(1.0f));
+}
+
+/* e^x; 0 below -104 (past the smallest subnormal: e^-104 itself scales to 0, so the
+   clamp alone gives 0 there, checked on every float32 input for both copies), inf above
+   ~88.72. NaN stays NaN (V_MIN / V_MAX return their second operand when it is NaN). */
+CN_ATTR static inline CN_V CN_NAME(cn_vexp)(CN_V x) {
+    CN_V n, t, p = CN_NAME(cn_vexp_parts)(V_MAX(CN_PS(-104.0f), V_MIN(CN_PS(89.0f), x)), &n, &t);
     return V_SCALE(p, n, t);     /* p 2^n, gradually into the subnormals, inf past the top */
+}
+
+/* e^x for x <= 0 and for 0 <= x <= 88 (or NaN): the same bits as cn_vexp, with the
+   cheaper scalings these ranges allow (sigmoid, tanh, ELU, softmax call them). */
+CN_ATTR static inline CN_V CN_NAME(cn_vexp_neg)(CN_V x) {
+    CN_V n, t, p = CN_NAME(cn_vexp_parts)(V_MAX(CN_PS(-104.0f), x), &n, &t);
+    return V_SCALE_NEG(p, n, t);
+}
+
+CN_ATTR static inline CN_V CN_NAME(cn_vexp_pos)(CN_V x) {
+    CN_V n, t, p = CN_NAME(cn_vexp_parts)(x, &n, &t);
+    return V_SCALE_POS(p, n, t);
 }
 
 /* 1 / d for d >= 1 (or NaN, inf): estimate, then Newton steps r + r (1 - d r): one after
@@ -43,7 +62,7 @@ CN_ATTR static inline CN_V CN_NAME(cn_vrecip)(CN_V d) {
 
 /* 1 / (1 + e^-x) for x >= 0 and e^x / (1 + e^x) below: e never overflows. */
 CN_ATTR static inline CN_V CN_NAME(cn_vsigmoid)(CN_V x) {
-    CN_V e = CN_NAME(cn_vexp)(V_OR(x, CN_PS(-0.0f)));      /* e^-|x| */
+    CN_V e = CN_NAME(cn_vexp_neg)(V_OR(x, CN_PS(-0.0f)));  /* e^-|x| */
     CN_V s = CN_NAME(cn_vrecip)(V_ADD(e, CN_PS(1.0f)));
     return V_SELECT_LT(x, CN_PS(0.0f), V_MUL(e, s), s);
 }
@@ -60,7 +79,7 @@ CN_ATTR static inline CN_V CN_NAME(cn_vtanh)(CN_V x) {
     s = V_FMADD(V_MUL(s, z), ax, ax);
     /* e^2|x| kept finite (1 / inf would make the Newton step NaN): tanh is 1 there */
     b = V_MIN(CN_PS(88.0f), V_ADD(ax, ax));
-    b = CN_NAME(cn_vrecip)(V_ADD(CN_NAME(cn_vexp)(b), CN_PS(1.0f)));
+    b = CN_NAME(cn_vrecip)(V_ADD(CN_NAME(cn_vexp_pos)(b), CN_PS(1.0f)));
     b = V_FNMADD(CN_PS(2.0f), b, CN_PS(1.0f));
     return V_OR(V_SELECT_LT(ax, CN_PS(0.625f), s, b), sign);
 }
@@ -75,7 +94,7 @@ CN_ATTR static inline CN_V CN_NAME(cn_vexpm1_neg)(CN_V x) {
     p = V_FMADD(p, x, CN_PS(1.66666667e-1f));
     p = V_FMADD(p, x, CN_PS(0.5f));
     p = V_FMADD(V_MUL(p, x), x, x);
-    CN_V big = V_SUB(CN_NAME(cn_vexp)(x), CN_PS(1.0f));
+    CN_V big = V_SUB(CN_NAME(cn_vexp_neg)(x), CN_PS(1.0f));
     return V_SELECT_LT(x, CN_PS(-0.5f), big, p);
 }
 

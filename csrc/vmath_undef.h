@@ -28,3 +28,5 @@
 #undef V_SELECT_LT
 #undef V_GELU_TANH_ARG
 #undef V_SCALE
+#undef V_SCALE_NEG
+#undef V_SCALE_POS

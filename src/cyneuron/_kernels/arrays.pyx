@@ -21,6 +21,7 @@ cdef enum:
 cdef extern from *:
     """
     #include <stdint.h>
+    #include "cn_isa_copies.h"   /* CN_BASELINE_AND_AVX2, CN_PICK_AVX2 */
     /* Nonzero when one of the n words has all the exponent bits of its float set (NaN or
        inf): the flags are OR-ed in independent lanes, which compilers vectorize into
        compare + or (a running count needs widening adds and ran at a third of the
@@ -41,18 +42,12 @@ cdef extern from *:
     #define CN_NONFINITE_FNS(sfx, attr)                                                  \
     CN_NONFINITE_FN(cn_f32_nonfinite_##sfx, attr, uint32_t, 0x7F800000u, 32)            \
     CN_NONFINITE_FN(cn_f64_nonfinite_##sfx, attr, uint64_t, 0x7FF0000000000000u, 16)
-    CN_NONFINITE_FNS(generic, )
-    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-    CN_NONFINITE_FNS(avx2, __attribute__((target("avx2"))))
-    #else
-    #define cn_f32_nonfinite_avx2 cn_f32_nonfinite_generic
-    #define cn_f64_nonfinite_avx2 cn_f64_nonfinite_generic
-    #endif
+    CN_BASELINE_AND_AVX2(CN_NONFINITE_FNS)
     static uint32_t cn_f32_nonfinite(int avx2, const uint32_t *x, int64_t n) {
-        return (avx2 ? cn_f32_nonfinite_avx2 : cn_f32_nonfinite_generic)(x, n);
+        return CN_PICK_AVX2(cn_f32_nonfinite, avx2)(x, n);
     }
     static uint32_t cn_f64_nonfinite(int avx2, const uint64_t *x, int64_t n) {
-        return (avx2 ? cn_f64_nonfinite_avx2 : cn_f64_nonfinite_generic)(x, n);
+        return CN_PICK_AVX2(cn_f64_nonfinite, avx2)(x, n);
     }
     """
     uint32_t cn_f32_nonfinite(int avx2, const uint32_t *x, int64_t n) noexcept nogil

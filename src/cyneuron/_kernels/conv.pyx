@@ -325,17 +325,30 @@ cdef struct Chunks:
     Py_ssize_t rows      # patch rows per image (OH * OW)
     Py_ssize_t block     # scratch elements per thread: one chunk's patch matrix
     int threads          # no more threads than chunks
+    void *scratch        # threads * block elements (malloc: the caller frees it)
 
 
-cdef Chunks _chunks(const Geometry *g, int threads, Py_ssize_t depth) noexcept nogil:
-    """How the chunked kernels (col2im_gemm, im2col_gemm) cut the batch."""
+cdef Chunks _chunks(const Geometry *g, int threads, Py_ssize_t depth, size_t itemsize) except *:
+    """How the chunked kernels (col2im_gemm, im2col_gemm) cut the batch, and their
+    scratch: one block per thread (thread t's at scratch + t * block)."""
     cdef Chunks c
     c.step = _chunk_images(g, threads)
     c.count = (g.N + c.step - 1) // c.step
     c.rows = g.OH * g.OW
     c.block = c.step * c.rows * depth
     c.threads = <int>min(<Py_ssize_t>threads, c.count)
+    c.scratch = malloc(c.threads * c.block * itemsize)
+    if c.scratch == NULL:
+        raise MemoryError()
     return c
+
+
+cdef inline void _im2col_images(const floating *x, floating *buf, const Geometry *g,
+                                Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
+    """The patch rows of images n0..n1-1 into buf (that chunk's patch matrix)."""
+    cdef Py_ssize_t r
+    for r in range(n0 * g.OH, n1 * g.OH):
+        _im2col_row(x, buf - n0 * g.OH * g.OW * g.KH * g.KW * g.C, g, r)
 
 
 def col2im_gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, :, :, ::1] dx,
@@ -357,12 +370,10 @@ def col2im_gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, 
         return
     if K < 1:
         raise ValueError("a and b must have an inner dimension of at least 1")
-    cdef Chunks ch = _chunks(&g, threads_for(<double> M * depth * K), depth)
+    cdef Chunks ch = _chunks(&g, threads_for(<double> M * depth * K), depth, sizeof(floating))
     cdef Py_ssize_t step = ch.step, rows_per = ch.rows, block = ch.block, t, n, n0, n1
-    cdef floating *scratch = <floating *>malloc(ch.threads * block * sizeof(floating))
+    cdef floating *scratch = <floating *>ch.scratch
     cdef floating *buf
-    if scratch == NULL:
-        raise MemoryError()
     try:
         for t in prange(ch.count, nogil=True, num_threads=ch.threads, schedule="static"):
             buf = scratch + threadid() * block
@@ -400,7 +411,7 @@ def im2col_gemm_tn(const floating[:, :, :, ::1] x, const floating[:, ::1] a,
     cdef Py_ssize_t step = _chunk_images(&g, 1), chunks = (g.N + step - 1) // step
     cdef Py_ssize_t rows_per = g.OH * g.OW, block = step * rows_per * (depth + K)
     cdef Py_ssize_t groups = min(<Py_ssize_t>GRAD_GROUPS, chunks), size = K * depth
-    cdef Py_ssize_t grp, c, c0, c1, n0, n1, r, i, rows
+    cdef Py_ssize_t grp, c, c0, c1, n0, n1, i, rows
     cdef int nt = threads_for(<double> M * depth * K)
     nt = <int>min(<Py_ssize_t>nt, groups)
     cdef floating *scratch = <floating *>malloc(nt * block * sizeof(floating))
@@ -424,8 +435,7 @@ def im2col_gemm_tn(const floating[:, :, :, ::1] x, const floating[:, ::1] a,
                 n0 = c * step
                 n1 = min(g.N, n0 + step)
                 rows = (n1 - n0) * rows_per
-                for r in range(n0 * g.OH, n1 * g.OH):
-                    _im2col_row(&x[0, 0, 0, 0], buf - n0 * rows_per * depth, &g, r)
+                _im2col_images(&x[0, 0, 0, 0], buf, &g, n0, n1)
                 _transpose(&a[n0 * rows_per, 0], at, rows, K)
                 _gemm_serial(K, depth, rows, at, rows, 1, buf, depth, dst, depth, c > c0)
         res = &out[0, 0]
@@ -478,19 +488,16 @@ def im2col_gemm(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
     if M == 0 or F == 0:
         return
     cdef const floating *bp = &bias[0] if bias is not None else NULL
-    cdef Chunks ch = _chunks(&g, threads_for(<double> M * depth * F), depth)
-    cdef Py_ssize_t step = ch.step, rows_per = ch.rows, block = ch.block, t, n0, n1, r
-    cdef floating *scratch = <floating *>malloc(ch.threads * block * sizeof(floating))
+    cdef Chunks ch = _chunks(&g, threads_for(<double> M * depth * F), depth, sizeof(floating))
+    cdef Py_ssize_t step = ch.step, rows_per = ch.rows, block = ch.block, t, n0, n1
+    cdef floating *scratch = <floating *>ch.scratch
     cdef floating *buf
-    if scratch == NULL:
-        raise MemoryError()
     try:
         for t in prange(ch.count, nogil=True, num_threads=ch.threads, schedule="static"):
             buf = scratch + threadid() * block
             n0 = t * step
             n1 = min(g.N, n0 + step)
-            for r in range(n0 * g.OH, n1 * g.OH):
-                _im2col_row(&x[0, 0, 0, 0], buf - n0 * rows_per * depth, &g, r)
+            _im2col_images(&x[0, 0, 0, 0], buf, &g, n0, n1)
             _gemm_serial((n1 - n0) * rows_per, F, depth, buf, depth, 1, &b[0, 0], F,
                          &out[n0 * rows_per, 0], F, False)
             if bp != NULL or activation != ACT_LINEAR:

@@ -10,11 +10,12 @@ Every update kernel takes the same three trailing settings, applied in Keras's o
 Gradients are read only; the optimizer state (velocity, moments, accumulators) is
 updated in place and has one element per parameter. Adam, RMSprop and Adagrad (a square
 root and a division per element) run C loops with AVX2 and AVX-512 copies, the one
-matching the GEMM's instruction set; no copy uses FMA, so all give the same bits.
+matching the GEMM's instruction set; no copy uses FMA, so all give the same bits. Their
+update math is in csrc/optim_update.h; `_in_parts` splits any of them between threads.
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport INFINITY, pow, sqrt, sqrtf
+from libc.math cimport INFINITY, pow, sqrt
 from libc.stdint cimport int64_t
 
 cimport numpy as cnp
@@ -25,230 +26,26 @@ from cyneuron._kernels.gemm cimport current_isa
 cnp.import_array()
 
 
-cdef extern from *:
-    """
-    #include <math.h>
-    #include <stdint.h>
-
-    /* The Adam loop in C, compiled three times: for AVX-512, AVX2 and the baseline (SSE2,
-       what the extension is built for, where the square root and division of each element
-       run at a third of the AVX2 rate). The copy matching the GEMM's instruction set runs
-       (gemm.current_isa, which follows CYNEURON_ISA and set_isa, and is only ever a set
-       this CPU has). No copy uses FMA (the AVX-512 one has contraction turned off), so
-       all give the same bits.
-
-       The moments are flushed to zero once they fall below the smallest normal number:
-       a weight whose gradient stays 0 (a dead ReLU unit) has its first moment decay by
-       beta_1 every step, into the subnormal range, where each multiply takes a slow
-       microcode path (measured on Zen 5: Adam over a 669k-parameter MLP after 20 steps,
-       15k subnormal moments, 254 -> 182 us on one thread). What is flushed would move a
-       weight by less than learning_rate * 1e-38 / epsilon. The selects only vectorize
-       when comparisons may be assumed not to trap (GCC's default -ftrapping-math forbids
-       it), which changes no result. */
-    #include <float.h>
-    #if defined(__GNUC__) && !defined(__clang__)
-    #pragma GCC push_options
-    #pragma GCC optimize("no-trapping-math")
-    #endif
-    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-    #define CN_AVX2 __attribute__((target("avx2")))
-    #if defined(__clang__)
-    #define CN_AVX512 __attribute__((target("avx512f,avx512vl")))
-    #pragma clang fp contract(off)
-    #else
-    #define CN_AVX512 __attribute__((target("avx512f,avx512vl"), optimize("fp-contract=off")))
-    #endif
-    #endif
-    #define CN_TINY(T) ((T)(sizeof(T) == sizeof(float) ? FLT_MIN : DBL_MIN))
-    #define CN_FLUSH(x, TINY) ((x) < (TINY) && (x) > -(TINY) ? 0 : (x))
-    #define CN_ADAM_LOOP(T, SQRT, AMSGRAD, TINY)                                       \
-        for (int64_t i = 0; i < n; i++) {                                             \
-            T g = grads[i] * gs;                                                      \
-            g = g < cv ? g : cv;                                                      \
-            g = g > -cv ? g : -cv;                                                    \
-            T w = params[i];                                                          \
-            w = w - wd * w;                                                           \
-            T mi = m[i] + (g - m[i]) * b1;                                            \
-            T vi = v[i] + (g * g - v[i]) * b2;                                        \
-            mi = CN_FLUSH(mi, TINY);                                                  \
-            vi = CN_FLUSH(vi, TINY);                                                  \
-            m[i] = mi;                                                                \
-            v[i] = vi;                                                                \
-            if (AMSGRAD) {                                                            \
-                vi = vi > v_max[i] ? vi : v_max[i];                                   \
-                v_max[i] = vi;                                                        \
-            }                                                                         \
-            params[i] = w - alpha * mi / (SQRT(vi) + eps);                            \
-        }
-
-    #define CN_ADAM_FN(T, name, SQRT, attr)                                            \
-    attr static void name(T *restrict params, const T *restrict grads, T *restrict m,  \
-                          T *restrict v, T *restrict v_max, int64_t n, T alpha, T b1,  \
-                          T b2, T eps, T wd, T gs, T cv) {                             \
-        if (v_max) { CN_ADAM_LOOP(T, SQRT, 1, CN_TINY(T)) }                            \
-        else { CN_ADAM_LOOP(T, SQRT, 0, CN_TINY(T)) }                                  \
-    }
-
-    CN_ADAM_FN(float, cn_adam_f32_generic, sqrtf, )
-    CN_ADAM_FN(double, cn_adam_f64_generic, sqrt, )
-    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-    CN_ADAM_FN(float, cn_adam_f32_avx2, sqrtf, CN_AVX2)
-    CN_ADAM_FN(double, cn_adam_f64_avx2, sqrt, CN_AVX2)
-    CN_ADAM_FN(float, cn_adam_f32_avx512, sqrtf, CN_AVX512)
-    CN_ADAM_FN(double, cn_adam_f64_avx512, sqrt, CN_AVX512)
-    #else
-    #define cn_adam_f32_avx2 cn_adam_f32_generic
-    #define cn_adam_f64_avx2 cn_adam_f64_generic
-    #define cn_adam_f32_avx512 cn_adam_f32_generic
-    #define cn_adam_f64_avx512 cn_adam_f64_generic
-    #endif
-
-    /* isa: 0 generic, 1 AVX2, 2 AVX-512 (gemm.current_isa). */
-    #define CN_PICK_ISA(name, isa) \
-        ((isa) >= 2 ? name##_avx512 : (isa) == 1 ? name##_avx2 : name##_generic)
-
-    static void cn_adam_f32(int isa, float *params, const float *grads, float *m, float *v,
-                            float *v_max, int64_t n, float alpha, float b1, float b2,
-                            float eps, float wd, float gs, float cv) {
-        CN_PICK_ISA(cn_adam_f32, isa)(params, grads, m, v, v_max, n,
-                                      alpha, b1, b2, eps, wd, gs, cv);
-    }
-
-    static void cn_adam_f64(int isa, double *params, const double *grads, double *m,
-                            double *v, double *v_max, int64_t n, double alpha, double b1,
-                            double b2, double eps, double wd, double gs, double cv) {
-        CN_PICK_ISA(cn_adam_f64, isa)(params, grads, m, v, v_max, n,
-                                      alpha, b1, b2, eps, wd, gs, cv);
-    }
-
-    /* RMSprop and Adagrad likewise (each element has a square root and a division). */
-    #define CN_GRAD(T)                                                                 \
-            T g = grads[i] * gs;                                                      \
-            g = g < cv ? g : cv;                                                      \
-            g = g > -cv ? g : -cv;                                                    \
-            T w = params[i];                                                          \
-            w = w - wd * w;
-
-    #define CN_RMSPROP_LOOP(T, SQRT, CENTERED, MOMENTUM)                               \
-        for (int64_t i = 0; i < n; i++) {                                             \
-            CN_GRAD(T)                                                                \
-            T vi = r * velocity[i] + (1 - r) * g * g;                                 \
-            vi = CN_FLUSH(vi, CN_TINY(T));                                            \
-            velocity[i] = vi;                                                         \
-            T denom = vi;                                                             \
-            if (CENTERED) {                                                           \
-                T ai = r * average_grad[i] + (1 - r) * g;                             \
-                average_grad[i] = ai;                                                 \
-                denom = vi - ai * ai;                                                 \
-            }                                                                         \
-            T inc = lr * g / SQRT(denom + eps);                                       \
-            if (MOMENTUM) {                                                           \
-                inc = mu * momentum_buf[i] + inc;                                     \
-                momentum_buf[i] = inc;                                                \
-            }                                                                         \
-            params[i] = w - inc;                                                      \
-        }
-
-    #define CN_RMSPROP_FN(T, name, SQRT, attr)                                         \
-    attr static void name(T *restrict params, const T *restrict grads,                \
-                          T *restrict velocity, T *restrict momentum_buf,             \
-                          T *restrict average_grad, int64_t n, T lr, T r, T mu, T eps, \
-                          T wd, T gs, T cv) {                                          \
-        if (average_grad && momentum_buf) { CN_RMSPROP_LOOP(T, SQRT, 1, 1) }           \
-        else if (average_grad) { CN_RMSPROP_LOOP(T, SQRT, 1, 0) }                      \
-        else if (momentum_buf) { CN_RMSPROP_LOOP(T, SQRT, 0, 1) }                      \
-        else { CN_RMSPROP_LOOP(T, SQRT, 0, 0) }                                        \
-    }
-
-    #define CN_ADAGRAD_FN(T, name, SQRT, attr)                                         \
-    attr static void name(T *restrict params, const T *restrict grads,                \
-                          T *restrict accumulator, int64_t n, T lr, T eps, T wd, T gs, \
-                          T cv) {                                                      \
-        for (int64_t i = 0; i < n; i++) {                                             \
-            CN_GRAD(T)                                                                \
-            T acc = accumulator[i] + g * g;                                           \
-            accumulator[i] = acc;                                                     \
-            params[i] = w - lr * g / SQRT(acc + eps);                                 \
-        }                                                                             \
-    }
-
-    CN_RMSPROP_FN(float, cn_rmsprop_f32_generic, sqrtf, )
-    CN_RMSPROP_FN(double, cn_rmsprop_f64_generic, sqrt, )
-    CN_ADAGRAD_FN(float, cn_adagrad_f32_generic, sqrtf, )
-    CN_ADAGRAD_FN(double, cn_adagrad_f64_generic, sqrt, )
-    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-    CN_RMSPROP_FN(float, cn_rmsprop_f32_avx2, sqrtf, CN_AVX2)
-    CN_RMSPROP_FN(double, cn_rmsprop_f64_avx2, sqrt, CN_AVX2)
-    CN_ADAGRAD_FN(float, cn_adagrad_f32_avx2, sqrtf, CN_AVX2)
-    CN_ADAGRAD_FN(double, cn_adagrad_f64_avx2, sqrt, CN_AVX2)
-    CN_RMSPROP_FN(float, cn_rmsprop_f32_avx512, sqrtf, CN_AVX512)
-    CN_RMSPROP_FN(double, cn_rmsprop_f64_avx512, sqrt, CN_AVX512)
-    CN_ADAGRAD_FN(float, cn_adagrad_f32_avx512, sqrtf, CN_AVX512)
-    CN_ADAGRAD_FN(double, cn_adagrad_f64_avx512, sqrt, CN_AVX512)
-    #else
-    #define cn_rmsprop_f32_avx2 cn_rmsprop_f32_generic
-    #define cn_rmsprop_f64_avx2 cn_rmsprop_f64_generic
-    #define cn_adagrad_f32_avx2 cn_adagrad_f32_generic
-    #define cn_adagrad_f64_avx2 cn_adagrad_f64_generic
-    #define cn_rmsprop_f32_avx512 cn_rmsprop_f32_generic
-    #define cn_rmsprop_f64_avx512 cn_rmsprop_f64_generic
-    #define cn_adagrad_f32_avx512 cn_adagrad_f32_generic
-    #define cn_adagrad_f64_avx512 cn_adagrad_f64_generic
-    #endif
-
-    #define CN_RMSPROP_DISPATCH(T, name)                                               \
-    static void name(int isa, T *params, const T *grads, T *velocity, T *momentum_buf, \
-                     T *average_grad, int64_t n, T lr, T r, T mu, T eps, T wd, T gs,   \
-                     T cv) {                                                           \
-        CN_PICK_ISA(name, isa)(params, grads, velocity, momentum_buf,                  \
-                               average_grad, n, lr, r, mu, eps, wd, gs, cv);           \
-    }
-    #define CN_ADAGRAD_DISPATCH(T, name)                                               \
-    static void name(int isa, T *params, const T *grads, T *accumulator, int64_t n,   \
-                     T lr, T eps, T wd, T gs, T cv) {                                  \
-        CN_PICK_ISA(name, isa)(params, grads, accumulator, n, lr, eps, wd, gs, cv);    \
-    }
-    CN_RMSPROP_DISPATCH(float, cn_rmsprop_f32)
-    CN_RMSPROP_DISPATCH(double, cn_rmsprop_f64)
-    CN_ADAGRAD_DISPATCH(float, cn_adagrad_f32)
-    CN_ADAGRAD_DISPATCH(double, cn_adagrad_f64)
-    #if defined(__GNUC__) && !defined(__clang__)
-    #pragma GCC pop_options
-    #endif
-    """
-    void cn_adam_f32(int isa, float *params, const float *grads, float *m, float *v,
-                     float *v_max, int64_t n, float alpha, float b1, float b2, float eps,
-                     float wd, float gs, float cv) noexcept nogil
-    void cn_adam_f64(int isa, double *params, const double *grads, double *m, double *v,
-                     double *v_max, int64_t n, double alpha, double b1, double b2,
-                     double eps, double wd, double gs, double cv) noexcept nogil
-    void cn_rmsprop_f32(int isa, float *params, const float *grads, float *velocity,
-                        float *momentum_buf, float *average_grad, int64_t n, float lr,
-                        float r, float mu, float eps, float wd, float gs,
-                        float cv) noexcept nogil
-    void cn_rmsprop_f64(int isa, double *params, const double *grads, double *velocity,
-                        double *momentum_buf, double *average_grad, int64_t n, double lr,
-                        double r, double mu, double eps, double wd, double gs,
-                        double cv) noexcept nogil
-    void cn_adagrad_f32(int isa, float *params, const float *grads, float *accumulator,
-                        int64_t n, float lr, float eps, float wd, float gs,
-                        float cv) noexcept nogil
-    void cn_adagrad_f64(int isa, double *params, const double *grads, double *accumulator,
-                        int64_t n, double lr, double eps, double wd, double gs,
-                        double cv) noexcept nogil
+cdef extern from "optim_update.h" nogil:
+    # the update loops, one per optimizer, each in float32 / float64 for three
+    # instruction sets (csrc/optim_update.h); `kind` picks the optimizer
+    enum:
+        CN_ADAM
+        CN_RMSPROP
+        CN_ADAGRAD
+        CN_OPT_NH
+    ctypedef void (*cn_update_f32)(float *params, const float *grads, float *s0, float *s1,
+                                   float *s2, int64_t n, const float *h)
+    ctypedef void (*cn_update_f64)(double *params, const double *grads, double *s0,
+                                   double *s1, double *s2, int64_t n, const double *h)
+    cn_update_f32 cn_update_f32_for(int kind, int isa)
+    cn_update_f64 cn_update_f64_for(int kind, int isa)
 
 
 cdef enum:
     # Scalar-operation cost of one element of an update with a square root and a
     # division (Adam, RMSprop, Adagrad): each is worth ~10 plain operations.
     COST_SQRT_DIV = 16
-
-
-cdef inline floating fsqrt(floating x) noexcept nogil:
-    if floating is float:
-        return sqrtf(x)
-    else:
-        return sqrt(x)
 
 
 cdef inline floating _grad(floating g, floating grad_scale, floating limit) noexcept nogil:
@@ -427,19 +224,30 @@ def adam_update(params, grads, m, v, v_max,
     cdef double alpha = learning_rate * sqrt(1 - pow(beta_2, step)) / (1 - pow(beta_1, step))
     cdef double wd = learning_rate * weight_decay, cv = _clip_limit(clipvalue)
     if t == cnp.NPY_FLOAT:
-        _adam(<float *>p, <const float *>g, <float *>mp, <float *>vp, <float *>vm, n, alpha,
-              1 - beta_1, 1 - beta_2, epsilon, wd, grad_scale, cv)
+        _in_parts(CN_ADAM, <float *>p, <const float *>g, <float *>mp, <float *>vp,
+                  <float *>vm, n, alpha, 1 - beta_1, 1 - beta_2, epsilon, wd, grad_scale, cv)
     else:
-        _adam(<double *>p, <const double *>g, <double *>mp, <double *>vp, <double *>vm, n,
-              alpha, 1 - beta_1, 1 - beta_2, epsilon, wd, grad_scale, cv)
+        _in_parts(CN_ADAM, <double *>p, <const double *>g, <double *>mp, <double *>vp,
+                  <double *>vm, n, alpha, 1 - beta_1, 1 - beta_2, epsilon, wd, grad_scale, cv)
 
 
-cdef void _adam(floating *params, const floating *grads, floating *m, floating *v,
-                floating *v_max, Py_ssize_t n, floating alpha, floating b1, floating b2,
-                floating eps, floating wd, floating gs, floating cv) noexcept nogil:
-    """The Adam loop (cn_adam_*), one contiguous part per thread; v_max NULL: no amsgrad."""
-    cdef int nt = threads_for(n * COST_SQRT_DIV), t
+cdef inline floating *_at(floating *p, Py_ssize_t lo) noexcept nogil:
+    return p + lo if p != NULL else NULL
+
+
+cdef void _in_parts(int kind, floating *params, const floating *grads, floating *s0,
+                    floating *s1, floating *s2, Py_ssize_t n, double h0, double h1,
+                    double h2, double h3, double wd, double gs, double cv) noexcept nogil:
+    """Run the update loop `kind` (CN_ADAM, CN_RMSPROP, CN_ADAGRAD) over n elements, one
+    contiguous part per thread. s0..s2 are its state arrays (NULL: not used by this
+    variant), h0..h3 its hyperparameters, in the order csrc/optim_update.h names them."""
+    cdef floating h[CN_OPT_NH]
+    h[0], h[1], h[2], h[3] = h0, h1, h2, h3
+    h[4], h[5], h[6] = wd, gs, cv
     cdef int isa = current_isa()
+    cdef cn_update_f32 f32 = cn_update_f32_for(kind, isa)
+    cdef cn_update_f64 f64 = cn_update_f64_for(kind, isa)
+    cdef int nt = threads_for(n * COST_SQRT_DIV), t
     cdef Py_ssize_t part = (n + nt - 1) // nt, lo, hi
     for t in prange(nt, num_threads=nt, schedule="static"):
         lo = t * part
@@ -447,13 +255,9 @@ cdef void _adam(floating *params, const floating *grads, floating *m, floating *
         if hi <= lo:
             continue
         if floating is float:
-            cn_adam_f32(isa, params + lo, grads + lo, m + lo, v + lo,
-                        v_max + lo if v_max != NULL else NULL, hi - lo,
-                        alpha, b1, b2, eps, wd, gs, cv)
+            f32(params + lo, grads + lo, _at(s0, lo), _at(s1, lo), _at(s2, lo), hi - lo, h)
         else:
-            cn_adam_f64(isa, params + lo, grads + lo, m + lo, v + lo,
-                        v_max + lo if v_max != NULL else NULL, hi - lo,
-                        alpha, b1, b2, eps, wd, gs, cv)
+            f64(params + lo, grads + lo, _at(s0, lo), _at(s1, lo), _at(s2, lo), hi - lo, h)
 
 
 def rmsprop_update(floating[::1] params, const floating[::1] grads, floating[::1] velocity,
@@ -479,28 +283,13 @@ def rmsprop_update(floating[::1] params, const floating[::1] grads, floating[::1
     if centered:
         _check_size(n, average_grad, "average_grad")
     _check_settings(learning_rate, weight_decay, grad_scale, clipvalue)
-    cdef floating lr = learning_rate, r = rho, mu = momentum, eps = epsilon
-    cdef floating wd = learning_rate * weight_decay, gs = grad_scale, cv = _clip_limit(clipvalue)
     if n == 0:
         return
-    cdef floating *mom = &momentum_buf[0] if momentum != 0 else NULL
-    cdef floating *avg = &average_grad[0] if centered else NULL
-    cdef int nt = threads_for(n * COST_SQRT_DIV), t
-    cdef int isa = current_isa()
-    cdef Py_ssize_t part = (n + nt - 1) // nt, lo, hi
-    for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-        lo = t * part
-        hi = min(n, lo + part)
-        if hi <= lo:
-            continue
-        if floating is float:
-            cn_rmsprop_f32(isa, &params[lo], &grads[lo], &velocity[lo],
-                           mom + lo if mom != NULL else NULL, avg + lo if avg != NULL else NULL,
-                           hi - lo, lr, r, mu, eps, wd, gs, cv)
-        else:
-            cn_rmsprop_f64(isa, &params[lo], &grads[lo], &velocity[lo],
-                           mom + lo if mom != NULL else NULL, avg + lo if avg != NULL else NULL,
-                           hi - lo, lr, r, mu, eps, wd, gs, cv)
+    _in_parts(CN_RMSPROP, &params[0], &grads[0], &velocity[0],
+              &momentum_buf[0] if momentum != 0 else NULL,
+              &average_grad[0] if centered else NULL, n,
+              learning_rate, rho, momentum, epsilon,
+              learning_rate * weight_decay, grad_scale, _clip_limit(clipvalue))
 
 
 def adagrad_update(floating[::1] params, const floating[::1] grads, floating[::1] accumulator,
@@ -511,21 +300,8 @@ def adagrad_update(floating[::1] params, const floating[::1] grads, floating[::1
     _check_size(n, grads, "grads")
     _check_size(n, accumulator, "accumulator")
     _check_settings(learning_rate, weight_decay, grad_scale, clipvalue)
-    cdef floating lr = learning_rate, eps = epsilon
-    cdef floating wd = learning_rate * weight_decay, gs = grad_scale, cv = _clip_limit(clipvalue)
     if n == 0:
         return
-    cdef int nt = threads_for(n * COST_SQRT_DIV), t
-    cdef int isa = current_isa()
-    cdef Py_ssize_t part = (n + nt - 1) // nt, lo, hi
-    for t in prange(nt, nogil=True, num_threads=nt, schedule="static"):
-        lo = t * part
-        hi = min(n, lo + part)
-        if hi <= lo:
-            continue
-        if floating is float:
-            cn_adagrad_f32(isa, &params[lo], &grads[lo], &accumulator[lo], hi - lo, lr, eps,
-                           wd, gs, cv)
-        else:
-            cn_adagrad_f64(isa, &params[lo], &grads[lo], &accumulator[lo], hi - lo, lr, eps,
-                           wd, gs, cv)
+    _in_parts(CN_ADAGRAD, &params[0], &grads[0], &accumulator[0], NULL, NULL, n,
+              learning_rate, epsilon, 0, 0,
+              learning_rate * weight_decay, grad_scale, _clip_limit(clipvalue))
