@@ -208,6 +208,21 @@ def test_lean_predict_returns_new_arrays_and_follows_changes():
     np.testing.assert_allclose(model.predict(x[:1]), _general(model, x[:1]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("make", [lambda: _mlp("float32"), _cnn], ids=["mlp", "thin-cnn"])
+def test_lean_predict_sees_weights_written_in_place(make):
+    """Weights are numpy arrays user code may write in place: one element changed in the
+    first kernel (a thin convolution's, whose reordered copy the lean path keeps while
+    its bytes stay the same) shows in the next predict."""
+    model = make()
+    shape = (4,) + tuple(model.inputs[0].shape[1:])
+    x = np.random.default_rng(124).normal(size=shape).astype(np.float32)
+    before = model.predict(x)
+    model.layers[0].kernel.reshape(-1)[0] += 3.0
+    after = model.predict(x)
+    assert not np.array_equal(after, before)
+    np.testing.assert_allclose(after, _general(model, x), rtol=1e-5, atol=1e-6)
+
+
 def test_lean_predict_leaves_other_inputs_to_the_general_path():
     model = _mlp("float32")
     x = np.random.default_rng(124).normal(size=(4, 23))

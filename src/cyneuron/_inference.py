@@ -176,6 +176,7 @@ class _ConvOp:
         self.conv, self.pool, self.activation = conv, pool, conv.activation
         self.buffers = {}
         self.setups = {}        # input shape -> _ConvSetup
+        self.reordered = _ReorderedKernel()
 
     def _buffer(self, key, shape, dtype):
         buf = self.buffers.get(key)
@@ -247,9 +248,8 @@ class _ConvOp:
         (oy, ox) is KW*KH*C consecutive values, s's row (n, oy, ox) onwards, so
         a[r] = s.flat[r*KH*C : r*KH*C + KW*KH*C] over rows r = (n, oy, x) of the padded
         width WP (x >= OW: columns the GEMM computes and the pooling never reads), and
-        the kernel is reordered to (KW, KH, C, F) to match (_reorder_kernel, a few hundred
-        values, each call). The buffers and the view are made once per input shape; each
-        call fills them."""
+        the kernel is reordered to (KW, KH, C, F) to match (_ReorderedKernel). The buffers
+        and the view are made once per input shape; each call fills them."""
         conv = self.conv
         n, c, f = x.shape[0], x.shape[-1], conv.filters
         (h, w), (oh, ow) = plan.in_hw, plan.out_hw
@@ -273,7 +273,7 @@ class _ConvOp:
         inside[...] = x.reshape(shape4)[crop]
         for dst, src in copies:
             dst[...] = src
-        return a, _reorder_kernel(conv._weights[0], plan.window)
+        return a, self.reordered.get(conv._weights[0], plan.window)
 
     def _conv(self, x, y, plan):
         """y = act(conv(x) + bias): im2col into this op's buffer, one GEMM, the bias and
@@ -293,13 +293,24 @@ class _ConvOp:
              activation=conv._epilogue)
 
 
-def _reorder_kernel(w, window):
-    """A convolution's kernel (KH, KW, C, F) (KH = 1 for Conv1D) as the (KW*KH*C, F)
-    matrix of the shifted-rows patches (_ConvOp._shifted_rows)."""
-    (kh, kw), c, f = window, w.shape[-2], w.shape[-1]
-    out = empty_aligned((kw, kh, c, f), w.dtype)
-    out[...] = w.reshape(kh, kw, c, f).transpose(1, 0, 2, 3)
-    return out.reshape(-1, f)
+class _ReorderedKernel:
+    """A thin convolution's kernel (KH, KW, C, F) (KH = 1 for Conv1D) as the (KW*KH*C, F)
+    matrix of the shifted-rows patches (_ConvOp._shifted_rows), made again whenever the
+    kernel's bytes differ from those it was made from: comparing a kernel of at most 32
+    rows costs ~0.2 us, making it ~5 us, and weights may be written in place by user
+    code, so only a full comparison is safe."""
+
+    def __init__(self):
+        self.source = self.snapshot = self.window = self.value = None
+
+    def get(self, w, window):
+        if self.source is not w or self.window != window or w.tobytes() != self.snapshot:
+            (kh, kw), c, f = window, w.shape[-2], w.shape[-1]
+            out = empty_aligned((kw, kh, c, f), w.dtype)
+            out[...] = w.reshape(kh, kw, c, f).transpose(1, 0, 2, 3)
+            self.value = out.reshape(-1, f)
+            self.source, self.window, self.snapshot = w, window, w.tobytes()
+        return self.value
 
 
 class _ConvSetup:
