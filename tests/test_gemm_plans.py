@@ -25,8 +25,11 @@ def _plan_shapes(dtype, isa=None):
     """(label, M, K, N, b_transposed) reaching each plan of the driver with the
     blocking of `isa` (default: the path in use)."""
     mr, nr, mc, kc, nc = _gemm.block_sizes(np.dtype(dtype).name, isa)
-    direct_m = _gemm.plan_limits()["direct_max_m"]
+    limits = _gemm.plan_limits()
+    direct_m, swap_m = limits["direct_max_m"], limits["swap_max_m"]
     big_k = kc + 3
+    # B transposed and this wide (bytes >= swap_min_b_bytes at K = big_k): C^T = B^T A^T
+    swap_n = limits["swap_min_b_bytes"] // (big_k * np.dtype(dtype).itemsize) + nr + 1
     return [
         ("column-tiny", 1, 1, 1, False),                              # N = 1: dot products
         ("column-rows", 4 * mr + 3, big_k, 1, False),
@@ -41,7 +44,10 @@ def _plan_shapes(dtype, isa=None):
         ("packed-b-transposed", 17, big_k, 2 * nr + 1, True),
         # More rows than one micro-tile, B's rows 4 KiB apart (all in a few cache sets)
         ("packed-4k-stride", mr + 1, kc + 1, 4096 // np.dtype(dtype).itemsize, False),
-        ("packed-nc-edge", mr + 2, 19, nc + nr + 3, True),
+        ("packed-nc-edge", swap_m + 2, 19, nc + nr + 3, True),
+        ("swapped-few-rows", 2 * mr + 3, big_k, swap_n, True),     # dX = dY W^T, batch 19
+        ("swapped-max-m", swap_m, 37,
+         limits["swap_min_b_bytes"] // (37 * np.dtype(dtype).itemsize) + 5, True),
     ]
 
 
@@ -63,6 +69,32 @@ def test_every_plan_on_every_path_and_thread_count(isa, kernel_threads, dtype):
         c = np.empty((m, n), dtype)
         _gemm.gemm(a, b, c)
         assert_matmul_close(c, a, b, what=f"{label} {isa} threads={kernel_threads}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("activation", ["linear", "relu", "tanh", "elu"])
+def test_swapped_plan_with_bias_activation_and_any_c(isa, kernel_threads, dtype, activation):
+    """Few rows times a large transposed B (dY @ W^T) is computed as (W @ dY^T)^T: the
+    same result with the bias and activation epilogue, into a C that starts off a cache
+    line, from an A with strided rows."""
+    rng = np.random.default_rng(11)
+    code = _gemm.EPILOGUES[activation]
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    for label, m, k, n, bt in _plan_shapes(dtype):
+        if not label.startswith("swapped"):
+            continue
+        _, b = _case(rng, dtype, m, k, n, bt)
+        a = rng.standard_normal((m, 2 * k)).astype(dtype)[:, ::2]     # strided along K
+        bias = rng.standard_normal(n).astype(dtype)
+        raw = np.empty(m * n + 1, dtype)
+        c = raw[1:].reshape(m, n)                       # 4 or 8 bytes off the allocation
+        assert _gemm.plan(a, b, c=c)["plan"] == "swapped", label
+        _gemm.gemm(a, b, c, bias, code, 1.0)
+        z = a.astype(np.float64) @ b.astype(np.float64) + bias
+        want = {"linear": z, "relu": np.maximum(z, 0), "tanh": np.tanh(z),
+                "elu": np.where(z > 0, z, np.expm1(np.minimum(z, 0)))}[activation]
+        np.testing.assert_allclose(c, want, rtol=tol, atol=tol * np.abs(z).max(),
+                                   err_msg=f"{label} {activation}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

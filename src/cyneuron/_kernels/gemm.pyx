@@ -264,7 +264,8 @@ def plan_limits():
     (for tests and docs)."""
     return {"parallel_min_macs": _parallel_min_macs(),
             "parallel_min_b_bytes": PARALLEL_MIN_B_BYTES * distance_percent() // 100,
-            "direct_max_m": DIRECT_MAX_M,
+            "direct_max_m": DIRECT_MAX_M, "swap_max_m": SWAP_MAX_M,
+            "swap_min_b_bytes": SWAP_MIN_B_BYTES,
             "max_threads": MAX_THREADS, "l2_sets": _l2_sets, "l2_ways": _l2_ways}
 
 
@@ -381,6 +382,15 @@ cdef class _Workspace:
     cdef size_t b_bytes
     cdef void *a_pack[MAX_THREADS]
     cdef size_t a_bytes[MAX_THREADS]
+    cdef object swapped     # the (N, M) product of the swapped plan (_swap_pays)
+
+    cdef object swapped_out(self, cnp.npy_intp rows, cnp.npy_intp cols, int type_num):
+        """A C-contiguous (rows, cols) array of type_num, reusing the last one's memory."""
+        cdef cnp.npy_intp size = rows * cols
+        if self.swapped is None or self.swapped.dtype.num != type_num \
+                or cnp.PyArray_SIZE(<cnp.ndarray>self.swapped) < size:
+            self.swapped = cnp.PyArray_EMPTY(1, &size, type_num, 0)
+        return self.swapped[:size].reshape(rows, cols)
 
     cdef int reserve(self, size_t b_bytes, size_t a_bytes, int nthreads) except -1:
         cdef int t
@@ -470,6 +480,42 @@ cdef bint _rows_share_lines(const Call *g, size_t item) noexcept nogil:
     return (<size_t>g.C) % CACHE_LINE != 0 or (g.ldc * item) % CACHE_LINE != 0
 
 
+cdef enum:
+    # dY @ W^T with few rows (a Dense layer's input gradient at small batches): B is W
+    # seen transposed, and the packed plan transposes all of W on every call for only M
+    # rows of use. C^T = W @ dY^T reads W in place and packs only dY; C is then C^T
+    # transposed, with the epilogue. 2 threads, Zen 5, B transposed, the product alone /
+    # swapped: 32x256x784 37.1 / 26.8 us, 32x512x512 53.2 / 36.5, 32x1024x1024 261 / 154,
+    # 128x1024x1024 638 / 541; 32x128x256 (B 128 KiB) 6.1 / 5.9: not worth the transpose.
+    SWAP_MAX_M = 128
+    SWAP_MIN_B_BYTES = 1 << 18
+
+
+cdef bint _swap_pays(const Call *g, size_t item) noexcept nogil:
+    """Whether to compute a @ b as (b^T @ a^T)^T: b column-major and large, few rows (and
+    fewer than columns, so the swapped call never swaps back), no column sums."""
+    return (g.rsb == 1 and g.csb != 1 and 1 < g.M <= SWAP_MAX_M and g.M < g.N
+            and g.K * g.N * <int64_t>item >= SWAP_MIN_B_BYTES and g.b_sums == NULL)
+
+
+cdef void _from_swapped(const Call *g, const floating *t, floating dummy) noexcept nogil:
+    """C (+)= T^T for the (N, M) product T of the swapped plan, in blocks of columns whose
+    lines of T stay in L1, then the epilogue on all of C."""
+    cdef floating *c = <floating *>g.C
+    cdef int64_t i, j, j0, j1, M = g.M, N = g.N
+    for j0 in range(0, N, 64):
+        j1 = _min(N, j0 + 64)
+        for i in range(M):
+            if g.accumulate:
+                for j in range(j0, j1):
+                    c[i * g.ldc + j] += t[j * M + i]
+            else:
+                for j in range(j0, j1):
+                    c[i * g.ldc + j] = t[j * M + i]
+    if g.bias != NULL or g.act != EPI_LINEAR or g.act_out != NULL:
+        _finish(g, dummy, 0, M, 0, N)
+
+
 cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     """Choose the plan, the split of C among threads and whether A is packed."""
     cdef int64_t m_sl = _cdiv(g.M, g.mr), n_sl
@@ -539,8 +585,10 @@ def plan(a, b, int threads=1, isa=None, c=None):
     """How a @ b would run on `threads` threads with the blocking of instruction set
     `isa` (default: the path in use; any compiled ISA, runnable here or not), into `c`
     (default: a C-contiguous result starting on a cache line):
-    {"plan": "direct" | "packed" | "column", "split": "rows" | "columns", "pack_a": bool}
-    (for tests and profiling; "column": N = 1, see _choose)."""
+    {"plan": "direct" | "packed" | "column" | "swapped", "split": "rows" | "columns",
+    "pack_a": bool} (for tests and profiling; "column": N = 1, see _choose; "swapped": C^T
+    = b^T a^T is computed and transposed, see _swap_pays; split and pack_a are then those
+    of the swapped product)."""
     cdef Call g
     cdef size_t item = a.itemsize
     cdef const cn_kernel_table *t = _layout(isa)
@@ -556,6 +604,10 @@ def plan(a, b, int threads=1, isa=None, c=None):
         g.mr, g.nr = t.s_mr, t.s_nr
     else:
         g.mr, g.nr = t.d_mr, t.d_nr
+    g.b_sums = NULL
+    if _swap_pays(&g, item):
+        swapped = plan(b.T, a.T, threads, isa)
+        return {**swapped, "plan": "swapped"}
     _choose(&g, max(1, threads), item)
     return {"plan": "column" if g.column else "direct" if g.direct else "packed",
             "split": "rows" if g.split_rows else "columns", "pack_a": bool(g.pack_a)}
@@ -711,7 +763,17 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
             or g.K * g.N * item >= PARALLEL_MIN_B_BYTES * distance_percent() // 100):
         nthreads = min(cn_omp_max_threads(), MAX_THREADS)
     cdef _Workspace ws = _free_workspaces.pop() if _free_workspaces else _Workspace()
+    cdef cnp.ndarray t
     try:
+        if _swap_pays(&g, item):
+            t = ws.swapped_out(g.N, g.M, type_num)
+            gemm(b.T, a.T, t)
+            with nogil:
+                if type_num == cnp.NPY_FLOAT:
+                    _from_swapped(&g, <const float *>cnp.PyArray_DATA(t), <float>0)
+                else:
+                    _from_swapped(&g, <const double *>cnp.PyArray_DATA(t), <double>0)
+            return
         _plan(&g, ws, nthreads, item)
         with nogil:
             if type_num == cnp.NPY_FLOAT:
