@@ -759,8 +759,8 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
     else:
         g.mr, g.nr = _table.d_mr, _table.d_nr
     cdef int nthreads = 1
-    if (g.M * g.N * g.K >= _parallel_min_macs()
-            or g.K * g.N * item >= PARALLEL_MIN_B_BYTES * distance_percent() // 100):
+    cdef int64_t min_b_bytes = <int64_t>PARALLEL_MIN_B_BYTES * distance_percent() // 100
+    if g.M * g.N * g.K >= _parallel_min_macs() or g.K * g.N * <int64_t>item >= min_b_bytes:
         nthreads = min(cn_omp_max_threads(), MAX_THREADS)
     cdef _Workspace ws = _free_workspaces.pop() if _free_workspaces else _Workspace()
     cdef cnp.ndarray t
