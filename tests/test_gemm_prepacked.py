@@ -3,8 +3,6 @@ fixed): the same bits as gemm on every plan, SIMD path and thread count. And pre
 lean path after the weights change (fit, train_on_batch, set_weights, an optimizer step,
 load_weights, a write in place into a kernel): always the fresh answer, also with several
 threads predicting at once (it keeps no copy derived from the weights)."""
-import threading
-
 import numpy as np
 import pytest
 
@@ -13,6 +11,7 @@ from cyneuron import layers
 from cyneuron._kernels import gemm as _gemm
 
 from test_gemm_plans import DTYPE_IDS, DTYPES, _case, _plan_shapes
+from test_inference_path import predict_from_threads
 
 EPI = _gemm.EPILOGUES
 
@@ -169,23 +168,8 @@ def test_predict_from_many_threads_gives_the_serial_results_across_writes(restor
     xs = [rng.normal(size=(ROWS + i, 110)).astype(np.float32) for i in range(8)]
     for round_ in range(2):
         expected = [_fresh(model, x) for x in xs]
-        barrier = threading.Barrier(len(xs))
-        got, errors = [None] * len(xs), []
-
-        def run(i):
-            try:
-                barrier.wait(60)
-                got[i] = [model.predict(xs[i], batch_size=len(xs[i])) for _ in range(5)]
-            except BaseException as exc:     # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-            assert not t.is_alive()
-        assert not errors, errors[0]
+        got = predict_from_threads(lambda x: model.predict(x, batch_size=len(x)), xs,
+                                   calls=5)
         for e, g in zip(expected, got):
             for one in g:
                 np.testing.assert_allclose(one, e, rtol=1e-5, atol=1e-6)

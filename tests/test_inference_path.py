@@ -250,13 +250,23 @@ def test_lean_predict_from_many_threads_gives_the_serial_results(make, restore_t
     shape = tuple(model.inputs[0].shape[1:])
     xs = [rng.normal(size=(1 + i % 4,) + shape).astype(np.float32) for i in range(8)]
     expected = [model.predict(x) for x in xs]
+    got = predict_from_threads(model.predict, xs, calls=30)
+    for e, g in zip(expected, got):
+        for one in g:
+            np.testing.assert_array_equal(one, e)
+
+
+def predict_from_threads(predict, xs, calls):
+    """One thread per array of xs, all released at once, each calling predict on its
+    array `calls` times; returns their results (a list of lists, in xs's order) after
+    checking that every thread finished without an error."""
     barrier = threading.Barrier(len(xs))
     got, errors = [None] * len(xs), []
 
     def run(i):
         try:
             barrier.wait(60)
-            got[i] = [model.predict(xs[i]) for _ in range(30)]
+            got[i] = [predict(xs[i]) for _ in range(calls)]
         except BaseException as exc:     # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -267,9 +277,7 @@ def test_lean_predict_from_many_threads_gives_the_serial_results(make, restore_t
         t.join(120)
         assert not t.is_alive()
     assert not errors, errors[0]
-    for e, g in zip(expected, got):
-        for one in g:
-            np.testing.assert_array_equal(one, e)
+    return got
 
 
 @pytest.mark.parametrize("shape", [(3, 8, 8, 5), (2, 9, 7, 33), (1, 2, 2, 1), (4, 5, 12, 64)])
