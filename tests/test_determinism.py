@@ -80,3 +80,22 @@ def test_two_threads_repeat_and_agree_with_one_to_rounding(restore_threads):
     w3, _ = _train_large(1)
     for a, c in zip(w1, w3):
         np.testing.assert_allclose(a, c, rtol=1e-9, atol=1e-12)
+
+
+def test_two_threads_repeat_however_far_apart_the_threads_are(restore_threads, monkeypatch):
+    """The threads' measured distance (a cache-line round trip, taken each epoch) moves
+    only decisions that keep the bits: runs at one thread count repeat whether the host
+    put the two CPUs near (sharing an L3) or far apart."""
+    from cyneuron import _config
+
+    runs = []
+    for round_trip_ns in (110.0, 440.0):
+        monkeypatch.setattr(_config._openmp, "cache_line_round_trip_ns",
+                            lambda **_: round_trip_ns)
+        runs.append(_train_large(2))
+    monkeypatch.undo()
+    _config.probe_thread_distance()
+    (w_near, loss_near), (w_far, loss_far) = runs
+    for a, b in zip(w_near, w_far):
+        np.testing.assert_array_equal(a, b)
+    assert loss_near == loss_far

@@ -72,6 +72,34 @@ def test_every_plan_on_every_path_and_thread_count(isa, kernel_threads, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_every_plan_gives_the_same_bits_on_one_and_two_threads(isa, dtype, restore_threads):
+    """The thread count only says who computes which tiles of C, never how an element is
+    summed: this is what lets the one-thread threshold follow a timing (the threads'
+    measured distance) without runs at one thread count differing. With the column
+    sums, the epilogue and accumulate too."""
+    rng = np.random.default_rng(4)
+    for label, m, k, n, bt in _plan_shapes(dtype):
+        a, b = _case(rng, dtype, m, k, n, bt)
+        bias = rng.standard_normal(n).astype(dtype)
+        start = rng.standard_normal((m, n)).astype(dtype)
+        results = []
+        for threads in (1, 2):
+            cn.set_num_threads(threads)
+            _gemm._set_parallel_min_macs_for_tests(0 if threads > 1 else -1)
+            try:
+                plain, fused, summed = np.empty((m, n), dtype), np.empty((m, n), dtype), start.copy()
+                sums = np.empty(n, dtype)
+                _gemm.gemm(a, b, plain)
+                _gemm.gemm(a, b, fused, bias=bias, activation=_gemm.Epilogue.EPI_RELU)
+                _gemm.gemm(a, b, summed, accumulate=True, b_sums=sums)
+            finally:
+                _gemm._set_parallel_min_macs_for_tests(-1)
+            results.append((plain, fused, summed, sums))
+        for one, two in zip(*results):
+            np.testing.assert_array_equal(one, two, err_msg=f"{label} {isa}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("activation", ["linear", "relu", "tanh", "elu"])
 def test_swapped_plan_with_bias_activation_and_any_c(isa, kernel_threads, dtype, activation):
     """Few rows times a large transposed B (dY @ W^T) is computed as (W @ dY^T)^T: the

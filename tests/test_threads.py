@@ -73,10 +73,11 @@ def test_cache_line_round_trip(restore_threads):
 
 
 def test_thread_distance_scales_the_one_thread_threshold(restore_threads):
-    """Far-apart threads (a long cache-line round trip) keep more work on one thread: the
-    thresholds (the GEMM's, the element-wise kernels') grow with the round trip from the
-    near case (~110 ns), capped at 4x; None leaves them; nonsense is refused; results do
-    not change. set_num_threads and each epoch measure it."""
+    """Far-apart threads (a long cache-line round trip) keep more products on one thread:
+    the GEMM's thresholds grow with the round trip from the near case (~110 ns), capped at
+    4x; None leaves them; nonsense is refused; results do not change, and the other
+    kernels' split (threads_for) does not follow it. set_num_threads and each epoch
+    measure it."""
     from cyneuron._kernels import gemm as _gemm
 
     try:
@@ -99,7 +100,7 @@ def test_thread_distance_scales_the_one_thread_threshold(restore_threads):
         c_near = cn.ops.matmul(a, b)
         _gemm.set_thread_distance(1000.0)
         np.testing.assert_allclose(cn.ops.matmul(a, b), c_near, rtol=1e-5, atol=1e-5)
-        # element-wise kernels (threads_for) likewise: an Adam step over 100k parameters
+        # the other kernels (threads_for) split as before: an Adam step over 100k parameters
         from cyneuron._kernels import optim as _optim
 
         results = []

@@ -12,16 +12,20 @@ cdef extern from "cn_omp.h" nogil:
     void cn_leave_cpu(int cpu)
 
 # How far apart the pool's threads are, in percent of the near case (cores sharing an
-# L3, where the thresholds were measured): set_distance in _openmp.pyx.
+# L3, where the thresholds were measured): set_distance in _openmp.pyx. Only the GEMM's
+# thread count follows it (a product's bits do not depend on its threads).
 cdef int distance_percent() noexcept nogil
 
 # Work below this many scalar operations runs on one thread: waking the pool
-# costs microseconds, more than the work itself (and 3-4x more when the threads are far).
+# costs microseconds, more than the work itself.
 cdef enum:
     PARALLEL_MIN_WORK = 32768
 
 cdef inline int threads_for(double work) noexcept nogil:
-    """Threads to use for a loop of about `work` scalar operations."""
-    if work * 100 < <double>PARALLEL_MIN_WORK * distance_percent():
+    """Threads to use for a loop of about `work` scalar operations. A function of the work
+    and the thread count only, never of a timing: kernels that sum per thread (losses,
+    batch statistics, bias and conv gradients, clipnorm) round by their split, and runs
+    at a fixed thread count must repeat bit for bit."""
+    if work < PARALLEL_MIN_WORK:
         return 1
     return cn_omp_max_threads()

@@ -59,8 +59,10 @@ def _leave_current_cpu_for_tests():
 
 
 # How far apart the pool's threads are, as a multiple (in percent) of the ~110 ns
-# cache-line round trip of cores that share an L3, where the one-thread thresholds were
-# measured (the GEMM's, threads_for's): parallel regions cost that much more.
+# cache-line round trip of cores that share an L3, where the GEMM's one-thread thresholds
+# were measured: parallel regions cost that much more. Only the GEMM reads it: a product's
+# bits do not depend on how many threads computed it, while threads_for's kernels sum per
+# thread, and a timing in their split would make runs at one thread count differ.
 cdef int _distance_percent = 100
 cdef enum:
     NEAR_ROUND_TRIP_NS = 110

@@ -238,7 +238,9 @@ def set_thread_distance(round_trip_ns):
     """Scale the one-thread thresholds by the pool's measured cache-line round trip (ns;
     None leaves them as they are; see _openmp.set_distance): a region's fork, join and
     hand-over of C cost that many round trips, so when the CPUs share no L3 (3-4x the near
-    case) small products stay on one thread longer. Returns the GEMM threshold in use."""
+    case) small products stay on one thread longer. Allowed because every plan gives the
+    same bits on any thread count (each element of C is summed by one thread, in the same
+    order; tests/test_gemm_plans.py). Returns the GEMM threshold in use."""
     set_distance(round_trip_ns)
     return _parallel_min_macs()
 
