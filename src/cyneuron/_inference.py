@@ -222,7 +222,7 @@ class _ConvOp:
             elif setup.shifted:
                 yc = y[:m * oh * wp]
                 gemm(a[n0 * oh * wp:(n0 + m) * oh * wp], kernel, yc, bias=bias,
-                     activation=conv._epilogue)
+                     activation=conv._epilogue, alpha=conv._alpha)
             else:
                 yc = y[:m]
                 self._conv(x[n0:n0 + m], yc, plan)
@@ -290,7 +290,7 @@ class _ConvOp:
         kernel = conv._weights[0]
         bias = conv._weights[1] if conv.use_bias else None
         gemm(cols, kernel.reshape(depth, f), y.reshape(rows, f), bias=bias,
-             activation=conv._epilogue)
+             activation=conv._epilogue, alpha=conv._alpha)
 
 
 class _ReorderedKernel:
