@@ -992,3 +992,97 @@ def test_alternating_batch_sizes_reuse_buffers_and_stay_exact():
     a = same.forward(x4)          # a is the batch-4 output buffer ...
     same.forward(x2)              # ... now the spare, which the next call swaps back in
     np.testing.assert_array_equal(same.forward(a), want)
+
+
+def _np_thin_conv_pool(x, kernel, bias, padding, conv_size, max_pool, window, strides, act):
+    """numpy, float64: act(conv(x) + bias) (stride 1, the given top/left padding, the
+    padding after filling conv_size), then pooling without padding."""
+    kh, kw, c, f = kernel.shape
+    (pt, pl), (oh, ow) = padding, conv_size
+    n, h, w, _ = x.shape
+    padded = np.zeros((n, oh + kh - 1, ow + kw - 1, c))
+    rows, cols = min(h, oh + kh - 1 - pt), min(w, ow + kw - 1 - pl)
+    padded[:, pt:pt + rows, pl:pl + cols] = x[:, :rows, :cols]
+    y = np.zeros((n, oh, ow, f)) + (0 if bias is None else bias)
+    for i in range(kh):
+        for j in range(kw):
+            y += padded[:, i:i + oh, j:j + ow] @ kernel[i, j].astype(np.float64)
+    y = act(y)
+    (ph, pw), (sh, sw) = window, strides
+    qh, qw = (oh - ph) // sh + 1, (ow - pw) // sw + 1
+    out = np.empty((n, qh, qw, f))
+    for qy in range(qh):
+        for qx in range(qw):
+            win = y[:, qy * sh:qy * sh + ph, qx * sw:qx * sw + pw]
+            out[:, qy, qx] = win.max(axis=(1, 2)) if max_pool else win.mean(axis=(1, 2))
+    return out
+
+
+THIN_CASES = [   # x (N, H, W, C), kernel (KH, KW), padding, conv size, pool window, strides
+    ((1, 28, 28, 1), (3, 3), (1, 1), (28, 28), (2, 2), (2, 2)),
+    ((3, 9, 11, 3), (3, 3), (0, 0), (7, 9), (3, 2), (2, 3)),       # overlapping / ragged
+    ((2, 8, 7, 2), (2, 3), (0, 1), (8, 7), (1, 1), (1, 1)),        # no pooling
+    ((5, 1, 17, 4), (1, 5), (0, 2), (1, 17), (1, 3), (1, 3)),      # a Conv1D
+    ((2, 6, 6, 32), (1, 1), (0, 0), (6, 6), (2, 2), (2, 2)),       # 32 values a patch
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("filters", [1, 7, 16, 32, 45])
+@pytest.mark.parametrize("xshape,window,padding,conv_size,pool,pool_strides", THIN_CASES)
+def test_thin_conv_pool_matches_numpy(kernel_threads, isa, dtype, filters, xshape, window,
+                                      padding, conv_size, pool, pool_strides):
+    """The direct thin convolution with its pooling fused, every activation it applies,
+    max and average pooling, with and without bias, channel counts around the vector
+    widths; the same bits on one and two threads."""
+    rng = np.random.default_rng(31)
+    x = rng.normal(size=xshape).astype(dtype)
+    kernel = rng.normal(size=window + (xshape[-1], filters)).astype(dtype)
+    bias = rng.normal(size=filters).astype(dtype)
+    qh = (conv_size[0] - pool[0]) // pool_strides[0] + 1
+    qw = (conv_size[1] - pool[1]) // pool_strides[1] + 1
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    acts = {"relu": (0.0, lambda z: np.maximum(z, 0)),
+            "leaky_relu": (0.3, lambda z: np.where(z > 0, z, 0.3 * z)),
+            "linear": (0.0, lambda z: z)}
+    for name, (alpha, act) in acts.items():
+        for max_pool, b in ((True, bias), (False, None)):
+            y = np.full((xshape[0], qh, qw, filters), np.nan, dtype)
+            _k.thin_conv_pool(x, kernel, b, y, padding, conv_size, max_pool, pool,
+                              pool_strides, EPILOGUES[name], alpha)
+            want = _np_thin_conv_pool(x, kernel, b, padding, conv_size, max_pool, pool,
+                                      pool_strides, act)
+            np.testing.assert_allclose(y, want, rtol=tol, atol=tol * max(1, np.abs(want).max()),
+                                       err_msg=f"{name} max_pool={max_pool}")
+            if kernel_threads > 1:      # each sample on one thread: the serial bits
+                cn.set_num_threads(1)
+                serial = np.empty_like(y)
+                _k.thin_conv_pool(x, kernel, b, serial, padding, conv_size, max_pool, pool,
+                                  pool_strides, EPILOGUES[name], alpha)
+                cn.set_num_threads(kernel_threads)
+                np.testing.assert_array_equal(y, serial)
+
+
+def test_thin_conv_pool_checks_its_arguments():
+    x, k, y = np.zeros((2, 6, 6, 1)), np.zeros((3, 3, 1, 4)), np.zeros((2, 3, 3, 4))
+    args = ((1, 1), (6, 6), True, (2, 2), (2, 2))
+    _k.thin_conv_pool(x, k, None, y, *args)
+    with pytest.raises(ValueError, match="KH\\*KW\\*C <= 32"):
+        _k.thin_conv_pool(np.zeros((2, 6, 6, 4)), np.zeros((3, 3, 4, 4)), None, y, *args)
+    with pytest.raises(ValueError, match="kernel"):
+        _k.thin_conv_pool(x, np.zeros((3, 3, 2, 4)), None, y, *args)
+    with pytest.raises(ValueError, match="y must have shape"):
+        _k.thin_conv_pool(x, k, None, np.zeros((2, 3, 3, 5)), *args)
+    with pytest.raises(ValueError, match="bias must have 4 values"):
+        _k.thin_conv_pool(x, k, np.zeros(3), y, *args)
+    with pytest.raises(ValueError, match="pooling windows"):
+        _k.thin_conv_pool(x, k, None, np.zeros((2, 4, 3, 4)), *args)
+    with pytest.raises(ValueError, match="padding must be non-negative"):
+        _k.thin_conv_pool(x, k, None, y, (-1, 0), (6, 6), True, (2, 2), (2, 2))
+    with pytest.raises(ValueError, match="activation code"):
+        _k.thin_conv_pool(x, k, None, y, *args, EPILOGUES["tanh"])
+    with pytest.raises(ValueError, match="non-empty image"):
+        _k.thin_conv_pool(np.zeros((2, 0, 6, 1)), k, None, y, *args)
+    with pytest.raises(ValueError):     # one dtype for all
+        _k.thin_conv_pool(x.astype(np.float32), k, None, y, *args)
+    _k.thin_conv_pool(np.zeros((0, 6, 6, 1)), k, None, np.zeros((0, 3, 3, 4)), *args)

@@ -314,48 +314,67 @@ def test_two_by_two_max_pool_matches_the_general_loop_and_numpy(shape, kernel_th
     np.testing.assert_array_equal(fast, ref)
 
 
-def _conv_pool_reference(x, kernel, bias, padding, pool):
-    """numpy, float64: relu(conv2d(x) + bias) (stride 1), then pool x pool max pooling."""
+_REFERENCE_ACTIVATIONS = {"relu": lambda y: np.maximum(y, 0), "linear": lambda y: y,
+                          "leaky_relu": lambda y: np.where(y > 0, y, 0.2 * y),
+                          "tanh": np.tanh}
+
+
+def _conv_pool_reference(x, kernel, bias, padding, pool, activation="relu", max_pool=True):
+    """numpy, float64: act(conv2d(x) + bias) (stride 1), then pool x pool max or average
+    pooling (pool 1: none)."""
     kh, kw, c, f = kernel.shape
     x = x.astype(np.float64)
     if padding == "same":
         x = np.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
     n, h, w, _ = x.shape
     oh, ow = h - kh + 1, w - kw + 1
-    y = np.zeros((n, oh, ow, f)) + bias
+    y = np.zeros((n, oh, ow, f)) + (0 if bias is None else bias)
     for i in range(kh):
         for j in range(kw):
             y += x[:, i:i + oh, j:j + ow] @ kernel[i, j].astype(np.float64)
-    y = np.maximum(y, 0)
+    y = _REFERENCE_ACTIVATIONS[activation](y)
     ph, pw = oh // pool, ow // pool
-    return y[:, :ph * pool, :pw * pool].reshape(n, ph, pool, pw, pool, f).max(axis=(2, 4))
+    windows = y[:, :ph * pool, :pw * pool].reshape(n, ph, pool, pw, pool, f)
+    return windows.max(axis=(2, 4)) if max_pool else windows.mean(axis=(2, 4))
 
 
+@pytest.mark.parametrize("activation, pooling", [("relu", "max"), ("leaky_relu", "average"),
+                                                 ("linear", "none"), ("tanh", "max")])
 @pytest.mark.parametrize("geometry", [((28, 28, 1), 3, "same", 32), ((9, 11, 3), 3, "valid", 7),
-                                      ((8, 7, 2), (2, 3), "same", 17), ((5, 6, 8), 2, "same", 3)])
-def test_thin_convolution_and_pooling_at_every_batch_size(geometry, isa, kernel_threads):
-    """Thin convolutions (KH*KW*C <= 32) followed by pooling take the shifted-rows patch
-    view at every batch size, its buffers made once per input shape: against numpy and
-    the general path, batch sizes coming back after others, and new weights at a shape
-    already seen (the reordered kernel is refilled on every call)."""
+                                      ((8, 7, 2), (2, 3), "same", 17), ((5, 6, 8), 2, "same", 3),
+                                      ((12, 13, 1), 5, "same", 40)])
+def test_thin_convolution_and_pooling_at_every_batch_size(geometry, activation, pooling, isa,
+                                                          kernel_threads):
+    """Thin convolutions (KH*KW*C <= 32), pooled or not: relu, leaky_relu and linear take
+    the direct kernel (conv rows pooled in L1), other activations (tanh) the shifted-rows
+    patch view, at every batch size: against numpy and the general path, batch sizes
+    coming back after others, and new weights at a shape already seen (the reordered
+    kernel is refilled on every call)."""
     shape, kernel_size, padding, filters = geometry
     cn.set_seed(127)
-    model = cn.Sequential([layers.Conv2D(filters, kernel_size, padding=padding,
-                                         activation="relu"), layers.MaxPooling2D(2)])
+    stack = [layers.Conv2D(filters, kernel_size, padding=padding, activation=activation)]
+    if pooling != "none":
+        stack.append(layers.MaxPooling2D(2) if pooling == "max" else layers.AveragePooling2D(2))
+    model = cn.Sequential(stack)
     model.build(shape)
     conv = model.layers[0]
+    pool, max_pool = (1, True) if pooling == "none" else (2, pooling == "max")
     rng = np.random.default_rng(128)
     for n in (1, 3, 1, 6, 1):
         x = rng.normal(size=(n,) + shape).astype(np.float32)
         kernel, bias = conv.get_weights()
         got = _inference.predict(model, x, n)
         assert got is not None
-        np.testing.assert_allclose(got, _conv_pool_reference(x, kernel, bias, padding, 2),
-                                   rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(got, _general(model, x), rtol=1e-5, atol=1e-6)
+        setup = model._buffers[_inference._KEY].ops[0].setups[x.shape, x.dtype]
+        assert setup.direct == (activation != "tanh")
+        np.testing.assert_allclose(
+            got, _conv_pool_reference(x, kernel, bias, padding, pool, activation, max_pool),
+            rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, _general(model, x), rtol=1e-5, atol=1e-5)
         conv.set_weights([rng.normal(size=kernel.shape).astype(np.float32),
                           rng.normal(size=bias.shape).astype(np.float32)])
         kernel, bias = conv.get_weights()
-        np.testing.assert_allclose(model.predict(x, batch_size=n),
-                                   _conv_pool_reference(x, kernel, bias, padding, 2),
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            model.predict(x, batch_size=n),
+            _conv_pool_reference(x, kernel, bias, padding, pool, activation, max_pool),
+            rtol=1e-5, atol=1e-5)

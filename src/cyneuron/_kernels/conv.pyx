@@ -23,10 +23,11 @@ images at a time, in cache, without the whole matrix (see their section below).
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.stdlib cimport free, malloc
+from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from cyneuron._kernels._openmp cimport threads_for
-from cyneuron._kernels.gemm cimport dgemm_serial, sgemm_serial
+from cyneuron._kernels.gemm cimport current_isa, dgemm_serial, sgemm_serial
 
 
 cdef inline tuple _shape4(Py_ssize_t *shape):
@@ -538,3 +539,89 @@ cdef void _bias_act_rows(floating *y, const floating *bias, Py_ssize_t rows, Py_
             for f in range(F):
                 v = row[f]
                 row[f] = v if v > 0 else alpha * v
+
+
+# -- thin convolution with its pooling (inference) ------------------------------------------
+cdef extern from "conv_thin.h" nogil:
+    ctypedef struct cn_thin_geometry:
+        int64_t H, W, C, F, KH, KW, PT, PL, OH, OW, PH, PW, SH, SW, QH, QW
+        int act, max_pool
+        double alpha
+    int CN_THIN_MAX_PATCH, CN_THIN_LINEAR, CN_THIN_RELU, CN_THIN_LEAKY_RELU
+    int64_t cn_thin_scratch(const cn_thin_geometry *g)
+    void cn_thin_conv_pool_f32(int isa, const cn_thin_geometry *g, const float *x,
+                               const float *w, const float *bias, float *y, float *scratch)
+    void cn_thin_conv_pool_f64(int isa, const cn_thin_geometry *g, const double *x,
+                               const double *w, const double *bias, double *y,
+                               double *scratch)
+
+if (CN_THIN_LINEAR, CN_THIN_RELU, CN_THIN_LEAKY_RELU) != (ACT_LINEAR, ACT_RELU, ACT_LEAKY_RELU):
+    raise ImportError("conv: conv_thin.h's activation codes differ from the Epilogue enum")
+
+THIN_MAX_PATCH = CN_THIN_MAX_PATCH
+
+
+def thin_conv_pool(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] kernel,
+                   const floating[::1] bias, floating[:, :, :, ::1] y, tuple padding,
+                   tuple conv_size, bint max_pool, tuple window, tuple strides,
+                   int activation=ACT_LINEAR, double alpha=0.0):
+    """y (N, QH, QW, F) = pool(act(conv(x) + bias)) for a thin convolution, stride and
+    dilation 1: x (N, H, W, C), kernel (KH, KW, C, F) with KH*KW*C <= THIN_MAX_PATCH,
+    padding (top, left) and conv_size (OH, OW) of the convolution's output, then max
+    (max_pool) or average pooling of window (PH, PW) and strides (SH, SW) without
+    padding. activation: EPILOGUES code of linear, relu or leaky_relu (alpha: its
+    slope). Each sample's conv rows are made and pooled in a small buffer (csrc/
+    conv_thin.h): the convolution's output is never written whole. Parallel over
+    samples (the same bits on any thread count)."""
+    cdef cn_thin_geometry g
+    g.H, g.W, g.C = x.shape[1], x.shape[2], x.shape[3]
+    g.KH, g.KW, g.F = kernel.shape[0], kernel.shape[1], kernel.shape[3]
+    g.PT, g.PL = padding
+    g.OH, g.OW = conv_size
+    g.PH, g.PW = window
+    g.SH, g.SW = strides
+    g.QH, g.QW = y.shape[1], y.shape[2]
+    g.act, g.alpha, g.max_pool = activation, alpha, max_pool
+    cdef Py_ssize_t N = x.shape[0]
+    if min(g.H, g.W, g.C, g.KH, g.KW) < 1 or kernel.shape[2] != g.C \
+            or g.KH * g.KW * g.C > CN_THIN_MAX_PATCH:
+        raise ValueError(f"x must have a non-empty image and kernel the shape (KH, KW, "
+                         f"{g.C}, F) with KH*KW*C <= "
+                         f"{CN_THIN_MAX_PATCH}; got {tuple(kernel.shape)[:4]}")
+    if y.shape[0] != N or y.shape[3] != g.F:
+        raise ValueError(f"y must have shape ({N}, QH, QW, {g.F}); got {tuple(y.shape)[:4]}")
+    if bias is not None and bias.shape[0] != g.F:
+        raise ValueError(f"bias must have {g.F} values; got {bias.shape[0]}")
+    if g.PT < 0 or g.PL < 0 or g.OH < 1 or g.OW < 1:
+        raise ValueError(f"padding must be non-negative and conv_size positive; got "
+                         f"{padding} and {conv_size}")
+    if g.PH < 1 or g.PW < 1 or g.SH < 1 or g.SW < 1 or g.QH < 1 or g.QW < 1 \
+            or (g.QH - 1) * g.SH + g.PH > g.OH or (g.QW - 1) * g.SW + g.PW > g.OW:
+        raise ValueError(f"pooling windows {window} with strides {strides} do not give "
+                         f"y's {g.QH}x{g.QW} from the {g.OH}x{g.OW} convolution")
+    if activation != ACT_LINEAR and activation != ACT_RELU and activation != ACT_LEAKY_RELU:
+        raise ValueError(f"activation code must be linear, relu or leaky_relu (0, 1, 8); "
+                         f"got {activation}")
+    if N == 0 or g.F == 0:
+        return
+    cdef int nt = min(threads_for(<double> N * g.OH * g.OW * g.KH * g.KW * g.C * g.F),
+                      <int>N)
+    cdef int64_t per = cn_thin_scratch(&g)
+    cdef floating *scratch = <floating *>malloc(nt * per * sizeof(floating))
+    if scratch == NULL:
+        raise MemoryError("thin_conv_pool: no memory for the scratch rows")
+    cdef const floating *bp = &bias[0] if bias is not None else NULL
+    cdef int isa = current_isa()
+    cdef Py_ssize_t n, xs = g.H * g.W * g.C, ys = g.QH * g.QW * g.F
+    try:
+        for n in prange(N, nogil=True, num_threads=nt, schedule="static"):
+            if floating is float:
+                cn_thin_conv_pool_f32(isa, &g, &x[0, 0, 0, 0] + n * xs, &kernel[0, 0, 0, 0],
+                                      bp, &y[0, 0, 0, 0] + n * ys,
+                                      scratch + threadid() * per)
+            else:
+                cn_thin_conv_pool_f64(isa, &g, &x[0, 0, 0, 0] + n * xs, &kernel[0, 0, 0, 0],
+                                      bp, &y[0, 0, 0, 0] + n * ys,
+                                      scratch + threadid() * per)
+    finally:
+        free(scratch)

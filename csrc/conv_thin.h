@@ -1,0 +1,107 @@
+/* Direct convolution of a thin input (at most CN_THIN_MAX_PATCH values in a patch,
+ * KH*KW*C: a first layer on images), stride and dilation 1, with the bias, a
+ * ReLU-class activation and the pooling after it fused, for one sample (channels last).
+ *
+ * im2col + GEMM spends most of its time on such a layer writing patches and a
+ * convolution output that the pooling reads back (K = 9 for a 3x3 grey image: the
+ * GEMM is bound by its writes of C). Here each conv row a pooled row needs is made in a
+ * small buffer (one row, OW x F, stays in L1) and pooled at once:
+ *
+ *   band[i][ox][f] = act(bias[f] + sum_k patch(oy0 + i, ox)[k] * w[k][f])
+ *   y[py][px][f]   = max (or mean) over i < PH, j < PW of band[i][px*SW + j][f]
+ *
+ * with oy0 = py*SH and patch(oy, ox)[(i*KW + j)*C + c] = x[oy - PT + i][ox - PL + j][c]
+ * (0 in the padding). The sum runs over the patch for 16 (float) or 8 (double) output
+ * channels at a time in one vector register (GCC vector extensions: one zmm with
+ * AVX-512, two ymm with AVX2, four xmm on the baseline).
+ *
+ * Compiled three times per type from conv_thin_template.h (baseline, AVX2+FMA,
+ * AVX-512F); the caller picks the copy of the GEMM's instruction set. */
+#ifndef CN_CONV_THIN_H
+#define CN_CONV_THIN_H
+#include <stdint.h>
+#include <string.h>
+
+#define CN_THIN_MAX_PATCH 32
+
+/* Activation codes: the GEMM epilogue's (gemm.pyx's Epilogue); only these three are
+ * fused here (the caller checks). */
+enum { CN_THIN_LINEAR = 0, CN_THIN_RELU = 1, CN_THIN_LEAKY_RELU = 8 };
+
+typedef struct {
+    int64_t H, W, C, F;         /* input (H, W, C), F output channels */
+    int64_t KH, KW, PT, PL;     /* kernel, padding before the first row / column */
+    int64_t OH, OW;             /* conv output */
+    int64_t PH, PW, SH, SW;     /* pooling window and strides (no padding) */
+    int64_t QH, QW;             /* pooled output */
+    int act, max_pool;
+    double alpha;               /* leaky_relu's slope */
+} cn_thin_geometry;
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define CN_TARGET_AVX2_FMA __attribute__((target("avx2,fma")))
+#define CN_TARGET_AVX512F __attribute__((target("avx512f")))
+#else
+#define CN_TARGET_AVX2_FMA
+#define CN_TARGET_AVX512F
+#endif
+
+#define CN_T float
+#define CN_INT int32_t
+#define CN_SFX f32_generic
+#define CN_ATTR 
+#define CN_BYTES 16
+#include "conv_thin_template.h"
+#define CN_T float
+#define CN_INT int32_t
+#define CN_SFX f32_avx2
+#define CN_ATTR CN_TARGET_AVX2_FMA
+#define CN_BYTES 32
+#include "conv_thin_template.h"
+#define CN_T float
+#define CN_INT int32_t
+#define CN_SFX f32_avx512
+#define CN_ATTR CN_TARGET_AVX512F
+#define CN_BYTES 64
+#include "conv_thin_template.h"
+#define CN_T double
+#define CN_INT int64_t
+#define CN_SFX f64_generic
+#define CN_ATTR 
+#define CN_BYTES 16
+#include "conv_thin_template.h"
+#define CN_T double
+#define CN_INT int64_t
+#define CN_SFX f64_avx2
+#define CN_ATTR CN_TARGET_AVX2_FMA
+#define CN_BYTES 32
+#include "conv_thin_template.h"
+#define CN_T double
+#define CN_INT int64_t
+#define CN_SFX f64_avx512
+#define CN_ATTR CN_TARGET_AVX512F
+#define CN_BYTES 64
+#include "conv_thin_template.h"
+
+/* Values of scratch one sample needs: the padded input and PH conv rows */
+static inline int64_t cn_thin_scratch(const cn_thin_geometry *g) {
+    return (g->OH + g->KH - 1) * (g->OW + g->KW - 1) * g->C + g->PH * g->OW * g->F;
+}
+
+/* isa: 0 baseline, 1 AVX2, 2 AVX-512 (the GEMM's current_isa) */
+static inline void cn_thin_conv_pool_f32(int isa, const cn_thin_geometry *g, const float *x,
+                                         const float *w, const float *bias, float *y,
+                                         float *scratch) {
+    if (isa >= 2) cn_thin_conv_pool_f32_avx512(g, x, w, bias, y, scratch);
+    else if (isa == 1) cn_thin_conv_pool_f32_avx2(g, x, w, bias, y, scratch);
+    else cn_thin_conv_pool_f32_generic(g, x, w, bias, y, scratch);
+}
+
+static inline void cn_thin_conv_pool_f64(int isa, const cn_thin_geometry *g, const double *x,
+                                         const double *w, const double *bias, double *y,
+                                         double *scratch) {
+    if (isa >= 2) cn_thin_conv_pool_f64_avx512(g, x, w, bias, y, scratch);
+    else if (isa == 1) cn_thin_conv_pool_f64_avx2(g, x, w, bias, y, scratch);
+    else cn_thin_conv_pool_f64_generic(g, x, w, bias, y, scratch);
+}
+#endif
