@@ -30,28 +30,43 @@ static inline CN_T CN_CAT(cn_thin_act_s, CN_SFX)(CN_T s, int act, CN_T alpha) {
     return s;
 }
 
+/* Channels f0.. of pixel (oy, ox), one sum at a time (fewer than a vector of them). */
+CN_ATTR static void CN_CAT(cn_thin_pixel_tail, CN_SFX)(const cn_thin_geometry *g,
+                                                       const CN_T *p, const CN_T *w,
+                                                       const CN_T *bias, int64_t oy,
+                                                       int64_t ox, int64_t f0, CN_T *row) {
+    const int64_t C = g->C, F = g->F, WP = g->OW + g->KW - 1, KC = g->KW * C;
+    for (int64_t f = f0; f < F; f++) {
+        CN_T s = bias ? bias[f] : (CN_T)0;
+        for (int64_t i = 0; i < g->KH; i++)
+            for (int64_t k = 0; k < KC; k++)
+                s += p[((oy + i) * WP + ox) * C + k] * w[(i * KC + k) * F + f];
+        row[ox * F + f] = CN_CAT(cn_thin_act_s, CN_SFX)(s, g->act, (CN_T)g->alpha);
+    }
+}
+
 /* Conv row oy of one sample into row (OW x F), bias and activation applied; p is the
- * zero-padded input, (OH + KH - 1) x (OW + KW - 1) x C. */
+ * zero-padded input, (OH + KH - 1) x (OW + KW - 1) x C. Channels go two vectors at a
+ * time (their K x 2VL slice of w stays in L1 across the row), pixels four at a time:
+ * eight sums in registers. */
 CN_ATTR static void CN_CAT(cn_thin_row, CN_SFX)(const cn_thin_geometry *g, const CN_T *p,
                                                 const CN_T *w, const CN_T *bias, int64_t oy,
                                                 CN_T *row) {
     enum { VL = CN_BYTES / sizeof(CN_T) };
     typedef CN_VEC V;
     typedef CN_UVEC U;
-    const int64_t C = g->C, F = g->F, WP = g->OW + g->KW - 1, KC = g->KW * C;
+    const int64_t C = g->C, F = g->F, OW = g->OW, WP = OW + g->KW - 1, KC = g->KW * C;
     const int act = g->act;
     const CN_T alpha = (CN_T)g->alpha;
-    int64_t ox = 0, f;
+    int64_t ox, f = 0;
 #define CN_ACT_V(a) CN_CAT(cn_thin_act_v, CN_SFX)(a, act, alpha)
-#define CN_ACT_S(a) CN_CAT(cn_thin_act_s, CN_SFX)(a, act, alpha)
-    /* four pixels by two vectors of channels: eight sums in registers */
-    for (; ox + 4 <= g->OW; ox += 4) {
-        for (f = 0; f + 2 * VL <= F; f += 2 * VL) {
-            V b0 = {0}, b1 = {0};
-            if (bias) {
-                b0 = *(const U *)(bias + f);
-                b1 = *(const U *)(bias + f + VL);
-            }
+    for (; f + 2 * VL <= F; f += 2 * VL) {
+        V b0 = {0}, b1 = {0};
+        if (bias) {
+            b0 = *(const U *)(bias + f);
+            b1 = *(const U *)(bias + f + VL);
+        }
+        for (ox = 0; ox + 4 <= OW; ox += 4) {
             V a00 = b0, a01 = b1, a10 = b0, a11 = b1, a20 = b0, a21 = b1, a30 = b0, a31 = b1;
             for (int64_t i = 0; i < g->KH; i++) {
                 const CN_T *src = p + ((oy + i) * WP + ox) * C;
@@ -69,25 +84,38 @@ CN_ATTR static void CN_CAT(cn_thin_row, CN_SFX)(const cn_thin_geometry *g, const
             *(U *)(o + 2 * F) = CN_ACT_V(a20); *(U *)(o + 2 * F + VL) = CN_ACT_V(a21);
             *(U *)(o + 3 * F) = CN_ACT_V(a30); *(U *)(o + 3 * F + VL) = CN_ACT_V(a31);
         }
-        for (; f < F; f++)          /* the channels past the last two vectors */
-            for (int64_t q = 0; q < 4; q++) {
-                CN_T s = bias ? bias[f] : (CN_T)0;
-                for (int64_t i = 0; i < g->KH; i++)
-                    for (int64_t k = 0; k < KC; k++)
-                        s += p[((oy + i) * WP + ox + q) * C + k] * w[(i * KC + k) * F + f];
-                row[(ox + q) * F + f] = CN_ACT_S(s);
+        for (; ox < OW; ox++) {          /* the last OW % 4 pixels */
+            V a0 = b0, a1 = b1;
+            for (int64_t i = 0; i < g->KH; i++) {
+                const CN_T *src = p + ((oy + i) * WP + ox) * C;
+                const CN_T *wk = w + i * KC * F + f;
+                for (int64_t k = 0; k < KC; k++) {
+                    a0 += src[k] * *(const U *)(wk + k * F);
+                    a1 += src[k] * *(const U *)(wk + k * F + VL);
+                }
             }
-    }
-    for (; ox < g->OW; ox++)        /* the last OW % 4 pixels */
-        for (f = 0; f < F; f++) {
-            CN_T s = bias ? bias[f] : (CN_T)0;
-            for (int64_t i = 0; i < g->KH; i++)
-                for (int64_t k = 0; k < KC; k++)
-                    s += p[((oy + i) * WP + ox) * C + k] * w[(i * KC + k) * F + f];
-            row[ox * F + f] = CN_ACT_S(s);
+            *(U *)(row + ox * F + f) = CN_ACT_V(a0);
+            *(U *)(row + ox * F + f + VL) = CN_ACT_V(a1);
         }
+    }
+    for (; f + VL <= F; f += VL) {       /* one vector of channels left */
+        V b0 = {0};
+        if (bias)
+            b0 = *(const U *)(bias + f);
+        for (ox = 0; ox < OW; ox++) {
+            V a0 = b0;
+            for (int64_t i = 0; i < g->KH; i++) {
+                const CN_T *src = p + ((oy + i) * WP + ox) * C;
+                const CN_T *wk = w + i * KC * F + f;
+                for (int64_t k = 0; k < KC; k++)
+                    a0 += src[k] * *(const U *)(wk + k * F);
+            }
+            *(U *)(row + ox * F + f) = CN_ACT_V(a0);
+        }
+    }
+    for (ox = 0; ox < OW && f < F; ox++)  /* the channels past the last vector */
+        CN_CAT(cn_thin_pixel_tail, CN_SFX)(g, p, w, bias, oy, ox, f, row);
 #undef CN_ACT_V
-#undef CN_ACT_S
 }
 
 /* y (QH, QW, F) of one sample x (H, W, C); scratch: cn_thin_scratch(g) values. */

@@ -157,8 +157,8 @@ CHUNK_BYTES = 384 * 1024
 WINOGRAD_MIN_TILES = 64
 # Thin convolutions with these activations take the direct kernel (conv_k.thin_conv_pool,
 # the pooling after them fused) at any batch: LeNet's 28x28x1 -> 32 + 2x2 max pool,
-# direct / shifted-rows GEMM, 1 thread: batch 1 8.4 / 12.4 us, 64 399 / 506 us, 256
-# 1.43 / 2.02 ms; 2 threads: 8.2 / 12.5 us, 202 / 469 us, 0.79 / 1.86 ms.
+# direct / shifted-rows GEMM, 1 thread: batch 1 7.4 / 12.4 us, batch 256 1.14 / 2.02 ms;
+# 2 threads, batch 256: 0.68 / 1.86 ms.
 _DIRECT_EPILOGUES = (EPILOGUES["linear"], EPILOGUES["relu"], EPILOGUES["leaky_relu"])
 
 
