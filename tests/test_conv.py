@@ -1086,3 +1086,78 @@ def test_thin_conv_pool_checks_its_arguments():
     with pytest.raises(ValueError):     # one dtype for all
         _k.thin_conv_pool(x.astype(np.float32), k, None, y, *args)
     _k.thin_conv_pool(np.zeros((0, 6, 6, 1)), k, None, np.zeros((0, 3, 3, 4)), *args)
+
+
+def _np_pool(y, max_pool, window, strides):
+    """numpy: max or average pooling without padding of y (N, OH, OW, F)."""
+    (ph, pw), (sh, sw) = window, strides
+    n, oh, ow, f = y.shape
+    qh, qw = (oh - ph) // sh + 1, (ow - pw) // sw + 1
+    out = np.empty((n, qh, qw, f))
+    for qy in range(qh):
+        for qx in range(qw):
+            win = y[:, qy * sh:qy * sh + ph, qx * sw:qx * sw + pw]
+            out[:, qy, qx] = win.max(axis=(1, 2)) if max_pool else win.mean(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("pool,pool_strides", [((2, 2), (2, 2)), ((3, 2), (1, 2)), ((1, 1), (1, 1))])
+@pytest.mark.parametrize("n,hw,c,k,window,strides,dilation,padding", COL2IM_GEMM_CASES)
+def test_im2col_gemm_pool_matches_numpy(kernel_threads, isa, dtype, pool, pool_strides, n, hw,
+                                        c, k, window, strides, dilation, padding):
+    """The convolution with its pooling band by band, every geometry of the chunked
+    kernels, overlapping pools, max and average, each activation it applies; the same
+    bits on one and two threads."""
+    h, w = hw
+    oh = (h + 2 * padding[0] - (window[0] - 1) * dilation[0] - 1) // strides[0] + 1
+    ow = (w + 2 * padding[1] - (window[1] - 1) * dilation[1] - 1) // strides[1] + 1
+    if oh < pool[0] or ow < pool[1]:
+        pytest.skip("the pooling window is larger than the convolution's output")
+    qh, qw = (oh - pool[0]) // pool_strides[0] + 1, (ow - pool[1]) // pool_strides[1] + 1
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(n, h, w, c)).astype(dtype)
+    b = rng.normal(size=(window[0] * window[1] * c, k)).astype(dtype)
+    bias = rng.normal(size=k).astype(dtype)
+    z = _np_im2col(x.astype(np.float64), window, strides, dilation, padding,
+                   (oh, ow)) @ b.astype(np.float64)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    args = (window, strides, dilation, padding, (oh, ow))
+    for name, alpha, with_bias, max_pool in [("relu", 0.0, True, True),
+                                             ("leaky_relu", 0.3, False, False),
+                                             ("linear", 0.0, True, False)]:
+        zz = (z + bias if with_bias else z).reshape(n, oh, ow, k)
+        act = zz if name == "linear" else np.where(zz > 0, zz, alpha * zz)
+        want = _np_pool(act, max_pool, pool, pool_strides)
+        y = np.full((n, qh, qw, k), np.nan, dtype)
+        _k.im2col_gemm_pool(x, b, bias if with_bias else None, y, *args, max_pool, pool,
+                            pool_strides, EPILOGUES[name], alpha)
+        np.testing.assert_allclose(y, want, rtol=tol, atol=tol * max(1, np.abs(want).max()),
+                                   err_msg=name)
+        if kernel_threads > 1:
+            cn.set_num_threads(1)
+            serial = np.empty_like(y)
+            _k.im2col_gemm_pool(x, b, bias if with_bias else None, serial, *args, max_pool,
+                                pool, pool_strides, EPILOGUES[name], alpha)
+            cn.set_num_threads(kernel_threads)
+            np.testing.assert_array_equal(y, serial)
+
+
+def test_im2col_gemm_pool_checks_its_arguments():
+    x, b, y = np.zeros((2, 6, 6, 3)), np.zeros((27, 4)), np.zeros((2, 3, 3, 4))
+    args = ((3, 3), (1, 1), (1, 1), (1, 1), (6, 6), True, (2, 2), (2, 2))
+    _k.im2col_gemm_pool(x, b, None, y, *args)
+    with pytest.raises(ValueError, match="b must have shape"):
+        _k.im2col_gemm_pool(x, np.zeros((26, 4)), None, y, *args)
+    with pytest.raises(ValueError, match="y \\(2, QH, QW, F\\)"):
+        _k.im2col_gemm_pool(x, b, None, np.zeros((2, 3, 3, 5)), *args)
+    with pytest.raises(ValueError, match="bias must have 4 values"):
+        _k.im2col_gemm_pool(x, b, np.zeros(3), y, *args)
+    with pytest.raises(ValueError, match="pooling windows"):
+        _k.im2col_gemm_pool(x, b, None, np.zeros((2, 4, 3, 4)), *args)
+    with pytest.raises(ValueError, match="activation code"):
+        _k.im2col_gemm_pool(x, b, None, y, *args, EPILOGUES["tanh"])
+    with pytest.raises(ValueError, match="output size"):
+        _k.im2col_gemm_pool(x, b, None, y, (3, 3), (1, 1), (1, 1), (1, 1), (0, 6), True,
+                            (2, 2), (2, 2))
+    _k.im2col_gemm_pool(np.zeros((0, 6, 6, 3)), b, None, np.zeros((0, 3, 3, 4)), *args)

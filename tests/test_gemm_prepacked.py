@@ -125,7 +125,8 @@ def test_predict_is_fresh_after_every_kind_of_weights_write(tmp_path, isa, kerne
 
     def check(what):
         got = model.predict(x, batch_size=ROWS)
-        np.testing.assert_allclose(got, _fresh(model, x), rtol=1e-5, atol=1e-6, err_msg=what)
+        # float32 rounding of two summation orders (a stale kernel is off by far more)
+        np.testing.assert_allclose(got, _fresh(model, x), rtol=1e-5, atol=1e-5, err_msg=what)
         return got
 
     before = check("first call")

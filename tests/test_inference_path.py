@@ -148,6 +148,19 @@ def _cnn_parametric(seed=0):
     return model
 
 
+def _cnn_banded(seed=0):
+    """Convolutions too wide for the direct kernel, pooled band by band
+    (im2col_gemm_pool): leaky_relu with average pooling, a strided one with relu and a
+    max pool of (2, 1)."""
+    cn.set_seed(seed)
+    model = cn.Sequential([
+        layers.Conv2D(12, 3, activation="leaky_relu"), layers.AveragePooling2D(2),
+        layers.Conv2D(8, 2, strides=2, activation="relu"), layers.MaxPooling2D((2, 1)),
+        layers.Flatten(), layers.Dense(3)])
+    model.build((10, 10, 5))
+    return model
+
+
 def _conv1d(seed=0):
     cn.set_seed(seed)
     model = cn.Sequential([layers.Conv1D(6, 3, activation="sigmoid"), layers.MaxPooling1D(2),
@@ -176,6 +189,7 @@ MODELS = {
     "cnn": _cnn,
     "cnn-wide": _cnn_wide,
     "cnn-leaky-elu": _cnn_parametric,
+    "cnn-banded": _cnn_banded,
     "conv1d": _conv1d,
     "lstm": _lstm,
     "lstm-backwards-relu-no-bias": lambda: _lstm(go_backwards=True, activation="relu",

@@ -221,6 +221,13 @@ class _ConvOp:
         if pool is None:
             self._conv(x, out, plan)
             return out
+        if setup.banded:
+            kh, kw = plan.window
+            _conv_k.im2col_gemm_pool(x.reshape((n,) + plan.in_hw + (x.shape[-1],)),
+                                     conv._weights[0].reshape(-1, f), bias,
+                                     out.reshape(setup.out4_shape), *plan.args(), pool._max,
+                                     *setup.pool_plan[2:4], conv._epilogue, conv._alpha)
+            return out
         step, hw = setup.step, setup.hw
         _, _, window, strides, padding = setup.pool_plan
         if setup.shifted:
@@ -361,6 +368,10 @@ class _ConvSetup:
         self.shifted = (not self.winograd and _ConvOp._thin(plan, c) and padding == (0, 0)
                         and (out_hw[1] - 1) * strides[1] + window[1] <= ow)
         self.direct = thin_direct and padding == (0, 0)
+        # Others with those activations: im2col + GEMM + pooling band by band of pooled
+        # rows in one kernel (conv_k.im2col_gemm_pool).
+        self.banded = (not self.direct and not self.winograd and not plan.pointwise
+                       and padding == (0, 0) and conv._epilogue in _DIRECT_EPILOGUES)
         self.hw = self.pool_plan[0]
         if self.winograd:     # the layer's chunks of the batch (_Conv._chunks), pooled one by one
             self.step = max(1, _Conv._chunks(n, tiles)[0])
