@@ -8,6 +8,7 @@ import pytest
 
 import cyneuron as cn
 from cyneuron import _inference, layers
+from cyneuron._kernels import conv as _conv_k
 from cyneuron._kernels import pooling as P
 from cyneuron._kernels import recurrent as K
 
@@ -159,6 +160,17 @@ def _cnn_banded(seed=0):
         layers.Flatten(), layers.Dense(3)])
     model.build((10, 10, 5))
     return model
+
+
+def test_wide_pooled_convolutions_take_the_banded_kernel():
+    model = _cnn_banded()
+    x = np.random.default_rng(5).normal(size=(3, 10, 10, 5)).astype(np.float32)
+    model.predict(x)
+    convs = [op for op in model._buffers[_inference._KEY].ops if hasattr(op, "setups")]
+    assert len(convs) == 2
+    for op in convs:
+        (setup,) = op.setups.values()
+        assert setup.fused[0] is _conv_k.im2col_gemm_pool
 
 
 def _conv1d(seed=0):
@@ -380,7 +392,8 @@ def test_thin_convolution_and_pooling_at_every_batch_size(geometry, activation, 
         got = _inference.predict(model, x, n)
         assert got is not None
         setup = model._buffers[_inference._KEY].ops[0].setups[x.shape, x.dtype]
-        assert setup.direct == (activation != "tanh")
+        direct = setup.fused is not None and setup.fused[0] is _conv_k.thin_conv_pool
+        assert direct == (activation != "tanh")
         np.testing.assert_allclose(
             got, _conv_pool_reference(x, kernel, bias, padding, pool, activation, max_pool),
             rtol=1e-5, atol=1e-5)

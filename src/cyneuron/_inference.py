@@ -208,26 +208,18 @@ class _ConvOp:
             return np.array(y, copy=True) if last else y
         out = np.empty(setup.out_shape, x.dtype) if last else \
             self._buffer("out", setup.out_shape, x.dtype)
-        f, bias = conv.filters, conv._weights[1] if conv.use_bias else None
-        if setup.direct:
-            (kh, kw), c = plan.window, x.shape[-1]
-            window, strides = setup.pool_plan[2:4] if pool is not None else ((1, 1), (1, 1))
-            _conv_k.thin_conv_pool(x.reshape((n,) + plan.in_hw + (c,)),
-                                   conv._weights[0].reshape(kh, kw, c, f), bias,
-                                   out.reshape(setup.out4_shape), plan.padding, plan.out_hw,
-                                   pool is None or pool._max, window, strides,
-                                   conv._epilogue, conv._alpha)
+        bias = conv._weights[1] if conv.use_bias else None
+        if setup.fused is not None:     # one kernel: thin_conv_pool or im2col_gemm_pool
+            kernel, x4, w_shape, args = setup.fused
+            w = conv._weights[0]
+            kernel(x if x.ndim == 4 else x.reshape(x4),
+                   w if w.shape == w_shape else w.reshape(w_shape), bias,
+                   out if out.ndim == 4 else out.reshape(setup.out4_shape), *args)
             return out
         if pool is None:
             self._conv(x, out, plan)
             return out
-        if setup.banded:
-            kh, kw = plan.window
-            _conv_k.im2col_gemm_pool(x.reshape((n,) + plan.in_hw + (x.shape[-1],)),
-                                     conv._weights[0].reshape(-1, f), bias,
-                                     out.reshape(setup.out4_shape), *plan.args(), pool._max,
-                                     *setup.pool_plan[2:4], conv._epilogue, conv._alpha)
-            return out
+        f = conv.filters
         step, hw = setup.step, setup.hw
         _, _, window, strides, padding = setup.pool_plan
         if setup.shifted:
@@ -338,8 +330,9 @@ class _ReorderedKernel:
 
 class _ConvSetup:
     """What _ConvOp.run decides once per input shape: the geometry, Winograd or not,
-    the pooling's plan, the direct kernel or else the chunk of samples and the
-    shifted-rows form."""
+    the pooling's plan, a kernel that does it all (fused: the direct thin kernel, or
+    im2col + GEMM + pooling by bands) or else the chunk of samples and the shifted-rows
+    form."""
 
     def __init__(self, conv, pool, shape, itemsize):
         n, c = shape[0], shape[-1]
@@ -353,25 +346,36 @@ class _ConvSetup:
         # activations it applies; a convolution without pooling is pooled 1x1.
         thin_direct = (not self.winograd and _ConvOp._thin(plan, c)
                        and conv._epilogue in _DIRECT_EPILOGUES)
+        x4, f = (n,) + plan.in_hw + (c,), conv.filters
+        self.fused = None       # (kernel, x's 4-D shape, the weights' shape, other arguments)
         if pool is None:
             self.out_shape = (n,) + conv_shape
-            self.direct = thin_direct
-            self.out4_shape = (n,) + plan.out_hw + (conv.filters,)
+            self.out4_shape = (n,) + plan.out_hw + (f,)
+            if thin_direct:
+                self.fused = (_conv_k.thin_conv_pool, x4, plan.window + (c, f),
+                              (plan.padding, plan.out_hw, True, (1, 1), (1, 1),
+                               conv._epilogue, conv._alpha))
             return
         self.pool_plan = pool._plan(conv_shape)
         _, out_hw, window, strides, padding = self.pool_plan
         self.out_shape = (n,) + pool.compute_output_shape(conv_shape)
-        f = conv.filters
         self.out4_shape = (n,) + out_hw + (f,)
         depth = plan.window[0] * plan.window[1] * c
         per_sample = oh * ow * (f + (0 if plan.pointwise else depth)) * itemsize
         self.shifted = (not self.winograd and _ConvOp._thin(plan, c) and padding == (0, 0)
                         and (out_hw[1] - 1) * strides[1] + window[1] <= ow)
-        self.direct = thin_direct and padding == (0, 0)
         # Others with those activations: im2col + GEMM + pooling band by band of pooled
         # rows in one kernel (conv_k.im2col_gemm_pool).
-        self.banded = (not self.direct and not self.winograd and not plan.pointwise
-                       and padding == (0, 0) and conv._epilogue in _DIRECT_EPILOGUES)
+        banded = (not thin_direct and not self.winograd and not plan.pointwise
+                  and conv._epilogue in _DIRECT_EPILOGUES)
+        if padding == (0, 0) and thin_direct:
+            self.fused = (_conv_k.thin_conv_pool, x4, plan.window + (c, f),
+                          (plan.padding, plan.out_hw, pool._max, window, strides,
+                           conv._epilogue, conv._alpha))
+        elif padding == (0, 0) and banded:
+            self.fused = (_conv_k.im2col_gemm_pool, x4, (depth, f),
+                          plan.args() + (pool._max, window, strides, conv._epilogue,
+                                         conv._alpha))
         self.hw = self.pool_plan[0]
         if self.winograd:     # the layer's chunks of the batch (_Conv._chunks), pooled one by one
             self.step = max(1, _Conv._chunks(n, tiles)[0])
