@@ -463,6 +463,26 @@ cdef void _transpose(const floating *src, floating *dst, Py_ssize_t rows,
                     dst[c * rows + r] = src[r * cols + c]
 
 
+cdef int _check_row_activation(int activation) except -1:
+    """The activations applied to rows after the GEMM here (_bias_act_rows)."""
+    if activation != ACT_LINEAR and activation != ACT_RELU and activation != ACT_LEAKY_RELU:
+        raise ValueError(f"activation code must be linear, relu or leaky_relu (0, 1, 8); "
+                         f"got {activation}")
+    return 0
+
+
+cdef int _check_pooling(Py_ssize_t QH, Py_ssize_t QW, Py_ssize_t OH, Py_ssize_t OW,
+                        tuple window, tuple strides) except -1:
+    """Pooling windows (PH, PW) at strides (SH, SW), no padding, give QH x QW from OH x OW."""
+    cdef Py_ssize_t PH, PW, SH, SW
+    PH, PW = window
+    SH, SW = strides
+    if min(PH, PW, SH, SW, QH, QW) < 1 or (QH - 1) * SH + PH > OH or (QW - 1) * SW + PW > OW:
+        raise ValueError(f"pooling windows {window} with strides {strides} do not give "
+                         f"y's {QH}x{QW} from the {OH}x{OW} convolution")
+    return 0
+
+
 def im2col_gemm(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
                 floating[:, ::1] out, tuple window, tuple strides, tuple dilation,
                 tuple padding, tuple output_size, const floating[::1] bias=None,
@@ -483,9 +503,7 @@ def im2col_gemm(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
                          f"out ({out.shape[0]}, {out.shape[1]})")
     if bias is not None and bias.shape[0] != F:
         raise ValueError(f"bias must have {F} values; got {bias.shape[0]}")
-    if activation != ACT_LINEAR and activation != ACT_RELU and activation != ACT_LEAKY_RELU:
-        raise ValueError(f"activation code must be linear, relu or leaky_relu (0, 1, 8); "
-                         f"got {activation}")
+    _check_row_activation(activation)
     if M == 0 or F == 0:
         return
     cdef const floating *bp = &bias[0] if bias is not None else NULL
@@ -603,13 +621,8 @@ def im2col_gemm_pool(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
                          f"b ({b.shape[0]}, {b.shape[1]}), y {tuple(y.shape)[:4]}")
     if bias is not None and bias.shape[0] != F:
         raise ValueError(f"bias must have {F} values; got {bias.shape[0]}")
-    if min(PH, PW, SH, SW, QH, QW) < 1 or (QH - 1) * SH + PH > g.OH \
-            or (QW - 1) * SW + PW > g.OW:
-        raise ValueError(f"pooling windows {pool_window} with strides {pool_strides} do not "
-                         f"give y's {QH}x{QW} from the {g.OH}x{g.OW} convolution")
-    if activation != ACT_LINEAR and activation != ACT_RELU and activation != ACT_LEAKY_RELU:
-        raise ValueError(f"activation code must be linear, relu or leaky_relu (0, 1, 8); "
-                         f"got {activation}")
+    _check_pooling(QH, QW, g.OH, g.OW, pool_window, pool_strides)
+    _check_row_activation(activation)
     if g.N == 0 or F == 0:
         return
     # pooled rows per band: an L2-sized block, and with fewer than two samples a thread,
@@ -706,13 +719,8 @@ def thin_conv_pool(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     if g.PT < 0 or g.PL < 0 or g.OH < 1 or g.OW < 1:
         raise ValueError(f"padding must be non-negative and conv_size positive; got "
                          f"{padding} and {conv_size}")
-    if g.PH < 1 or g.PW < 1 or g.SH < 1 or g.SW < 1 or g.QH < 1 or g.QW < 1 \
-            or (g.QH - 1) * g.SH + g.PH > g.OH or (g.QW - 1) * g.SW + g.PW > g.OW:
-        raise ValueError(f"pooling windows {window} with strides {strides} do not give "
-                         f"y's {g.QH}x{g.QW} from the {g.OH}x{g.OW} convolution")
-    if activation != ACT_LINEAR and activation != ACT_RELU and activation != ACT_LEAKY_RELU:
-        raise ValueError(f"activation code must be linear, relu or leaky_relu (0, 1, 8); "
-                         f"got {activation}")
+    _check_pooling(g.QH, g.QW, g.OH, g.OW, window, strides)
+    _check_row_activation(activation)
     if N == 0 or g.F == 0:
         return
     cdef int nt = min(threads_for(<double> N * g.OH * g.OW * g.KH * g.KW * g.C * g.F),
