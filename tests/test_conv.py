@@ -994,6 +994,19 @@ def test_alternating_batch_sizes_reuse_buffers_and_stay_exact():
     np.testing.assert_array_equal(same.forward(a), want)
 
 
+def _np_pool(y, max_pool, window, strides):
+    """numpy: max or average pooling without padding of y (N, OH, OW, F)."""
+    (ph, pw), (sh, sw) = window, strides
+    n, oh, ow, f = y.shape
+    qh, qw = (oh - ph) // sh + 1, (ow - pw) // sw + 1
+    out = np.empty((n, qh, qw, f))
+    for qy in range(qh):
+        for qx in range(qw):
+            win = y[:, qy * sh:qy * sh + ph, qx * sw:qx * sw + pw]
+            out[:, qy, qx] = win.max(axis=(1, 2)) if max_pool else win.mean(axis=(1, 2))
+    return out
+
+
 def _np_thin_conv_pool(x, kernel, bias, padding, conv_size, max_pool, window, strides, act):
     """numpy, float64: act(conv(x) + bias) (stride 1, the given top/left padding, the
     padding after filling conv_size), then pooling without padding."""
@@ -1007,15 +1020,7 @@ def _np_thin_conv_pool(x, kernel, bias, padding, conv_size, max_pool, window, st
     for i in range(kh):
         for j in range(kw):
             y += padded[:, i:i + oh, j:j + ow] @ kernel[i, j].astype(np.float64)
-    y = act(y)
-    (ph, pw), (sh, sw) = window, strides
-    qh, qw = (oh - ph) // sh + 1, (ow - pw) // sw + 1
-    out = np.empty((n, qh, qw, f))
-    for qy in range(qh):
-        for qx in range(qw):
-            win = y[:, qy * sh:qy * sh + ph, qx * sw:qx * sw + pw]
-            out[:, qy, qx] = win.max(axis=(1, 2)) if max_pool else win.mean(axis=(1, 2))
-    return out
+    return _np_pool(act(y), max_pool, window, strides)
 
 
 THIN_CASES = [   # x (N, H, W, C), kernel (KH, KW), padding, conv size, pool window, strides
@@ -1086,19 +1091,6 @@ def test_thin_conv_pool_checks_its_arguments():
     with pytest.raises(ValueError):     # one dtype for all
         _k.thin_conv_pool(x.astype(np.float32), k, None, y, *args)
     _k.thin_conv_pool(np.zeros((0, 6, 6, 1)), k, None, np.zeros((0, 3, 3, 4)), *args)
-
-
-def _np_pool(y, max_pool, window, strides):
-    """numpy: max or average pooling without padding of y (N, OH, OW, F)."""
-    (ph, pw), (sh, sw) = window, strides
-    n, oh, ow, f = y.shape
-    qh, qw = (oh - ph) // sh + 1, (ow - pw) // sw + 1
-    out = np.empty((n, qh, qw, f))
-    for qy in range(qh):
-        for qx in range(qw):
-            win = y[:, qy * sh:qy * sh + ph, qx * sw:qx * sw + pw]
-            out[:, qy, qx] = win.max(axis=(1, 2)) if max_pool else win.mean(axis=(1, 2))
-    return out
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
