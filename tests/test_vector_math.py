@@ -103,9 +103,21 @@ def test_an_element_gets_the_same_bits_wherever_it_sits(name, isa, restore_threa
     np.testing.assert_array_equal(again, whole)
 
 
-@pytest.mark.parametrize("cols", [1, 10, 16, 37, 130])
-def test_softmax_rows_on_every_path(cols, isa):
+@pytest.mark.parametrize("cols", [1, 3, 10, 15, 16, 17, 31, 32, 37, 130])
+def test_softmax_rows_on_every_path(cols, isa, kernel_threads):
+    """Against float64; short rows (fewer than two vectors: one exp over a block of rows)
+    give each row the bits it gets alone, in place too, and on any thread count."""
     x = np.random.default_rng(cols).standard_normal((9, cols)).astype(np.float32) * 8
+    big = np.random.default_rng(cols + 1).standard_normal((700, cols)).astype(np.float32) * 8
+    whole = np.empty_like(big)
+    act.softmax_forward(big, whole)
+    for i in (0, 1, 101, 102, 699):
+        row = np.empty((1, cols), np.float32)
+        act.softmax_forward(big[i:i + 1], row)
+        np.testing.assert_array_equal(row[0], whole[i])
+    in_place = big.copy()
+    act.softmax_forward(in_place, in_place)
+    np.testing.assert_array_equal(in_place, whole)
     x[0, 0] = 80.0                          # a large logit: the shift by the row max
     out = np.empty_like(x)
     act.softmax_forward(x, out)
