@@ -1088,8 +1088,18 @@ def test_thin_conv_pool_checks_its_arguments():
         _k.thin_conv_pool(x, k, None, y, *args, EPILOGUES["tanh"])
     with pytest.raises(ValueError, match="non-empty image"):
         _k.thin_conv_pool(np.zeros((2, 0, 6, 1)), k, None, y, *args)
-    with pytest.raises(ValueError):     # one dtype for all
+    with pytest.raises(TypeError, match="x must have y's dtype float64"):
         _k.thin_conv_pool(x.astype(np.float32), k, None, y, *args)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _k.thin_conv_pool(x, k, None, y.astype(np.int64), *args)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _k.thin_conv_pool(np.zeros((2, 6, 12, 1))[:, :, ::2], k, None, y, *args)
+    with pytest.raises(ValueError, match="writeable"):
+        frozen = y.copy()
+        frozen.flags.writeable = False
+        _k.thin_conv_pool(x, k, None, frozen, *args)
+    with pytest.raises(ValueError, match="kernel must be a 4-D"):
+        _k.thin_conv_pool(x, k[0], None, y, *args)
     _k.thin_conv_pool(np.zeros((0, 6, 6, 1)), k, None, np.zeros((0, 3, 3, 4)), *args)
 
 
@@ -1152,4 +1162,10 @@ def test_im2col_gemm_pool_checks_its_arguments():
     with pytest.raises(ValueError, match="output size"):
         _k.im2col_gemm_pool(x, b, None, y, (3, 3), (1, 1), (1, 1), (1, 1), (0, 6), True,
                             (2, 2), (2, 2))
+    with pytest.raises(TypeError, match="b must have y's dtype"):
+        _k.im2col_gemm_pool(x, b.astype(np.float32), None, y, *args)
+    with pytest.raises(ValueError, match="b must be a 2-D"):
+        _k.im2col_gemm_pool(x, b.ravel(), None, y, *args)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _k.im2col_gemm_pool(x, np.zeros((4, 27)).T, None, y, *args)
     _k.im2col_gemm_pool(np.zeros((0, 6, 6, 3)), b, None, np.zeros((0, 3, 3, 4)), *args)

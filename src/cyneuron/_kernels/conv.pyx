@@ -26,8 +26,12 @@ from libc.stdlib cimport free, malloc
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
+cimport numpy as cnp
+
 from cyneuron._kernels._openmp cimport threads_for
 from cyneuron._kernels.gemm cimport current_isa, dgemm_serial, sgemm_serial
+
+cnp.import_array()
 
 
 cdef inline tuple _shape4(Py_ssize_t *shape):
@@ -598,33 +602,95 @@ cdef void _pool_rows(const floating *conv, floating *y, Py_ssize_t q0, Py_ssize_
                     out[f] = out[f] * scale
 
 
-def im2col_gemm_pool(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
-                     const floating[::1] bias, floating[:, :, :, ::1] y, tuple window,
-                     tuple strides, tuple dilation, tuple padding, tuple conv_size,
-                     bint max_pool, tuple pool_window, tuple pool_strides,
-                     int activation=ACT_LINEAR, double alpha=0.0):
+cdef int _float_array(object a, str name, int ndim, int type_num, bint writeable,
+                      void **data) except -1:
+    """data = a's buffer, checked in C: an aligned C-contiguous ndarray of `ndim`
+    dimensions and dtype type_num (writeable if asked). The inference kernels below take
+    ndarrays, not typed memoryviews, which cost ~0.3 us each to acquire (a tenth of a
+    thin convolution at batch 1)."""
+    if not isinstance(a, cnp.ndarray) or cnp.PyArray_NDIM(<cnp.ndarray>a) != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D ndarray; got "
+                         f"{getattr(a, 'shape', type(a).__name__)}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != type_num:
+        raise TypeError(f"{name} must have y's dtype "
+                        f"{'float32' if type_num == cnp.NPY_FLOAT else 'float64'}; got "
+                        f"{arr.dtype}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr) \
+            or (writeable and not cnp.PyArray_ISWRITEABLE(arr)):
+        raise ValueError(f"{name} must be an aligned C-contiguous"
+                         f"{' writeable' if writeable else ''} array")
+    data[0] = cnp.PyArray_DATA(arr)
+    return 0
+
+
+cdef int _output_type(object y) except -1:
+    """NPY_FLOAT or NPY_DOUBLE: the dtype of the output array y."""
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>y) if isinstance(y, cnp.ndarray) else -1
+    if t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE:
+        raise TypeError(f"y must be a float32 or float64 ndarray; got {type(y).__name__}"
+                        f"{'' if t == -1 else ' of ' + str(y.dtype)}")
+    return t
+
+
+cdef struct Bands:
+    Py_ssize_t QH, QW, F, PH, PW, SH, SW    # pooled output, pooling window and strides
+    bint max_pool
+    int act
+    double alpha
+
+
+def im2col_gemm_pool(x, b, bias, y, tuple window, tuple strides, tuple dilation,
+                     tuple padding, tuple conv_size, bint max_pool, tuple pool_window,
+                     tuple pool_strides, int activation=ACT_LINEAR, double alpha=0.0):
     """y (N, QH, QW, F) = pool(act(im2col(x) @ b + bias)): a convolution (x (N, H, W, C),
     b the kernel as (KH*KW*C, F), conv_size (OH, OW)) and the max (max_pool) or average
     pooling after it (window (PH, PW), strides (SH, SW), no padding), band by band of
     pooled rows: a band's patches and conv rows (about POOL_BAND_BYTES) are made, bias
     and activation applied (linear, relu or leaky_relu with slope alpha) and pooled
     while in cache; the conv output is never written whole. Bands run in parallel, each
-    on one thread (the same bits on any thread count)."""
-    cdef Geometry g = _geometry(_shape4(x.shape), window, strides, dilation, padding,
-                                conv_size[0], conv_size[1])
+    on one thread (the same bits on any thread count). float32 or float64 C-contiguous
+    ndarrays of one dtype; bias (F,) or None."""
+    cdef int t = _output_type(y)
+    cdef void *xp
+    cdef void *bp
+    cdef void *yp
+    cdef void *biasp = NULL
+    _float_array(x, "x", 4, t, False, &xp)
+    _float_array(b, "b", 2, t, False, &bp)
+    _float_array(y, "y", 4, t, True, &yp)
+    if bias is not None:
+        _float_array(bias, "bias", 1, t, False, &biasp)
+    cdef Geometry g = _geometry(x.shape, window, strides, dilation, padding, conv_size[0],
+                                conv_size[1])
     cdef Py_ssize_t depth = g.KH * g.KW * g.C, F = b.shape[1]
-    cdef Py_ssize_t QH = y.shape[1], QW = y.shape[2], PH, PW, SH, SW
-    PH, PW = pool_window
-    SH, SW = pool_strides
+    cdef Py_ssize_t QH = y.shape[1], QW = y.shape[2]
     if b.shape[0] != depth or y.shape[0] != g.N or y.shape[3] != F:
         raise ValueError(f"b must have shape ({depth}, F) and y ({g.N}, QH, QW, F); got "
-                         f"b ({b.shape[0]}, {b.shape[1]}), y {tuple(y.shape)[:4]}")
+                         f"b {b.shape}, y {y.shape}")
     if bias is not None and bias.shape[0] != F:
         raise ValueError(f"bias must have {F} values; got {bias.shape[0]}")
     _check_pooling(QH, QW, g.OH, g.OW, pool_window, pool_strides)
     _check_row_activation(activation)
     if g.N == 0 or F == 0:
         return
+    cdef Bands bands
+    bands.QH, bands.QW, bands.F = QH, QW, F
+    bands.PH, bands.PW = pool_window
+    bands.SH, bands.SW = pool_strides
+    bands.max_pool, bands.act, bands.alpha = max_pool, activation, alpha
+    if t == cnp.NPY_FLOAT:
+        _bands(&g, &bands, <const float *>xp, <const float *>bp, <const float *>biasp,
+               <float *>yp)
+    else:
+        _bands(&g, &bands, <const double *>xp, <const double *>bp, <const double *>biasp,
+               <double *>yp)
+
+
+cdef int _bands(const Geometry *g, const Bands *p, const floating *x, const floating *b,
+                const floating *bias, floating *y) except -1:
+    """im2col_gemm_pool's work, its arguments checked."""
+    cdef Py_ssize_t depth = g.KH * g.KW * g.C, F = p.F, QH = p.QH, SH = p.SH, PH = p.PH
     # pooled rows per band: an L2-sized block, and with fewer than two samples a thread,
     # each sample cut into enough bands for two a thread (balance: 3 samples on 2
     # threads, LeNet's second layer: 3 whole-sample bands 75 us, 6 half-sample bands 60 us)
@@ -641,7 +707,6 @@ def im2col_gemm_pool(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
     cdef floating *scratch = <floating *>malloc(nt * block * sizeof(floating))
     if scratch == NULL:
         raise MemoryError("im2col_gemm_pool: no memory for the bands")
-    cdef const floating *bp = &bias[0] if bias is not None else NULL
     cdef Py_ssize_t task, n, q0, q1, oy0, rows, r
     cdef floating *cols
     cdef floating *conv
@@ -655,15 +720,15 @@ def im2col_gemm_pool(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
             oy0 = q0 * SH
             rows = (q1 - 1) * SH + PH - oy0
             for r in range(rows):
-                _im2col_row(&x[0, 0, 0, 0], cols - (n * g.OH + oy0) * g.OW * depth, &g,
-                            n * g.OH + oy0 + r)
-            _gemm_serial(rows * g.OW, F, depth, cols, depth, 1, &b[0, 0], F, conv, F, False)
-            if bp != NULL or activation != ACT_LINEAR:
-                _bias_act_rows(conv, bp, rows * g.OW, F, activation, <floating>alpha)
-            _pool_rows(conv, &y[n, 0, 0, 0], q0, q1, oy0, g.OW, QW, F, PH, PW, SH, SW,
-                       max_pool)
+                _im2col_row(x, cols - (n * g.OH + oy0) * g.OW * depth, g, n * g.OH + oy0 + r)
+            _gemm_serial(rows * g.OW, F, depth, cols, depth, 1, b, F, conv, F, False)
+            if bias != NULL or p.act != ACT_LINEAR:
+                _bias_act_rows(conv, bias, rows * g.OW, F, p.act, <floating>p.alpha)
+            _pool_rows(conv, y + n * QH * p.QW * F, q0, q1, oy0, g.OW, p.QW, F, PH, p.PW,
+                       SH, p.SW, p.max_pool)
     finally:
         free(scratch)
+    return 0
 
 # -- thin convolution with its pooling (inference) ------------------------------------------
 cdef extern from "conv_thin.h" nogil:
@@ -685,10 +750,8 @@ if (CN_THIN_LINEAR, CN_THIN_RELU, CN_THIN_LEAKY_RELU) != (ACT_LINEAR, ACT_RELU, 
 THIN_MAX_PATCH = CN_THIN_MAX_PATCH
 
 
-def thin_conv_pool(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] kernel,
-                   const floating[::1] bias, floating[:, :, :, ::1] y, tuple padding,
-                   tuple conv_size, bint max_pool, tuple window, tuple strides,
-                   int activation=ACT_LINEAR, double alpha=0.0):
+def thin_conv_pool(x, kernel, bias, y, tuple padding, tuple conv_size, bint max_pool,
+                   tuple window, tuple strides, int activation=ACT_LINEAR, double alpha=0.0):
     """y (N, QH, QW, F) = pool(act(conv(x) + bias)) for a thin convolution, stride and
     dilation 1: x (N, H, W, C), kernel (KH, KW, C, F) with KH*KW*C <= THIN_MAX_PATCH,
     padding (top, left) and conv_size (OH, OW) of the convolution's output, then max
@@ -696,8 +759,20 @@ def thin_conv_pool(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     padding. activation: EPILOGUES code of linear, relu or leaky_relu (alpha: its
     slope). Each sample's conv rows are made and pooled in a small buffer (csrc/
     conv_thin.h): the convolution's output is never written whole. Parallel over
-    samples (the same bits on any thread count)."""
+    samples (the same bits on any thread count). float32 or float64 C-contiguous
+    ndarrays of one dtype; bias (F,) or None."""
+    cdef int t = _output_type(y)
+    cdef void *xp
+    cdef void *kp
+    cdef void *yp
+    cdef void *bp = NULL
+    _float_array(x, "x", 4, t, False, &xp)
+    _float_array(kernel, "kernel", 4, t, False, &kp)
+    _float_array(y, "y", 4, t, True, &yp)
+    if bias is not None:
+        _float_array(bias, "bias", 1, t, False, &bp)
     cdef cn_thin_geometry g
+    cdef Py_ssize_t N = x.shape[0]
     g.H, g.W, g.C = x.shape[1], x.shape[2], x.shape[3]
     g.KH, g.KW, g.F = kernel.shape[0], kernel.shape[1], kernel.shape[3]
     g.PT, g.PL = padding
@@ -706,14 +781,12 @@ def thin_conv_pool(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     g.SH, g.SW = strides
     g.QH, g.QW = y.shape[1], y.shape[2]
     g.act, g.alpha, g.max_pool = activation, alpha, max_pool
-    cdef Py_ssize_t N = x.shape[0]
     if min(g.H, g.W, g.C, g.KH, g.KW) < 1 or kernel.shape[2] != g.C \
             or g.KH * g.KW * g.C > CN_THIN_MAX_PATCH:
         raise ValueError(f"x must have a non-empty image and kernel the shape (KH, KW, "
-                         f"{g.C}, F) with KH*KW*C <= "
-                         f"{CN_THIN_MAX_PATCH}; got {tuple(kernel.shape)[:4]}")
+                         f"{g.C}, F) with KH*KW*C <= {CN_THIN_MAX_PATCH}; got {kernel.shape}")
     if y.shape[0] != N or y.shape[3] != g.F:
-        raise ValueError(f"y must have shape ({N}, QH, QW, {g.F}); got {tuple(y.shape)[:4]}")
+        raise ValueError(f"y must have shape ({N}, QH, QW, {g.F}); got {y.shape}")
     if bias is not None and bias.shape[0] != g.F:
         raise ValueError(f"bias must have {g.F} values; got {bias.shape[0]}")
     if g.PT < 0 or g.PL < 0 or g.OH < 1 or g.OW < 1:
@@ -723,24 +796,42 @@ def thin_conv_pool(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     _check_row_activation(activation)
     if N == 0 or g.F == 0:
         return
+    if t == cnp.NPY_FLOAT:
+        _thin_samples(&g, N, <const float *>xp, <const float *>kp, <const float *>bp,
+                      <float *>yp)
+    else:
+        _thin_samples(&g, N, <const double *>xp, <const double *>kp, <const double *>bp,
+                      <double *>yp)
+
+
+cdef inline void _thin_sample(int isa, const cn_thin_geometry *g, const floating *x,
+                              const floating *w, const floating *bias, floating *y,
+                              floating *scratch) noexcept nogil:
+    if floating is float:
+        cn_thin_conv_pool_f32(isa, g, x, w, bias, y, scratch)
+    else:
+        cn_thin_conv_pool_f64(isa, g, x, w, bias, y, scratch)
+
+
+cdef int _thin_samples(const cn_thin_geometry *g, Py_ssize_t N, const floating *x,
+                       const floating *w, const floating *bias, floating *y) except -1:
+    """thin_conv_pool's work, its arguments checked: the samples shared among threads."""
     cdef int nt = min(threads_for(<double> N * g.OH * g.OW * g.KH * g.KW * g.C * g.F),
                       <int>N)
-    cdef int64_t per = cn_thin_scratch(&g)
+    cdef int64_t per = cn_thin_scratch(g)
     cdef floating *scratch = <floating *>malloc(nt * per * sizeof(floating))
     if scratch == NULL:
         raise MemoryError("thin_conv_pool: no memory for the scratch rows")
-    cdef const floating *bp = &bias[0] if bias is not None else NULL
     cdef int isa = current_isa()
     cdef Py_ssize_t n, xs = g.H * g.W * g.C, ys = g.QH * g.QW * g.F
     try:
-        for n in prange(N, nogil=True, num_threads=nt, schedule="static"):
-            if floating is float:
-                cn_thin_conv_pool_f32(isa, &g, &x[0, 0, 0, 0] + n * xs, &kernel[0, 0, 0, 0],
-                                      bp, &y[0, 0, 0, 0] + n * ys,
-                                      scratch + threadid() * per)
-            else:
-                cn_thin_conv_pool_f64(isa, &g, &x[0, 0, 0, 0] + n * xs, &kernel[0, 0, 0, 0],
-                                      bp, &y[0, 0, 0, 0] + n * ys,
-                                      scratch + threadid() * per)
+        if nt == 1:     # no parallel region: its start costs as much as a small image
+            for n in range(N):
+                _thin_sample(isa, g, x + n * xs, w, bias, y + n * ys, scratch)
+        else:
+            for n in prange(N, nogil=True, num_threads=nt, schedule="static"):
+                _thin_sample(isa, g, x + n * xs, w, bias, y + n * ys,
+                             scratch + threadid() * per)
     finally:
         free(scratch)
+    return 0
