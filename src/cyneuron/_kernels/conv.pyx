@@ -707,28 +707,37 @@ cdef int _bands(const Geometry *g, const Bands *p, const floating *x, const floa
     cdef floating *scratch = <floating *>malloc(nt * block * sizeof(floating))
     if scratch == NULL:
         raise MemoryError("im2col_gemm_pool: no memory for the bands")
-    cdef Py_ssize_t task, n, q0, q1, oy0, rows, r
-    cdef floating *cols
-    cdef floating *conv
+    cdef Py_ssize_t task
     try:
-        for task in prange(tasks, nogil=True, num_threads=nt, schedule="static"):
-            cols = scratch + threadid() * block
-            conv = cols + max_rows * g.OW * depth
-            n = task // per_sample
-            q0 = (task % per_sample) * band
-            q1 = min(QH, q0 + band)
-            oy0 = q0 * SH
-            rows = (q1 - 1) * SH + PH - oy0
-            for r in range(rows):
-                _im2col_row(x, cols - (n * g.OH + oy0) * g.OW * depth, g, n * g.OH + oy0 + r)
-            _gemm_serial(rows * g.OW, F, depth, cols, depth, 1, b, F, conv, F, False)
-            if bias != NULL or p.act != ACT_LINEAR:
-                _bias_act_rows(conv, bias, rows * g.OW, F, p.act, <floating>p.alpha)
-            _pool_rows(conv, y + n * QH * p.QW * F, q0, q1, oy0, g.OW, p.QW, F, PH, p.PW,
-                       SH, p.SW, p.max_pool)
+        if nt == 1:     # no parallel region (its start costs ~0.8 us)
+            for task in range(tasks):
+                _band(g, p, x, b, bias, y, task // per_sample, (task % per_sample) * band,
+                      band, scratch, max_rows)
+        else:
+            for task in prange(tasks, nogil=True, num_threads=nt, schedule="static"):
+                _band(g, p, x, b, bias, y, task // per_sample, (task % per_sample) * band,
+                      band, scratch + threadid() * block, max_rows)
     finally:
         free(scratch)
     return 0
+
+
+cdef void _band(const Geometry *g, const Bands *p, const floating *x, const floating *b,
+                const floating *bias, floating *y, Py_ssize_t n, Py_ssize_t q0,
+                Py_ssize_t band, floating *cols, Py_ssize_t max_rows) noexcept nogil:
+    """Pooled rows q0.. (at most `band`) of sample n: their conv rows' patches into cols,
+    the GEMM into the conv rows after them, bias and activation, pooling into y."""
+    cdef Py_ssize_t depth = g.KH * g.KW * g.C, F = p.F, r
+    cdef Py_ssize_t q1 = min(p.QH, q0 + band), oy0 = q0 * p.SH
+    cdef Py_ssize_t rows = (q1 - 1) * p.SH + p.PH - oy0
+    cdef floating *conv = cols + max_rows * g.OW * depth
+    for r in range(rows):
+        _im2col_row(x, cols - (n * g.OH + oy0) * g.OW * depth, g, n * g.OH + oy0 + r)
+    _gemm_serial(rows * g.OW, F, depth, cols, depth, 1, b, F, conv, F, False)
+    if bias != NULL or p.act != ACT_LINEAR:
+        _bias_act_rows(conv, bias, rows * g.OW, F, p.act, <floating>p.alpha)
+    _pool_rows(conv, y + n * p.QH * p.QW * F, q0, q1, oy0, g.OW, p.QW, F, p.PH, p.PW,
+               p.SH, p.SW, p.max_pool)
 
 # -- thin convolution with its pooling (inference) ------------------------------------------
 cdef extern from "conv_thin.h" nogil:
