@@ -106,6 +106,9 @@ def gather_rows(cnp.ndarray src not None, cnp.ndarray idx not None, cnp.ndarray 
             raise IndexError(f"gather_rows: index {ix[j]} is out of range for {rows} rows")
     cdef const char *s = <const char *>cnp.PyArray_DATA(src)
     cdef char *o = <char *>cnp.PyArray_DATA(out)
-    cdef int nt = 1 if count * row_bytes < GATHER_MIN_BYTES else threads_for(1 << 30)
-    for j in prange(count, nogil=True, num_threads=nt, schedule="static"):
+    if count * row_bytes < GATHER_MIN_BYTES:     # one thread, no parallel region
+        for j in range(count):
+            memcpy(o + j * row_bytes, s + ix[j] * row_bytes, row_bytes)
+        return
+    for j in prange(count, nogil=True, num_threads=threads_for(1 << 30), schedule="static"):
         memcpy(o + j * row_bytes, s + ix[j] * row_bytes, row_bytes)
