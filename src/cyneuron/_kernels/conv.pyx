@@ -624,6 +624,20 @@ cdef int _float_array(object a, str name, int ndim, int type_num, bint writeable
     return 0
 
 
+cdef int _conv_operands(object x, object w, str w_name, int w_ndim, object bias, object y,
+                        void **p) except -1:
+    """p = the data of x (4-D), the kernel w (w_ndim-D), bias (1-D, or NULL for None) and
+    y (4-D, writeable), all of y's float dtype, which is returned."""
+    cdef int t = _output_type(y)
+    _float_array(x, "x", 4, t, False, &p[0])
+    _float_array(w, w_name, w_ndim, t, False, &p[1])
+    p[2] = NULL
+    if bias is not None:
+        _float_array(bias, "bias", 1, t, False, &p[2])
+    _float_array(y, "y", 4, t, True, &p[3])
+    return t
+
+
 cdef int _output_type(object y) except -1:
     """NPY_FLOAT or NPY_DOUBLE: the dtype of the output array y."""
     cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>y) if isinstance(y, cnp.ndarray) else -1
@@ -651,16 +665,8 @@ def im2col_gemm_pool(x, b, bias, y, tuple window, tuple strides, tuple dilation,
     while in cache; the conv output is never written whole. Bands run in parallel, each
     on one thread (the same bits on any thread count). float32 or float64 C-contiguous
     ndarrays of one dtype; bias (F,) or None."""
-    cdef int t = _output_type(y)
-    cdef void *xp
-    cdef void *bp
-    cdef void *yp
-    cdef void *biasp = NULL
-    _float_array(x, "x", 4, t, False, &xp)
-    _float_array(b, "b", 2, t, False, &bp)
-    _float_array(y, "y", 4, t, True, &yp)
-    if bias is not None:
-        _float_array(bias, "bias", 1, t, False, &biasp)
+    cdef void *p[4]
+    cdef int t = _conv_operands(x, b, "b", 2, bias, y, p)
     cdef Geometry g = _geometry(x.shape, window, strides, dilation, padding, conv_size[0],
                                 conv_size[1])
     cdef Py_ssize_t depth = g.KH * g.KW * g.C, F = b.shape[1]
@@ -680,11 +686,11 @@ def im2col_gemm_pool(x, b, bias, y, tuple window, tuple strides, tuple dilation,
     bands.SH, bands.SW = pool_strides
     bands.max_pool, bands.act, bands.alpha = max_pool, activation, alpha
     if t == cnp.NPY_FLOAT:
-        _bands(&g, &bands, <const float *>xp, <const float *>bp, <const float *>biasp,
-               <float *>yp)
+        _bands(&g, &bands, <const float *>p[0], <const float *>p[1], <const float *>p[2],
+               <float *>p[3])
     else:
-        _bands(&g, &bands, <const double *>xp, <const double *>bp, <const double *>biasp,
-               <double *>yp)
+        _bands(&g, &bands, <const double *>p[0], <const double *>p[1], <const double *>p[2],
+               <double *>p[3])
 
 
 cdef int _bands(const Geometry *g, const Bands *p, const floating *x, const floating *b,
@@ -770,16 +776,8 @@ def thin_conv_pool(x, kernel, bias, y, tuple padding, tuple conv_size, bint max_
     conv_thin.h): the convolution's output is never written whole. Parallel over
     samples (the same bits on any thread count). float32 or float64 C-contiguous
     ndarrays of one dtype; bias (F,) or None."""
-    cdef int t = _output_type(y)
-    cdef void *xp
-    cdef void *kp
-    cdef void *yp
-    cdef void *bp = NULL
-    _float_array(x, "x", 4, t, False, &xp)
-    _float_array(kernel, "kernel", 4, t, False, &kp)
-    _float_array(y, "y", 4, t, True, &yp)
-    if bias is not None:
-        _float_array(bias, "bias", 1, t, False, &bp)
+    cdef void *p[4]
+    cdef int t = _conv_operands(x, kernel, "kernel", 4, bias, y, p)
     cdef cn_thin_geometry g
     cdef Py_ssize_t N = x.shape[0]
     g.H, g.W, g.C = x.shape[1], x.shape[2], x.shape[3]
@@ -806,11 +804,11 @@ def thin_conv_pool(x, kernel, bias, y, tuple padding, tuple conv_size, bint max_
     if N == 0 or g.F == 0:
         return
     if t == cnp.NPY_FLOAT:
-        _thin_samples(&g, N, <const float *>xp, <const float *>kp, <const float *>bp,
-                      <float *>yp)
+        _thin_samples(&g, N, <const float *>p[0], <const float *>p[1], <const float *>p[2],
+                      <float *>p[3])
     else:
-        _thin_samples(&g, N, <const double *>xp, <const double *>kp, <const double *>bp,
-                      <double *>yp)
+        _thin_samples(&g, N, <const double *>p[0], <const double *>p[1],
+                      <const double *>p[2], <double *>p[3])
 
 
 cdef inline void _thin_sample(int isa, const cn_thin_geometry *g, const floating *x,
