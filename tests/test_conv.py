@@ -1100,6 +1100,10 @@ def test_thin_conv_pool_checks_its_arguments():
         _k.thin_conv_pool(x, k, None, frozen, *args)
     with pytest.raises(ValueError, match="kernel must be a 4-D"):
         _k.thin_conv_pool(x, k[0], None, y, *args)
+    with pytest.raises(ValueError, match="y must not share memory with x, kernel or bias"):
+        buf = np.zeros(108)       # x (72 values) and y (72) overlapping by half
+        _k.thin_conv_pool(buf[:72].reshape(2, 6, 6, 1), k, None, buf[36:].reshape(2, 3, 3, 4),
+                          *args)
     _k.thin_conv_pool(np.zeros((0, 6, 6, 1)), k, None, np.zeros((0, 3, 3, 4)), *args)
 
 
@@ -1168,4 +1172,8 @@ def test_im2col_gemm_pool_checks_its_arguments():
         _k.im2col_gemm_pool(x, b.ravel(), None, y, *args)
     with pytest.raises(ValueError, match="C-contiguous"):
         _k.im2col_gemm_pool(x, np.zeros((4, 27)).T, None, y, *args)
+    with pytest.raises(ValueError, match="y must not share memory with x, b or bias"):
+        buf = np.zeros(2 * 6 * 6 * 3)
+        _k.im2col_gemm_pool(buf.reshape(2, 6, 6, 3), b, None, buf[:72].reshape(2, 3, 3, 4),
+                            *args)
     _k.im2col_gemm_pool(np.zeros((0, 6, 6, 3)), b, None, np.zeros((0, 3, 3, 4)), *args)

@@ -635,7 +635,17 @@ cdef int _conv_operands(object x, object w, str w_name, int w_ndim, object bias,
     if bias is not None:
         _float_array(bias, "bias", 1, t, False, &p[2])
     _float_array(y, "y", 4, t, True, &p[3])
+    if _overlaps(y, x) or _overlaps(y, w) or (bias is not None and _overlaps(y, bias)):
+        raise ValueError(f"y must not share memory with x, {w_name} or bias")
     return t
+
+
+cdef bint _overlaps(object a, object b):
+    """Whether two C-contiguous ndarrays share bytes (their extents are their buffers)."""
+    cdef char *a0 = <char *>cnp.PyArray_DATA(<cnp.ndarray>a)
+    cdef char *b0 = <char *>cnp.PyArray_DATA(<cnp.ndarray>b)
+    cdef Py_ssize_t na = cnp.PyArray_NBYTES(<cnp.ndarray>a), nb = cnp.PyArray_NBYTES(<cnp.ndarray>b)
+    return na > 0 and nb > 0 and a0 < b0 + nb and b0 < a0 + na
 
 
 cdef int _output_type(object y) except -1:
