@@ -279,11 +279,12 @@ def test_lean_predict_leaves_other_inputs_to_the_general_path():
                                rtol=1e-6)
 
 
-@pytest.mark.parametrize("make", [_mlp.__name__, "cnn", "lstm"])
+@pytest.mark.parametrize("make", [_mlp.__name__, "cnn", "cnn-banded", "lstm"])
 def test_lean_predict_from_many_threads_gives_the_serial_results(make, restore_threads):
     """Eight threads, each its own batch size, predict on one model at once (runners: the
     model and its replicas, each with its own programs and buffers)."""
-    model = {"_mlp": lambda: _mlp("float32"), "cnn": _cnn, "lstm": _lstm}[make]()
+    model = {"_mlp": lambda: _mlp("float32"), "cnn": _cnn, "cnn-banded": _cnn_banded,
+             "lstm": _lstm}[make]()
     cn.set_num_threads(1)
     rng = np.random.default_rng(125)
     shape = tuple(model.inputs[0].shape[1:])

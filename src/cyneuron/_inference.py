@@ -254,7 +254,7 @@ class _ConvOp:
         patch matrix of only KH*KW*C <= 32 values a row, where im2col's per-pixel copies
         cost as much as the GEMM)."""
         return (not plan.pointwise and plan.strides == (1, 1) and plan.dilation == (1, 1)
-                and plan.window[0] * plan.window[1] * c <= 32)
+                and plan.window[0] * plan.window[1] * c <= _conv_k.THIN_MAX_PATCH)
 
     def _shifted_rows(self, x, plan):
         """(a, kernel): the patch matrix as a strided view, no im2col. The input,
@@ -344,8 +344,8 @@ class _ConvSetup:
         conv_shape = self.conv_shape = conv.compute_output_shape(shape[1:])
         # The direct kernel (conv rows made and pooled in L1, csrc/conv_thin.h) for the
         # activations it applies; a convolution without pooling is pooled 1x1.
-        thin_direct = (not self.winograd and _ConvOp._thin(plan, c)
-                       and conv._epilogue in _DIRECT_EPILOGUES)
+        thin = not self.winograd and _ConvOp._thin(plan, c)
+        thin_direct = thin and conv._epilogue in _DIRECT_EPILOGUES
         x4, f = (n,) + plan.in_hw + (c,), conv.filters
         self.fused = None       # (kernel, x's 4-D shape, the weights' shape, other arguments)
         if pool is None:
@@ -362,7 +362,7 @@ class _ConvSetup:
         self.out4_shape = (n,) + out_hw + (f,)
         depth = plan.window[0] * plan.window[1] * c
         per_sample = oh * ow * (f + (0 if plan.pointwise else depth)) * itemsize
-        self.shifted = (not self.winograd and _ConvOp._thin(plan, c) and padding == (0, 0)
+        self.shifted = (thin and padding == (0, 0)
                         and (out_hw[1] - 1) * strides[1] + window[1] <= ow)
         # Others with those activations: im2col + GEMM + pooling band by band of pooled
         # rows in one kernel (conv_k.im2col_gemm_pool).
