@@ -78,6 +78,9 @@ def init(timeout=None, abort_on_error=True, comm=None):
     return rank(), size()
 
 
+_ABORT_PAUSE = 1.0    # seconds between writing the error and MPI Abort
+
+
 def _abort_hook(kind, value, tb):
     """Print the error (with the rank) and end the whole job."""
     comm = _state["comm"]
@@ -87,6 +90,10 @@ def _abort_hook(kind, value, tb):
     sys.stderr.flush()
     sys.stdout.flush()
     if comm.Get_size() > 1:
+        # Abort kills every rank at once; the launcher may not yet have forwarded what
+        # this rank just wrote (MPICH's hydra then prints nothing). A short pause lets
+        # the message reach the user first.
+        time.sleep(_ABORT_PAUSE)
         comm.Abort(1)
     _state["hook"](kind, value, tb)
 
