@@ -14,6 +14,7 @@ import pytest
 import cyneuron as cn
 from cyneuron import activations
 from cyneuron._kernels import gemm as _gemm
+from cyneuron._memory import empty_aligned
 
 from test_gemm import assert_matmul_close
 
@@ -39,7 +40,10 @@ def _plan_shapes(dtype, isa=None):
         ("direct-edges", mr + 1, big_k, 2 * nr + 3, False),
         ("direct-max-m", direct_m, 37, 5 * nr - 1, False),
         ("direct-split-rows", direct_m, 64, nr - 1, False),
-        ("packed-big-m", direct_m + 1, big_k, 3 * nr + 5, False),
+        ("packed-big-m", direct_m + 1, big_k, 3 * nr + 5, False),    # a ragged sliver
+        # Past direct_m, B's rows on cache lines (_case places B on one): several row
+        # blocks of MC, the last one ragged
+        ("direct-big-m", direct_m + 2 * mc + 3, big_k, _whole_lines(nr, dtype), False),
         ("packed-mc-edges", 2 * mc + mr + 1, 29, nr + 1, False),
         ("packed-b-transposed", 17, big_k, 2 * nr + 1, True),
         # More rows than one micro-tile, B's rows 4 KiB apart (all in a few cache sets)
@@ -51,13 +55,18 @@ def _plan_shapes(dtype, isa=None):
     ]
 
 
+def _whole_lines(nr, dtype):
+    """The fewest columns that are whole slivers and whole 64-byte lines."""
+    per_line = 64 // np.dtype(dtype).itemsize
+    return nr * per_line // np.gcd(nr, per_line)
+
+
 def _case(rng, dtype, m, k, n, b_transposed):
+    """a (m, k) and b (k, n), b (or the b.T it is a view of) starting on a cache line."""
     a = rng.standard_normal((m, k)).astype(dtype)
-    if b_transposed:
-        b = rng.standard_normal((n, k)).astype(dtype).T
-    else:
-        b = rng.standard_normal((k, n)).astype(dtype)
-    return a, b
+    b = empty_aligned((n, k) if b_transposed else (k, n), dtype)
+    b[...] = rng.standard_normal(b.shape)
+    return a, (b.T if b_transposed else b)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -335,6 +344,13 @@ def test_plans_split_and_pack_as_documented(isa_name, dtype):
     # ... while with many row tiles the rows still win (32 x 25 + 12 < 64 x 13).
     a, b = _case(rng, dtype, 64 * mr, 64, 25 * nr, True)
     assert _gemm.plan(a, b, threads=2, isa=isa_name)["split"] == "rows"
+    # Many rows: B read in place when its sliver rows are whole cache lines, else packed
+    # (B off a line, rows not whole lines apart, a ragged sliver).
+    m, n = _gemm.plan_limits()["direct_max_m"] + 1, _whole_lines(nr, dtype)
+    a, b = _case(rng, dtype, m, 50, 2 * n, False)
+    assert _gemm.plan(a, b, isa=isa_name)["plan"] == "direct"
+    assert _gemm.plan(a, b[:, 1:n + 1], isa=isa_name)["plan"] == "packed"
+    assert _gemm.plan(a, b[:, :n - 1], isa=isa_name)["plan"] == "packed"
     a, b = _case(rng, dtype, 300, 50, 40, False)
     strided = np.repeat(a, 2, axis=1)[:, ::2]
     assert _gemm.plan(strided[::2], b, threads=2, isa=isa_name)["pack_a"] is True

@@ -88,7 +88,9 @@ def test_prepacked_bad_input():
 
 
 # -- predict's lean path after the weights change --------------------------------------------
-ROWS = _gemm.plan_limits()["direct_max_m"] + 7        # batches that take the packed plan
+# batches past the direct plan's rows: the packed plan, at least for Dense(120), whose
+# rows of 480 bytes are not whole cache lines
+ROWS = _gemm.plan_limits()["direct_max_m"] + 7
 
 
 def _model(seed=0, kind="mlp"):

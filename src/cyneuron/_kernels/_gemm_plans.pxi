@@ -192,8 +192,8 @@ cdef void _run_direct(const Call *g, floating dummy, int t, int nt) noexcept nog
     cdef floating *edge = <floating *>g.edge[t]
     cdef const floating *bs
     cdef int mr = g.mr, nr = g.nr, n, beta, last
-    cdef int64_t pb, pc, kc, s, i, s0, s1, i0, i1, b_rs, e0
-    cdef int64_t n_sl = _cdiv(g.N, nr), m_sl = _cdiv(g.M, mr)
+    cdef int64_t pb, pc, kc, s, i, s0, s1, i0, i1, b_rs, e0, ib, ib1
+    cdef int64_t n_sl = _cdiv(g.N, nr), m_sl = _cdiv(g.M, mr), mc_sl = g.mc // mr
     if g.split_rows:
         _share(m_sl, t, nt, &i0, &i1)
         s0 = 0
@@ -213,23 +213,27 @@ cdef void _run_direct(const Call *g, floating dummy, int t, int nt) noexcept nog
         kc = _min(g.kc, g.K - pc)
         beta = pc > 0 or g.accumulate
         last = pc + kc == g.K
-        for s in range(s0, s1):
-            n = <int>_min(nr, g.N - s * nr)
-            if n == nr:
-                bs = B + pc * g.rsb + s * nr
-                b_rs = g.rsb
-            else:  # ragged last sliver: the kernel reads NR columns, so copy it padded
-                _pack_b(n, kc, B + pc * g.rsb + s * nr, g.rsb, 1, edge)
-                bs = edge
-                b_rs = nr
-            for i in range(i0, i1):
-                _ukr(g, kc, A + i * mr * g.rsa + pc * g.csa, g.rsa, g.csa, bs, b_rs,
-                     i * mr, s * nr, <int>_min(mr, g.M - i * mr), n, beta)
-            if last and i1 > i0 and ((s - s0) % EPILOGUE_SLIVERS == EPILOGUE_SLIVERS - 1
-                                     or s == s1 - 1):
-                e0 = s - (s - s0) % EPILOGUE_SLIVERS
-                _finish(g, dummy, i0 * mr, _min(g.M, i1 * mr) - i0 * mr, e0 * nr,
-                        _min(g.N, (s + 1) * nr) - e0 * nr)
+        ib = i0
+        while ib < i1:
+            ib1 = _min(i1, ib + mc_sl)
+            for s in range(s0, s1):
+                n = <int>_min(nr, g.N - s * nr)
+                if n == nr:
+                    bs = B + pc * g.rsb + s * nr
+                    b_rs = g.rsb
+                else:  # ragged last sliver: the kernel reads NR columns, so copy it padded
+                    _pack_b(n, kc, B + pc * g.rsb + s * nr, g.rsb, 1, edge)
+                    bs = edge
+                    b_rs = nr
+                for i in range(ib, ib1):
+                    _ukr(g, kc, A + i * mr * g.rsa + pc * g.csa, g.rsa, g.csa, bs, b_rs,
+                         i * mr, s * nr, <int>_min(mr, g.M - i * mr), n, beta)
+                if last and ((s - s0) % EPILOGUE_SLIVERS == EPILOGUE_SLIVERS - 1
+                             or s == s1 - 1):
+                    e0 = s - (s - s0) % EPILOGUE_SLIVERS
+                    _finish(g, dummy, ib * mr, _min(g.M, ib1 * mr) - ib * mr, e0 * nr,
+                            _min(g.N, (s + 1) * nr) - e0 * nr)
+            ib = ib1
 
 
 cdef void _column_sums(const Call *g, floating dummy, int t, int nt) noexcept nogil:

@@ -10,8 +10,9 @@ packed (the BLIS five loops; large M, or B not row-contiguous):
                                   aliases cache sets or neither of its strides is 1) -> L2
           for jr, ir:             micro-kernel MR x NR (epilogue: see below)
         (barrier)
-direct (batch-sized M and row-contiguous B whose rows stay cacheable, e.g. x @ W and
-    x.T @ dy; always for M <= MR, a single sample): no packing at all; the micro-kernel
+direct (row-contiguous B whose rows stay cacheable, e.g. x @ W and x.T @ dy, for
+    batch-sized M, or any M when B's sliver rows are whole cache lines; always for
+    M <= MR, a single sample): no packing at all; rows in blocks of MC, the micro-kernel
     reads A through its strides and B's rows in place, and only a ragged last column
     sliver is copied into a zero-padded buffer. A single row (M = 1) goes to the GEMV
     kernel instead, which streams along B's rows; threads split the columns.
@@ -133,7 +134,8 @@ cdef enum:
     # The epilogue runs on strips this many slivers wide (rows long enough to
     # vectorize, few enough that the strip is still in L1/L2).
     EPILOGUE_SLIVERS = 4
-    # The direct plan (nothing packed) is used up to this many rows of C.
+    # The direct plan (nothing packed) is used up to this many rows of C (further when
+    # B's rows sit on cache lines: see _choose).
     DIRECT_MAX_M = 128
     MAX_THREADS = 64
 
@@ -476,6 +478,13 @@ cdef bint _rows_stay_cached(int64_t stride_bytes, int64_t rows) noexcept nogil:
     return sets * _l2_ways >= 2 * rows
 
 
+cdef bint _rows_on_lines(const Call *g, size_t item) noexcept nogil:
+    """Whether B starts on a cache line, its rows are whole lines apart and its
+    columns fill whole slivers: each sliver row read in place is then NR / line lines."""
+    return ((<size_t>g.B) % CACHE_LINE == 0 and (g.rsb * item) % CACHE_LINE == 0
+            and g.N % g.nr == 0)
+
+
 cdef bint _rows_share_lines(const Call *g, size_t item) noexcept nogil:
     """Whether splitting C's columns at sliver boundaries splits cache lines in some
     rows: C does not start on a line, or its rows are not a whole number of lines."""
@@ -533,8 +542,15 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     cdef bint a_in_place = g.csa == 1 or (g.rsa == 1 and _rows_stay_cached(g.csa * item, kc))
     # Direct when B's rows stay cacheable, and always for a few rows (a single sample):
     # each element of B is then used so few times that packing it costs more than misses.
+    # Past DIRECT_MAX_M rows too when every sliver row is two whole cache lines (B and its
+    # row stride on lines, no ragged sliver): read in place, a sliver costs no more than
+    # a packed one, and packing is saved. Zen 5 AVX-512, one thread, interleaved,
+    # packed / direct: 256x784x256 414 / 402 us, 256x3136x128 825 / 787, 512x512x512
+    # 1056 / 1032; misaligned B (numpy's 16-byte start) read in place was 3% slower, and
+    # N = 10 (all edge, copied per row block) 30% slower.
     g.direct = (g.csb == 1 and a_in_place
-                and (g.M <= g.mr or (g.M <= DIRECT_MAX_M and _rows_stay_cached(g.rsb * item, kc))))
+                and (g.M <= g.mr or _rows_stay_cached(g.rsb * item, kc)
+                     and (g.M <= DIRECT_MAX_M or _rows_on_lines(g, item))))
     g.pack_a = not g.direct and not a_in_place
     # One output column (Dense(1), a step on one sample): the micro-kernel would compute
     # NR columns to keep one, so dot A's rows with B instead, or stream B down A's
@@ -598,6 +614,7 @@ def plan(a, b, int threads=1, isa=None, c=None):
     g.rsa, g.csa = a.strides[0] // item, a.strides[1] // item
     g.rsb, g.csb = b.strides[0] // item, b.strides[1] // item
     g.ldc = g.N
+    g.B = <void *><size_t>b.ctypes.data
     g.C = NULL
     if c is not None:
         g.C = <void *><size_t>c.ctypes.data
