@@ -32,6 +32,16 @@ typedef void (*cn_dgemm_ukr_t)(int64_t k, const double *a, int64_t a_rs, int64_t
                                const double *b, int64_t b_rs,
                                double *c, int64_t ldc, int m, int n, int beta);
 
+/* The same product with row i of A gathered from anywhere (an implicit im2col):
+ *   C[0:m, 0:n] = (beta ? C : 0) + A . B,  A[i, s * k + p] = a_rows[i][s * seg_stride + p]
+ * for nseg segments of k columns (p < k); B has nseg * k rows as above. a_rows holds m
+ * pointers (rows past m are never read). */
+typedef void (*cn_sgemm_rows_ukr_t)(int64_t k, int64_t nseg, int64_t seg_stride,
+                                    const float *const *a_rows, const float *b, int64_t b_rs,
+                                    float *c, int64_t ldc, int m, int n, int beta);
+typedef void (*cn_dgemm_rows_ukr_t)(int64_t k, int64_t nseg, int64_t seg_stride,
+                                    const double *const *a_rows, const double *b, int64_t b_rs,
+                                    double *c, int64_t ldc, int m, int n, int beta);
 /* Packing: copy an m-row (n-column) sliver of a strided matrix into the
  * contiguous, zero-padded layout the micro-kernel reads:
  *   pack_a: dst[p * MR + i] = src[i * rs + p * cs]   for i < m, 0 for m <= i < MR
@@ -73,6 +83,8 @@ typedef struct {
     cn_dgemv_t dgemv;
     cn_sdots_t sdots;
     cn_ddots_t ddots;
+    cn_sgemm_rows_ukr_t sgemm_rows_ukr;
+    cn_dgemm_rows_ukr_t dgemm_rows_ukr;
 } cn_kernel_table;
 
 extern const cn_kernel_table cn_table_generic;

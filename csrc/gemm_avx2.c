@@ -6,6 +6,7 @@
 #define UKR_NV 2
 
 #define UKR_NAME cn_sgemm_ukr_avx2
+#define UKR_ROWS_NAME cn_sgemm_rows_ukr_avx2
 #define PACK_A_NAME cn_spack_a_avx2
 #define PACK_B_NAME cn_spack_b_avx2
 #define GEMV_NAME cn_sgemv_avx2
@@ -29,6 +30,7 @@
 #include "gemm_ukr_undef.h"
 
 #define UKR_NAME cn_dgemm_ukr_avx2
+#define UKR_ROWS_NAME cn_dgemm_rows_ukr_avx2
 #define PACK_A_NAME cn_dpack_a_avx2
 #define PACK_B_NAME cn_dpack_b_avx2
 #define GEMV_NAME cn_dgemv_avx2
@@ -51,4 +53,5 @@ const cn_kernel_table cn_table_avx2 = {
     cn_fma_loop_avx2,
     cn_sgemv_avx2, cn_dgemv_avx2,
     cn_sdots_avx2, cn_ddots_avx2,
+    cn_sgemm_rows_ukr_avx2, cn_dgemm_rows_ukr_avx2,
 };

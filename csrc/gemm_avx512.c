@@ -7,6 +7,7 @@
 #define GEMV_NV 16    /* 32 vector registers: 16 accumulators of the one-row kernel */
 
 #define UKR_NAME cn_sgemm_ukr_avx512
+#define UKR_ROWS_NAME cn_sgemm_rows_ukr_avx512
 #define PACK_A_NAME cn_spack_a_avx512
 #define PACK_B_NAME cn_spack_b_avx512
 #define GEMV_NAME cn_sgemv_avx512
@@ -30,6 +31,7 @@
 #include "gemm_ukr_undef.h"
 
 #define UKR_NAME cn_dgemm_ukr_avx512
+#define UKR_ROWS_NAME cn_dgemm_rows_ukr_avx512
 #define PACK_A_NAME cn_dpack_a_avx512
 #define PACK_B_NAME cn_dpack_b_avx512
 #define GEMV_NAME cn_dgemv_avx512
@@ -52,4 +54,5 @@ const cn_kernel_table cn_table_avx512 = {
     cn_fma_loop_avx512,
     cn_sgemv_avx512, cn_dgemv_avx512,
     cn_sdots_avx512, cn_ddots_avx512,
+    cn_sgemm_rows_ukr_avx512, cn_dgemm_rows_ukr_avx512,
 };

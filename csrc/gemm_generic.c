@@ -5,6 +5,7 @@
 #define UKR_NV 8
 
 #define UKR_NAME cn_sgemm_ukr_generic
+#define UKR_ROWS_NAME cn_sgemm_rows_ukr_generic
 #define PACK_A_NAME cn_spack_a_generic
 #define PACK_B_NAME cn_spack_b_generic
 #define GEMV_NAME cn_sgemv_generic
@@ -21,6 +22,7 @@
 #define UKR_ADD(a, b) ((a) + (b))
 #include "gemm_ukr_template.h"
 #undef UKR_NAME
+#undef UKR_ROWS_NAME
 #undef PACK_A_NAME
 #undef PACK_B_NAME
 #undef GEMV_NAME
@@ -30,6 +32,7 @@
 #undef UKR_V
 
 #define UKR_NAME cn_dgemm_ukr_generic
+#define UKR_ROWS_NAME cn_dgemm_rows_ukr_generic
 #define PACK_A_NAME cn_dpack_a_generic
 #define PACK_B_NAME cn_dpack_b_generic
 #define GEMV_NAME cn_dgemv_generic
@@ -45,4 +48,5 @@ const cn_kernel_table cn_table_generic = {
     cn_fma_loop_generic,
     cn_sgemv_generic, cn_dgemv_generic,
     cn_sdots_generic, cn_ddots_generic,
+    cn_sgemm_rows_ukr_generic, cn_dgemm_rows_ukr_generic,
 };

@@ -12,6 +12,7 @@
  *   UKR_BCAST(p)        broadcast one scalar
  *   UKR_FMA(a, b, c)    a * b + c
  *   UKR_ADD(a, b)       a + b
+ * and optionally UKR_ROWS_NAME (the row-pointer kernel below).
  * The accumulators are indexed with compile-time constants only, so the
  * compiler keeps them in registers. A is read through a row and a column
  * stride, so the same kernel runs on packed slivers and on matrices in place.
@@ -25,12 +26,14 @@
 
 /* The body of the micro-kernel for ROWS rows and the first NVU of its NV vectors of
  * columns (compile-time constants): rows past m repeat row m - 1, so only the store
- * looks at m. */
+ * looks at m. Row i of A starts at UKR_ROW(i); K runs as nseg segments of k columns,
+ * segment s at s * seg_stride from each row's start, its columns a_cs apart, B's rows
+ * one after another throughout. */
 #define UKR_BODY(ROWS, NVU)                                                                  \
     const UKR_T *row[ROWS];                                                             \
     _Pragma("GCC unroll 16")                                                            \
     for (int i = 0; i < ROWS; ++i)                                                      \
-        row[i] = a + (i < m ? i : m - 1) * a_rs;                                        \
+        row[i] = UKR_ROW(i < m ? i : m - 1);                                            \
     for (int i = 0; i < m; ++i) {  /* C is read or written last: fetch it now */        \
         __builtin_prefetch(c + i * ldc, 1, 3);                                          \
         __builtin_prefetch(c + i * ldc + n - 1, 1, 3);                                  \
@@ -41,7 +44,8 @@
         _Pragma("GCC unroll 8")                                                         \
         for (int j = 0; j < NVU; ++j)                                                \
             acc[i][j] = UKR_ZERO();                                                     \
-    int64_t off = 0;                                                                    \
+    for (int64_t seg = 0; seg < nseg; ++seg) {                                          \
+    int64_t off = seg * seg_stride;                                                     \
     _Pragma("GCC unroll 4")                                                             \
     for (int64_t p = 0; p < k; ++p) {                                                   \
         UKR_V bv[NVU];                                                               \
@@ -57,6 +61,7 @@
         }                                                                               \
         off += a_cs;                                                                    \
         b += b_rs;                                                                      \
+    }                                                                                   \
     }                                                                                   \
     if (m == ROWS && n == NVU * UKR_VL) {                                                     \
         _Pragma("GCC unroll 16")                                                        \
@@ -79,30 +84,61 @@
         for (int j = 0; j < n; ++j)                                                     \
             c[i * ldc + j] = (beta ? c[i * ldc + j] : (UKR_T)0) + tile[i * UKR_NR + j];
 
+/* The register block's shapes: a narrow sliver (Dense(10), a ragged edge: n <= NR / 2)
+ * with half the vectors, one row (a single sample: no padding rows at all), a short
+ * last row sliver (m <= MR / 2) with half the rows, else the full block. */
+#if UKR_NV % 2 == 0
+#define UKR_SHAPES                                                                      \
+    if (n <= UKR_NR / 2) {                                                              \
+        if (m == 1) {                                                                   \
+            UKR_BODY(1, UKR_NV / 2)                                                     \
+        } else if (m <= UKR_MR / 2) {                                                   \
+            UKR_BODY(UKR_MR / 2, UKR_NV / 2)                                            \
+        } else {                                                                        \
+            UKR_BODY(UKR_MR, UKR_NV / 2)                                                \
+        }                                                                               \
+        return;                                                                         \
+    }                                                                                   \
+    UKR_SHAPES_FULL
+#else
+#define UKR_SHAPES UKR_SHAPES_FULL
+#endif
+#define UKR_SHAPES_FULL                                                                 \
+    if (m == 1) {                                                                       \
+        UKR_BODY(1, UKR_NV)                                                             \
+    } else if (m <= UKR_MR / 2) {                                                       \
+        UKR_BODY(UKR_MR / 2, UKR_NV)                                                    \
+    } else {                                                                            \
+        UKR_BODY(UKR_MR, UKR_NV)                                                        \
+    }
+
 void UKR_NAME(int64_t k, const UKR_T *restrict a, int64_t a_rs, int64_t a_cs,
               const UKR_T *restrict b, int64_t b_rs,
               UKR_T *restrict c, int64_t ldc, int m, int n, int beta)
 {
-#if UKR_NV % 2 == 0
-    if (n <= UKR_NR / 2) {   /* a narrow sliver (Dense(10), a ragged edge): half the vectors */
-        if (m == 1) {
-            UKR_BODY(1, UKR_NV / 2)
-        } else if (m <= UKR_MR / 2) {
-            UKR_BODY(UKR_MR / 2, UKR_NV / 2)
-        } else {
-            UKR_BODY(UKR_MR, UKR_NV / 2)
-        }
-        return;
-    }
-#endif
-    if (m == 1) {            /* one row (a single sample): no padding rows at all */
-        UKR_BODY(1, UKR_NV)
-    } else if (m <= UKR_MR / 2) {   /* a short last row sliver: half the work */
-        UKR_BODY(UKR_MR / 2, UKR_NV)
-    } else {
-        UKR_BODY(UKR_MR, UKR_NV)
-    }
+    const int64_t nseg = 1, seg_stride = 0;
+#define UKR_ROW(i) (a + (i) * a_rs)
+    UKR_SHAPES
+#undef UKR_ROW
 }
+
+#ifdef UKR_ROWS_NAME
+/* C[0:m, 0:n] = (beta ? C : 0) + A . B where row i of A is gathered from anywhere: its
+ * nseg segments of k contiguous values start at a_rows[i] + s * seg_stride (an implicit
+ * im2col: a convolution's output pixel, its kernel rows as segments). B as for UKR_NAME,
+ * nseg * k rows. */
+void UKR_ROWS_NAME(int64_t k, int64_t nseg, int64_t seg_stride,
+                   const UKR_T *const *restrict a_rows, const UKR_T *restrict b, int64_t b_rs,
+                   UKR_T *restrict c, int64_t ldc, int m, int n, int beta)
+{
+    const int64_t a_cs = 1;
+#define UKR_ROW(i) (a_rows[i])
+    UKR_SHAPES
+#undef UKR_ROW
+}
+#endif
+#undef UKR_SHAPES
+#undef UKR_SHAPES_FULL
 
 void PACK_A_NAME(int64_t m, int64_t k, const UKR_T *restrict src, int64_t rs, int64_t cs,
                  UKR_T *restrict dst)

@@ -1,5 +1,6 @@
 /* Clears the per-dtype parameters of gemm_ukr_template.h between two instantiations. */
 #undef UKR_NAME
+#undef UKR_ROWS_NAME
 #undef PACK_A_NAME
 #undef PACK_B_NAME
 #undef GEMV_NAME

@@ -1107,14 +1107,25 @@ def test_thin_conv_pool_checks_its_arguments():
     _k.thin_conv_pool(np.zeros((0, 6, 6, 1)), k, None, np.zeros((0, 3, 3, 4)), *args)
 
 
+# im2col_gemm_pool reads the patches in place (no im2col) when a kernel row is 16 values
+# or more and dilation along the width is 1: these add K in blocks of whole kernel rows
+# (3 x 150 values: two rows, then one) and kernel rows cut in parts (450 values), with
+# ragged filter slivers.
+POOL_CASES = COL2IM_GEMM_CASES + [
+    (1, (6, 7), 50, 37, (3, 3), (1, 1), (1, 1), (1, 1)),
+    (2, (5, 5), 150, 3, (3, 3), (2, 2), (1, 1), (1, 1)),
+]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("pool,pool_strides", [((2, 2), (2, 2)), ((3, 2), (1, 2)), ((1, 1), (1, 1))])
-@pytest.mark.parametrize("n,hw,c,k,window,strides,dilation,padding", COL2IM_GEMM_CASES)
+@pytest.mark.parametrize("n,hw,c,k,window,strides,dilation,padding", POOL_CASES)
 def test_im2col_gemm_pool_matches_numpy(kernel_threads, isa, dtype, pool, pool_strides, n, hw,
                                         c, k, window, strides, dilation, padding):
     """The convolution with its pooling band by band, every geometry of the chunked
-    kernels, overlapping pools, max and average, each activation it applies; the same
-    bits on one and two threads."""
+    kernels, patches copied and read in place, overlapping pools, max and average, each
+    activation it applies (after a max pooling, before an average); the same bits on one
+    and two threads."""
     h, w = hw
     oh = (h + 2 * padding[0] - (window[0] - 1) * dilation[0] - 1) // strides[0] + 1
     ow = (w + 2 * padding[1] - (window[1] - 1) * dilation[1] - 1) // strides[1] + 1
@@ -1131,7 +1142,9 @@ def test_im2col_gemm_pool_matches_numpy(kernel_threads, isa, dtype, pool, pool_s
     args = (window, strides, dilation, padding, (oh, ow))
     for name, alpha, with_bias, max_pool in [("relu", 0.0, True, True),
                                              ("leaky_relu", 0.3, False, False),
-                                             ("linear", 0.0, True, False)]:
+                                             ("linear", 0.0, True, False),
+                                             ("leaky_relu", 0.3, True, True),
+                                             ("leaky_relu", 1.5, True, True)]:
         zz = (z + bias if with_bias else z).reshape(n, oh, ow, k)
         act = zz if name == "linear" else np.where(zz > 0, zz, alpha * zz)
         want = _np_pool(act, max_pool, pool, pool_strides)
@@ -1163,6 +1176,8 @@ def test_im2col_gemm_pool_checks_its_arguments():
         _k.im2col_gemm_pool(x, b, None, np.zeros((2, 4, 3, 4)), *args)
     with pytest.raises(ValueError, match="activation code"):
         _k.im2col_gemm_pool(x, b, None, y, *args, EPILOGUES["tanh"])
+    with pytest.raises(ValueError, match="slope\\) must be >= 0"):
+        _k.im2col_gemm_pool(x, b, None, y, *args, EPILOGUES["leaky_relu"], -0.5)
     with pytest.raises(ValueError, match="output size"):
         _k.im2col_gemm_pool(x, b, None, y, (3, 3), (1, 1), (1, 1), (1, 1), (0, 6), True,
                             (2, 2), (2, 2))

@@ -1,7 +1,10 @@
 # The serial entry for kernels that run their own parallel region (included by gemm.pyx).
 
 cdef enum:
-    SERIAL_KC = 256       # K block of the serial entry; one KC x NR sliver lives on the stack
+    # K in equal blocks of at most this many (the parallel plans' KC_BLOCK: 288 = one
+    # block, not 256 + 32, whose short block re-reads and rewrites every C tile for 32
+    # multiply-adds); one KC x NR sliver lives on the stack (48 KiB at most)
+    SERIAL_KC = KC_BLOCK
     SERIAL_MAX_NR = 32    # the widest NR of any micro-kernel (AVX-512 float32)
 
 
@@ -26,9 +29,10 @@ cdef int _gemm_serial(int64_t M, int64_t N, int64_t K, const floating *A, int64_
                    or rsa == 1 and ldc == 1):     # one column: see _choose
         _one_column(M, K, A, rsa, csa, B, rsb, C, ldc, accumulate, sliver)
         return 0
-    for pb in range(_cdiv(K, SERIAL_KC)):
-        pc = pb * SERIAL_KC
-        kc = _min(SERIAL_KC, K - pc)
+    cdef int64_t kb = _cdiv(K, _cdiv(K, SERIAL_KC))
+    for pb in range(_cdiv(K, kb)):
+        pc = pb * kb
+        kc = _min(kb, K - pc)
         beta = pc > 0 or accumulate
         for sb in range(_cdiv(N, nr)):
             s = sb * nr
@@ -49,6 +53,86 @@ cdef int _gemm_serial(int64_t M, int64_t N, int64_t K, const floating *A, int64_
                     _table.dgemm_ukr(kc, A + i * rsa + pc * csa, rsa, csa, bs, b_rs,
                                      C + i * ldc + s, ldc, <int>_min(mr, M - i), n, beta)
     return 0
+
+
+cdef enum:
+    ROWS_MAX_MR = 8       # the most rows of any micro-kernel
+
+
+cdef int _gemm_rows_serial(int64_t M, int64_t N, int64_t seg_len, int64_t nseg,
+                           int64_t seg_stride, const floating *base,
+                           const int64_t *row_offsets, const floating *B, int64_t rsb,
+                           floating *C, int64_t ldc) noexcept nogil:
+    """C = A @ B on the calling thread, row r of A gathered at base + row_offsets[r]:
+    nseg segments of seg_len contiguous values, seg_stride apart (an implicit im2col: a
+    convolution's output pixel and its kernel rows). B (nseg * seg_len, N) has contiguous
+    rows rsb apart. K runs in blocks of whole segments (equal, at most SERIAL_KC values),
+    or of equal parts of one segment longer than that; B's slivers are read in place,
+    a ragged last one copied padded. Returns -1 for an empty K."""
+    cdef floating sliver[SERIAL_KC * SERIAL_MAX_NR]
+    cdef const floating *rows[ROWS_MAX_MR]
+    cdef const floating *bs
+    cdef int mr, nr, n, m, j, beta
+    cdef int64_t per, part, s0, c0, ns, kc, sb, s, ib, i, b_rs, a_off, b_row
+    if floating is float:
+        mr, nr = _table.s_mr, _table.s_nr
+    else:
+        mr, nr = _table.d_mr, _table.d_nr
+    if seg_len < 1 or nseg < 1 or nr > SERIAL_MAX_NR or mr > ROWS_MAX_MR:
+        return -1
+    if seg_len <= SERIAL_KC:
+        per = SERIAL_KC // seg_len
+        per = _cdiv(nseg, _cdiv(nseg, per))
+        part = seg_len
+    else:
+        per = 1
+        part = _cdiv(seg_len, _cdiv(seg_len, SERIAL_KC))
+    cdef int64_t blk, sub
+    for blk in range(_cdiv(nseg, per)):
+        s0 = blk * per
+        ns = _min(per, nseg - s0)
+        for sub in range(_cdiv(seg_len, part)):
+            c0 = sub * part
+            kc = _min(part, seg_len - c0)
+            beta = s0 > 0 or c0 > 0
+            a_off = s0 * seg_stride + c0
+            b_row = s0 * seg_len + c0
+            for sb in range(_cdiv(N, nr)):
+                s = sb * nr
+                n = <int>_min(nr, N - s)
+                if n == nr:
+                    bs = B + b_row * rsb + s
+                    b_rs = rsb
+                else:
+                    _pack_b(n, ns * kc, B + b_row * rsb + s, rsb, 1, sliver)
+                    bs = sliver
+                    b_rs = nr
+                for ib in range(_cdiv(M, mr)):
+                    i = ib * mr
+                    m = <int>_min(mr, M - i)
+                    for j in range(m):
+                        rows[j] = base + row_offsets[i + j] + a_off
+                    if floating is float:
+                        _table.sgemm_rows_ukr(kc, ns, seg_stride, rows, bs, b_rs,
+                                              C + i * ldc + s, ldc, m, n, beta)
+                    else:
+                        _table.dgemm_rows_ukr(kc, ns, seg_stride, rows, bs, b_rs,
+                                              C + i * ldc + s, ldc, m, n, beta)
+    return 0
+
+
+cdef int sgemm_rows_serial(int64_t M, int64_t N, int64_t seg_len, int64_t nseg,
+                           int64_t seg_stride, const float *base, const int64_t *row_offsets,
+                           const float *B, int64_t rsb, float *C, int64_t ldc) noexcept nogil:
+    """float32 C[M, N] = A @ B, A's rows gathered (see _gemm_rows_serial)."""
+    return _gemm_rows_serial(M, N, seg_len, nseg, seg_stride, base, row_offsets, B, rsb, C, ldc)
+
+
+cdef int dgemm_rows_serial(int64_t M, int64_t N, int64_t seg_len, int64_t nseg,
+                           int64_t seg_stride, const double *base, const int64_t *row_offsets,
+                           const double *B, int64_t rsb, double *C, int64_t ldc) noexcept nogil:
+    """float64 C[M, N] = A @ B, A's rows gathered (see _gemm_rows_serial)."""
+    return _gemm_rows_serial(M, N, seg_len, nseg, seg_stride, base, row_offsets, B, rsb, C, ldc)
 
 
 cdef int sgemm_serial(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,

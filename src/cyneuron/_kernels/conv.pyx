@@ -29,7 +29,8 @@ from libc.string cimport memcpy, memset
 cimport numpy as cnp
 
 from cyneuron._kernels._openmp cimport threads_for
-from cyneuron._kernels.gemm cimport current_isa, dgemm_serial, sgemm_serial
+from cyneuron._kernels.gemm cimport (current_isa, dgemm_rows_serial, dgemm_serial,
+                                     sgemm_rows_serial, sgemm_serial)
 
 cnp.import_array()
 
@@ -467,11 +468,14 @@ cdef void _transpose(const floating *src, floating *dst, Py_ssize_t rows,
                     dst[c * rows + r] = src[r * cols + c]
 
 
-cdef int _check_row_activation(int activation) except -1:
-    """The activations applied to rows after the GEMM here (_bias_act_rows)."""
+cdef int _check_row_activation(int activation, double alpha) except -1:
+    """The activations applied to rows after the GEMM here (_bias_act_rows); all
+    non-decreasing (a max pooling may run before them)."""
     if activation != ACT_LINEAR and activation != ACT_RELU and activation != ACT_LEAKY_RELU:
         raise ValueError(f"activation code must be linear, relu or leaky_relu (0, 1, 8); "
                          f"got {activation}")
+    if activation == ACT_LEAKY_RELU and not alpha >= 0:
+        raise ValueError(f"alpha (leaky_relu's slope) must be >= 0; got {alpha}")
     return 0
 
 
@@ -507,7 +511,7 @@ def im2col_gemm(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
                          f"out ({out.shape[0]}, {out.shape[1]})")
     if bias is not None and bias.shape[0] != F:
         raise ValueError(f"bias must have {F} values; got {bias.shape[0]}")
-    _check_row_activation(activation)
+    _check_row_activation(activation, alpha)
     if M == 0 or F == 0:
         return
     cdef const floating *bp = &bias[0] if bias is not None else NULL
@@ -530,44 +534,42 @@ def im2col_gemm(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
         free(scratch)
 
 
+cdef extern from "gemm_epilogue.h":
+    # c (m x n, row stride ldc) = act(c + bias) for linear / relu / leaky_relu: the GEMM
+    # epilogue's C loops (an AVX2 copy; this file is built for the baseline)
+    void cn_bias_act_f32(int avx2, float *c, int64_t ldc, int m, int n, const float *bias,
+                         int act, float alpha) noexcept nogil
+    void cn_bias_act_f64(int avx2, double *c, int64_t ldc, int m, int n, const double *bias,
+                         int act, double alpha) noexcept nogil
+
+
+cdef enum:
+    BIAS_ACT_ROWS = 1 << 20      # rows per call of the epilogue's loops
+
+
 cdef void _bias_act_rows(floating *y, const floating *bias, Py_ssize_t rows, Py_ssize_t F,
                          int act, floating alpha) noexcept nogil:
-    """y = act(y + bias) on rows x F values: the GEMM epilogue's formulas (leaky_relu as
-    max(v, slope v), min for a slope > 1, the plain form for a zero slope: the same bits
-    as v > 0 ? v : slope v)."""
-    cdef Py_ssize_t r, f
-    cdef floating v, w
-    cdef floating *row
-    for r in range(rows):
-        row = y + r * F
-        if bias != NULL:
-            for f in range(F):
-                row[f] = row[f] + bias[f]
-        if act == ACT_RELU:
-            for f in range(F):
-                v = row[f]
-                row[f] = v if v > 0 else 0
-        elif act == ACT_LEAKY_RELU and alpha > 0 and alpha <= 1:
-            for f in range(F):
-                v = row[f]
-                w = alpha * v
-                row[f] = v if v > w else w
-        elif act == ACT_LEAKY_RELU and alpha > 1:
-            for f in range(F):
-                v = row[f]
-                w = alpha * v
-                row[f] = v if v < w else w
-        elif act == ACT_LEAKY_RELU:
-            for f in range(F):
-                v = row[f]
-                row[f] = v if v > 0 else alpha * v
-
+    """y = act(y + bias) on rows x F values (linear, relu, leaky_relu): the GEMM
+    epilogue's loops, so the same bits as a fused epilogue (leaky_relu as max(v, slope v),
+    min for a slope > 1, the plain form for a zero slope: v > 0 ? v : slope v)."""
+    cdef int avx2 = current_isa() != 0
+    cdef Py_ssize_t r0 = 0, m
+    while r0 < rows:      # the C loops count rows in an int
+        m = min(<Py_ssize_t>BIAS_ACT_ROWS, rows - r0)
+        if floating is float:
+            cn_bias_act_f32(avx2, y + r0 * F, F, <int>m, <int>F, bias, act, alpha)
+        else:
+            cn_bias_act_f64(avx2, y + r0 * F, F, <int>m, <int>F, bias, act, alpha)
+        r0 += m
 
 
 # -- convolution with its pooling (inference) -----------------------------------------------
 # Bytes of patches plus conv rows in one band of im2col_gemm_pool: an L2-sized block.
 cdef enum:
     POOL_BAND_BYTES = 384 * 1024
+    # the shortest kernel row (KW*C values) read as a segment of an implicit patch; below
+    # it the patches are copied (im2col)
+    IMPLICIT_MIN_SEGMENT = 16
 
 
 cdef void _pool_rows(const floating *conv, floating *y, Py_ssize_t q0, Py_ssize_t q1,
@@ -662,6 +664,12 @@ cdef struct Bands:
     bint max_pool
     int act
     double alpha
+    # implicit patches (dilation 1 along the width): a band's input rows, zero-padded to
+    # WP columns, are copied (not their patches); conv row r's patch then starts at
+    # offsets[r] in that copy, its KH kernel rows KW*C values each, DH*WP*C apart
+    bint implicit
+    Py_ssize_t WP
+    const int64_t *offsets
 
 
 def im2col_gemm_pool(x, b, bias, y, tuple window, tuple strides, tuple dilation,
@@ -687,7 +695,7 @@ def im2col_gemm_pool(x, b, bias, y, tuple window, tuple strides, tuple dilation,
     if bias is not None and bias.shape[0] != F:
         raise ValueError(f"bias must have {F} values; got {bias.shape[0]}")
     _check_pooling(QH, QW, g.OH, g.OW, pool_window, pool_strides)
-    _check_row_activation(activation)
+    _check_row_activation(activation, alpha)
     if g.N == 0 or F == 0:
         return
     cdef Bands bands
@@ -695,6 +703,8 @@ def im2col_gemm_pool(x, b, bias, y, tuple window, tuple strides, tuple dilation,
     bands.PH, bands.PW = pool_window
     bands.SH, bands.SW = pool_strides
     bands.max_pool, bands.act, bands.alpha = max_pool, activation, alpha
+    bands.implicit = g.DW == 1 and g.KW * g.C >= IMPLICIT_MIN_SEGMENT
+    bands.WP, bands.offsets = 0, NULL
     if t == cnp.NPY_FLOAT:
         _bands(&g, &bands, <const float *>p[0], <const float *>p[1], <const float *>p[2],
                <float *>p[3])
@@ -720,8 +730,22 @@ cdef int _bands(const Geometry *g, const Bands *p, const floating *x, const floa
     nt = <int>min(<Py_ssize_t>nt, tasks)
     cdef Py_ssize_t max_rows = (band - 1) * SH + PH        # conv rows of a band
     cdef Py_ssize_t block = max_rows * g.OW * (depth + F)
+    cdef Bands q = p[0]
+    cdef int64_t *offsets = NULL
+    cdef Py_ssize_t r
+    if q.implicit:
+        q.WP = (g.OW - 1) * g.SW + g.KW
+        block = _rows_in(g, max_rows) * q.WP * g.C + max_rows * g.OW * F
+        offsets = <int64_t *>malloc(max_rows * g.OW * sizeof(int64_t))
+        if offsets == NULL:
+            raise MemoryError("im2col_gemm_pool: no memory for the bands")
+        for r in range(max_rows * g.OW):    # conv pixel (r // OW, r % OW) of a band
+            offsets[r] = ((r // g.OW) * g.SH * q.WP + (r % g.OW) * g.SW) * g.C
+        q.offsets = offsets
+    p = &q
     cdef floating *scratch = <floating *>malloc(nt * block * sizeof(floating))
     if scratch == NULL:
+        free(offsets)
         raise MemoryError("im2col_gemm_pool: no memory for the bands")
     cdef Py_ssize_t task
     try:
@@ -735,7 +759,36 @@ cdef int _bands(const Geometry *g, const Bands *p, const floating *x, const floa
                       band, scratch + threadid() * block, max_rows)
     finally:
         free(scratch)
+        free(offsets)
     return 0
+
+
+cdef inline Py_ssize_t _rows_in(const Geometry *g, Py_ssize_t rows) noexcept nogil:
+    """Input rows that `rows` consecutive conv rows read."""
+    return (rows - 1) * g.SH + (g.KH - 1) * g.DH + 1
+
+
+cdef void _padded_rows(const floating *x, floating *dst, const Geometry *g, Py_ssize_t n,
+                       Py_ssize_t oy0, Py_ssize_t count, Py_ssize_t WP) noexcept nogil:
+    """dst (count, WP, C) = sample n's input rows from oy0 * SH - PT on, columns from -PL
+    on, zero outside the image."""
+    cdef Py_ssize_t C = g.C, r, iy, ix0 = -g.PL, lo, hi
+    cdef const floating *src
+    cdef floating *row
+    lo = max(0, -ix0)                       # first column of dst inside the image
+    hi = max(lo, min(WP, g.W - ix0))        # one past the last
+    for r in range(count):
+        row = dst + r * WP * C
+        iy = oy0 * g.SH - g.PT + r
+        if iy < 0 or iy >= g.H:
+            memset(row, 0, WP * C * sizeof(floating))
+            continue
+        src = x + ((n * g.H + iy) * g.W + ix0) * C
+        if lo > 0:
+            memset(row, 0, lo * C * sizeof(floating))
+        memcpy(row + lo * C, src + lo * C, (hi - lo) * C * sizeof(floating))
+        if hi < WP:
+            memset(row + hi * C, 0, (WP - hi) * C * sizeof(floating))
 
 
 cdef void _band(const Geometry *g, const Bands *p, const floating *x, const floating *b,
@@ -746,14 +799,32 @@ cdef void _band(const Geometry *g, const Bands *p, const floating *x, const floa
     cdef Py_ssize_t depth = g.KH * g.KW * g.C, F = p.F, r
     cdef Py_ssize_t q1 = min(p.QH, q0 + band), oy0 = q0 * p.SH
     cdef Py_ssize_t rows = (q1 - 1) * p.SH + p.PH - oy0
-    cdef floating *conv = cols + max_rows * g.OW * depth
-    for r in range(rows):
-        _im2col_row(x, cols - (n * g.OH + oy0) * g.OW * depth, g, n * g.OH + oy0 + r)
-    _gemm_serial(rows * g.OW, F, depth, cols, depth, 1, b, F, conv, F, False)
-    if bias != NULL or p.act != ACT_LINEAR:
+    cdef floating *conv
+    if p.implicit:
+        conv = cols + _rows_in(g, max_rows) * p.WP * g.C
+        _padded_rows(x, cols, g, n, oy0, _rows_in(g, rows), p.WP)
+        if floating is float:
+            sgemm_rows_serial(rows * g.OW, F, g.KW * g.C, g.KH, g.DH * p.WP * g.C, cols,
+                              p.offsets, b, F, conv, F)
+        else:
+            dgemm_rows_serial(rows * g.OW, F, g.KW * g.C, g.KH, g.DH * p.WP * g.C, cols,
+                              p.offsets, b, F, conv, F)
+    else:
+        conv = cols + max_rows * g.OW * depth
+        for r in range(rows):
+            _im2col_row(x, cols - (n * g.OH + oy0) * g.OW * depth, g, n * g.OH + oy0 + r)
+        _gemm_serial(rows * g.OW, F, depth, cols, depth, 1, b, F, conv, F, False)
+    cdef floating *out = y + n * p.QH * p.QW * F
+    cdef bint act = bias != NULL or p.act != ACT_LINEAR
+    if act and not p.max_pool:
         _bias_act_rows(conv, bias, rows * g.OW, F, p.act, <floating>p.alpha)
-    _pool_rows(conv, y + n * p.QH * p.QW * F, q0, q1, oy0, g.OW, p.QW, F, p.PH, p.PW,
-               p.SH, p.SW, p.max_pool)
+    _pool_rows(conv, out, q0, q1, oy0, g.OW, p.QW, F, p.PH, p.PW, p.SH, p.SW, p.max_pool)
+    if act and p.max_pool:
+        # after the max: adding the bias and these activations are non-decreasing, and
+        # so is rounding, so the max of act(v + bias) is act(max(v) + bias), bit for bit,
+        # on a quarter of the values (2x2 pooling)
+        _bias_act_rows(out + q0 * p.QW * F, bias, (q1 - q0) * p.QW, F, p.act,
+                       <floating>p.alpha)
 
 # -- thin convolution with its pooling (inference) ------------------------------------------
 cdef extern from "conv_thin.h" nogil:
@@ -810,7 +881,7 @@ def thin_conv_pool(x, kernel, bias, y, tuple padding, tuple conv_size, bint max_
         raise ValueError(f"padding must be non-negative and conv_size positive; got "
                          f"{padding} and {conv_size}")
     _check_pooling(g.QH, g.QW, g.OH, g.OW, window, strides)
-    _check_row_activation(activation)
+    _check_row_activation(activation, alpha)
     if N == 0 or g.F == 0:
         return
     if t == cnp.NPY_FLOAT:

@@ -77,6 +77,14 @@ cdef extern from "cn_kernels.h" nogil:
                                 float *c, int64_t ldc, int64_t m, int beta) noexcept nogil
     ctypedef void (*cn_ddots_t)(int64_t k, const double *a, int64_t a_rs, const double *b,
                                 double *c, int64_t ldc, int64_t m, int beta) noexcept nogil
+    ctypedef void (*cn_sgemm_rows_ukr_t)(int64_t k, int64_t nseg, int64_t seg_stride,
+                                         const float *const *a_rows, const float *b,
+                                         int64_t b_rs, float *c, int64_t ldc, int m, int n,
+                                         int beta) noexcept nogil
+    ctypedef void (*cn_dgemm_rows_ukr_t)(int64_t k, int64_t nseg, int64_t seg_stride,
+                                         const double *const *a_rows, const double *b,
+                                         int64_t b_rs, double *c, int64_t ldc, int m, int n,
+                                         int beta) noexcept nogil
     ctypedef struct cn_kernel_table:
         int isa
         const char *name
@@ -95,6 +103,8 @@ cdef extern from "cn_kernels.h" nogil:
         cn_dgemv_t dgemv
         cn_sdots_t sdots
         cn_ddots_t ddots
+        cn_sgemm_rows_ukr_t sgemm_rows_ukr
+        cn_dgemm_rows_ukr_t dgemm_rows_ukr
     int CN_ISA_GENERIC, CN_ISA_AVX2, CN_ISA_AVX512, CN_ISA_COUNT
     int cn_cpu_supports(int isa)
     int cn_best_isa()
