@@ -57,6 +57,38 @@ def test_one_sample_lstm_matches_reference_and_training_run(isa, kernel_threads,
                                            err_msg=label)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_one_sample_lstm_splits_units_among_threads_bit_for_bit(isa, dtype, restore_threads):
+    """Threads split the units in blocks of 64 (a step's products and gate math) and meet
+    after each step: the same bits as one thread, on two and three threads, for unit counts
+    of one block, of whole blocks and with a short last block, with a mask, go_backwards
+    and other activations."""
+    rng = np.random.default_rng(122)
+    t, f = 9, 13
+    mask = np.array([[True, False, True, True, True, False, True, True, True]])
+    for units in (61, 128, 130, 200):
+        for kw in ({}, {"activation": "relu", "recurrent_activation": "hard_sigmoid"}):
+            for back in (False, True):
+                layer = layers.LSTM(units, return_sequences=True, return_state=True,
+                                    go_backwards=back, dtype=dtype, **kw)
+                layer.build((t, f))
+                layer.set_weights([rng.normal(scale=0.3, size=w.shape).astype(dtype)
+                                   for w in layer.get_weights()])
+                x = rng.normal(size=(1, t, f)).astype(dtype)
+                runs = []
+                for threads in (1, 3, 2):
+                    cn.set_num_threads(threads)
+                    K._set_one_parallel_min_macs_for_tests(0 if threads > 1 else -1)
+                    try:
+                        runs.append([o.copy() for o in layer.forward(x, training=False,
+                                                                     mask=mask)])
+                    finally:
+                        K._set_one_parallel_min_macs_for_tests(-1)
+                for other in runs[1:]:
+                    for a, b in zip(runs[0], other):
+                        np.testing.assert_array_equal(a, b, err_msg=f"{units} {kw} {back}")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_lstm_forward_one_reads_strided_weights_and_checks_buffers(isa, dtype):
     """The kernel against lstm_forward on the step_weights operand, with a kernel and a

@@ -35,7 +35,8 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
 from cyneuron._kernels._openmp cimport (
-    cn_omp_barrier, cn_omp_max_threads, cn_omp_num_threads, cn_omp_thread_num, threads_for)
+    cn_omp_barrier, cn_omp_max_threads, cn_omp_num_threads, cn_omp_thread_num,
+    distance_percent, threads_for)
 from cyneuron._kernels cimport _math
 from cyneuron._kernels.gemm cimport dgemm_serial, sgemm_serial
 from cyneuron._kernels.gemm import block_sizes as _gemm_block_sizes
