@@ -1110,10 +1110,11 @@ def test_thin_conv_pool_checks_its_arguments():
 # im2col_gemm_pool reads the patches in place (no im2col) when a kernel row is 16 values
 # or more and dilation along the width is 1: these add K in blocks of whole kernel rows
 # (3 x 150 values: two rows, then one) and kernel rows cut in parts (450 values), with
-# ragged filter slivers.
+# ragged filter slivers; a single sample on several threads splits its filters.
 POOL_CASES = COL2IM_GEMM_CASES + [
     (1, (6, 7), 50, 37, (3, 3), (1, 1), (1, 1), (1, 1)),
     (2, (5, 5), 150, 3, (3, 3), (2, 2), (1, 1), (1, 1)),
+    (1, (9, 8), 20, 70, (3, 3), (1, 1), (1, 1), (1, 1)),    # one sample: threads split F
 ]
 
 

@@ -528,7 +528,7 @@ def im2col_gemm(const floating[:, :, :, ::1] x, const floating[:, ::1] b,
             _gemm_serial((n1 - n0) * rows_per, F, depth, buf, depth, 1, &b[0, 0], F,
                          &out[n0 * rows_per, 0], F, False)
             if bp != NULL or activation != ACT_LINEAR:
-                _bias_act_rows(&out[n0 * rows_per, 0], bp, (n1 - n0) * rows_per, F,
+                _bias_act_rows(&out[n0 * rows_per, 0], F, bp, (n1 - n0) * rows_per, F,
                                activation, <floating>alpha)
     finally:
         free(scratch)
@@ -547,9 +547,9 @@ cdef enum:
     BIAS_ACT_ROWS = 1 << 20      # rows per call of the epilogue's loops
 
 
-cdef void _bias_act_rows(floating *y, const floating *bias, Py_ssize_t rows, Py_ssize_t F,
-                         int act, floating alpha) noexcept nogil:
-    """y = act(y + bias) on rows x F values (linear, relu, leaky_relu): the GEMM
+cdef void _bias_act_rows(floating *y, Py_ssize_t ldy, const floating *bias, Py_ssize_t rows,
+                         Py_ssize_t F, int act, floating alpha) noexcept nogil:
+    """y = act(y + bias) on rows x F values, rows ldy apart (linear, relu, leaky_relu): the GEMM
     epilogue's loops, so the same bits as a fused epilogue (leaky_relu as max(v, slope v),
     min for a slope > 1, the plain form for a zero slope: v > 0 ? v : slope v)."""
     cdef int avx2 = current_isa() != 0
@@ -557,9 +557,9 @@ cdef void _bias_act_rows(floating *y, const floating *bias, Py_ssize_t rows, Py_
     while r0 < rows:      # the C loops count rows in an int
         m = min(<Py_ssize_t>BIAS_ACT_ROWS, rows - r0)
         if floating is float:
-            cn_bias_act_f32(avx2, y + r0 * F, F, <int>m, <int>F, bias, act, alpha)
+            cn_bias_act_f32(avx2, y + r0 * ldy, ldy, <int>m, <int>F, bias, act, alpha)
         else:
-            cn_bias_act_f64(avx2, y + r0 * F, F, <int>m, <int>F, bias, act, alpha)
+            cn_bias_act_f64(avx2, y + r0 * ldy, ldy, <int>m, <int>F, bias, act, alpha)
         r0 += m
 
 
@@ -567,6 +567,9 @@ cdef void _bias_act_rows(floating *y, const floating *bias, Py_ssize_t rows, Py_
 # Bytes of patches plus conv rows in one band of im2col_gemm_pool: an L2-sized block.
 cdef enum:
     POOL_BAND_BYTES = 384 * 1024
+    # filters per part when threads split them: a multiple of every micro-kernel's NR,
+    # so a part's slivers are the unsplit product's (the same bits)
+    FILTER_PART = 32
     # the shortest kernel row (KW*C values) read as a segment of an implicit patch; below
     # it the patches are copied (im2col)
     IMPLICIT_MIN_SEGMENT = 16
@@ -574,10 +577,11 @@ cdef enum:
 
 cdef void _pool_rows(const floating *conv, floating *y, Py_ssize_t q0, Py_ssize_t q1,
                      Py_ssize_t oy0, Py_ssize_t OW, Py_ssize_t QW, Py_ssize_t F,
-                     Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t SH, Py_ssize_t SW,
-                     bint max_pool) noexcept nogil:
+                     Py_ssize_t nf, Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t SH,
+                     Py_ssize_t SW, bint max_pool) noexcept nogil:
     """Pooled rows q0..q1-1 of one sample (y: its (QH, QW, F) output) from its conv rows
-    oy0.. in conv (rows x OW x F)."""
+    oy0.. in conv (rows x OW x F), the first nf channels (conv and y may point at a later
+    channel)."""
     cdef Py_ssize_t qy, qx, i, j, f
     cdef const floating *v
     cdef floating *out
@@ -586,7 +590,7 @@ cdef void _pool_rows(const floating *conv, floating *y, Py_ssize_t q0, Py_ssize_
         for qx in range(QW):
             out = y + (qy * QW + qx) * F
             v = conv + ((qy * SH - oy0) * OW + qx * SW) * F
-            for f in range(F):
+            for f in range(nf):
                 out[f] = v[f]
             for i in range(PH):
                 for j in range(PW):
@@ -594,13 +598,13 @@ cdef void _pool_rows(const floating *conv, floating *y, Py_ssize_t q0, Py_ssize_
                         continue
                     v = conv + ((qy * SH + i - oy0) * OW + qx * SW + j) * F
                     if max_pool:
-                        for f in range(F):
+                        for f in range(nf):
                             out[f] = v[f] if v[f] > out[f] else out[f]
                     else:
-                        for f in range(F):
+                        for f in range(nf):
                             out[f] = out[f] + v[f]
             if not max_pool:
-                for f in range(F):
+                for f in range(nf):
                     out[f] = out[f] * scale
 
 
@@ -721,13 +725,20 @@ cdef int _bands(const Geometry *g, const Bands *p, const floating *x, const floa
     # each sample cut into enough bands for two a thread (balance: 3 samples on 2
     # threads, LeNet's second layer: 3 whole-sample bands 75 us, 6 half-sample bands 60 us)
     cdef Py_ssize_t per_q = PH * g.OW * (depth + F) * sizeof(floating)
-    cdef Py_ssize_t band = max(1, min(QH, POOL_BAND_BYTES // per_q)), cuts
+    cdef Py_ssize_t band = max(1, min(QH, POOL_BAND_BYTES // per_q)), cuts, parts = 1
     cdef int nt = threads_for(<double> g.N * g.OH * g.OW * depth * F)
-    if nt > 1 and g.N < 2 * nt:
+    if nt > 1 and g.N < nt and F >= 2 * FILTER_PART:
+        # fewer samples than threads: the threads split the filters instead, each on all
+        # the rows (LeNet's second layer, one sample, 2 threads near: 7 pooled rows in
+        # bands give one thread 4 of them, 20.3 us; two halves of the 64 filters 18.8 us)
+        parts = min(<Py_ssize_t>nt, (F + FILTER_PART - 1) // FILTER_PART)
+    elif nt > 1 and g.N < 2 * nt:
         cuts = (2 * nt + g.N - 1) // g.N
         band = min(band, max(1, (QH + cuts - 1) // cuts))
-    cdef Py_ssize_t per_sample = (QH + band - 1) // band, tasks = g.N * per_sample
+    cdef Py_ssize_t per_sample = (QH + band - 1) // band, tasks = g.N * per_sample * parts
     nt = <int>min(<Py_ssize_t>nt, tasks)
+    # filter part k: [f_at(k), f_at(k + 1)), whole multiples of FILTER_PART
+    cdef Py_ssize_t units = (F + FILTER_PART - 1) // FILTER_PART
     cdef Py_ssize_t max_rows = (band - 1) * SH + PH        # conv rows of a band
     cdef Py_ssize_t block = max_rows * g.OW * (depth + F)
     cdef Bands q = p[0]
@@ -747,16 +758,22 @@ cdef int _bands(const Geometry *g, const Bands *p, const floating *x, const floa
     if scratch == NULL:
         free(offsets)
         raise MemoryError("im2col_gemm_pool: no memory for the bands")
-    cdef Py_ssize_t task
+    cdef Py_ssize_t task, rest, k
     try:
         if nt == 1:     # no parallel region (its start costs ~0.8 us)
             for task in range(tasks):
-                _band(g, p, x, b, bias, y, task // per_sample, (task % per_sample) * band,
-                      band, scratch, max_rows)
+                rest, k = task // parts, task % parts
+                _band(g, p, x, b, bias, y, rest // per_sample, (rest % per_sample) * band,
+                      band, scratch, max_rows, min(F, units * k // parts * FILTER_PART),
+                      min(F, units * (k + 1) // parts * FILTER_PART))
         else:
             for task in prange(tasks, nogil=True, num_threads=nt, schedule="static"):
-                _band(g, p, x, b, bias, y, task // per_sample, (task % per_sample) * band,
-                      band, scratch + threadid() * block, max_rows)
+                rest = task // parts
+                k = task % parts
+                _band(g, p, x, b, bias, y, rest // per_sample, (rest % per_sample) * band,
+                      band, scratch + threadid() * block, max_rows,
+                      min(F, units * k // parts * FILTER_PART),
+                      min(F, units * (k + 1) // parts * FILTER_PART))
     finally:
         free(scratch)
         free(offsets)
@@ -793,10 +810,14 @@ cdef void _padded_rows(const floating *x, floating *dst, const Geometry *g, Py_s
 
 cdef void _band(const Geometry *g, const Bands *p, const floating *x, const floating *b,
                 const floating *bias, floating *y, Py_ssize_t n, Py_ssize_t q0,
-                Py_ssize_t band, floating *cols, Py_ssize_t max_rows) noexcept nogil:
-    """Pooled rows q0.. (at most `band`) of sample n: their conv rows' patches into cols,
-    the GEMM into the conv rows after them, bias and activation, pooling into y."""
-    cdef Py_ssize_t depth = g.KH * g.KW * g.C, F = p.F, r
+                Py_ssize_t band, floating *cols, Py_ssize_t max_rows, Py_ssize_t f0,
+                Py_ssize_t f1) noexcept nogil:
+    """Pooled rows q0.. (at most `band`) of sample n, filters [f0, f1): their conv rows'
+    patches into cols, the GEMM into the conv rows after them, bias and activation,
+    pooling into y."""
+    cdef Py_ssize_t depth = g.KH * g.KW * g.C, F = p.F, nf = f1 - f0, r
+    if nf <= 0:
+        return
     cdef Py_ssize_t q1 = min(p.QH, q0 + band), oy0 = q0 * p.SH
     cdef Py_ssize_t rows = (q1 - 1) * p.SH + p.PH - oy0
     cdef floating *conv
@@ -804,26 +825,28 @@ cdef void _band(const Geometry *g, const Bands *p, const floating *x, const floa
         conv = cols + _rows_in(g, max_rows) * p.WP * g.C
         _padded_rows(x, cols, g, n, oy0, _rows_in(g, rows), p.WP)
         if floating is float:
-            sgemm_rows_serial(rows * g.OW, F, g.KW * g.C, g.KH, g.DH * p.WP * g.C, cols,
-                              p.offsets, b, F, conv, F)
+            sgemm_rows_serial(rows * g.OW, nf, g.KW * g.C, g.KH, g.DH * p.WP * g.C, cols,
+                              p.offsets, b + f0, F, conv + f0, F)
         else:
-            dgemm_rows_serial(rows * g.OW, F, g.KW * g.C, g.KH, g.DH * p.WP * g.C, cols,
-                              p.offsets, b, F, conv, F)
+            dgemm_rows_serial(rows * g.OW, nf, g.KW * g.C, g.KH, g.DH * p.WP * g.C, cols,
+                              p.offsets, b + f0, F, conv + f0, F)
     else:
         conv = cols + max_rows * g.OW * depth
         for r in range(rows):
             _im2col_row(x, cols - (n * g.OH + oy0) * g.OW * depth, g, n * g.OH + oy0 + r)
-        _gemm_serial(rows * g.OW, F, depth, cols, depth, 1, b, F, conv, F, False)
-    cdef floating *out = y + n * p.QH * p.QW * F
+        _gemm_serial(rows * g.OW, nf, depth, cols, depth, 1, b + f0, F, conv + f0, F, False)
+    cdef floating *out = y + n * p.QH * p.QW * F + f0
+    cdef const floating *bf = bias + f0 if bias != NULL else NULL
     cdef bint act = bias != NULL or p.act != ACT_LINEAR
     if act and not p.max_pool:
-        _bias_act_rows(conv, bias, rows * g.OW, F, p.act, <floating>p.alpha)
-    _pool_rows(conv, out, q0, q1, oy0, g.OW, p.QW, F, p.PH, p.PW, p.SH, p.SW, p.max_pool)
+        _bias_act_rows(conv + f0, F, bf, rows * g.OW, nf, p.act, <floating>p.alpha)
+    _pool_rows(conv + f0, out, q0, q1, oy0, g.OW, p.QW, F, nf, p.PH, p.PW, p.SH, p.SW,
+               p.max_pool)
     if act and p.max_pool:
         # after the max: adding the bias and these activations are non-decreasing, and
         # so is rounding, so the max of act(v + bias) is act(max(v) + bias), bit for bit,
         # on a quarter of the values (2x2 pooling)
-        _bias_act_rows(out + q0 * p.QW * F, bias, (q1 - q0) * p.QW, F, p.act,
+        _bias_act_rows(out + q0 * p.QW * F, F, bf, (q1 - q0) * p.QW, nf, p.act,
                        <floating>p.alpha)
 
 # -- thin convolution with its pooling (inference) ------------------------------------------
