@@ -1029,7 +1029,8 @@ THIN_CASES = [   # x (N, H, W, C), kernel (KH, KW), padding, conv size, pool win
     ((2, 8, 7, 2), (2, 3), (0, 1), (8, 7), (1, 1), (1, 1)),        # no pooling
     ((5, 1, 17, 4), (1, 5), (0, 2), (1, 17), (1, 3), (1, 3)),      # a Conv1D
     ((2, 6, 6, 32), (1, 1), (0, 0), (6, 6), (2, 2), (2, 2)),       # 32 values a patch
-]
+    ((2, 12, 10, 1), (5, 5), (2, 2), (12, 10), (2, 2), (2, 2)),    # 5x5 grey (3x3 grey and
+]                                                                  # RGB above: unrolled)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
