@@ -112,7 +112,8 @@ class _Op:
                       and not layer.activation.needs_input)
         if self.dense:
             fused = epilogue_of(layer.activation) if fusion_enabled() else None
-            self.epilogue = None if not fusion_enabled() else fused or (0, 0.0)
+            self.epilogue = None if not fusion_enabled() else \
+                (int(fused[0]), fused[1]) if fused else (0, 0.0)   # a plain int code
             # not element-wise (softmax): after the product, in place
             self.after = None if fused is not None or layer.activation.name == "linear" \
                 else layer.activation
@@ -354,7 +355,7 @@ class _ConvSetup:
             if thin_direct:
                 self.fused = (_conv_k.thin_conv_pool, x4, plan.window + (c, f),
                               (plan.padding, plan.out_hw, True, (1, 1), (1, 1),
-                               conv._epilogue, conv._alpha))
+                               int(conv._epilogue), conv._alpha))
             return
         self.pool_plan = pool._plan(conv_shape)
         _, out_hw, window, strides, padding = self.pool_plan
@@ -371,11 +372,11 @@ class _ConvSetup:
         if padding == (0, 0) and thin_direct:
             self.fused = (_conv_k.thin_conv_pool, x4, plan.window + (c, f),
                           (plan.padding, plan.out_hw, pool._max, window, strides,
-                           conv._epilogue, conv._alpha))
+                           int(conv._epilogue), conv._alpha))
         elif padding == (0, 0) and banded:
             self.fused = (_conv_k.im2col_gemm_pool, x4, (depth, f),
-                          plan.args() + (pool._max, window, strides, conv._epilogue,
-                                         conv._alpha))
+                          plan.args() + (pool._max, window, strides,
+                                         int(conv._epilogue), conv._alpha))
         self.hw = self.pool_plan[0]
         if self.winograd:     # the layer's chunks of the batch (_Conv._chunks), pooled one by one
             self.step = max(1, _Conv._chunks(n, tiles)[0])
