@@ -90,14 +90,15 @@ static inline int64_t cn_thin_scratch(const cn_thin_geometry *g) {
     return (g->OH + g->KH - 1) * (g->OW + g->KW - 1) * g->C + g->PH * g->OW * g->F;
 }
 
-/* cn_thin_conv_pool_f32 / _f64(isa, ...): the copy for isa 0 (baseline), 1 (AVX2) or 2
- * (AVX-512), the GEMM's current_isa */
+/* cn_thin_conv_pool_f32 / _f64(isa, ..., q0, q1): pooled rows [q0, q1) of one sample by
+ * the copy for isa 0 (baseline), 1 (AVX2) or 2 (AVX-512), the GEMM's current_isa */
 #define CN_THIN_DISPATCH(tn, T)                                                           \
 static inline void cn_thin_conv_pool_##tn(int isa, const cn_thin_geometry *g, const T *x,  \
-                                          const T *w, const T *bias, T *y, T *scratch) {   \
-    if (isa >= 2) cn_thin_conv_pool_##tn##_avx512(g, x, w, bias, y, scratch);              \
-    else if (isa == 1) cn_thin_conv_pool_##tn##_avx2(g, x, w, bias, y, scratch);           \
-    else cn_thin_conv_pool_##tn##_generic(g, x, w, bias, y, scratch);                      \
+                                          const T *w, const T *bias, T *y, T *scratch,     \
+                                          int64_t q0, int64_t q1) {                        \
+    if (isa >= 2) cn_thin_conv_pool_##tn##_avx512(g, x, w, bias, y, scratch, q0, q1);      \
+    else if (isa == 1) cn_thin_conv_pool_##tn##_avx2(g, x, w, bias, y, scratch, q0, q1);   \
+    else cn_thin_conv_pool_##tn##_generic(g, x, w, bias, y, scratch, q0, q1);              \
 }
 CN_THIN_DISPATCH(f32, float)
 CN_THIN_DISPATCH(f64, double)

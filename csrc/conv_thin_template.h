@@ -118,11 +118,12 @@ CN_ATTR static inline __attribute__((always_inline)) void CN_CAT(cn_thin_row, CN
 #undef CN_ACT_V
 }
 
-/* y (QH, QW, F) of one sample x (H, W, C); scratch: cn_thin_scratch(g) values. */
+/* Pooled rows [q0, q1) of y (QH, QW, F) of one sample x (H, W, C); scratch:
+ * cn_thin_scratch(g) values. */
 CN_ATTR static void CN_CAT(cn_thin_conv_pool, CN_SFX)(const cn_thin_geometry *g,
                                                       const CN_T *x, const CN_T *w,
                                                       const CN_T *bias, CN_T *y,
-                                                      CN_T *scratch) {
+                                                      CN_T *scratch, int64_t q0, int64_t q1) {
     const int64_t C = g->C, F = g->F, stride = g->OW * F;
     const int64_t HP = g->OH + g->KH - 1, WP = g->OW + g->KW - 1;
     enum { VL = CN_BYTES / sizeof(CN_T) };
@@ -136,7 +137,7 @@ CN_ATTR static void CN_CAT(cn_thin_conv_pool, CN_SFX)(const cn_thin_geometry *g,
                    (size_t)((x1 - x0) * C) * sizeof(CN_T));
     }
     const CN_T scale = (CN_T)1 / (CN_T)(g->PH * g->PW);
-    for (int64_t qy = 0; qy < g->QH; qy++) {
+    for (int64_t qy = q0; qy < q1; qy++) {
         for (int64_t i = 0; i < g->PH; i++) {
             CN_T *dst = band + i * stride;
             const int64_t oy = qy * g->SH + i;

@@ -1060,7 +1060,7 @@ def test_thin_conv_pool_matches_numpy(kernel_threads, isa, dtype, filters, xshap
                                       pool_strides, act)
             np.testing.assert_allclose(y, want, rtol=tol, atol=tol * max(1, np.abs(want).max()),
                                        err_msg=f"{name} max_pool={max_pool}")
-            if kernel_threads > 1:      # each sample on one thread: the serial bits
+            if kernel_threads > 1:      # samples or rows of one on any thread: serial bits
                 cn.set_num_threads(1)
                 serial = np.empty_like(y)
                 _k.thin_conv_pool(x, kernel, b, serial, padding, conv_size, max_pool, pool,
