@@ -674,6 +674,8 @@ cdef struct Bands:
     bint implicit
     Py_ssize_t WP
     const int64_t *offsets
+    # the tasks (_bands): sample, band of `band` pooled rows, part of the filters
+    Py_ssize_t band, per_sample, parts, max_rows
 
 
 def im2col_gemm_pool(x, b, bias, y, tuple window, tuple strides, tuple dilation,
@@ -737,11 +739,10 @@ cdef int _bands(const Geometry *g, const Bands *p, const floating *x, const floa
         band = min(band, max(1, (QH + cuts - 1) // cuts))
     cdef Py_ssize_t per_sample = (QH + band - 1) // band, tasks = g.N * per_sample * parts
     nt = <int>min(<Py_ssize_t>nt, tasks)
-    # filter part k: [f_at(k), f_at(k + 1)), whole multiples of FILTER_PART
-    cdef Py_ssize_t units = (F + FILTER_PART - 1) // FILTER_PART
     cdef Py_ssize_t max_rows = (band - 1) * SH + PH        # conv rows of a band
     cdef Py_ssize_t block = max_rows * g.OW * (depth + F)
     cdef Bands q = p[0]
+    q.band, q.per_sample, q.parts, q.max_rows = band, per_sample, parts, max_rows
     cdef int64_t *offsets = NULL
     cdef Py_ssize_t r
     if q.implicit:
@@ -758,22 +759,14 @@ cdef int _bands(const Geometry *g, const Bands *p, const floating *x, const floa
     if scratch == NULL:
         free(offsets)
         raise MemoryError("im2col_gemm_pool: no memory for the bands")
-    cdef Py_ssize_t task, rest, k
+    cdef Py_ssize_t task
     try:
         if nt == 1:     # no parallel region (its start costs ~0.8 us)
             for task in range(tasks):
-                rest, k = task // parts, task % parts
-                _band(g, p, x, b, bias, y, rest // per_sample, (rest % per_sample) * band,
-                      band, scratch, max_rows, min(F, units * k // parts * FILTER_PART),
-                      min(F, units * (k + 1) // parts * FILTER_PART))
+                _band(g, p, x, b, bias, y, task, scratch)
         else:
             for task in prange(tasks, nogil=True, num_threads=nt, schedule="static"):
-                rest = task // parts
-                k = task % parts
-                _band(g, p, x, b, bias, y, rest // per_sample, (rest % per_sample) * band,
-                      band, scratch + threadid() * block, max_rows,
-                      min(F, units * k // parts * FILTER_PART),
-                      min(F, units * (k + 1) // parts * FILTER_PART))
+                _band(g, p, x, b, bias, y, task, scratch + threadid() * block)
     finally:
         free(scratch)
         free(offsets)
@@ -809,16 +802,20 @@ cdef void _padded_rows(const floating *x, floating *dst, const Geometry *g, Py_s
 
 
 cdef void _band(const Geometry *g, const Bands *p, const floating *x, const floating *b,
-                const floating *bias, floating *y, Py_ssize_t n, Py_ssize_t q0,
-                Py_ssize_t band, floating *cols, Py_ssize_t max_rows, Py_ssize_t f0,
-                Py_ssize_t f1) noexcept nogil:
-    """Pooled rows q0.. (at most `band`) of sample n, filters [f0, f1): their conv rows'
-    patches into cols, the GEMM into the conv rows after them, bias and activation,
-    pooling into y."""
-    cdef Py_ssize_t depth = g.KH * g.KW * g.C, F = p.F, nf = f1 - f0, r
+                const floating *bias, floating *y, Py_ssize_t task,
+                floating *cols) noexcept nogil:
+    """Task `task` of _bands: pooled rows q0.. (at most p.band) of sample n, filters
+    [f0, f1) (whole parts of FILTER_PART): their conv rows' patches into cols, the GEMM
+    into the conv rows after them, bias and activation, pooling into y."""
+    cdef Py_ssize_t F = p.F, k = task % p.parts, rest = task // p.parts
+    cdef Py_ssize_t units = (F + FILTER_PART - 1) // FILTER_PART
+    cdef Py_ssize_t f0 = min(F, units * k // p.parts * FILTER_PART)
+    cdef Py_ssize_t nf = min(F, units * (k + 1) // p.parts * FILTER_PART) - f0
+    cdef Py_ssize_t n = rest // p.per_sample, q0 = (rest % p.per_sample) * p.band
+    cdef Py_ssize_t depth = g.KH * g.KW * g.C, max_rows = p.max_rows, r
     if nf <= 0:
         return
-    cdef Py_ssize_t q1 = min(p.QH, q0 + band), oy0 = q0 * p.SH
+    cdef Py_ssize_t q1 = min(p.QH, q0 + p.band), oy0 = q0 * p.SH
     cdef Py_ssize_t rows = (q1 - 1) * p.SH + p.PH - oy0
     cdef floating *conv
     if p.implicit:
