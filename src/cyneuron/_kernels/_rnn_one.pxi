@@ -18,7 +18,7 @@
 cdef enum:
     # multiply-adds of one recurrent step (H x 4H) from which the threads split the
     # units, near threads. LSTM(128), T = 50, one sample, Zen 5, 2 threads near (round
-    # trip ~70-110 ns): 0.124 ms on one thread, 0.085 on two
+    # trip ~70-130 ns), predict interleaved: 0.126 ms on one thread, 0.091 on two
     ONE_PARALLEL_MIN_MACS = 32768
     ONE_UNIT_BLOCK = 64
 
