@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import cyneuron as cn
-from cyneuron import _inference, layers
+from cyneuron import _config, _inference, layers
+from cyneuron._kernels import gemm as _gemm
 from cyneuron._kernels import conv as _conv_k
 from cyneuron._kernels import pooling as P
 from cyneuron._kernels import recurrent as K
@@ -438,3 +439,187 @@ def test_thin_convolution_and_pooling_at_every_batch_size(geometry, activation, 
             model.predict(x, batch_size=n),
             _conv_pool_reference(x, kernel, bias, padding, pool, activation, max_pool),
             rtol=1e-5, atol=1e-5)
+
+
+# -- Winograd convolution with its pooling, fused (winograd_conv_pool) -----------------------
+@pytest.fixture
+def winograd_threads(kernel_threads):
+    """On 2 threads, every winograd_conv_pool call is shared, however small."""
+    if kernel_threads > 1:
+        _conv_k._set_winograd_parallel_min_macs_for_tests(0)
+    yield kernel_threads
+    _conv_k._set_winograd_parallel_min_macs_for_tests(-1)
+
+
+def _winograd_reference(x, kernel, bias, padding, conv_size, pool_window, max_pool, activation,
+                        alpha):
+    """numpy, float64: act(conv2d(x) + bias), 3x3, stride 1, padding (top, left) and the
+    output size given (zeros past the input), then pool_window pooling at its strides."""
+    (pt, pl), (oh, ow), (ph, pw) = padding, conv_size, pool_window
+    n, h, w, c = x.shape
+    xp = np.zeros((n, oh + 2, ow + 2, c))
+    rows, cols = min(h, oh + 2 - pt), min(w, ow + 2 - pl)
+    xp[:, pt:pt + rows, pl:pl + cols] = x[:, :rows, :cols]
+    y = np.zeros((n, oh, ow, kernel.shape[3])) + (0 if bias is None else bias)
+    for i in range(3):
+        for j in range(3):
+            y += xp[:, i:i + oh, j:j + ow] @ kernel[i, j].astype(np.float64)
+    y = {0: y, 1: np.maximum(y, 0), 8: np.where(y > 0, y, alpha * y)}[activation]
+    qh, qw = oh // ph, ow // pw
+    windows = y[:, :qh * ph, :qw * pw].reshape(n, qh, ph, qw, pw, -1)
+    return windows.max(axis=(2, 4)) if max_pool else windows.mean(axis=(2, 4))
+
+
+# (N, H, W, C, F), padding, conv size, pool window, max pool, activation code
+_WINOGRAD_CASES = [
+    ((1, 14, 14, 32, 64), (1, 1), (14, 14), (2, 2), True, 1),      # LeNet's second layer
+    ((2, 9, 7, 5, 37), (0, 0), (7, 5), (1, 1), True, 0),           # valid, ragged filters
+    ((3, 13, 11, 17, 70), (1, 2), (13, 10), (2, 4), False, 8),     # average, leaky_relu
+    ((1, 5, 6, 3, 3), (2, 2), (7, 8), (4, 1), True, 1),            # wide padding, few filters
+    ((2, 16, 16, 40, 96), (1, 1), (16, 16), (2, 2), True, 1),
+    ((1, 1, 1, 1, 1), (1, 1), (1, 1), (1, 1), False, 0),           # one pixel
+]
+
+
+@pytest.mark.parametrize("case", _WINOGRAD_CASES, ids=lambda c: "x".join(map(str, c[0])))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_winograd_conv_pool_matches_numpy(case, dtype, isa, winograd_threads):
+    shape, padding, conv_size, pool_window, max_pool, act = case
+    n, h, w, c, f = shape
+    rng = np.random.default_rng(131)
+    x = rng.normal(size=(n, h, w, c)).astype(dtype)
+    kernel = rng.normal(size=(3, 3, c, f)).astype(dtype)
+    cache = _conv_k.WinogradKernel()
+    for bias in (rng.normal(size=f).astype(dtype), None):
+        want = _winograd_reference(x, kernel, bias, padding, conv_size, pool_window, max_pool,
+                                   act, 0.3)
+        y = np.full(want.shape, np.nan, dtype)
+        _conv_k.winograd_conv_pool(x, kernel, bias, y, padding, conv_size, pool_window,
+                                   max_pool, act, 0.3, cache)
+        tol = 2e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(y, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_winograd_conv_pool_gives_the_same_bits_on_any_thread_count(dtype, isa,
+                                                                    restore_threads):
+    rng = np.random.default_rng(132)
+    x = rng.normal(size=(3, 14, 15, 24)).astype(dtype)
+    kernel = rng.normal(size=(3, 3, 24, 100)).astype(dtype)
+    bias = rng.normal(size=100).astype(dtype)
+    results = []
+    _conv_k._set_winograd_parallel_min_macs_for_tests(0)
+    try:
+        for threads in (1, 2, 3):
+            cn.set_num_threads(threads)
+            y = np.empty((3, 7, 7, 100), dtype)
+            _conv_k.winograd_conv_pool(x, kernel, bias, y, (1, 1), (14, 15), (2, 2), True, 1)
+            results.append(y)
+    finally:
+        _conv_k._set_winograd_parallel_min_macs_for_tests(-1)
+    for y in results[1:]:
+        np.testing.assert_array_equal(y, results[0])
+
+
+def test_winograd_kernel_cache_follows_the_kernel_bytes_shape_and_isa():
+    """The kept transform is used only for a kernel of the same bytes, shape and SIMD
+    path: a kernel written in place, another kernel, another shape and another path all
+    give what an uncached call gives."""
+    rng = np.random.default_rng(133)
+    x = rng.normal(size=(2, 9, 9, 16)).astype(np.float32)
+    kernel = rng.normal(size=(3, 3, 16, 32)).astype(np.float32)
+    cache = _conv_k.WinogradKernel()
+
+    def both(k, x=x):
+        y, fresh = (np.empty((len(x), 4, 4, k.shape[3]), np.float32) for _ in range(2))
+        _conv_k.winograd_conv_pool(x, k, None, y, (1, 1), (9, 9), (2, 2), True, 1, 0.0, cache)
+        _conv_k.winograd_conv_pool(x, k, None, fresh, (1, 1), (9, 9), (2, 2), True, 1)
+        np.testing.assert_array_equal(y, fresh)
+        return y
+
+    first = both(kernel)
+    np.testing.assert_array_equal(both(kernel), first)          # kept
+    kernel[2, 1, 7, 30] += 1.0                                   # written in place
+    assert not np.array_equal(both(kernel), first)
+    both(rng.normal(size=(3, 3, 16, 32)).astype(np.float32))     # another kernel
+    both(rng.normal(size=(3, 3, 16, 8)).astype(np.float32))      # another shape
+    both(kernel[:, :, :8].copy(), x[..., :8].copy())
+    before = _gemm.get_isa()
+    try:
+        for name in _config.supported_isas():
+            _gemm.set_isa(name)
+            both(kernel)
+    finally:
+        _gemm.set_isa(before)
+
+
+def test_winograd_conv_pool_refuses_bad_arguments():
+    x = np.zeros((1, 8, 8, 4), np.float32)
+    k = np.zeros((3, 3, 4, 6), np.float32)
+    y = np.zeros((1, 4, 4, 6), np.float32)
+    call = _conv_k.winograd_conv_pool
+    with pytest.raises(ValueError, match="kernel the shape"):
+        call(x, np.zeros((5, 5, 4, 6), np.float32), None, y, (1, 1), (8, 8), (2, 2), True)
+    with pytest.raises(ValueError, match="kernel the shape"):
+        call(x, np.zeros((3, 3, 5, 6), np.float32), None, y, (1, 1), (8, 8), (2, 2), True)
+    with pytest.raises(ValueError, match="padding must be 0-2"):
+        call(x, k, None, y, (3, 1), (8, 8), (2, 2), True)
+    with pytest.raises(ValueError, match="padding must be 0-2"):
+        call(x, k, None, y, (1, 1), (10, 8), (2, 2), True)
+    with pytest.raises(ValueError, match="pool_window"):
+        call(x, k, None, y, (1, 1), (8, 8), (3, 3), True)
+    with pytest.raises(ValueError, match=r"y must have shape \(1, 4, 4, 6\)"):
+        call(x, k, None, np.zeros((1, 8, 8, 6), np.float32), (1, 1), (8, 8), (2, 2), True)
+    with pytest.raises(ValueError, match="bias must have 6"):
+        call(x, k, np.zeros(5, np.float32), y, (1, 1), (8, 8), (2, 2), True)
+    with pytest.raises(ValueError, match="activation code"):
+        call(x, k, None, y, (1, 1), (8, 8), (2, 2), True, 2)
+    with pytest.raises(ValueError, match="slope"):
+        call(x, k, None, y, (1, 1), (8, 8), (2, 2), True, 8, -0.5)
+    with pytest.raises(TypeError, match="dtype"):
+        call(x.astype(np.float64), k, None, y, (1, 1), (8, 8), (2, 2), True)
+    with pytest.raises(ValueError, match="share memory"):
+        shared = np.zeros(256, np.float32)
+        call(shared.reshape(1, 8, 8, 4), k, None, shared[:96].reshape(1, 4, 4, 6), (1, 1),
+             (8, 8), (2, 2), True)
+    assert np.all(y == 0)
+
+
+def _cnn_winograd(seed=0, activation="relu", pooling=layers.MaxPooling2D):
+    """LeNet's second block: 3x3 'same' with 16+ channels in and out, pooled 2x2."""
+    cn.set_seed(seed)
+    stack = [layers.Conv2D(24, 3, padding="same", activation=activation)]
+    if pooling is not None:
+        stack.append(pooling(2))
+    model = cn.Sequential(stack + [layers.Flatten(), layers.Dense(5)])
+    model.build((10, 10, 16))
+    return model
+
+
+@pytest.mark.parametrize("activation, pooling", [
+    ("relu", layers.MaxPooling2D), ("leaky_relu", layers.AveragePooling2D),
+    ("linear", None)])
+def test_winograd_convolutions_take_the_fused_kernel_at_every_batch_size(
+        activation, pooling, isa, winograd_threads):
+    """3x3 stride-1 convolutions wide enough for Winograd run fused in predict, in chunks
+    of WINOGRAD_FUSED_CHUNK_TILES tiles (9 tiles a sample here: 40 samples take two
+    calls), against numpy and the general path (the layer's own Winograd), and follow
+    weights written in place."""
+    model = _cnn_winograd(activation=activation, pooling=pooling)
+    conv = model.layers[0]
+    rng = np.random.default_rng(134)
+    pool = 1 if pooling is None else 2
+    for n in (1, 3, 40, 1):
+        x = rng.normal(size=(n, 10, 10, 16)).astype(np.float32)
+        got = _inference.predict(model, x, n)
+        setup = model._buffers[_inference._KEY].ops[0].setups[x.shape, x.dtype]
+        assert setup.fused[0] is _conv_k.winograd_conv_pool
+        np.testing.assert_allclose(got, _general(model, x), rtol=1e-5, atol=1e-5)
+        conv_out = model._buffers[_inference._KEY].ops[0].run(x, True)
+        kernel, bias = conv.get_weights()
+        np.testing.assert_allclose(
+            conv_out, _conv_pool_reference(x, kernel, bias, "same", pool, activation,
+                                           pooling is not layers.AveragePooling2D),
+            rtol=2e-5, atol=2e-5)
+        conv.kernel.reshape(-1)[n] += 1.0
+        np.testing.assert_allclose(model.predict(x), _general(model, x), rtol=1e-5, atol=1e-5)

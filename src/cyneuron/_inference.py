@@ -156,6 +156,14 @@ CHUNK_BYTES = 384 * 1024
 # at any batch size (measured: LeNet's 14x14x32 -> 64 at batch 1, one thread, 39 µs
 # against 61 µs; at batch 256 Winograd is 1.4x faster).
 WINOGRAD_MIN_TILES = 64
+# Winograd runs fused in one kernel where the activation and pooling allow
+# (conv_k.winograd_conv_pool: the 36 products by the serial GEMM, the transforms in
+# registers, the kernel's transform kept while its bytes stay the same), on chunks of
+# this many tiles. LeNet's 14x14x32 -> 64 + 2x2 max pooling, whole model predict, one
+# thread: batch 1 57.8 -> 45.2 us (the layer: 31 -> 16 us, against im2col + GEMM by
+# bands); batch 256 9.1 -> 6.4 ms (against the layer's Winograd; chunks of 16 / 64 /
+# 256 tiles: 7.2 / 6.7 / 6.4 ms); two threads 5.1 -> 2.9 ms.
+WINOGRAD_FUSED_CHUNK_TILES = 256
 # Thin convolutions with these activations take the direct kernel (conv_k.thin_conv_pool,
 # the pooling after them fused) at any batch: LeNet's 28x28x1 -> 32 + 2x2 max pool,
 # direct / shifted-rows GEMM, 1 thread: batch 1 7.4 / 12.4 us, batch 256 1.14 / 2.02 ms;
@@ -185,6 +193,7 @@ class _ConvOp:
         self.buffers = {}
         self.setups = {}        # input shape -> _ConvSetup
         self.reordered = _ReorderedKernel()
+        self.wino_kernel = _conv_k.WinogradKernel()     # the kernel's transform, kept
 
     def _buffer(self, key, shape, dtype):
         buf = self.buffers.get(key)
@@ -202,7 +211,7 @@ class _ConvOp:
         setup = self.setups.get((x.shape, x.dtype))
         if setup is None or setup.algorithm != conv._algorithm:
             setup = self.setups[x.shape, x.dtype] = _ConvSetup(conv, pool, x.shape,
-                                                              x.itemsize)
+                                                              x.itemsize, self.wino_kernel)
         n, plan = x.shape[0], setup.plan
         if setup.winograd and pool is None:
             y = conv._forward(x, False)
@@ -210,12 +219,18 @@ class _ConvOp:
         out = np.empty(setup.out_shape, x.dtype) if last else \
             self._buffer("out", setup.out_shape, x.dtype)
         bias = conv._weights[1] if conv.use_bias else None
-        if setup.fused is not None:     # one kernel: thin_conv_pool or im2col_gemm_pool
+        if setup.fused is not None:     # one kernel: Winograd, thin or by bands
             kernel, x4, w_shape, args = setup.fused
             w = conv._weights[0]
-            kernel(x if x.ndim == 4 else x.reshape(x4),
-                   w if w.shape == w_shape else w.reshape(w_shape), bias,
-                   out if out.ndim == 4 else out.reshape(setup.out4_shape), *args)
+            x4 = x if x.ndim == 4 else x.reshape(x4)
+            w = w if w.shape == w_shape else w.reshape(w_shape)
+            out4 = out if out.ndim == 4 else out.reshape(setup.out4_shape)
+            step = setup.fused_step
+            if step >= n:
+                kernel(x4, w, bias, out4, *args)
+            else:
+                for n0 in range(0, n, step):
+                    kernel(x4[n0:n0 + step], w, bias, out4[n0:n0 + step], *args)
             return out
         if pool is None:
             self._conv(x, out, plan)
@@ -331,36 +346,49 @@ class _ReorderedKernel:
 
 class _ConvSetup:
     """What _ConvOp.run decides once per input shape: the geometry, Winograd or not,
-    the pooling's plan, a kernel that does it all (fused: the direct thin kernel, or
-    im2col + GEMM + pooling by bands) or else the chunk of samples and the shifted-rows
-    form."""
+    the pooling's plan, a kernel that does it all (fused: Winograd for a few samples,
+    the direct thin kernel, or im2col + GEMM + pooling by bands) or else the chunk of
+    samples and the shifted-rows form."""
 
-    def __init__(self, conv, pool, shape, itemsize):
+    def __init__(self, conv, pool, shape, itemsize, wino_kernel):
         n, c = shape[0], shape[-1]
         self.algorithm = conv._algorithm
         plan = self.plan = conv._plan(shape[1:])
         (oh, ow) = plan.out_hw
         tiles = _wino.tiles(oh) * _wino.tiles(ow)
-        self.winograd = conv._use_winograd(c) and n * tiles >= WINOGRAD_MIN_TILES
         conv_shape = self.conv_shape = conv.compute_output_shape(shape[1:])
+        self.pool_plan = pool._plan(conv_shape) if pool is not None else None
+        x4, f = (n,) + plan.in_hw + (c,), conv.filters
+        self.fused = None       # (kernel, x's 4-D shape, the weights' shape, other arguments)
+        self.fused_step = n     # samples per call of the fused kernel
+        fused_winograd = (conv._use_winograd(c) and conv._epilogue in _DIRECT_EPILOGUES
+                          and self._tile_pooling((oh, ow)) is not None)
+        self.winograd = (conv._use_winograd(c) and n * tiles >= WINOGRAD_MIN_TILES
+                         and not fused_winograd)
+        if pool is None:
+            self.out_shape = (n,) + conv_shape
+            self.out4_shape = (n,) + plan.out_hw + (f,)
+        else:
+            _, out_hw, window, strides, padding = self.pool_plan
+            self.out_shape = (n,) + pool.compute_output_shape(conv_shape)
+            self.out4_shape = (n,) + out_hw + (f,)
+        if fused_winograd:
+            self.fused_step = max(1, WINOGRAD_FUSED_CHUNK_TILES // tiles)
+            self.fused = (_conv_k.winograd_conv_pool, x4, (3, 3, c, f),
+                          (plan.padding, plan.out_hw, self._tile_pooling((oh, ow)),
+                           pool is None or pool._max, int(conv._epilogue), conv._alpha,
+                           wino_kernel))
+            return
         # The direct kernel (conv rows made and pooled in L1, csrc/conv_thin.h) for the
         # activations it applies; a convolution without pooling is pooled 1x1.
         thin = not self.winograd and _ConvOp._thin(plan, c)
         thin_direct = thin and conv._epilogue in _DIRECT_EPILOGUES
-        x4, f = (n,) + plan.in_hw + (c,), conv.filters
-        self.fused = None       # (kernel, x's 4-D shape, the weights' shape, other arguments)
         if pool is None:
-            self.out_shape = (n,) + conv_shape
-            self.out4_shape = (n,) + plan.out_hw + (f,)
             if thin_direct:
                 self.fused = (_conv_k.thin_conv_pool, x4, plan.window + (c, f),
                               (plan.padding, plan.out_hw, True, (1, 1), (1, 1),
                                int(conv._epilogue), conv._alpha))
             return
-        self.pool_plan = pool._plan(conv_shape)
-        _, out_hw, window, strides, padding = self.pool_plan
-        self.out_shape = (n,) + pool.compute_output_shape(conv_shape)
-        self.out4_shape = (n,) + out_hw + (f,)
         depth = plan.window[0] * plan.window[1] * c
         per_sample = oh * ow * (f + (0 if plan.pointwise else depth)) * itemsize
         self.shifted = (thin and padding == (0, 0)
@@ -385,6 +413,18 @@ class _ConvSetup:
         if self.shifted:
             kh, kw = plan.window
             self.hw = (oh, ow + kw - 1)     # the GEMM's rows run over the padded width
+
+    def _tile_pooling(self, conv_hw):
+        """The pooling window (1x1 without a pooling layer) when winograd_conv_pool can
+        pool inside its 4x4 output tiles: windows equal to their strides, 1, 2 or 4
+        each, no padding, the output every whole window. Else None."""
+        if self.pool_plan is None:
+            return (1, 1)
+        _, out_hw, window, strides, padding = self.pool_plan
+        if (window == strides and padding == (0, 0) and all(k in (1, 2, 4) for k in window)
+                and out_hw == (conv_hw[0] // window[0], conv_hw[1] // window[1])):
+            return window
+        return None
 
 
 class _LSTMOp:

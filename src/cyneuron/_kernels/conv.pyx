@@ -21,14 +21,15 @@ im2col_gemm, im2col_gemm_tn and col2im_gemm do a GEMM with the patch matrix a fe
 images at a time, in cache, without the whole matrix (see their section below).
 """
 from cython cimport floating
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport free, malloc
 from libc.stdint cimport int64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 cimport numpy as cnp
 
-from cyneuron._kernels._openmp cimport threads_for
+from cyneuron._kernels._openmp cimport (cn_omp_barrier, cn_omp_max_threads, cn_omp_num_threads,
+                                        cn_omp_thread_num, distance_percent, threads_for)
 from cyneuron._kernels.gemm cimport (current_isa, dgemm_rows_serial, dgemm_serial,
                                      sgemm_rows_serial, sgemm_serial)
 
@@ -954,3 +955,227 @@ cdef int _thin_samples(const cn_thin_geometry *g, Py_ssize_t N, const floating *
     finally:
         free(scratch)
     return 0
+
+
+# -- Winograd convolution with its pooling, a few samples (inference) -----------------------
+cdef extern from "winograd_fused.h" nogil:
+    ctypedef struct cn_wino_geometry:
+        int64_t N, H, W, C, F, PT, PL, OH, OW, TH, TW, PH, PW, QH, QW, VS, US, MS
+        int act, max_pool
+        double alpha
+    int CN_WINO_LINEAR, CN_WINO_RELU, CN_WINO_LEAKY_RELU
+    void cn_wino_input_f32(int isa, const cn_wino_geometry *g, const float *x, float *V,
+                           int64_t t0, int64_t t1)
+    void cn_wino_input_f64(int isa, const cn_wino_geometry *g, const double *x, double *V,
+                           int64_t t0, int64_t t1)
+    void cn_wino_kernel_f32(int isa, const cn_wino_geometry *g, const float *w, float *U,
+                            int64_t c0, int64_t c1)
+    void cn_wino_kernel_f64(int isa, const cn_wino_geometry *g, const double *w, double *U,
+                            int64_t c0, int64_t c1)
+    void cn_wino_output_f32(int isa, const cn_wino_geometry *g, const float *M,
+                            const float *bias, float *y, int64_t f0, int64_t f1)
+    void cn_wino_output_f64(int isa, const cn_wino_geometry *g, const double *M,
+                            const double *bias, double *y, int64_t f0, int64_t f1)
+
+if (CN_WINO_LINEAR, CN_WINO_RELU, CN_WINO_LEAKY_RELU) != (ACT_LINEAR, ACT_RELU, ACT_LEAKY_RELU):
+    raise ImportError("conv: winograd_fused.h's activation codes differ from the Epilogue enum")
+
+cdef enum:
+    # multiply-adds of the 36 transform-domain products from which the threads share a
+    # call (its region meets at two barriers), near threads; scaled by their distance
+    WINO_PARALLEL_MIN_MACS = 262144
+    # the alignment of the transform-domain buffers, in bytes
+    WINO_ALIGN = 64
+
+
+cdef int64_t _wino_min_macs_for_tests = -1
+
+
+def _set_winograd_parallel_min_macs_for_tests(int64_t macs=-1):
+    """Tests only: threads share any winograd_conv_pool call of at least `macs`
+    multiply-adds (0: every call); -1 restores WINO_PARALLEL_MIN_MACS."""
+    global _wino_min_macs_for_tests
+    _wino_min_macs_for_tests = macs
+
+
+cdef class WinogradKernel:
+    """A kernel's transform U (36, C, F) kept between winograd_conv_pool calls, with a
+    copy of the kernel's bytes it was made from: a call whose kernel has the same bytes
+    skips the transform (LeNet's 3x3x32x64 kernel: the transform 4.7 us, the comparison
+    under 1 us, one Zen 5 core). Compared in full because user code may write weights
+    in place. Serves one call at a time (an inference op's, per model replica)."""
+    cdef char *copy
+    cdef char *block
+    cdef char *u
+    cdef Py_ssize_t C, F, us
+    cdef int item, isa
+    cdef bint filled
+
+    def __dealloc__(self):
+        free(self.copy)
+        free(self.block)
+
+    cdef bint holds(self, const void *kernel, Py_ssize_t C, Py_ssize_t F, Py_ssize_t us,
+                    int item, int isa) except -1:
+        """Whether U is this kernel's transform (by the copy for isa); if not, U is
+        sized for it (to be made, then `made` called)."""
+        if self.filled and (C, F, us, item, isa) == (self.C, self.F, self.us, self.item,
+                                                     self.isa):
+            if memcmp(kernel, self.copy, 9 * C * F * item) == 0:
+                return True
+        if self.block == NULL or (C, F, us, item) != (self.C, self.F, self.us, self.item):
+            self.filled = False
+            free(self.copy)
+            free(self.block)
+            self.copy = <char *>malloc(9 * C * F * item)
+            self.block = <char *>malloc(36 * us * item + WINO_ALIGN)
+            if self.copy == NULL or self.block == NULL:
+                free(self.copy)
+                free(self.block)
+                self.copy = self.block = NULL
+                raise MemoryError("winograd_conv_pool: no memory for the kernel transform")
+            self.u = self.block + WINO_ALIGN - <size_t>self.block % WINO_ALIGN
+            self.C, self.F, self.us, self.item = C, F, us, item
+        self.filled = False
+        self.isa = isa
+        return False
+
+    cdef void made(self, const void *kernel) noexcept:
+        """U now holds the transform of this kernel (its bytes kept)."""
+        memcpy(self.copy, kernel, 9 * self.C * self.F * self.item)
+        self.filled = True
+
+
+def winograd_conv_pool(x, kernel, bias, y, tuple padding, tuple conv_size,
+                       tuple pool_window, bint max_pool, int activation=ACT_LINEAR,
+                       double alpha=0.0, WinogradKernel cache=None):
+    """y (N, QH, QW, F) = pool(act(conv(x) + bias)) for a 3x3, stride-1 convolution of
+    x (N, H, W, C) with kernel (3, 3, C, F) by Winograd F(4x4, 3x3) in one call
+    (csrc/winograd_fused.h): kernel and input transforms, the 36 products by the serial
+    GEMM, the output transform with bias, activation (linear, relu or leaky_relu with
+    slope alpha >= 0) and the pooling. padding (top, left), each 0-2; conv_size (OH, OW)
+    of the convolution's output; pool_window (PH, PW) = its strides, each 1, 2 or 4
+    (1x1: y is the convolution's output), max (max_pool) or average, no padding:
+    QH = OH // PH, QW = OW // PW. For a few samples, where the layer's Winograd (36 GEMM
+    calls from Python) is slow; the whole transform domain is allocated per call. Threads
+    share the transforms, the products by (slice, part of FILTER_PART filters) and the
+    output by filters: the same bits on any thread count. float32 or float64
+    C-contiguous ndarrays of one dtype; bias (F,) or None; cache: a WinogradKernel that
+    keeps the kernel's transform for the next call, or None."""
+    cdef void *p[4]
+    cdef int t = _conv_operands(x, kernel, "kernel", 4, bias, y, p)
+    cdef cn_wino_geometry g
+    g.N, g.H, g.W, g.C = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    g.F = kernel.shape[3]
+    if kernel.shape[0] != 3 or kernel.shape[1] != 3 or kernel.shape[2] != g.C \
+            or min(g.H, g.W, g.C) < 1:
+        raise ValueError(f"x must have a non-empty image and kernel the shape (3, 3, {g.C}, "
+                         f"F); got x {x.shape}, kernel {kernel.shape}")
+    g.PT, g.PL = padding
+    g.OH, g.OW = conv_size
+    if not (0 <= g.PT <= 2 and 0 <= g.PL <= 2 and 1 <= g.OH <= g.H + g.PT
+            and 1 <= g.OW <= g.W + g.PL):
+        raise ValueError(f"padding must be 0-2 before each axis and conv_size at least 1 and "
+                         f"at most the padded input less the kernel; got {padding}, {conv_size} "
+                         f"for a {g.H}x{g.W} input")
+    g.PH, g.PW = pool_window
+    if g.PH not in (1, 2, 4) or g.PW not in (1, 2, 4):
+        raise ValueError(f"pool_window must be 1, 2 or 4 along each axis; got {pool_window}")
+    g.QH, g.QW = g.OH // g.PH, g.OW // g.PW
+    if y.shape != (g.N, g.QH, g.QW, g.F):
+        raise ValueError(f"y must have shape {(g.N, g.QH, g.QW, g.F)}; got {y.shape}")
+    if bias is not None and bias.shape[0] != g.F:
+        raise ValueError(f"bias must have {g.F} values; got {bias.shape[0]}")
+    _check_row_activation(activation, alpha)
+    g.act, g.alpha, g.max_pool = activation, alpha, max_pool
+    g.TH, g.TW = (g.OH + 3) // 4, (g.OW + 3) // 4
+    if g.N == 0 or g.F == 0 or g.QH == 0 or g.QW == 0:
+        return
+    if t == cnp.NPY_FLOAT:
+        _winograd(&g, <const float *>p[0], <const float *>p[1], <const float *>p[2],
+                  <float *>p[3], cache)
+    else:
+        _winograd(&g, <const double *>p[0], <const double *>p[1], <const double *>p[2],
+                  <double *>p[3], cache)
+
+
+cdef inline Py_ssize_t _aligned(Py_ssize_t values, Py_ssize_t item) noexcept nogil:
+    """values rounded up to whole WINO_ALIGN-byte blocks."""
+    cdef Py_ssize_t per = WINO_ALIGN // item
+    return (values + per - 1) // per * per
+
+
+cdef int _winograd(cn_wino_geometry *g, const floating *x, const floating *w,
+                   const floating *bias, floating *y, WinogradKernel cache) except -1:
+    """winograd_conv_pool's work, its arguments checked: V (36, T, C), U (36, C, F) (or
+    the cache's) and M (36, T, F) in one scratch block, each slice a row longer than it
+    needs (slices a multiple of 4 KiB apart would put a transform's 36 streams in a few
+    cache sets)."""
+    cdef Py_ssize_t T = g.N * g.TH * g.TW, item = sizeof(floating)
+    g.VS = _aligned((T + 1) * g.C, item)
+    g.US = _aligned((g.C + 1) * g.F, item)
+    g.MS = _aligned((T + 1) * g.F, item)
+    cdef double macs = 36.0 * T * g.C * g.F
+    cdef double min_macs = (<double>_wino_min_macs_for_tests if _wino_min_macs_for_tests >= 0
+                            else <double>WINO_PARALLEL_MIN_MACS * distance_percent() / 100)
+    cdef int nt = cn_omp_max_threads() if macs >= min_macs else 1
+    cdef int isa = current_isa()
+    cdef bint transform = cache is None or not cache.holds(w, g.C, g.F, g.US, item, isa)
+    cdef Py_ssize_t own_u = 36 * g.US if cache is None else 0
+    cdef char *block = <char *>malloc((36 * (g.VS + g.MS) + own_u) * item + WINO_ALIGN)
+    if block == NULL:
+        raise MemoryError("winograd_conv_pool: no memory for the transform domain")
+    cdef floating *V = <floating *>(block + WINO_ALIGN - <size_t>block % WINO_ALIGN)
+    cdef floating *M = V + 36 * g.VS
+    cdef floating *U = M + 36 * g.MS if cache is None else <floating *>cache.u
+    try:
+        if nt == 1:
+            _winograd_share(g, isa, x, w, bias, y, V, U, M, transform, 0, 1)
+        else:
+            with nogil, parallel(num_threads=nt):
+                _winograd_share(g, isa, x, w, bias, y, V, U, M, transform,
+                                cn_omp_thread_num(), cn_omp_num_threads())
+    finally:
+        free(block)
+    if cache is not None and transform:
+        cache.made(w)
+    return 0
+
+
+cdef void _winograd_share(const cn_wino_geometry *g, int isa, const floating *x,
+                          const floating *w, const floating *bias, floating *y, floating *V,
+                          floating *U, floating *M, bint transform, int tid,
+                          int nth) noexcept nogil:
+    """Thread tid of nth's share of _winograd: its tiles of V and (transform) rows of U,
+    then its products, then its filters of y, the threads meeting between the three."""
+    cdef Py_ssize_t T = g.N * g.TH * g.TW, C = g.C, F = g.F
+    if floating is float:
+        cn_wino_input_f32(isa, g, x, V, T * tid // nth, T * (tid + 1) // nth)
+        if transform:
+            cn_wino_kernel_f32(isa, g, w, U, C * tid // nth, C * (tid + 1) // nth)
+    else:
+        cn_wino_input_f64(isa, g, x, V, T * tid // nth, T * (tid + 1) // nth)
+        if transform:
+            cn_wino_kernel_f64(isa, g, w, U, C * tid // nth, C * (tid + 1) // nth)
+    if nth > 1:
+        cn_omp_barrier()
+    # products: (slice xi, part of the filters) pairs; one thread takes all F at once
+    cdef Py_ssize_t parts = 1 if nth == 1 else (F + FILTER_PART - 1) // FILTER_PART
+    cdef Py_ssize_t width = F if nth == 1 else FILTER_PART, tasks = 36 * parts
+    cdef Py_ssize_t task, xi, f0
+    for task in range(tasks * tid // nth, tasks * (tid + 1) // nth):
+        xi = task // parts
+        f0 = (task % parts) * width
+        _gemm_serial(T, min(width, F - f0), C, V + xi * g.VS, C, 1, U + xi * g.US + f0, F,
+                     M + xi * g.MS + f0, F, False)
+    if nth > 1:
+        cn_omp_barrier()
+    # the output by whole parts of the filters (whole vectors of every copy)
+    parts = (F + FILTER_PART - 1) // FILTER_PART
+    cdef Py_ssize_t a = min(F, parts * tid // nth * FILTER_PART)
+    cdef Py_ssize_t b = min(F, parts * (tid + 1) // nth * FILTER_PART)
+    if a < b:
+        if floating is float:
+            cn_wino_output_f32(isa, g, M, bias, y, a, b)
+        else:
+            cn_wino_output_f64(isa, g, M, bias, y, a, b)
