@@ -12,9 +12,11 @@ own _forward. Anything else (lists, dicts, other dtypes, several chunks, masks,
 several inputs or outputs, graphs that are not a chain of layers) returns None and takes the general path, which also raises
 its errors.
 
-Nothing derived from the weights is kept between calls (a packed or reordered copy of a
-kernel): weight arrays are plain numpy arrays that user code may write in place
-(`layer.kernel[...] = v`), and a copy made before such a write would be silently stale.
+Nothing derived from the weights is trusted between calls: weight arrays are plain numpy
+arrays that user code may write in place (`layer.kernel[...] = v`), and a copy made
+before such a write would be silently stale. The two kept copies (a thin convolution's
+reordered kernel, a Winograd kernel's transform) are used only while the kernel's bytes
+equal a copy of them, compared in full on every call.
 
 Thread safety: the program lives in the runner that _take_runner hands out (the model
 itself or a replica, used by one thread at a time) and is rebuilt when a different
