@@ -295,6 +295,44 @@ def test_lean_predict_sees_weights_written_in_place(make):
     np.testing.assert_allclose(after, _general(model, x), rtol=1e-5, atol=1e-6)
 
 
+def _wide_input_mlp(activation="relu", seed=0):
+    """A first Dense layer with many more inputs than outputs: predict checks its
+    product instead of the input (_Op.run_checked)."""
+    cn.set_seed(seed)
+    model = cn.Sequential([layers.Dense(32, activation=activation),
+                           layers.Dense(4, activation="softmax")])
+    model.build((784,))
+    return model
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "leaky_relu", "linear"])
+def test_lean_predict_checks_the_first_product_for_a_wide_input(activation):
+    """Batch 64 x 784 -> 32: the first product is checked instead of x. Finite x: the
+    same bits as the epilogue path (the activation applied in place after the check);
+    a NaN or an infinity anywhere in x: the general path's ValueError naming x; a
+    finite x whose product overflows: the general path's output, no error."""
+    model = _wide_input_mlp(activation)
+    rng = np.random.default_rng(125)
+    x = rng.normal(size=(64, 784)).astype(np.float32)
+    program_ops = lambda: model._buffers[_inference._KEY].ops  # noqa: E731
+    got = model.predict(x)
+    assert program_ops()[0].checks(x)
+    np.testing.assert_allclose(got, _general(model, x), rtol=1e-6, atol=1e-6)
+    unchecked = program_ops()[0].run(x, False).copy()
+    np.testing.assert_array_equal(program_ops()[0].run_checked(x, False), unchecked)
+    for bad in (np.nan, np.inf, -np.inf):
+        for row, col in ((0, 0), (37, 500), (63, 783)):
+            y = x.copy()
+            y[row, col] = bad
+            assert _inference.predict(model, y, 64) is None
+            with pytest.raises(ValueError, match=r"\bx\b"):
+                model.predict(y)
+    huge = x.copy()
+    huge[5] = 3e38             # finite, but its products overflow
+    assert not np.all(np.isfinite(program_ops()[0].run(huge, False)))
+    np.testing.assert_array_equal(model.predict(huge), _general(model, huge))
+
+
 def test_lean_predict_leaves_other_inputs_to_the_general_path():
     model = _mlp("float32")
     x = np.random.default_rng(124).normal(size=(4, 23))

@@ -40,6 +40,11 @@ from .layers.recurrent import LSTM
 from .ops import epilogue_of
 
 _KEY = "lean_predict"
+_LINEAR = int(EPILOGUES["linear"])
+# Inputs of at least this many values whose first layer is a Dense with at most half as
+# many outputs have that layer's product checked for NaN and infinity instead of them
+# (_Op.run_checked).
+FIRST_CHECK_MIN = 16384
 
 
 def predict(model, x, batch_size):
@@ -50,8 +55,6 @@ def predict(model, x, batch_size):
         return None
     flags = x.flags
     if not (flags.c_contiguous and flags.aligned) or x.shape[1:] != model.inputs[0].shape[1:]:
-        return None
-    if not all_finite(x):
         return None
     runner = model._take_runner()
     try:
@@ -96,10 +99,19 @@ class _Program:
                     i += 1
 
     def run(self, x):
-        h = x
-        last = len(self.ops) - 1
-        for i, op in enumerate(self.ops):
-            h = op.run(h, i == last)
+        """The output for x, or None when x holds a NaN or an infinity."""
+        ops, last = self.ops, len(self.ops) - 1
+        first = ops[0]
+        if type(first) is _Op and first.checks(x):
+            h = first.run_checked(x, last == 0)
+            if h is None:
+                return None
+        elif not all_finite(x):
+            return None
+        else:
+            h = first.run(x, last == 0)
+        for i in range(1, last + 1):
+            h = ops[i].run(h, i == last)
         return h
 
 
@@ -123,19 +135,55 @@ class _Op:
             self.rows = getattr(type(self.after), "_forward_kernel", None) \
                 if isinstance(self.after, _RowWise) else None
 
+    def _plain(self, x):
+        """Whether run takes the direct GEMM for x."""
+        return self.dense and self.layer.activation is self.activation and x.ndim == 2
+
+    def _output(self, n, last):
+        units = self.layer._weights[0].shape[1]
+        if last:
+            return np.empty((n, units), self.layer.dtype)
+        out = self.out
+        if out is None or out.shape[0] != n:
+            out = self.out = empty_aligned((n, units), self.layer.dtype)
+        return out
+
+    def checks(self, x):
+        """Whether run_checked should take x: a first Dense layer whose input has many
+        more values than its output (MLP batch 256: 200,704 against 65,536)."""
+        return (self._plain(x) and self.epilogue is not None and x.size >= FIRST_CHECK_MIN
+                and x.size >= 2 * x.shape[0] * self.layer._weights[0].shape[1])
+
+    def run_checked(self, x, last):
+        """run for the first layer, checking its pre-activation product z = x W + b
+        instead of x, or None when x is not finite. A NaN or an infinity in row i of x
+        makes every value of row i of z one (NaN * w, inf * 0 and inf - inf are NaN,
+        inf * w is infinite, and sums keep them), whatever the weights; so a finite z
+        means a finite x. A z that is not finite (an overflow, weights that are not
+        finite) sends x to the full check. The activation then runs in place, as the
+        epilogue would have (the same bits): the check reads z from cache, not the
+        larger x from L3 (~1 us against 8-12 us at batch 256, one thread)."""
+        layer = self.layer
+        weights = layer._weights
+        out = self._output(x.shape[0], last)
+        gemm(x, weights[0], out, weights[1] if layer.use_bias else None)
+        if not all_finite(out) and not all_finite(x):
+            return None
+        if self.epilogue[0] != _LINEAR:
+            self.activation.forward(out, out=out)
+        if self.rows is not None:
+            self.rows(out, out)
+        elif self.after is not None:
+            self.after.forward(out, out=out)
+        return out
+
     def run(self, x, last):
         layer = self.layer
-        if not self.dense or layer.activation is not self.activation or x.ndim != 2:
+        if not self._plain(x):
             y = layer._forward(x, False)
             return np.array(y, copy=True) if last else y
         weights = layer._weights
-        n, units = x.shape[0], weights[0].shape[1]
-        if last:
-            out = np.empty((n, units), layer.dtype)
-        else:
-            out = self.out
-            if out is None or out.shape[0] != n:
-                out = self.out = empty_aligned((n, units), layer.dtype)
+        out = self._output(x.shape[0], last)
         if self.epilogue is None:
             gemm(x, weights[0], out)
             if layer.use_bias:
