@@ -60,7 +60,26 @@ attr static void cn_act_grad_##sfx(T *c, int64_t ldc, int m, int n,             
     }                                                                               \
 }
 
-#define CN_EPI_COPY(sfx, attr) CN_EPI_FNS(float, f32_##sfx, attr) CN_EPI_FNS(double, f64_##sfx, attr)
+/* c += bias (none for bias NULL), then relu if asked; returns 1 when a value of c +
+   bias is NaN or infinite (v - v is NaN exactly for those), else 0: the check of
+   predict's first product, in the same pass. */
+#define CN_EPI_CHECK_FNS(T, sfx, attr)                                               \
+attr static int cn_bias_nonfinite_##sfx(T *c, int64_t ldc, int m, int n,            \
+                                        const T *restrict bias, int relu) {         \
+    int bad = 0;                                                                    \
+    for (int i = 0; i < m; i++) {                                                   \
+        T *restrict row = c + i * ldc;                                              \
+        for (int j = 0; j < n; j++) {                                               \
+            T v = bias ? row[j] + bias[j] : row[j];                                 \
+            bad |= v - v != 0;                                                      \
+            row[j] = relu ? (v > 0 ? v : 0) : v;                                    \
+        }                                                                           \
+    }                                                                               \
+    return bad;                                                                     \
+}
+
+#define CN_EPI_COPY(sfx, attr) CN_EPI_FNS(float, f32_##sfx, attr) CN_EPI_FNS(double, f64_##sfx, attr) \
+    CN_EPI_CHECK_FNS(float, f32_##sfx, attr) CN_EPI_CHECK_FNS(double, f64_##sfx, attr)
 CN_BASELINE_AND_AVX2(CN_EPI_COPY)
 
 #define CN_EPI_DISPATCH(name, T)                                                    \
@@ -72,4 +91,12 @@ CN_EPI_DISPATCH(cn_bias_act_f32, float)
 CN_EPI_DISPATCH(cn_bias_act_f64, double)
 CN_EPI_DISPATCH(cn_act_grad_f32, float)
 CN_EPI_DISPATCH(cn_act_grad_f64, double)
+#define CN_EPI_CHECK_DISPATCH(name, T)                                              \
+static int name(int avx2, T *c, int64_t ldc, int m, int n, const T *bias, int relu) { \
+    return CN_PICK_AVX2(name, avx2)(c, ldc, m, n, bias, relu);                      \
+}
+CN_EPI_CHECK_DISPATCH(cn_bias_nonfinite_f32, float)
+CN_EPI_CHECK_DISPATCH(cn_bias_nonfinite_f64, double)
+/* *flag = 1, from any thread (a relaxed atomic store: several threads may set it) */
+static inline void cn_flag_set(int *flag) { __atomic_store_n(flag, 1, __ATOMIC_RELAXED); }
 #endif

@@ -416,6 +416,49 @@ def test_leaky_relu_epilogue_and_derivative_bits(isa, dtype, alpha):
     np.testing.assert_array_equal(c, want)
 
 
+@pytest.mark.parametrize("activation", ["linear", "relu", "leaky_relu", "sigmoid"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_check_finite_reports_any_non_finite_product(isa, kernel_threads, dtype, activation):
+    """gemm(check_finite=True) returns whether every value of a @ b + bias was finite
+    (before the activation), on every plan (the edge shapes, the swapped and one-column
+    products), with the same C as without the check."""
+    rng = np.random.default_rng(32)
+    code = _gemm.EPILOGUES[activation]
+    shapes = edge_shapes(dtype) + [(300, 1, 64), (3, 700, 40), (64, 256, 784)]
+    for m, n, k in shapes[::2]:
+        a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+        bias = rng.standard_normal(n).astype(dtype)
+        plain, checked = np.empty((m, n), dtype), np.empty((m, n), dtype)
+        _gemm.gemm(a, b, plain, bias, code, 0.2)
+        assert _gemm.gemm(a, b, checked, bias, code, 0.2, check_finite=True) is True
+        np.testing.assert_array_equal(checked, plain)
+        i, j, p = m // 2, n - 1, k // 3
+        for bad in (np.nan, np.inf, -np.inf):
+            for what in ("a", "b", "bias"):
+                x, y, z = a.copy(), b.copy(), bias.copy()
+                {"a": lambda: x.__setitem__((i, p), bad), "b": lambda: y.__setitem__((p, j), bad),
+                 "bias": lambda: z.__setitem__(j, bad)}[what]()
+                with np.errstate(invalid="ignore", over="ignore"):
+                    got = _gemm.gemm(x, y, checked, z, code, 0.2, check_finite=True)
+                    _gemm.gemm(x, y, plain, z, code, 0.2)
+                assert got is False, (m, n, k, bad, what)
+                np.testing.assert_array_equal(checked, plain)
+        big = np.full((m, k), np.finfo(dtype).max / 2, dtype)       # finite, overflows
+        assert _gemm.gemm(big, np.abs(b) + 2, checked, None, code, 0.2,
+                          check_finite=True) is False
+
+
+def test_check_finite_arguments():
+    a, b, c = np.ones((3, 4)), np.ones((4, 5)), np.empty((3, 5))
+    assert _gemm.gemm(a, b, c) is None
+    assert _gemm.gemm(np.ones((0, 4)), b, np.empty((0, 5)), check_finite=True) is True
+    with pytest.raises(ValueError, match="check_finite"):
+        _gemm.gemm(a, b, c, accumulate=True, check_finite=True)
+    with pytest.raises(ValueError, match="check_finite"):
+        _gemm.gemm(a, b, c, activation=_gemm.EPILOGUES["relu"], act_out=np.ones((3, 5)),
+                   check_finite=True)
+
+
 def test_activation_instance_and_case():
     rng = np.random.default_rng(9)
     a, b = rng.standard_normal((4, 5)), rng.standard_normal((5, 3))

@@ -307,8 +307,8 @@ def _wide_input_mlp(activation="relu", seed=0):
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "leaky_relu", "linear"])
 def test_lean_predict_checks_the_first_product_for_a_wide_input(activation):
-    """Batch 64 x 784 -> 32: the first product is checked instead of x. Finite x: the
-    same bits as the epilogue path (the activation applied in place after the check);
+    """Batch 64 x 784 -> 32: the first product is checked instead of x (in the GEMM's
+    epilogue, before the activation). Finite x: the same bits as the unchecked path;
     a NaN or an infinity anywhere in x: the general path's ValueError naming x; a
     finite x whose product overflows: the general path's output, no error."""
     model = _wide_input_mlp(activation)

@@ -99,6 +99,14 @@ cdef inline void _cheap_bias_act(floating *c, int64_t ldc, int m, int n, const f
         cn_bias_act_f64(avx2, c, ldc, m, n, bias, act, alpha)
 
 
+cdef inline int _bias_nonfinite(floating *c, int64_t ldc, int m, int n, const floating *bias,
+                                bint relu, bint avx2) noexcept nogil:
+    if floating is float:
+        return cn_bias_nonfinite_f32(avx2, c, ldc, m, n, bias, relu)
+    else:
+        return cn_bias_nonfinite_f64(avx2, c, ldc, m, n, bias, relu)
+
+
 cdef inline void _cheap_grad(floating *c, int64_t ldc, int m, int n, const floating *y,
                              int act, floating alpha, bint avx2) noexcept nogil:
     if floating is float:
@@ -125,6 +133,16 @@ cdef inline void _finish(const Call *g, floating dummy, int64_t row, int64_t m, 
                            <floating>g.alpha)
         return
     cheap = g.act == EPI_RELU or g.act == EPI_LEAKY_RELU
+    cdef const floating *bias = <const floating *>g.bias + col if g.bias != NULL else NULL
+    if g.nonfinite != NULL:     # the bias and the check (and relu), then the activation
+        if _bias_nonfinite(c, g.ldc, <int>m, <int>n, bias, g.act == EPI_RELU, avx2):
+            cn_flag_set(g.nonfinite)
+        if g.act == EPI_LEAKY_RELU:
+            _cheap_bias_act(c, g.ldc, <int>m, <int>n, <const floating *>NULL, g.act,
+                            <floating>g.alpha, avx2)
+        elif not cheap and g.act != EPI_LINEAR:
+            _epilogue(c, g.ldc, <int>m, <int>n, g.act, <floating>g.alpha)
+        return
     if g.bias != NULL or cheap:      # the bias (and relu / leaky_relu) in the C loop
         _cheap_bias_act(c, g.ldc, <int>m, <int>n,
                         <const floating *>g.bias + col if g.bias != NULL else NULL,

@@ -114,6 +114,13 @@ cdef extern from "cn_kernels.h" nogil:
 
 cdef extern from "gemm_epilogue.h":
     int CN_EPI_RELU, CN_EPI_SIGMOID, CN_EPI_TANH, CN_EPI_LEAKY_RELU
+    # c (m x n, row stride ldc) += bias (bias may be NULL), then relu if asked; 1 if a
+    # value of c + bias is not finite
+    int cn_bias_nonfinite_f32(int avx2, float *c, int64_t ldc, int m, int n,
+                              const float *bias, int relu) noexcept nogil
+    int cn_bias_nonfinite_f64(int avx2, double *c, int64_t ldc, int m, int n,
+                              const double *bias, int relu) noexcept nogil
+    void cn_flag_set(int *flag) noexcept nogil
     # c (m x n, row stride ldc) = act(c + bias) for linear / relu / leaky_relu
     void cn_bias_act_f32(int avx2, float *c, int64_t ldc, int m, int n, const float *bias,
                          int act, float alpha) noexcept nogil
@@ -354,6 +361,7 @@ cdef struct Call:
     void **a_pack        # one packed A block per thread (packed plan)
     void **edge          # one KC x NR buffer per thread (direct plan)
     const void *b_ready  # NULL, or all of B packed beforehand (packed plan; PackedB)
+    int *nonfinite       # NULL, or set to 1 when a value of A @ B + bias is NaN or infinite
 
 
 cdef inline void _ukr(const Call *g, int64_t k, const floating *a, int64_t a_rs, int64_t a_cs,
@@ -704,13 +712,16 @@ def product(cnp.ndarray a not None, cnp.ndarray b not None):
 
 def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
          cnp.ndarray bias=None, int activation=EPI_LINEAR, double alpha=0.0,
-         bint accumulate=False, cnp.ndarray b_sums=None, cnp.ndarray act_out=None):
+         bint accumulate=False, cnp.ndarray b_sums=None, cnp.ndarray act_out=None,
+         bint check_finite=False):
     """c = act(a @ b + bias), or c += a @ b with accumulate=True (then no bias/activation);
     with b_sums, also b_sums = b.sum(axis=0) in the same pass (a Dense layer's bias
     gradient next to its kernel gradient x.T @ dy); with act_out, the forward output y
     of `activation` (shaped like c), c = (a @ b) * act'(y) instead: that activation's
     backward pass fused into the GEMM that makes its gradient (GRAD_EPILOGUES: linear,
-    relu, leaky_relu, elu, sigmoid, tanh, softplus).
+    relu, leaky_relu, elu, sigmoid, tanh, softplus). With check_finite, returns whether
+    every value of a @ b + bias was finite (checked in the epilogue, before the
+    activation, while each strip is in cache); else None.
 
     float32 or float64 ndarrays of one dtype. `a` and `b` may be any strided views
     (a.T costs nothing); c must be C-contiguous, writeable, and must not overlap a
@@ -765,10 +776,12 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
             raise ValueError("gemm: act_out must not share memory with c")
     if accumulate and (bias is not None or activation != EPI_LINEAR):
         raise ValueError("gemm: accumulate=True takes no bias or activation")
+    if check_finite and (accumulate or act_out is not None):
+        raise ValueError("gemm: check_finite takes no accumulate and no act_out")
     if g.M == 0 or g.N == 0:
         if b_sums is not None:
             np.sum(b, axis=0, out=b_sums)
-        return
+        return True if check_finite else None
     if g.K == 0:
         raise ValueError("gemm: inner dimension must be at least 1")
     if _overlap(c, a) or _overlap(c, b):
@@ -783,6 +796,8 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
     g.b_sums = cnp.PyArray_DATA(b_sums) if b_sums is not None else NULL
     g.act_out = cnp.PyArray_DATA(act_out) if act_out is not None else NULL
     g.b_ready = NULL
+    cdef int nonfinite = 0
+    g.nonfinite = &nonfinite if check_finite else NULL
     if type_num == cnp.NPY_FLOAT:
         g.mr, g.nr = _table.s_mr, _table.s_nr
     else:
@@ -802,15 +817,16 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
                     _from_swapped(&g, <const float *>cnp.PyArray_DATA(t), <float>0)
                 else:
                     _from_swapped(&g, <const double *>cnp.PyArray_DATA(t), <double>0)
-            return
-        _plan(&g, ws, nthreads, item)
-        with nogil:
-            if type_num == cnp.NPY_FLOAT:
-                _run(&g, <float>0, nthreads)
-            else:
-                _run(&g, <double>0, nthreads)
+        else:
+            _plan(&g, ws, nthreads, item)
+            with nogil:
+                if type_num == cnp.NPY_FLOAT:
+                    _run(&g, <float>0, nthreads)
+                else:
+                    _run(&g, <double>0, nthreads)
     finally:
         _free_workspaces.append(ws)
+    return nonfinite == 0 if check_finite else None
 
 
 include "_gemm_serial.pxi"
