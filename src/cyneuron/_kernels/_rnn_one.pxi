@@ -100,9 +100,17 @@ cdef void _lstm_one_loop(Py_ssize_t T, Py_ssize_t H, Py_ssize_t F, const floatin
         cn = c + ((t + 1) % Tc) * H
         keep = mask + t if mask != NULL else NULL
         for q in range(4):
+            # odd steps run backwards (gates 3..0, kernel rows H-1..0): they start on the
+            # rows the step before read last, still in L1
+            if t % 2:
+                q = 3 - q
             col = q * H + u0
             memcpy(g + col, xw + t * G + col, n * sizeof(floating))
-            _rowvec(H, n, hp, 1, R + col * r_cs, r_rs, r_cs, g + col)
+            if t % 2:
+                _rowvec(H, n, hp + H - 1, -1, R + col * r_cs + (H - 1) * r_rs, -r_rs, r_cs,
+                        g + col)
+            else:
+                _rowvec(H, n, hp, 1, R + col * r_cs, r_rs, r_cs, g + col)
         if floating is float:
             if act == ACT_TANH and ract == ACT_SIGMOID:
                 cn_lstm_fwd_row(n, g + u0, g + H + u0, g + 2 * H + u0, g + 3 * H + u0, zero,
