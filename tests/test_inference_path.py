@@ -1,6 +1,8 @@
 """The inference fast paths of issue 20: the one-sample LSTM loop (lstm_forward_one) and
 predict's lean path (cyneuron._inference), against numpy references and against the
 general paths, on every SIMD path, at 1 and 2 threads, and from several threads at once."""
+import copy
+import pickle
 import threading
 
 import numpy as np
@@ -577,6 +579,11 @@ def test_winograd_kernel_cache_follows_the_kernel_bytes_shape_and_isa():
 
     first = both(kernel)
     np.testing.assert_array_equal(both(kernel), first)          # kept
+    for copied in (pickle.loads(pickle.dumps(cache)), copy.deepcopy(cache)):
+        y = np.empty_like(first)                                 # a copy starts empty
+        _conv_k.winograd_conv_pool(x, kernel, None, y, (1, 1), (9, 9), (2, 2), True, 1, 0.0,
+                                   copied)
+        np.testing.assert_array_equal(y, first)
     kernel[2, 1, 7, 30] += 1.0                                   # written in place
     assert not np.array_equal(both(kernel), first)
     both(rng.normal(size=(3, 3, 16, 32)).astype(np.float32))     # another kernel

@@ -1015,6 +1015,10 @@ cdef class WinogradKernel:
         free(self.copy)
         free(self.block)
 
+    def __reduce__(self):
+        """A copy (pickle, deepcopy) starts empty: its first call makes the transform."""
+        return (WinogradKernel, ())
+
     cdef bint holds(self, const void *kernel, Py_ssize_t C, Py_ssize_t F, Py_ssize_t us,
                     int item, int isa) except -1:
         """Whether U is this kernel's transform (by the copy for isa); if not, U is
