@@ -39,7 +39,7 @@ typedef struct {
     int64_t OH, OW, TH, TW;     /* convolution output; tiles down and across */
     int64_t PH, PW, QH, QW;     /* pooling window = strides (1, 2 or 4); pooled output */
     int64_t VS, US, MS;         /* values from one transform-domain slice (xi) to the next
-                                   in V (36, T, C), U (36, C, F) and M (36, T, F) */
+                                   in V (36, chunk, C), U (36, C, F) and M (36, chunk, F) */
     int act, max_pool;
     double alpha;               /* leaky_relu's slope */
 } cn_wino_geometry;
@@ -90,17 +90,20 @@ typedef struct {
 #include "winograd_fused_template.h"
 
 /* cn_wino_{input,kernel,output}_{f32,f64}(isa, ...): the copy for isa 0 (baseline),
- * 1 (AVX2) or 2 (AVX-512), the GEMM's current_isa.
- *   input(g, x, V, t0, t1)          tiles [t0, t1) of V (36, T, C) from x (N, H, W, C)
- *   kernel(g, w, U, c0, c1)         rows [c0, c1) of U (36, C, F) from w (3, 3, C, F)
- *   output(g, M, bias, y, f0, f1)   filters [f0, f1) of y (N, QH, QW, F) from M (36, T, F);
- *                                   bias (F) or NULL */
+ * 1 (AVX2) or 2 (AVX-512), the GEMM's current_isa. The transform domain holds a chunk
+ * of tiles at a time, its first tile `base` (t0 for the output):
+ *   input(g, x, V, t0, t1, base)       tiles [t0, t1) into V (36, chunk, C) from x
+ *                                      (N, H, W, C)
+ *   kernel(g, w, U, c0, c1)            rows [c0, c1) of U (36, C, F) from w (3, 3, C, F)
+ *   output(g, M, bias, y, f0, f1, t0, t1)  filters [f0, f1) of tiles [t0, t1) of y
+ *                                      (N, QH, QW, F) from M (36, chunk, F); bias (F) or
+ *                                      NULL */
 #define CN_WINO_DISPATCH(tn, T)                                                             \
 static inline void cn_wino_input_##tn(int isa, const cn_wino_geometry *g, const T *x,       \
-                                      T *V, int64_t t0, int64_t t1) {                       \
-    if (isa >= 2) cn_wino_input_##tn##_avx512(g, x, V, t0, t1);                              \
-    else if (isa == 1) cn_wino_input_##tn##_avx2(g, x, V, t0, t1);                           \
-    else cn_wino_input_##tn##_generic(g, x, V, t0, t1);                                      \
+                                      T *V, int64_t t0, int64_t t1, int64_t base) {         \
+    if (isa >= 2) cn_wino_input_##tn##_avx512(g, x, V, t0, t1, base);                        \
+    else if (isa == 1) cn_wino_input_##tn##_avx2(g, x, V, t0, t1, base);                     \
+    else cn_wino_input_##tn##_generic(g, x, V, t0, t1, base);                                \
 }                                                                                           \
 static inline void cn_wino_kernel_##tn(int isa, const cn_wino_geometry *g, const T *w,      \
                                        T *U, int64_t c0, int64_t c1) {                      \
@@ -109,10 +112,11 @@ static inline void cn_wino_kernel_##tn(int isa, const cn_wino_geometry *g, const
     else cn_wino_kernel_##tn##_generic(g, w, U, c0, c1);                                     \
 }                                                                                           \
 static inline void cn_wino_output_##tn(int isa, const cn_wino_geometry *g, const T *M,      \
-                                       const T *bias, T *y, int64_t f0, int64_t f1) {       \
-    if (isa >= 2) cn_wino_output_##tn##_avx512(g, M, bias, y, f0, f1);                       \
-    else if (isa == 1) cn_wino_output_##tn##_avx2(g, M, bias, y, f0, f1);                    \
-    else cn_wino_output_##tn##_generic(g, M, bias, y, f0, f1);                               \
+                                       const T *bias, T *y, int64_t f0, int64_t f1,         \
+                                       int64_t t0, int64_t t1) {                            \
+    if (isa >= 2) cn_wino_output_##tn##_avx512(g, M, bias, y, f0, f1, t0, t1);               \
+    else if (isa == 1) cn_wino_output_##tn##_avx2(g, M, bias, y, f0, f1, t0, t1);            \
+    else cn_wino_output_##tn##_generic(g, M, bias, y, f0, f1, t0, t1);                       \
 }
 CN_WINO_DISPATCH(f32, float)
 CN_WINO_DISPATCH(f64, double)

@@ -67,9 +67,10 @@ CN_ATTR CN_INLINE void CN_FN(cn_wino_g)(const CN_VEC *t, int ts, CN_VEC *o, int 
     o[5 * os] = g2;
 }
 
-/* V[xi, t, :] = (B^T d B)[xi] for tiles t0 <= t < t1 (slices g->VS values apart). */
+/* V[xi, t - base, :] = (B^T d B)[xi] for tiles t0 <= t < t1 (slices g->VS values
+ * apart; base: the first tile of V's chunk). */
 CN_ATTR void CN_FN(cn_wino_input)(const cn_wino_geometry *g, const CN_T *x, CN_T *V,
-                                  int64_t t0, int64_t t1) {
+                                  int64_t t0, int64_t t1, int64_t base) {
     const int64_t H = g->H, W = g->W, C = g->C, per = g->TH * g->TW;
     const CN_VEC zero = {0};
     for (int64_t t = t0; t < t1; t++) {
@@ -89,7 +90,8 @@ CN_ATTR void CN_FN(cn_wino_input)(const cn_wino_geometry *g, const CN_T *x, CN_T
             for (int a = 0; a < 6; a++) {       /* then along each row */
                 CN_FN(cn_wino_bt)(&s[a * 6], 1, o, 1);
                 for (int b = 0; b < 6; b++)
-                    CN_FN(cn_wino_store)(V + (a * 6 + b) * g->VS + t * C + c, o[b], n);
+                    CN_FN(cn_wino_store)(V + (a * 6 + b) * g->VS + (t - base) * C + c, o[b],
+                                         n);
             }
         }
     }
@@ -127,21 +129,21 @@ CN_ATTR CN_INLINE CN_VEC CN_FN(cn_wino_act)(CN_VEC a, int act, CN_T alpha) {
     return a;
 }
 
-/* Tile t's outputs A^T m A for filters [f, f + m) from its products M[:, t] (slices
+/* Tile t's outputs A^T m A for filters [f, f + m) from its products M[:, r] (slices
  * g->MS values apart), plus the bias, the activation, then pooled PH x PW (the max, or
  * the sum times 1 / (PH * PW), in the window's row-major order; 1x1: stored as they
  * are); outputs past the edge are dropped. Inlined with PH and PW as constants. */
 CN_ATTR CN_INLINE void CN_FN(cn_wino_tile_out)(const cn_wino_geometry *g, const CN_T *M,
                                                const CN_T *bias, CN_T *y, int64_t t,
-                                               int64_t f, int m, const int64_t PH,
-                                               const int64_t PW) {
+                                               int64_t row, int64_t f, int m,
+                                               const int64_t PH, const int64_t PW) {
     const int64_t F = g->F, per = g->TH * g->TW, n = t / per, r = t % per;
     const int64_t oy0 = (r / g->TW) * 4, ox0 = (r % g->TW) * 4;
     const CN_T alpha = (CN_T)g->alpha, scale = (CN_T)1 / (CN_T)(PH * PW);
     const int max_pool = g->max_pool, act = g->act;
     CN_VEC mm[36], s[24], out[16];
     for (int k = 0; k < 36; k++)
-        mm[k] = CN_FN(cn_wino_load)(M + k * g->MS + t * F + f, m);
+        mm[k] = CN_FN(cn_wino_load)(M + k * g->MS + row * F + f, m);
     for (int b = 0; b < 6; b++)         /* A^T down each column */
         CN_FN(cn_wino_at)(&mm[b], 6, &s[b], 6);
     for (int p = 0; p < 4; p++)         /* then along each row */
@@ -180,19 +182,20 @@ CN_ATTR CN_INLINE void CN_FN(cn_wino_tile_out)(const cn_wino_geometry *g, const 
     }
 }
 
-/* Filters f0 <= f < f1 of y, every tile (cn_wino_tile_out). */
+/* Filters f0 <= f < f1 of y for tiles t0 <= t < t1, whose products are M's rows
+ * t - t0 (cn_wino_tile_out). */
 CN_ATTR void CN_FN(cn_wino_output)(const cn_wino_geometry *g, const CN_T *M,
-                                   const CN_T *bias, CN_T *y, int64_t f0, int64_t f1) {
-    const int64_t T = g->N * g->TH * g->TW;
-    for (int64_t t = 0; t < T; t++)
+                                   const CN_T *bias, CN_T *y, int64_t f0, int64_t f1,
+                                   int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; t++)
         for (int64_t f = f0; f < f1; f += CN_VL) {
             const int m = (int)(f1 - f < CN_VL ? f1 - f : CN_VL);
             if (g->PH == 2 && g->PW == 2)
-                CN_FN(cn_wino_tile_out)(g, M, bias, y, t, f, m, 2, 2);
+                CN_FN(cn_wino_tile_out)(g, M, bias, y, t, t - t0, f, m, 2, 2);
             else if (g->PH == 1 && g->PW == 1)
-                CN_FN(cn_wino_tile_out)(g, M, bias, y, t, f, m, 1, 1);
+                CN_FN(cn_wino_tile_out)(g, M, bias, y, t, t - t0, f, m, 1, 1);
             else
-                CN_FN(cn_wino_tile_out)(g, M, bias, y, t, f, m, g->PH, g->PW);
+                CN_FN(cn_wino_tile_out)(g, M, bias, y, t, t - t0, f, m, g->PH, g->PW);
         }
 }
 

@@ -518,7 +518,8 @@ _WINOGRAD_CASES = [
     ((1, 5, 6, 3, 3), (2, 2), (7, 8), (4, 1), True, 1),            # wide padding, few filters
     ((2, 16, 16, 40, 96), (1, 1), (16, 16), (2, 2), True, 1),
     ((1, 1, 1, 1, 1), (1, 1), (1, 1), (1, 1), False, 0),           # one pixel
-]
+    ((2, 70, 66, 3, 20), (1, 1), (70, 66), (2, 2), True, 1),       # 306 tiles a sample:
+]                                                                   # chunks cut samples
 
 
 @pytest.mark.parametrize("case", _WINOGRAD_CASES, ids=lambda c: "x".join(map(str, c[0])))
@@ -543,22 +544,26 @@ def test_winograd_conv_pool_matches_numpy(case, dtype, isa, winograd_threads):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_winograd_conv_pool_gives_the_same_bits_on_any_thread_count(dtype, isa,
                                                                     restore_threads):
+    """320 tiles: the threads take chunks of their own (cut where the thread count
+    says); 16 tiles: they share the one chunk, the products split by slices and filter
+    parts, the output by filters."""
     rng = np.random.default_rng(132)
-    x = rng.normal(size=(3, 14, 15, 24)).astype(dtype)
     kernel = rng.normal(size=(3, 3, 24, 100)).astype(dtype)
     bias = rng.normal(size=100).astype(dtype)
-    results = []
     _conv_k._set_winograd_parallel_min_macs_for_tests(0)
     try:
-        for threads in (1, 2, 3):
-            cn.set_num_threads(threads)
-            y = np.empty((3, 7, 7, 100), dtype)
-            _conv_k.winograd_conv_pool(x, kernel, bias, y, (1, 1), (14, 15), (2, 2), True, 1)
-            results.append(y)
+        for n, h, w in ((5, 30, 31), (1, 14, 13)):
+            x = rng.normal(size=(n, h, w, 24)).astype(dtype)
+            results = []
+            for threads in (1, 2, 3):
+                cn.set_num_threads(threads)
+                y = np.empty((n, h // 2, w // 2, 100), dtype)
+                _conv_k.winograd_conv_pool(x, kernel, bias, y, (1, 1), (h, w), (2, 2), True, 1)
+                results.append(y)
+            for y in results[1:]:
+                np.testing.assert_array_equal(y, results[0])
     finally:
         _conv_k._set_winograd_parallel_min_macs_for_tests(-1)
-    for y in results[1:]:
-        np.testing.assert_array_equal(y, results[0])
 
 
 def test_winograd_kernel_cache_follows_the_kernel_bytes_shape_and_isa():
@@ -646,10 +651,10 @@ def _cnn_winograd(seed=0, activation="relu", pooling=layers.MaxPooling2D):
     ("linear", None)])
 def test_winograd_convolutions_take_the_fused_kernel_at_every_batch_size(
         activation, pooling, isa, winograd_threads):
-    """3x3 stride-1 convolutions wide enough for Winograd run fused in predict, in chunks
-    of WINOGRAD_FUSED_CHUNK_TILES tiles (9 tiles a sample here: 40 samples take two
-    calls), against numpy and the general path (the layer's own Winograd), and follow
-    weights written in place."""
+    """3x3 stride-1 convolutions wide enough for Winograd run fused in predict (9 tiles a
+    sample here: 40 samples go through the kernel's transform domain in two chunks),
+    against numpy and the general path (the layer's own Winograd), and follow weights
+    written in place."""
     model = _cnn_winograd(activation=activation, pooling=pooling)
     conv = model.layers[0]
     rng = np.random.default_rng(134)

@@ -205,12 +205,10 @@ CHUNK_BYTES = 384 * 1024
 WINOGRAD_MIN_TILES = 64
 # Winograd runs fused in one kernel where the activation and pooling allow
 # (conv_k.winograd_conv_pool: the 36 products by the serial GEMM, the transforms in
-# registers, the kernel's transform kept while its bytes stay the same), on chunks of
-# this many tiles. LeNet's 14x14x32 -> 64 + 2x2 max pooling, whole model predict, one
-# thread: batch 1 57.8 -> 45.2 us (the layer: 31 -> 16 us, against im2col + GEMM by
-# bands); batch 256 9.1 -> 6.4 ms (against the layer's Winograd; chunks of 16 / 64 /
-# 256 tiles: 7.2 / 6.7 / 6.4 ms); two threads 5.1 -> 2.9 ms.
-WINOGRAD_FUSED_CHUNK_TILES = 256
+# registers, the kernel's transform kept while its bytes stay the same). LeNet's
+# 14x14x32 -> 64 + 2x2 max pooling, whole model predict, one thread: batch 1 57.8 ->
+# 45.2 us (the layer: 31 -> 16 us, against im2col + GEMM by bands); batch 256 9.1 ->
+# 6.4 ms (against the layer's Winograd); two threads 5.1 -> 2.9 ms.
 # Thin convolutions with these activations take the direct kernel (conv_k.thin_conv_pool,
 # the pooling after them fused) at any batch: LeNet's 28x28x1 -> 32 + 2x2 max pool,
 # direct / shifted-rows GEMM, 1 thread: batch 1 7.4 / 12.4 us, batch 256 1.14 / 2.02 ms;
@@ -269,15 +267,9 @@ class _ConvOp:
         if setup.fused is not None:     # one kernel: Winograd, thin or by bands
             kernel, x4, w_shape, args = setup.fused
             w = conv._weights[0]
-            x4 = x if x.ndim == 4 else x.reshape(x4)
-            w = w if w.shape == w_shape else w.reshape(w_shape)
-            out4 = out if out.ndim == 4 else out.reshape(setup.out4_shape)
-            step = setup.fused_step
-            if step >= n:
-                kernel(x4, w, bias, out4, *args)
-            else:
-                for n0 in range(0, n, step):
-                    kernel(x4[n0:n0 + step], w, bias, out4[n0:n0 + step], *args)
+            kernel(x if x.ndim == 4 else x.reshape(x4),
+                   w if w.shape == w_shape else w.reshape(w_shape), bias,
+                   out if out.ndim == 4 else out.reshape(setup.out4_shape), *args)
             return out
         if pool is None:
             self._conv(x, out, plan)
@@ -407,7 +399,6 @@ class _ConvSetup:
         self.pool_plan = pool._plan(conv_shape) if pool is not None else None
         x4, f = (n,) + plan.in_hw + (c,), conv.filters
         self.fused = None       # (kernel, x's 4-D shape, the weights' shape, other arguments)
-        self.fused_step = n     # samples per call of the fused kernel
         fused_winograd = (conv._use_winograd(c) and conv._epilogue in _DIRECT_EPILOGUES
                           and self._tile_pooling((oh, ow)) is not None)
         self.winograd = (conv._use_winograd(c) and n * tiles >= WINOGRAD_MIN_TILES
@@ -420,7 +411,6 @@ class _ConvSetup:
             self.out_shape = (n,) + pool.compute_output_shape(conv_shape)
             self.out4_shape = (n,) + out_hw + (f,)
         if fused_winograd:
-            self.fused_step = max(1, WINOGRAD_FUSED_CHUNK_TILES // tiles)
             self.fused = (_conv_k.winograd_conv_pool, x4, (3, 3, c, f),
                           (plan.padding, plan.out_hw, self._tile_pooling((oh, ow)),
                            pool is None or pool._max, int(conv._epilogue), conv._alpha,

@@ -965,35 +965,46 @@ cdef extern from "winograd_fused.h" nogil:
         double alpha
     int CN_WINO_LINEAR, CN_WINO_RELU, CN_WINO_LEAKY_RELU
     void cn_wino_input_f32(int isa, const cn_wino_geometry *g, const float *x, float *V,
-                           int64_t t0, int64_t t1)
+                           int64_t t0, int64_t t1, int64_t base)
     void cn_wino_input_f64(int isa, const cn_wino_geometry *g, const double *x, double *V,
-                           int64_t t0, int64_t t1)
+                           int64_t t0, int64_t t1, int64_t base)
     void cn_wino_kernel_f32(int isa, const cn_wino_geometry *g, const float *w, float *U,
                             int64_t c0, int64_t c1)
     void cn_wino_kernel_f64(int isa, const cn_wino_geometry *g, const double *w, double *U,
                             int64_t c0, int64_t c1)
     void cn_wino_output_f32(int isa, const cn_wino_geometry *g, const float *M,
-                            const float *bias, float *y, int64_t f0, int64_t f1)
+                            const float *bias, float *y, int64_t f0, int64_t f1, int64_t t0,
+                            int64_t t1)
     void cn_wino_output_f64(int isa, const cn_wino_geometry *g, const double *M,
-                            const double *bias, double *y, int64_t f0, int64_t f1)
+                            const double *bias, double *y, int64_t f0, int64_t f1, int64_t t0,
+                            int64_t t1)
 
 if (CN_WINO_LINEAR, CN_WINO_RELU, CN_WINO_LEAKY_RELU) != (ACT_LINEAR, ACT_RELU, ACT_LEAKY_RELU):
     raise ImportError("conv: winograd_fused.h's activation codes differ from the Epilogue enum")
 
 cdef enum:
-    # multiply-adds of the 36 transform-domain products from which the threads share a
-    # call (its region meets at two barriers), near threads; scaled by their distance
+    # multiply-adds of the 36 transform-domain products a thread must have to take
+    # chunks of its own, and from which the threads share one chunk (meeting at three
+    # barriers), near threads; both scaled by the threads' distance
     WINO_PARALLEL_MIN_MACS = 262144
+    WINO_SHARED_MIN_MACS = 524288
+    # tiles a thread takes at least when the threads take chunks of their own
+    WINO_MIN_THREAD_TILES = 32
     # the alignment of the transform-domain buffers, in bytes
     WINO_ALIGN = 64
+    # tiles transformed, multiplied and transformed back at a time: the transform
+    # domain's size (LeNet's 14x14x32 -> 64 at batch 256, whole predict on one thread:
+    # chunks of 16 / 64 / 256 tiles 7.2 / 6.7 / 6.4 ms)
+    WINO_CHUNK_TILES = 256
 
 
 cdef int64_t _wino_min_macs_for_tests = -1
 
 
 def _set_winograd_parallel_min_macs_for_tests(int64_t macs=-1):
-    """Tests only: threads share any winograd_conv_pool call of at least `macs`
-    multiply-adds (0: every call); -1 restores WINO_PARALLEL_MIN_MACS."""
+    """Tests only: threads split any winograd_conv_pool call of at least `macs`
+    multiply-adds (0: every call; chunks of their own from 2 * WINO_MIN_THREAD_TILES
+    tiles, else the one chunk shared); -1 restores the thresholds."""
     global _wino_min_macs_for_tests
     _wino_min_macs_for_tests = macs
 
@@ -1060,10 +1071,10 @@ def winograd_conv_pool(x, kernel, bias, y, tuple padding, tuple conv_size,
     slope alpha >= 0) and the pooling. padding (top, left), each 0-2; conv_size (OH, OW)
     of the convolution's output; pool_window (PH, PW) = its strides, each 1, 2 or 4
     (1x1: y is the convolution's output), max (max_pool) or average, no padding:
-    QH = OH // PH, QW = OW // PW. For a few samples, where the layer's Winograd (36 GEMM
-    calls from Python) is slow; the whole transform domain is allocated per call. Threads
-    share the transforms, the products by (slice, part of FILTER_PART filters) and the
-    output by filters: the same bits on any thread count. float32 or float64
+    QH = OH // PH, QW = OW // PW. Tiles go WINO_CHUNK_TILES at a time through a transform
+    domain allocated per call. Threads share each chunk's transforms, its products by
+    (slice, part of FILTER_PART filters) and its output by filters: the same bits on any
+    thread count. float32 or float64
     C-contiguous ndarrays of one dtype; bias (F,) or None; cache: a WinogradKernel that
     keeps the kernel's transform for the next call, or None."""
     cdef void *p[4]
@@ -1111,34 +1122,62 @@ cdef inline Py_ssize_t _aligned(Py_ssize_t values, Py_ssize_t item) noexcept nog
 
 cdef int _winograd(cn_wino_geometry *g, const floating *x, const floating *w,
                    const floating *bias, floating *y, WinogradKernel cache) except -1:
-    """winograd_conv_pool's work, its arguments checked: V (36, T, C), U (36, C, F) (or
-    the cache's) and M (36, T, F) in one scratch block, each slice a row longer than it
-    needs (slices a multiple of 4 KiB apart would put a transform's 36 streams in a few
-    cache sets)."""
-    cdef Py_ssize_t T = g.N * g.TH * g.TW, item = sizeof(floating)
-    g.VS = _aligned((T + 1) * g.C, item)
-    g.US = _aligned((g.C + 1) * g.F, item)
-    g.MS = _aligned((T + 1) * g.F, item)
-    cdef double macs = 36.0 * T * g.C * g.F
-    cdef double min_macs = (<double>_wino_min_macs_for_tests if _wino_min_macs_for_tests >= 0
-                            else <double>WINO_PARALLEL_MIN_MACS * distance_percent() / 100)
-    cdef int nt = cn_omp_max_threads() if macs >= min_macs else 1
+    """winograd_conv_pool's work, its arguments checked. The kernel's transform U
+    (36, C, F) (or the cache's), then the tiles in chunks, each through V (36, chunk, C)
+    and M (36, chunk, F), each slice a row longer than it needs (slices a multiple of
+    4 KiB apart would put a transform's 36 streams in a few cache sets). Threads take
+    whole chunks of their own when there are tiles for it (no data shared but U); a few
+    tiles (one small image) are shared by the threads inside the one chunk, which meet
+    at barriers, when the threads are near enough for that to pay (LeNet's 14x14x32 ->
+    64, one sample: 16 -> 11 us near; threads apart, 16 -> 30 us, so one thread)."""
+    cdef Py_ssize_t T = g.N * g.TH * g.TW, item = sizeof(floating), C = g.C, F = g.F
+    cdef double macs = 36.0 * T * C * F            # of the products
+    cdef double scale = 0.01 * distance_percent()
+    cdef double own_min = WINO_PARALLEL_MIN_MACS * scale, shared_min = WINO_SHARED_MIN_MACS * scale
+    if _wino_min_macs_for_tests >= 0:
+        own_min = shared_min = _wino_min_macs_for_tests
+    cdef int nt = cn_omp_max_threads()
+    cdef Py_ssize_t chunk = min(T, <Py_ssize_t>WINO_CHUNK_TILES)
+    cdef bint own = False           # threads on chunks of their own
+    if nt > 1 and T >= 2 * WINO_MIN_THREAD_TILES and macs >= nt * own_min:
+        nt = <int>min(<Py_ssize_t>nt, T // WINO_MIN_THREAD_TILES)
+        chunk = min(chunk, (T + nt - 1) // nt)
+        own = True
+    elif macs < shared_min:
+        nt = 1
+    cdef Py_ssize_t chunks = (T + chunk - 1) // chunk
+    g.VS = _aligned((chunk + 1) * C, item)
+    g.US = _aligned((C + 1) * F, item)
+    g.MS = _aligned((chunk + 1) * F, item)
+    cdef Py_ssize_t per_thread = 36 * (g.VS + g.MS)
     cdef int isa = current_isa()
-    cdef bint transform = cache is None or not cache.holds(w, g.C, g.F, g.US, item, isa)
+    cdef bint transform = cache is None or not cache.holds(w, C, F, g.US, item, isa)
     cdef Py_ssize_t own_u = 36 * g.US if cache is None else 0
-    cdef char *block = <char *>malloc((36 * (g.VS + g.MS) + own_u) * item + WINO_ALIGN)
+    cdef Py_ssize_t copies = nt if own else 1
+    cdef char *block = <char *>malloc((copies * per_thread + own_u) * item + WINO_ALIGN)
     if block == NULL:
         raise MemoryError("winograd_conv_pool: no memory for the transform domain")
     cdef floating *V = <floating *>(block + WINO_ALIGN - <size_t>block % WINO_ALIGN)
-    cdef floating *M = V + 36 * g.VS
-    cdef floating *U = M + 36 * g.MS if cache is None else <floating *>cache.u
+    cdef floating *U = V + copies * per_thread if cache is None else <floating *>cache.u
+    cdef Py_ssize_t k
     try:
-        if nt == 1:
-            _winograd_share(g, isa, x, w, bias, y, V, U, M, transform, 0, 1)
+        if nt == 1 or own:
+            with nogil:
+                if transform:
+                    _kernel_rows(g, isa, w, U, 0, C)
+                if nt == 1:
+                    for k in range(chunks):
+                        _winograd_chunk(g, isa, x, bias, y, V, U, V + 36 * g.VS, k * chunk,
+                                        min(chunk, T - k * chunk), 0, 1)
+                else:
+                    for k in prange(chunks, num_threads=nt, schedule="static"):
+                        _winograd_chunk(g, isa, x, bias, y, V + threadid() * per_thread, U,
+                                        V + threadid() * per_thread + 36 * g.VS, k * chunk,
+                                        min(chunk, T - k * chunk), 0, 1)
         else:
             with nogil, parallel(num_threads=nt):
-                _winograd_share(g, isa, x, w, bias, y, V, U, M, transform,
-                                cn_omp_thread_num(), cn_omp_num_threads())
+                _winograd_shared(g, isa, x, w, bias, y, V, U, V + 36 * g.VS, transform,
+                                 cn_omp_thread_num(), cn_omp_num_threads())
     finally:
         free(block)
     if cache is not None and transform:
@@ -1146,40 +1185,55 @@ cdef int _winograd(cn_wino_geometry *g, const floating *x, const floating *w,
     return 0
 
 
-cdef void _winograd_share(const cn_wino_geometry *g, int isa, const floating *x,
-                          const floating *w, const floating *bias, floating *y, floating *V,
-                          floating *U, floating *M, bint transform, int tid,
-                          int nth) noexcept nogil:
-    """Thread tid of nth's share of _winograd: its tiles of V and (transform) rows of U,
-    then its products, then its filters of y, the threads meeting between the three."""
-    cdef Py_ssize_t T = g.N * g.TH * g.TW, C = g.C, F = g.F
+cdef inline void _kernel_rows(const cn_wino_geometry *g, int isa, const floating *w,
+                              floating *U, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
     if floating is float:
-        cn_wino_input_f32(isa, g, x, V, T * tid // nth, T * (tid + 1) // nth)
-        if transform:
-            cn_wino_kernel_f32(isa, g, w, U, C * tid // nth, C * (tid + 1) // nth)
+        cn_wino_kernel_f32(isa, g, w, U, c0, c1)
     else:
-        cn_wino_input_f64(isa, g, x, V, T * tid // nth, T * (tid + 1) // nth)
-        if transform:
-            cn_wino_kernel_f64(isa, g, w, U, C * tid // nth, C * (tid + 1) // nth)
-    if nth > 1:
-        cn_omp_barrier()
-    # products: (slice xi, part of the filters) pairs; one thread takes all F at once
+        cn_wino_kernel_f64(isa, g, w, U, c0, c1)
+
+
+cdef void _winograd_shared(const cn_wino_geometry *g, int isa, const floating *x,
+                           const floating *w, const floating *bias, floating *y, floating *V,
+                           floating *U, floating *M, bint transform, int tid,
+                           int nth) noexcept nogil:
+    """Thread tid of nth's share of the one chunk of _winograd's few tiles: (transform)
+    its rows of U, then its part of the chunk, after the others' rows."""
+    if transform:
+        _kernel_rows(g, isa, w, U, g.C * tid // nth, g.C * (tid + 1) // nth)
+    _winograd_chunk(g, isa, x, bias, y, V, U, M, 0, g.N * g.TH * g.TW, tid, nth)
+
+
+cdef void _winograd_chunk(const cn_wino_geometry *g, int isa, const floating *x,
+                          const floating *bias, floating *y, floating *V, const floating *U,
+                          floating *M, Py_ssize_t t0, Py_ssize_t n, int tid,
+                          int nth) noexcept nogil:
+    """Tiles [t0, t0 + n) through V and M: thread tid of nth's tiles of V, then its
+    products (slice, part of FILTER_PART filters; one thread takes all F at once), then
+    its filters of y (whole parts: whole vectors of every copy), the threads meeting
+    between these steps (and before them: U whole)."""
+    cdef Py_ssize_t C = g.C, F = g.F
     cdef Py_ssize_t parts = 1 if nth == 1 else (F + FILTER_PART - 1) // FILTER_PART
     cdef Py_ssize_t width = F if nth == 1 else FILTER_PART, tasks = 36 * parts
+    cdef Py_ssize_t units = (F + FILTER_PART - 1) // FILTER_PART
+    cdef Py_ssize_t a = min(F, units * tid // nth * FILTER_PART)
+    cdef Py_ssize_t b = min(F, units * (tid + 1) // nth * FILTER_PART)
     cdef Py_ssize_t task, xi, f0
+    if floating is float:
+        cn_wino_input_f32(isa, g, x, V, t0 + n * tid // nth, t0 + n * (tid + 1) // nth, t0)
+    else:
+        cn_wino_input_f64(isa, g, x, V, t0 + n * tid // nth, t0 + n * (tid + 1) // nth, t0)
+    if nth > 1:
+        cn_omp_barrier()    # V and U whole
     for task in range(tasks * tid // nth, tasks * (tid + 1) // nth):
         xi = task // parts
         f0 = (task % parts) * width
-        _gemm_serial(T, min(width, F - f0), C, V + xi * g.VS, C, 1, U + xi * g.US + f0, F,
+        _gemm_serial(n, min(width, F - f0), C, V + xi * g.VS, C, 1, U + xi * g.US + f0, F,
                      M + xi * g.MS + f0, F, False)
     if nth > 1:
-        cn_omp_barrier()
-    # the output by whole parts of the filters (whole vectors of every copy)
-    parts = (F + FILTER_PART - 1) // FILTER_PART
-    cdef Py_ssize_t a = min(F, parts * tid // nth * FILTER_PART)
-    cdef Py_ssize_t b = min(F, parts * (tid + 1) // nth * FILTER_PART)
+        cn_omp_barrier()    # M whole
     if a < b:
         if floating is float:
-            cn_wino_output_f32(isa, g, M, bias, y, a, b)
+            cn_wino_output_f32(isa, g, M, bias, y, a, b, t0, t0 + n)
         else:
-            cn_wino_output_f64(isa, g, M, bias, y, a, b)
+            cn_wino_output_f64(isa, g, M, bias, y, a, b, t0, t0 + n)
