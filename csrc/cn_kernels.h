@@ -42,6 +42,18 @@ typedef void (*cn_sgemm_rows_ukr_t)(int64_t k, int64_t nseg, int64_t seg_stride,
 typedef void (*cn_dgemm_rows_ukr_t)(int64_t k, int64_t nseg, int64_t seg_stride,
                                     const double *const *a_rows, const double *b, int64_t b_rs,
                                     double *c, int64_t ldc, int m, int n, int beta);
+/* The micro-kernel with the cheap epilogue in its stores, for a k block that finishes
+ * C: C = relu?((beta ? C : 0) + A . B + bias[0:n]) (bias NULL: none; relu 0 or 1), the
+ * same bits as the kernel followed by the epilogue's bias add and relu; nonfinite (or
+ * NULL) is set to 1 when a value before relu is NaN or infinite. */
+typedef void (*cn_sgemm_ukr_epi_t)(int64_t k, const float *a, int64_t a_rs, int64_t a_cs,
+                                   const float *b, int64_t b_rs, float *c, int64_t ldc,
+                                   int m, int n, int beta, const float *bias, int relu,
+                                   int *nonfinite);
+typedef void (*cn_dgemm_ukr_epi_t)(int64_t k, const double *a, int64_t a_rs, int64_t a_cs,
+                                   const double *b, int64_t b_rs, double *c, int64_t ldc,
+                                   int m, int n, int beta, const double *bias, int relu,
+                                   int *nonfinite);
 /* Packing: copy an m-row (n-column) sliver of a strided matrix into the
  * contiguous, zero-padded layout the micro-kernel reads:
  *   pack_a: dst[p * MR + i] = src[i * rs + p * cs]   for i < m, 0 for m <= i < MR
@@ -85,6 +97,8 @@ typedef struct {
     cn_ddots_t ddots;
     cn_sgemm_rows_ukr_t sgemm_rows_ukr;
     cn_dgemm_rows_ukr_t dgemm_rows_ukr;
+    cn_sgemm_ukr_epi_t sgemm_ukr_epi;
+    cn_dgemm_ukr_epi_t dgemm_ukr_epi;
 } cn_kernel_table;
 
 extern const cn_kernel_table cn_table_generic;

@@ -7,6 +7,7 @@
 
 #define UKR_NAME cn_sgemm_ukr_avx2
 #define UKR_ROWS_NAME cn_sgemm_rows_ukr_avx2
+#define UKR_EPI_NAME cn_sgemm_ukr_epi_avx2
 #define PACK_A_NAME cn_spack_a_avx2
 #define PACK_B_NAME cn_spack_b_avx2
 #define GEMV_NAME cn_sgemv_avx2
@@ -21,6 +22,8 @@
 #define UKR_BCAST(p) _mm256_broadcast_ss(p)
 #define UKR_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define UKR_ADD(a, b) _mm256_add_ps((a), (b))
+#define UKR_MAX(a, b) _mm256_max_ps((a), (b))
+#define UKR_NONFINITE(v) (_mm256_movemask_ps(_mm256_cmp_ps(_mm256_sub_ps((v), (v)), _mm256_setzero_ps(), _CMP_NEQ_UQ)) != 0)
 #include "gemm_ukr_template.h"
 #define UKR_NR (UKR_NV * UKR_VL)
 #define PACK_B_T_NAME cn_spack_b_t_avx2
@@ -31,6 +34,7 @@
 
 #define UKR_NAME cn_dgemm_ukr_avx2
 #define UKR_ROWS_NAME cn_dgemm_rows_ukr_avx2
+#define UKR_EPI_NAME cn_dgemm_ukr_epi_avx2
 #define PACK_A_NAME cn_dpack_a_avx2
 #define PACK_B_NAME cn_dpack_b_avx2
 #define GEMV_NAME cn_dgemv_avx2
@@ -44,6 +48,8 @@
 #define UKR_BCAST(p) _mm256_broadcast_sd(p)
 #define UKR_FMA(a, b, c) _mm256_fmadd_pd((a), (b), (c))
 #define UKR_ADD(a, b) _mm256_add_pd((a), (b))
+#define UKR_MAX(a, b) _mm256_max_pd((a), (b))
+#define UKR_NONFINITE(v) (_mm256_movemask_pd(_mm256_cmp_pd(_mm256_sub_pd((v), (v)), _mm256_setzero_pd(), _CMP_NEQ_UQ)) != 0)
 #include "gemm_ukr_template.h"
 
 const cn_kernel_table cn_table_avx2 = {
@@ -54,4 +60,5 @@ const cn_kernel_table cn_table_avx2 = {
     cn_sgemv_avx2, cn_dgemv_avx2,
     cn_sdots_avx2, cn_ddots_avx2,
     cn_sgemm_rows_ukr_avx2, cn_dgemm_rows_ukr_avx2,
+    cn_sgemm_ukr_epi_avx2, cn_dgemm_ukr_epi_avx2,
 };

@@ -8,6 +8,7 @@
 
 #define UKR_NAME cn_sgemm_ukr_avx512
 #define UKR_ROWS_NAME cn_sgemm_rows_ukr_avx512
+#define UKR_EPI_NAME cn_sgemm_ukr_epi_avx512
 #define PACK_A_NAME cn_spack_a_avx512
 #define PACK_B_NAME cn_spack_b_avx512
 #define GEMV_NAME cn_sgemv_avx512
@@ -22,6 +23,8 @@
 #define UKR_BCAST(p) _mm512_set1_ps(*(p))
 #define UKR_FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define UKR_ADD(a, b) _mm512_add_ps((a), (b))
+#define UKR_MAX(a, b) _mm512_max_ps((a), (b))
+#define UKR_NONFINITE(v) (_mm512_cmp_ps_mask(_mm512_sub_ps((v), (v)), _mm512_setzero_ps(), _CMP_NEQ_UQ) != 0)
 #include "gemm_ukr_template.h"
 #define UKR_NR (UKR_NV * UKR_VL)
 #define PACK_B_T_NAME cn_spack_b_t_avx512
@@ -32,6 +35,7 @@
 
 #define UKR_NAME cn_dgemm_ukr_avx512
 #define UKR_ROWS_NAME cn_dgemm_rows_ukr_avx512
+#define UKR_EPI_NAME cn_dgemm_ukr_epi_avx512
 #define PACK_A_NAME cn_dpack_a_avx512
 #define PACK_B_NAME cn_dpack_b_avx512
 #define GEMV_NAME cn_dgemv_avx512
@@ -45,6 +49,8 @@
 #define UKR_BCAST(p) _mm512_set1_pd(*(p))
 #define UKR_FMA(a, b, c) _mm512_fmadd_pd((a), (b), (c))
 #define UKR_ADD(a, b) _mm512_add_pd((a), (b))
+#define UKR_MAX(a, b) _mm512_max_pd((a), (b))
+#define UKR_NONFINITE(v) (_mm512_cmp_pd_mask(_mm512_sub_pd((v), (v)), _mm512_setzero_pd(), _CMP_NEQ_UQ) != 0)
 #include "gemm_ukr_template.h"
 
 const cn_kernel_table cn_table_avx512 = {
@@ -55,4 +61,5 @@ const cn_kernel_table cn_table_avx512 = {
     cn_sgemv_avx512, cn_dgemv_avx512,
     cn_sdots_avx512, cn_ddots_avx512,
     cn_sgemm_rows_ukr_avx512, cn_dgemm_rows_ukr_avx512,
+    cn_sgemm_ukr_epi_avx512, cn_dgemm_ukr_epi_avx512,
 };

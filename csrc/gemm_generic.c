@@ -6,6 +6,7 @@
 
 #define UKR_NAME cn_sgemm_ukr_generic
 #define UKR_ROWS_NAME cn_sgemm_rows_ukr_generic
+#define UKR_EPI_NAME cn_sgemm_ukr_epi_generic
 #define PACK_A_NAME cn_spack_a_generic
 #define PACK_B_NAME cn_spack_b_generic
 #define GEMV_NAME cn_sgemv_generic
@@ -20,9 +21,12 @@
 #define UKR_BCAST(p) (*(p))
 #define UKR_FMA(a, b, c) ((a) * (b) + (c))
 #define UKR_ADD(a, b) ((a) + (b))
+#define UKR_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define UKR_NONFINITE(v) ((v) - (v) != 0)
 #include "gemm_ukr_template.h"
 #undef UKR_NAME
 #undef UKR_ROWS_NAME
+#undef UKR_EPI_NAME
 #undef PACK_A_NAME
 #undef PACK_B_NAME
 #undef GEMV_NAME
@@ -33,6 +37,7 @@
 
 #define UKR_NAME cn_dgemm_ukr_generic
 #define UKR_ROWS_NAME cn_dgemm_rows_ukr_generic
+#define UKR_EPI_NAME cn_dgemm_ukr_epi_generic
 #define PACK_A_NAME cn_dpack_a_generic
 #define PACK_B_NAME cn_dpack_b_generic
 #define GEMV_NAME cn_dgemv_generic
@@ -49,4 +54,5 @@ const cn_kernel_table cn_table_generic = {
     cn_sgemv_generic, cn_dgemv_generic,
     cn_sdots_generic, cn_ddots_generic,
     cn_sgemm_rows_ukr_generic, cn_dgemm_rows_ukr_generic,
+    cn_sgemm_ukr_epi_generic, cn_dgemm_ukr_epi_generic,
 };

@@ -70,7 +70,7 @@
             for (int j = 0; j < NVU; ++j) {                                          \
                 UKR_T *dst = c + i * ldc + j * UKR_VL;                                  \
                 UKR_V v = beta ? UKR_ADD(UKR_LOAD(dst), acc[i][j]) : acc[i][j];         \
-                UKR_STORE(dst, v);                                                      \
+                UKR_STORE(dst, UKR_FIN_V(v, j));                                        \
             }                                                                           \
         return;                                                                         \
     }                                                                                   \
@@ -82,7 +82,8 @@
             UKR_STORE(tile + i * UKR_NR + j * UKR_VL, acc[i][j]);                       \
     for (int i = 0; i < m; ++i)                                                         \
         for (int j = 0; j < n; ++j)                                                     \
-            c[i * ldc + j] = (beta ? c[i * ldc + j] : (UKR_T)0) + tile[i * UKR_NR + j];
+            c[i * ldc + j] = UKR_FIN_S((beta ? c[i * ldc + j] : (UKR_T)0)               \
+                                       + tile[i * UKR_NR + j], j);
 
 /* The register block's shapes: a narrow sliver (Dense(10), a ragged edge: n <= NR / 2)
  * with half the vectors, one row (a single sample: no padding rows at all), a short
@@ -112,6 +113,9 @@
         UKR_BODY(UKR_MR, UKR_NV)                                                        \
     }
 
+/* The stores' epilogue: none here and in UKR_ROWS_NAME; bias and relu in UKR_EPI_NAME. */
+#define UKR_FIN_V(v, j) (v)
+#define UKR_FIN_S(v, j) (v)
 void UKR_NAME(int64_t k, const UKR_T *restrict a, int64_t a_rs, int64_t a_cs,
               const UKR_T *restrict b, int64_t b_rs,
               UKR_T *restrict c, int64_t ldc, int m, int n, int beta)
@@ -136,6 +140,70 @@ void UKR_ROWS_NAME(int64_t k, int64_t nseg, int64_t seg_stride,
     UKR_SHAPES
 #undef UKR_ROW
 }
+#endif
+#undef UKR_FIN_V
+#undef UKR_FIN_S
+
+#ifdef UKR_EPI_NAME
+/* UKR_NAME, then + bias[0:n] (bias may be NULL) and relu (x > 0 ? x : 0, NaN and -0
+ * giving 0: max(x, 0) with the 0 second) on the values it stores: the epilogue of the k
+ * block that finishes C, while the tile is in registers; with nonfinite, *nonfinite = 1
+ * (an atomic store: threads share the flag) when a value plus bias, before relu, is NaN
+ * or infinite (v - v is NaN exactly then). */
+#define UKR_PASTE_(a, b) a##_##b
+#define UKR_PASTE(a, b) UKR_PASTE_(a, b)
+static inline UKR_V UKR_PASTE(UKR_EPI_NAME, fin_v)(UKR_V v, const UKR_T *bias, int relu,
+                                                   int check, int *bad) {
+    if (bias)
+        v = UKR_ADD(v, UKR_LOAD(bias));
+    if (check)
+        *bad |= UKR_NONFINITE(v);
+    return relu ? UKR_MAX(v, UKR_ZERO()) : v;
+}
+static inline UKR_T UKR_PASTE(UKR_EPI_NAME, fin_s)(UKR_T v, const UKR_T *bias, int relu,
+                                                   int check, int *bad) {
+    if (bias)
+        v = v + *bias;
+    if (check)
+        *bad |= v - v != 0;
+    return relu ? (v > 0 ? v : (UKR_T)0) : v;
+}
+#define UKR_FIN_V(v, j) UKR_PASTE(UKR_EPI_NAME, fin_v)((v), bias ? bias + (j) * UKR_VL : 0, \
+                                                       relu, check, bad)
+#define UKR_FIN_S(v, j) UKR_PASTE(UKR_EPI_NAME, fin_s)((v), bias ? bias + (j) : 0, relu, \
+                                                       check, bad)
+static inline __attribute__((always_inline)) void UKR_PASTE(UKR_EPI_NAME, body)(
+        int64_t k, const UKR_T *restrict a, int64_t a_rs, int64_t a_cs,
+        const UKR_T *restrict b, int64_t b_rs, UKR_T *restrict c, int64_t ldc, int m, int n,
+        int beta, const UKR_T *restrict bias, int relu, const int check, int *bad)
+{
+    const int64_t nseg = 1, seg_stride = 0;
+#define UKR_ROW(i) (a + (i) * a_rs)
+    UKR_SHAPES
+#undef UKR_ROW
+}
+/* ... and with nonfinite, *nonfinite = 1 (an atomic store: threads share the flag) when a
+ * value plus bias, before relu, is NaN or infinite (v - v is NaN exactly then). */
+void UKR_EPI_NAME(int64_t k, const UKR_T *restrict a, int64_t a_rs, int64_t a_cs,
+                  const UKR_T *restrict b, int64_t b_rs, UKR_T *restrict c, int64_t ldc,
+                  int m, int n, int beta, const UKR_T *restrict bias, int relu,
+                  int *nonfinite)
+{
+    int bad = 0;
+    if (nonfinite) {     /* two copies: the check compiled in, or out */
+        UKR_PASTE(UKR_EPI_NAME, body)(k, a, a_rs, a_cs, b, b_rs, c, ldc, m, n, beta, bias,
+                                      relu, 1, &bad);
+        if (bad)
+            __atomic_store_n(nonfinite, 1, __ATOMIC_RELAXED);
+    } else {
+        UKR_PASTE(UKR_EPI_NAME, body)(k, a, a_rs, a_cs, b, b_rs, c, ldc, m, n, beta, bias,
+                                      relu, 0, &bad);
+    }
+}
+#undef UKR_FIN_V
+#undef UKR_FIN_S
+#undef UKR_PASTE
+#undef UKR_PASTE_
 #endif
 #undef UKR_SHAPES
 #undef UKR_SHAPES_FULL

@@ -1,6 +1,9 @@
 /* Clears the per-dtype parameters of gemm_ukr_template.h between two instantiations. */
 #undef UKR_NAME
 #undef UKR_ROWS_NAME
+#undef UKR_EPI_NAME
+#undef UKR_MAX
+#undef UKR_NONFINITE
 #undef PACK_A_NAME
 #undef PACK_B_NAME
 #undef GEMV_NAME

@@ -448,6 +448,29 @@ def test_check_finite_reports_any_non_finite_product(isa, kernel_threads, dtype,
                           check_finite=True) is False
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_bias_and_relu_in_the_micro_kernel_give_the_epilogue_bits(isa, kernel_threads, dtype):
+    """The bias and relu that the direct and packed plans apply in the micro-kernel's last
+    stores give exactly (a @ b) + bias, then x > 0 ? x : 0 (NaN and -0 giving 0), on every
+    tile shape and edge; with check_finite too."""
+    rng = np.random.default_rng(33)
+    for m, n, k in edge_shapes(dtype)[::2] + [(64, 256, 784), (9, 40, 3)]:
+        a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+        bias = rng.standard_normal(n).astype(dtype)
+        bias[:3] = [np.nan, -0.0, np.inf][:min(3, n)]
+        plain, got = np.empty((m, n), dtype), np.empty((m, n), dtype)
+        _gemm.gemm(a, b, plain)
+        with np.errstate(invalid="ignore"):
+            z = plain + bias
+            want = np.where(z > 0, z, dtype(0))
+        for check in (False, True):
+            _gemm.gemm(a, b, got, bias, _gemm.EPILOGUES["relu"], check_finite=check)
+            np.testing.assert_array_equal(got, want)
+            assert not np.signbit(got).any()
+            _gemm.gemm(a, b, got, bias, check_finite=check)
+            np.testing.assert_array_equal(got, z)
+
+
 def test_check_finite_arguments():
     a, b, c = np.ones((3, 4)), np.ones((4, 5)), np.empty((3, 5))
     assert _gemm.gemm(a, b, c) is None

@@ -132,6 +132,8 @@ cdef inline void _finish(const Call *g, floating dummy, int64_t row, int64_t m, 
                            <const floating *>g.act_out + row * g.ldc + col, g.act,
                            <floating>g.alpha)
         return
+    if g.epi_in_ukr:     # done by the micro-kernel as it stored C
+        return
     cheap = g.act == EPI_RELU or g.act == EPI_LEAKY_RELU
     cdef const floating *bias = <const floating *>g.bias + col if g.bias != NULL else NULL
     if g.nonfinite != NULL:     # the bias and the check (and relu), then the activation

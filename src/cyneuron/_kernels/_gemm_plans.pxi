@@ -176,7 +176,8 @@ cdef void _run_packed(const Call *g, floating dummy, int t, int nt) noexcept nog
                             a_cs = g.csa
                         _ukr(g, kc, a_s, a_rs, a_cs, bp + s * nr * g.kc, nr,
                              ic + i * mr, jc + s * nr,
-                             <int>_min(mr, mcb - i * mr), <int>_min(nr, nc - s * nr), beta)
+                             <int>_min(mr, mcb - i * mr), <int>_min(nr, nc - s * nr), beta,
+                             last)
                     if last and ((s - s0) % EPILOGUE_SLIVERS == EPILOGUE_SLIVERS - 1 or s == s1 - 1):
                         e0 = s - (s - s0) % EPILOGUE_SLIVERS
                         _finish(g, dummy, ic, mcb, jc + e0 * nr, _min(nc, (s + 1) * nr) - e0 * nr)
@@ -227,7 +228,7 @@ cdef void _run_direct(const Call *g, floating dummy, int t, int nt) noexcept nog
                     b_rs = nr
                 for i in range(ib, ib1):
                     _ukr(g, kc, A + i * mr * g.rsa + pc * g.csa, g.rsa, g.csa, bs, b_rs,
-                         i * mr, s * nr, <int>_min(mr, g.M - i * mr), n, beta)
+                         i * mr, s * nr, <int>_min(mr, g.M - i * mr), n, beta, last)
                 if last and ((s - s0) % EPILOGUE_SLIVERS == EPILOGUE_SLIVERS - 1
                              or s == s1 - 1):
                     e0 = s - (s - s0) % EPILOGUE_SLIVERS
