@@ -40,50 +40,8 @@ typedef struct {
     double alpha;               /* leaky_relu's slope */
 } cn_thin_geometry;
 
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define CN_TARGET_AVX2_FMA __attribute__((target("avx2,fma")))
-#define CN_TARGET_AVX512F __attribute__((target("avx512f")))
-#else
-#define CN_TARGET_AVX2_FMA
-#define CN_TARGET_AVX512F
-#endif
-
-#define CN_T float
-#define CN_INT int32_t
-#define CN_SFX f32_generic
-#define CN_ATTR 
-#define CN_BYTES 16
-#include "conv_thin_template.h"
-#define CN_T float
-#define CN_INT int32_t
-#define CN_SFX f32_avx2
-#define CN_ATTR CN_TARGET_AVX2_FMA
-#define CN_BYTES 32
-#include "conv_thin_template.h"
-#define CN_T float
-#define CN_INT int32_t
-#define CN_SFX f32_avx512
-#define CN_ATTR CN_TARGET_AVX512F
-#define CN_BYTES 64
-#include "conv_thin_template.h"
-#define CN_T double
-#define CN_INT int64_t
-#define CN_SFX f64_generic
-#define CN_ATTR 
-#define CN_BYTES 16
-#include "conv_thin_template.h"
-#define CN_T double
-#define CN_INT int64_t
-#define CN_SFX f64_avx2
-#define CN_ATTR CN_TARGET_AVX2_FMA
-#define CN_BYTES 32
-#include "conv_thin_template.h"
-#define CN_T double
-#define CN_INT int64_t
-#define CN_SFX f64_avx512
-#define CN_ATTR CN_TARGET_AVX512F
-#define CN_BYTES 64
-#include "conv_thin_template.h"
+#define CN_VEC_TEMPLATE "conv_thin_template.h"
+#include "cn_vec_copies.h"
 
 /* Values of scratch one sample needs: the padded input and PH conv rows */
 static inline int64_t cn_thin_scratch(const cn_thin_geometry *g) {
@@ -96,9 +54,7 @@ static inline int64_t cn_thin_scratch(const cn_thin_geometry *g) {
 static inline void cn_thin_conv_pool_##tn(int isa, const cn_thin_geometry *g, const T *x,  \
                                           const T *w, const T *bias, T *y, T *scratch,     \
                                           int64_t q0, int64_t q1) {                        \
-    if (isa >= 2) cn_thin_conv_pool_##tn##_avx512(g, x, w, bias, y, scratch, q0, q1);      \
-    else if (isa == 1) cn_thin_conv_pool_##tn##_avx2(g, x, w, bias, y, scratch, q0, q1);   \
-    else cn_thin_conv_pool_##tn##_generic(g, x, w, bias, y, scratch, q0, q1);              \
+    CN_VEC_CALL(isa, cn_thin_conv_pool_##tn, (g, x, w, bias, y, scratch, q0, q1));         \
 }
 CN_THIN_DISPATCH(f32, float)
 CN_THIN_DISPATCH(f64, double)

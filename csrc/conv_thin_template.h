@@ -190,10 +190,5 @@ CN_ATTR static void CN_CAT(cn_thin_conv_pool, CN_SFX)(const cn_thin_geometry *g,
 #undef CN_VEC
 #undef CN_UVEC
 #undef CN_IVEC
-#undef CN_INT
 #undef CN_CAT
 #undef CN_CAT_
-#undef CN_T
-#undef CN_SFX
-#undef CN_ATTR
-#undef CN_BYTES

@@ -29,9 +29,9 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Activation codes: the GEMM epilogue's (gemm.pyx's Epilogue); only these three are
- * fused here (the caller checks). */
-enum { CN_WINO_LINEAR = 0, CN_WINO_RELU = 1, CN_WINO_LEAKY_RELU = 8 };
+/* The activation codes and the vector activation are the thin convolution's
+ * (cn_thin_act_v: linear, relu, leaky_relu, the GEMM epilogue's codes). */
+#include "conv_thin.h"
 
 typedef struct {
     int64_t N, H, W, C, F;      /* N samples of (H, W, C); F filters */
@@ -44,50 +44,8 @@ typedef struct {
     double alpha;               /* leaky_relu's slope */
 } cn_wino_geometry;
 
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define CN_WINO_AVX2 __attribute__((target("avx2,fma")))
-#define CN_WINO_AVX512 __attribute__((target("avx512f")))
-#else
-#define CN_WINO_AVX2
-#define CN_WINO_AVX512
-#endif
-
-#define CN_T float
-#define CN_INT int32_t
-#define CN_SFX f32_generic
-#define CN_ATTR
-#define CN_BYTES 16
-#include "winograd_fused_template.h"
-#define CN_T float
-#define CN_INT int32_t
-#define CN_SFX f32_avx2
-#define CN_ATTR CN_WINO_AVX2
-#define CN_BYTES 32
-#include "winograd_fused_template.h"
-#define CN_T float
-#define CN_INT int32_t
-#define CN_SFX f32_avx512
-#define CN_ATTR CN_WINO_AVX512
-#define CN_BYTES 64
-#include "winograd_fused_template.h"
-#define CN_T double
-#define CN_INT int64_t
-#define CN_SFX f64_generic
-#define CN_ATTR
-#define CN_BYTES 16
-#include "winograd_fused_template.h"
-#define CN_T double
-#define CN_INT int64_t
-#define CN_SFX f64_avx2
-#define CN_ATTR CN_WINO_AVX2
-#define CN_BYTES 32
-#include "winograd_fused_template.h"
-#define CN_T double
-#define CN_INT int64_t
-#define CN_SFX f64_avx512
-#define CN_ATTR CN_WINO_AVX512
-#define CN_BYTES 64
-#include "winograd_fused_template.h"
+#define CN_VEC_TEMPLATE "winograd_fused_template.h"
+#include "cn_vec_copies.h"
 
 /* cn_wino_{input,kernel,output}_{f32,f64}(isa, ...): the copy for isa 0 (baseline),
  * 1 (AVX2) or 2 (AVX-512), the GEMM's current_isa. The transform domain holds a chunk
@@ -101,22 +59,16 @@ typedef struct {
 #define CN_WINO_DISPATCH(tn, T)                                                             \
 static inline void cn_wino_input_##tn(int isa, const cn_wino_geometry *g, const T *x,       \
                                       T *V, int64_t t0, int64_t t1, int64_t base) {         \
-    if (isa >= 2) cn_wino_input_##tn##_avx512(g, x, V, t0, t1, base);                        \
-    else if (isa == 1) cn_wino_input_##tn##_avx2(g, x, V, t0, t1, base);                     \
-    else cn_wino_input_##tn##_generic(g, x, V, t0, t1, base);                                \
+    CN_VEC_CALL(isa, cn_wino_input_##tn, (g, x, V, t0, t1, base));                           \
 }                                                                                           \
 static inline void cn_wino_kernel_##tn(int isa, const cn_wino_geometry *g, const T *w,      \
                                        T *U, int64_t c0, int64_t c1) {                      \
-    if (isa >= 2) cn_wino_kernel_##tn##_avx512(g, w, U, c0, c1);                             \
-    else if (isa == 1) cn_wino_kernel_##tn##_avx2(g, w, U, c0, c1);                          \
-    else cn_wino_kernel_##tn##_generic(g, w, U, c0, c1);                                     \
+    CN_VEC_CALL(isa, cn_wino_kernel_##tn, (g, w, U, c0, c1));                                \
 }                                                                                           \
 static inline void cn_wino_output_##tn(int isa, const cn_wino_geometry *g, const T *M,      \
                                        const T *bias, T *y, int64_t f0, int64_t f1,         \
                                        int64_t t0, int64_t t1) {                            \
-    if (isa >= 2) cn_wino_output_##tn##_avx512(g, M, bias, y, f0, f1, t0, t1);               \
-    else if (isa == 1) cn_wino_output_##tn##_avx2(g, M, bias, y, f0, f1, t0, t1);            \
-    else cn_wino_output_##tn##_generic(g, M, bias, y, f0, f1, t0, t1);                       \
+    CN_VEC_CALL(isa, cn_wino_output_##tn, (g, M, bias, y, f0, f1, t0, t1));                  \
 }
 CN_WINO_DISPATCH(f32, float)
 CN_WINO_DISPATCH(f64, double)

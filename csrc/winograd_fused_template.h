@@ -118,17 +118,6 @@ CN_ATTR void CN_FN(cn_wino_kernel)(const cn_wino_geometry *g, const CN_T *w, CN_
         }
 }
 
-/* The activation on a vector (comparisons give all-ones masks). */
-CN_ATTR CN_INLINE CN_VEC CN_FN(cn_wino_act)(CN_VEC a, int act, CN_T alpha) {
-    const CN_VEC zero = {0};
-    CN_IVEC positive = a > zero;
-    if (act == CN_WINO_RELU)
-        return (CN_VEC)((CN_IVEC)a & positive);
-    if (act == CN_WINO_LEAKY_RELU)
-        return (CN_VEC)(((CN_IVEC)a & positive) | ((CN_IVEC)(a * alpha) & ~positive));
-    return a;
-}
-
 /* Tile t's outputs A^T m A for filters [f, f + m) from its products M[:, r] (slices
  * g->MS values apart), plus the bias, the activation, then pooled PH x PW (the max, or
  * the sum times 1 / (PH * PW), in the window's row-major order; 1x1: stored as they
@@ -154,7 +143,7 @@ CN_ATTR CN_INLINE void CN_FN(cn_wino_tile_out)(const cn_wino_geometry *g, const 
             out[k] += bv;
     }
     for (int k = 0; k < 16; k++)
-        out[k] = CN_FN(cn_wino_act)(out[k], act, alpha);
+        out[k] = CN_FN(cn_thin_act_v)(out[k], act, alpha);     /* conv_thin_template.h */
     for (int64_t py = 0; py < 4 / PH; py++) {
         const int64_t qy = oy0 / PH + py;
         if (qy >= g->QH)
@@ -205,10 +194,5 @@ CN_ATTR void CN_FN(cn_wino_output)(const cn_wino_geometry *g, const CN_T *M,
 #undef CN_UVEC
 #undef CN_IVEC
 #undef CN_FN
-#undef CN_INT
 #undef CN_CAT
 #undef CN_CAT_
-#undef CN_T
-#undef CN_SFX
-#undef CN_ATTR
-#undef CN_BYTES

@@ -963,7 +963,6 @@ cdef extern from "winograd_fused.h" nogil:
         int64_t N, H, W, C, F, PT, PL, OH, OW, TH, TW, PH, PW, QH, QW, VS, US, MS
         int act, max_pool
         double alpha
-    int CN_WINO_LINEAR, CN_WINO_RELU, CN_WINO_LEAKY_RELU
     void cn_wino_input_f32(int isa, const cn_wino_geometry *g, const float *x, float *V,
                            int64_t t0, int64_t t1, int64_t base)
     void cn_wino_input_f64(int isa, const cn_wino_geometry *g, const double *x, double *V,
@@ -979,8 +978,6 @@ cdef extern from "winograd_fused.h" nogil:
                             const double *bias, double *y, int64_t f0, int64_t f1, int64_t t0,
                             int64_t t1)
 
-if (CN_WINO_LINEAR, CN_WINO_RELU, CN_WINO_LEAKY_RELU) != (ACT_LINEAR, ACT_RELU, ACT_LEAKY_RELU):
-    raise ImportError("conv: winograd_fused.h's activation codes differ from the Epilogue enum")
 
 cdef enum:
     # multiply-adds of the 36 transform-domain products a thread must have to take
