@@ -198,17 +198,16 @@ class _Op:
 # follows: the chunk's output is pooled while it is still in the (1 MiB-class) L2 cache,
 # instead of written out whole and read back (25 MB for LeNet's first layer at batch 256).
 CHUNK_BYTES = 384 * 1024
-# Below this many Winograd tiles in the batch, im2col + one GEMM is faster than
-# Winograd's 36 transform-domain GEMMs and its kernel transform, which cost the same
-# at any batch size (measured: LeNet's 14x14x32 -> 64 at batch 1, one thread, 39 µs
-# against 61 µs; at batch 256 Winograd is 1.4x faster).
-WINOGRAD_MIN_TILES = 64
 # Winograd runs fused in one kernel where the activation and pooling allow
 # (conv_k.winograd_conv_pool: the 36 products by the serial GEMM, the transforms in
-# registers, the kernel's transform kept while its bytes stay the same). LeNet's
-# 14x14x32 -> 64 + 2x2 max pooling, whole model predict, one thread: batch 1 57.8 ->
-# 45.2 us (the layer: 31 -> 16 us, against im2col + GEMM by bands); batch 256 9.1 ->
-# 6.4 ms (against the layer's Winograd); two threads 5.1 -> 2.9 ms.
+# registers, the kernel's transform kept while its bytes stay the same), at any batch
+# size. LeNet's 14x14x32 -> 64 + 2x2 max pooling, whole model predict, one thread: batch 1
+# 57.8 -> 45.2 us (the layer: 31 -> 16 us, against im2col + GEMM by bands); batch 256
+# 9.1 -> 6.4 ms (against the layer's Winograd); two threads 5.1 -> 2.9 ms. Elsewhere
+# (other activations or poolings) the layer's own Winograd, from this many tiles in the
+# batch: below it im2col + one GEMM is faster than its 36 GEMM calls and its kernel
+# transform (LeNet's second layer at batch 1, one thread: 39 against 61 us).
+WINOGRAD_MIN_TILES = 64
 # Thin convolutions with these activations take the direct kernel (conv_k.thin_conv_pool,
 # the pooling after them fused) at any batch: LeNet's 28x28x1 -> 32 + 2x2 max pool,
 # direct / shifted-rows GEMM, 1 thread: batch 1 7.4 / 12.4 us, batch 256 1.14 / 2.02 ms;
@@ -218,10 +217,10 @@ _DIRECT_EPILOGUES = (EPILOGUES["linear"], EPILOGUES["relu"], EPILOGUES["leaky_re
 
 class _ConvOp:
     """A Conv1D/Conv2D layer whose activation the GEMM epilogue applies, and the max or
-    average pooling layer right after it if any: a thin one (KH*KW*C <= 32) with a
-    ReLU-class activation in the direct kernel, the pooling fused; others im2col + one
-    GEMM (or the layer's own Winograd on large batches), then the pooling, chunk by
-    chunk of samples."""
+    average pooling layer right after it if any: a Winograd-sized 3x3 one or a thin one
+    (KH*KW*C <= 32) with a ReLU-class activation in one fused kernel with the pooling;
+    others im2col + one GEMM (or the layer's own Winograd on large batches), then the
+    pooling, chunk by chunk of samples."""
 
     @staticmethod
     def takes(layer):
