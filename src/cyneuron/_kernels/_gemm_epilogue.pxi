@@ -146,8 +146,7 @@ cdef inline void _finish(const Call *g, floating dummy, int64_t row, int64_t m, 
             _epilogue(c, g.ldc, <int>m, <int>n, g.act, <floating>g.alpha)
         return
     if g.bias != NULL or cheap:      # the bias (and relu / leaky_relu) in the C loop
-        _cheap_bias_act(c, g.ldc, <int>m, <int>n,
-                        <const floating *>g.bias + col if g.bias != NULL else NULL,
-                        g.act if cheap else EPI_LINEAR, <floating>g.alpha, avx2)
+        _cheap_bias_act(c, g.ldc, <int>m, <int>n, bias, g.act if cheap else EPI_LINEAR,
+                        <floating>g.alpha, avx2)
     if not cheap and g.act != EPI_LINEAR:
         _epilogue(c, g.ldc, <int>m, <int>n, g.act, <floating>g.alpha)
