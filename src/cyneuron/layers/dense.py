@@ -93,7 +93,8 @@ class Dense(Layer):
 
     def _gemm_into_z(self, x, epilogue):
         z = self._buffer("z", x.shape[:-1] + (self.units,))
-        x2, z2 = x.reshape(-1, x.shape[-1]), z.reshape(-1, self.units)   # views: one GEMM
+        x2, z2 = (x, z) if x.ndim == 2 else (x.reshape(-1, x.shape[-1]),   # views: one GEMM
+                                             z.reshape(-1, self.units))
         bias = self._weights[1] if self.use_bias else None
         if epilogue is None:     # the plain path: a separate bias pass
             gemm(x2, self._weights[0], z2)
@@ -109,8 +110,14 @@ class Dense(Layer):
 
     @property
     def _epilogue(self):
-        """(code, alpha) of the GEMM epilogue for this layer's activation, or None."""
-        return epilogue_of(self.activation) if fusion_enabled() else None
+        """(code, alpha) of the GEMM epilogue for this layer's activation, or None (kept
+        while the activation and the fusion switch stay: asked several times a step)."""
+        fusion, activation = fusion_enabled(), self.activation
+        cached = self.__dict__.get("_epilogue_of")
+        if cached is None or cached[0] is not activation or cached[1] != fusion:
+            cached = self._epilogue_of = (activation, fusion,
+                                          epilogue_of(activation) if fusion else None)
+        return cached[2]
 
     # The model may hand this layer's input-gradient GEMM the previous layer's
     # activation derivative (see _grad_epilogue), so that pass happens in its epilogue.
@@ -138,7 +145,8 @@ class Dense(Layer):
         """Gradients from d(loss)/d(x @ kernel + bias): dW = x^T dz, db = sum(dz), dx = dz W^T
         (times the previous layer's activation derivative when `into` = (code, alpha, y)).
         N-D dz and y are read as their (rows, features) views."""
-        dz = dz.reshape(-1, self.units)
+        if dz.ndim != 2:
+            dz = dz.reshape(-1, self.units)
         if fusion_enabled():     # db = column sums of dz, in the same pass as dW
             gemm(self._x.T, dz, self._gradients[0],
                  b_sums=self._gradients[1] if self.use_bias else None)
@@ -149,7 +157,7 @@ class Dense(Layer):
         if not need_input_grad:
             return None
         dx = self._buffer("dx", self._x_shape)
-        dx2 = dx.reshape(self._x.shape)
+        dx2 = dx if dx.ndim == 2 else dx.reshape(self._x.shape)
         if into is None:
             gemm(dz, self._weights[0].T, dx2)
         else:

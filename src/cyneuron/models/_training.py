@@ -348,6 +348,8 @@ class TrainingMixin:
     def _update_metrics(self, targets, outs, start_logs=None):
         """Add a batch to every metric; returns their results (by log name)."""
         logs = {}
+        if not any(self._out_metrics):
+            return logs
         ts, os_ = self._wrap_out(targets), self._wrap_out(outs)
         names = self._metric_names()
         for k, ms in enumerate(self._out_metrics):
