@@ -1,7 +1,8 @@
 """The float32 vector math of the transcendental activations (csrc/vmath.h) on every SIMD
 path this CPU has: against float64 references, at ragged lengths, with the special
-values, through the activation kernels and through the GEMM epilogue; and the same bits
-for an element wherever it sits in the array and whatever the thread count."""
+values, through the activation kernels, the GEMM epilogue and the softmax
+cross-entropies; and the same bits for an element wherever it sits in the array and
+whatever the thread count."""
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 import cyneuron as cn
 from cyneuron._kernels import activations as act
+from cyneuron._kernels import losses as lk
 from cyneuron._kernels import gemm as _gemm
 
 SQRT2, C_TANH = math.sqrt(2), math.sqrt(2 / math.pi)
@@ -143,3 +145,46 @@ def test_epilogue_activations_on_every_path(activation, isa):
     separate = cn.activations.get(activation).forward(z)
     np.testing.assert_allclose(fused, separate, rtol=1e-6, atol=1e-7)
     assert _gemm.get_isa() == isa
+
+
+@pytest.mark.parametrize("rows, cols", [(1, 1), (3, 2), (103, 10), (205, 10), (6000, 10),
+                                        (40, 17), (9, 33), (4, 1500)])
+def test_softmax_cross_entropies_on_every_path(rows, cols, isa, kernel_threads):
+    """The float32 sparse and dense softmax cross-entropies (the fused softmax + loss of
+    training) run on the vector exp in blocks of rows: against float64 with weights, the
+    per-row losses, a masked (-inf) logit and a large one, across block boundaries."""
+    rng = np.random.default_rng(rows * 100 + cols)
+    z = (rng.standard_normal((rows, cols)) * 6).astype(np.float32)
+    z[0, 0] = 80.0
+    if cols > 2:
+        z[-1, 1] = -np.inf
+    labels = rng.integers(0, cols, rows)
+    labels[-1] = 0
+    w = rng.random(rows).astype(np.float32)
+    targets = rng.random((rows, cols)).astype(np.float32)
+    if cols > 2:
+        targets[-1, 1] = 0      # a target of 0 on the masked logit: 0 log 0 = 0
+    zd = z.astype(np.float64)
+    m = zd.max(axis=1, keepdims=True)
+    e = np.exp(zd - m)
+    p = e / e.sum(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(e.sum(axis=1))
+    onehot = np.zeros((rows, cols))
+    onehot[np.arange(rows), labels] = 1
+    with np.errstate(invalid="ignore"):
+        dense_losses = np.where(targets != 0, targets * (lse[:, None] - zd), 0).sum(axis=1)
+    cases = [("sparse", lambda g, out: lk.softmax_cross_entropy_sparse(
+                  z, labels, g, 0.25, sample_weight=w, losses=out),
+              w * (lse - zd[np.arange(rows), labels]), (p - onehot) * w[:, None] * 0.25),
+             ("dense", lambda g, out: lk.softmax_cross_entropy_dense(
+                  z, targets, g, 0.25, sample_weight=w, losses=out),
+              w * dense_losses,
+              (p * targets.sum(axis=1, keepdims=True) - targets) * w[:, None] * 0.25)]
+    for name, call, ref_losses, ref_grad in cases:
+        grad, losses = np.empty_like(z), np.empty(rows, np.float32)
+        total = call(grad, losses)
+        scale = 1 + np.abs(ref_losses)
+        assert np.all(np.abs(losses - ref_losses) <= 1e-5 * scale), name
+        assert abs(total - ref_losses.sum()) <= 1e-5 * scale.sum(), name
+        tol = 1e-5 * (np.abs(ref_grad) + np.abs(targets) * w[:, None] + 1e-2)
+        assert np.all(np.abs(grad - ref_grad) <= tol), (name, np.abs(grad - ref_grad).max())
