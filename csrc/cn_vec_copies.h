@@ -2,9 +2,10 @@
  * and double, each for the build's baseline (16-byte vectors), AVX2 + FMA (32) and
  * AVX-512F (64). Each copy sees CN_T (the element type), CN_INT (the integer of its
  * width), CN_SFX (f32_generic ... f64_avx512: the suffix of its names), CN_ATTR (its
- * target attribute) and CN_BYTES (the vector width in bytes); they are undefined after
- * it. The caller picks a copy at run time from the GEMM's instruction set. Used by the
- * thin convolution (conv_thin.h) and the fused Winograd transforms (winograd_fused.h). */
+ * target attribute) and CN_BYTES (the vector width in bytes); cn_vec_undef.h clears
+ * them after it. The caller picks a copy at run time from the GEMM's instruction set.
+ * Used by the thin convolution (conv_thin.h) and the fused Winograd transforms
+ * (winograd_fused.h). */
 #include <stdint.h>
 
 #ifndef CN_VEC_COPIES_TARGETS
@@ -28,64 +29,40 @@
 #define CN_ATTR
 #define CN_BYTES 16
 #include CN_VEC_TEMPLATE
-#undef CN_T
-#undef CN_INT
-#undef CN_SFX
-#undef CN_ATTR
-#undef CN_BYTES
+#include "cn_vec_undef.h"
 #define CN_T float
 #define CN_INT int32_t
 #define CN_SFX f32_avx2
 #define CN_ATTR CN_VEC_AVX2
 #define CN_BYTES 32
 #include CN_VEC_TEMPLATE
-#undef CN_T
-#undef CN_INT
-#undef CN_SFX
-#undef CN_ATTR
-#undef CN_BYTES
+#include "cn_vec_undef.h"
 #define CN_T float
 #define CN_INT int32_t
 #define CN_SFX f32_avx512
 #define CN_ATTR CN_VEC_AVX512
 #define CN_BYTES 64
 #include CN_VEC_TEMPLATE
-#undef CN_T
-#undef CN_INT
-#undef CN_SFX
-#undef CN_ATTR
-#undef CN_BYTES
+#include "cn_vec_undef.h"
 #define CN_T double
 #define CN_INT int64_t
 #define CN_SFX f64_generic
 #define CN_ATTR
 #define CN_BYTES 16
 #include CN_VEC_TEMPLATE
-#undef CN_T
-#undef CN_INT
-#undef CN_SFX
-#undef CN_ATTR
-#undef CN_BYTES
+#include "cn_vec_undef.h"
 #define CN_T double
 #define CN_INT int64_t
 #define CN_SFX f64_avx2
 #define CN_ATTR CN_VEC_AVX2
 #define CN_BYTES 32
 #include CN_VEC_TEMPLATE
-#undef CN_T
-#undef CN_INT
-#undef CN_SFX
-#undef CN_ATTR
-#undef CN_BYTES
+#include "cn_vec_undef.h"
 #define CN_T double
 #define CN_INT int64_t
 #define CN_SFX f64_avx512
 #define CN_ATTR CN_VEC_AVX512
 #define CN_BYTES 64
 #include CN_VEC_TEMPLATE
-#undef CN_T
-#undef CN_INT
-#undef CN_SFX
-#undef CN_ATTR
-#undef CN_BYTES
+#include "cn_vec_undef.h"
 #undef CN_VEC_TEMPLATE
