@@ -46,13 +46,27 @@ def _plan_shapes(dtype, isa=None):
         ("direct-big-m", direct_m + 2 * mc + 3, big_k, _whole_lines(nr, dtype), False),
         ("packed-mc-edges", 2 * mc + mr + 1, 29, nr + 1, False),
         ("packed-b-transposed", 17, big_k, 2 * nr + 1, True),
-        # More rows than one micro-tile, B's rows 4 KiB apart (all in a few cache sets)
-        ("packed-4k-stride", mr + 1, kc + 1, 4096 // np.dtype(dtype).itemsize, False),
+        # More rows than one micro-tile, B's rows a power of two apart that puts its
+        # rows in too few of this host's L2 sets to stay cached (4 KiB on Zen 5's L2)
+        ("packed-aliasing-stride", mr + 1, kc + 1, _aliasing_columns(kc + 1, dtype), False),
         ("packed-nc-edge", swap_m + 2, 19, nc + nr + 3, True),
         ("swapped-few-rows", 2 * mr + 3, big_k, swap_n, True),     # dX = dY W^T, batch 19
         ("swapped-max-m", swap_m, 37,
          limits["swap_min_b_bytes"] // (37 * np.dtype(dtype).itemsize) + 5, True),
     ]
+
+
+def _aliasing_columns(k, dtype):
+    """Columns of a contiguous B (k, N) whose row stride maps its rows onto too few sets
+    of the host's L2 (`l2_cache()`) for the K block's rows to stay there: the power-of-two
+    stride that leaves the most sets that still cannot hold them (two lines a row)."""
+    sets, ways = _gemm.l2_cache()
+    kc_block = _gemm.block_sizes(np.dtype(dtype).name)[3]
+    k_block = -(-k // -(-k // kc_block))            # the plan's equal K blocks
+    used = sets
+    while used > 1 and used * ways >= 2 * k_block:
+        used //= 2
+    return (sets // used) * 64 // np.dtype(dtype).itemsize
 
 
 def _whole_lines(nr, dtype):
