@@ -358,6 +358,14 @@ def test_plans_split_and_pack_as_documented(isa_name, dtype):
     # ... while with many row tiles the rows still win (32 x 25 + 12 < 64 x 13).
     a, b = _case(rng, dtype, 64 * mr, 64, 25 * nr, True)
     assert _gemm.plan(a, b, threads=2, isa=isa_name)["split"] == "rows"
+    # A product that mostly writes C (K = 10, C of 512 KB or more): rows while each
+    # thread's piece of a C row would be 512 bytes or less, columns for wider pieces.
+    for n, split in ((128, "rows"), (512, "columns")):
+        a, b = _case(rng, dtype, 1024, 10, n, False)
+        assert _gemm.plan(a, b, threads=2, isa=isa_name)["split"] == split, n
+        c = np.empty((1024, n), dtype)
+        _gemm.gemm(a, b, c)
+        assert_matmul_close(c, a, b, what=f"K=10 N={n} {isa_name}")
     # Many rows: B read in place when its sliver rows are whole cache lines, else packed
     # (B off a line, rows not whole lines apart, a ragged sliver).
     m, n = _gemm.plan_limits()["direct_max_m"] + 1, _whole_lines(nr, dtype)
