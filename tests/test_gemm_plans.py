@@ -358,6 +358,13 @@ def test_plans_split_and_pack_as_documented(isa_name, dtype):
     # ... while with many row tiles the rows still win (32 x 25 + 12 < 64 x 13).
     a, b = _case(rng, dtype, 64 * mr, 64, 25 * nr, True)
     assert _gemm.plan(a, b, threads=2, isa=isa_name)["split"] == "rows"
+    # Past 4 row tiles (up to direct_max_m rows), B read in place needs its sliver rows
+    # spread over a quarter of the L1 sets or more: rows l1_sets / 4 lines apart fall in
+    # 4 sets (B packed), 2 lines further apart in half of them (B in place).
+    n = _gemm.l1_sets() // 4 * 64 // np.dtype(dtype).itemsize
+    for m, cols, want in ((4 * mr, n, "direct"), (5 * mr, n, "packed"), (5 * mr, n + nr, "direct")):
+        a, b = _case(rng, dtype, m, 50, cols, False)
+        assert _gemm.plan(a, b, isa=isa_name)["plan"] == want, (m, cols)
     # A product that mostly writes C (K = 10, C of 512 KB or more): rows while each
     # thread's piece of a C row would be 512 bytes or less, columns for wider pieces.
     for n, split in ((128, "rows"), (512, "columns")):

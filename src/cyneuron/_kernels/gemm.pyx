@@ -165,6 +165,8 @@ cdef enum:
     # The direct plan (nothing packed) is used up to this many rows of C (further when
     # B's rows sit on cache lines: see _choose).
     DIRECT_MAX_M = 128
+    # ... and past this many row tiles only when B's sliver rows stay in L1 (_choose).
+    DIRECT_FEW_ROW_TILES = 4
     # Products that mostly write C split their rows among threads (see _choose): K at
     # most this, C at least this large, each thread's piece of a row at most this wide.
     STREAM_MAX_K = 48
@@ -472,6 +474,20 @@ cdef extern from *:
         return 0;
     #endif
     }
+    static long cn_l1_size(void) {
+    #if defined(_SC_LEVEL1_DCACHE_SIZE)
+        return sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    #else
+        return 0;
+    #endif
+    }
+    static long cn_l1_ways(void) {
+    #if defined(_SC_LEVEL1_DCACHE_ASSOC)
+        return sysconf(_SC_LEVEL1_DCACHE_ASSOC);
+    #else
+        return 0;
+    #endif
+    }
     static long cn_l2_ways(void) {
     #if defined(_SC_LEVEL2_CACHE_ASSOC)
         return sysconf(_SC_LEVEL2_CACHE_ASSOC);
@@ -482,6 +498,8 @@ cdef extern from *:
     """
     long cn_l2_size()
     long cn_l2_ways()
+    long cn_l1_size()
+    long cn_l1_ways()
 
 
 # The L2 the direct plan's B sliver (kc rows at B's row stride) must fit in: read from
@@ -490,20 +508,39 @@ cdef extern from *:
 cdef int64_t _l2_sets = 1024, _l2_ways = 8
 
 
-cdef void _read_l2():
-    global _l2_sets, _l2_ways
-    cdef long size = cn_l2_size(), ways = cn_l2_ways()
+# The L1 sets the direct plan's B sliver rows spread over (see _choose): read from the
+# CPU at import, else 64 (48 KiB 12-way, Zen 5 and recent Intel cores).
+cdef int64_t _l1_sets = 64
+
+
+cdef long _sets(long size, long ways) noexcept nogil:
+    """Sets of 64-byte lines of a cache, 0 when unknown or not a power of two (as set
+    indexing needs)."""
     cdef long sets = size // (ways * CACHE_LINE) if size > 0 and ways > 0 else 0
-    if sets > 0 and sets & (sets - 1) == 0:   # a power of two, as set indexing needs
+    return sets if sets > 0 and sets & (sets - 1) == 0 else 0
+
+
+cdef void _read_caches():
+    global _l2_sets, _l2_ways, _l1_sets
+    cdef long ways = cn_l2_ways(), sets = _sets(cn_l2_size(), ways)
+    if sets:
         _l2_sets, _l2_ways = sets, ways
+    sets = _sets(cn_l1_size(), cn_l1_ways())
+    if sets:
+        _l1_sets = sets
 
 
-_read_l2()
+_read_caches()
 
 
 def l2_cache():
     """(sets, ways) of 64-byte lines the plan choice assumes for the L2 cache."""
     return (_l2_sets, _l2_ways)
+
+
+def l1_sets():
+    """Sets of 64-byte lines the plan choice assumes for the L1 data cache."""
+    return _l1_sets
 
 
 cdef inline int64_t _gcd(int64_t a, int64_t b) noexcept nogil:
@@ -521,6 +558,17 @@ cdef bint _rows_stay_cached(int64_t stride_bytes, int64_t rows) noexcept nogil:
     if stride_bytes % CACHE_LINE == 0:
         sets = _l2_sets // _gcd(stride_bytes // CACHE_LINE, _l2_sets)
     return sets * _l2_ways >= 2 * rows
+
+
+cdef int64_t _l1_sets_of_rows(int64_t stride_bytes, int64_t row_bytes) noexcept nogil:
+    """How many L1 sets rows of row_bytes at this stride fall in (a power-of-two stride
+    of 4 KiB puts them all in a few)."""
+    cdef int64_t lines = _cdiv(row_bytes, CACHE_LINE), sets = _l1_sets
+    if stride_bytes < 0:
+        stride_bytes = -stride_bytes
+    if stride_bytes % CACHE_LINE == 0:
+        sets = _l1_sets // _gcd(stride_bytes // CACHE_LINE, _l1_sets)
+    return _min(_l1_sets, sets * lines)
 
 
 cdef bint _rows_on_lines(const Call *g, size_t item) noexcept nogil:
@@ -593,9 +641,18 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     # packed / direct: 256x784x256 414 / 402 us, 256x3136x128 825 / 787, 512x512x512
     # 1056 / 1032; misaligned B (numpy's 16-byte start) read in place was 3% slower, and
     # N = 10 (all edge, copied per row block) 30% slower.
+    # Up to DIRECT_MAX_M rows, B's sliver is read again by each row tile: past a few
+    # tiles, that needs its rows spread over a quarter of the L1 sets or more, else they
+    # come from L2 each time and packing B pays. Intel Xeon (48 KiB 12-way L1), direct /
+    # packed GFLOP/s, one thread (two): 128x784x256 (rows 1 KiB apart: 8 of 64 sets)
+    # 137 / 152 (241 / 279), 128x784x512 127 / 147 (240 / 281), 64x784x512 124 / 130
+    # (225 / 250); 512 bytes apart (16 sets) direct stays ahead: 128x784x128 161 / 153
+    # (257 / 257); and with 4 row tiles: 32x784x256 143 / 124 (222 / 214).
     g.direct = (g.csb == 1 and a_in_place
                 and (g.M <= g.mr or _rows_stay_cached(g.rsb * item, kc)
-                     and (g.M <= DIRECT_MAX_M or _rows_on_lines(g, item))))
+                     and (g.M <= DIRECT_MAX_M or _rows_on_lines(g, item))
+                     and (m_sl <= DIRECT_FEW_ROW_TILES or g.M > DIRECT_MAX_M
+                          or 4 * _l1_sets_of_rows(g.rsb * item, g.nr * item) >= _l1_sets)))
     g.pack_a = not g.direct and not a_in_place
     # One output column (Dense(1), a step on one sample): the micro-kernel would compute
     # NR columns to keep one, so dot A's rows with B instead, or stream B down A's
