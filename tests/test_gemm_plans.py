@@ -360,7 +360,7 @@ def test_plans_split_and_pack_as_documented(isa_name, dtype):
     assert _gemm.plan(a, b, threads=2, isa=isa_name)["split"] == "rows"
     # Past 4 row tiles (up to direct_max_m rows), B read in place needs its sliver rows
     # spread over a quarter of the L1 sets or more: rows l1_sets / 4 lines apart fall in
-    # 4 sets (B packed), 2 lines further apart in half of them (B in place).
+    # 4 sets (B packed), one sliver further apart in many more (B in place).
     n = _gemm.l1_sets() // 4 * 64 // np.dtype(dtype).itemsize
     for m, cols, want in ((4 * mr, n, "direct"), (5 * mr, n, "packed"), (5 * mr, n + nr, "direct")):
         a, b = _case(rng, dtype, m, 50, cols, False)
