@@ -466,40 +466,18 @@ cdef enum:
 cdef extern from *:
     """
     #include <unistd.h>
-    /* The L2 data cache's size and ways (0 where the C library cannot tell). */
-    static long cn_l2_size(void) {
-    #if defined(_SC_LEVEL2_CACHE_SIZE)
-        return sysconf(_SC_LEVEL2_CACHE_SIZE);
-    #else
-        return 0;
-    #endif
-    }
-    static long cn_l1_size(void) {
-    #if defined(_SC_LEVEL1_DCACHE_SIZE)
-        return sysconf(_SC_LEVEL1_DCACHE_SIZE);
-    #else
-        return 0;
-    #endif
-    }
-    static long cn_l1_ways(void) {
-    #if defined(_SC_LEVEL1_DCACHE_ASSOC)
-        return sysconf(_SC_LEVEL1_DCACHE_ASSOC);
-    #else
-        return 0;
-    #endif
-    }
-    static long cn_l2_ways(void) {
-    #if defined(_SC_LEVEL2_CACHE_ASSOC)
-        return sysconf(_SC_LEVEL2_CACHE_ASSOC);
-    #else
-        return 0;
+    /* Size and ways of the L1 data cache (level 1) or the L2 (level 2); 0 where the C
+       library cannot tell. */
+    static void cn_cache_geometry(int level, long *size, long *ways) {
+        *size = *ways = 0;
+    #if defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL1_DCACHE_ASSOC) \
+        && defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL2_CACHE_ASSOC)
+        *size = sysconf(level == 1 ? _SC_LEVEL1_DCACHE_SIZE : _SC_LEVEL2_CACHE_SIZE);
+        *ways = sysconf(level == 1 ? _SC_LEVEL1_DCACHE_ASSOC : _SC_LEVEL2_CACHE_ASSOC);
     #endif
     }
     """
-    long cn_l2_size()
-    long cn_l2_ways()
-    long cn_l1_size()
-    long cn_l1_ways()
+    void cn_cache_geometry(int level, long *size, long *ways) noexcept nogil
 
 
 # The L2 the direct plan's B sliver (kc rows at B's row stride) must fit in: read from
@@ -513,19 +491,21 @@ cdef int64_t _l2_sets = 1024, _l2_ways = 8
 cdef int64_t _l1_sets = 64
 
 
-cdef long _sets(long size, long ways) noexcept nogil:
-    """Sets of 64-byte lines of a cache, 0 when unknown or not a power of two (as set
-    indexing needs)."""
-    cdef long sets = size // (ways * CACHE_LINE) if size > 0 and ways > 0 else 0
+cdef long _sets(int level, long *ways) noexcept nogil:
+    """Sets of 64-byte lines of the cache at this level (its ways in *ways), 0 when
+    unknown or not a power of two (as set indexing needs)."""
+    cdef long size
+    cn_cache_geometry(level, &size, ways)
+    cdef long sets = size // (ways[0] * CACHE_LINE) if size > 0 and ways[0] > 0 else 0
     return sets if sets > 0 and sets & (sets - 1) == 0 else 0
 
 
 cdef void _read_caches():
     global _l2_sets, _l2_ways, _l1_sets
-    cdef long ways = cn_l2_ways(), sets = _sets(cn_l2_size(), ways)
+    cdef long ways, sets = _sets(2, &ways)
     if sets:
         _l2_sets, _l2_ways = sets, ways
-    sets = _sets(cn_l1_size(), cn_l1_ways())
+    sets = _sets(1, &ways)
     if sets:
         _l1_sets = sets
 
@@ -549,26 +529,24 @@ cdef inline int64_t _gcd(int64_t a, int64_t b) noexcept nogil:
     return a
 
 
-cdef bint _rows_stay_cached(int64_t stride_bytes, int64_t rows) noexcept nogil:
-    """Whether `rows` rows at this stride (two lines each) fit in the cache sets
-    they map to: strides of a large power of two all land in a few sets."""
-    cdef int64_t sets = _l2_sets
+cdef int64_t _sets_of_rows(int64_t stride_bytes, int64_t cache_sets) noexcept nogil:
+    """How many of a cache's sets the first line of rows at this stride fall in: strides
+    of a large power of two all land in a few."""
     if stride_bytes < 0:
         stride_bytes = -stride_bytes
     if stride_bytes % CACHE_LINE == 0:
-        sets = _l2_sets // _gcd(stride_bytes // CACHE_LINE, _l2_sets)
-    return sets * _l2_ways >= 2 * rows
+        return cache_sets // _gcd(stride_bytes // CACHE_LINE, cache_sets)
+    return cache_sets
+
+
+cdef bint _rows_stay_cached(int64_t stride_bytes, int64_t rows) noexcept nogil:
+    """Whether `rows` rows at this stride (two lines each) fit in the L2 sets they map to."""
+    return _sets_of_rows(stride_bytes, _l2_sets) * _l2_ways >= 2 * rows
 
 
 cdef int64_t _l1_sets_of_rows(int64_t stride_bytes, int64_t row_bytes) noexcept nogil:
-    """How many L1 sets rows of row_bytes at this stride fall in (a power-of-two stride
-    of 4 KiB puts them all in a few)."""
-    cdef int64_t lines = _cdiv(row_bytes, CACHE_LINE), sets = _l1_sets
-    if stride_bytes < 0:
-        stride_bytes = -stride_bytes
-    if stride_bytes % CACHE_LINE == 0:
-        sets = _l1_sets // _gcd(stride_bytes // CACHE_LINE, _l1_sets)
-    return _min(_l1_sets, sets * lines)
+    """How many L1 sets rows of row_bytes at this stride fall in."""
+    return _min(_l1_sets, _sets_of_rows(stride_bytes, _l1_sets) * _cdiv(row_bytes, CACHE_LINE))
 
 
 cdef bint _rows_on_lines(const Call *g, size_t item) noexcept nogil:
