@@ -366,13 +366,26 @@ def test_plans_split_and_pack_as_documented(isa_name, dtype):
         a, b = _case(rng, dtype, m, 50, cols, False)
         assert _gemm.plan(a, b, isa=isa_name)["plan"] == want, (m, cols)
     # A product that mostly writes C (K = 10, C of 512 KB or more): rows while each
-    # thread's piece of a C row would be 512 bytes or less, columns for wider pieces.
-    for n, split in ((128, "rows"), (512, "columns")):
-        a, b = _case(rng, dtype, 1024, 10, n, False)
+    # thread's piece of a C row would be 512 bytes or less, columns for wider pieces
+    # (fewer rows than columns: a tie would go to the rows otherwise, see below).
+    for m, n, split in ((1024, 128, "rows"), (512, 1024, "columns")):
+        a, b = _case(rng, dtype, m, 10, n, False)
         assert _gemm.plan(a, b, threads=2, isa=isa_name)["split"] == split, n
-        c = np.empty((1024, n), dtype)
+        c = np.empty((m, n), dtype)
         _gemm.gemm(a, b, c)
         assert_matmul_close(c, a, b, what=f"K=10 N={n} {isa_name}")
+    # A tie (an even number of row tiles and of slivers, several slivers a thread, B read
+    # in place) splits the longer side of C: each thread then reads half of the larger
+    # operand and all of the smaller one, not all of the larger one.
+    n = _whole_lines(nr, dtype)
+    m = 2 * mr * (_gemm.plan_limits()["direct_max_m"] // (2 * mr) + 1)
+    for cols, split in ((4 * n, "rows"), (2 * n * (m // n + 1), "columns")):
+        a, b = _case(rng, dtype, m, 64, cols, False)
+        assert _gemm.plan(a, b, threads=2, isa=isa_name) == \
+            {"plan": "direct", "split": split, "pack_a": False}, (m, cols)
+        c = np.empty((m, cols), dtype)
+        _gemm.gemm(a, b, c)
+        assert_matmul_close(c, a, b, what=f"tie {m}x{cols} {isa_name}")
     # Many rows: B read in place when its sliver rows are whole cache lines, else packed
     # (B off a line, rows not whole lines apart, a ragged sliver).
     m, n = _gemm.plan_limits()["direct_max_m"] + 1, _whole_lines(nr, dtype)

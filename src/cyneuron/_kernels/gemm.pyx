@@ -649,11 +649,20 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     # packed, moving them between cores on every call: counted as one tile's work per
     # sliver that crosses (2 threads, interleaved in one process, B transposed: 32x256x784
     # rows 44.0 / columns 35.9 us, 64x256x784 66.7 / 63.0 us; one thread 72 / 122 us).
+    # Other ties (even tile counts both ways, the common case) split the longer side of
+    # C: each thread reads half of the larger operand and all of the smaller, instead of
+    # all of the larger one. Intel Xeon, 2 threads, operands on lines (direct plan),
+    # rows / columns: 784x512x256 (A = X^T) 727 / 744 us, 512x784x256 634 / 653,
+    # 256x512x128 (X^T) 122 / 131, 784x128x256 (X^T) 189 / 200, 512x256x128 106 / 116,
+    # 784x512x64 (X^T) 187 / 239, 1024x10x512 49 / 77, 2048x512x256 1669 / 1704; one
+    # loss, 1024x256x512 927 / 885. Inside a 784-256-128-10 fit at batch 512, where A was
+    # last written by the other thread's half of a product, the step went 2.52-2.64 ->
+    # 2.43-2.49 ms.
     cdef int64_t row_tiles = _cdiv(m_sl, nthreads) * n_sl, column_tiles = m_sl * _cdiv(n_sl, nthreads)
     if not g.direct and not g.column:
         row_tiles += n_sl - _cdiv(n_sl, nthreads)
-    g.split_rows = row_tiles < column_tiles or (row_tiles == column_tiles and n_sl <= nthreads
-                                                and _rows_share_lines(g, item))
+    g.split_rows = row_tiles < column_tiles or (row_tiles == column_tiles and (
+        g.N < g.M or n_sl <= nthreads and _rows_share_lines(g, item)))
     # A product that mostly writes C (few multiply-adds per value) split by columns has
     # each thread write a short piece of every row, beside the other's: the L2 streamer
     # runs on along the row into the other thread's piece and fetches its lines, which
