@@ -327,7 +327,8 @@ def test_plan_rule_for_every_compiled_blocking(isa_name, dtype):
 def test_plans_split_and_pack_as_documented(isa_name, dtype):
     """Two threads split whichever way leaves fewer micro-tiles on the busier thread
     (on the packed plan, counting a sliver packed by the other thread as a tile);
-    a view whose column stride aliases the cache sets has A packed."""
+    a view whose column stride aliases the cache sets has A packed, and so has A^T
+    from a number of columns on."""
     mr, nr = _gemm.block_sizes(np.dtype(dtype).name, isa_name)[:2]
     rng = np.random.default_rng(9)
     # One column sliver, many row tiles (past the direct plan's rows): split the rows.
@@ -365,6 +366,26 @@ def test_plans_split_and_pack_as_documented(isa_name, dtype):
     for m, cols, want in ((4 * mr, n, "direct"), (5 * mr, n, "packed"), (5 * mr, n + nr, "direct")):
         a, b = _case(rng, dtype, m, 50, cols, False)
         assert _gemm.plan(a, b, isa=isa_name)["plan"] == want, (m, cols)
+    # Past direct_max_m rows an eighth of the L1 sets will do: rows l1_sets / 8 lines
+    # apart fall in 8 sets (B in place), l1_sets / 2 lines apart in 2 (B packed).
+    m = _gemm.plan_limits()["direct_max_m"] + mr
+    for lines, want in ((_gemm.l1_sets() // 8, "direct"), (_gemm.l1_sets() // 2, "packed")):
+        a, b = _case(rng, dtype, m, 50, lines * 64 // np.dtype(dtype).itemsize, False)
+        assert _gemm.plan(a, b, isa=isa_name)["plan"] == want, lines
+    # A^T (columns contiguous, as X^T in a weight gradient) is packed from pack_a_t_min_n
+    # columns of C and pack_a_t_min_k of A; below either it is read in place.
+    limits = _gemm.plan_limits()
+    min_n, min_k = limits["pack_a_t_min_n"], limits["pack_a_t_min_k"]
+    for k, n, packs in ((min_k, min_n, True), (min_k, min_n - nr, False),
+                        (min_k - 1, min_n, False)):
+        b = _case(rng, dtype, 1, k, n, False)[1]
+        x = rng.standard_normal((k, 3 * mr + 1)).astype(dtype)
+        chosen = _gemm.plan(x.T, b, threads=2, isa=isa_name)
+        assert (chosen["plan"], chosen["pack_a"]) == \
+            (("packed", True) if packs else ("direct", False)), (k, n)
+        c = np.empty((3 * mr + 1, n), dtype)
+        _gemm.gemm(x.T, b, c)
+        assert_matmul_close(c, x.T, b, what=f"A^T K={k} N={n} {isa_name}")
     # A product that mostly writes C (K = 10, C of 512 KB or more): rows while each
     # thread's piece of a C row would be 512 bytes or less, columns for wider pieces
     # (fewer rows than columns: a tie would go to the rows otherwise, see below).

@@ -167,6 +167,10 @@ cdef enum:
     DIRECT_MAX_M = 128
     # ... and past this many row tiles only when B's sliver rows stay in L1 (_choose).
     DIRECT_FEW_ROW_TILES = 4
+    # A^T (A's columns contiguous: X^T in a weight gradient) is packed from this many
+    # columns of C and of A (_choose).
+    PACK_A_T_MIN_N = 256
+    PACK_A_T_MIN_K = 128
     # Products that mostly write C split their rows among threads (see _choose): K at
     # most this, C at least this large, each thread's piece of a row at most this wide.
     STREAM_MAX_K = 48
@@ -305,6 +309,7 @@ def plan_limits():
             "parallel_min_b_bytes": PARALLEL_MIN_B_BYTES * distance_percent() // 100,
             "direct_max_m": DIRECT_MAX_M, "swap_max_m": SWAP_MAX_M,
             "swap_min_b_bytes": SWAP_MIN_B_BYTES,
+            "pack_a_t_min_n": PACK_A_T_MIN_N, "pack_a_t_min_k": PACK_A_T_MIN_K,
             "max_threads": MAX_THREADS, "l2_sets": _l2_sets, "l2_ways": _l2_ways}
 
 
@@ -611,6 +616,16 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     # stride does not map them all onto a few cache sets (in place measured 3-5% faster
     # than packing); other strided views are packed.
     cdef bint a_in_place = g.csa == 1 or (g.rsa == 1 and _rows_stay_cached(g.csa * item, kc))
+    # ... but A^T in place (a weight gradient's X^T) spends a line of L1 on every k for
+    # MR values, beside the B sliver the row tiles share there: packed, a tile's A is
+    # half as many lines, read in order. That pays once each packed tile is used across
+    # enough columns (and K is past a few lines). Intel Xeon, 2 threads, X^T @ dY,
+    # in place (direct) / packed A, us: 512x784x512 1351 / 1213, 512x512x512 964 / 847,
+    # 512x784x256 679 / 618, 128x784x256 170 / 154, 512x1024x1024 4051 / 3038; the AVX2
+    # kernels there 0.65-0.92 of the time, float64 0.77-0.94; but N = 128: 512x256x128
+    # 106 / 124 (AVX2 1.13x slower), and K = 32: 32x784x256 43 / 46.
+    cdef bint pack_a_t = (g.rsa == 1 and g.csa != 1 and g.M > g.mr
+                          and g.N >= PACK_A_T_MIN_N and g.K >= PACK_A_T_MIN_K)
     # Direct when B's rows stay cacheable, and always for a few rows (a single sample):
     # each element of B is then used so few times that packing it costs more than misses.
     # Past DIRECT_MAX_M rows too when every sliver row is two whole cache lines (B and its
@@ -626,12 +641,19 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     # 137 / 152 (241 / 279), 128x784x512 127 / 147 (240 / 281), 64x784x512 124 / 130
     # (225 / 250); 512 bytes apart (16 sets) direct stays ahead: 128x784x128 161 / 153
     # (257 / 257); and with 4 row tiles: 32x784x256 143 / 124 (222 / 214).
-    g.direct = (g.csb == 1 and a_in_place
+    # Past DIRECT_MAX_M rows an eighth of the sets will do (an MC block of row tiles per
+    # pass): rows 2 KiB apart (4 of 64 sets) pack B, 1 KiB (8 sets) still read in place.
+    # Intel Xeon, 2 threads (one), direct / packed, us: 512x784x512 1321 / 1241 (2380 /
+    # 2247), 512x512x512 867 / 808 (1644 / 1535); AVX2 kernels 0.92 of the time; at 1 KiB
+    # even: 512x784x256 611 / 615 (1197 / 1198), 256x784x256 315 / 310 (591 / 610).
+    # (Zen 5's 512x512x512 above was 2% faster in place: not measured again since.)
+    g.direct = (g.csb == 1 and a_in_place and not pack_a_t
                 and (g.M <= g.mr or _rows_stay_cached(g.rsb * item, kc)
                      and (g.M <= DIRECT_MAX_M or _rows_on_lines(g, item))
-                     and (m_sl <= DIRECT_FEW_ROW_TILES or g.M > DIRECT_MAX_M
-                          or 4 * _l1_sets_of_rows(g.rsb * item, g.nr * item) >= _l1_sets)))
-    g.pack_a = not g.direct and not a_in_place
+                     and (m_sl <= DIRECT_FEW_ROW_TILES
+                          or (4 if g.M <= DIRECT_MAX_M else 8)
+                          * _l1_sets_of_rows(g.rsb * item, g.nr * item) >= _l1_sets)))
+    g.pack_a = not g.direct and (not a_in_place or pack_a_t)
     # One output column (Dense(1), a step on one sample): the micro-kernel would compute
     # NR columns to keep one, so dot A's rows with B instead, or stream B down A's
     # columns when those are contiguous (C's rows are then contiguous too: ldc = 1).
