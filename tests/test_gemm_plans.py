@@ -372,20 +372,24 @@ def test_plans_split_and_pack_as_documented(isa_name, dtype):
     for lines, want in ((_gemm.l1_sets() // 8, "direct"), (_gemm.l1_sets() // 2, "packed")):
         a, b = _case(rng, dtype, m, 50, lines * 64 // np.dtype(dtype).itemsize, False)
         assert _gemm.plan(a, b, isa=isa_name)["plan"] == want, lines
-    # A^T (columns contiguous, as X^T in a weight gradient) is packed from pack_a_t_min_n
-    # columns of C and pack_a_t_min_k of A; below either it is read in place.
+    # A^T (columns contiguous, as X^T in a weight gradient) of more than direct_max_m
+    # rows is packed from pack_a_t_min_n columns of C and pack_a_t_min_k of A; below
+    # any of the three it is read in place.
     limits = _gemm.plan_limits()
     min_n, min_k = limits["pack_a_t_min_n"], limits["pack_a_t_min_k"]
-    for k, n, packs in ((min_k, min_n, True), (min_k, min_n - nr, False),
-                        (min_k - 1, min_n, False)):
+    rows = limits["direct_max_m"]
+    for m, k, n, packs in ((rows + 2 * mr + 1, min_k, min_n, True),
+                           (rows + 2 * mr + 1, min_k, min_n - nr, False),
+                           (rows + 2 * mr + 1, min_k - 1, min_n, False),
+                           (rows - 1, min_k, min_n, False)):
         b = _case(rng, dtype, 1, k, n, False)[1]
-        x = rng.standard_normal((k, 3 * mr + 1)).astype(dtype)
+        x = rng.standard_normal((k, m)).astype(dtype)
         chosen = _gemm.plan(x.T, b, threads=2, isa=isa_name)
-        assert (chosen["plan"], chosen["pack_a"]) == \
-            (("packed", True) if packs else ("direct", False)), (k, n)
-        c = np.empty((3 * mr + 1, n), dtype)
+        assert chosen["pack_a"] is packs, (m, k, n)
+        assert chosen["plan"] == "packed" or not packs, (m, k, n)
+        c = np.empty((m, n), dtype)
         _gemm.gemm(x.T, b, c)
-        assert_matmul_close(c, x.T, b, what=f"A^T K={k} N={n} {isa_name}")
+        assert_matmul_close(c, x.T, b, what=f"A^T {m}x{k}x{n} {isa_name}")
     # A product that mostly writes C (K = 10, C of 512 KB or more): rows while each
     # thread's piece of a C row would be 512 bytes or less, columns for wider pieces
     # (fewer rows than columns: a tie would go to the rows otherwise, see below).

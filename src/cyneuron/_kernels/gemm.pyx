@@ -167,8 +167,8 @@ cdef enum:
     DIRECT_MAX_M = 128
     # ... and past this many row tiles only when B's sliver rows stay in L1 (_choose).
     DIRECT_FEW_ROW_TILES = 4
-    # A^T (A's columns contiguous: X^T in a weight gradient) is packed from this many
-    # columns of C and of A (_choose).
+    # A^T (A's columns contiguous: X^T in a weight gradient) past DIRECT_MAX_M rows is
+    # packed from this many columns of C and of A (_choose).
     PACK_A_T_MIN_N = 256
     PACK_A_T_MIN_K = 128
     # Products that mostly write C split their rows among threads (see _choose): K at
@@ -619,12 +619,13 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     # ... but A^T in place (a weight gradient's X^T) spends a line of L1 on every k for
     # MR values, beside the B sliver the row tiles share there: packed, a tile's A is
     # half as many lines, read in order. That pays once each packed tile is used across
-    # enough columns (and K is past a few lines). Intel Xeon, 2 threads, X^T @ dY,
-    # in place (direct) / packed A, us: 512x784x512 1351 / 1213, 512x512x512 964 / 847,
-    # 512x784x256 679 / 618, 128x784x256 170 / 154, 512x1024x1024 4051 / 3038; the AVX2
-    # kernels there 0.65-0.92 of the time, float64 0.77-0.94; but N = 128: 512x256x128
-    # 106 / 124 (AVX2 1.13x slower), and K = 32: 32x784x256 43 / 46.
-    cdef bint pack_a_t = (g.rsa == 1 and g.csa != 1 and g.M > g.mr
+    # enough columns, with many row tiles and K past a few lines. Intel Xeon, 2 threads,
+    # X^T @ dY, in place (direct) / packed A, us: 512x784x512 1351 / 1213, 512x512x512
+    # 964 / 847, 512x784x256 679 / 618, 128x784x256 170 / 154, 512x1024x1024 4051 /
+    # 3038, 128x3136x256 813 / 704; the AVX2 kernels there 0.65-0.92 of the time, float64
+    # 0.77-0.94. Not for N = 128 (512x256x128 106 / 124, AVX2 1.13x slower), K = 32
+    # (32x784x256 43 / 46) or few rows (8192x27x256 483 / 608, 4096x32x256 249 / 307).
+    cdef bint pack_a_t = (g.rsa == 1 and g.csa != 1 and g.M > DIRECT_MAX_M
                           and g.N >= PACK_A_T_MIN_N and g.K >= PACK_A_T_MIN_K)
     # Direct when B's rows stay cacheable, and always for a few rows (a single sample):
     # each element of B is then used so few times that packing it costs more than misses.
