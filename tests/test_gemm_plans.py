@@ -374,14 +374,18 @@ def test_plans_split_and_pack_as_documented(isa_name, dtype):
         assert _gemm.plan(a, b, isa=isa_name)["plan"] == want, lines
     # A^T (columns contiguous, as X^T in a weight gradient) of more than direct_max_m
     # rows is packed from pack_a_t_min_n columns of C and pack_a_t_min_k of A; below
-    # any of the three it is read in place.
+    # any of the three it is read in place, unless a shorter K's lines all fall in one
+    # L1 set (A^T's columns l1_sets lines apart) and outnumber its ways.
     limits = _gemm.plan_limits()
     min_n, min_k = limits["pack_a_t_min_n"], limits["pack_a_t_min_k"]
     rows = limits["direct_max_m"]
+    one_set = _gemm.l1_sets() * 64 // np.dtype(dtype).itemsize
     for m, k, n, packs in ((rows + 2 * mr + 1, min_k, min_n, True),
                            (rows + 2 * mr + 1, min_k, min_n - nr, False),
                            (rows + 2 * mr + 1, min_k - 1, min_n, False),
-                           (rows - 1, min_k, min_n, False)):
+                           (rows - 1, min_k, min_n, False),
+                           (one_set, _gemm.l1_ways() + 1, min_n, True),
+                           (one_set + 1, _gemm.l1_ways() + 1, min_n, False)):
         b = _case(rng, dtype, 1, k, n, False)[1]
         x = rng.standard_normal((k, m)).astype(dtype)
         chosen = _gemm.plan(x.T, b, threads=2, isa=isa_name)

@@ -491,9 +491,10 @@ cdef extern from *:
 cdef int64_t _l2_sets = 1024, _l2_ways = 8
 
 
-# The L1 sets the direct plan's B sliver rows spread over (see _choose): read from the
-# CPU at import, else 64 (48 KiB 12-way, Zen 5 and recent Intel cores).
-cdef int64_t _l1_sets = 64
+# The L1 sets (and ways) that the direct plan's B sliver rows, and X^T's columns read in
+# place, spread over (see _choose): read from the CPU at import, else 64 sets of 12 ways
+# (48 KiB, Zen 5 and recent Intel cores).
+cdef int64_t _l1_sets = 64, _l1_ways = 12
 
 
 cdef long _sets(int level, long *ways) noexcept nogil:
@@ -506,13 +507,13 @@ cdef long _sets(int level, long *ways) noexcept nogil:
 
 
 cdef void _read_caches():
-    global _l2_sets, _l2_ways, _l1_sets
+    global _l2_sets, _l2_ways, _l1_sets, _l1_ways
     cdef long ways, sets = _sets(2, &ways)
     if sets:
         _l2_sets, _l2_ways = sets, ways
     sets = _sets(1, &ways)
     if sets:
-        _l1_sets = sets
+        _l1_sets, _l1_ways = sets, ways
 
 
 _read_caches()
@@ -526,6 +527,11 @@ def l2_cache():
 def l1_sets():
     """Sets of 64-byte lines the plan choice assumes for the L1 data cache."""
     return _l1_sets
+
+
+def l1_ways():
+    """Ways of the L1 data cache the plan choice assumes."""
+    return _l1_ways
 
 
 cdef inline int64_t _gcd(int64_t a, int64_t b) noexcept nogil:
@@ -619,14 +625,19 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     # ... but A^T in place (a weight gradient's X^T) spends a line of L1 on every k for
     # MR values, beside the B sliver the row tiles share there: packed, a tile's A is
     # half as many lines, read in order. That pays once each packed tile is used across
-    # enough columns, with many row tiles and K past a few lines. Intel Xeon, 2 threads,
-    # X^T @ dY, in place (direct) / packed A, us: 512x784x512 1351 / 1213, 512x512x512
-    # 964 / 847, 512x784x256 679 / 618, 128x784x256 170 / 154, 512x1024x1024 4051 /
-    # 3038, 128x3136x256 813 / 704; the AVX2 kernels there 0.65-0.92 of the time, float64
-    # 0.77-0.94. Not for N = 128 (512x256x128 106 / 124, AVX2 1.13x slower), K = 32
+    # enough columns, with many row tiles and K past a few lines (or fewer lines whose
+    # stride crowds them into too few L1 sets to stay). Intel Xeon, 2 threads, X^T @ dY,
+    # in place (direct) / packed A, us: 512x784x512 1351 / 1213, 512x512x512 964 / 847,
+    # 512x784x256 679 / 618, 128x784x256 170 / 154, 512x1024x1024 4051 / 3038,
+    # 128x3136x256 813 / 704; K = 32 with rows 4 KiB apart (one set), one thread (two):
+    # 32x1024x1024 563-580 / 448-474, 32x2048x512 514-528 / 434-440 (271-280 / 247); the
+    # AVX2 kernels 0.65-0.92 of the time where K >= 128, float64 0.77-0.94. Not for
+    # N = 128 (512x256x128 106 / 124, AVX2 1.13x slower), K = 32 at a stride that spreads
     # (32x784x256 43 / 46) or few rows (8192x27x256 483 / 608, 4096x32x256 249 / 307).
     cdef bint pack_a_t = (g.rsa == 1 and g.csa != 1 and g.M > DIRECT_MAX_M
-                          and g.N >= PACK_A_T_MIN_N and g.K >= PACK_A_T_MIN_K)
+                          and g.N >= PACK_A_T_MIN_N
+                          and (g.K >= PACK_A_T_MIN_K
+                               or _sets_of_rows(g.csa * item, _l1_sets) * _l1_ways < kc))
     # Direct when B's rows stay cacheable, and always for a few rows (a single sample):
     # each element of B is then used so few times that packing it costs more than misses.
     # Past DIRECT_MAX_M rows too when every sliver row is two whole cache lines (B and its
