@@ -363,29 +363,38 @@ def test_sigint_in_fit_stops_after_the_current_step():
     step is done: KeyboardInterrupt, optimizer and callbacks in step; Python's handler
     is back afterwards. A second Ctrl-C stops at once."""
     x, y = _blobs()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    for count, steps in ((1, 3), (2, 2)):
-        model = _classifier()
-        ends = []
+    # Python's own handler, as an interactive session has it (a shell that starts the
+    # tests in the background leaves Ctrl-C ignored, and then fit rightly leaves it so)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        for count, steps in ((1, 3), (2, 2)):
+            model = _classifier()
+            ends = []
 
-        def begin(batch, logs, count=count):
-            if batch == 2:
-                for _ in range(count):
-                    signal.raise_signal(signal.SIGINT)
+            def begin(batch, logs, count=count):
+                if batch == 2:
+                    for _ in range(count):
+                        signal.raise_signal(signal.SIGINT)
 
-        cb = cn.callbacks.LambdaCallback(on_train_batch_begin=begin,
-                                         on_train_batch_end=lambda b, logs: ends.append(b))
-        with pytest.raises(KeyboardInterrupt):
-            model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[cb])
-        assert model.optimizer.iterations == len(ends) == steps
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            cb = cn.callbacks.LambdaCallback(on_train_batch_begin=begin,
+                                             on_train_batch_end=lambda b, logs: ends.append(b))
+            with pytest.raises(KeyboardInterrupt):
+                model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[cb])
+            assert model.optimizer.iterations == len(ends) == steps
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 _CHILD = textwrap.dedent("""
-    import json, sys
+    import json, signal, sys
     import numpy as np
     import cyneuron as cn
     from cyneuron import layers
+
+    # Ctrl-C as an interactive session has it, even if the tests were started from a
+    # shell that ignores it (a background job): an ignored SIGINT is inherited
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     cn.set_num_threads(1)
     cn.set_seed(0)
