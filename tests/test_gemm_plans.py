@@ -366,9 +366,11 @@ def test_plans_split_and_pack_as_documented(isa_name, dtype):
     for m, cols, want in ((4 * mr, n, "direct"), (5 * mr, n, "packed"), (5 * mr, n + nr, "direct")):
         a, b = _case(rng, dtype, m, 50, cols, False)
         assert _gemm.plan(a, b, isa=isa_name)["plan"] == want, (m, cols)
+    limits = _gemm.plan_limits()
+    rows = limits["direct_max_m"]
     # Past direct_max_m rows an eighth of the L1 sets will do: rows l1_sets / 8 lines
     # apart fall in 8 sets (B in place), l1_sets / 2 lines apart in 2 (B packed).
-    m = _gemm.plan_limits()["direct_max_m"] + mr
+    m = rows + mr
     for lines, want in ((_gemm.l1_sets() // 8, "direct"), (_gemm.l1_sets() // 2, "packed")):
         a, b = _case(rng, dtype, m, 50, lines * 64 // np.dtype(dtype).itemsize, False)
         assert _gemm.plan(a, b, isa=isa_name)["plan"] == want, lines
@@ -376,9 +378,7 @@ def test_plans_split_and_pack_as_documented(isa_name, dtype):
     # rows is packed from pack_a_t_min_n columns of C and pack_a_t_min_k of A; below
     # any of the three it is read in place, unless a shorter K's lines all fall in one
     # L1 set (A^T's columns l1_sets lines apart) and outnumber its ways.
-    limits = _gemm.plan_limits()
     min_n, min_k = limits["pack_a_t_min_n"], limits["pack_a_t_min_k"]
-    rows = limits["direct_max_m"]
     one_set = _gemm.l1_sets() * 64 // np.dtype(dtype).itemsize
     for m, k, n, packs in ((rows + 2 * mr + 1, min_k, min_n, True),
                            (rows + 2 * mr + 1, min_k, min_n - nr, False),
