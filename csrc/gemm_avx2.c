@@ -24,6 +24,10 @@
 #define UKR_ADD(a, b) _mm256_add_ps((a), (b))
 #define UKR_MAX(a, b) _mm256_max_ps((a), (b))
 #define UKR_NONFINITE(v) (_mm256_movemask_ps(_mm256_cmp_ps(_mm256_sub_ps((v), (v)), _mm256_setzero_ps(), _CMP_NEQ_UQ)) != 0)
+#define UKR_MASK_T __m256i
+#define UKR_MASK(n) _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+#define UKR_LOAD_MASKED(p, mask) _mm256_maskload_ps((p), (mask))
+#define UKR_STORE_MASKED(p, v, mask) _mm256_maskstore_ps((p), (mask), (v))
 #include "gemm_ukr_template.h"
 #define UKR_NR (UKR_NV * UKR_VL)
 #define PACK_B_T_NAME cn_spack_b_t_avx2
@@ -50,6 +54,10 @@
 #define UKR_ADD(a, b) _mm256_add_pd((a), (b))
 #define UKR_MAX(a, b) _mm256_max_pd((a), (b))
 #define UKR_NONFINITE(v) (_mm256_movemask_pd(_mm256_cmp_pd(_mm256_sub_pd((v), (v)), _mm256_setzero_pd(), _CMP_NEQ_UQ)) != 0)
+#define UKR_MASK_T __m256i
+#define UKR_MASK(n) _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3))
+#define UKR_LOAD_MASKED(p, mask) _mm256_maskload_pd((p), (mask))
+#define UKR_STORE_MASKED(p, v, mask) _mm256_maskstore_pd((p), (mask), (v))
 #include "gemm_ukr_template.h"
 
 const cn_kernel_table cn_table_avx2 = {

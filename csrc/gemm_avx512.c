@@ -25,6 +25,10 @@
 #define UKR_ADD(a, b) _mm512_add_ps((a), (b))
 #define UKR_MAX(a, b) _mm512_max_ps((a), (b))
 #define UKR_NONFINITE(v) (_mm512_cmp_ps_mask(_mm512_sub_ps((v), (v)), _mm512_setzero_ps(), _CMP_NEQ_UQ) != 0)
+#define UKR_MASK_T __mmask16
+#define UKR_MASK(n) ((__mmask16)((1u << (n)) - 1))
+#define UKR_LOAD_MASKED(p, mask) _mm512_maskz_loadu_ps((mask), (p))
+#define UKR_STORE_MASKED(p, v, mask) _mm512_mask_storeu_ps((p), (mask), (v))
 #include "gemm_ukr_template.h"
 #define UKR_NR (UKR_NV * UKR_VL)
 #define PACK_B_T_NAME cn_spack_b_t_avx512
@@ -51,6 +55,10 @@
 #define UKR_ADD(a, b) _mm512_add_pd((a), (b))
 #define UKR_MAX(a, b) _mm512_max_pd((a), (b))
 #define UKR_NONFINITE(v) (_mm512_cmp_pd_mask(_mm512_sub_pd((v), (v)), _mm512_setzero_pd(), _CMP_NEQ_UQ) != 0)
+#define UKR_MASK_T __mmask8
+#define UKR_MASK(n) ((__mmask8)((1u << (n)) - 1))
+#define UKR_LOAD_MASKED(p, mask) _mm512_maskz_loadu_pd((mask), (p))
+#define UKR_STORE_MASKED(p, v, mask) _mm512_mask_storeu_pd((p), (mask), (v))
 #include "gemm_ukr_template.h"
 
 const cn_kernel_table cn_table_avx512 = {

@@ -18,3 +18,7 @@
 #undef UKR_BCAST
 #undef UKR_FMA
 #undef UKR_ADD
+#undef UKR_MASK_T
+#undef UKR_MASK
+#undef UKR_LOAD_MASKED
+#undef UKR_STORE_MASKED

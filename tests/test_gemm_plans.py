@@ -37,6 +37,8 @@ def _plan_shapes(dtype, isa=None):
         ("column-b-transposed", 2 * mr + 1, 2 * kc + 7, 1, True),
         ("direct-gemv-ragged", 1, 4 * 3 + 3, 3 * nr + 5, False),      # M = 1: the GEMV kernel
         ("direct-gemv-wide", 1, kc + 5, 4096 // np.dtype(dtype).itemsize + 3, False),
+        ("direct-gemv-k-halves", 1, 2 * kc + 5, _k_halves_columns(2 * kc + 5, dtype) + nr + 3,
+         False),                                                      # M = 1, a large B
         ("direct-edges", mr + 1, big_k, 2 * nr + 3, False),
         ("direct-max-m", direct_m, 37, 5 * nr - 1, False),
         ("direct-split-rows", direct_m, 64, nr - 1, False),
@@ -54,6 +56,11 @@ def _plan_shapes(dtype, isa=None):
         ("swapped-max-m", swap_m, 37,
          limits["swap_min_b_bytes"] // (37 * np.dtype(dtype).itemsize) + 5, True),
     ]
+
+
+def _k_halves_columns(k, dtype):
+    """The fewest columns of a (k, N) B that make a single row sum K's halves apart."""
+    return -(-_gemm.plan_limits()["gemv_halves_min_b_bytes"] // (k * np.dtype(dtype).itemsize))
 
 
 def _aliasing_columns(k, dtype):
@@ -168,6 +175,66 @@ def test_single_row_gemv_with_strided_x_and_epilogue(isa, kernel_threads, dtype)
         _gemm.gemm(x, b, c, accumulate=True)
         np.testing.assert_allclose(c, c0 + x.astype(np.float64) @ b, rtol=tol,
                                    atol=tol * np.sqrt(k))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_single_row_gives_the_rows_bits_where_k_is_one_block(isa, dtype):
+    """The GEMV kernel sums each y[j] over k in order with FMAs, the columns past the
+    last whole vector too (one masked vector where the ISA has masked loads), so a row
+    alone has the bits it has among others (the micro-kernel) while K is one block (not
+    with accumulate: the micro-kernel adds its sum to C, the GEMV sums onto y)."""
+    rng = np.random.default_rng(16)
+    kc = _gemm.block_sizes(np.dtype(dtype).name)[3]
+    for k, n in ((1, 1), (5, 3), (64, 10), (kc, 17), (33, 47), (100, 200), (7, 129)):
+        a = rng.standard_normal((3, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        row, rows = np.empty((1, n), dtype), np.empty((3, n), dtype)
+        _gemm.gemm(a[:1], b, row)
+        _gemm.gemm(a, b, rows)
+        np.testing.assert_array_equal(row[0], rows[0], err_msg=f"{k}x{n} {isa}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_single_row_k_halves_same_bits_on_any_thread_count(isa, dtype, restore_threads):
+    """A single row times a large B sums K's two halves apart (threads split the halves,
+    then each half's columns, then add): the same bits on 1 to 4 threads, with the
+    epilogue, accumulate, the column sums and the finiteness check; a NaN in either half
+    of x is reported."""
+    rng = np.random.default_rng(17)
+    nr, kc = (_gemm.block_sizes(np.dtype(dtype).name)[i] for i in (1, 3))
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    k = 2 * kc + 5
+    n = _k_halves_columns(k, dtype) + nr + 3
+    x, b = _case(rng, dtype, 1, k, n, False)
+    bias = rng.standard_normal(n).astype(dtype)
+    start = rng.standard_normal((1, n)).astype(dtype)
+    assert _gemm.plan(x, b, threads=2) == {"plan": "direct", "split": "k", "pack_a": False}
+    expected = x.astype(np.float64) @ b
+    results = []
+    for threads in (1, 2, 3, 4):
+        cn.set_num_threads(threads)
+        _gemm._set_parallel_min_macs_for_tests(0 if threads > 1 else -1)
+        try:
+            fused, summed, sums = np.empty((1, n), dtype), start.copy(), np.empty(n, dtype)
+            finite = _gemm.gemm(x, b, fused, bias, _gemm.Epilogue.EPI_RELU, check_finite=True)
+            _gemm.gemm(x, b, summed, accumulate=True, b_sums=sums)
+            nonfinite = []
+            for at in (0, k - 1):
+                bad = x.copy()
+                bad[0, at] = np.nan
+                nonfinite.append(_gemm.gemm(bad, b, np.empty((1, n), dtype), check_finite=True))
+        finally:
+            _gemm._set_parallel_min_macs_for_tests(-1)
+        assert finite is True and nonfinite == [False, False], threads
+        np.testing.assert_allclose(fused, np.maximum(expected + bias, 0), rtol=tol,
+                                   atol=tol * np.sqrt(k))
+        np.testing.assert_allclose(summed, start + expected, rtol=tol, atol=tol * np.sqrt(k))
+        np.testing.assert_allclose(sums, b.sum(axis=0, dtype=np.float64), rtol=tol,
+                                   atol=tol * np.sqrt(k))
+        results.append((fused, summed, sums))
+    for threads, got in zip((2, 3, 4), results[1:]):
+        for one, other in zip(results[0], got):
+            np.testing.assert_array_equal(one, other, err_msg=f"{threads} threads {isa}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -425,6 +492,18 @@ def test_plans_split_and_pack_as_documented(isa_name, dtype):
     a, b = _case(rng, dtype, 300, 50, 40, False)
     strided = np.repeat(a, 2, axis=1)[:, ::2]
     assert _gemm.plan(strided[::2], b, threads=2, isa=isa_name)["pack_a"] is True
+    # A single row sums K's two halves apart from gemv_halves_min_b_bytes of B and
+    # gemv_halves_min_k rows of it on (on any thread count); below either, one sum split
+    # by columns. Not for two rows.
+    min_k = limits["gemv_halves_min_k"]
+    for m, k, n, split in ((1, min_k, _k_halves_columns(min_k, dtype), "k"),
+                           (1, min_k, _k_halves_columns(min_k, dtype) - 1, "columns"),
+                           (1, min_k - 1, _k_halves_columns(min_k - 1, dtype), "columns"),
+                           (2, min_k, _k_halves_columns(min_k, dtype), "columns")):
+        a, b = _case(rng, dtype, m, k, n, False)
+        for threads in (1, 2):
+            chosen = _gemm.plan(a, b, threads=threads, isa=isa_name)
+            assert (chosen["plan"], chosen["split"]) == ("direct", split), (m, k, n, threads)
 
 
 def test_plan_and_block_sizes_refuse_unknown_isas():

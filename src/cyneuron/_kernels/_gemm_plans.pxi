@@ -186,6 +186,38 @@ cdef void _run_packed(const Call *g, floating dummy, int t, int nt) noexcept nog
                 cn_omp_barrier()                      # wait for every reader
 
 
+cdef void _run_gemv_halves(const Call *g, floating dummy, int t, int nt) noexcept nogil:
+    """Thread t of nt: a single row (the GEMV kernel) summed over each half of K apart,
+    the first into C, the second into edge[0], then added (see _choose). Threads split
+    the halves (t % 2), then each half's columns; one thread runs both."""
+    cdef const floating *x = <const floating *>g.A
+    cdef const floating *B = <const floating *>g.B
+    cdef floating *y = <floating *>g.C
+    cdef floating *second = <floating *>g.edge[0]
+    cdef int64_t k0 = _cdiv(g.K, 2), n_sl = _cdiv(g.N, g.nr), s0, s1, j
+    cdef int half
+    for half in range(2):
+        if nt == 1:
+            s0, s1 = 0, n_sl
+        elif t % 2 == half:
+            _share(n_sl, t // 2, (nt - half + 1) // 2, &s0, &s1)
+        else:
+            continue
+        if s1 > s0 and half == 0:
+            _gemv(k0, _min(g.N, s1 * g.nr) - s0 * g.nr, x, g.csa, B + s0 * g.nr, g.rsb,
+                  y + s0 * g.nr, g.accumulate)
+        elif s1 > s0:
+            _gemv(g.K - k0, _min(g.N, s1 * g.nr) - s0 * g.nr, x + k0 * g.csa, g.csa,
+                  B + k0 * g.rsb + s0 * g.nr, g.rsb, second + s0 * g.nr, 0)
+    if nt > 1:
+        cn_omp_barrier()
+    _share(n_sl, t, nt, &s0, &s1)
+    for j in range(s0 * g.nr, _min(g.N, s1 * g.nr)):
+        y[j] += second[j]
+    if s1 > s0:
+        _finish(g, dummy, 0, 1, s0 * g.nr, _min(g.N, s1 * g.nr) - s0 * g.nr)
+
+
 cdef void _run_direct(const Call *g, floating dummy, int t, int nt) noexcept nogil:
     """Thread t of nt: the direct plan, A and B read in place (B rows contiguous)."""
     cdef const floating *A = <const floating *>g.A
@@ -203,6 +235,9 @@ cdef void _run_direct(const Call *g, floating dummy, int t, int nt) noexcept nog
         i0 = 0
         i1 = m_sl
         _share(n_sl, t, nt, &s0, &s1)
+    if g.k_halves:
+        _run_gemv_halves(g, dummy, t, nt)
+        return
     if g.M == 1:   # a single row: stream B's rows (the GEMV kernel), all of K at once
         if i1 > i0 and s1 > s0:
             _gemv(g.K, _min(g.N, s1 * nr) - s0 * nr, A, g.csa, B + s0 * nr, g.rsb,

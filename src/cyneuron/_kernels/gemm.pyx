@@ -159,6 +159,10 @@ cdef enum:
     # Scaled by the threads' distance too (set_thread_distance): one sample through
     # 784x256 on 2 threads 0.81 of one thread's time near, 1.12 far; 3136x128 0.73 both.
     PARALLEL_MIN_B_BYTES = 1 << 18
+    # A single row times a B of at least this many bytes sums its K in two halves
+    # (_run_gemv_halves), whatever the thread count; see _choose.
+    GEMV_HALVES_MIN_B_BYTES = 1 << 20
+    GEMV_HALVES_MIN_K = 64
     # The epilogue runs on strips this many slivers wide (rows long enough to
     # vectorize, few enough that the strip is still in L1/L2).
     EPILOGUE_SLIVERS = 4
@@ -310,6 +314,8 @@ def plan_limits():
             "direct_max_m": DIRECT_MAX_M, "swap_max_m": SWAP_MAX_M,
             "swap_min_b_bytes": SWAP_MIN_B_BYTES,
             "pack_a_t_min_n": PACK_A_T_MIN_N, "pack_a_t_min_k": PACK_A_T_MIN_K,
+            "gemv_halves_min_b_bytes": GEMV_HALVES_MIN_B_BYTES,
+            "gemv_halves_min_k": GEMV_HALVES_MIN_K,
             "max_threads": MAX_THREADS, "l2_sets": _l2_sets, "l2_ways": _l2_ways}
 
 
@@ -386,6 +392,7 @@ cdef struct Call:
     const void *b_ready  # NULL, or all of B packed beforehand (packed plan; PackedB)
     int *nonfinite       # NULL, or set to 1 when a value of A @ B + bias is NaN or infinite
     int epi_in_ukr       # 1: the bias and relu go into the micro-kernel's last stores
+    int k_halves         # 1: a single row summed over K's two halves (direct plan, M = 1)
 
 
 cdef inline void _ukr(const Call *g, int64_t k, const floating *a, int64_t a_rs, int64_t a_cs,
@@ -672,6 +679,17 @@ cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
     g.column = g.N == 1 and (g.csa == 1 or (g.rsa == 1 and g.ldc == 1))
     if g.column:
         g.direct = g.pack_a = 0
+    # A single sample through a large B: split among threads by columns, each core reads
+    # half of every row of B, so half of every page, and its B can only use half of its
+    # L2's sets; a model's layers then no longer stay in the two L2s between calls. Split
+    # by K (each core all of half the rows, the partial sums added after), they do. The
+    # halves are summed apart on one thread too, so the bits never depend on the thread
+    # count. Intel Xeon (2 MiB L2), 2 threads, predict on one sample, columns / K halves,
+    # us: 784-512-512-10 (2.7 MB of weights) 51.6 / 22.0, 784-1024-1024-10 202 / 153,
+    # 3136-128-10 15.6 / 11.8; one product alone (B always in L2), 1x784x512 8.4 / 7.0,
+    # 1x512x512 4.4 / 5.2 (the barrier and the added pass): hence from 1 MiB of B on.
+    g.k_halves = (g.direct and g.M == 1 and g.K >= GEMV_HALVES_MIN_K
+                  and g.K * g.N * <int64_t>item >= GEMV_HALVES_MIN_B_BYTES)
     # Split whichever way leaves the fewest tiles on the busiest thread; on a tie, rows
     # when each thread would own a single sliver and a column split would have them
     # writing the halves of one cache line in every row at the same moments (false
@@ -728,8 +746,8 @@ cdef int _plan(Call *g, _Workspace ws, int nthreads, size_t item) except -1:
         g.b_pack = NULL
         g.a_pack = NULL
         g.edge = ws.a_pack
-    elif g.direct:
-        ws.reserve(0, kc * g.nr * item, nthreads)   # a_pack[t]: the ragged-edge buffer
+    elif g.direct:   # a_pack[t]: the ragged-edge buffer (a_pack[0]: K's second half's sums)
+        ws.reserve(0, (g.N if g.k_halves and g.N > kc * g.nr else kc * g.nr) * item, nthreads)
         g.b_pack = NULL
         g.a_pack = NULL
         g.edge = ws.a_pack
@@ -746,8 +764,9 @@ def plan(a, b, int threads=1, isa=None, c=None):
     """How a @ b would run on `threads` threads with the blocking of instruction set
     `isa` (default: the path in use; any compiled ISA, runnable here or not), into `c`
     (default: a C-contiguous result starting on a cache line):
-    {"plan": "direct" | "packed" | "column" | "swapped", "split": "rows" | "columns",
-    "pack_a": bool} (for tests and profiling; "column": N = 1, see _choose; "swapped": C^T
+    {"plan": "direct" | "packed" | "column" | "swapped", "split": "rows" | "columns" |
+    "k", "pack_a": bool} (for tests and profiling; "column": N = 1, "k": a single row
+    summed over K's two halves apart, see _choose; "swapped": C^T
     = b^T a^T is computed and transposed, see _swap_pays; split and pack_a are then those
     of the swapped product)."""
     cdef Call g
@@ -774,7 +793,8 @@ def plan(a, b, int threads=1, isa=None, c=None):
         return {**swapped, "plan": "swapped"}
     _choose(&g, max(1, threads), item)
     return {"plan": "column" if g.column else "direct" if g.direct else "packed",
-            "split": "rows" if g.split_rows else "columns", "pack_a": bool(g.pack_a)}
+            "split": "k" if g.k_halves else "rows" if g.split_rows else "columns",
+            "pack_a": bool(g.pack_a)}
 
 
 cdef inline void _extent(cnp.ndarray x, char **lo, char **hi) noexcept:
