@@ -173,6 +173,26 @@ def test_same_bits_on_one_and_two_threads(restore_threads):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("tk", [1, 15, 16, 17, 31, 33, 47, 48, 130, 256])
+def test_row_max_found_wherever_it_sits(isa, tk):
+    """The online softmax subtracts each row's largest score before e^x: scores up to
+    200 with the rest at most 100 give e^100 (inf in float32) unless the max is found,
+    wherever it sits in the row (each lane, vector block and the scalar tail of the
+    row-max loop)."""
+    rng = np.random.default_rng(7)
+    k = rng.uniform(-200, 100, (1, 1, tk, 1)).astype(np.float32)
+    v = rng.standard_normal((1, 1, tk, 3)).astype(np.float32)
+    q = np.ones((1, 1, tk, 1), np.float32)
+    for p in range(tk):
+        k_p = k.copy()
+        k_p[0, 0, p, 0] = 200
+        out, lse = sdpa(q, k_p, v, scale=1.0, return_lse=True)
+        want, _ = reference(q.astype(np.float64), k_p.astype(np.float64), v.astype(np.float64),
+                            None, False, 1.0)
+        np.testing.assert_allclose(out, want, atol=1e-5, err_msg=f"max at {p} of {tk} {isa}")
+        np.testing.assert_allclose(lse, 200, rtol=1e-6)
+
+
 def test_simd_path_follows_the_gemm(isa):
     assert _attn.simd_path() == isa
     assert cn._config.kernel_isas()["attention row loops (float32 softmax exp, max, sums)"][0] \
