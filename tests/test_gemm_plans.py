@@ -284,7 +284,8 @@ def test_accumulate_adds_to_c(isa, kernel_threads, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_column_sums_of_b_come_with_the_product(isa, kernel_threads, dtype):
     """b_sums = b.sum(axis=0) (a Dense layer's bias gradient) on every plan and split,
-    for row-contiguous, transposed and reversed B."""
+    for row-contiguous, transposed and reversed B, each column summed in row order (the
+    same bits on every ISA path and thread count)."""
     rng = np.random.default_rng(4)
     tol = 1e-4 if dtype == np.float32 else 1e-11
     for label, m, k, n, bt in _plan_shapes(dtype):
@@ -296,6 +297,10 @@ def test_column_sums_of_b_come_with_the_product(isa, kernel_threads, dtype):
             assert_matmul_close(c, a, b_view, what=f"{label} with b_sums")
             np.testing.assert_allclose(sums, b_view.astype(np.float64).sum(axis=0), rtol=tol,
                                        atol=tol * np.sqrt(k), err_msg=label)
+            in_order = np.zeros(n, dtype)     # each column summed down the rows, in order
+            for row in b_view:
+                in_order = in_order + row
+            np.testing.assert_array_equal(sums, in_order, err_msg=label)
     empty = np.empty((0, 3), dtype)
     sums = np.full(5, np.nan, dtype)
     b = rng.standard_normal((3, 5)).astype(dtype)

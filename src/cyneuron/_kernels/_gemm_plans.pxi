@@ -281,16 +281,20 @@ cdef void _column_sums(const Call *g, floating dummy, int t, int nt) noexcept no
     _share(_cdiv(g.N, g.nr), t, nt, &j0, &j1)
     j0 *= g.nr
     j1 = _min(g.N, j1 * g.nr)
+    if g.csb == 1 and j1 > j0:   # rows contiguous: the C loop with the AVX2 copy
+        if floating is float:
+            cn_column_sums_f32(_table.isa != CN_ISA_GENERIC, B + j0, g.rsb, g.K, j1 - j0,
+                               out + j0)
+        else:
+            cn_column_sums_f64(_table.isa != CN_ISA_GENERIC, B + j0, g.rsb, g.K, j1 - j0,
+                               out + j0)
+        return
     for j in range(j0, j1):
         out[j] = 0
     for k in range(g.K):
         row = B + k * g.rsb
-        if g.csb == 1:
-            for j in range(j0, j1):
-                out[j] += row[j]
-        else:
-            for j in range(j0, j1):
-                out[j] += row[j * g.csb]
+        for j in range(j0, j1):
+            out[j] += row[j * g.csb]
 
 
 cdef void _run_part(Call *g, floating dummy, int t, int nt) noexcept nogil:

@@ -142,6 +142,11 @@ cdef extern from "gemm_epilogue.h":
                          int act, float alpha) noexcept nogil
     void cn_act_grad_f64(int avx2, double *c, int64_t ldc, int m, int n, const double *y,
                          int act, double alpha) noexcept nogil
+    # out[j] = the sum over p < k of b[p * rsb + j], j < n, p in order
+    void cn_column_sums_f32(int avx2, const float *b, int64_t rsb, int64_t k, int64_t n,
+                            float *out) noexcept nogil
+    void cn_column_sums_f64(int avx2, const double *b, int64_t rsb, int64_t k, int64_t n,
+                            double *out) noexcept nogil
 
 
 # Cache blocking (elements). A KC x NR B sliver stays in L1, an MC x KC A block
