@@ -99,3 +99,42 @@ def test_hidden_derivative_rides_the_input_gradient_gemm(fusion_restored, monkey
     code = EPILOGUES[hidden]
     assert fused_calls and set(fused_calls) == {code}
     assert not backward_calls            # both hidden derivatives were fused
+
+
+def _train_encoder(fused, activation):
+    _config.set_fusion(fused)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((12, 5, 8))
+    y = rng.integers(0, 3, 12)
+    cn.set_seed(11)
+    model = cn.Sequential([layers.Input((5, 8)),
+                           layers.TransformerEncoder(2, 16, activation=activation),
+                           layers.GlobalAveragePooling1D(),
+                           layers.Dense(3, activation="softmax")], dtype="float64")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    for step in range(4):
+        model.train_on_batch(x[6 * (step % 2):6 * (step % 2 + 1)], y[6 * (step % 2):6 * (step % 2 + 1)])
+    return model.get_weights()
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
+def test_encoder_feed_forward_fuses_its_activation_derivative(fusion_restored, monkeypatch,
+                                                              activation):
+    """TransformerEncoder's feed-forward: the second Dense's input-gradient GEMM applies
+    the first one's activation derivative where the epilogue has it (not gelu), and
+    trains to the weights of the plain path."""
+    from cyneuron.layers import dense
+
+    fused_calls = []
+    real = dense.gemm
+
+    def spy(*args, **kwargs):
+        if kwargs.get("act_out") is not None:
+            fused_calls.append(args[4])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dense, "gemm", spy)
+    fused = _train_encoder(True, activation)
+    assert set(fused_calls) == (set() if activation == "gelu" else {EPILOGUES[activation]})
+    for wf, wp in zip(fused, _train_encoder(False, activation)):
+        np.testing.assert_allclose(wf, wp, rtol=1e-10, atol=1e-12)

@@ -12,6 +12,7 @@ import numbers
 import numpy as np
 
 from .. import activations, initializers
+from .._config import fusion_enabled
 from .attention import MultiHeadAttention
 from .base import Layer
 from .dense import Dense
@@ -207,7 +208,13 @@ class _Block(Layer):
 
     def _ffn_backward(self, g):
         g = self._drop_ff._backward(g, True)
-        return self._ff1._backward(self._ff2._backward(g, True), True)
+        # the first Dense's activation derivative in the second's input-gradient GEMM
+        # (as a Sequential model fuses it), not a pass of its own over both arrays
+        into = self._ff1._grad_epilogue() if fusion_enabled() else None
+        if into is None:
+            return self._ff1._backward(self._ff2._backward(g, True), True)
+        return self._ff1._backward(self._ff2._backward(g, True, into=into), True,
+                                   grad_is_dz=True)
 
     def _ffn_residual(self, h, training):
         """The block's output from h: the feed-forward sublayer with residual and norm."""
