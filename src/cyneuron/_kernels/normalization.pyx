@@ -15,6 +15,24 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
 
 from cyneuron._kernels._openmp cimport threads_for
+from cyneuron._kernels.gemm cimport current_isa
+
+
+cdef extern from "layernorm_rows.h" nogil:
+    # one row of layer normalization, forward and backward (csrc/layernorm_rows.h); avx2:
+    # run the AVX2 copy (the same bits as the baseline's)
+    void cn_ln_forward_row_f32(int avx2, const float *x, Py_ssize_t D, const float *gamma,
+                               const float *beta, double eps, float *out, float *mean,
+                               float *inv_std)
+    void cn_ln_forward_row_f64(int avx2, const double *x, Py_ssize_t D, const double *gamma,
+                               const double *beta, double eps, double *out, double *mean,
+                               double *inv_std)
+    void cn_ln_backward_row_f32(int avx2, const float *x, const float *dy, Py_ssize_t D,
+                                const float *gamma, double m, double istd,
+                                double *dgamma_part, double *dbeta_part, float *dx)
+    void cn_ln_backward_row_f64(int avx2, const double *x, const double *dy, Py_ssize_t D,
+                                const double *gamma, double m, double istd,
+                                double *dgamma_part, double *dbeta_part, double *dx)
 
 # Column reductions use at most this many row chunks: enough for every core, and
 # independent of the thread count so results are reproducible across thread counts.
@@ -216,22 +234,14 @@ def layernorm_forward(const floating[:, ::1] x, const floating[::1] gamma,
     _check_len(n, inv_std.shape[0], "inv_std")
     if D == 0:
         raise ValueError("x must have at least one feature to normalize over")
-    cdef double s, m, d, istd
-    cdef int nt = threads_for(<double> n * D * 3)
+    cdef int nt = threads_for(<double> n * D * 3), avx2 = current_isa() != 0
     for r in prange(n, nogil=True, num_threads=nt, schedule="static"):
-        s = 0
-        for j in range(D):
-            s = s + x[r, j]
-        m = s / D
-        s = 0
-        for j in range(D):
-            d = x[r, j] - m
-            s = s + d * d
-        istd = 1 / sqrt(s / D + epsilon)
-        mean[r] = <floating> m
-        inv_std[r] = <floating> istd
-        for j in range(D):
-            out[r, j] = <floating> ((x[r, j] - m) * istd * gamma[j] + beta[j])
+        if floating is float:
+            cn_ln_forward_row_f32(avx2, &x[r, 0], D, &gamma[0], &beta[0], epsilon, &out[r, 0],
+                                  &mean[r], &inv_std[r])
+        else:
+            cn_ln_forward_row_f64(avx2, &x[r, 0], D, &gamma[0], &beta[0], epsilon, &out[r, 0],
+                                  &mean[r], &inv_std[r])
 
 
 def layernorm_backward(const floating[:, ::1] x, const floating[:, ::1] dy,
@@ -254,8 +264,8 @@ def layernorm_backward(const floating[:, ::1] x, const floating[:, ::1] dy,
         raise ValueError("x is empty")
     cdef bint need_dx = dx is not None
     cdef Py_ssize_t k = _n_chunks(n)
-    cdef double s1, s2, xh, g, m, istd
-    cdef int nt = threads_for(<double> n * D * 4)
+    cdef double s1, s2
+    cdef int nt = threads_for(<double> n * D * 4), avx2 = current_isa() != 0
     cdef double* part = _alloc(k * 2 * D)      # chunk partials of dgamma, dbeta
     try:
         for t in prange(k, nogil=True, num_threads=nt, schedule="static"):
@@ -264,23 +274,14 @@ def layernorm_backward(const floating[:, ::1] x, const floating[:, ::1] dy,
             for j in range(2 * D):
                 part[t * 2 * D + j] = 0
             for r in range(r0, r1):
-                m = mean[r]
-                istd = inv_std[r]
-                s1 = 0
-                s2 = 0
-                for j in range(D):
-                    xh = (x[r, j] - m) * istd
-                    g = <double> dy[r, j] * gamma[j]
-                    s1 = s1 + g
-                    s2 = s2 + g * xh
-                    part[t * 2 * D + j] = part[t * 2 * D + j] + dy[r, j] * xh
-                    part[t * 2 * D + D + j] = part[t * 2 * D + D + j] + dy[r, j]
-                if need_dx:
-                    s1 = s1 / D
-                    s2 = s2 / D
-                    for j in range(D):
-                        xh = (x[r, j] - m) * istd
-                        dx[r, j] = <floating> (istd * (<double> dy[r, j] * gamma[j] - s1 - xh * s2))
+                if floating is float:
+                    cn_ln_backward_row_f32(avx2, &x[r, 0], &dy[r, 0], D, &gamma[0], mean[r],
+                                           inv_std[r], part + t * 2 * D, part + t * 2 * D + D,
+                                           &dx[r, 0] if need_dx else NULL)
+                else:
+                    cn_ln_backward_row_f64(avx2, &x[r, 0], &dy[r, 0], D, &gamma[0], mean[r],
+                                           inv_std[r], part + t * 2 * D, part + t * 2 * D + D,
+                                           &dx[r, 0] if need_dx else NULL)
         for j in range(D):
             s1 = 0
             s2 = 0
