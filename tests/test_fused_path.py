@@ -113,7 +113,8 @@ def _train_encoder(fused, activation):
                            layers.Dense(3, activation="softmax")], dtype="float64")
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     for step in range(4):
-        model.train_on_batch(x[6 * (step % 2):6 * (step % 2 + 1)], y[6 * (step % 2):6 * (step % 2 + 1)])
+        batch = slice(6 * (step % 2), 6 * (step % 2 + 1))
+        model.train_on_batch(x[batch], y[batch])
     return model.get_weights()
 
 
