@@ -122,6 +122,12 @@ cdef extern from *:
         for (Py_ssize_t j = 0; j < n; j++) m = s[j] > m ? s[j] : m;
         return m;
     }
+    /* the SIMD copies' end: the largest of their nl lanes and of the row's last values */
+    static float cn_attn_rowmax_end(const float *lanes, int nl, const float *rest,
+                                    Py_ssize_t n) {
+        float m = cn_attn_rowmax_generic(lanes, nl), r = cn_attn_rowmax_generic(rest, n);
+        return r > m ? r : m;
+    }
 
     CN_ATTN_LOOPS(generic, )
     #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) \\
@@ -140,9 +146,7 @@ cdef extern from *:
         }
         float lanes[8];
         _mm256_storeu_ps(lanes, _mm256_max_ps(a0, a1));
-        float m = cn_attn_rowmax_generic(lanes, 8);
-        for (; j < n; j++) m = s[j] > m ? s[j] : m;
-        return m;
+        return cn_attn_rowmax_end(lanes, 8, s + j, n - j);
     }
     __attribute__((target("avx512f"))) static float cn_attn_rowmax_avx512(const float *s,
                                                                          Py_ssize_t n) {
@@ -158,9 +162,7 @@ cdef extern from *:
         }
         float lanes[16];
         _mm512_storeu_ps(lanes, _mm512_max_ps(a0, a1));
-        float m = cn_attn_rowmax_generic(lanes, 16);
-        for (; j < n; j++) m = s[j] > m ? s[j] : m;
-        return m;
+        return cn_attn_rowmax_end(lanes, 16, s + j, n - j);
     }
     #else
     #define CN_ATTN_HAVE_SIMD 0
