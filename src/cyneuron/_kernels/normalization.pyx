@@ -226,7 +226,7 @@ def layernorm_forward(const floating[:, ::1] x, const floating[::1] gamma,
                       floating[::1] mean, floating[::1] inv_std):
     """Per row: out = gamma * (x - mean) / sqrt(var + eps) + beta; keeps mean and
     1 / sqrt(var + eps) per row for the backward pass."""
-    cdef Py_ssize_t r, j, n = x.shape[0], D = x.shape[1]
+    cdef Py_ssize_t r, n = x.shape[0], D = x.shape[1]
     _check_len(D, gamma.shape[0], "gamma")
     _check_len(D, beta.shape[0], "beta")
     _check_shape((n, D), (out.shape[0], out.shape[1]), "out")
