@@ -156,6 +156,37 @@ def test_swapped_plan_with_bias_activation_and_any_c(isa, kernel_threads, dtype,
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_swapped_plan_accumulates_takes_act_out_and_checks_finite(isa, kernel_threads, dtype):
+    """Each thread hands its own part of C^T over to C: accumulate adds it, act_out (a
+    Dense layer's input gradient through relu) multiplies it by act'(y), and check_finite
+    sees a NaN or inf of a @ b even with no bias and no activation."""
+    rng = np.random.default_rng(12)
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    for label, m, k, n, bt in _plan_shapes(dtype):
+        if not label.startswith("swapped"):
+            continue
+        a, b = _case(rng, dtype, m, k, n, bt)
+        assert _gemm.plan(a, b)["plan"] == "swapped", label
+        z = a.astype(np.float64) @ b.astype(np.float64)
+        atol = tol * np.abs(z).max()
+        start = rng.standard_normal((m, n)).astype(dtype)
+        c = start.copy()
+        _gemm.gemm(a, b, c, accumulate=True)
+        np.testing.assert_allclose(c, start + z, rtol=tol, atol=atol, err_msg=label)
+        y = np.maximum(start, 0)
+        _gemm.gemm(a, b, c, activation=_gemm.EPILOGUES["relu"], act_out=y)
+        np.testing.assert_allclose(c, z * (y > 0), rtol=tol, atol=atol, err_msg=label)
+        assert _gemm.gemm(a, b, c, check_finite=True) is True
+        np.testing.assert_allclose(c, z, rtol=tol, atol=atol, err_msg=label)
+        for i, p in ((0, 0), (m - 1, k // 2), (m // 2, k - 1)):
+            for bad in (np.nan, np.inf):
+                x = a.copy()
+                x[i, p] = bad
+                with np.errstate(invalid="ignore"):
+                    assert _gemm.gemm(x, b, c, check_finite=True) is False, (label, i, p, bad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_single_row_gemv_with_strided_x_and_epilogue(isa, kernel_threads, dtype):
     """M = 1 (one sample) runs the GEMV kernel: x read through a stride, K not a multiple
     of its 4-row unroll, ragged N, the bias + activation epilogue, and accumulate."""

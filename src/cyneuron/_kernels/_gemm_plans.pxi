@@ -306,6 +306,8 @@ cdef void _run_part(Call *g, floating dummy, int t, int nt) noexcept nogil:
         _run_packed(g, dummy, t, nt)
     if g.b_sums != NULL:
         _column_sums(g, dummy, t, nt)
+    if g.outer != NULL:
+        _swap_back(g, dummy, t, nt)
 
 
 cdef void _run(Call *g, floating dummy, int nthreads) noexcept nogil:

@@ -117,6 +117,7 @@ def gemm_prepacked(cnp.ndarray a not None, PackedB packed not None, cnp.ndarray 
     g.act_out = NULL
     g.b_ready = NULL
     g.nonfinite = NULL
+    g.outer = NULL
     if type_num == cnp.NPY_FLOAT:
         g.mr, g.nr = _table.s_mr, _table.s_nr
     else:

@@ -398,6 +398,8 @@ cdef struct Call:
     int *nonfinite       # NULL, or set to 1 when a value of A @ B + bias is NaN or infinite
     int epi_in_ukr       # 1: the bias and relu go into the micro-kernel's last stores
     int k_halves         # 1: a single row summed over K's two halves (direct plan, M = 1)
+    const Call *outer    # NULL, or the call this product is the transpose of (swapped plan):
+                         # each thread moves its part of C over to outer's C (_swap_back)
 
 
 cdef inline void _ukr(const Call *g, int64_t k, const floating *a, int64_t a_rs, int64_t a_cs,
@@ -588,10 +590,13 @@ cdef bint _rows_share_lines(const Call *g, size_t item) noexcept nogil:
 cdef enum:
     # dY @ W^T with few rows (a Dense layer's input gradient at small batches): B is W
     # seen transposed, and the packed plan transposes all of W on every call for only M
-    # rows of use. C^T = W @ dY^T reads W in place and packs only dY; C is then C^T
-    # transposed, with the epilogue. 2 threads, Zen 5, B transposed, the product alone /
-    # swapped: 32x256x784 37.1 / 26.8 us, 32x512x512 53.2 / 36.5, 32x1024x1024 261 / 154,
-    # 128x1024x1024 638 / 541; 32x128x256 (B 128 KiB) 6.1 / 5.9: not worth the transpose.
+    # rows of use. C^T = W @ dY^T reads W in place and packs only dY; each thread then
+    # moves the part of C^T it computed (still in its cache) over to C, with C's epilogue.
+    # 2 threads, Zen 5, B transposed, the product alone / swapped: 32x256x784 37.1 / 26.8
+    # us, 32x512x512 53.2 / 36.5, 32x1024x1024 261 / 154, 128x1024x1024 638 / 541;
+    # 32x128x256 (B 128 KiB) 6.1 / 5.9: not worth the transpose. (C^T was moved over by
+    # one thread after the product until session 16: Intel Xeon, 2 threads, 128x512x512
+    # 251 -> 217 us, the inner product alone 200.)
     SWAP_MAX_M = 128
     SWAP_MIN_B_BYTES = 1 << 18
 
@@ -603,22 +608,53 @@ cdef bint _swap_pays(const Call *g, size_t item) noexcept nogil:
             and g.K * g.N * <int64_t>item >= SWAP_MIN_B_BYTES and g.b_sums == NULL)
 
 
-cdef void _from_swapped(const Call *g, const floating *t, floating dummy) noexcept nogil:
-    """C (+)= T^T for the (N, M) product T of the swapped plan, in blocks of columns whose
-    lines of T stay in L1, then the epilogue on all of C."""
+cdef void _swapped_call(Call *s, const Call *g, void *t) noexcept nogil:
+    """s: the swapped plan's product T = B^T A^T of g, (N, M) into t, that hands each
+    thread's part of T over to g's C (the epilogue is g's, applied there)."""
+    s[0] = g[0]
+    s.M, s.N = g.N, g.M
+    s.A, s.rsa, s.csa = g.B, g.csb, g.rsb
+    s.B, s.rsb, s.csb = g.A, g.csa, g.rsa
+    s.C, s.ldc = t, g.M
+    s.bias = s.b_sums = s.act_out = NULL
+    s.act, s.accumulate = EPI_LINEAR, 0
+    s.nonfinite = NULL
+    s.outer = g
+
+
+cdef void _swap_back(const Call *s, floating dummy, int t, int nt) noexcept nogil:
+    """Thread t's part of the swapped product T (the rows or column slivers it computed,
+    so still in its cache): C (+)= that part transposed, then C's epilogue on it."""
+    cdef const Call *g = s.outer
+    cdef const floating *tp = <const floating *>s.C
     cdef floating *c = <floating *>g.C
-    cdef int64_t i, j, j0, j1, M = g.M, N = g.N
-    for j0 in range(0, N, 64):
-        j1 = _min(N, j0 + 64)
-        for i in range(M):
-            if g.accumulate:
-                for j in range(j0, j1):
-                    c[i * g.ldc + j] += t[j * M + i]
-            else:
-                for j in range(j0, j1):
-                    c[i * g.ldc + j] = t[j * M + i]
-    if g.bias != NULL or g.act != EPI_LINEAR or g.act_out != NULL:
-        _finish(g, dummy, 0, M, 0, N)
+    cdef int64_t r0 = 0, r1 = s.M, c0, c1, jb, jc, nc, i, j, j0, j1
+    cdef int64_t block = s.N if s.direct else s.nc
+    for jb in range(_cdiv(s.N, block)):
+        jc = jb * block
+        nc = _min(block, s.N - jc)
+        if s.split_rows:
+            _share(_cdiv(s.M, s.mr), t, nt, &r0, &r1)
+            r0 *= s.mr
+            r1 = _min(s.M, r1 * s.mr)
+            c0, c1 = jc, jc + nc
+        else:
+            _share(_cdiv(nc, s.nr), t, nt, &c0, &c1)
+            c0, c1 = jc + c0 * s.nr, jc + _min(nc, c1 * s.nr)
+        if r1 <= r0 or c1 <= c0:
+            continue
+        # T's rows r are C's columns, T's columns C's rows: 64 columns of C at a time,
+        # whose lines of T stay in L1
+        for j0 in range(r0, r1, 64):
+            j1 = _min(r1, j0 + 64)
+            for i in range(c0, c1):
+                if g.accumulate:
+                    for j in range(j0, j1):
+                        c[i * g.ldc + j] += tp[j * s.ldc + i]
+                else:
+                    for j in range(j0, j1):
+                        c[i * g.ldc + j] = tp[j * s.ldc + i]
+        _finish(g, dummy, c0, c1 - c0, r0, r1 - r0)
 
 
 cdef void _choose(Call *g, int nthreads, size_t item) noexcept nogil:
@@ -792,6 +828,7 @@ def plan(a, b, int threads=1, isa=None, c=None):
         g.mr, g.nr = t.d_mr, t.d_nr
     g.b_sums = g.bias = g.act_out = NULL
     g.nonfinite = NULL
+    g.outer = NULL
     g.act = g.accumulate = 0
     if _swap_pays(&g, item):
         swapped = plan(b.T, a.T, threads, isa)
@@ -948,6 +985,7 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
     g.b_sums = cnp.PyArray_DATA(b_sums) if b_sums is not None else NULL
     g.act_out = cnp.PyArray_DATA(act_out) if act_out is not None else NULL
     g.b_ready = NULL
+    g.outer = NULL
     cdef int nonfinite = 0
     g.nonfinite = &nonfinite if check_finite else NULL
     g.epi_in_ukr = 0        # set by _choose (the swapped product's epilogue is _finish's)
@@ -961,15 +999,17 @@ def gemm(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
         nthreads = min(cn_omp_max_threads(), MAX_THREADS)
     cdef _Workspace ws = _free_workspaces.pop() if _free_workspaces else _Workspace()
     cdef cnp.ndarray t
+    cdef Call swapped
     try:
         if _swap_pays(&g, item):
             t = ws.swapped_out(g.N, g.M, type_num)
-            gemm(b.T, a.T, t)
+            _swapped_call(&swapped, &g, cnp.PyArray_DATA(t))
+            _plan(&swapped, ws, nthreads, item)
             with nogil:
                 if type_num == cnp.NPY_FLOAT:
-                    _from_swapped(&g, <const float *>cnp.PyArray_DATA(t), <float>0)
+                    _run(&swapped, <float>0, nthreads)
                 else:
-                    _from_swapped(&g, <const double *>cnp.PyArray_DATA(t), <double>0)
+                    _run(&swapped, <double>0, nthreads)
         else:
             _plan(&g, ws, nthreads, item)
             with nogil:
