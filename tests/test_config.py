@@ -99,12 +99,14 @@ def test_kernel_families_report_the_isa_they_run(isa, capsys):
     families = _config.kernel_isas()
     assert families["GEMM micro-kernels"][0] == isa
     assert families["optimizers (Adam, AdamW, RMSprop, Adagrad)"][0] == isa
-    epilogue = families["GEMM epilogue (bias, relu, leaky_relu, derivatives)"][0]
+    epilogue = families["GEMM epilogue (bias, relu, leaky_relu, derivatives, column sums)"][0]
     gates = families["recurrent gate math (float32 sigmoid/tanh)"][0]
+    layer_norm = families["layer normalization rows (forward, backward)"][0]
     if isa == "generic":
-        assert epilogue == "generic" and gates == "generic"
+        assert epilogue == "generic" and gates == "generic" and layer_norm == "generic"
     else:
         assert epilogue == "avx2" and gates == ("avx2+fma" if isa == "avx2" else isa)
+        assert layer_norm == "avx2"
     vector = [v for k, v in families.items() if k.startswith("activations (float32")]
     assert len(vector) == 1 and vector[0][0] == isa
     assert all(why for _, why in families.values())

@@ -143,6 +143,7 @@ def kernel_isas():
     prints. Each family asks its own kernel module, so this follows CYNEURON_ISA and
     set_isa like the kernels do."""
     from ._kernels import attention as _attention
+    from ._kernels import normalization as _normalization
     from ._kernels import optim as _optim
     from ._kernels import recurrent as _recurrent
 
@@ -156,7 +157,7 @@ def kernel_isas():
     vector = isa    # csrc/vmath.h has a copy for each of the GEMM's instruction sets
     return {
         "GEMM micro-kernels": (isa, why),
-        "GEMM epilogue (bias, relu, leaky_relu, derivatives)": (
+        "GEMM epilogue (bias, relu, leaky_relu, derivatives, column sums)": (
             epilogue, "the generic path is in use" if epilogue == "generic" else
             "AVX2 copy on the AVX2 and AVX-512 paths: an AVX-512 copy measured no gain "
             "(the pass is ~1% of the product); other activations: baseline loops"),
@@ -177,7 +178,12 @@ def kernel_isas():
             vector, "libm loops (the generic path is in use)" if vector == "generic" else
             "a vector copy per instruction set from one template (csrc/vmath_template.h), "
             "the GEMM's; float64 keeps libm"),
-        "other activations and derivatives, losses, normalization, conv/pooling loops": (
+        "layer normalization rows (forward, backward)": (
+            _normalization.simd_path(), "the generic path is in use"
+            if _normalization.simd_path() == "generic" else "AVX2 copy on the AVX2 and "
+            "AVX-512 paths: eight double lanes in a fixed order, the baseline's bits"),
+        "other activations and derivatives, losses, batch normalization, conv/pooling "
+        "loops": (
             "baseline", "Cython loops built for baseline x86-64 (SSE2), auto-vectorized; "
             "the dense layers' activations run in the GEMM epilogue instead"),
     }
