@@ -497,6 +497,16 @@ def test_plans_split_and_pack_as_documented(isa_name, dtype):
         c = np.empty((m, n), dtype)
         _gemm.gemm(x.T, b, c)
         assert_matmul_close(c, x.T, b, what=f"A^T {m}x{k}x{n} {isa_name}")
+    # A^T packed (a weight gradient X^T dY): split by columns, every thread packs all of
+    # A's row panels, each counted as a tile. 98 row tiles, 2s slivers (s even, as wide
+    # as pack_a_t_min_n or 8): by tiles alone columns win (98 s against 49 x 2s + s), with
+    # the 49 panels the other thread would have packed, rows.
+    s = max(4, -(-min_n // nr) // 2)
+    m, n = 98 * mr, 2 * s * nr
+    x = rng.standard_normal((min_k, m)).astype(dtype)
+    b = _case(rng, dtype, 1, min_k, n, False)[1]
+    assert _gemm.plan(x.T, b, threads=2, isa=isa_name) == \
+        {"plan": "packed", "split": "rows", "pack_a": True}
     # A product that mostly writes C (K = 10, C of 512 KB or more): rows while each
     # thread's piece of a C row would be 512 bytes or less, columns for wider pieces
     # (fewer rows than columns: a tie would go to the rows otherwise, see below).
