@@ -23,7 +23,7 @@ DTYPE_IDS = ["float32", "float64"]
 
 
 def _plan_shapes(dtype, isa=None):
-    """(label, M, K, N, b_transposed) reaching each plan of the driver with the
+    """(label, M, K, N, transposed: see _case) reaching each plan of the driver with the
     blocking of `isa` (default: the path in use)."""
     mr, nr, mc, kc, nc = _gemm.block_sizes(np.dtype(dtype).name, isa)
     limits = _gemm.plan_limits()
@@ -55,6 +55,8 @@ def _plan_shapes(dtype, isa=None):
         ("swapped-few-rows", 2 * mr + 3, big_k, swap_n, True),     # dX = dY W^T, batch 19
         ("swapped-max-m", swap_m, 37,
          limits["swap_min_b_bytes"] // (37 * np.dtype(dtype).itemsize) + 5, True),
+        # A^T times a B of at most NR / 2 columns (a classifier head's weight gradient)
+        ("swapped-narrow", 2 * nr + 5, big_k, max(2, nr // 2), "a"),
     ]
 
 
@@ -82,12 +84,14 @@ def _whole_lines(nr, dtype):
     return nr * per_line // np.gcd(nr, per_line)
 
 
-def _case(rng, dtype, m, k, n, b_transposed):
-    """a (m, k) and b (k, n), b (or the b.T it is a view of) starting on a cache line."""
-    a = rng.standard_normal((m, k)).astype(dtype)
-    b = empty_aligned((n, k) if b_transposed else (k, n), dtype)
+def _case(rng, dtype, m, k, n, transposed):
+    """a (m, k) and b (k, n), b (or the b.T it is a view of) starting on a cache line;
+    transposed: True for b a view of b.T's rows, "a" for a a view of a.T's rows (X^T in a
+    weight gradient), False for neither."""
+    a = rng.standard_normal((k, m) if transposed == "a" else (m, k)).astype(dtype)
+    b = empty_aligned((n, k) if transposed is True else (k, n), dtype)
     b[...] = rng.standard_normal(b.shape)
-    return a, (b.T if b_transposed else b)
+    return (a.T if transposed == "a" else a), (b.T if transposed is True else b)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -139,7 +143,7 @@ def test_swapped_plan_with_bias_activation_and_any_c(isa, kernel_threads, dtype,
     code = _gemm.EPILOGUES[activation]
     tol = 1e-4 if dtype == np.float32 else 1e-11
     for label, m, k, n, bt in _plan_shapes(dtype):
-        if not label.startswith("swapped"):
+        if not label.startswith("swapped") or bt is not True:
             continue
         _, b = _case(rng, dtype, m, k, n, bt)
         a = rng.standard_normal((m, 2 * k)).astype(dtype)[:, ::2]     # strided along K
