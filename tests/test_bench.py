@@ -107,6 +107,26 @@ def test_measured_peak_is_positive():
     assert B.measure_fma_peak(1, seconds=0.01, tries=1, settle_s=0) > 0
 
 
+def test_transformer_bench_measures_the_peak_as_the_others_do(monkeypatch):
+    """Best of several measurements after the threads settle (the harness's), not one
+    short one that another process can halve; --peak wins."""
+    from cyneuron.bench import transformer
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(transformer, "measure_fma_peak", lambda threads: 123.0)
+    monkeypatch.setattr(transformer, "attention_callables", stop)
+    for given, line in ((None, "(measured): 123 GFLOP/s"), (456.0, "(--peak): 456 GFLOP/s")):
+        lines = []
+        with pytest.raises(Stop):
+            transformer.bench_transformer(_args(peak=given), lines.append)
+        assert lines == [f"  float32 FMA peak on {cn.get_num_threads()} threads {line}"]
+
+
 def test_peak_given_and_fallback(monkeypatch):
     peak = B.matmul_peak(2, given=100.0)
     assert (peak.source, peak.per_thread, peak.total) == ("--peak", 50.0, 100.0)
