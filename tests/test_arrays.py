@@ -3,7 +3,7 @@ against numpy, on 1 and 2 threads."""
 import numpy as np
 import pytest
 
-from cyneuron._kernels.arrays import all_finite, gather_rows
+from cyneuron._kernels.arrays import add, all_finite, gather_rows
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -61,3 +61,37 @@ def test_gather_rows_refuses_bad_arguments():
         gather_rows(src, np.array([0, 1], np.int64), np.empty((2, 3), np.float32))
     with pytest.raises(ValueError, match="C-contiguous"):
         gather_rows(src.T, np.array([0, 1], np.int64), np.empty((2, 5)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1,), (7, 3), (2048, 128), (3, 5000, 7)])
+def test_add_gives_numpy_s_bits_on_every_thread_count(kernel_threads, dtype, shape):
+    """out = a + b, or (a + b) + c: numpy's sums bit for bit, split between threads or not,
+    into a fresh array or in place over one of the inputs."""
+    rng = np.random.default_rng(2)
+    a, b, c = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+    out = np.full(shape, np.nan, dtype)
+    add(a, b, out)
+    np.testing.assert_array_equal(out, a + b)
+    add(a, b, out, c)
+    np.testing.assert_array_equal(out, (a + b) + c)
+    want = (a + b) + c
+    add(a, b, a, c)
+    np.testing.assert_array_equal(a, want)
+
+
+def test_add_refuses_bad_arguments():
+    a = np.ones((4, 3), np.float32)
+    with pytest.raises(TypeError, match="out must be float32 or float64"):
+        add(a, a, np.empty((4, 3), np.int32))
+    with pytest.raises(ValueError, match="b must be a C-contiguous float32 array of shape"):
+        add(a, np.ones((4, 3)), np.empty((4, 3), np.float32))
+    with pytest.raises(ValueError, match="a must be a C-contiguous"):
+        add(np.ones((3, 4), np.float32).T, a, np.empty((4, 3), np.float32))
+    with pytest.raises(ValueError, match="c must be a C-contiguous"):
+        add(a, a, np.empty((4, 3), np.float32), np.ones((4, 4), np.float32))
+    with pytest.raises(ValueError, match="writeable C-contiguous"):
+        add(a, a, np.empty((3, 4), np.float32).T)
+    buf = np.ones(13, np.float32)
+    with pytest.raises(ValueError, match="out must be a itself or not overlap it"):
+        add(buf[1:], np.ones(12, np.float32), buf[:12])

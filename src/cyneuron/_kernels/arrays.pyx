@@ -1,7 +1,9 @@
-"""Array passes of the training loop: the finite-values check on input data and the
-gather of a shuffled mini-batch. Both run once per fit call or per batch over data
-that can be large (a whole training set), so they are parallel and allocate nothing
-(numpy's isfinite(x).all() builds a boolean array as large as x)."""
+"""Array passes of the training loop: the finite-values check on input data, the
+gather of a shuffled mini-batch and the element-wise sums of a Transformer block. They
+run over data that can be large (a whole training set, a batch of sequences), so they
+are parallel and allocate nothing (numpy's isfinite(x).all() builds a boolean array as
+large as x; its add runs on one core)."""
+from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
@@ -129,3 +131,57 @@ def gather_rows(cnp.ndarray src not None, cnp.ndarray idx not None, cnp.ndarray 
         return
     for j in prange(count, nogil=True, num_threads=threads_for(1 << 30), schedule="static"):
         memcpy(o + j * row_bytes, s + ix[j] * row_bytes, row_bytes)
+
+
+cdef void _add_part(const floating *a, const floating *b, const floating *c, floating *out,
+                    Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef Py_ssize_t i
+    if c == NULL:
+        for i in range(lo, hi):
+            out[i] = a[i] + b[i]
+    else:
+        for i in range(lo, hi):
+            out[i] = (a[i] + b[i]) + c[i]
+
+
+def add(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray out not None,
+        cnp.ndarray c=None):
+    """out = a + b, or (a + b) + c with c: element-wise, for C-contiguous float32 or
+    float64 arrays of one shape and dtype, split between the threads from 32k elements (a
+    Transformer block's residual sums and gradient fan-in, 2048 x 128 values each, where
+    numpy's add runs on one core). out may be one of the inputs, but no other overlap.
+    The same bits as numpy's a + b, then + c."""
+    cdef int t = cnp.PyArray_TYPE(out)
+    if t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE:
+        raise TypeError(f"add: out must be float32 or float64; got {out.dtype}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(out) or not cnp.PyArray_ISWRITEABLE(out):
+        raise ValueError("add: out must be a writeable C-contiguous array")
+    cdef char *o = <char *>cnp.PyArray_DATA(out)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(out), nbytes = cnp.PyArray_NBYTES(out)
+    cdef char *p
+    for name, x in (("a", a), ("b", b), ("c", c)):
+        if x is None:
+            continue
+        if cnp.PyArray_TYPE(<cnp.ndarray>x) != t or (<object>x).shape != (<object>out).shape \
+                or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x):
+            raise ValueError(f"add: {name} must be a C-contiguous {out.dtype} array of shape "
+                             f"{(<object>out).shape}; got {x.dtype} {(<object>x).shape}")
+        p = <char *>cnp.PyArray_DATA(<cnp.ndarray>x)
+        if p != o and p < o + nbytes and o < p + nbytes:
+            raise ValueError(f"add: out must be {name} itself or not overlap it")
+    cdef int nt = threads_for(<double>n), part
+    cdef Py_ssize_t lo, hi
+    cdef void *pa = cnp.PyArray_DATA(a)
+    cdef void *pb = cnp.PyArray_DATA(b)
+    cdef void *pc = cnp.PyArray_DATA(c) if c is not None else NULL
+    if t == cnp.NPY_FLOAT:
+        for part in prange(nt, nogil=True, num_threads=nt, schedule="static"):
+            lo = n * part // nt
+            hi = n * (part + 1) // nt
+            _add_part(<const float *>pa, <const float *>pb, <const float *>pc, <float *>o, lo, hi)
+    else:
+        for part in prange(nt, nogil=True, num_threads=nt, schedule="static"):
+            lo = n * part // nt
+            hi = n * (part + 1) // nt
+            _add_part(<const double *>pa, <const double *>pb, <const double *>pc, <double *>o,
+                      lo, hi)

@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import activations, initializers
 from .._config import fusion_enabled
+from .._kernels.arrays import add
 from .attention import MultiHeadAttention
 from .base import Layer
 from .dense import Dense
@@ -178,9 +179,18 @@ class _Block(Layer):
         mha._causal = causal
         return mha._forward([q, v], training, masks=[qmask, vmask])
 
-    def _add(self, key, a, b):
+    def _add(self, key, a, b, c=None):
+        """a + b (+ c) into the block's buffer `key`: residual sums and gradient fan-in,
+        on all threads (numpy's add runs on one: 2048 x 128 float32, 2 threads, 84 -> 17 us)."""
         out = self._buffer(key, a.shape)
-        np.add(a, b, out=out)
+        ins = (a, b) if c is None else (a, b, c)
+        if all(x.dtype == out.dtype and x.shape == out.shape and x.flags.c_contiguous
+               for x in ins):
+            add(a, b, out, c)
+        else:
+            np.add(a, b, out=out)
+            if c is not None:
+                out += c
         return out
 
     # The feed-forward sublayer, the same in both blocks: FF = Dense(intermediate_dim,
@@ -229,9 +239,7 @@ class _Block(Layer):
         f = self._ffn_backward(g)
         if self.norm_first:
             f = self._ln_ff._backward(f, True)
-        gh = self._buffer("g_ffn", g.shape)
-        np.add(g, f, out=gh)
-        return gh
+        return self._add("g_ffn", g, f)
 
     def _check_options(self, num_heads, intermediate_dim, dropout, activation, norm_first,
                        layer_norm_epsilon, key_dim):
@@ -349,18 +357,12 @@ class TransformerEncoder(_Block):
         if self.norm_first:
             ga = self._drop_att._backward(gh, True)
             dq, dv = self._mha._backward(ga, True)
-            gx = self._buffer("gx", g.shape)
-            np.add(dq, dv, out=gx)
-            gx = self._ln1._backward(gx, True)
-            np.add(gx, gh, out=self._buffer("gx2", g.shape))
-            return self._buffers["gx2"]
+            gx = self._ln1._backward(self._add("gx", dq, dv), True)
+            return self._add("gx2", gx, gh)
         gh = self._ln1._backward(gh, True)
         ga = self._drop_att._backward(gh, True)
         dq, dv = self._mha._backward(ga, True)
-        gx = self._buffer("gx", g.shape)
-        np.add(dq, dv, out=gx)
-        gx += gh
-        return gx
+        return self._add("gx", dq, dv, gh)
 
     def get_config(self):
         return self._base_config()
@@ -500,25 +502,15 @@ class TransformerDecoder(_Block):
         g2 = self._ffn_residual_backward(g)
         if self.norm_first:
             dq, de = self._cross._backward(self._drop2._backward(g2, True), True)
-            g1 = self._buffer("g1", g.shape)
-            np.add(g2, self._ln2._backward(dq, True), out=g1)
+            g1 = self._add("g1", g2, self._ln2._backward(dq, True))
             dq, dv = self._self._backward(self._drop1._backward(g1, True), True)
-            gx = self._buffer("gx", g.shape)
-            np.add(dq, dv, out=gx)
-            gx = self._ln1._backward(gx, True)
-            out = self._buffer("gx2", g.shape)
-            np.add(gx, g1, out=out)
-            return [out, de]
+            gx = self._ln1._backward(self._add("gx", dq, dv), True)
+            return [self._add("gx2", gx, g1), de]
         g2 = self._ln2._backward(g2, True)
         dq, de = self._cross._backward(self._drop2._backward(g2, True), True)
-        g1 = self._buffer("g1", g.shape)
-        np.add(g2, dq, out=g1)
-        g1 = self._ln1._backward(g1, True)
+        g1 = self._ln1._backward(self._add("g1", g2, dq), True)
         dq, dv = self._self._backward(self._drop1._backward(g1, True), True)
-        gx = self._buffer("gx", g.shape)
-        np.add(dq, dv, out=gx)
-        gx += g1
-        return [gx, de]
+        return [self._add("gx", dq, dv, g1), de]
 
     def get_config(self):
         return self._base_config()
