@@ -14,6 +14,7 @@ import numpy as np
 from .. import initializers
 from .. import ops as _ops
 from .._kernels import attention as _k
+from .._kernels.gemm import gemm
 from .._random import get_rng
 from .._validation import check_numeric
 from .base import Layer
@@ -379,21 +380,34 @@ class MultiHeadAttention(Layer):
                     O.transpose(t), lse, dQ.transpose(t), dK.transpose(t), dV.transpose(t),
                     mask, self._causal, scale, rate, key, *_ops.ATTENTION_TILES)
         dx = {}
-        for part, x, d in (("query", q_in, dQ), ("key", k_in, dK), ("value", v_in, dV)):
+        # value before key: without a key input, the key projection's input gradient is
+        # added into the value's by its GEMM (accumulate) instead of a pass of its own
+        for part, x, d in (("query", q_in, dQ), ("value", v_in, dV), ("key", k_in, dK)):
             w, b, i = self._w(part)
             n = x.shape[0] * x.shape[1]
-            d2 = d.reshape(n, -1)
-            _ops.matmul(x.reshape(n, -1), d2, trans_a=True, out=gw[i].reshape(w.shape))
-            if b is not None:
-                np.sum(d2, axis=0, out=gw[i + 1].reshape(-1))
-            if need_input_grad:
-                dxi = self._buffer("d" + part, x.shape)
-                _ops.matmul(d2, w, trans_b=True, out=dxi.reshape(n, -1))
-                dx[part] = dxi
+            x2, d2 = x.reshape(n, -1), d.reshape(n, -1)
+            fused = x2.dtype == d2.dtype == w.dtype and x2.flags.c_contiguous
+            if fused:   # the bias gradient as the column sums beside the kernel's
+                gemm(x2.T, d2, gw[i].reshape(w.shape),
+                     b_sums=None if b is None else gw[i + 1].reshape(-1))
+            else:
+                _ops.matmul(x2, d2, trans_a=True, out=gw[i].reshape(w.shape))
+                if b is not None:
+                    np.sum(d2, axis=0, out=gw[i + 1].reshape(-1))
+            if not need_input_grad:
+                continue
+            if part == "key" and not has_key:
+                into = dx["value"].reshape(n, -1)
+                if fused:
+                    gemm(d2, w.T, into, accumulate=True)
+                else:
+                    into += _ops.matmul(d2, w, trans_b=True)
+                continue
+            dxi = self._buffer("d" + part, x.shape)
+            _ops.matmul(d2, w, trans_b=True, out=dxi.reshape(n, -1))
+            dx[part] = dxi
         if not need_input_grad:
             return None
-        if not has_key:
-            dx["value"] += dx.pop("key")
         return [dx.get(n) for n in self._layout]
 
     def _scores(self):
