@@ -144,36 +144,53 @@ cdef void _add_part(const floating *a, const floating *b, const floating *c, flo
             out[i] = (a[i] + b[i]) + c[i]
 
 
-def add(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray out not None,
-        cnp.ndarray c=None):
+cdef bint _addable(object out, tuple ins):
+    """Whether add's kernel takes these: ndarrays, out writeable, all C-contiguous of one
+    float dtype and shape, each input out itself or apart from it."""
+    if not isinstance(out, cnp.ndarray):
+        return False
+    cdef cnp.ndarray o = out, x
+    cdef int t = cnp.PyArray_TYPE(o)
+    if (t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE) or not cnp.PyArray_IS_C_CONTIGUOUS(o) \
+            or not cnp.PyArray_ISWRITEABLE(o):
+        return False
+    cdef char *po = <char *>cnp.PyArray_DATA(o)
+    cdef char *px
+    cdef Py_ssize_t nbytes = cnp.PyArray_NBYTES(o)
+    for v in ins:
+        if not isinstance(v, cnp.ndarray):
+            return False
+        x = v
+        if cnp.PyArray_TYPE(x) != t or not cnp.PyArray_IS_C_CONTIGUOUS(x) \
+                or (<object>x).shape != (<object>o).shape:
+            return False
+        px = <char *>cnp.PyArray_DATA(x)
+        if px != po and px < po + nbytes and po < px + nbytes:
+            return False
+    return True
+
+
+def add(a, b, out, c=None):
     """out = a + b, or (a + b) + c with c: element-wise, for C-contiguous float32 or
     float64 arrays of one shape and dtype, split between the threads from 32k elements (a
     Transformer block's residual sums and gradient fan-in, 2048 x 128 values each, where
-    numpy's add runs on one core). out may be one of the inputs, but no other overlap.
-    The same bits as numpy's a + b, then + c."""
-    cdef int t = cnp.PyArray_TYPE(out)
-    if t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE:
-        raise TypeError(f"add: out must be float32 or float64; got {out.dtype}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(out) or not cnp.PyArray_ISWRITEABLE(out):
-        raise ValueError("add: out must be a writeable C-contiguous array")
-    cdef char *o = <char *>cnp.PyArray_DATA(out)
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(out), nbytes = cnp.PyArray_NBYTES(out)
-    cdef char *p
-    for name, x in (("a", a), ("b", b), ("c", c)):
-        if x is None:
-            continue
-        if cnp.PyArray_TYPE(<cnp.ndarray>x) != t or (<object>x).shape != (<object>out).shape \
-                or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x):
-            raise ValueError(f"add: {name} must be a C-contiguous {out.dtype} array of shape "
-                             f"{(<object>out).shape}; got {x.dtype} {(<object>x).shape}")
-        p = <char *>cnp.PyArray_DATA(<cnp.ndarray>x)
-        if p != o and p < o + nbytes and o < p + nbytes:
-            raise ValueError(f"add: out must be {name} itself or not overlap it")
+    numpy's add runs on one core). out may be one of the inputs. Other layouts, dtypes
+    or overlaps go to numpy. The same bits as numpy's a + b, then + c."""
+    if not _addable(out, (a, b) if c is None else (a, b, c)):
+        import numpy as np
+        if c is None:
+            np.add(a, b, out=out)
+        else:
+            np.add(np.add(a, b), c, out=out)
+        return
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>out)
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>out)
+    cdef char *o = <char *>cnp.PyArray_DATA(<cnp.ndarray>out)
     cdef int nt = threads_for(<double>n), part
     cdef Py_ssize_t lo, hi
-    cdef void *pa = cnp.PyArray_DATA(a)
-    cdef void *pb = cnp.PyArray_DATA(b)
-    cdef void *pc = cnp.PyArray_DATA(c) if c is not None else NULL
+    cdef void *pa = cnp.PyArray_DATA(<cnp.ndarray>a)
+    cdef void *pb = cnp.PyArray_DATA(<cnp.ndarray>b)
+    cdef void *pc = cnp.PyArray_DATA(<cnp.ndarray>c) if c is not None else NULL
     if t == cnp.NPY_FLOAT:
         for part in prange(nt, nogil=True, num_threads=nt, schedule="static"):
             lo = n * part // nt

@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 
 from .. import _config
+from .._kernels.arrays import add
 from .._memory import empty_aligned, zeros_aligned
 from .._validation import as_dtype
 from ..layers.base import Layer
@@ -496,12 +497,12 @@ class GraphEngine(Layer):
         if cur is None:
             grads[slot] = g
         elif owned[slot]:
-            np.add(cur, g, out=cur)
+            add(cur, g, cur)      # on all threads (a residual network's skip connections)
         else:
             buf = self._acc.get(slot)
             if buf is None or buf.shape != cur.shape or buf.dtype != cur.dtype:
                 buf = self._acc[slot] = np.empty(cur.shape, cur.dtype)
-            np.add(cur, g, out=buf)
+            add(cur, g, buf)
             grads[slot] = buf
             owned[slot] = True
 
