@@ -727,3 +727,50 @@ def test_concurrent_callers_get_their_own_workspaces(restore_threads):
 def test_fma_peak_is_measured():
     one = _gemm.fma_peak_gflops(threads=1, seconds=0.02)
     assert np.isfinite(one) and one > 0.1
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_batch_of_products_gives_gemm_s_bits(isa, kernel_threads, dtype):
+    """gemm_batch: c[g] (+)= a[g] @ b[g], each product on one thread, the same bits as
+    gemm on each slice (its plans never split a sum), for transposed and strided views, a
+    batch shorter or longer than the thread count, and accumulate."""
+    rng = np.random.default_rng(13)
+    mr, nr = _gemm.block_sizes(np.dtype(dtype).name)[:2]
+    for g, m, k, n in ((1, 5, 3, 2), (3, 2 * mr + 1, 40, nr + 3), (36, 4 * mr, 32, 2 * nr),
+                       (5, 17, _gemm.block_sizes(np.dtype(dtype).name)[3] + 5, 7)):
+        a = rng.standard_normal((g, m + 1, k)).astype(dtype)[:, 1:]        # rows strided
+        bt = rng.standard_normal((g, n, k)).astype(dtype)                  # b transposed
+        c = np.full((g, m + 2, n), np.nan, dtype)[:, :m]
+        _gemm.gemm_batch(a, bt.transpose(0, 2, 1), c)
+        for i in range(g):
+            want = np.empty((m, n), dtype)
+            _gemm.gemm(a[i], bt[i].T, want)
+            np.testing.assert_array_equal(c[i], want, err_msg=f"{g}x{m}x{k}x{n} {isa}")
+            assert_matmul_close(c[i], a[i], bt[i].T, what=f"batch {g}x{m}x{k}x{n} {isa}")
+        start = c.copy()
+        _gemm.gemm_batch(a.transpose(0, 2, 1).transpose(0, 2, 1), bt.transpose(0, 2, 1), c,
+                         accumulate=True)
+        tol = 1e-4 if dtype == np.float32 else 1e-11
+        np.testing.assert_allclose(c, start + a.astype(np.float64) @ bt.transpose(0, 2, 1),
+                                   rtol=tol, atol=tol * np.sqrt(k))
+
+
+def test_batch_of_products_refuses_bad_arguments():
+    a, b, c = np.ones((2, 3, 4)), np.ones((2, 4, 5)), np.empty((2, 3, 5))
+    with pytest.raises(ValueError, match="3-D"):
+        _gemm.gemm_batch(a[0], b, c)
+    with pytest.raises(TypeError, match="one float dtype"):
+        _gemm.gemm_batch(a.astype(np.float32), b, c)
+    with pytest.raises(ValueError, match="shapes do not agree"):
+        _gemm.gemm_batch(a, np.ones((2, 3, 5)), c)
+    with pytest.raises(ValueError, match="shapes do not agree"):
+        _gemm.gemm_batch(np.ones((3, 3, 4)), b, c)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        _gemm.gemm_batch(a, b, np.empty((2, 5, 3)).transpose(0, 2, 1))
+    shared = np.zeros((2, 4, 5))
+    with pytest.raises(ValueError, match="share memory"):
+        _gemm.gemm_batch(shared[:, :3, :4], shared[:, :, :], shared[:, :3, :])
+    with pytest.raises(ValueError, match="at least 1"):
+        _gemm.gemm_batch(np.ones((2, 3, 0)), np.ones((2, 0, 5)), c)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _gemm.gemm_batch(a, b, np.empty((2, 3, 5), np.int64))

@@ -168,3 +168,86 @@ def _serial_for_tests(cnp.ndarray a, cnp.ndarray b, cnp.ndarray c, bint accumula
                           c.shape[1], accumulate)
     if rc != 0:
         raise ValueError("_serial_for_tests: K must be at least 1")
+
+
+cdef void _batch_part(int t, int nt, int64_t G, int64_t M, int64_t N, int64_t K,
+                      const floating *A, const int64_t *sa, const floating *B,
+                      const int64_t *sb, floating *C, const int64_t *sc,
+                      bint accumulate) noexcept nogil:
+    """Thread t's share of gemm_batch's G products (strides in elements)."""
+    cdef int64_t g, g0, g1
+    _share(G, t, nt, &g0, &g1)
+    for g in range(g0, g1):
+        _gemm_serial(M, N, K, A + g * sa[0], sa[1], sa[2], B + g * sb[0], sb[1], sb[2],
+                     C + g * sc[0], sc[1], accumulate)
+
+
+def gemm_batch(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not None,
+               bint accumulate=False):
+    """c[g] (+)= a[g] @ b[g] for every g: G products of one shape in one call, each on one
+    thread (the serial plan: the same bits as gemm's), the threads taking equal runs of
+    them. For many small products (a Winograd convolution's 36 transform-domain products
+    per chunk of tiles, (256, 32) @ (32, 32) each), where a gemm call apiece from Python,
+    each with a parallel region of its own, costs more than the product.
+
+    a (G, M, K), b (G, K, N): float32 or float64, any strides (a view such as
+    v.transpose(0, 2, 1) costs nothing); c (G, M, N) of the same dtype, its rows
+    contiguous (c.strides[2] == itemsize), writeable, not sharing memory with a or b."""
+    cdef int type_num = cnp.PyArray_TYPE(c)
+    if type_num != cnp.NPY_FLOAT and type_num != cnp.NPY_DOUBLE:
+        raise TypeError(f"gemm_batch: c must be float32 or float64; got {c.dtype.name}")
+    for name, x in (("a", a), ("b", b), ("c", c)):
+        if cnp.PyArray_NDIM(<cnp.ndarray>x) != 3:
+            raise ValueError(f"gemm_batch: {name} must be 3-D (G, rows, columns); got "
+                             f"{cnp.PyArray_NDIM(<cnp.ndarray>x)}-D")
+        if cnp.PyArray_TYPE(<cnp.ndarray>x) != type_num:
+            raise TypeError(f"gemm_batch: a, b and c must share one float dtype; {name} is "
+                            f"{x.dtype.name}")
+        if any(s % x.itemsize for s in (<object>x).strides) \
+                or not cnp.PyArray_ISALIGNED(<cnp.ndarray>x):
+            raise ValueError(f"gemm_batch: {name} must be aligned to its item size, its "
+                             f"strides multiples of it")
+    cdef int64_t G = c.shape[0], M = c.shape[1], N = c.shape[2], K = a.shape[2]
+    if a.shape[0] != G or b.shape[0] != G or a.shape[1] != M or b.shape[1] != K \
+            or b.shape[2] != N:
+        raise ValueError(f"gemm_batch: shapes do not agree: a {(<object>a).shape}, "
+                         f"b {(<object>b).shape}, c {(<object>c).shape}")
+    if not cnp.PyArray_ISWRITEABLE(c) or (N > 1 and c.strides[2] != c.itemsize):
+        raise ValueError("gemm_batch: c must be writeable with contiguous rows")
+    if G == 0 or M == 0 or N == 0:
+        return
+    if K == 0:
+        raise ValueError("gemm_batch: inner dimension must be at least 1")
+    if _overlap(c, a) or _overlap(c, b):
+        raise ValueError("gemm_batch: c must not share memory with a or b")
+    cdef size_t item = cnp.PyArray_ITEMSIZE(c)
+    cdef int64_t sa[3]
+    cdef int64_t sb[3]
+    cdef int64_t sc[3]
+    cdef int d
+    for d in range(3):
+        sa[d] = a.strides[d] // <int64_t>item
+        sb[d] = b.strides[d] // <int64_t>item
+        sc[d] = c.strides[d] // <int64_t>item
+    cdef int nt = 1, t
+    if G > 1 and G * M * N * K >= _parallel_min_macs():
+        nt = <int>min(cn_omp_max_threads(), MAX_THREADS, G)
+    cdef void *pa = cnp.PyArray_DATA(a)
+    cdef void *pb = cnp.PyArray_DATA(b)
+    cdef void *pc = cnp.PyArray_DATA(c)
+    with nogil:
+        if nt == 1:
+            if type_num == cnp.NPY_FLOAT:
+                _batch_part(0, 1, G, M, N, K, <const float *>pa, sa, <const float *>pb, sb,
+                            <float *>pc, sc, accumulate)
+            else:
+                _batch_part(0, 1, G, M, N, K, <const double *>pa, sa, <const double *>pb, sb,
+                            <double *>pc, sc, accumulate)
+        else:
+            for t in prange(nt, num_threads=nt, schedule="static"):
+                if type_num == cnp.NPY_FLOAT:
+                    _batch_part(t, nt, G, M, N, K, <const float *>pa, sa, <const float *>pb,
+                                sb, <float *>pc, sc, accumulate)
+                else:
+                    _batch_part(t, nt, G, M, N, K, <const double *>pa, sa, <const double *>pb,
+                                sb, <double *>pc, sc, accumulate)

@@ -37,7 +37,7 @@ the epilogue (csrc/gemm_epilogue.h its C loops), _gemm_serial.pxi the entry for 
 that run their own parallel region; the micro-kernels are in csrc/.
 """
 from cython cimport floating
-from cython.parallel cimport parallel
+from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free
 

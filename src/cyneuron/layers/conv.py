@@ -38,7 +38,7 @@ import numpy as np
 from .. import activations, initializers
 from .._kernels import conv as _k
 from .._kernels import winograd as _wino
-from .._kernels.gemm import EPILOGUES, gemm
+from .._kernels.gemm import EPILOGUES, gemm, gemm_batch
 from .._validation import check_positive
 from ._spatial import SpatialLayer, normalize_padding, normalize_tuple, output_size
 
@@ -62,10 +62,13 @@ WINOGRAD_MIN_CHANNELS = 16
 ALGORITHMS = ("auto", "im2col", "winograd")
 # Tiles in a chunk of the batch that Winograd transforms, multiplies and transforms back
 # in one go (a few MiB of transform-domain data: it stays in cache; measured best at
-# 256 on 1 and 2 threads for 14x14x32 -> 64). Each kernel and GEMM of a chunk runs on
-# all threads. (Running whole chunks on separate Python worker threads instead, each
-# with a one-thread OpenMP pool, measured slower: the main thread's idle OpenMP team
-# keeps spinning on the cores the workers need.)
+# 256 on 1 and 2 threads for 14x14x32 -> 64). Each transform of a chunk runs on all
+# threads, its 36 products in one gemm_batch call (the threads taking 18 each; one gemm
+# call apiece from Python cost more than the products: bench resnet's training step,
+# 2 threads, Intel Xeon, 89.5 -> 71 ms; 256 tiles still best there, 69.0 ms against
+# 72.4 / 70.9 / 76.0 for 128 / 512 / 1024). (Running whole chunks on separate Python
+# worker threads instead, each with a one-thread OpenMP pool, measured slower: the main
+# thread's idle OpenMP team keeps spinning on the cores the workers need.)
 WINOGRAD_CHUNK_TILES = 256
 
 
@@ -132,7 +135,6 @@ class _Conv(SpatialLayer):
         self._epilogue = EPILOGUES[name] if name in _FUSED_ACTIVATIONS else None
         self._alpha = _epilogue_alpha(self.activation)
         self._plans = {}
-        self._slices = {}
         self.algorithm = "auto"
 
     @property
@@ -304,15 +306,11 @@ class _Conv(SpatialLayer):
 
     # -- Winograd ------------------------------------------------------------------------
     def _domain(self, key, rows, width, spare=1):
-        """A (36, rows + spare, width) transform-domain buffer and its 36 (rows, width)
-        slices. A spare row keeps the slices of the big data buffers from starting a
-        multiple of 4 KiB apart, where the 36 streams of a transform would share a few
-        cache sets; kernel buffers (spare=0) are exactly (36, C, F)."""
-        buf = self._buffer(key, (36, rows + spare, width))
-        cached = self._slices.get(key)
-        if cached is None or cached[0] is not buf:
-            cached = self._slices[key] = (buf, [buf[k, :rows] for k in range(36)])
-        return buf, cached[1]
+        """A (36, rows + spare, width) transform-domain buffer: 36 slices of (rows, width)
+        (and a spare row each, which keeps the slices of the big data buffers from
+        starting a multiple of 4 KiB apart, where the 36 streams of a transform would
+        share a few cache sets); kernel buffers (spare=0) are exactly (36, C, F)."""
+        return self._buffer(key, (36, rows + spare, width))
 
     @staticmethod
     def _chunks(n, tiles_per_image):
@@ -324,20 +322,16 @@ class _Conv(SpatialLayer):
         step = max(1, WINOGRAD_CHUNK_TILES // tiles_per_image)
         return step, [(n0, min(n, n0 + step)) for n0 in range(0, n, step)]
 
-    @staticmethod
-    def _rows(slices, rows):
-        return slices if slices[0].shape[0] == rows else [s[:rows] for s in slices]
-
     def _forward_winograd(self, x):
         plan = self._plan(x.shape[1:])
         n, c, f = x.shape[0], x.shape[-1], self.filters
         (oh, ow), (pt, pl) = plan.out_hw, plan.padding
         th, tw = _wino.tiles(oh), _wino.tiles(ow)
         step, chunks = self._chunks(n, th * tw)
-        u, us = self._domain("U", c, f, spare=0)
+        u = self._domain("U", c, f, spare=0)
         _wino.kernel_transform(self._weights[0], u)
-        v, vs = self._domain("V", step * th * tw, c)
-        m, ms = self._domain("M", step * th * tw, f)
+        v = self._domain("V", step * th * tw, c)
+        m = self._domain("M", step * th * tw, f)
         y = self._buffer("y", (n, oh, ow, f))
         bias = self._weights[1] if self.use_bias else None
         fused = self.activation.name in _WINOGRAD_ACTIVATIONS
@@ -345,8 +339,7 @@ class _Conv(SpatialLayer):
         for n0, n1 in chunks:
             rows = (n1 - n0) * th * tw
             _wino.input_transform(x[n0:n1], v, pt, pl, th, tw)
-            for a, b, out in zip(self._rows(vs, rows), us, self._rows(ms, rows)):
-                gemm(a, b, out)
+            gemm_batch(v[:, :rows], u, m[:, :rows])
             _wino.output_transform(m, y[n0:n1], bias, code)
         if not fused:
             y = self._activate(y)
@@ -367,17 +360,16 @@ class _Conv(SpatialLayer):
         th, tw = _wino.tiles(h), _wino.tiles(w)
         step, chunks = self._chunks(n, th * tw)
         q_rows = self._buffers["Q"].shape[1] - 1 if "Q" in self._buffers else -1
-        uf, ufs = self._domain("U_flipped", c, f, spare=0)
+        uf = self._domain("U_flipped", c, f, spare=0)
         _wino.kernel_transform(self._weights[0], uf, True)
         same_rows = step * th * tw == q_rows
-        vd, vds = self._domain("Q" if same_rows else "V_dz", step * th * tw, f)
-        md, mds = self._domain("M_dx", step * th * tw, c)
+        vd = self._domain("Q" if same_rows else "V_dz", step * th * tw, f)
+        md = self._domain("M_dx", step * th * tw, c)
         dx = self._buffer("dx", x.shape)
         for n0, n1 in chunks:
             rows = (n1 - n0) * th * tw
             _wino.input_transform(dz4[n0:n1], vd, 2 - pt, 2 - pl, th, tw)
-            for a, b, out in zip(self._rows(vds, rows), ufs, self._rows(mds, rows)):
-                gemm(a, b.T, out)
+            gemm_batch(vd[:, :rows], uf.transpose(0, 2, 1), md[:, :rows])
             _wino.output_transform(md, dx[n0:n1])
         return dx
 
@@ -387,15 +379,14 @@ class _Conv(SpatialLayer):
         (oh, ow), (pt, pl) = plan.out_hw, plan.padding
         th, tw = _wino.tiles(oh), _wino.tiles(ow)
         step, chunks = self._chunks(n, th * tw)
-        v, vs = self._domain("V", step * th * tw, c)
-        q, qs = self._domain("Q", step * th * tw, f)
-        du, dus = self._domain("dU", c, f, spare=0)
+        v = self._domain("V", step * th * tw, c)
+        q = self._domain("Q", step * th * tw, f)
+        du = self._domain("dU", c, f, spare=0)
         for i, (n0, n1) in enumerate(chunks):
             rows = (n1 - n0) * th * tw
             _wino.input_transform(x[n0:n1], v, pt, pl, th, tw)
             _wino.output_grad_transform(dz4[n0:n1], q)
-            for a, b, out in zip(self._rows(vs, rows), self._rows(qs, rows), dus):
-                gemm(a.T, b, out, accumulate=i > 0)
+            gemm_batch(v[:, :rows].transpose(0, 2, 1), q[:, :rows], du, accumulate=i > 0)
         _wino.kernel_grad_transform(du, self._gradients[0])
 
     def get_config(self):
