@@ -109,7 +109,7 @@ class _Merge(Layer):
 
 class Add(_Merge):
     """The element-wise sum of the inputs (on all threads: a residual network's skip
-    connections, 64 x 28 x 28 x 32 float32 on 2 threads 1.08 -> 0.2 ms)."""
+    connections, 64 x 28 x 28 x 32 float32 on 2 threads 1.08 -> 0.58 ms)."""
 
     def _combine(self, xs):
         self._n = len(xs)
