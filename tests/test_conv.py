@@ -903,6 +903,33 @@ def test_winograd_auto_choice_and_bad_algorithm():
         layers.Conv1D(4, 3).algorithm = "winograd"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_winograd_input_transform_matches_the_layer_s(isa, kernel_threads, dtype):
+    """conv_k.winograd_input (the weight gradient's V, in registers with FMAs) gives the
+    transform-domain slices of winograd.input_transform, every padding 0-2, ragged
+    tiles, channel counts around the vector widths, into a V with spare rows."""
+    rng = np.random.default_rng(31)
+    tol = 2e-6 if dtype == np.float32 else 1e-13
+    for (n, h, w, c), (pt, pl), (oh, ow) in (((2, 8, 8, 4), (1, 1), (8, 8)),
+                                             ((3, 7, 9, 17), (0, 2), (5, 9)),
+                                             ((1, 13, 6, 33), (2, 0), (13, 4))):
+        x = rng.normal(size=(n, h, w, c)).astype(dtype)
+        th, tw = _wino.tiles(oh), _wino.tiles(ow)
+        t = n * th * tw
+        want = np.zeros((36, t, c), dtype)
+        _wino.input_transform(x, want, pt, pl, th, tw)
+        got = np.full((36, t + 1, c), np.nan, dtype)
+        _k.winograd_input(x, got, (pt, pl), (oh, ow))
+        np.testing.assert_allclose(got[:, :t], want, rtol=tol, atol=tol * np.abs(want).max())
+        assert np.isnan(got[:, t:]).all()      # the spare rows untouched
+    with pytest.raises(ValueError, match="V must have shape"):
+        _k.winograd_input(x, np.zeros((36, t - 1, c), dtype), (pt, pl), (oh, ow))
+    with pytest.raises(ValueError, match="padding must be 0-2"):
+        _k.winograd_input(x, np.zeros((36, t, c), dtype), (3, 0), (oh, ow))
+    with pytest.raises(TypeError, match="dtype"):
+        _k.winograd_input(x.astype(np.float16), np.zeros((36, t, c), dtype), (pt, pl), (oh, ow))
+
+
 def test_winograd_kernels_check_their_buffers():
     g = np.zeros((3, 3, 4, 5))
     with pytest.raises(ValueError, match="U must have shape"):

@@ -1111,6 +1111,47 @@ def winograd_conv_pool(x, kernel, bias, y, tuple padding, tuple conv_size,
                   <double *>p[3], cache)
 
 
+def winograd_input(x, V, tuple padding, tuple conv_size):
+    """V[xi, t, :] = (B^T d B)[xi] for every 4x4 output tile t of a 3x3, stride-1
+    convolution of x (N, H, W, C) (d: the tile's 6x6 input patch, zeros outside the
+    image): winograd_conv_pool's input transform (channels in registers, FMAs) for the
+    layer's weight gradient, on all threads. V (36, rows, C) C-contiguous, rows at least
+    the T = N * ceil(OH / 4) * ceil(OW / 4) tiles; padding (top, left) each 0-2 and
+    conv_size (OH, OW) as winograd_conv_pool takes them."""
+    cdef int t = _output_type(V)
+    cdef void *px
+    cdef void *pv
+    _float_array(x, "x", 4, t, False, &px)
+    _float_array(V, "V", 3, t, True, &pv)
+    cdef cn_wino_geometry g
+    g.N, g.H, g.W, g.C = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    g.PT, g.PL = padding
+    g.OH, g.OW = conv_size
+    if not (0 <= g.PT <= 2 and 0 <= g.PL <= 2 and 1 <= g.OH <= g.H + g.PT
+            and 1 <= g.OW <= g.W + g.PL) or min(g.H, g.W, g.C) < 1:
+        raise ValueError(f"padding must be 0-2 before each axis and conv_size at least 1 and "
+                         f"at most the padded input less the kernel; got {padding}, {conv_size} "
+                         f"for x {x.shape}")
+    g.TH, g.TW = (g.OH + 3) // 4, (g.OW + 3) // 4
+    cdef Py_ssize_t T = g.N * g.TH * g.TW
+    if V.shape[0] != 36 or V.shape[1] < T or V.shape[2] != g.C:
+        raise ValueError(f"V must have shape (36, {T} or more, {g.C}); got {V.shape}")
+    if _overlaps(V, x):
+        raise ValueError("V must not share memory with x")
+    g.F, g.PH, g.PW, g.QH, g.QW = 0, 1, 1, g.OH, g.OW
+    g.VS, g.US, g.MS = V.shape[1] * g.C, 0, 0
+    g.act, g.max_pool, g.alpha = ACT_LINEAR, 0, 0.0
+    cdef int isa = current_isa(), nt = threads_for(<double> T * 36 * g.C * 6), k
+    with nogil:
+        for k in prange(nt, num_threads=nt, schedule="static"):
+            if t == cnp.NPY_FLOAT:
+                cn_wino_input_f32(isa, &g, <const float *>px, <float *>pv, T * k // nt,
+                                  T * (k + 1) // nt, 0)
+            else:
+                cn_wino_input_f64(isa, &g, <const double *>px, <double *>pv, T * k // nt,
+                                  T * (k + 1) // nt, 0)
+
+
 cdef inline Py_ssize_t _aligned(Py_ssize_t values, Py_ssize_t item) noexcept nogil:
     """values rounded up to whole WINO_ALIGN-byte blocks."""
     cdef Py_ssize_t per = WINO_ALIGN // item

@@ -390,7 +390,7 @@ class _Conv(SpatialLayer):
         du = self._domain("dU", c, f, spare=0)
         for i, (n0, n1) in enumerate(chunks):
             rows = (n1 - n0) * th * tw
-            _wino.input_transform(x[n0:n1], v, pt, pl, th, tw)
+            _k.winograd_input(x[n0:n1], v, (pt, pl), (oh, ow))
             _wino.output_grad_transform(dz4[n0:n1], q)
             gemm_batch(v[:, :rows].transpose(0, 2, 1), q[:, :rows], du, accumulate=i > 0)
         _wino.kernel_grad_transform(du, self._gradients[0])
