@@ -767,6 +767,12 @@ def test_batch_of_products_refuses_bad_arguments():
         _gemm.gemm_batch(np.ones((3, 3, 4)), b, c)
     with pytest.raises(ValueError, match="contiguous rows"):
         _gemm.gemm_batch(a, b, np.empty((2, 5, 3)).transpose(0, 2, 1))
+    overlapping = np.lib.stride_tricks.as_strided(np.empty(40), (2, 3, 5), (8 * 15, 8 * 4, 8))
+    with pytest.raises(ValueError, match="none overlapping"):
+        _gemm.gemm_batch(a, b, overlapping)          # rows 4 values apart, 5 wide
+    slices_overlap = np.lib.stride_tricks.as_strided(np.empty(40), (2, 3, 5), (8 * 5, 8 * 5, 8))
+    with pytest.raises(ValueError, match="none overlapping"):
+        _gemm.gemm_batch(a, b, slices_overlap)       # the second slice starts at row 1
     shared = np.zeros((2, 4, 5))
     with pytest.raises(ValueError, match="share memory"):
         _gemm.gemm_batch(shared[:, :3, :4], shared[:, :, :], shared[:, :3, :])

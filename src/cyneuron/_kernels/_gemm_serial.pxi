@@ -192,7 +192,8 @@ def gemm_batch(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not
 
     a (G, M, K), b (G, K, N): float32 or float64, any strides (a view such as
     v.transpose(0, 2, 1) costs nothing); c (G, M, N) of the same dtype, its rows
-    contiguous (c.strides[2] == itemsize), writeable, not sharing memory with a or b."""
+    contiguous (c.strides[2] == itemsize), rows and slices apart, writeable, not sharing
+    memory with a or b."""
     cdef int type_num = cnp.PyArray_TYPE(c)
     if type_num != cnp.NPY_FLOAT and type_num != cnp.NPY_DOUBLE:
         raise TypeError(f"gemm_batch: c must be float32 or float64; got {c.dtype.name}")
@@ -212,8 +213,11 @@ def gemm_batch(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not
             or b.shape[2] != N:
         raise ValueError(f"gemm_batch: shapes do not agree: a {(<object>a).shape}, "
                          f"b {(<object>b).shape}, c {(<object>c).shape}")
-    if not cnp.PyArray_ISWRITEABLE(c) or (N > 1 and c.strides[2] != c.itemsize):
-        raise ValueError("gemm_batch: c must be writeable with contiguous rows")
+    if not cnp.PyArray_ISWRITEABLE(c) or (N > 1 and c.strides[2] != c.itemsize) \
+            or (M > 1 and c.strides[1] < N * c.itemsize) \
+            or (G > 1 and c.strides[0] < M * c.strides[1]):
+        raise ValueError("gemm_batch: c must be writeable with contiguous rows, its rows and "
+                         "its slices apart (positive strides, none overlapping)")
     if G == 0 or M == 0 or N == 0:
         return
     if K == 0:
