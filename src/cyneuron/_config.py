@@ -155,6 +155,7 @@ def kernel_isas():
     epilogue = _gemm.epilogue_isa()
     gates = _recurrent._sync_isa()
     vector = isa    # csrc/vmath.h has a copy for each of the GEMM's instruction sets
+    layer_norm = _normalization.simd_path()
     return {
         "GEMM micro-kernels": (isa, why),
         "GEMM epilogue (bias, relu, leaky_relu, derivatives, column sums)": (
@@ -179,8 +180,8 @@ def kernel_isas():
             "a vector copy per instruction set from one template (csrc/vmath_template.h), "
             "the GEMM's; float64 keeps libm"),
         "layer normalization rows (forward, backward)": (
-            _normalization.simd_path(), "the generic path is in use"
-            if _normalization.simd_path() == "generic" else "AVX2 copy on the AVX2 and "
+            layer_norm, "the generic path is in use" if layer_norm == "generic" else
+            "AVX2 copy on the AVX2 and "
             "AVX-512 paths: eight double lanes in a fixed order, the baseline's bits"),
         "other activations and derivatives, losses, batch normalization, conv/pooling "
         "loops": (

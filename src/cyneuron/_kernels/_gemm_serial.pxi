@@ -197,17 +197,9 @@ def gemm_batch(cnp.ndarray a not None, cnp.ndarray b not None, cnp.ndarray c not
     cdef int type_num = cnp.PyArray_TYPE(c)
     if type_num != cnp.NPY_FLOAT and type_num != cnp.NPY_DOUBLE:
         raise TypeError(f"gemm_batch: c must be float32 or float64; got {c.dtype.name}")
-    for name, x in (("a", a), ("b", b), ("c", c)):
-        if cnp.PyArray_NDIM(<cnp.ndarray>x) != 3:
-            raise ValueError(f"gemm_batch: {name} must be 3-D (G, rows, columns); got "
-                             f"{cnp.PyArray_NDIM(<cnp.ndarray>x)}-D")
-        if cnp.PyArray_TYPE(<cnp.ndarray>x) != type_num:
-            raise TypeError(f"gemm_batch: a, b and c must share one float dtype; {name} is "
-                            f"{x.dtype.name}")
-        if any(s % x.itemsize for s in (<object>x).strides) \
-                or not cnp.PyArray_ISALIGNED(<cnp.ndarray>x):
-            raise ValueError(f"gemm_batch: {name} must be aligned to its item size, its "
-                             f"strides multiples of it")
+    _check_operand(a, "a", type_num, 3, "gemm_batch")
+    _check_operand(b, "b", type_num, 3, "gemm_batch")
+    _check_operand(c, "c", type_num, 3, "gemm_batch")
     cdef int64_t G = c.shape[0], M = c.shape[1], N = c.shape[2], K = a.shape[2]
     if a.shape[0] != G or b.shape[0] != G or a.shape[1] != M or b.shape[1] != K \
             or b.shape[2] != N:

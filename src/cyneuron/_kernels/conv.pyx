@@ -1058,6 +1058,21 @@ cdef class WinogradKernel:
         self.filled = True
 
 
+cdef int _wino_tiles(cn_wino_geometry *g, object x, tuple padding,
+                     tuple conv_size) except -1:
+    """g's input (N, H, W, C of x), padding, convolution output and tiles, checked."""
+    g.N, g.H, g.W, g.C = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    g.PT, g.PL = padding
+    g.OH, g.OW = conv_size
+    if not (0 <= g.PT <= 2 and 0 <= g.PL <= 2 and 1 <= g.OH <= g.H + g.PT
+            and 1 <= g.OW <= g.W + g.PL):
+        raise ValueError(f"padding must be 0-2 before each axis and conv_size at least 1 and "
+                         f"at most the padded input less the kernel; got {padding}, {conv_size} "
+                         f"for a {g.H}x{g.W} input")
+    g.TH, g.TW = (g.OH + 3) // 4, (g.OW + 3) // 4
+    return 0
+
+
 def winograd_conv_pool(x, kernel, bias, y, tuple padding, tuple conv_size,
                        tuple pool_window, bint max_pool, int activation=ACT_LINEAR,
                        double alpha=0.0, WinogradKernel cache=None):
@@ -1077,19 +1092,12 @@ def winograd_conv_pool(x, kernel, bias, y, tuple padding, tuple conv_size,
     cdef void *p[4]
     cdef int t = _conv_operands(x, kernel, "kernel", 4, bias, y, p)
     cdef cn_wino_geometry g
-    g.N, g.H, g.W, g.C = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
     g.F = kernel.shape[3]
-    if kernel.shape[0] != 3 or kernel.shape[1] != 3 or kernel.shape[2] != g.C \
-            or min(g.H, g.W, g.C) < 1:
-        raise ValueError(f"x must have a non-empty image and kernel the shape (3, 3, {g.C}, "
-                         f"F); got x {x.shape}, kernel {kernel.shape}")
-    g.PT, g.PL = padding
-    g.OH, g.OW = conv_size
-    if not (0 <= g.PT <= 2 and 0 <= g.PL <= 2 and 1 <= g.OH <= g.H + g.PT
-            and 1 <= g.OW <= g.W + g.PL):
-        raise ValueError(f"padding must be 0-2 before each axis and conv_size at least 1 and "
-                         f"at most the padded input less the kernel; got {padding}, {conv_size} "
-                         f"for a {g.H}x{g.W} input")
+    if kernel.shape[0] != 3 or kernel.shape[1] != 3 or kernel.shape[2] != x.shape[3] \
+            or min(x.shape[1], x.shape[2], x.shape[3]) < 1:
+        raise ValueError(f"x must have a non-empty image and kernel the shape (3, 3, "
+                         f"{x.shape[3]}, F); got x {x.shape}, kernel {kernel.shape}")
+    _wino_tiles(&g, x, padding, conv_size)
     g.PH, g.PW = pool_window
     if g.PH not in (1, 2, 4) or g.PW not in (1, 2, 4):
         raise ValueError(f"pool_window must be 1, 2 or 4 along each axis; got {pool_window}")
@@ -1100,7 +1108,6 @@ def winograd_conv_pool(x, kernel, bias, y, tuple padding, tuple conv_size,
         raise ValueError(f"bias must have {g.F} values; got {bias.shape[0]}")
     _check_row_activation(activation, alpha)
     g.act, g.alpha, g.max_pool = activation, alpha, max_pool
-    g.TH, g.TW = (g.OH + 3) // 4, (g.OW + 3) // 4
     if g.N == 0 or g.F == 0 or g.QH == 0 or g.QW == 0:
         return
     if t == cnp.NPY_FLOAT:
@@ -1123,16 +1130,10 @@ def winograd_input(x, V, tuple padding, tuple conv_size):
     cdef void *pv
     _float_array(x, "x", 4, t, False, &px)
     _float_array(V, "V", 3, t, True, &pv)
+    if min(x.shape[1], x.shape[2], x.shape[3]) < 1:
+        raise ValueError(f"x must have a non-empty image; got {x.shape}")
     cdef cn_wino_geometry g
-    g.N, g.H, g.W, g.C = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
-    g.PT, g.PL = padding
-    g.OH, g.OW = conv_size
-    if not (0 <= g.PT <= 2 and 0 <= g.PL <= 2 and 1 <= g.OH <= g.H + g.PT
-            and 1 <= g.OW <= g.W + g.PL) or min(g.H, g.W, g.C) < 1:
-        raise ValueError(f"padding must be 0-2 before each axis and conv_size at least 1 and "
-                         f"at most the padded input less the kernel; got {padding}, {conv_size} "
-                         f"for x {x.shape}")
-    g.TH, g.TW = (g.OH + 3) // 4, (g.OW + 3) // 4
+    _wino_tiles(&g, x, padding, conv_size)
     cdef Py_ssize_t T = g.N * g.TH * g.TW
     if V.shape[0] != 36 or V.shape[1] < T or V.shape[2] != g.C:
         raise ValueError(f"V must have shape (36, {T} or more, {g.C}); got {V.shape}")

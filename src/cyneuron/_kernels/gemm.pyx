@@ -620,8 +620,7 @@ cdef bint _narrow_swap_pays(const Call *g) noexcept nogil:
     8.1 -> 5.3, 1024x256x3 52.7 -> 16.2, 784x512x16 71.0 -> 67.6 (141 -> 112). Not for
     A's rows contiguous (a forward pass): A^T would then be packed transposed as B, and
     512x512x10 went 40.0 -> 44.8 us."""
-    return (g.rsa == 1 and g.csa != 1 and g.M > 1 and 1 < g.N <= g.nr // 2
-            and g.M >= 2 * g.nr)
+    return g.rsa == 1 and g.csa != 1 and 1 < g.N <= g.nr // 2 and g.M >= 2 * g.nr
 
 
 cdef void _swapped_call(Call *s, const Call *g, void *t) noexcept nogil:
@@ -896,18 +895,22 @@ cdef bint _overlap(cnp.ndarray x, cnp.ndarray y) noexcept:
     return xl < yh and yl < xh
 
 
-cdef int _check_operand(cnp.ndarray x, str name, int type_num) except -1:
-    if cnp.PyArray_NDIM(x) != 2:
-        raise ValueError(f"gemm: {name} must be 2-D; got {cnp.PyArray_NDIM(x)}-D")
+cdef int _check_operand(cnp.ndarray x, str name, int type_num, int ndim=2,
+                        str who="gemm") except -1:
+    if cnp.PyArray_NDIM(x) != ndim:
+        raise ValueError(f"{who}: {name} must be {ndim}-D; got {cnp.PyArray_NDIM(x)}-D")
     if cnp.PyArray_TYPE(x) != type_num:
-        raise TypeError(f"gemm: a, b and c must share one float dtype; {name} is {x.dtype.name}")
-    if cnp.PyArray_STRIDE(x, 0) % cnp.PyArray_ITEMSIZE(x) or \
-            cnp.PyArray_STRIDE(x, 1) % cnp.PyArray_ITEMSIZE(x):
-        raise ValueError(f"gemm: the strides of {name} must be multiples of its item size")
+        raise TypeError(f"{who}: a, b and c must share one float dtype; {name} is "
+                        f"{x.dtype.name}")
+    cdef int d
+    for d in range(ndim):
+        if cnp.PyArray_STRIDE(x, d) % cnp.PyArray_ITEMSIZE(x):
+            raise ValueError(f"{who}: the strides of {name} must be multiples of its item "
+                             f"size")
     if not cnp.PyArray_ISALIGNED(x):
         # reading a float through a misaligned pointer is undefined behaviour in C (and
         # lets the compiler's alignment assumptions fault): ops.matmul copies such input
-        raise ValueError(f"gemm: {name} is not aligned to its item size; pass an aligned "
+        raise ValueError(f"{who}: {name} is not aligned to its item size; pass an aligned "
                          f"copy (np.require({name}, requirements='A'))")
     return 0
 

@@ -88,11 +88,11 @@ cdef void _channel_sums(const floating[:, :, ::1] x, const floating[::1] center,
                 part[t * C + c] = part[t * C + c] + s
 
 
-
 def simd_path():
     """The instruction set of layer normalization's row loops now: their AVX2 copy on the
     AVX2 and AVX-512 paths (csrc/layernorm_rows.h; the same bits as the baseline's)."""
     return "generic" if current_isa() == 0 else "avx2"
+
 
 def batchnorm_stats(const floating[:, :, ::1] x, floating[::1] mean, floating[::1] var):
     """Per-channel mean and (biased) variance of x (outer, C, inner) over outer and inner."""

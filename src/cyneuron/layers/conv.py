@@ -332,22 +332,27 @@ class _Conv(SpatialLayer):
         plan = self._plan(x.shape[1:])
         n, c, f = x.shape[0], x.shape[-1], self.filters
         (oh, ow), (pt, pl) = plan.out_hw, plan.padding
+        y = self._buffer("y", (n, oh, ow, f))
+        bias = self._weights[1] if self.use_bias else None
         if self._epilogue in _WINOGRAD_FUSED_EPILOGUES:   # one kernel call, see above
-            y = self._buffer("y", (n, oh, ow, f))
-            _k.winograd_conv_pool(x, self._weights[0],
-                                  self._weights[1] if self.use_bias else None, y, (pt, pl),
-                                  (oh, ow), (1, 1), False, int(self._epilogue), self._alpha)
-            self._x, self._y, self._plan_used = x, y, plan
-            self._last_output_shape = y.shape
-            return y
+            _k.winograd_conv_pool(x, self._weights[0], bias, y, (pt, pl), (oh, ow), (1, 1),
+                                  False, int(self._epilogue), self._alpha)
+        else:
+            y = self._winograd_chunks(x, y, bias, pt, pl)
+        self._x, self._y, self._plan_used = x, y, plan
+        self._last_output_shape = y.shape
+        return y
+
+    def _winograd_chunks(self, x, y, bias, pt, pl):
+        """act(conv(x) + bias) into y through the layer's own transforms, a chunk of
+        tiles at a time, for the activations the fused kernel does not apply."""
+        n, (oh, ow), c, f = x.shape[0], y.shape[1:3], x.shape[-1], self.filters
         th, tw = _wino.tiles(oh), _wino.tiles(ow)
         step, chunks = self._chunks(n, th * tw)
         u = self._domain("U", c, f, spare=0)
         _wino.kernel_transform(self._weights[0], u)
         v = self._domain("V", step * th * tw, c)
         m = self._domain("M", step * th * tw, f)
-        y = self._buffer("y", (n, oh, ow, f))
-        bias = self._weights[1] if self.use_bias else None
         fused = self.activation.name in _WINOGRAD_ACTIVATIONS
         code = self._epilogue if fused else EPILOGUES["linear"]
         for n0, n1 in chunks:
@@ -355,11 +360,7 @@ class _Conv(SpatialLayer):
             _wino.input_transform(x[n0:n1], v, pt, pl, th, tw)
             gemm_batch(v[:, :rows], u, m[:, :rows])
             _wino.output_transform(m, y[n0:n1], bias, code)
-        if not fused:
-            y = self._activate(y)
-        self._x, self._y, self._plan_used = x, y, plan
-        self._last_output_shape = y.shape
-        return y
+        return y if fused else self._activate(y)
 
     def _backward_winograd(self, dz, need_input_grad):
         plan, x = self._plan_used, self._x
