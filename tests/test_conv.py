@@ -928,6 +928,8 @@ def test_fused_winograd_input_transform_matches_the_layer_s(isa, kernel_threads,
         _k.winograd_input(x, np.zeros((36, t, c), dtype), (3, 0), (oh, ow))
     with pytest.raises(TypeError, match="dtype"):
         _k.winograd_input(x.astype(np.float16), np.zeros((36, t, c), dtype), (pt, pl), (oh, ow))
+    with pytest.raises(ValueError, match="non-empty image"):
+        _k.winograd_input(x[:, :, :0], np.zeros((36, t, c), dtype), (pt, pl), (oh, ow))
 
 
 def test_winograd_kernels_check_their_buffers():
